@@ -1,0 +1,159 @@
+//! `hitkeep config show` and `hitkeep config check`, and how bad input is refused.
+
+use crate::hitkeep_snapshot;
+
+const MINIO: &[(&str, &str)] = &[
+    ("HITKEEP_BACKUP_PATH", "s3://hitkeep/backups"),
+    ("HITKEEP_ARCHIVE_PATH", "s3://hitkeep/archive"),
+    ("HITKEEP_S3_ACCESS_KEY_ID", "minioadmin"),
+    ("HITKEEP_S3_SECRET_ACCESS_KEY", "minioadmin-secret"),
+    ("HITKEEP_S3_ENDPOINT", "localhost:9000"),
+    ("HITKEEP_S3_URL_STYLE", "path"),
+    ("HITKEEP_S3_USE_SSL", "false"),
+    ("HITKEEP_S3_REGION", "us-east-1"),
+];
+
+#[test]
+fn show_defaults() {
+    hitkeep_snapshot!("show_defaults", &["config", "show"], &[]);
+}
+
+#[test]
+fn show_minio_guide_example_masks_secrets() {
+    let out = hitkeep_snapshot!("show_minio", &["config", "show"], MINIO);
+    assert!(!out.contains("minioadmin-secret"));
+}
+
+#[test]
+fn show_json_with_session_token() {
+    let mut env = MINIO.to_vec();
+    env.push(("HITKEEP_S3_SESSION_TOKEN", "FwoGZXIvYXdzSECRET"));
+    let out = hitkeep_snapshot!("show_json", &["config", "show", "--json"], &env);
+    assert!(!out.contains("FwoGZXIvYXdzSECRET") && !out.contains("minioadmin-secret"));
+}
+
+#[test]
+fn flags_override_env_in_go_and_gnu_spellings() {
+    let out = hitkeep_snapshot!(
+        "show_flags",
+        &[
+            "config",
+            "show",
+            "-s3-region",
+            "eu-central-1",
+            "-s3-use-ssl=false",
+            "--backup-interval",
+            "15",
+            "-db",
+            "/srv/hitkeep.db"
+        ],
+        &[
+            ("HITKEEP_S3_REGION", "us-west-2"),
+            ("HITKEEP_BACKUP_INTERVAL", "60")
+        ]
+    );
+    assert!(out.contains("eu-central-1  (flag --s3-region)"));
+}
+
+#[test]
+fn check_clean() {
+    hitkeep_snapshot!("check_clean", &["config", "check"], MINIO);
+}
+
+#[test]
+fn check_warnings_exit_1() {
+    hitkeep_snapshot!(
+        "check_warnings",
+        &["config", "check"],
+        &[
+            ("HITKEEP_ARCHIVE_PATH", "s3://hitkeep/archive"),
+            ("HITKEEP_S3_ENDPOINT", "http://127.0.0.1:9000")
+        ]
+    );
+}
+
+#[test]
+fn check_errors_exit_2_and_reports_all() {
+    let out = hitkeep_snapshot!(
+        "check_errors",
+        &["config", "check"],
+        &[
+            ("HITKEEP_BACKUP_PATH", "s3://hitkeep/data"),
+            ("HITKEEP_ARCHIVE_PATH", "s3://hitkeep/data/archive"),
+            ("HITKEEP_BACKUP_INTERVAL", "0"),
+            ("HITKEEP_BACKUP_RETENTION", "0"),
+            ("HITKEEP_S3_USE_SSL", "maybe"),
+            ("HITKEEP_S3_SECRET_ACCESS_KEY", "only-the-secret"),
+            ("HITKEEP_S3_ENDPOINT", "abc.r2.cloudflarestorage.com"),
+            ("HITKEEP_S3_REGION", "eu-central-1"),
+        ]
+    );
+    assert!(!out.contains("only-the-secret"));
+}
+
+#[test]
+fn check_json() {
+    hitkeep_snapshot!(
+        "check_json",
+        &["config", "check", "--json"],
+        &[("HITKEEP_S3_URL_STYLE", "sideways")]
+    );
+}
+
+#[test]
+fn show_with_bad_config_exits_2_and_prints_nothing_on_stdout() {
+    let out = hitkeep_snapshot!(
+        "show_bad",
+        &["config", "show"],
+        &[("HITKEEP_BACKUP_RETENTION", "-3")]
+    );
+    assert!(out.contains("exit: 2\n----- stdout -----\n----- stderr"));
+}
+
+#[test]
+fn config_file_from_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hitkeep.toml");
+    std::fs::write(
+        &file,
+        "backup_path = \"/srv/backups\"\nbackup_retention = 3\n",
+    )
+    .unwrap();
+    let out = crate::run(
+        &["config", "show", "--config", file.to_str().unwrap()],
+        &[],
+        dir.path(),
+    );
+    assert!(out.starts_with("exit: 0"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "HITKEEP_BACKUP_RETENTION     = 3  (config file {})",
+            file.display()
+        )),
+        "{out}"
+    );
+    let out = crate::run(
+        &["config", "check", "--config", "missing.toml"],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        out.starts_with("exit: 2") && out.contains("missing.toml"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    hitkeep_snapshot!("unknown_flag", &["config", "show", "--s3-regoin", "x"], &[]);
+}
+
+#[test]
+fn scheduler_placeholder_says_so() {
+    let out = hitkeep_snapshot!(
+        "scheduler_placeholder",
+        &[],
+        &[("HITKEEP_BACKUP_PATH", "/srv/backups")]
+    );
+    assert!(out.contains("not implemented yet"));
+}

@@ -1,0 +1,51 @@
+//! The `hitkeep` binary as a user runs it: exit status, stdout and stderr, pinned by insta snapshots.
+
+mod config;
+
+use std::process::Command;
+
+/// Runs `hitkeep` with exactly `env` as its environment (nothing inherited), in `cwd`.
+pub fn run(args: &[&str], env: &[(&str, &str)], cwd: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hitkeep"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .output()
+        .expect("run hitkeep");
+    let code = out
+        .status
+        .code()
+        .map_or_else(|| "signal".to_owned(), |c| c.to_string());
+    format!(
+        "exit: {code}\n----- stdout -----\n{}----- stderr -----\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Snapshots a run, with the temp dir replaced by `[TMP]` so snapshots are stable.
+#[macro_export]
+macro_rules! hitkeep_snapshot {
+    ($name:expr, $args:expr, $env:expr) => {{
+        let dir = tempfile::tempdir().unwrap();
+        let output = $crate::run($args, $env, dir.path());
+        let tmp = $crate::regex_escape(&dir.path().display().to_string());
+        insta::with_settings!({ filters => vec![(tmp.as_str(), "[TMP]")], prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!($name, output);
+        });
+        output
+    }};
+}
+
+pub fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '_' {
+                vec![c]
+            } else {
+                vec!['\\', c]
+            }
+        })
+        .collect()
+}

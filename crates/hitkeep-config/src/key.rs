@@ -1,0 +1,122 @@
+//! Every setting's name, declared once: its config-file key, its `HITKEEP_*` variable and its flag.
+
+use std::fmt;
+
+/// How a setting's value may be shown in output, logs and errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sensitivity {
+    /// Shown as it is.
+    Plain,
+    /// First four characters then `****` (an access key id: enough to tell keys apart).
+    Mask,
+    /// Never shown: `[redacted]`.
+    Redact,
+}
+
+macro_rules! keys {
+    ($( $(#[$doc:meta])* $variant:ident => $field:literal, $env:literal, $flag:literal, [$($alias:literal),*], $sens:ident; )*) => {
+        /// A setting in scope for backups and archives.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
+        pub enum Key { $( $(#[$doc])* $variant, )* }
+
+        impl Key {
+            /// Every setting, in the order `config show` prints them.
+            pub const ALL: &'static [Key] = &[$(Key::$variant),*];
+
+            /// The key in the TOML config file (`db_path`).
+            pub fn field(self) -> &'static str { match self { $(Key::$variant => $field,)* } }
+
+            /// The environment variable (`HITKEEP_DB_PATH`).
+            pub fn env(self) -> &'static str { match self { $(Key::$variant => $env,)* } }
+
+            /// The long flag without dashes (`db-path`), as HitKeep derives it from the variable.
+            pub fn flag(self) -> &'static str { match self { $(Key::$variant => $flag,)* } }
+
+            /// Deprecated flag spellings HitKeep still accepts (`db` for `db-path`).
+            pub fn flag_aliases(self) -> &'static [&'static str] { match self { $(Key::$variant => &[$($alias),*],)* } }
+
+            /// Whether the value may be printed.
+            pub fn sensitivity(self) -> Sensitivity { match self { $(Key::$variant => Sensitivity::$sens,)* } }
+        }
+    };
+}
+
+keys! {
+    /// The shared (control-plane) DuckDB file.
+    DbPath => "db_path", "HITKEEP_DB_PATH", "db-path", ["db"], Plain;
+    /// Root of the per-tenant databases (`{data}/tenants/{uuid}/hitkeep.db`).
+    DataPath => "data_path", "HITKEEP_DATA_PATH", "data-path", [], Plain;
+    /// Where retention archives go: a directory or `s3://bucket/prefix`.
+    ArchivePath => "archive_path", "HITKEEP_ARCHIVE_PATH", "archive-path", [], Plain;
+    /// Retention applied to newly created sites, in days (0: none).
+    DataRetentionDays => "data_retention_days", "HITKEEP_DATA_RETENTION_DAYS", "data-retention-days", ["retention-days"], Plain;
+    /// Where snapshots go; empty disables backups.
+    BackupPath => "backup_path", "HITKEEP_BACKUP_PATH", "backup-path", [], Plain;
+    /// Minutes between backup cycles.
+    BackupInterval => "backup_interval", "HITKEEP_BACKUP_INTERVAL", "backup-interval", [], Plain;
+    /// Snapshots kept per database.
+    BackupRetention => "backup_retention", "HITKEEP_BACKUP_RETENTION", "backup-retention", [], Plain;
+    /// Static S3 access key id.
+    S3AccessKeyId => "s3_access_key_id", "HITKEEP_S3_ACCESS_KEY_ID", "s3-access-key-id", [], Mask;
+    /// Static S3 secret access key.
+    S3SecretAccessKey => "s3_secret_access_key", "HITKEEP_S3_SECRET_ACCESS_KEY", "s3-secret-access-key", [], Redact;
+    /// STS session token that goes with temporary keys.
+    S3SessionToken => "s3_session_token", "HITKEEP_S3_SESSION_TOKEN", "s3-session-token", [], Redact;
+    /// Region used to sign requests (`auto` for R2).
+    S3Region => "s3_region", "HITKEEP_S3_REGION", "s3-region", [], Plain;
+    /// Custom endpoint for MinIO, R2, Garage and other S3-compatible servers.
+    S3Endpoint => "s3_endpoint", "HITKEEP_S3_ENDPOINT", "s3-endpoint", [], Plain;
+    /// `path` or `vhost` addressing.
+    S3UrlStyle => "s3_url_style", "HITKEEP_S3_URL_STYLE", "s3-url-style", [], Plain;
+    /// HTTPS (true) or plain HTTP (false) for a custom endpoint.
+    S3UseSsl => "s3_use_ssl", "HITKEEP_S3_USE_SSL", "s3-use-ssl", [], Plain;
+    /// Log verbosity.
+    LogLevel => "log_level", "HITKEEP_LOG_LEVEL", "log-level", [], Plain;
+    /// Log output: `text` or `json`.
+    LogFormat => "log_format", "HITKEEP_LOG_FORMAT", "log-format", [], Plain;
+}
+
+impl Key {
+    /// Looks a setting up by its config-file key.
+    pub fn from_field(field: &str) -> Option<Key> {
+        Key::ALL.iter().copied().find(|k| k.field() == field)
+    }
+
+    /// Looks a setting up by its environment variable.
+    pub fn from_env(name: &str) -> Option<Key> {
+        Key::ALL.iter().copied().find(|k| k.env() == name)
+    }
+
+    /// Masks or redacts `value` as this setting requires.
+    pub fn display_value(self, value: &str) -> String {
+        crate::secret::display_with(self.sensitivity(), value)
+    }
+}
+
+impl fmt::Display for Key {
+    /// `HITKEEP_DB_PATH (--db-path)`: how errors name a setting, so both spellings can be searched for.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (--{})", self.env(), self.flag())
+    }
+}
+
+/// `HITKEEP_CONFIG`: the TOML file to read, when `--config` is not given.
+pub const CONFIG_FILE_ENV: &str = "HITKEEP_CONFIG";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// HitKeep derives every flag from its variable; ours must agree, or the guide's flags break.
+    #[test]
+    fn flags_and_fields_derive_from_env_names() {
+        for key in Key::ALL {
+            let stem = key.env().strip_prefix("HITKEEP_").unwrap().to_lowercase();
+            assert_eq!(key.field(), stem);
+            assert_eq!(key.flag(), stem.replace('_', "-"));
+            assert_eq!(Key::from_env(key.env()), Some(*key));
+            assert_eq!(Key::from_field(key.field()), Some(*key));
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! HitKeep's backup and archive settings: layered, typed, validated, with secrets that never print.
+//!
+//! Settings come from four layers, later ones winning: HitKeep's built-in defaults, a TOML file
+//! (`--config FILE` or `HITKEEP_CONFIG`), `HITKEEP_*` environment variables, and command-line flags.
+//! An empty value counts as unset. [`Config::load`] merges them with figment, then resolves the text into
+//! [`Settings`]: a [`Location`] rather than a path string, an [`Endpoint`] rather than a URL string, and so on.
+//! Every problem is reported at once, each naming the variable and the flag, the value (masked if secret),
+//! where it came from and how to fix it. A bad value is an error, never a silent fallback to the default.
+//!
+//! ```
+//! use hitkeep_config::{Config, Sources, Location};
+//!
+//! let sources = Sources::with_env([
+//!     ("HITKEEP_BACKUP_PATH".to_owned(), "s3://hitkeep/backups".to_owned()),
+//!     ("HITKEEP_S3_ENDPOINT".to_owned(), "localhost:9000".to_owned()),
+//! ]);
+//! let config = Config::load(&sources).unwrap();
+//! assert!(matches!(config.settings.backup.location, Some(Location::S3(_))));
+//! assert_eq!(config.settings.s3.endpoint_url().as_deref(), Some("https://localhost:9000"));
+//! assert_eq!(config.warnings.len(), 1); // path style inferred for an endpoint with a port
+//! ```
+//!
+//! What this crate will not do: read the process environment or argv (callers pass [`Sources`]), touch
+//! the network or the disk beyond reading the config file, or know how settings are used.
+
+#![deny(missing_docs)]
+
+mod key;
+mod load;
+mod location;
+mod problem;
+mod resolve;
+mod s3;
+mod secret;
+mod settings;
+mod show;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use crate::{
+    key::{CONFIG_FILE_ENV, Key, Sensitivity},
+    load::Sources,
+    location::{Location, LocationError, S3Location},
+    problem::{ConfigError, Origin, Problem, Severity},
+    s3::{Credentials, Endpoint, EndpointError, S3Settings, Scheme, UrlStyle},
+    secret::{AccessKeyId, Secret},
+    settings::{BackupSettings, LogFormat, LogLevel, LogSettings, Settings},
+};
+
+/// Loaded and validated configuration: the settings, the warnings, and where each value came from.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// The typed settings.
+    pub settings: Settings,
+    /// Things that work but are probably not what was meant.
+    pub warnings: Vec<Problem>,
+    /// The TOML file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    origins: BTreeMap<Key, Origin>,
+}
+
+impl Config {
+    /// Merges the layers and validates them. Fails with every error found, and the warnings too.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let resolved = resolve::resolve(load::load(sources));
+        match resolved.settings {
+            Some(settings) if resolved.errors.is_empty() => Ok(Config {
+                settings,
+                warnings: resolved.warnings,
+                config_file: sources.config_path(),
+                origins: resolved.origins,
+            }),
+            _ => Err(ConfigError {
+                errors: resolved.errors,
+                warnings: resolved.warnings,
+            }),
+        }
+    }
+
+    /// Where `key`'s effective value came from.
+    pub fn origin(&self, key: Key) -> &Origin {
+        self.origins.get(&key).unwrap_or(&Origin::Default)
+    }
+}

@@ -1,0 +1,439 @@
+//! From raw text to typed [`Settings`]: every value is parsed, every problem is collected (never just the
+//! first), and nothing falls back to a default silently.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::key::Key;
+use crate::load::{Raw, RawValue, default_text};
+use crate::location::Location;
+use crate::problem::{Origin, Problem, Severity};
+use crate::s3::{Credentials, Endpoint, S3Settings, Scheme, UrlStyle};
+use crate::secret::{AccessKeyId, Secret};
+use crate::settings::{BackupSettings, LogFormat, LogLevel, LogSettings, Settings};
+
+/// The outcome of resolving: settings when there were no errors, plus every problem found and each origin.
+pub(crate) struct Resolved {
+    pub settings: Option<Settings>,
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+    pub origins: BTreeMap<Key, Origin>,
+}
+
+pub(crate) fn resolve(raw: Raw) -> Resolved {
+    let mut r = Resolver {
+        values: raw.values,
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        inferred: BTreeMap::new(),
+    };
+    r.errors.extend(raw.problems);
+    let settings = r.settings();
+    let mut origins: BTreeMap<Key, Origin> = Key::ALL
+        .iter()
+        .map(|&k| {
+            (
+                k,
+                r.values
+                    .get(&k)
+                    .map_or(Origin::Default, |v| v.origin.clone()),
+            )
+        })
+        .collect();
+    origins.extend(r.inferred);
+    let settings = if r.errors.is_empty() { settings } else { None };
+    Resolved {
+        settings,
+        errors: r.errors,
+        warnings: r.warnings,
+        origins,
+    }
+}
+
+struct Resolver {
+    values: BTreeMap<Key, RawValue>,
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+    inferred: BTreeMap<Key, Origin>,
+}
+
+impl Resolver {
+    /// The value given for `key`, or its default.
+    fn text(&self, key: Key) -> Option<&str> {
+        self.values
+            .get(&key)
+            .map(|v| v.text.as_str())
+            .or_else(|| default_text(key))
+    }
+
+    /// Whether `key` was set by the user (file, env or flag) rather than left at its default.
+    fn is_set(&self, key: Key) -> bool {
+        self.values
+            .get(&key)
+            .is_some_and(|v| v.origin != Origin::Default)
+    }
+
+    fn problem(
+        &self,
+        severity: Severity,
+        key: Key,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Problem {
+        let raw = self.values.get(&key);
+        Problem {
+            severity,
+            key: Some(key),
+            value: self.text(key).map(|t| key.display_value(t)),
+            origin: Some(raw.map_or(Origin::Default, |v| v.origin.clone())),
+            message: message.into(),
+            fix: fix.into(),
+        }
+    }
+
+    fn error(&mut self, key: Key, message: impl Into<String>, fix: impl Into<String>) {
+        let p = self.problem(Severity::Error, key, message, fix);
+        self.errors.push(p);
+    }
+
+    fn warn(&mut self, key: Key, message: impl Into<String>, fix: impl Into<String>) {
+        let p = self.problem(Severity::Warning, key, message, fix);
+        self.warnings.push(p);
+    }
+
+    /// Parses `key` with `parse`; on failure records an error with `fix` and returns `None`.
+    fn parse<T>(
+        &mut self,
+        key: Key,
+        fix: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let text = self.text(key)?.to_owned();
+        match parse(&text) {
+            Ok(v) => Some(v),
+            Err(why) => {
+                self.error(key, why, fix.replace("{env}", key.env()));
+                None
+            }
+        }
+    }
+
+    fn settings(&mut self) -> Option<Settings> {
+        let db_path = PathBuf::from(self.text(Key::DbPath)?);
+        let data_path = PathBuf::from(self.text(Key::DataPath)?);
+        let archive = self.location(Key::ArchivePath);
+        let backup_location = if self.is_set(Key::BackupPath) {
+            self.location(Key::BackupPath).map(Some)
+        } else {
+            Some(None)
+        };
+        let data_retention_days = self.parse(
+            Key::DataRetentionDays,
+            "set a whole number of days, e.g. {env}=365 (0 keeps data forever)",
+            |t| int_in(t, 0, 36_500, "days"),
+        );
+        let interval = self.parse(
+            Key::BackupInterval,
+            "set a whole number of minutes, at least 1, e.g. {env}=60",
+            |t| int_in(t, 1, 525_600, "minutes").map(|m| Duration::from_secs(u64::from(m) * 60)),
+        );
+        let retention = self.parse(
+            Key::BackupRetention,
+            "set how many snapshots to keep per database, at least 1, e.g. {env}=24",
+            |t| {
+                int_in(t, 1, 100_000, "snapshots")
+                    .map(|n| NonZeroU32::new(n).expect("range starts at 1"))
+            },
+        );
+        let log = self.log();
+        let mut s3 = self.s3();
+        let backup = backup_location.as_ref().and_then(Option::as_ref);
+        self.check_paths(archive.as_ref(), backup);
+        if let Some(s3) = s3.as_mut() {
+            self.check_dotted_buckets(s3, [archive.as_ref(), backup]);
+        }
+        Some(Settings {
+            db_path,
+            data_path,
+            archive: archive?,
+            data_retention_days: data_retention_days?,
+            backup: BackupSettings {
+                location: backup_location?,
+                interval: interval?,
+                retention: retention?,
+            },
+            s3: s3?,
+            log: log?,
+        })
+    }
+
+    fn location(&mut self, key: Key) -> Option<Location> {
+        let fix = format!(
+            "use a directory such as /var/lib/hitkeep/{0} or s3://my-bucket/hitkeep/{0}",
+            match key {
+                Key::ArchivePath => "archive",
+                _ => "backups",
+            }
+        );
+        self.parse(key, &fix, |t| {
+            t.parse::<Location>().map_err(|e| e.to_string())
+        })
+    }
+
+    fn log(&mut self) -> Option<LogSettings> {
+        let level = self.parse(
+            Key::LogLevel,
+            "use one of trace, debug, info, warn, error",
+            |t| {
+                Ok(match t.to_ascii_lowercase().as_str() {
+                    "trace" => LogLevel::Trace,
+                    "debug" => LogLevel::Debug,
+                    "info" => LogLevel::Info,
+                    "warn" | "warning" => LogLevel::Warn,
+                    "error" => LogLevel::Error,
+                    _ => return Err("not a log level".into()),
+                })
+            },
+        );
+        let format = self.parse(Key::LogFormat, "use text or json", |t| {
+            match t.to_ascii_lowercase().as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("not a log format".into()),
+            }
+        });
+        Some(LogSettings {
+            level: level?,
+            format: format?,
+        })
+    }
+
+    /// The common mistakes about where things go.
+    fn check_paths(&mut self, archive: Option<&Location>, backup: Option<&Location>) {
+        if let (Some(archive), Some(backup)) = (archive, backup)
+            && archive.overlaps(backup)
+        {
+            self.error(
+                Key::BackupPath,
+                format!("the backup path and the archive path ({archive}) overlap; pruning snapshots could delete archives"),
+                "give them separate prefixes, e.g. s3://bucket/hitkeep/backups and s3://bucket/hitkeep/archive",
+            );
+        }
+        if backup.is_none()
+            && self.is_set(Key::ArchivePath)
+            && self.errors.iter().all(|p| p.key != Some(Key::BackupPath))
+        {
+            self.warn(
+                Key::ArchivePath,
+                "retention archives are configured but backups are disabled (HITKEEP_BACKUP_PATH is empty); archives hold only expired rows and are not backups",
+                "set HITKEEP_BACKUP_PATH, e.g. s3://my-bucket/hitkeep/backups, to take snapshots",
+            );
+        }
+    }
+
+    /// A bucket with dots breaks virtual-host TLS (`a.b.s3.amazonaws.com` matches no certificate).
+    fn check_dotted_buckets(&mut self, s3: &mut S3Settings, locations: [Option<&Location>; 2]) {
+        let dotted = locations.into_iter().flatten().find_map(|l| match l {
+            Location::S3(s) if s.bucket().contains('.') => Some(s.bucket().to_owned()),
+            _ => None,
+        });
+        let Some(bucket) = dotted else { return };
+        if s3.url_style != UrlStyle::VirtualHost {
+            return;
+        }
+        if self.is_set(Key::S3UrlStyle) {
+            self.error(
+                Key::S3UrlStyle,
+                format!(
+                    "the bucket {bucket:?} has dots, which vhost addressing cannot reach over HTTPS"
+                ),
+                "set HITKEEP_S3_URL_STYLE=path",
+            );
+        } else {
+            self.warn(Key::S3UrlStyle, format!("the bucket {bucket:?} has dots, which vhost addressing cannot reach over HTTPS; using path style"), "set HITKEEP_S3_URL_STYLE=path to say so");
+            self.inferred.insert(
+                Key::S3UrlStyle,
+                Origin::Inferred("the bucket name has dots".into()),
+            );
+            s3.url_style = UrlStyle::Path;
+        }
+    }
+
+    fn s3(&mut self) -> Option<S3Settings> {
+        let credentials = self.credentials();
+        let endpoint = if self.is_set(Key::S3Endpoint) {
+            self.parse(
+                Key::S3Endpoint,
+                "write host, host:port or http(s)://host[:port], e.g. localhost:9000",
+                |t| t.parse::<Endpoint>().map_err(|e| e.to_string()),
+            )
+            .map(Some)
+        } else {
+            Some(None)
+        };
+        let region = self.parse(
+            Key::S3Region,
+            "set the bucket's region, e.g. eu-central-1, or auto for Cloudflare R2",
+            |t| Ok(t.to_owned()),
+        );
+        let explicit_style = if self.is_set(Key::S3UrlStyle) {
+            self.parse(
+                Key::S3UrlStyle,
+                "use path (MinIO, Garage, IP endpoints) or vhost (AWS S3)",
+                |t| {
+                    t.parse::<UrlStyle>()
+                        .map_err(|()| "not a URL style".to_owned())
+                },
+            )
+            .map(Some)
+        } else {
+            Some(None)
+        };
+        let use_ssl = self.parse(
+            Key::S3UseSsl,
+            "use true or false (also 1/0, yes/no, on/off)",
+            parse_bool,
+        );
+        // Each check runs whenever its own inputs parsed, so one bad value does not hide another problem.
+        let endpoint = endpoint?;
+        let use_ssl = use_ssl.and_then(|ssl| self.resolve_ssl(endpoint.as_ref(), ssl));
+        let url_style =
+            explicit_style.and_then(|style| self.resolve_url_style(endpoint.as_ref(), style));
+        let region = region.and_then(|r| self.resolve_region(endpoint.as_ref(), r));
+        Some(S3Settings {
+            credentials: credentials?,
+            region: region?,
+            endpoint,
+            url_style: url_style?,
+            use_ssl: use_ssl?,
+        })
+    }
+
+    fn credentials(&mut self) -> Option<Credentials> {
+        let key_id = self.text(Key::S3AccessKeyId).map(AccessKeyId::new);
+        let secret = self.text(Key::S3SecretAccessKey).map(Secret::new);
+        let token = self.text(Key::S3SessionToken).map(Secret::new);
+        match (key_id, secret) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(Credentials::Static {
+                access_key_id,
+                secret_access_key,
+                session_token: token,
+            }),
+            (None, None) if token.is_some() => {
+                self.error(Key::S3SessionToken, "a session token needs the temporary access key id and secret key that came with it", "set HITKEEP_S3_ACCESS_KEY_ID and HITKEEP_S3_SECRET_ACCESS_KEY too, or unset HITKEEP_S3_SESSION_TOKEN to use the AWS credential chain");
+                None
+            }
+            (None, None) => Some(Credentials::Chain),
+            (Some(_), None) => {
+                self.error(Key::S3AccessKeyId, "an access key id without a secret access key", "set HITKEEP_S3_SECRET_ACCESS_KEY too, or unset both to use the AWS credential chain");
+                None
+            }
+            (None, Some(_)) => {
+                self.error(Key::S3SecretAccessKey, "a secret access key without an access key id", "set HITKEEP_S3_ACCESS_KEY_ID too, or unset both to use the AWS credential chain");
+                None
+            }
+        }
+    }
+
+    /// An endpoint's own scheme decides, unless `USE_SSL` was set to say the opposite.
+    fn resolve_ssl(&mut self, endpoint: Option<&Endpoint>, use_ssl: bool) -> Option<bool> {
+        let Some(scheme) = endpoint.and_then(Endpoint::scheme) else {
+            return Some(use_ssl);
+        };
+        let scheme_ssl = scheme == Scheme::Https;
+        if scheme_ssl == use_ssl {
+            return Some(use_ssl);
+        }
+        if self.is_set(Key::S3UseSsl) {
+            let (msg, fix) = match scheme {
+                Scheme::Http => (
+                    "the endpoint is plain http:// but HITKEEP_S3_USE_SSL is true",
+                    "set HITKEEP_S3_USE_SSL=false, or write the endpoint as https://",
+                ),
+                Scheme::Https => (
+                    "the endpoint is https:// but HITKEEP_S3_USE_SSL is false",
+                    "remove HITKEEP_S3_USE_SSL=false, or write the endpoint as http://",
+                ),
+            };
+            self.error(Key::S3Endpoint, msg, fix);
+            return None;
+        }
+        self.warn(Key::S3Endpoint, "the endpoint is plain http:// while HITKEEP_S3_USE_SSL defaults to true; using plain HTTP as the endpoint says", "set HITKEEP_S3_USE_SSL=false to say so");
+        self.inferred.insert(
+            Key::S3UseSsl,
+            Origin::Inferred("the endpoint's http:// scheme".into()),
+        );
+        Some(false)
+    }
+
+    /// Path style where virtual hosts cannot work (IPs, localhost, ports); HitKeep's vhost default elsewhere.
+    fn resolve_url_style(
+        &mut self,
+        endpoint: Option<&Endpoint>,
+        explicit: Option<UrlStyle>,
+    ) -> Option<UrlStyle> {
+        let needs_path = endpoint.filter(|e| e.is_ip_or_localhost() || e.port().is_some());
+        match (explicit, needs_path) {
+            (Some(UrlStyle::VirtualHost), Some(e)) if e.is_ip_or_localhost() => {
+                self.error(Key::S3UrlStyle, format!("vhost addressing cannot work with the endpoint {e}: a bucket cannot be a subdomain of an IP address or localhost"), "set HITKEEP_S3_URL_STYLE=path");
+                None
+            }
+            (Some(style), _) => Some(style),
+            (None, Some(e)) => {
+                self.warn(Key::S3UrlStyle, format!("the endpoint {e} is an IP address, localhost or has a port, which needs path-style requests; using path style"), "set HITKEEP_S3_URL_STYLE=path to say so");
+                self.inferred.insert(
+                    Key::S3UrlStyle,
+                    Origin::Inferred("the endpoint needs path style".into()),
+                );
+                Some(UrlStyle::Path)
+            }
+            (None, None) => Some(UrlStyle::VirtualHost),
+        }
+    }
+
+    /// Cloudflare R2 signs with region `auto`: the default is corrected, a deliberate other region is refused.
+    fn resolve_region(&mut self, endpoint: Option<&Endpoint>, region: String) -> Option<String> {
+        if !endpoint.is_some_and(Endpoint::is_r2) || region == "auto" {
+            return Some(region);
+        }
+        if self.is_set(Key::S3Region) {
+            self.error(
+                Key::S3Region,
+                "Cloudflare R2 endpoints need region auto",
+                "set HITKEEP_S3_REGION=auto",
+            );
+            return None;
+        }
+        self.warn(
+            Key::S3Region,
+            "Cloudflare R2 endpoint with the default region us-east-1; using auto",
+            "set HITKEEP_S3_REGION=auto",
+        );
+        self.inferred.insert(
+            Key::S3Region,
+            Origin::Inferred("Cloudflare R2 endpoint".into()),
+        );
+        Some("auto".to_owned())
+    }
+}
+
+/// Booleans as people write them: true/false, 1/0, yes/no, on/off, and Go's t/f, in any case.
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Ok(true),
+        "false" | "0" | "no" | "off" | "f" | "n" => Ok(false),
+        _ => Err("not a boolean".into()),
+    }
+}
+
+fn int_in(text: &str, min: u32, max: u32, unit: &str) -> Result<u32, String> {
+    let n: i64 = text
+        .parse()
+        .map_err(|_| format!("not a whole number of {unit}"))?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("must be between {min} and {max} {unit}"))
+}

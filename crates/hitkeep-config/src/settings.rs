@@ -1,0 +1,127 @@
+//! The resolved, typed settings: what the rest of HitKeep sees. No strings to re-parse, no `Option` defaults.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::key::Key;
+use crate::location::Location;
+use crate::s3::{Credentials, S3Settings};
+
+/// Every setting in scope, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// The shared (control-plane) DuckDB file.
+    pub db_path: PathBuf,
+    /// Root of the per-tenant databases.
+    pub data_path: PathBuf,
+    /// Where retention archives go.
+    pub archive: Location,
+    /// Retention for newly created sites, in days; 0 means none.
+    pub data_retention_days: u32,
+    /// Scheduled snapshots.
+    pub backup: BackupSettings,
+    /// Shared by the backup path, the archive path and restores.
+    pub s3: S3Settings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// Scheduled snapshots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupSettings {
+    /// Where snapshots go; `None` (backups disabled) when `HITKEEP_BACKUP_PATH` is empty.
+    pub location: Option<Location>,
+    /// Time between cycles; at least a minute.
+    pub interval: Duration,
+    /// Snapshots kept per database.
+    pub retention: NonZeroU32,
+}
+
+/// Logging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogSettings {
+    /// Verbosity.
+    pub level: LogLevel,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log verbosity, as HitKeep names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Everything, including per-request detail.
+    Trace,
+    /// Diagnostic detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something looks wrong.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+impl LogLevel {
+    /// The level's name as `tracing` filters spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, as HitKeep's own logs.
+    Json,
+}
+
+impl Settings {
+    /// The effective value of `key` as it may be printed: secrets masked or redacted, `None` when unset.
+    pub fn display_value(&self, key: Key) -> Option<String> {
+        let (access_key, secret, token) = match &self.s3.credentials {
+            Credentials::Static {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => (
+                Some(access_key_id.to_string()),
+                Some(secret_access_key.to_string()),
+                session_token.as_ref().map(|t| t.to_string()),
+            ),
+            Credentials::Chain => (None, None, None),
+        };
+        match key {
+            Key::DbPath => Some(self.db_path.display().to_string()),
+            Key::DataPath => Some(self.data_path.display().to_string()),
+            Key::ArchivePath => Some(self.archive.to_string()),
+            Key::DataRetentionDays => Some(self.data_retention_days.to_string()),
+            Key::BackupPath => self.backup.location.as_ref().map(ToString::to_string),
+            Key::BackupInterval => Some((self.backup.interval.as_secs() / 60).to_string()),
+            Key::BackupRetention => Some(self.backup.retention.to_string()),
+            Key::S3AccessKeyId => access_key,
+            Key::S3SecretAccessKey => secret,
+            Key::S3SessionToken => token,
+            Key::S3Region => Some(self.s3.region.clone()),
+            Key::S3Endpoint => self.s3.endpoint_url(),
+            Key::S3UrlStyle => Some(self.s3.url_style.to_string()),
+            Key::S3UseSsl => Some(self.s3.use_ssl.to_string()),
+            Key::LogLevel => Some(self.log.level.as_str().to_owned()),
+            Key::LogFormat => Some(match self.log.format {
+                LogFormat::Text => "text".to_owned(),
+                LogFormat::Json => "json".to_owned(),
+            }),
+        }
+    }
+}

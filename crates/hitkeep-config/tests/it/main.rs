@@ -1,0 +1,639 @@
+//! hitkeep-config through its public API: layering, every variable and spelling, malformed values, the
+//! guide's common mistakes, and secrets.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hitkeep_config::{
+    Config, ConfigError, Credentials, Key, Location, Origin, Severity, Sources, UrlStyle,
+};
+
+fn env(pairs: &[(&str, &str)]) -> Sources {
+    let env: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Sources {
+        env,
+        ..Sources::default()
+    }
+}
+
+fn load(pairs: &[(&str, &str)]) -> Config {
+    Config::load(&env(pairs)).unwrap_or_else(|e| panic!("{pairs:?} failed:\n{e}"))
+}
+
+fn load_err(pairs: &[(&str, &str)]) -> ConfigError {
+    match Config::load(&env(pairs)) {
+        Ok(c) => panic!("{pairs:?} was accepted: {:?}", c.settings),
+        Err(e) => e,
+    }
+}
+
+fn warning_keys(c: &Config) -> Vec<Key> {
+    c.warnings.iter().filter_map(|w| w.key).collect()
+}
+
+#[test]
+fn defaults_match_hitkeep() {
+    let c = load(&[]);
+    let s = &c.settings;
+    assert_eq!(s.db_path.to_str(), Some("hitkeep.db"));
+    assert_eq!(s.data_path.to_str(), Some("data"));
+    assert_eq!(s.archive, Location::Local("archive".into()));
+    assert_eq!(s.data_retention_days, 365);
+    assert_eq!(s.backup.location, None);
+    assert_eq!(s.backup.interval, Duration::from_secs(3600));
+    assert_eq!(s.backup.retention.get(), 24);
+    assert_eq!(s.s3.credentials, Credentials::Chain);
+    assert_eq!(s.s3.region, "us-east-1");
+    assert_eq!(s.s3.endpoint, None);
+    assert_eq!(s.s3.url_style, UrlStyle::VirtualHost);
+    assert!(s.s3.use_ssl);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(Key::ALL.iter().all(|&k| *c.origin(k) == Origin::Default));
+}
+
+#[test]
+fn every_variable_is_read() {
+    let c = load(&[
+        ("HITKEEP_DB_PATH", "/var/lib/hitkeep/data/hitkeep.db"),
+        ("HITKEEP_DATA_PATH", "/var/lib/hitkeep/data"),
+        ("HITKEEP_ARCHIVE_PATH", "s3://my-bucket/hitkeep/archive"),
+        ("HITKEEP_DATA_RETENTION_DAYS", "30"),
+        ("HITKEEP_BACKUP_PATH", "s3://my-bucket/hitkeep/backups"),
+        ("HITKEEP_BACKUP_INTERVAL", "15"),
+        ("HITKEEP_BACKUP_RETENTION", "48"),
+        ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+        (
+            "HITKEEP_S3_SECRET_ACCESS_KEY",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        ),
+        ("HITKEEP_S3_SESSION_TOKEN", "FwoGZXIvYXdzEXAMPLETOKEN"),
+        ("HITKEEP_S3_REGION", "eu-central-1"),
+        ("HITKEEP_S3_ENDPOINT", "https://s3.example.com"),
+        ("HITKEEP_S3_URL_STYLE", "path"),
+        ("HITKEEP_S3_USE_SSL", "true"),
+        ("HITKEEP_LOG_LEVEL", "debug"),
+        ("HITKEEP_LOG_FORMAT", "json"),
+    ]);
+    let s = &c.settings;
+    assert_eq!(s.db_path.to_str(), Some("/var/lib/hitkeep/data/hitkeep.db"));
+    assert_eq!(s.data_path.to_str(), Some("/var/lib/hitkeep/data"));
+    assert_eq!(s.archive.to_string(), "s3://my-bucket/hitkeep/archive");
+    assert_eq!(s.data_retention_days, 30);
+    assert_eq!(
+        s.backup.location.as_ref().unwrap().to_string(),
+        "s3://my-bucket/hitkeep/backups"
+    );
+    assert_eq!(s.backup.interval, Duration::from_secs(15 * 60));
+    assert_eq!(s.backup.retention.get(), 48);
+    let Credentials::Static {
+        access_key_id,
+        secret_access_key,
+        session_token,
+    } = &s.s3.credentials
+    else {
+        panic!()
+    };
+    assert_eq!(access_key_id.expose(), "AKIAIOSFODNN7EXAMPLE");
+    assert_eq!(
+        secret_access_key.expose(),
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    );
+    assert_eq!(
+        session_token.as_ref().unwrap().expose(),
+        "FwoGZXIvYXdzEXAMPLETOKEN"
+    );
+    assert_eq!(s.s3.region, "eu-central-1");
+    assert_eq!(
+        s.s3.endpoint_url().as_deref(),
+        Some("https://s3.example.com")
+    );
+    assert_eq!(s.s3.url_style, UrlStyle::Path);
+    assert!(s.s3.use_ssl);
+    assert_eq!(s.log.level, hitkeep_config::LogLevel::Debug);
+    assert_eq!(s.log.format, hitkeep_config::LogFormat::Json);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert!(
+        Key::ALL.iter().all(|&k| *c.origin(k) == Origin::Env),
+        "every value comes from the environment"
+    );
+}
+
+#[test]
+fn boolean_spellings() {
+    for (text, want) in [
+        ("true", true),
+        ("TRUE", true),
+        ("1", true),
+        ("yes", true),
+        ("Yes", true),
+        ("on", true),
+        ("ON", true),
+        ("t", true),
+        ("false", false),
+        ("False", false),
+        ("0", false),
+        ("no", false),
+        ("NO", false),
+        ("off", false),
+        ("Off", false),
+        ("f", false),
+    ] {
+        assert_eq!(
+            load(&[("HITKEEP_S3_USE_SSL", text)]).settings.s3.use_ssl,
+            want,
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn url_style_and_scheme_spellings() {
+    for (text, want) in [
+        ("path", UrlStyle::Path),
+        ("PATH", UrlStyle::Path),
+        ("Path", UrlStyle::Path),
+        ("vhost", UrlStyle::VirtualHost),
+        ("VHOST", UrlStyle::VirtualHost),
+    ] {
+        assert_eq!(
+            load(&[("HITKEEP_S3_URL_STYLE", text)])
+                .settings
+                .s3
+                .url_style,
+            want,
+            "{text}"
+        );
+    }
+    for path in ["s3://b-1/x", "S3://b-1/x", "s3://b-1//x/", "S3://b-1/x/"] {
+        assert_eq!(
+            load(&[("HITKEEP_BACKUP_PATH", path)])
+                .settings
+                .backup
+                .location
+                .unwrap()
+                .to_string(),
+            "s3://b-1/x",
+            "{path}"
+        );
+    }
+    for level in [
+        "debug", "DEBUG", "Info", "warn", "warning", "error", "trace",
+    ] {
+        load(&[("HITKEEP_LOG_LEVEL", level)]);
+    }
+}
+
+#[test]
+fn endpoint_spellings() {
+    let url = |e: &str, ssl: &str| {
+        load(&[
+            ("HITKEEP_S3_ENDPOINT", e),
+            ("HITKEEP_S3_USE_SSL", ssl),
+            ("HITKEEP_S3_URL_STYLE", "path"),
+        ])
+        .settings
+        .s3
+        .endpoint_url()
+        .unwrap()
+    };
+    assert_eq!(
+        url("minio.example.com", "true"),
+        "https://minio.example.com"
+    );
+    assert_eq!(url("localhost:9000", "false"), "http://localhost:9000");
+    assert_eq!(
+        url("http://127.0.0.1:3900", "false"),
+        "http://127.0.0.1:3900"
+    );
+    assert_eq!(
+        url("https://minio.example.com:9443/", "true"),
+        "https://minio.example.com:9443"
+    );
+    assert_eq!(url("HTTPS://[::1]:9000", "yes"), "https://[::1]:9000");
+}
+
+#[test]
+fn region_is_any_non_empty_string() {
+    for region in ["auto", "eu-central-1", "garage", "us-gov-west-1"] {
+        assert_eq!(
+            load(&[("HITKEEP_S3_REGION", region)]).settings.s3.region,
+            region
+        );
+    }
+}
+
+#[test]
+fn empty_values_count_as_unset() {
+    let c = load(&[
+        ("HITKEEP_S3_REGION", ""),
+        ("HITKEEP_BACKUP_INTERVAL", "  "),
+        ("HITKEEP_BACKUP_PATH", ""),
+        ("HITKEEP_S3_ACCESS_KEY_ID", ""),
+    ]);
+    assert_eq!(c.settings.s3.region, "us-east-1");
+    assert_eq!(c.settings.backup.interval, Duration::from_secs(3600));
+    assert_eq!(c.settings.backup.location, None);
+    assert_eq!(c.settings.s3.credentials, Credentials::Chain);
+    assert_eq!(*c.origin(Key::S3Region), Origin::Default);
+}
+
+#[test]
+fn unrelated_variables_are_ignored() {
+    load(&[
+        ("HITKEEP_JWT_SECRET", "x"),
+        ("HITKEEP_PUBLIC_URL", "https://a"),
+        ("PATH", "/bin"),
+    ]);
+}
+
+#[test]
+fn layers_defaults_file_env_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hitkeep.toml");
+    std::fs::write(&file, "s3_region = \"from-file\"\nbackup_interval = 5\nbackup_retention = 7\ns3_use_ssl = false\ndb_path = \"file.db\"\n").unwrap();
+    let mut sources = env(&[
+        ("HITKEEP_BACKUP_INTERVAL", "10"),
+        ("HITKEEP_DB_PATH", "env.db"),
+        ("HITKEEP_CONFIG", file.to_str().unwrap()),
+    ]);
+    sources.flags.insert(Key::DbPath, "flag.db".into());
+    sources.flags.insert(Key::S3UrlStyle, String::new()); // an empty flag is unset too
+    let c = Config::load(&sources).unwrap();
+    let s = &c.settings;
+    assert_eq!(s.s3.region, "from-file");
+    assert_eq!(s.backup.retention.get(), 7);
+    assert!(!s.s3.use_ssl, "a TOML boolean is read");
+    assert_eq!(
+        s.backup.interval,
+        Duration::from_secs(600),
+        "env beats the file"
+    );
+    assert_eq!(
+        s.db_path.to_str(),
+        Some("flag.db"),
+        "a flag beats env and file"
+    );
+    assert_eq!(*c.origin(Key::S3Region), Origin::File(file.clone()));
+    assert_eq!(*c.origin(Key::BackupInterval), Origin::Env);
+    assert_eq!(*c.origin(Key::DbPath), Origin::Flag);
+    assert_eq!(*c.origin(Key::LogLevel), Origin::Default);
+    assert_eq!(c.config_file.as_deref(), Some(file.as_path()));
+
+    // --config wins over HITKEEP_CONFIG.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "s3_region = \"other\"\n").unwrap();
+    sources.config_file = Some(other);
+    assert_eq!(Config::load(&sources).unwrap().settings.s3.region, "other");
+}
+
+#[test]
+fn config_file_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = Config::load(&Sources {
+        config_file: Some(dir.path().join("nope.toml")),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    assert!(missing.to_string().contains("nope.toml"), "{missing}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "s3_region = \n").unwrap();
+    let e = Config::load(&Sources {
+        config_file: Some(bad.clone()),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("bad.toml"), "{e}");
+
+    std::fs::write(&bad, "s3_regoin = \"eu-central-1\"\n[s3]\nregion = 1\n").unwrap();
+    let e = Config::load(&Sources {
+        config_file: Some(bad),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    assert_eq!(e.errors.len(), 2, "{e}");
+    assert!(e.to_string().contains("unknown setting `s3_regoin`"), "{e}");
+}
+
+/// Malformed values: each is an error naming the variable, the flag and the value, never a fallback.
+#[test]
+fn malformed_values_are_errors() {
+    let cases: &[(&str, &str)] = &[
+        ("HITKEEP_BACKUP_INTERVAL", "0"),
+        ("HITKEEP_BACKUP_INTERVAL", "-5"),
+        ("HITKEEP_BACKUP_INTERVAL", "sixty"),
+        ("HITKEEP_BACKUP_INTERVAL", "1.5"),
+        ("HITKEEP_BACKUP_INTERVAL", "60m"),
+        ("HITKEEP_BACKUP_INTERVAL", "99999999999"),
+        ("HITKEEP_BACKUP_RETENTION", "0"),
+        ("HITKEEP_BACKUP_RETENTION", "-1"),
+        ("HITKEEP_BACKUP_RETENTION", "ten"),
+        ("HITKEEP_BACKUP_RETENTION", "2e3"),
+        ("HITKEEP_DATA_RETENTION_DAYS", "-1"),
+        ("HITKEEP_DATA_RETENTION_DAYS", "a year"),
+        ("HITKEEP_DATA_RETENTION_DAYS", "100000"),
+        ("HITKEEP_S3_USE_SSL", "maybe"),
+        ("HITKEEP_S3_USE_SSL", "2"),
+        ("HITKEEP_S3_USE_SSL", "enabled"),
+        ("HITKEEP_S3_URL_STYLE", "virtual"),
+        ("HITKEEP_S3_URL_STYLE", "path-style"),
+        ("HITKEEP_S3_URL_STYLE", "host"),
+        ("HITKEEP_S3_ENDPOINT", "ftp://minio:9000"),
+        ("HITKEEP_S3_ENDPOINT", "localhost:port"),
+        ("HITKEEP_S3_ENDPOINT", "localhost:70000"),
+        ("HITKEEP_S3_ENDPOINT", "http://minio:9000/hitkeep"),
+        ("HITKEEP_S3_ENDPOINT", "http://"),
+        ("HITKEEP_S3_ENDPOINT", "mi nio:9000"),
+        ("HITKEEP_BACKUP_PATH", "s3://"),
+        ("HITKEEP_BACKUP_PATH", "s3://My_Bucket/backups"),
+        ("HITKEEP_BACKUP_PATH", "s3://ab/backups"),
+        ("HITKEEP_BACKUP_PATH", "s3://bucket/../etc"),
+        ("HITKEEP_BACKUP_PATH", "gs://bucket/backups"),
+        ("HITKEEP_BACKUP_PATH", "s3://192.168.0.1/x"),
+        ("HITKEEP_ARCHIVE_PATH", "s3://-bad-/archive"),
+        ("HITKEEP_ARCHIVE_PATH", "azure://container/x"),
+        ("HITKEEP_LOG_LEVEL", "verbose"),
+        ("HITKEEP_LOG_FORMAT", "xml"),
+    ];
+    assert!(cases.len() >= 30);
+    for &(var, value) in cases {
+        let e = load_err(&[(var, value)]);
+        let key = Key::from_env(var).unwrap();
+        let problem = e
+            .errors
+            .iter()
+            .find(|p| p.key == Some(key))
+            .unwrap_or_else(|| panic!("{var}={value}: {e}"));
+        let text = problem.to_string();
+        assert!(
+            text.contains(var) && text.contains(&format!("--{}", key.flag())),
+            "names variable and flag: {text}"
+        );
+        assert!(
+            text.contains(&format!("{value:?}")),
+            "shows the bad value: {text}"
+        );
+        assert!(
+            text.contains("fix: "),
+            "says what a good value looks like: {text}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let e = load_err(&[
+        ("HITKEEP_BACKUP_INTERVAL", "0"),
+        ("HITKEEP_BACKUP_RETENTION", "x"),
+        ("HITKEEP_S3_USE_SSL", "maybe"),
+        ("HITKEEP_S3_URL_STYLE", "nope"),
+    ]);
+    let keys: Vec<Key> = e.errors.iter().filter_map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            Key::BackupInterval,
+            Key::BackupRetention,
+            Key::S3UrlStyle,
+            Key::S3UseSsl
+        ]
+    );
+    assert!(
+        e.to_string().starts_with("the configuration has 4 errors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn secrets_never_appear_in_errors_or_debug() {
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    let token = "FwoGZXIvYXdzSECRETTOKEN";
+    let c = load(&[
+        ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY", secret),
+        ("HITKEEP_S3_SESSION_TOKEN", token),
+    ]);
+    let text = format!(
+        "{c:?} {:#?} {} {}",
+        c.settings,
+        c.render_text(),
+        c.render_json()
+    );
+    assert!(
+        !text.contains(secret) && !text.contains(token) && !text.contains("AKIAIOSFODNN7EXAMPLE"),
+        "{text}"
+    );
+    assert!(text.contains("AKIA****") && text.contains("[redacted]"));
+
+    let e = load_err(&[
+        ("HITKEEP_S3_SECRET_ACCESS_KEY", secret),
+        ("HITKEEP_S3_SESSION_TOKEN", token),
+    ]);
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains(secret) && !text.contains(token), "{text}");
+    assert!(text.contains("HITKEEP_S3_SECRET_ACCESS_KEY"), "{text}");
+}
+
+// The guide's common mistakes.
+
+#[test]
+fn archive_without_backups_warns() {
+    let c = load(&[("HITKEEP_ARCHIVE_PATH", "s3://hitkeep/archive")]);
+    assert_eq!(warning_keys(&c), [Key::ArchivePath]);
+    assert!(c.warnings[0].to_string().contains("HITKEEP_BACKUP_PATH"));
+    assert!(
+        load(&[
+            ("HITKEEP_ARCHIVE_PATH", "s3://hitkeep/archive"),
+            ("HITKEEP_BACKUP_PATH", "s3://hitkeep/backups")
+        ])
+        .warnings
+        .is_empty()
+    );
+}
+
+#[test]
+fn ip_localhost_or_port_without_url_style_uses_path_and_says_so() {
+    for endpoint in [
+        "localhost:9000",
+        "127.0.0.1",
+        "minio.internal:9000",
+        "http://192.168.1.10:9000",
+    ] {
+        let c = load(&[
+            ("HITKEEP_S3_ENDPOINT", endpoint),
+            ("HITKEEP_S3_USE_SSL", "false"),
+        ]);
+        assert_eq!(c.settings.s3.url_style, UrlStyle::Path, "{endpoint}");
+        assert!(warning_keys(&c).contains(&Key::S3UrlStyle), "{endpoint}");
+        assert!(matches!(c.origin(Key::S3UrlStyle), Origin::Inferred(_)));
+        assert!(c.warnings.iter().any(|w| w.to_string().contains("path")));
+    }
+    let c = load(&[("HITKEEP_S3_ENDPOINT", "minio.example.com")]);
+    assert_eq!(c.settings.s3.url_style, UrlStyle::VirtualHost);
+    assert!(c.warnings.is_empty());
+    let e = load_err(&[
+        ("HITKEEP_S3_ENDPOINT", "127.0.0.1:9000"),
+        ("HITKEEP_S3_URL_STYLE", "vhost"),
+    ]);
+    assert_eq!(e.errors[0].key, Some(Key::S3UrlStyle));
+}
+
+#[test]
+fn http_endpoint_and_use_ssl_must_agree() {
+    let e = load_err(&[
+        ("HITKEEP_S3_ENDPOINT", "http://minio:9000"),
+        ("HITKEEP_S3_USE_SSL", "true"),
+        ("HITKEEP_S3_URL_STYLE", "path"),
+    ]);
+    assert!(
+        e.errors[0].to_string().contains("HITKEEP_S3_USE_SSL=false"),
+        "{e}"
+    );
+    let e = load_err(&[
+        ("HITKEEP_S3_ENDPOINT", "https://minio:9000"),
+        ("HITKEEP_S3_USE_SSL", "false"),
+        ("HITKEEP_S3_URL_STYLE", "path"),
+    ]);
+    assert_eq!(e.errors[0].key, Some(Key::S3Endpoint));
+    // USE_SSL left at its default: the written scheme wins, with a warning.
+    let c = load(&[
+        ("HITKEEP_S3_ENDPOINT", "http://minio:9000"),
+        ("HITKEEP_S3_URL_STYLE", "path"),
+    ]);
+    assert!(!c.settings.s3.use_ssl);
+    assert_eq!(
+        c.settings.s3.endpoint_url().as_deref(),
+        Some("http://minio:9000")
+    );
+    assert_eq!(warning_keys(&c), [Key::S3Endpoint]);
+}
+
+#[test]
+fn r2_needs_region_auto() {
+    let r2 = ("HITKEEP_S3_ENDPOINT", "0123abcd.r2.cloudflarestorage.com");
+    assert!(
+        load(&[r2, ("HITKEEP_S3_REGION", "auto")])
+            .warnings
+            .is_empty()
+    );
+    let e = load_err(&[r2, ("HITKEEP_S3_REGION", "eu-central-1")]);
+    assert_eq!(e.errors[0].key, Some(Key::S3Region));
+    assert!(e.errors[0].to_string().contains("HITKEEP_S3_REGION=auto"));
+    let c = load(&[r2]);
+    assert_eq!(c.settings.s3.region, "auto");
+    assert_eq!(warning_keys(&c), [Key::S3Region]);
+}
+
+#[test]
+fn half_a_key_pair_is_an_error() {
+    assert_eq!(
+        load_err(&[("HITKEEP_S3_ACCESS_KEY_ID", "AKIA1234")]).errors[0].key,
+        Some(Key::S3AccessKeyId)
+    );
+    assert_eq!(
+        load_err(&[("HITKEEP_S3_SECRET_ACCESS_KEY", "s")]).errors[0].key,
+        Some(Key::S3SecretAccessKey)
+    );
+    assert_eq!(
+        load_err(&[("HITKEEP_S3_SESSION_TOKEN", "t")]).errors[0].key,
+        Some(Key::S3SessionToken)
+    );
+}
+
+#[test]
+fn overlapping_backup_and_archive_paths_are_an_error() {
+    for (backup, archive) in [
+        ("s3://hitkeep/data", "s3://hitkeep/data"),
+        ("s3://hitkeep/hitkeep", "s3://hitkeep/hitkeep/archive"),
+        ("s3://hitkeep", "s3://hitkeep/archive"),
+        (
+            "/var/lib/hitkeep/backups",
+            "/var/lib/hitkeep/backups/archive",
+        ),
+    ] {
+        let e = load_err(&[
+            ("HITKEEP_BACKUP_PATH", backup),
+            ("HITKEEP_ARCHIVE_PATH", archive),
+        ]);
+        assert!(e.to_string().contains("overlap"), "{backup} {archive}: {e}");
+    }
+    load(&[
+        ("HITKEEP_BACKUP_PATH", "s3://hitkeep/backups"),
+        ("HITKEEP_ARCHIVE_PATH", "s3://hitkeep/archive"),
+    ]);
+    load(&[
+        ("HITKEEP_BACKUP_PATH", "s3://hitkeep/backups"),
+        ("HITKEEP_ARCHIVE_PATH", "s3://hitkeep/backups-archive"),
+    ]);
+}
+
+#[test]
+fn dotted_bucket_needs_path_style() {
+    let c = load(&[("HITKEEP_BACKUP_PATH", "s3://backups.example.com/hitkeep")]);
+    assert_eq!(c.settings.s3.url_style, UrlStyle::Path);
+    assert_eq!(warning_keys(&c), [Key::S3UrlStyle]);
+    let e = load_err(&[
+        ("HITKEEP_BACKUP_PATH", "s3://backups.example.com/hitkeep"),
+        ("HITKEEP_S3_URL_STYLE", "vhost"),
+    ]);
+    assert_eq!(e.errors[0].key, Some(Key::S3UrlStyle));
+}
+
+/// The guide's examples, verbatim, load without errors.
+#[test]
+fn guide_examples_load() {
+    let aws = load(&[
+        ("HITKEEP_DATA_PATH", "/var/lib/hitkeep/data"),
+        (
+            "HITKEEP_BACKUP_PATH",
+            "s3://my-analytics-bucket/hitkeep/backups",
+        ),
+        ("HITKEEP_BACKUP_INTERVAL", "60"),
+        ("HITKEEP_BACKUP_RETENTION", "24"),
+        ("HITKEEP_S3_REGION", "eu-central-1"),
+    ]);
+    assert!(aws.warnings.is_empty());
+    assert_eq!(aws.settings.s3.service_name(), "AWS S3 (eu-central-1)");
+    let minio = load(&[
+        ("HITKEEP_BACKUP_PATH", "s3://hitkeep/backups"),
+        ("HITKEEP_ARCHIVE_PATH", "s3://hitkeep/archive"),
+        ("HITKEEP_S3_ACCESS_KEY_ID", "minioadmin"),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY", "minioadmin"),
+        ("HITKEEP_S3_ENDPOINT", "localhost:9000"),
+        ("HITKEEP_S3_URL_STYLE", "path"),
+        ("HITKEEP_S3_USE_SSL", "false"),
+        ("HITKEEP_S3_REGION", "us-east-1"),
+    ]);
+    assert!(minio.warnings.is_empty(), "{:?}", minio.warnings);
+    assert_eq!(
+        minio.settings.s3.endpoint_url().as_deref(),
+        Some("http://localhost:9000")
+    );
+    let r2 = load(&[
+        ("HITKEEP_BACKUP_PATH", "s3://my-r2-bucket/hitkeep/backups"),
+        ("HITKEEP_S3_ACCESS_KEY_ID", "YOUR_R2_ACCESS_KEY"),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY", "YOUR_R2_SECRET_KEY"),
+        (
+            "HITKEEP_S3_ENDPOINT",
+            "YOUR_ACCOUNT_ID.r2.cloudflarestorage.com",
+        ),
+        ("HITKEEP_S3_REGION", "auto"),
+    ]);
+    assert!(r2.warnings.is_empty(), "{:?}", r2.warnings);
+    assert_eq!(
+        r2.settings.s3.endpoint_url().as_deref(),
+        Some("https://your_account_id.r2.cloudflarestorage.com")
+    );
+}
+
+#[test]
+fn warnings_have_severity_warning() {
+    let c = load(&[
+        ("HITKEEP_S3_ENDPOINT", "localhost:9000"),
+        ("HITKEEP_S3_USE_SSL", "0"),
+    ]);
+    assert!(c.warnings.iter().all(|w| w.severity == Severity::Warning));
+}

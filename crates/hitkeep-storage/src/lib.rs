@@ -1,0 +1,40 @@
+//! One storage API over OpenDAL for HitKeep's backups and archives: local disk, AWS S3, MinIO, Garage
+//! and Cloudflare R2.
+//!
+//! [`Storage::open`] turns a [`Location`](hitkeep_config::Location) and the shared
+//! [`S3Settings`](hitkeep_config::S3Settings) into an OpenDAL operator with retry (exponential backoff
+//! with jitter), timeouts and tracing, and checks that an S3 bucket exists. Its methods are what the
+//! backup and archive crates need: streaming multipart upload of a file returning size and SHA-256,
+//! verified streaming download, listing (recursive or one level), stat, delete, delete of a prefix, and
+//! small reads and writes. Failures are [`Error`]s with a [`ErrorKind`] to branch on and a hint for people.
+//!
+//! ```no_run
+//! # async fn demo(settings: hitkeep_config::Settings) -> hitkeep_storage::Result<()> {
+//! use hitkeep_storage::{Storage, TransferOptions};
+//!
+//! let location = settings.backup.location.expect("backups enabled");
+//! let storage = Storage::open(&location, &settings.s3).await?;
+//! let info = storage.upload_file("staging/hits.parquet".as_ref(), "shared/2026-03-08T120000Z/hits.parquet", &TransferOptions::default()).await?;
+//! println!("{} bytes, sha256 {}", info.size, info.sha256);
+//! # Ok(()) }
+//! ```
+//!
+//! What this crate will not do: know about DuckDB, snapshots or archives (keys are opaque to it), or
+//! read settings from the environment (callers pass them in).
+
+#![deny(missing_docs)]
+
+mod backend;
+mod digest;
+mod error;
+mod storage;
+
+pub use crate::{
+    backend::{
+        DEFAULT_IO_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF, DEFAULT_RETRIES,
+        DEFAULT_TIMEOUT, StorageOptions,
+    },
+    digest::{DigestParseError, ObjectInfo, Sha256Digest},
+    error::{Error, ErrorKind, Result},
+    storage::{DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, Entry, ListMode, Storage, TransferOptions},
+};

@@ -1,0 +1,430 @@
+//! [`Storage`]: every byte HitKeep stores goes through here.
+
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use futures::TryStreamExt as _;
+use hitkeep_config::{Location, S3Settings};
+use opendal::Operator;
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::backend::{self, FS_STAGING_DIR, StorageOptions};
+use crate::digest::{ObjectInfo, Sha256Digest};
+use crate::error::{Error, ErrorKind, Result, Service};
+
+/// Chunk size for multipart uploads and ranged downloads: S3's part-count limit (10,000) allows 160 GB.
+pub const DEFAULT_CHUNK_SIZE: usize = 16 * 1024 * 1024;
+/// Parts in flight at once. Memory for a transfer is about chunk size × (concurrency + 1).
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// Chunking for large transfers.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct TransferOptions {
+    /// Bytes per part (at least 5 MiB for S3 multipart, except the last).
+    pub chunk_size: usize,
+    /// Parts in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+impl TransferOptions {
+    /// Options with the given chunk size and concurrency (each at least 1).
+    pub fn new(chunk_size: usize, concurrency: usize) -> Self {
+        TransferOptions {
+            chunk_size: chunk_size.max(1),
+            concurrency: concurrency.max(1),
+        }
+    }
+}
+
+/// How deep a listing goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListMode {
+    /// Every object under the prefix, at any depth. Only objects, no directories.
+    Recursive,
+    /// The objects and "directories" (common prefixes) directly under the prefix.
+    OneLevel,
+}
+
+/// An entry in a listing. Keys are relative to the storage's location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// `shared/2026-03-08T120000Z/manifest.json`; directories carry no trailing `/`.
+    pub key: String,
+    /// A common prefix (S3) or directory (local), not an object.
+    pub is_dir: bool,
+    /// Size in bytes; 0 for directories.
+    pub size: u64,
+}
+
+impl Entry {
+    /// The last segment of the key.
+    pub fn name(&self) -> &str {
+        self.key.rsplit('/').next().unwrap_or(&self.key)
+    }
+}
+
+/// A location opened for reading and writing: a local directory or an S3 bucket prefix.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    op: Operator,
+    location: Location,
+    service: Service,
+}
+
+impl Storage {
+    /// Opens `location` with default retry and timeout options. A local directory is created when
+    /// missing; an S3 bucket must exist (checked now, because some servers create buckets on first
+    /// write and a typo would otherwise scatter backups into a new bucket).
+    pub async fn open(location: &Location, s3: &S3Settings) -> Result<Storage> {
+        Storage::open_with(location, s3, &StorageOptions::default()).await
+    }
+
+    /// Opens a location that must already exist, as a restore source: nothing is created.
+    pub async fn open_existing(location: &Location, s3: &S3Settings) -> Result<Storage> {
+        if let Location::Local(path) = location
+            && !path.is_dir()
+        {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "open",
+                path.display().to_string(),
+                "no such directory",
+            )
+            .with_hint(
+                "check the path; a backup location is a directory holding shared/ and tenants/",
+            ));
+        }
+        Storage::open(location, s3).await
+    }
+
+    /// [`Storage::open`] with explicit retry and timeout options.
+    pub async fn open_with(
+        location: &Location,
+        s3: &S3Settings,
+        options: &StorageOptions,
+    ) -> Result<Storage> {
+        let (op, service) = backend::build(location, s3, options)?;
+        let storage = Storage {
+            op,
+            location: location.clone(),
+            service,
+        };
+        if location.is_s3() {
+            // One cheap request proves the bucket exists and the credentials are accepted.
+            storage
+                .op
+                .list_with("")
+                .limit(1)
+                .await
+                .map_err(|e| storage.err(e, "open", ""))?;
+        }
+        Ok(storage)
+    }
+
+    /// The location this storage was opened on.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// `s3://bucket/prefix/key` or `/dir/key`: how messages name an object.
+    pub fn describe(&self, key: &str) -> String {
+        let base = self.location.to_string();
+        if key.is_empty() {
+            base
+        } else {
+            format!("{}/{key}", base.trim_end_matches('/'))
+        }
+    }
+
+    fn err(&self, e: opendal::Error, operation: &'static str, key: &str) -> Error {
+        Error::from_opendal(e, operation, self.describe(key), &self.service)
+    }
+
+    /// Uploads a local file as `key`, streaming it in chunks (multipart on S3), and returns its size and
+    /// SHA-256. On failure the partial upload is aborted, so no object that looks complete is left.
+    pub async fn upload_file(
+        &self,
+        local: &Path,
+        key: &str,
+        options: &TransferOptions,
+    ) -> Result<ObjectInfo> {
+        check_key(key, "upload")?;
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| Error::local("upload", local, e))?;
+        let mut writer = self
+            .op
+            .writer_with(key)
+            .chunk(options.chunk_size)
+            .concurrent(options.concurrency)
+            .await
+            .map_err(|e| self.err(e, "upload", key))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        let outcome: Result<()> = async {
+            loop {
+                let chunk = read_chunk(&mut file, options.chunk_size)
+                    .await
+                    .map_err(|e| Error::local("upload", local, e))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                writer
+                    .write(chunk)
+                    .await
+                    .map_err(|e| self.err(e, "upload", key))?;
+            }
+            writer
+                .close()
+                .await
+                .map_err(|e| self.err(e, "upload", key))?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(key, error = %abort, "could not abort the failed upload; the bucket may keep its parts until a lifecycle rule removes them");
+            }
+            return Err(e);
+        }
+        Ok(ObjectInfo {
+            size,
+            sha256: Sha256Digest::from_hasher(hasher),
+        })
+    }
+
+    /// Downloads `key` to `dest`, streaming. The data lands in a temporary file beside `dest` and is
+    /// renamed into place only when its size and SHA-256 match `expected` (when given).
+    pub async fn download_file(
+        &self,
+        key: &str,
+        dest: &Path,
+        expected: Option<&ObjectInfo>,
+        options: &TransferOptions,
+    ) -> Result<ObjectInfo> {
+        check_key(key, "download")?;
+        let partial = partial_path(dest);
+        let result = self.download_to(key, &partial, options).await;
+        let verified = result.and_then(|got| match expected {
+            Some(want) if want.size != got.size || want.sha256 != got.sha256 => Err(Error::new(
+                ErrorKind::Integrity,
+                "download",
+                self.describe(key),
+                format!(
+                    "expected {} bytes with SHA-256 {}, got {} bytes with SHA-256 {}",
+                    want.size, want.sha256, got.size, got.sha256
+                ),
+            )
+            .with_hint("the stored object is damaged or was replaced; use another snapshot")),
+            _ => Ok(got),
+        });
+        match verified {
+            Ok(info) => {
+                tokio::fs::rename(&partial, dest)
+                    .await
+                    .map_err(|e| Error::local("download", dest, e))?;
+                Ok(info)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn download_to(
+        &self,
+        key: &str,
+        path: &Path,
+        options: &TransferOptions,
+    ) -> Result<ObjectInfo> {
+        let reader = self
+            .op
+            .reader_with(key)
+            .chunk(options.chunk_size)
+            .concurrent(options.concurrency)
+            .await
+            .map_err(|e| self.err(e, "download", key))?;
+        let mut stream = reader
+            .into_stream(..)
+            .await
+            .map_err(|e| self.err(e, "download", key))?;
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| Error::local("download", path, e))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(buffer) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.err(e, "download", key))?
+        {
+            for bytes in buffer {
+                hasher.update(&bytes);
+                size += bytes.len() as u64;
+                file.write_all(&bytes)
+                    .await
+                    .map_err(|e| Error::local("download", path, e))?;
+            }
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| Error::local("download", path, e))?;
+        Ok(ObjectInfo {
+            size,
+            sha256: Sha256Digest::from_hasher(hasher),
+        })
+    }
+
+    /// Lists under `prefix` (a key prefix ending at a `/` boundary; `""` for the whole location).
+    pub async fn list(&self, prefix: &str, mode: ListMode) -> Result<Vec<Entry>> {
+        let dir = dir_path(prefix, "list")?;
+        let entries = self
+            .op
+            .list_with(&dir)
+            .recursive(mode == ListMode::Recursive)
+            .await
+            .map_err(|e| self.err(e, "list", prefix))?;
+        let mut out: Vec<Entry> = entries
+            .into_iter()
+            .filter_map(|e| {
+                let (path, meta) = e.into_parts();
+                let is_dir = meta.is_dir() || path.ends_with('/');
+                let key = path.trim_end_matches('/').to_owned();
+                let hidden =
+                    key == FS_STAGING_DIR || key.starts_with(&format!("{FS_STAGING_DIR}/"));
+                let listed_dir_itself = path == dir || key.is_empty();
+                let skip = hidden || listed_dir_itself || (is_dir && mode == ListMode::Recursive);
+                (!skip).then(|| Entry {
+                    key,
+                    is_dir,
+                    size: if is_dir { 0 } else { meta.content_length() },
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Size of `key`, or `None` when it does not exist.
+    pub async fn stat(&self, key: &str) -> Result<Option<u64>> {
+        check_key(key, "stat")?;
+        match self.op.stat(key).await {
+            Ok(meta) => Ok(Some(meta.content_length())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(e, "stat", key)),
+        }
+    }
+
+    /// Deletes one object. Deleting a missing object succeeds.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        check_key(key, "delete")?;
+        self.op
+            .delete(key)
+            .await
+            .map_err(|e| self.err(e, "delete", key))
+    }
+
+    /// Deletes every object under `prefix` (batched on S3) and returns how many there were. The prefix
+    /// must not be empty: wiping a whole location is never what a caller means.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize> {
+        let dir = dir_path(prefix, "delete")?;
+        if dir.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidKey,
+                "delete",
+                self.describe(""),
+                "refusing to delete a whole location",
+            ));
+        }
+        let count = self.list(prefix, ListMode::Recursive).await?.len();
+        self.op
+            .delete_with(&dir)
+            .recursive(true)
+            .await
+            .map_err(|e| self.err(e, "delete", prefix))?;
+        Ok(count)
+    }
+
+    /// Writes a small object (a manifest) in one request.
+    pub async fn write(&self, key: &str, data: impl Into<Bytes>) -> Result<()> {
+        check_key(key, "write")?;
+        self.op
+            .write(key, data.into())
+            .await
+            .map(drop)
+            .map_err(|e| self.err(e, "write", key))
+    }
+
+    /// Reads a small object whole.
+    pub async fn read(&self, key: &str) -> Result<Bytes> {
+        check_key(key, "read")?;
+        self.op
+            .read(key)
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| self.err(e, "read", key))
+    }
+}
+
+/// Fills a buffer up to `size` bytes (fewer only at the end of the file), so every part but the last
+/// meets S3's 5 MiB minimum.
+async fn read_chunk(file: &mut tokio::fs::File, size: usize) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        if file.read_buf(&mut buf).await? == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn partial_path(dest: &Path) -> std::path::PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// A key is a clean relative path: no leading `/`, no empty, `.` or `..` segments, no backslashes.
+fn check_key(key: &str, operation: &'static str) -> Result<()> {
+    let bad = key.is_empty()
+        || key.contains('\\')
+        || key.chars().any(char::is_control)
+        || key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..");
+    if bad {
+        return Err(Error::new(
+            ErrorKind::InvalidKey,
+            operation,
+            key,
+            "not a clean relative key (no leading '/', empty, '.' or '..' segments)",
+        ));
+    }
+    Ok(())
+}
+
+/// `""` stays the root; anything else is checked and gets a trailing `/`.
+fn dir_path(prefix: &str, operation: &'static str) -> Result<String> {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    check_key(trimmed, operation)?;
+    Ok(format!("{trimmed}/"))
+}

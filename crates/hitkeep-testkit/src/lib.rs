@@ -1,0 +1,125 @@
+//! Test support for HitKeep's crates: a real S3 server, in-process, over HTTP on 127.0.0.1.
+//!
+//! [`S3Server`] serves [s3s-fs](https://crates.io/crates/s3s-fs) (buckets are directories under a temp
+//! root) through s3s with SigV4 authentication on, so tests exercise the real protocol: signing, XML
+//! errors, multipart uploads and paginated listings. It is no mock: requests travel over TCP like any
+//! client's. It can be stopped mid-request and restarted on the same port to test failures.
+//!
+//! What it will not do: stand in for AWS-only behaviour (IAM, lifecycle rules), or run outside tests.
+
+#![deny(missing_docs)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// The access key id every test server accepts.
+pub const ACCESS_KEY_ID: &str = "HKTESTACCESSKEY01";
+/// The secret key every test server accepts.
+pub const SECRET_ACCESS_KEY: &str = "hk-test-secret-key-0123456789abcdef";
+/// The bucket [`S3Server::start`] creates.
+pub const BUCKET: &str = "hitkeep-test";
+
+/// A running in-process S3 server. Dropping it stops the server and removes its data.
+#[derive(Debug)]
+pub struct S3Server {
+    addr: SocketAddr,
+    root: tempfile::TempDir,
+    task: Option<JoinHandle<()>>,
+}
+
+impl S3Server {
+    /// Starts a server on a free port of 127.0.0.1 with one empty bucket, [`BUCKET`].
+    pub async fn start() -> io::Result<S3Server> {
+        let root = tempfile::tempdir()?;
+        std::fs::create_dir(root.path().join(BUCKET))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = Some(serve(listener, root.path())?);
+        Ok(S3Server { addr, root, task })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT`, as users write `HITKEEP_S3_ENDPOINT`.
+    pub fn host_port(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The directory holding the buckets (one subdirectory each).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Creates another, empty bucket.
+    pub fn create_bucket(&self, name: &str) -> io::Result<PathBuf> {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// Stops serving at once: the listener closes and every open connection is dropped mid-request.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Serves again on the same port and data, after [`S3Server::stop`].
+    pub async fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        // The aborted task releases the listener asynchronously; retry the bind briefly.
+        let mut last = None;
+        for _ in 0..50 {
+            match TcpListener::bind(self.addr).await {
+                Ok(listener) => {
+                    self.task = Some(serve(listener, self.root.path())?);
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Err(last.expect("at least one attempt"))
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(listener: TcpListener, root: &Path) -> io::Result<JoinHandle<()>> {
+    let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
+    let mut builder = S3ServiceBuilder::new(fs);
+    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY_ID, SECRET_ACCESS_KEY));
+    let service = builder.build();
+    Ok(tokio::spawn(async move {
+        // Connections live in this set, so aborting the accept loop drops them all (a "crash").
+        let mut connections = JoinSet::new();
+        let http = ConnBuilder::new(TokioExecutor::new());
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
+            connections.spawn(async move {
+                let _ = conn.await;
+            });
+            while connections.try_join_next().is_some() {}
+        }
+    }))
+}
