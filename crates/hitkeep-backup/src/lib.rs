@@ -1,7 +1,35 @@
-//! Snapshots of HitKeep's DuckDB databases: export, upload with manifests, listing, verification, pruning
-//! and restore. Not implemented yet; the snapshots and restore issues fill it in.
+//! Snapshots of HitKeep's DuckDB databases: complete, verifiable, and committed a cycle at a time.
 //!
-//! What this crate will not do: talk to object storage except through hitkeep-storage, or read settings
-//! from the environment.
+//! A cycle ([`run_cycle`]) exports the shared database and every tenant database with `EXPORT DATABASE`
+//! (Parquet, zstd) under one [`SnapshotId`], uploads every file through hitkeep-storage with its size and
+//! SHA-256, and writes each database's [`Manifest`] last. Tenants are committed first; the shared
+//! manifest, which lists every tenant's outcome and manifest digest, is written last and commits the
+//! cycle. A [`Catalog`] lists what a location holds, [`verify_snapshot`] re-reads a cycle, and a
+//! [`PrunePlan`] keeps the newest N. The layout is HitKeep's (`shared/{id}/`, `tenants/{uuid}/{id}/`), so
+//! HitKeep Go's plain `IMPORT DATABASE` restores our snapshots, and we read its manifest-less ones.
+//!
+//! What this crate will not do: talk to object storage except through hitkeep-storage, read settings
+//! from the environment, or open databases it was not handed (callers pass connections or openers).
 
 #![deny(missing_docs)]
+
+mod catalog;
+mod cycle;
+mod error;
+mod export;
+mod lock;
+pub mod manifest;
+mod retention;
+mod snapshot_id;
+mod verify;
+
+pub use crate::{
+    catalog::{Catalog, DatabaseSnapshots, SnapshotInfo, SnapshotState},
+    cycle::{BackupOptions, CycleReport, TenantSource, run_cycle},
+    error::{Error, Result},
+    lock::CycleLock,
+    manifest::{Database, Manifest},
+    retention::{Deletion, PrunePlan},
+    snapshot_id::{SnapshotId, SnapshotIdError},
+    verify::{DatabaseCheck, VerifyReport, verify_snapshot},
+};

@@ -34,6 +34,60 @@ pub enum Command {
     /// Inspect the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Snapshots of the shared and every tenant database.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Run the scheduler: a backup shortly after start, then every HITKEEP_BACKUP_INTERVAL minutes.
+    #[command(
+        after_help = "Example:\n  HITKEEP_BACKUP_PATH=s3://my-analytics-bucket/hitkeep/backups HITKEEP_S3_REGION=eu-central-1 hitkeep serve"
+    )]
+    Serve,
+    /// Create a realistic HitKeep-shaped demo data set at HITKEEP_DB_PATH and HITKEEP_DATA_PATH.
+    #[command(
+        after_help = "Example:\n  HITKEEP_DB_PATH=/tmp/hk/hitkeep.db HITKEEP_DATA_PATH=/tmp/hk/data hitkeep demo --hits 1000000"
+    )]
+    Demo {
+        /// Hits in total, shared between the default tenant and the others.
+        #[arg(long, default_value_t = 100_000)]
+        hits: u64,
+        /// Active tenants, each with a database of its own.
+        #[arg(long, default_value_t = 2)]
+        tenants: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Run one backup cycle now (then prune local snapshots beyond HITKEEP_BACKUP_RETENTION).
+    #[command(
+        after_help = "Example:\n  HITKEEP_BACKUP_PATH=/var/lib/hitkeep/backups hitkeep backup run"
+    )]
+    Run,
+    /// List every snapshot of every database, with its state, size and rows.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read a snapshot and check every object against its manifest.
+    #[command(after_help = "Example:\n  hitkeep backup verify -snapshot latest --deep")]
+    Verify {
+        /// The snapshot id, or `latest` (the newest committed cycle).
+        #[arg(long, value_name = "ID|latest")]
+        snapshot: Option<String>,
+        /// Also import the snapshot into a scratch DuckDB and compare every table's row count.
+        #[arg(long)]
+        deep: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the scheduler's last results.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

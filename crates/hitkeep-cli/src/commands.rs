@@ -3,10 +3,11 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use hitkeep_config::{Config, ConfigError, Location, Sources};
+use hitkeep_config::{Config, ConfigError, Sources};
 
 use crate::EXIT_USAGE;
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::backup;
+use crate::cli::{BackupCommand, Cli, Command, ConfigCommand};
 
 pub fn run(cli: &Cli) -> ExitCode {
     let sources = Sources {
@@ -15,12 +16,31 @@ pub fn run(cli: &Cli) -> ExitCode {
         ..Sources::with_env(std::env::vars())
     };
     let loaded = Config::load(&sources);
-    match cli.command {
-        Some(Command::Config(ConfigCommand::Check { json })) => config_check(&loaded, json),
+    match &cli.command {
+        Some(Command::Config(ConfigCommand::Check { json })) => config_check(&loaded, *json),
         Some(Command::Config(ConfigCommand::Show { json })) => {
-            with_config(loaded, |c| config_show(&c, json))
+            with_config(loaded, |c| config_show(&c, *json))
         }
-        None => with_config(loaded, |c| scheduler(&c)),
+        Some(Command::Demo { hits, tenants }) => {
+            with_config(loaded, |c| backup::demo(&c.settings, *hits, *tenants))
+        }
+        Some(Command::Backup(BackupCommand::Run)) => {
+            with_config(loaded, |c| backup::run(&c.settings))
+        }
+        Some(Command::Backup(BackupCommand::List { json })) => {
+            with_config(loaded, |c| backup::list(&c.settings, *json))
+        }
+        Some(Command::Backup(BackupCommand::Verify {
+            snapshot,
+            deep,
+            json,
+        })) => with_config(loaded, |c| {
+            backup::verify(&c.settings, snapshot.as_deref(), *deep, *json)
+        }),
+        Some(Command::Backup(BackupCommand::Status { json })) => {
+            with_config(loaded, |c| backup::status(&c.settings, *json))
+        }
+        Some(Command::Serve) | None => with_config(loaded, |c| backup::serve(&c.settings)),
     }
 }
 
@@ -47,9 +67,12 @@ fn with_config(
 fn init_logging(config: &Config) {
     let log = config.settings.log;
     let filter = tracing_subscriber::EnvFilter::new(log.level.as_str());
+    // Colours only for a person at a terminal, never in files or pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match log.format {
         hitkeep_config::LogFormat::Json => builder.json().try_init(),
         hitkeep_config::LogFormat::Text => builder.try_init(),
@@ -99,35 +122,6 @@ fn config_check(loaded: &Result<Config, ConfigError>, json: bool) -> ExitCode {
         ok if ok == ExitCode::SUCCESS => ExitCode::from(status),
         failed => failed,
     }
-}
-
-/// The scheduler (`hitkeep` with no command). Backup cycles arrive with the snapshots issue; until then
-/// this prints what it would do and says so, rather than pretending to back anything up.
-fn scheduler(config: &Config) -> ExitCode {
-    let s = &config.settings;
-    let mut out = String::from("hitkeep backup scheduler\n");
-    match &s.backup.location {
-        Some(location) => out.push_str(&format!(
-            "  backups:  {} every {} min, keeping {} per database{}\n",
-            location,
-            s.backup.interval.as_secs() / 60,
-            s.backup.retention,
-            if matches!(location, Location::S3(_)) {
-                format!(" (S3 via {})", s.s3.service_name())
-            } else {
-                String::new()
-            },
-        )),
-        None => out.push_str("  backups:  disabled (set HITKEEP_BACKUP_PATH)\n"),
-    }
-    out.push_str(&format!(
-        "  archives: {}\n  shared db: {}\n  data path: {}\n",
-        s.archive,
-        s.db_path.display(),
-        s.data_path.display()
-    ));
-    out.push_str("\nnot implemented yet: backup cycles land with the snapshots work; nothing was backed up.\n");
-    print_stdout(&out)
 }
 
 fn print_stdout(text: &str) -> ExitCode {

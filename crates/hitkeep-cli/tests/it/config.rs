@@ -147,13 +147,3 @@ fn config_file_from_flag() {
 fn unknown_flag_is_a_usage_error() {
     hitkeep_snapshot!("unknown_flag", &["config", "show", "--s3-regoin", "x"], &[]);
 }
-
-#[test]
-fn scheduler_placeholder_says_so() {
-    let out = hitkeep_snapshot!(
-        "scheduler_placeholder",
-        &[],
-        &[("HITKEEP_BACKUP_PATH", "/srv/backups")]
-    );
-    assert!(out.contains("not implemented yet"));
-}

@@ -1,0 +1,184 @@
+//! What is in a backup location: every snapshot of every database, with its state. One listing per
+//! database folder finds them; then each complete snapshot's manifest is read.
+
+use std::collections::BTreeMap;
+
+use hitkeep_storage::{Entry, ListMode, Storage};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::SnapshotId;
+use crate::error::{Error, Result};
+use crate::manifest::{Database, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest};
+
+/// How far a snapshot got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "detail")]
+pub enum SnapshotState {
+    /// Its manifest exists and parses.
+    Complete,
+    /// No manifest: interrupted or still running. Never offered as a backup.
+    Incomplete,
+    /// HitKeep Go's snapshot: an export without a manifest, which cannot be verified.
+    Legacy,
+    /// A manifest exists but cannot be used.
+    Corrupt(String),
+}
+
+/// One snapshot of one database.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SnapshotInfo {
+    /// Its id.
+    pub id: SnapshotId,
+    /// How far it got.
+    pub state: SnapshotState,
+    /// Bytes stored under its folder.
+    pub size: u64,
+    /// Objects stored under its folder.
+    pub objects: usize,
+    /// The manifest, for complete snapshots.
+    pub manifest: Option<Manifest>,
+}
+
+/// All snapshots of one database, oldest first.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DatabaseSnapshots {
+    /// Which database.
+    pub database: Database,
+    /// Its snapshots, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// The contents of a backup location.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Catalog {
+    /// The shared database first, then tenants by id.
+    pub databases: Vec<DatabaseSnapshots>,
+}
+
+impl Catalog {
+    /// Lists `storage`.
+    pub async fn load(storage: &Storage) -> Result<Catalog> {
+        let mut databases = vec![load_database(storage, Database::Shared).await?];
+        let mut tenant_ids: Vec<Uuid> = storage
+            .list("tenants", ListMode::OneLevel)
+            .await?
+            .into_iter()
+            .filter(|e| e.is_dir)
+            .filter_map(|e| Uuid::parse_str(e.name()).ok())
+            .collect();
+        tenant_ids.sort();
+        for tenant_id in tenant_ids {
+            databases.push(load_database(storage, Database::Tenant { tenant_id }).await?);
+        }
+        Ok(Catalog { databases })
+    }
+
+    /// The snapshots of `database` (empty when it has none).
+    pub fn snapshots(&self, database: Database) -> &[SnapshotInfo] {
+        self.databases
+            .iter()
+            .find(|d| d.database == database)
+            .map_or(&[], |d| &d.snapshots)
+    }
+
+    /// The newest committed cycle: the newest complete shared snapshot.
+    pub fn latest_committed(&self) -> Option<&SnapshotInfo> {
+        self.snapshots(Database::Shared)
+            .iter()
+            .rev()
+            .find(|s| s.state == SnapshotState::Complete)
+    }
+
+    /// One snapshot of one database.
+    pub fn find(&self, database: Database, id: SnapshotId) -> Option<&SnapshotInfo> {
+        self.snapshots(database).iter().find(|s| s.id == id)
+    }
+
+    /// Resolves `latest` or an id to a committed shared snapshot.
+    pub fn resolve(&self, which: Option<&str>) -> Result<&SnapshotInfo> {
+        match which {
+            None | Some("latest") => self.latest_committed().ok_or_else(|| {
+                Error::NotFound(
+                    "no complete snapshot in this location (run `hitkeep backup run` first)".into(),
+                )
+            }),
+            Some(text) => {
+                let id: SnapshotId =
+                    text.parse()
+                        .map_err(|e: crate::snapshot_id::SnapshotIdError| {
+                            Error::NotFound(e.to_string())
+                        })?;
+                self.find(Database::Shared, id).ok_or_else(|| {
+                    Error::NotFound(format!("no shared snapshot {id} in this location"))
+                })
+            }
+        }
+    }
+}
+
+async fn load_database(storage: &Storage, database: Database) -> Result<DatabaseSnapshots> {
+    let folder = database.folder();
+    let mut by_id: BTreeMap<SnapshotId, Vec<Entry>> = BTreeMap::new();
+    for entry in storage.list(&folder, ListMode::Recursive).await? {
+        let rest = entry
+            .key
+            .strip_prefix(&format!("{folder}/"))
+            .unwrap_or(&entry.key);
+        let Some((first, _)) = rest.split_once('/') else {
+            continue;
+        };
+        match first.parse::<SnapshotId>() {
+            Ok(id) => by_id.entry(id).or_default().push(entry),
+            Err(_) => tracing::debug!(
+                key = entry.key,
+                "ignoring an object outside any snapshot folder"
+            ),
+        }
+    }
+    let mut snapshots = Vec::with_capacity(by_id.len());
+    for (id, entries) in by_id {
+        snapshots.push(inspect(storage, database, id, &entries).await?);
+    }
+    Ok(DatabaseSnapshots {
+        database,
+        snapshots,
+    })
+}
+
+async fn inspect(
+    storage: &Storage,
+    database: Database,
+    id: SnapshotId,
+    entries: &[Entry],
+) -> Result<SnapshotInfo> {
+    let has = |name: &str| entries.iter().any(|e| e.name() == name);
+    let size = entries.iter().map(|e| e.size).sum();
+    let (state, manifest) = if has(MANIFEST_NAME) {
+        let key = format!("{}/{id}/{MANIFEST_NAME}", database.folder());
+        match Manifest::from_slice(&storage.read(&key).await?) {
+            Ok(m) if m.snapshot_id == id && m.database == database => {
+                (SnapshotState::Complete, Some(m))
+            }
+            Ok(_) => (
+                SnapshotState::Corrupt("the manifest belongs to another snapshot".into()),
+                None,
+            ),
+            Err(e) => (SnapshotState::Corrupt(e.to_string()), None),
+        }
+    } else if !has(IN_PROGRESS_NAME) && has("schema.sql") && has("load.sql") {
+        (SnapshotState::Legacy, None)
+    } else {
+        (SnapshotState::Incomplete, None)
+    };
+    Ok(SnapshotInfo {
+        id,
+        state,
+        size,
+        objects: entries.len(),
+        manifest,
+    })
+}

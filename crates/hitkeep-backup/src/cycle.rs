@@ -1,0 +1,338 @@
+//! One backup cycle: every database exported and uploaded under one snapshot id, tenants first, and the
+//! shared database's manifest last, which commits the cycle.
+
+use std::path::{Path, PathBuf};
+
+use duckdb::Connection;
+use futures::{StreamExt as _, TryStreamExt as _};
+use hitkeep_data::{DataError, DataLayout, OpenMode, open_database};
+use hitkeep_storage::{ListMode, Sha256Digest, Storage, TransferOptions};
+use jiff::Timestamp;
+use uuid::Uuid;
+
+use crate::SnapshotId;
+use crate::error::{Error, Result};
+use crate::export::{Export, export_database};
+use crate::lock::CycleLock;
+use crate::manifest::{
+    Database, FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantEntry,
+    TenantState,
+};
+
+/// Where a cycle stages its exports and keeps its lock, and how it uploads.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct BackupOptions {
+    /// Local directory for exports; each cycle uses (and removes) a subdirectory.
+    pub staging_dir: PathBuf,
+    /// The lock file that keeps cycles on the same data from overlapping.
+    pub lock_file: PathBuf,
+    /// Multipart chunking per file.
+    pub transfer: TransferOptions,
+    /// Files uploaded at once.
+    pub file_concurrency: usize,
+}
+
+impl BackupOptions {
+    /// Staging and lock inside the data directory, on the same disk as the databases.
+    pub fn for_layout(layout: &DataLayout) -> Self {
+        BackupOptions {
+            staging_dir: layout.data_path.join(".hitkeep-staging"),
+            lock_file: layout.data_path.join(".hitkeep-backup.lock"),
+            transfer: TransferOptions::new(8 * 1024 * 1024, 3),
+            file_concurrency: 4,
+        }
+    }
+}
+
+/// A tenant database to back up, opened only when its turn comes.
+pub struct TenantSource {
+    id: Uuid,
+    open: Box<dyn FnOnce() -> Result<Option<Connection>, DataError> + Send>,
+}
+
+impl std::fmt::Debug for TenantSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantSource")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantSource {
+    /// A tenant with an opener. `Ok(None)` means "no database yet": the tenant is skipped, not failed.
+    pub fn new(
+        id: Uuid,
+        open: impl FnOnce() -> Result<Option<Connection>, DataError> + Send + 'static,
+    ) -> Self {
+        TenantSource {
+            id,
+            open: Box::new(open),
+        }
+    }
+
+    /// A tenant already open, e.g. by a HitKeep service that holds its connections.
+    pub fn open(id: Uuid, conn: Connection) -> Self {
+        TenantSource::new(id, move || Ok(Some(conn)))
+    }
+
+    /// A tenant at its place in the data layout. A missing file is skipped: it is never created just to
+    /// be backed up.
+    pub fn from_layout(layout: &DataLayout, id: Uuid) -> Self {
+        let path = layout.tenant_db(id);
+        TenantSource::new(id, move || match open_database(&path, OpenMode::Existing) {
+            Ok(conn) => Ok(Some(conn)),
+            Err(DataError::Missing { .. }) => Ok(None),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+/// What a cycle did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CycleReport {
+    /// The snapshot id of every database in the cycle.
+    pub id: SnapshotId,
+    /// The shared database's manifest, which lists the tenants.
+    pub shared: Manifest,
+    /// Files uploaded, over all databases.
+    pub files: usize,
+    /// Bytes uploaded, over all databases.
+    pub bytes: u64,
+}
+
+impl CycleReport {
+    /// Tenants whose snapshot failed in this cycle.
+    pub fn failed_tenants(&self) -> impl Iterator<Item = (&Uuid, &str)> {
+        self.shared.tenants.iter().filter_map(|t| match &t.state {
+            TenantState::Failed { error } => Some((&t.tenant_id, error.as_str())),
+            _ => None,
+        })
+    }
+
+    /// Whether every database was backed up.
+    pub fn is_success(&self) -> bool {
+        self.failed_tenants().next().is_none()
+    }
+}
+
+/// Runs one cycle. Fails as a whole when the shared database cannot be backed up; a failing tenant is
+/// recorded in the shared manifest (and [`CycleReport::is_success`] is false) while the others go on.
+pub async fn run_cycle(
+    storage: &Storage,
+    shared: Connection,
+    tenants: Vec<TenantSource>,
+    options: &BackupOptions,
+) -> Result<CycleReport> {
+    let _lock = CycleLock::acquire(&options.lock_file)?;
+    let id = pick_id(storage).await?;
+    let staging = StagingDir::create(options.staging_dir.join(id.to_string()))?;
+    tracing::info!(snapshot = %id, location = %storage.location(), tenants = tenants.len(), "backup cycle started");
+
+    let mut shared_manifest = snapshot_database(
+        storage,
+        shared,
+        Database::Shared,
+        id,
+        staging.path(),
+        options,
+    )
+    .await?;
+    let (mut files, mut bytes) = (shared_manifest.files.len(), shared_manifest.total_size());
+    for tenant in tenants {
+        let database = Database::Tenant {
+            tenant_id: tenant.id,
+        };
+        let state = match (tenant.open)() {
+            Ok(None) => TenantState::Skipped {
+                reason: "no database file yet".to_owned(),
+            },
+            Err(e) => TenantState::Failed {
+                error: e.to_string(),
+            },
+            Ok(Some(conn)) => {
+                match backup_tenant(storage, conn, database, id, staging.path(), options).await {
+                    Ok((manifest, sha)) => {
+                        files += manifest.files.len();
+                        bytes += manifest.total_size();
+                        TenantState::Complete {
+                            manifest_sha256: sha.to_string(),
+                        }
+                    }
+                    Err(e) => TenantState::Failed {
+                        error: e.to_string(),
+                    },
+                }
+            }
+        };
+        match &state {
+            TenantState::Failed { error } => {
+                tracing::error!(tenant = %tenant.id, error, "tenant backup failed")
+            }
+            TenantState::Skipped { reason } => {
+                tracing::info!(tenant = %tenant.id, reason, "tenant skipped")
+            }
+            TenantState::Complete { .. } => tracing::info!(tenant = %tenant.id, "tenant backed up"),
+        }
+        shared_manifest.tenants.push(TenantEntry {
+            tenant_id: tenant.id,
+            state,
+        });
+    }
+    // The commit point: only now does the cycle exist for list, restore and "latest".
+    commit(storage, &shared_manifest).await?;
+    tracing::info!(snapshot = %id, files, bytes, "backup cycle committed");
+    Ok(CycleReport {
+        id,
+        shared: shared_manifest,
+        files,
+        bytes,
+    })
+}
+
+async fn backup_tenant(
+    storage: &Storage,
+    conn: Connection,
+    database: Database,
+    id: SnapshotId,
+    staging: &Path,
+    options: &BackupOptions,
+) -> Result<(Manifest, Sha256Digest)> {
+    let manifest = snapshot_database(storage, conn, database, id, staging, options).await?;
+    let sha = commit(storage, &manifest).await?;
+    Ok((manifest, sha))
+}
+
+/// The newest id that no cycle has used: a second cycle within the same second waits for the next one.
+async fn pick_id(storage: &Storage) -> Result<SnapshotId> {
+    loop {
+        let id = SnapshotId::now();
+        if storage
+            .list(&format!("shared/{id}"), ListMode::Recursive)
+            .await?
+            .is_empty()
+        {
+            return Ok(id);
+        }
+        let into_second = Timestamp::now().subsec_nanosecond();
+        tokio::time::sleep(std::time::Duration::from_nanos(
+            1_000_000_000 - u64::try_from(into_second).unwrap_or(0),
+        ))
+        .await;
+    }
+}
+
+/// Exports one database and uploads its files; returns its manifest, not yet written.
+async fn snapshot_database(
+    storage: &Storage,
+    conn: Connection,
+    database: Database,
+    id: SnapshotId,
+    staging: &Path,
+    options: &BackupOptions,
+) -> Result<Manifest> {
+    let folder = format!("{}/{id}", database.folder());
+    let created_at = Timestamp::now();
+    let marker = serde_json::json!({ "tool": tool(), "started_at": created_at.to_string() });
+    storage
+        .write(
+            &format!("{folder}/{IN_PROGRESS_NAME}"),
+            serde_json::to_vec(&marker).unwrap_or_default(),
+        )
+        .await?;
+
+    let dir = staging.join(database.folder());
+    std::fs::create_dir_all(dir.parent().unwrap_or(staging)).map_err(|e| Error::io(&dir, e))?;
+    let export_dir = dir.clone();
+    let export: Export =
+        tokio::task::spawn_blocking(move || export_database(&conn, database, &export_dir))
+            .await
+            .map_err(|e| Error::Internal(format!("export task: {e}")))??;
+
+    let mut files: Vec<FileEntry> = futures::stream::iter(export.files.iter())
+        .map(|path| upload_one(storage, &folder, path, &options.transfer))
+        .buffer_unordered(options.file_concurrency.max(1))
+        .try_collect()
+        .await?;
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Manifest {
+        format: "hitkeep-snapshot".to_owned(),
+        format_version: FORMAT_VERSION,
+        snapshot_id: id,
+        database,
+        created_at,
+        tool: tool(),
+        duckdb_version: export.duckdb_version,
+        files,
+        tables: export.tables,
+        tenants: Vec::new(),
+    })
+}
+
+async fn upload_one(
+    storage: &Storage,
+    folder: &str,
+    path: &Path,
+    transfer: &TransferOptions,
+) -> Result<FileEntry> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let info = storage
+        .upload_file(path, &format!("{folder}/{name}"), transfer)
+        .await?;
+    tracing::debug!(file = name, size = info.size, "uploaded");
+    Ok(FileEntry {
+        name,
+        size: info.size,
+        sha256: info.sha256.to_string(),
+    })
+}
+
+/// Writes the manifest (the snapshot now exists), then removes the in-progress marker.
+async fn commit(storage: &Storage, manifest: &Manifest) -> Result<Sha256Digest> {
+    let folder = format!("{}/{}", manifest.database.folder(), manifest.snapshot_id);
+    let bytes = manifest.to_bytes();
+    let sha = Sha256Digest::of(&bytes);
+    storage
+        .write(&format!("{folder}/{MANIFEST_NAME}"), bytes)
+        .await?;
+    if let Err(e) = storage
+        .delete(&format!("{folder}/{IN_PROGRESS_NAME}"))
+        .await
+    {
+        tracing::warn!(error = %e, "could not remove the in-progress marker; the snapshot is complete regardless");
+    }
+    Ok(sha)
+}
+
+pub(crate) fn tool() -> String {
+    format!("hitkeep-rs {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A staging directory removed when the cycle ends, whichever way it ends.
+struct StagingDir(PathBuf);
+
+impl StagingDir {
+    fn create(path: PathBuf) -> Result<Self> {
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(StagingDir(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "could not remove the staging directory");
+        }
+    }
+}

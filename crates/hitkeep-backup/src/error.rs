@@ -1,0 +1,78 @@
+//! The backup crate's error. Storage, DuckDB and file errors keep their own context (which object,
+//! which file) and are wrapped, never flattened into strings, so callers can still branch on them.
+
+use std::path::PathBuf;
+
+use crate::manifest::{Database, ManifestError};
+
+/// A backup, listing, verification or pruning failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Object storage failed.
+    #[error(transparent)]
+    Storage(#[from] hitkeep_storage::Error),
+    /// A database could not be opened.
+    #[error(transparent)]
+    Data(#[from] hitkeep_data::DataError),
+    /// DuckDB failed on a database.
+    #[error("{database}: {context}: {source}")]
+    DuckDb {
+        /// Which database.
+        database: Database,
+        /// What was being done.
+        context: &'static str,
+        /// DuckDB's error.
+        #[source]
+        source: duckdb::Error,
+    },
+    /// A local file or directory operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another backup cycle holds the lock.
+    #[error(
+        "another backup cycle is running on this data (lock {0} is held); wait for it to finish"
+    )]
+    Busy(PathBuf),
+    /// A manifest could not be used.
+    #[error("{key}: {source}")]
+    Manifest {
+        /// The manifest's key.
+        key: String,
+        /// Why.
+        #[source]
+        source: ManifestError,
+    },
+    /// No snapshot matches.
+    #[error("{0}")]
+    NotFound(String),
+    /// A worker task died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn duckdb(database: Database, context: &'static str, source: duckdb::Error) -> Self {
+        Error::DuckDb {
+            database,
+            context,
+            source,
+        }
+    }
+}
+
+/// The backup crate's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

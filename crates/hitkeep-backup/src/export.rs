@@ -1,0 +1,96 @@
+//! One database to Parquet files in a local directory, with row counts from the same transaction.
+//! Blocking: DuckDB calls run on a blocking thread.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use duckdb::Connection;
+use hitkeep_data::{quote_ident, quote_literal, user_tables};
+
+use crate::error::{Error, Result};
+use crate::manifest::Database;
+
+/// What an export produced.
+#[derive(Debug)]
+pub(crate) struct Export {
+    /// Row counts by table (`name`, or `schema.name` outside `main`).
+    pub tables: BTreeMap<String, u64>,
+    /// Every file written, in name order.
+    pub files: Vec<PathBuf>,
+    /// DuckDB's version.
+    pub duckdb_version: String,
+}
+
+/// `CHECKPOINT`, then in one transaction: count every table and `EXPORT DATABASE` (Parquet, zstd) into
+/// `dir`. Counting inside the transaction makes the counts describe exactly the exported rows.
+pub(crate) fn export_database(conn: &Connection, database: Database, dir: &Path) -> Result<Export> {
+    // A failed checkpoint (another connection mid-transaction) only means a bigger WAL; the export is
+    // still consistent, so it warns, as HitKeep does.
+    if let Err(e) = conn.execute_batch("CHECKPOINT") {
+        tracing::warn!(%database, error = %e, "CHECKPOINT failed; exporting anyway");
+    }
+    let duckdb_version: String = conn
+        .query_row("SELECT version()", [], |r| r.get(0))
+        .map_err(|e| Error::duckdb(database, "reading the version", e))?;
+    conn.execute_batch("BEGIN TRANSACTION")
+        .map_err(|e| Error::duckdb(database, "starting the export transaction", e))?;
+    let outcome = count_and_export(conn, database, dir);
+    let end = if outcome.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    if let Err(e) = conn.execute_batch(end) {
+        tracing::warn!(%database, error = %e, "could not end the export transaction");
+    }
+    let tables = outcome?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .map(|entry| entry.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect::<Result<_>>()?;
+    files.retain(|p| p.is_file());
+    files.sort();
+    Ok(Export {
+        tables,
+        files,
+        duckdb_version,
+    })
+}
+
+fn count_and_export(
+    conn: &Connection,
+    database: Database,
+    dir: &Path,
+) -> Result<BTreeMap<String, u64>> {
+    let mut tables = BTreeMap::new();
+    for (schema, table) in
+        user_tables(conn).map_err(|e| Error::duckdb(database, "listing tables", e))?
+    {
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_ident(&schema),
+            quote_ident(&table)
+        );
+        let count: i64 = conn
+            .query_row(&sql, [], |r| r.get(0))
+            .map_err(|e| Error::duckdb(database, "counting rows", e))?;
+        let name = if schema == "main" {
+            table
+        } else {
+            format!("{schema}.{table}")
+        };
+        tables.insert(name, u64::try_from(count).unwrap_or_default());
+    }
+    let target = dir.to_str().ok_or_else(|| {
+        Error::io(
+            dir,
+            std::io::Error::other("the staging path is not valid UTF-8"),
+        )
+    })?;
+    conn.execute_batch(&format!(
+        "EXPORT DATABASE {} (FORMAT PARQUET, COMPRESSION ZSTD)",
+        quote_literal(target)
+    ))
+    .map_err(|e| Error::duckdb(database, "EXPORT DATABASE", e))?;
+    Ok(tables)
+}

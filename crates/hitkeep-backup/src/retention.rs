@@ -1,0 +1,104 @@
+//! Pruning, planned first and executed second: keep the newest N usable snapshots of each database, and
+//! remove unfinished leftovers older than the newest usable one.
+
+use std::num::NonZeroU32;
+
+use hitkeep_storage::Storage;
+use serde::Serialize;
+
+use crate::SnapshotId;
+use crate::catalog::{Catalog, SnapshotState};
+use crate::error::{Error, Result};
+use crate::manifest::Database;
+
+/// A snapshot to delete, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Deletion {
+    /// Which database.
+    pub database: Database,
+    /// Which snapshot.
+    pub id: SnapshotId,
+    /// Why it goes.
+    pub reason: &'static str,
+    /// Bytes it holds.
+    pub size: u64,
+}
+
+/// What pruning would delete. Nothing is deleted until [`PrunePlan::execute`].
+#[derive(Clone, Debug, Default, Serialize)]
+#[non_exhaustive]
+pub struct PrunePlan {
+    /// The snapshots to delete.
+    pub deletions: Vec<Deletion>,
+}
+
+impl PrunePlan {
+    /// Plans for keeping `keep` snapshots per database. `protect` (the snapshot just written) is never
+    /// planned for deletion, whatever the count.
+    pub fn new(catalog: &Catalog, keep: NonZeroU32, protect: Option<SnapshotId>) -> PrunePlan {
+        let keep = usize::try_from(keep.get()).unwrap_or(usize::MAX);
+        let mut deletions = Vec::new();
+        for db in &catalog.databases {
+            let usable =
+                |s: &SnapshotState| matches!(s, SnapshotState::Complete | SnapshotState::Legacy);
+            let newest_usable = db
+                .snapshots
+                .iter()
+                .rev()
+                .find(|s| usable(&s.state))
+                .map(|s| s.id);
+            let mut kept = 0;
+            for snap in db.snapshots.iter().rev() {
+                if Some(snap.id) == protect {
+                    kept += usize::from(usable(&snap.state));
+                    continue;
+                }
+                let reason = if usable(&snap.state) {
+                    kept += 1;
+                    (kept > keep).then_some("older than the newest retained snapshots")
+                } else {
+                    // Unfinished folders newer than the newest usable one may still be running.
+                    newest_usable
+                        .filter(|n| snap.id < *n)
+                        .map(|_| "unfinished and superseded")
+                };
+                if let Some(reason) = reason {
+                    deletions.push(Deletion {
+                        database: db.database,
+                        id: snap.id,
+                        reason,
+                        size: snap.size,
+                    });
+                }
+            }
+        }
+        PrunePlan { deletions }
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.deletions.is_empty()
+    }
+
+    /// Deletes the planned snapshots, then lists each folder again to check it is really gone (some
+    /// providers acknowledge deletes they do not perform).
+    pub async fn execute(&self, storage: &Storage) -> Result<usize> {
+        let mut objects = 0;
+        for d in &self.deletions {
+            let folder = format!("{}/{}", d.database.folder(), d.id);
+            objects += storage.delete_prefix(&folder).await?;
+            let left = storage
+                .list(&folder, hitkeep_storage::ListMode::Recursive)
+                .await?;
+            if !left.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "{folder}: {} object(s) still listed after deleting; the storage did not delete them",
+                    left.len()
+                )));
+            }
+            tracing::info!(database = %d.database, snapshot = %d.id, reason = d.reason, "pruned snapshot");
+        }
+        Ok(objects)
+    }
+}

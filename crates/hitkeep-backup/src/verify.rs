@@ -1,0 +1,202 @@
+//! Re-reading a snapshot: every object's size and SHA-256 against its manifest, and with `deep`, an
+//! `IMPORT DATABASE` into a scratch DuckDB file whose row counts must match the manifest.
+
+use std::path::Path;
+
+use hitkeep_data::{OpenMode, open_database, quote_ident, quote_literal};
+use hitkeep_storage::{ObjectInfo, Sha256Digest, Storage, TransferOptions};
+use serde::Serialize;
+
+use crate::SnapshotId;
+use crate::catalog::{Catalog, SnapshotState};
+use crate::error::{Error, Result};
+use crate::manifest::{Database, MANIFEST_NAME, Manifest, TenantState};
+
+/// The result for one database.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct DatabaseCheck {
+    /// Which database.
+    pub database: Database,
+    /// Objects read back.
+    pub files: usize,
+    /// Bytes read back.
+    pub bytes: u64,
+    /// Tables whose row counts were compared (deep only).
+    pub tables: usize,
+    /// What is wrong; empty when all is well.
+    pub problems: Vec<String>,
+}
+
+/// The result for a snapshot.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// The snapshot checked.
+    pub snapshot_id: SnapshotId,
+    /// Whether the import check ran.
+    pub deep: bool,
+    /// One entry per database.
+    pub databases: Vec<DatabaseCheck>,
+}
+
+impl VerifyReport {
+    /// Whether nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.databases.iter().all(|d| d.problems.is_empty())
+    }
+}
+
+/// Verifies the committed cycle `id`: the shared snapshot and every tenant it lists as complete.
+/// `scratch` is a local directory for downloads (removed afterwards).
+pub async fn verify_snapshot(
+    storage: &Storage,
+    catalog: &Catalog,
+    id: SnapshotId,
+    deep: bool,
+    scratch: &Path,
+) -> Result<VerifyReport> {
+    let shared = catalog
+        .find(Database::Shared, id)
+        .ok_or_else(|| Error::NotFound(format!("no shared snapshot {id}")))?;
+    let Some(manifest) = shared.manifest.clone() else {
+        return Err(Error::NotFound(format!(
+            "shared snapshot {id} is {:?}: only complete snapshots can be verified",
+            shared.state
+        )));
+    };
+    let mut databases = vec![check_database(storage, &manifest, deep, scratch).await?];
+    for tenant in &manifest.tenants {
+        let database = Database::Tenant {
+            tenant_id: tenant.tenant_id,
+        };
+        let TenantState::Complete { manifest_sha256 } = &tenant.state else {
+            continue;
+        };
+        let check = match catalog.find(database, id) {
+            Some(info) if info.state == SnapshotState::Complete => {
+                let key = format!("{}/{id}/{MANIFEST_NAME}", database.folder());
+                let actual = Sha256Digest::of(&storage.read(&key).await?).to_string();
+                let mut check = check_database(
+                    storage,
+                    info.manifest.as_ref().expect("complete has a manifest"),
+                    deep,
+                    scratch,
+                )
+                .await?;
+                if &actual != manifest_sha256 {
+                    check.problems.insert(0, format!("{key}: SHA-256 {actual} differs from {manifest_sha256} recorded by the shared manifest"));
+                }
+                check
+            }
+            _ => DatabaseCheck {
+                database,
+                files: 0,
+                bytes: 0,
+                tables: 0,
+                problems: vec![format!(
+                    "the cycle lists {database} as complete, but its snapshot {id} is missing or unfinished"
+                )],
+            },
+        };
+        databases.push(check);
+    }
+    Ok(VerifyReport {
+        snapshot_id: id,
+        deep,
+        databases,
+    })
+}
+
+async fn check_database(
+    storage: &Storage,
+    manifest: &Manifest,
+    deep: bool,
+    scratch: &Path,
+) -> Result<DatabaseCheck> {
+    let database = manifest.database;
+    let folder = format!("{}/{}", database.folder(), manifest.snapshot_id);
+    let dir = scratch
+        .join(database.folder())
+        .join(manifest.snapshot_id.to_string());
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut check = DatabaseCheck {
+        database,
+        files: 0,
+        bytes: 0,
+        tables: 0,
+        problems: Vec::new(),
+    };
+    for file in &manifest.files {
+        let Ok(sha256) = file.sha256.parse() else {
+            check.problems.push(format!(
+                "{folder}/{}: the manifest's SHA-256 is malformed",
+                file.name
+            ));
+            continue;
+        };
+        let expected = ObjectInfo {
+            size: file.size,
+            sha256,
+        };
+        match storage
+            .download_file(
+                &format!("{folder}/{}", file.name),
+                &dir.join(&file.name),
+                Some(&expected),
+                &TransferOptions::default(),
+            )
+            .await
+        {
+            Ok(info) => {
+                check.files += 1;
+                check.bytes += info.size;
+            }
+            Err(e) => check.problems.push(e.to_string()),
+        }
+    }
+    if deep && check.problems.is_empty() {
+        let tables = manifest.tables.clone();
+        let dir2 = dir.clone();
+        let outcome = tokio::task::spawn_blocking(move || import_and_count(&dir2, &tables))
+            .await
+            .map_err(|e| Error::Internal(format!("import task: {e}")))?;
+        match outcome {
+            Ok((compared, problems)) => {
+                check.tables = compared;
+                check.problems.extend(problems);
+            }
+            Err(e) => check.problems.push(format!("IMPORT DATABASE failed: {e}")),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(check)
+}
+
+fn import_and_count(
+    dir: &Path,
+    tables: &std::collections::BTreeMap<String, u64>,
+) -> Result<(usize, Vec<String>), String> {
+    let db_path = dir.join("verify.duckdb");
+    let conn = open_database(&db_path, OpenMode::Create).map_err(|e| e.to_string())?;
+    let source = dir.to_str().ok_or("the scratch path is not valid UTF-8")?;
+    conn.execute_batch(&format!("IMPORT DATABASE {}", quote_literal(source)))
+        .map_err(|e| e.to_string())?;
+    let mut problems = Vec::new();
+    for (table, want) in tables {
+        let qualified = match table.split_once('.') {
+            Some((schema, name)) => format!("{}.{}", quote_ident(schema), quote_ident(name)),
+            None => quote_ident(table),
+        };
+        match conn.query_row(&format!("SELECT count(*) FROM {qualified}"), [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(got) if u64::try_from(got).ok() == Some(*want) => {}
+            Ok(got) => problems.push(format!(
+                "table {table}: {got} rows after import, manifest says {want}"
+            )),
+            Err(e) => problems.push(format!("table {table}: {e}")),
+        }
+    }
+    Ok((tables.len(), problems))
+}

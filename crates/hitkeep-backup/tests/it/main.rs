@@ -1,0 +1,455 @@
+//! Backup cycles against a local directory and the in-process S3 server, on real DuckDB demo data.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use hitkeep_backup::manifest::TenantState;
+use hitkeep_backup::{
+    BackupOptions, Catalog, CycleLock, Database, Error, PrunePlan, SnapshotState, TenantSource,
+    run_cycle, verify_snapshot,
+};
+use hitkeep_config::{Config, Location, Sources};
+use hitkeep_data::demo::{DemoOptions, DemoSummary, generate};
+use hitkeep_data::{DataLayout, OpenMode, backup_tenants, open_database};
+use hitkeep_storage::{ListMode, Storage};
+use hitkeep_testkit::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
+
+/// Demo data plus a backup location.
+struct Fixture {
+    dir: tempfile::TempDir,
+    layout: DataLayout,
+    demo: DemoSummary,
+    storage: Storage,
+    _server: Option<S3Server>,
+}
+
+impl Fixture {
+    async fn new(s3: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = DataLayout::new(dir.path().join("hitkeep.db"), dir.path().join("data"));
+        let demo = generate(&layout, &DemoOptions::new(3_000, 2)).unwrap();
+        let (storage, server) = if s3 {
+            let server = S3Server::start().await.unwrap();
+            let endpoint = server.host_port();
+            let env: BTreeMap<String, String> = [
+                ("HITKEEP_S3_ENDPOINT", endpoint.as_str()),
+                ("HITKEEP_S3_URL_STYLE", "path"),
+                ("HITKEEP_S3_USE_SSL", "false"),
+                ("HITKEEP_S3_ACCESS_KEY_ID", ACCESS_KEY_ID),
+                ("HITKEEP_S3_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            let s3 = Config::load(&Sources {
+                env,
+                ..Sources::default()
+            })
+            .unwrap()
+            .settings
+            .s3;
+            let location: Location = format!("s3://{BUCKET}/hitkeep/backups").parse().unwrap();
+            (Storage::open(&location, &s3).await.unwrap(), Some(server))
+        } else {
+            let s3 = Config::load(&Sources::default()).unwrap().settings.s3;
+            (
+                Storage::open(&Location::Local(dir.path().join("backups")), &s3)
+                    .await
+                    .unwrap(),
+                None,
+            )
+        };
+        Fixture {
+            dir,
+            layout,
+            demo,
+            storage,
+            _server: server,
+        }
+    }
+
+    fn options(&self) -> BackupOptions {
+        BackupOptions::for_layout(&self.layout)
+    }
+
+    fn tenant_sources(&self) -> Vec<TenantSource> {
+        let shared = open_database(&self.layout.db_path, OpenMode::Existing).unwrap();
+        backup_tenants(&shared)
+            .unwrap()
+            .into_iter()
+            .map(|id| TenantSource::from_layout(&self.layout, id))
+            .collect()
+    }
+
+    async fn cycle(&self) -> hitkeep_backup::CycleReport {
+        let shared = open_database(&self.layout.db_path, OpenMode::Existing).unwrap();
+        run_cycle(
+            &self.storage,
+            shared,
+            self.tenant_sources(),
+            &self.options(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// Row counts and an order-independent fingerprint of every table, straight from DuckDB.
+fn fingerprint(db: &Path) -> BTreeMap<String, (i64, i128)> {
+    let conn = open_database(db, OpenMode::Existing).unwrap();
+    hitkeep_data::user_tables(&conn)
+        .unwrap()
+        .into_iter()
+        .map(|(_, t)| {
+            let sql = format!("SELECT count(*), coalesce(sum(hash(x)::HUGEINT), 0) FROM \"{t}\" x");
+            let row: (i64, i128) = conn
+                .query_row(&sql, [], |r| Ok((r.get(0)?, r.get::<_, i128>(1)?)))
+                .unwrap();
+            (t, row)
+        })
+        .collect()
+}
+
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod local {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Fixture::new(false).await).await })*
+        }
+        mod s3 {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Fixture::new(true).await).await })*
+        }
+    };
+}
+
+on_every_backend!(
+    a_cycle_writes_the_layout_manifests_and_checksums,
+    the_parquet_files_hold_exactly_the_source_rows,
+    an_interrupted_cycle_is_incomplete_and_never_latest,
+    retention_keeps_exactly_n,
+    a_failing_tenant_is_reported_and_the_others_are_backed_up,
+    verify_finds_a_damaged_object_and_deep_verify_passes_on_intact_data,
+);
+
+async fn a_cycle_writes_the_layout_manifests_and_checksums(f: Fixture) {
+    let report = f.cycle().await;
+    assert!(report.is_success());
+    let id = report.id;
+    let keys: Vec<String> = f
+        .storage
+        .list("", ListMode::Recursive)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert!(
+        keys.contains(&format!("shared/{id}/manifest.json")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&format!("shared/{id}/schema.sql"))
+            && keys.contains(&format!("shared/{id}/load.sql"))
+    );
+    assert!(keys.contains(&format!("shared/{id}/hits.parquet")));
+    for t in &f.demo.tenants {
+        assert!(
+            keys.contains(&format!("tenants/{t}/{id}/manifest.json")),
+            "tenant {t}: {keys:?}"
+        );
+    }
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains(&f.demo.archived_tenant.to_string())),
+        "archived tenants are not backed up"
+    );
+    assert!(
+        !keys.iter().any(|k| k.ends_with("in-progress.json")),
+        "markers are removed after commit"
+    );
+
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    assert_eq!(catalog.latest_committed().unwrap().id, id);
+    let shared = catalog
+        .latest_committed()
+        .unwrap()
+        .manifest
+        .clone()
+        .unwrap();
+    assert_eq!(shared.database, Database::Shared);
+    assert_eq!(shared.format_version, 1);
+    assert_eq!(shared.tenants.len(), 2);
+    assert!(
+        shared
+            .tenants
+            .iter()
+            .all(|t| matches!(t.state, TenantState::Complete { .. }))
+    );
+    // Every recorded digest matches the stored object.
+    for file in &shared.files {
+        let bytes = f
+            .storage
+            .read(&format!("shared/{id}/{}", file.name))
+            .await
+            .unwrap();
+        assert_eq!(bytes.len() as u64, file.size, "{}", file.name);
+        assert_eq!(
+            hitkeep_storage::Sha256Digest::of(&bytes).to_string(),
+            file.sha256,
+            "{}",
+            file.name
+        );
+    }
+    // The manifest's row counts are the source's.
+    let source = fingerprint(&f.layout.db_path);
+    for (table, (count, _)) in &source {
+        assert_eq!(
+            shared.tables.get(table).copied(),
+            Some(*count as u64),
+            "{table}"
+        );
+    }
+    assert!(
+        !f.layout
+            .data_path
+            .join(".hitkeep-staging")
+            .join(id.to_string())
+            .exists(),
+        "staging is removed"
+    );
+}
+
+async fn the_parquet_files_hold_exactly_the_source_rows(f: Fixture) {
+    let id = f.cycle().await.id;
+    let tenant = f.demo.tenants[0];
+    let download = f.dir.path().join("dl");
+    std::fs::create_dir_all(&download).unwrap();
+    for (folder, db) in [
+        ("shared".to_owned(), f.layout.db_path.clone()),
+        (format!("tenants/{tenant}"), f.layout.tenant_db(tenant)),
+    ] {
+        let source = fingerprint(&db);
+        let conn = duckdb::Connection::open_in_memory().unwrap();
+        for table in [
+            "hits",
+            "events",
+            "web_vitals",
+            "imported_event_dimensions_daily",
+            "hit_rollups_daily",
+        ] {
+            let local = download.join(format!("{}-{table}.parquet", folder.replace('/', "_")));
+            f.storage
+                .download_file(
+                    &format!("{folder}/{id}/{table}.parquet"),
+                    &local,
+                    None,
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
+            let sql = format!(
+                "SELECT count(*), coalesce(sum(hash(x)::HUGEINT), 0) FROM read_parquet('{}') x",
+                local.display()
+            );
+            let got: (i64, i128) = conn
+                .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
+            assert_eq!(got, source[table], "{folder}/{table}");
+            assert!(got.0 > 0, "{folder}/{table} has rows");
+        }
+    }
+}
+
+async fn an_interrupted_cycle_is_incomplete_and_never_latest(f: Fixture) {
+    let committed = f.cycle().await.id;
+    // A run killed between upload and manifest: data files and the marker, no manifest.
+    let killed = "2099-01-01T000000Z";
+    f.storage
+        .write(&format!("shared/{killed}/in-progress.json"), &b"{}"[..])
+        .await
+        .unwrap();
+    f.storage
+        .write(
+            &format!("shared/{killed}/schema.sql"),
+            &b"CREATE TABLE x(i INT);"[..],
+        )
+        .await
+        .unwrap();
+    f.storage
+        .write(&format!("shared/{killed}/load.sql"), &b""[..])
+        .await
+        .unwrap();
+    f.storage
+        .write(&format!("shared/{killed}/hits.parquet"), &b"PAR1"[..])
+        .await
+        .unwrap();
+    // A HitKeep Go snapshot: an export with no manifest and no marker.
+    let legacy = "2020-01-01T000000Z";
+    f.storage
+        .write(&format!("shared/{legacy}/schema.sql"), &b""[..])
+        .await
+        .unwrap();
+    f.storage
+        .write(&format!("shared/{legacy}/load.sql"), &b""[..])
+        .await
+        .unwrap();
+
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let state = |id: &str| {
+        catalog
+            .find(Database::Shared, id.parse().unwrap())
+            .unwrap()
+            .state
+            .clone()
+    };
+    assert_eq!(state(killed), SnapshotState::Incomplete);
+    assert_eq!(state(legacy), SnapshotState::Legacy);
+    assert_eq!(state(&committed.to_string()), SnapshotState::Complete);
+    assert_eq!(catalog.latest_committed().unwrap().id, committed);
+    assert_eq!(catalog.resolve(Some("latest")).unwrap().id, committed);
+    assert!(
+        catalog.resolve(Some(killed)).is_ok(),
+        "named snapshots resolve, whatever their state"
+    );
+
+    // The next cycle succeeds, and pruning leaves the newer unfinished folder alone (it may be running).
+    let next = f.cycle().await.id;
+    let plan = PrunePlan::new(
+        &Catalog::load(&f.storage).await.unwrap(),
+        NonZeroU32::new(24).unwrap(),
+        Some(next),
+    );
+    assert!(
+        plan.deletions.iter().all(|d| d.id.to_string() != killed),
+        "{plan:?}"
+    );
+}
+
+async fn retention_keeps_exactly_n(f: Fixture) {
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(f.cycle().await.id);
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "cycles in the same second get distinct ids: {ids:?}"
+    );
+    // An unfinished leftover older than the newest complete snapshot goes too.
+    let stale = "2001-01-01T000000Z";
+    f.storage
+        .write(&format!("shared/{stale}/in-progress.json"), &b"{}"[..])
+        .await
+        .unwrap();
+
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let plan = PrunePlan::new(&catalog, NonZeroU32::new(2).unwrap(), Some(ids[3]));
+    plan.execute(&f.storage).await.unwrap();
+    let after = Catalog::load(&f.storage).await.unwrap();
+    for db in &after.databases {
+        let left: Vec<_> = db.snapshots.iter().map(|s| s.id).collect();
+        assert_eq!(left, ids[2..], "{}", db.database);
+    }
+    // Keep 1 never deletes the snapshot just written.
+    let plan = PrunePlan::new(&after, NonZeroU32::new(1).unwrap(), Some(ids[3]));
+    assert!(plan.deletions.iter().all(|d| d.id != ids[3]));
+}
+
+async fn a_failing_tenant_is_reported_and_the_others_are_backed_up(f: Fixture) {
+    let shared = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
+    let broken = f.demo.tenants[0];
+    let mut sources: Vec<TenantSource> = vec![TenantSource::new(broken, || {
+        Err(hitkeep_data::DataError::Missing {
+            path: "/nonexistent/tenant.db".into(),
+        })
+    })];
+    sources.push(TenantSource::from_layout(&f.layout, f.demo.tenants[1]));
+    let no_db_yet = uuid::Uuid::new_v4();
+    sources.push(TenantSource::from_layout(&f.layout, no_db_yet));
+    let report = run_cycle(&f.storage, shared, sources, &f.options())
+        .await
+        .unwrap();
+    assert!(!report.is_success());
+    let failed: Vec<_> = report.failed_tenants().map(|(id, _)| *id).collect();
+    assert_eq!(failed, [broken]);
+    let states: BTreeMap<_, _> = report
+        .shared
+        .tenants
+        .iter()
+        .map(|t| (t.tenant_id, t.state.clone()))
+        .collect();
+    assert!(matches!(
+        states[&f.demo.tenants[1]],
+        TenantState::Complete { .. }
+    ));
+    assert!(matches!(states[&no_db_yet], TenantState::Skipped { .. }));
+    assert!(
+        !f.layout.tenant_db(no_db_yet).exists(),
+        "no empty tenant database is created"
+    );
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    assert_eq!(
+        catalog.latest_committed().unwrap().id,
+        report.id,
+        "the cycle is committed, with the failure recorded"
+    );
+}
+
+async fn verify_finds_a_damaged_object_and_deep_verify_passes_on_intact_data(f: Fixture) {
+    let id = f.cycle().await.id;
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let scratch = f.dir.path().join("scratch");
+    let report = verify_snapshot(&f.storage, &catalog, id, true, &scratch)
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.databases.len(), 3);
+    assert!(
+        report
+            .databases
+            .iter()
+            .all(|d| d.tables > 20 && d.files > 20),
+        "{report:?}"
+    );
+
+    let tenant = f.demo.tenants[1];
+    f.storage
+        .write(
+            &format!("tenants/{tenant}/{id}/events.parquet"),
+            &b"not parquet"[..],
+        )
+        .await
+        .unwrap();
+    let report = verify_snapshot(&f.storage, &catalog, id, false, &scratch)
+        .await
+        .unwrap();
+    assert!(!report.is_ok());
+    let problems: Vec<&String> = report.databases.iter().flat_map(|d| &d.problems).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(&format!("tenants/{tenant}/{id}/events.parquet")),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cycle_is_refused_while_one_holds_the_lock() {
+    let f = Fixture::new(false).await;
+    let _held = CycleLock::acquire(&f.options().lock_file).unwrap();
+    let shared = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
+    let err = run_cycle(&f.storage, shared, Vec::new(), &f.options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Busy(_)), "{err}");
+    assert!(err.to_string().contains("another backup cycle is running"));
+    assert!(
+        f.storage
+            .list("", ListMode::Recursive)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was written"
+    );
+}

@@ -1,0 +1,455 @@
+//! `hitkeep backup …`, `hitkeep serve` and `hitkeep demo`: wiring settings to hitkeep-backup.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use hitkeep_backup::{BackupOptions, Catalog, CycleReport, PrunePlan, SnapshotState, TenantSource};
+use hitkeep_config::{Location, Settings};
+use hitkeep_data::{DataLayout, OpenMode, backup_tenants, open_database};
+use hitkeep_storage::Storage;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::EXIT_USAGE;
+
+/// A runtime failure, already reported: exit 1.
+pub const EXIT_FAILURE: u8 = 1;
+
+fn layout(settings: &Settings) -> DataLayout {
+    DataLayout::new(&settings.db_path, &settings.data_path)
+}
+
+/// The backup location, or the usage error that explains how to set one.
+fn backup_location(settings: &Settings) -> Result<&Location, ExitCode> {
+    settings.backup.location.as_ref().ok_or_else(|| {
+        eprintln!("error: backups are disabled: HITKEEP_BACKUP_PATH (--backup-path) is not set\n  fix: set it to a directory or s3://bucket/prefix, e.g. HITKEEP_BACKUP_PATH=/var/lib/hitkeep/backups");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+}
+
+/// Prints an error with its causes and returns exit status 1.
+pub fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(EXIT_FAILURE)
+}
+
+pub fn demo(settings: &Settings, hits: u64, tenants: usize) -> ExitCode {
+    let started = std::time::Instant::now();
+    match hitkeep_data::demo::generate(
+        &layout(settings),
+        &hitkeep_data::demo::DemoOptions::new(hits, tenants),
+    ) {
+        Ok(summary) => {
+            println!(
+                "demo data created in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            println!(
+                "  shared db:  {} (default tenant {})",
+                settings.db_path.display(),
+                summary.default_tenant
+            );
+            for t in &summary.tenants {
+                println!("  tenant db:  {}", layout(settings).tenant_db(*t).display());
+            }
+            println!(
+                "  archived tenant (not backed up): {}",
+                summary.archived_tenant
+            );
+            println!("  hits: {}", summary.hits);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.into()),
+    }
+}
+
+/// One cycle plus local retention: what `backup run` and the scheduler do.
+async fn backup_once(settings: &Settings, location: &Location) -> Result<CycleReport> {
+    let storage = Storage::open(location, &settings.s3).await?;
+    let layout = layout(settings);
+    let shared = open_database(&layout.db_path, OpenMode::Existing)?;
+    let tenants = backup_tenants(&shared)
+        .with_context(|| format!("listing tenants in {}", layout.db_path.display()))?;
+    let sources = tenants
+        .into_iter()
+        .map(|id| TenantSource::from_layout(&layout, id))
+        .collect();
+    let report = hitkeep_backup::run_cycle(
+        &storage,
+        shared,
+        sources,
+        &BackupOptions::for_layout(&layout),
+    )
+    .await?;
+    if !location.is_s3() {
+        let catalog = Catalog::load(&storage).await?;
+        let plan = PrunePlan::new(&catalog, settings.backup.retention, Some(report.id));
+        let removed = plan.execute(&storage).await?;
+        if !plan.is_empty() {
+            tracing::info!(
+                snapshots = plan.deletions.len(),
+                objects = removed,
+                "pruned old snapshots"
+            );
+        }
+    }
+    Ok(report)
+}
+
+fn print_report(report: &CycleReport) {
+    println!(
+        "snapshot {} committed: {} files, {} bytes",
+        report.id, report.files, report.bytes
+    );
+    println!(
+        "  shared: {} tables, {} rows",
+        report.shared.tables.len(),
+        report.shared.total_rows()
+    );
+    for t in &report.shared.tenants {
+        let state = match &t.state {
+            hitkeep_backup::manifest::TenantState::Complete { .. } => "complete".to_owned(),
+            hitkeep_backup::manifest::TenantState::Failed { error } => format!("FAILED: {error}"),
+            hitkeep_backup::manifest::TenantState::Skipped { reason } => {
+                format!("skipped: {reason}")
+            }
+        };
+        println!("  tenant {}: {state}", t.tenant_id);
+    }
+}
+
+pub fn run(settings: &Settings) -> ExitCode {
+    let location = match backup_location(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let status = StatusFile::new(settings);
+    let outcome = runtime().block_on(backup_once(settings, location));
+    status.record(settings, &outcome, None);
+    match outcome {
+        Ok(report) => {
+            print_report(&report);
+            if report.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                let failed: Vec<String> = report
+                    .failed_tenants()
+                    .map(|(id, _)| id.to_string())
+                    .collect();
+                eprintln!(
+                    "error: backup cycle {} failed for tenant(s) {}",
+                    report.id,
+                    failed.join(", ")
+                );
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn list(settings: &Settings, json: bool) -> ExitCode {
+    let location = match backup_location(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let catalog = match runtime().block_on(async {
+        let storage = Storage::open_existing(location, &settings.s3).await?;
+        anyhow::Ok(Catalog::load(&storage).await?)
+    }) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let latest = catalog.latest_committed().map(|s| s.id);
+    let rows: Vec<serde_json::Value> = catalog
+        .databases
+        .iter()
+        .flat_map(|db| db.snapshots.iter().map(move |s| (db.database, s)))
+        .map(|(database, s)| {
+            serde_json::json!({
+                "database": database.folder(),
+                "snapshot_id": s.id,
+                "state": s.state,
+                "latest": database == hitkeep_backup::Database::Shared && Some(s.id) == latest,
+                "size": s.size,
+                "objects": s.objects,
+                "rows": s.manifest.as_ref().map(|m| m.total_rows()),
+                "created_at": s.manifest.as_ref().map(|m| m.created_at.to_string()),
+            })
+        })
+        .collect();
+    if json {
+        println!("{:#}", serde_json::Value::Array(rows));
+        return ExitCode::SUCCESS;
+    }
+    if rows.is_empty() {
+        println!("no snapshots in {location}");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<46} {:<20} {:<11} {:>12} {:>12}",
+        "DATABASE", "SNAPSHOT", "STATE", "BYTES", "ROWS"
+    );
+    for (db, s) in catalog
+        .databases
+        .iter()
+        .flat_map(|db| db.snapshots.iter().map(move |s| (db, s)))
+    {
+        let state = match &s.state {
+            SnapshotState::Complete => "complete".to_owned(),
+            SnapshotState::Incomplete => "incomplete".to_owned(),
+            SnapshotState::Legacy => "legacy".to_owned(),
+            SnapshotState::Corrupt(why) => format!("corrupt ({why})"),
+        };
+        let rows = s
+            .manifest
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |m| m.total_rows().to_string());
+        let mark = if db.database == hitkeep_backup::Database::Shared && Some(s.id) == latest {
+            "  <- latest"
+        } else {
+            ""
+        };
+        println!(
+            "{:<46} {:<20} {:<11} {:>12} {:>12}{mark}",
+            db.database.folder(),
+            s.id.to_string(),
+            state,
+            s.size,
+            rows
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn verify(settings: &Settings, snapshot: Option<&str>, deep: bool, json: bool) -> ExitCode {
+    let location = match backup_location(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let outcome = runtime().block_on(async {
+        let storage = Storage::open_existing(location, &settings.s3).await?;
+        let catalog = Catalog::load(&storage).await?;
+        let id = catalog.resolve(snapshot)?.id;
+        let scratch = tempfile::Builder::new()
+            .prefix("hitkeep-verify-")
+            .tempdir_in(scratch_root(settings))?;
+        anyhow::Ok(
+            hitkeep_backup::verify_snapshot(&storage, &catalog, id, deep, scratch.path()).await?,
+        )
+    });
+    let report = match outcome {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        println!(
+            "{:#}",
+            serde_json::json!({ "ok": report.is_ok(), "report": report })
+        );
+    } else {
+        println!(
+            "snapshot {}{}",
+            report.snapshot_id,
+            if report.deep { " (deep)" } else { "" }
+        );
+        for db in &report.databases {
+            let verdict = if db.problems.is_empty() {
+                "ok"
+            } else {
+                "PROBLEMS"
+            };
+            println!(
+                "  {:<44} {verdict}: {} files, {} bytes, {} tables compared",
+                db.database.folder(),
+                db.files,
+                db.bytes,
+                db.tables
+            );
+            for p in &db.problems {
+                println!("    - {p}");
+            }
+        }
+    }
+    if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
+
+/// Scratch space for downloads: next to the data, where there is room for a snapshot.
+fn scratch_root(settings: &Settings) -> PathBuf {
+    let root = settings.data_path.join(".hitkeep-staging");
+    let _ = std::fs::create_dir_all(&root);
+    root
+}
+
+/// The scheduler's last results, kept in a small JSON file under the data path.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Status {
+    enabled: bool,
+    destination: Option<String>,
+    interval_min: u64,
+    retention: u32,
+    last_backup: Option<String>,
+    last_snapshot: Option<String>,
+    next_backup: Option<String>,
+    last_failed_at: Option<String>,
+    last_error: Option<String>,
+    consecutive_failures: u32,
+    recent_failures: u32,
+}
+
+struct StatusFile(PathBuf);
+
+impl StatusFile {
+    fn new(settings: &Settings) -> Self {
+        StatusFile(settings.data_path.join(".hitkeep-backup-status.json"))
+    }
+
+    fn load(&self) -> Status {
+        std::fs::read(&self.0)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn record(&self, settings: &Settings, outcome: &Result<CycleReport>, next: Option<Timestamp>) {
+        let mut status = self.load();
+        let now = Timestamp::now().to_string();
+        status.enabled = settings.backup.location.is_some();
+        status.destination = settings.backup.location.as_ref().map(ToString::to_string);
+        status.interval_min = settings.backup.interval.as_secs() / 60;
+        status.retention = settings.backup.retention.get();
+        status.next_backup = next.map(|t| t.to_string());
+        let error = match outcome {
+            Ok(report) if report.is_success() => None,
+            Ok(report) => Some(format!(
+                "tenant backups failed: {}",
+                report
+                    .failed_tenants()
+                    .map(|(id, e)| format!("{id}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            Err(e) => Some(format!("{e:#}")),
+        };
+        if let Ok(report) = outcome {
+            status.last_snapshot = Some(report.id.to_string());
+        }
+        match error {
+            None => {
+                status.last_backup = Some(now);
+                status.last_error = None;
+                status.consecutive_failures = 0;
+            }
+            Some(e) => {
+                status.last_failed_at = Some(now);
+                status.last_error = Some(e);
+                status.consecutive_failures += 1;
+                status.recent_failures += 1;
+            }
+        }
+        let write = std::fs::create_dir_all(&settings.data_path).and_then(|()| {
+            std::fs::write(
+                &self.0,
+                serde_json::to_vec_pretty(&status).unwrap_or_default(),
+            )
+        });
+        if let Err(e) = write {
+            tracing::warn!(path = %self.0.display(), error = %e, "could not write the backup status file");
+        }
+    }
+}
+
+pub fn status(settings: &Settings, json: bool) -> ExitCode {
+    let file = StatusFile::new(settings);
+    let status = file.load();
+    if json {
+        println!("{:#}", serde_json::to_value(&status).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    println!(
+        "enabled:              {}",
+        settings.backup.location.is_some()
+    );
+    println!(
+        "destination:          {}",
+        settings
+            .backup
+            .location
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string)
+    );
+    println!(
+        "last backup:          {} ({})",
+        show(&status.last_backup),
+        show(&status.last_snapshot)
+    );
+    println!("next backup:          {}", show(&status.next_backup));
+    println!("last failure:         {}", show(&status.last_failed_at));
+    println!("last error:           {}", show(&status.last_error));
+    println!("consecutive failures: {}", status.consecutive_failures);
+    ExitCode::SUCCESS
+}
+
+/// How long after start the first cycle runs: soon, but not in the middle of start-up.
+const FIRST_RUN_DELAY: Duration = Duration::from_secs(5);
+
+/// The scheduler: cycles one after another (never overlapping), until SIGINT or SIGTERM.
+pub fn serve(settings: &Settings) -> ExitCode {
+    let Some(location) = settings.backup.location.clone() else {
+        eprintln!("backups are disabled (HITKEEP_BACKUP_PATH is not set); nothing to schedule");
+        return ExitCode::SUCCESS;
+    };
+    println!(
+        "backup scheduler: {location} every {} min, keeping {}",
+        settings.backup.interval.as_secs() / 60,
+        settings.backup.retention
+    );
+    match runtime().block_on(schedule(settings, &location)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn schedule(settings: &Settings, location: &Location) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let status = StatusFile::new(settings);
+    let mut next = tokio::time::Instant::now() + FIRST_RUN_DELAY;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        next = tokio::time::Instant::now() + settings.backup.interval;
+        // An interrupted cycle leaves an unfinished folder that list marks incomplete and pruning removes.
+        let outcome = tokio::select! {
+            r = backup_once(settings, location) => r,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let next_at = Timestamp::now() + settings.backup.interval;
+        status.record(settings, &outcome, Some(next_at));
+        match &outcome {
+            Ok(report) => print_report(report),
+            Err(e) => eprintln!("error: backup cycle failed: {e:#}"),
+        }
+    }
+    println!("backup scheduler stopped");
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! HitKeep's DuckDB data layout: where the shared database and the tenant databases live, which tenants
+//! are backed up, how a database file is opened, and a realistic demo data set.
+//!
+//! The shared (control-plane) database sits at `HITKEEP_DB_PATH` and holds users, sites, tenants and the
+//! default tenant's analytics; every other tenant has `{HITKEEP_DATA_PATH}/tenants/{uuid}/hitkeep.db`.
+//! [`DataLayout`] knows these paths, [`open_database`] opens a file and turns
+//! "another process holds this file" into [`DataError::Locked`], and [`backup_tenants`] lists the tenants to
+//! back up. [`demo::generate`] builds a HitKeep-shaped data set inside DuckDB.
+//!
+//! What this crate will not do: create a tenant database just to look at it (HitKeep Go does), run
+//! migrations, or know anything about storage, snapshots or archives.
+
+#![deny(missing_docs)]
+
+pub mod demo;
+mod schema;
+
+use std::path::{Path, PathBuf};
+
+use duckdb::Connection;
+use uuid::Uuid;
+
+/// Where HitKeep's databases live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataLayout {
+    /// The shared database file (`HITKEEP_DB_PATH`).
+    pub db_path: PathBuf,
+    /// The data root (`HITKEEP_DATA_PATH`).
+    pub data_path: PathBuf,
+}
+
+impl DataLayout {
+    /// A layout from the two configured paths.
+    pub fn new(db_path: impl Into<PathBuf>, data_path: impl Into<PathBuf>) -> Self {
+        DataLayout {
+            db_path: db_path.into(),
+            data_path: data_path.into(),
+        }
+    }
+
+    /// `{data}/tenants/{uuid}/hitkeep.db`.
+    pub fn tenant_db(&self, tenant: Uuid) -> PathBuf {
+        self.data_path
+            .join("tenants")
+            .join(tenant.to_string())
+            .join("hitkeep.db")
+    }
+}
+
+/// Failures opening or reading HitKeep's databases.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// Another process (usually a running HitKeep server) has the file open for writing.
+    #[error(
+        "{path} is in use by another process{}: DuckDB allows one writer per file\n  hint: stop the HitKeep server first, or let the server run the backups (set HITKEEP_BACKUP_PATH where it runs)",
+        holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+        /// What DuckDB says holds the lock, e.g. `/usr/bin/hitkeep (PID 4242)`.
+        holder: Option<String>,
+    },
+    /// The database file does not exist.
+    #[error(
+        "{path} does not exist\n  hint: check HITKEEP_DB_PATH / HITKEEP_DATA_PATH (run `hitkeep demo` to create demo data)"
+    )]
+    Missing {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Any other DuckDB failure, with the file it concerned.
+    #[error("{path}: {source}")]
+    DuckDb {
+        /// The database file.
+        path: PathBuf,
+        /// DuckDB's error.
+        #[source]
+        source: duckdb::Error,
+    },
+}
+
+impl DataError {
+    /// Wraps a DuckDB error about `path`, recognising lock conflicts.
+    pub fn from_duckdb(path: &Path, source: duckdb::Error) -> Self {
+        let text = source.to_string();
+        if text.contains("Could not set lock") || text.contains("Conflicting lock") {
+            // "… Conflicting lock is held in /usr/bin/hitkeep (PID 4242). See also …": keep "program (PID n)".
+            let holder =
+                text.split_once("Conflicting lock is held in ")
+                    .map(|(_, rest)| match rest.find(')') {
+                        Some(end) => rest[..=end].to_owned(),
+                        None => rest.trim().to_owned(),
+                    });
+            return DataError::Locked {
+                path: path.to_owned(),
+                holder,
+            };
+        }
+        DataError::DuckDb {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// How to open a database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The file must exist.
+    Existing,
+    /// Create the file (and its directory) when missing.
+    Create,
+}
+
+/// Opens a DuckDB file. Refuses, without touching the file, when
+/// another process holds it, and (in [`OpenMode::Existing`]) when it does not exist.
+pub fn open_database(path: &Path, mode: OpenMode) -> Result<Connection, DataError> {
+    if mode == OpenMode::Existing && !path.is_file() {
+        return Err(DataError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| DataError::DuckDb {
+            path: path.to_owned(),
+            source: duckdb::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
+    }
+    let conn = Connection::open(path).map_err(|e| DataError::from_duckdb(path, e))?;
+    Ok(conn)
+}
+
+/// The tenants whose databases are backed up: `is_default = FALSE` and not archived, oldest first.
+/// An older schema without these tables or columns means "shared database only" (logged at debug).
+pub fn backup_tenants(shared: &Connection) -> Result<Vec<Uuid>, duckdb::Error> {
+    let sql = "SELECT CAST(t.id AS VARCHAR) FROM tenants t \
+               WHERE t.is_default = FALSE AND t.id NOT IN (SELECT tenant_id FROM tenant_archives) \
+               ORDER BY t.created_at, t.id";
+    let mut stmt = match shared.prepare(sql) {
+        Ok(stmt) => stmt,
+        Err(e) if is_missing_schema(&e) => {
+            tracing::debug!(error = %e, "no tenant tables in this schema; backing up the shared database only");
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
+    let ids = stmt
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ids
+        .into_iter()
+        .filter_map(|id| match Uuid::parse_str(&id) {
+            Ok(uuid) => Some(uuid),
+            Err(_) => {
+                tracing::warn!(tenant = id, "skipping a tenant whose id is not a UUID");
+                None
+            }
+        })
+        .collect())
+}
+
+/// A Catalog or Binder error: the table or column does not exist in this (older) schema.
+pub fn is_missing_schema(e: &duckdb::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Catalog Error") || text.contains("Binder Error")
+}
+
+/// Every user table of the connection's database as `(schema, table)`, the way EXPORT DATABASE sees them.
+pub fn user_tables(conn: &Connection) -> Result<Vec<(String, String)>, duckdb::Error> {
+    let mut stmt = conn.prepare(
+        "SELECT schema_name, table_name FROM duckdb_tables() \
+         WHERE database_name = current_database() AND NOT internal AND NOT temporary \
+         ORDER BY schema_name, table_name",
+    )?;
+    stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect()
+}
+
+/// Quotes an identifier for DuckDB SQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for DuckDB SQL.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
