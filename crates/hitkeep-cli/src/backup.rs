@@ -90,7 +90,7 @@ async fn backup_once(settings: &Settings, location: &Location) -> Result<CycleRe
         &BackupOptions::for_layout(&layout),
     )
     .await?;
-    if !location.is_s3() {
+    if !location.is_s3() || settings.backup.prune_s3 {
         let catalog = Catalog::load(&storage).await?;
         let plan = PrunePlan::new(&catalog, settings.backup.retention, Some(report.id));
         let removed = plan.execute(&storage).await?;
@@ -285,6 +285,104 @@ pub fn verify(settings: &Settings, snapshot: Option<&str>, deep: bool, json: boo
     } else {
         ExitCode::from(EXIT_FAILURE)
     }
+}
+
+pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
+    let location = match backup_location(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let outcome = runtime().block_on(async {
+        let storage = Storage::open_existing(location, &settings.s3).await?;
+        let catalog = Catalog::load(&storage).await?;
+        let protect = catalog.latest_committed().map(|s| s.id);
+        let plan = PrunePlan::new(&catalog, settings.backup.retention, protect);
+        if plan.is_empty() {
+            println!(
+                "nothing to prune: every database has at most {} snapshots",
+                settings.backup.retention
+            );
+            return anyhow::Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "keeping the newest {} snapshots per database in {location}; deleting:",
+            settings.backup.retention
+        );
+        for d in &plan.deletions {
+            println!(
+                "  {:<46} {}  {:>12} bytes  ({})",
+                d.database.folder(),
+                d.id,
+                d.size,
+                d.reason
+            );
+        }
+        if dry_run {
+            println!("dry run: nothing deleted");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !yes && !confirm("Type \"yes\" to confirm prune: ")? {
+            println!("Aborted; nothing deleted.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let objects = plan.execute(&storage).await?;
+        println!(
+            "deleted {} snapshots ({objects} objects); a fresh listing confirms they are gone",
+            plan.deletions.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    });
+    outcome.unwrap_or_else(|e| fail(&e))
+}
+
+/// Asks on stdin; only the exact answer `yes` confirms (end of input does not).
+fn confirm(prompt: &str) -> Result<bool> {
+    use std::io::Write as _;
+    print!("{prompt}");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+pub fn lifecycle(settings: &Settings) -> ExitCode {
+    let location = match backup_location(settings) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Location::S3(s3) = location else {
+        eprintln!(
+            "error: lifecycle rules are an S3 feature; HITKEEP_BACKUP_PATH is the local directory {location}, which `hitkeep backup run` prunes itself"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    // Lifecycle rules expire by age, not count: keep a day more than the retention covers, so the rule
+    // never removes one of the newest N.
+    let minutes =
+        settings.backup.interval.as_secs() / 60 * u64::from(settings.backup.retention.get());
+    let days = minutes.div_ceil(24 * 60) + 1;
+    let prefix = if s3.prefix().is_empty() {
+        String::new()
+    } else {
+        format!("{}/", s3.prefix())
+    };
+    let rules = serde_json::json!({
+        "Rules": [{
+            "ID": "hitkeep-backup-retention",
+            "Filter": { "Prefix": prefix },
+            "Status": "Enabled",
+            "Expiration": { "Days": days },
+            "AbortIncompleteMultipartUpload": { "DaysAfterInitiation": 1 }
+        }]
+    });
+    println!("{rules:#}");
+    eprintln!(
+        "# {} snapshots every {} min cover {minutes} min; objects expire after {days} days.\n# Apply with: aws s3api put-bucket-lifecycle-configuration --bucket {} --lifecycle-configuration file://lifecycle.json",
+        settings.backup.retention,
+        settings.backup.interval.as_secs() / 60,
+        s3.bucket()
+    );
+    ExitCode::SUCCESS
 }
 
 /// Scratch space for downloads: next to the data, where there is room for a snapshot.

@@ -82,6 +82,21 @@ pub enum BackupCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Delete snapshots beyond HITKEEP_BACKUP_RETENTION per database (local or S3), after showing them.
+    #[command(
+        after_help = "Example:\n  HITKEEP_BACKUP_PATH=s3://my-analytics-bucket/hitkeep/backups hitkeep backup prune -yes"
+    )]
+    Prune {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Show what would be deleted and stop.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print an S3 lifecycle configuration for the backup prefix (JSON, as `aws s3api
+    /// put-bucket-lifecycle-configuration` takes it).
+    Lifecycle,
     /// Show the scheduler's last results.
     Status {
         /// Print JSON instead of text.

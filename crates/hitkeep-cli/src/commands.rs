@@ -40,6 +40,12 @@ pub fn run(cli: &Cli) -> ExitCode {
         Some(Command::Backup(BackupCommand::Status { json })) => {
             with_config(loaded, |c| backup::status(&c.settings, *json))
         }
+        Some(Command::Backup(BackupCommand::Prune { yes, dry_run })) => {
+            with_config(loaded, |c| backup::prune(&c.settings, *yes, *dry_run))
+        }
+        Some(Command::Backup(BackupCommand::Lifecycle)) => {
+            with_config(loaded, |c| backup::lifecycle(&c.settings))
+        }
         Some(Command::Serve) | None => with_config(loaded, |c| backup::serve(&c.settings)),
     }
 }

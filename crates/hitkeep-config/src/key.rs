@@ -57,6 +57,8 @@ keys! {
     BackupInterval => "backup_interval", "HITKEEP_BACKUP_INTERVAL", "backup-interval", [], Plain;
     /// Snapshots kept per database.
     BackupRetention => "backup_retention", "HITKEEP_BACKUP_RETENTION", "backup-retention", [], Plain;
+    /// Also prune S3 snapshots after each scheduled cycle (off: S3 lifecycle rules are preferred).
+    BackupPruneS3 => "backup_prune_s3", "HITKEEP_BACKUP_PRUNE_S3", "backup-prune-s3", [], Plain;
     /// Static S3 access key id.
     S3AccessKeyId => "s3_access_key_id", "HITKEEP_S3_ACCESS_KEY_ID", "s3-access-key-id", [], Mask;
     /// Static S3 secret access key.

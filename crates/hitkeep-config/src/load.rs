@@ -54,6 +54,7 @@ pub(crate) fn default_text(key: Key) -> Option<&'static str> {
         Key::DataRetentionDays => "365",
         Key::BackupInterval => "60",
         Key::BackupRetention => "24",
+        Key::BackupPruneS3 => "false",
         Key::S3Region => "us-east-1",
         Key::S3UseSsl => "true",
         Key::LogLevel => "info",

@@ -147,6 +147,11 @@ impl Resolver {
                     .map(|n| NonZeroU32::new(n).expect("range starts at 1"))
             },
         );
+        let prune_s3 = self.parse(
+            Key::BackupPruneS3,
+            "use true or false (also 1/0, yes/no, on/off)",
+            parse_bool,
+        );
         let log = self.log();
         let mut s3 = self.s3();
         let backup = backup_location.as_ref().and_then(Option::as_ref);
@@ -163,6 +168,7 @@ impl Resolver {
                 location: backup_location?,
                 interval: interval?,
                 retention: retention?,
+                prune_s3: prune_s3?,
             },
             s3: s3?,
             log: log?,

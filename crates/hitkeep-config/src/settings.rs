@@ -38,6 +38,8 @@ pub struct BackupSettings {
     pub interval: Duration,
     /// Snapshots kept per database.
     pub retention: NonZeroU32,
+    /// Prune S3 destinations after scheduled cycles too (local ones always are).
+    pub prune_s3: bool,
 }
 
 /// Logging.
@@ -110,6 +112,7 @@ impl Settings {
             Key::BackupPath => self.backup.location.as_ref().map(ToString::to_string),
             Key::BackupInterval => Some((self.backup.interval.as_secs() / 60).to_string()),
             Key::BackupRetention => Some(self.backup.retention.to_string()),
+            Key::BackupPruneS3 => Some(self.backup.prune_s3.to_string()),
             Key::S3AccessKeyId => access_key,
             Key::S3SecretAccessKey => secret,
             Key::S3SessionToken => token,

@@ -147,3 +147,138 @@ fn backup_commands_without_a_backup_path_are_usage_errors() {
         "{out}"
     );
 }
+
+/// On S3, cycles do not prune (lifecycle rules are preferred); `backup prune` shows its plan, refuses
+/// without a "yes", and with `-yes` deletes down to the retention count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_prune_is_explicit_and_confirmed() {
+    let server = S3Server::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = s3_env(dir.path(), &server);
+    env.push(("HITKEEP_BACKUP_RETENTION".into(), "1".into()));
+    let path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        assert!(
+            hk(&["demo", "--hits", "1000", "--tenants", "1"], &env, &path).starts_with("exit: 0")
+        );
+        for _ in 0..3 {
+            let out = hk(&["backup", "run"], &env, &path);
+            assert!(out.starts_with("exit: 0"), "{out}");
+        }
+        let listed = hk(&["backup", "list"], &env, &path);
+        assert_eq!(
+            listed.matches(" complete ").count(),
+            6,
+            "nothing pruned on S3 by default: {listed}"
+        );
+
+        let dry = hk(&["backup", "prune", "--dry-run"], &env, &path);
+        assert!(
+            dry.starts_with("exit: 0") && dry.contains("dry run: nothing deleted"),
+            "{dry}"
+        );
+        assert_eq!(
+            dry.matches("older than the newest retained snapshots")
+                .count(),
+            4,
+            "{dry}"
+        );
+        let refused = hk(&["backup", "prune"], &env, &path);
+        assert!(
+            refused.contains("Type \"yes\" to confirm prune:")
+                && refused.contains("Aborted; nothing deleted."),
+            "{refused}"
+        );
+        assert_eq!(
+            hk(&["backup", "list"], &env, &path)
+                .matches(" complete ")
+                .count(),
+            6
+        );
+
+        let pruned = hk(&["backup", "prune", "-yes"], &env, &path);
+        assert!(
+            pruned.starts_with("exit: 0") && pruned.contains("deleted 4 snapshots"),
+            "{pruned}"
+        );
+        let listed = hk(&["backup", "list"], &env, &path);
+        assert_eq!(listed.matches(" complete ").count(), 2, "{listed}");
+        assert!(
+            listed.contains("<- latest"),
+            "the newest cycle is kept: {listed}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn lifecycle_rule_for_the_guide_example() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::hitkeep_snapshot!(
+        "lifecycle_aws_example",
+        &["backup", "lifecycle"],
+        &[
+            (
+                "HITKEEP_BACKUP_PATH",
+                "s3://my-analytics-bucket/hitkeep/backups"
+            ),
+            ("HITKEEP_BACKUP_INTERVAL", "60"),
+            ("HITKEEP_BACKUP_RETENTION", "24"),
+            ("HITKEEP_S3_REGION", "eu-central-1"),
+        ]
+    );
+    let out = run(
+        &["backup", "lifecycle"],
+        &[("HITKEEP_BACKUP_PATH", "/srv/backups")],
+        dir.path(),
+    );
+    assert!(out.starts_with("exit: 2"), "{out}");
+}
+
+/// `hitkeep` with no command runs the scheduler: a first cycle shortly after start, then SIGTERM stops it
+/// cleanly, and the status file records the success.
+#[test]
+fn the_scheduler_backs_up_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = local_env(dir.path());
+    assert!(hk(&["demo", "--hits", "1000"], &env, dir.path()).starts_with("exit: 0"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hitkeep"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status_file = dir.path().join("data").join(".hitkeep-backup-status.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !status_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(status_file.exists(), "no cycle ran within a minute");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("committed") && stdout.contains("backup scheduler stopped"),
+        "{stdout}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap();
+    assert_eq!(status["consecutive_failures"], 0);
+    assert!(
+        status["last_backup"].is_string() && status["next_backup"].is_string(),
+        "{status}"
+    );
+}

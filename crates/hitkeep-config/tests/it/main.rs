@@ -64,6 +64,7 @@ fn every_variable_is_read() {
         ("HITKEEP_BACKUP_PATH", "s3://my-bucket/hitkeep/backups"),
         ("HITKEEP_BACKUP_INTERVAL", "15"),
         ("HITKEEP_BACKUP_RETENTION", "48"),
+        ("HITKEEP_BACKUP_PRUNE_S3", "yes"),
         ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
         (
             "HITKEEP_S3_SECRET_ACCESS_KEY",
@@ -88,6 +89,7 @@ fn every_variable_is_read() {
     );
     assert_eq!(s.backup.interval, Duration::from_secs(15 * 60));
     assert_eq!(s.backup.retention.get(), 48);
+    assert!(s.backup.prune_s3);
     let Credentials::Static {
         access_key_id,
         secret_access_key,
@@ -355,6 +357,7 @@ fn malformed_values_are_errors() {
         ("HITKEEP_BACKUP_PATH", "s3://192.168.0.1/x"),
         ("HITKEEP_ARCHIVE_PATH", "s3://-bad-/archive"),
         ("HITKEEP_ARCHIVE_PATH", "azure://container/x"),
+        ("HITKEEP_BACKUP_PRUNE_S3", "sometimes"),
         ("HITKEEP_LOG_LEVEL", "verbose"),
         ("HITKEEP_LOG_FORMAT", "xml"),
     ];
