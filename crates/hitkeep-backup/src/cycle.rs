@@ -2,6 +2,7 @@
 //! shared database's manifest last, which commits the cycle.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use duckdb::Connection;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -18,9 +19,10 @@ use crate::manifest::{
     Database, FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantEntry,
     TenantState,
 };
+use crate::progress::{NoProgress, Progress};
 
 /// Where a cycle stages its exports and keeps its lock, and how it uploads.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct BackupOptions {
     /// Local directory for exports; each cycle uses (and removes) a subdirectory.
@@ -31,6 +33,19 @@ pub struct BackupOptions {
     pub transfer: TransferOptions,
     /// Files uploaded at once.
     pub file_concurrency: usize,
+    /// Where progress goes.
+    pub progress: Arc<dyn Progress>,
+}
+
+impl std::fmt::Debug for BackupOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupOptions")
+            .field("staging_dir", &self.staging_dir)
+            .field("lock_file", &self.lock_file)
+            .field("transfer", &self.transfer)
+            .field("file_concurrency", &self.file_concurrency)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BackupOptions {
@@ -41,7 +56,14 @@ impl BackupOptions {
             lock_file: layout.data_path.join(".hitkeep-backup.lock"),
             transfer: TransferOptions::new(8 * 1024 * 1024, 3),
             file_concurrency: 4,
+            progress: Arc::new(NoProgress),
         }
+    }
+
+    /// The same options, reporting progress to `progress`.
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
     }
 }
 
@@ -250,12 +272,22 @@ async fn snapshot_database(
             .await
             .map_err(|e| Error::Internal(format!("export task: {e}")))??;
 
+    let total: u64 = export
+        .files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    options
+        .progress
+        .upload_started(database, export.files.len(), total);
     let mut files: Vec<FileEntry> = futures::stream::iter(export.files.iter())
-        .map(|path| upload_one(storage, &folder, path, &options.transfer))
+        .map(|path| upload_one(storage, database, &folder, path, options))
         .buffer_unordered(options.file_concurrency.max(1))
         .try_collect()
         .await?;
     files.sort_by(|a, b| a.name.cmp(&b.name));
+    options.progress.upload_finished(database);
     Ok(Manifest {
         format: "hitkeep-snapshot".to_owned(),
         format_version: FORMAT_VERSION,
@@ -272,18 +304,20 @@ async fn snapshot_database(
 
 async fn upload_one(
     storage: &Storage,
+    database: Database,
     folder: &str,
     path: &Path,
-    transfer: &TransferOptions,
+    options: &BackupOptions,
 ) -> Result<FileEntry> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let info = storage
-        .upload_file(path, &format!("{folder}/{name}"), transfer)
+        .upload_file(path, &format!("{folder}/{name}"), &options.transfer)
         .await?;
     tracing::debug!(file = name, size = info.size, "uploaded");
+    options.progress.file_uploaded(database, &name, info.size);
     Ok(FileEntry {
         name,
         size: info.size,

@@ -19,6 +19,7 @@ mod error;
 mod export;
 mod lock;
 pub mod manifest;
+mod progress;
 mod retention;
 mod snapshot_id;
 mod verify;
@@ -29,6 +30,7 @@ pub use crate::{
     error::{Error, Result},
     lock::CycleLock,
     manifest::{Database, Manifest},
+    progress::{NoProgress, Progress},
     retention::{Deletion, PrunePlan},
     snapshot_id::{SnapshotId, SnapshotIdError},
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},

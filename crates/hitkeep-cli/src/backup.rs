@@ -83,13 +83,11 @@ async fn backup_once(settings: &Settings, location: &Location) -> Result<CycleRe
         .into_iter()
         .map(|id| TenantSource::from_layout(&layout, id))
         .collect();
-    let report = hitkeep_backup::run_cycle(
-        &storage,
-        shared,
-        sources,
-        &BackupOptions::for_layout(&layout),
-    )
-    .await?;
+    let mut options = BackupOptions::for_layout(&layout);
+    if let Some(bars) = Bars::for_terminal() {
+        options = options.with_progress(bars);
+    }
+    let report = hitkeep_backup::run_cycle(&storage, shared, sources, &options).await?;
     if !location.is_s3() || settings.backup.prune_s3 {
         let catalog = Catalog::load(&storage).await?;
         let plan = PrunePlan::new(&catalog, settings.backup.retention, Some(report.id));
@@ -550,4 +548,61 @@ async fn schedule(settings: &Settings, location: &Location) -> Result<()> {
     }
     println!("backup scheduler stopped");
     Ok(())
+}
+
+/// Progress bars (files and bytes per database) for a person at a terminal.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    bars: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl Bars {
+    /// Bars when stdout is a terminal; `None` otherwise, leaving plain logs.
+    fn for_terminal() -> Option<std::sync::Arc<Self>> {
+        std::io::IsTerminal::is_terminal(&std::io::stdout()).then(|| {
+            std::sync::Arc::new(Bars {
+                multi: indicatif::MultiProgress::new(),
+                bars: std::sync::Mutex::default(),
+            })
+        })
+    }
+}
+
+impl hitkeep_backup::Progress for Bars {
+    fn upload_started(&self, database: hitkeep_backup::Database, files: usize, bytes: u64) {
+        let bar = self.multi.add(indicatif::ProgressBar::new(bytes));
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:<46} {bar:30} {bytes}/{total_bytes} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(database.folder());
+        bar.set_message(format!("{files} files"));
+        bar.set_length(bytes);
+        if let Ok(mut bars) = self.bars.lock() {
+            bars.insert(database.folder(), bar);
+        }
+    }
+
+    fn file_uploaded(&self, database: hitkeep_backup::Database, _name: &str, bytes: u64) {
+        if let Some(bar) = self
+            .bars
+            .lock()
+            .ok()
+            .and_then(|b| b.get(&database.folder()).cloned())
+        {
+            bar.inc(bytes);
+        }
+    }
+
+    fn upload_finished(&self, database: hitkeep_backup::Database) {
+        if let Some(bar) = self
+            .bars
+            .lock()
+            .ok()
+            .and_then(|mut b| b.remove(&database.folder()))
+        {
+            bar.finish_with_message("done");
+        }
+    }
 }

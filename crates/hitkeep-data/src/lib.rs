@@ -187,3 +187,65 @@ pub fn quote_ident(name: &str) -> String {
 pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_schema_means_shared_only() {
+        let conn = Connection::open_in_memory().unwrap();
+        assert_eq!(
+            backup_tenants(&conn).unwrap(),
+            Vec::<Uuid>::new(),
+            "no tenants table at all"
+        );
+        conn.execute_batch("CREATE TABLE tenants (id UUID, name VARCHAR);")
+            .unwrap();
+        assert_eq!(
+            backup_tenants(&conn).unwrap(),
+            Vec::<Uuid>::new(),
+            "no is_default column"
+        );
+    }
+
+    #[test]
+    fn default_and_archived_tenants_are_not_backed_up() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE tenants (id UUID, name VARCHAR, is_default BOOLEAN, created_at TIMESTAMPTZ);
+             CREATE TABLE tenant_archives (tenant_id UUID);
+             INSERT INTO tenants VALUES ('00000000-0000-0000-0000-000000000001', 'default', TRUE, '2026-01-01 00:00:00+00'),
+                 ('00000000-0000-0000-0000-000000000003', 'b', FALSE, '2026-01-03 00:00:00+00'),
+                 ('00000000-0000-0000-0000-000000000002', 'a', FALSE, '2026-01-02 00:00:00+00'),
+                 ('00000000-0000-0000-0000-000000000004', 'archived', FALSE, '2026-01-04 00:00:00+00'),
+                 ('00000000-0000-0000-0000-000000000005', 'null default', NULL, '2026-01-05 00:00:00+00');
+             INSERT INTO tenant_archives VALUES ('00000000-0000-0000-0000-000000000004');",
+        )
+        .unwrap();
+        let ids: Vec<String> = backup_tenants(&conn)
+            .unwrap()
+            .iter()
+            .map(Uuid::to_string)
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "00000000-0000-0000-0000-000000000002",
+                "00000000-0000-0000-0000-000000000003"
+            ]
+        );
+    }
+
+    #[test]
+    fn lock_conflicts_name_the_holder() {
+        let e = duckdb::Error::InvalidParameterName(
+            "IO Error: Could not set lock on file \"/x/hitkeep.db\": Conflicting lock is held in /usr/bin/hitkeep (PID 4242). See also https://duckdb.org".into(),
+        );
+        let err = DataError::from_duckdb(Path::new("/x/hitkeep.db"), e);
+        assert!(
+            matches!(&err, DataError::Locked { holder: Some(h), .. } if h == "/usr/bin/hitkeep (PID 4242)"),
+            "{err:?}"
+        );
+    }
+}

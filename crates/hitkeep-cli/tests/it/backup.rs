@@ -243,7 +243,7 @@ fn the_scheduler_backs_up_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let env = local_env(dir.path());
     assert!(hk(&["demo", "--hits", "1000"], &env, dir.path()).starts_with("exit: 0"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hitkeep"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hitkeep"))
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(dir.path())
