@@ -9,12 +9,12 @@ use crate::manifest::{Database, ManifestError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Object storage failed.
+    /// Object storage failed. (Boxed, like the other large errors, to keep `Result` small.)
     #[error(transparent)]
-    Storage(#[from] hitkeep_storage::Error),
+    Storage(Box<hitkeep_storage::Error>),
     /// A database could not be opened.
     #[error(transparent)]
-    Data(#[from] hitkeep_data::DataError),
+    Data(Box<hitkeep_data::DataError>),
     /// DuckDB failed on a database.
     #[error("{database}: {context}: {source}")]
     DuckDb {
@@ -55,6 +55,18 @@ pub enum Error {
     /// A worker task died.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<hitkeep_storage::Error> for Error {
+    fn from(e: hitkeep_storage::Error) -> Self {
+        Error::Storage(Box::new(e))
+    }
+}
+
+impl From<hitkeep_data::DataError> for Error {
+    fn from(e: hitkeep_data::DataError) -> Self {
+        Error::Data(Box::new(e))
+    }
 }
 
 impl Error {

@@ -20,6 +20,7 @@ mod export;
 mod lock;
 pub mod manifest;
 mod progress;
+mod restore;
 mod retention;
 mod snapshot_id;
 mod verify;
@@ -31,6 +32,10 @@ pub use crate::{
     lock::CycleLock,
     manifest::{Database, Manifest},
     progress::{NoProgress, Progress},
+    restore::{
+        RESTORE_STORAGE_VERSION, RestoreItem, RestoreOutcome, RestorePlan, RestoreSelection,
+        lock_holder,
+    },
     retention::{Deletion, PrunePlan},
     snapshot_id::{SnapshotId, SnapshotIdError},
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},

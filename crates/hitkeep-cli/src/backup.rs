@@ -334,7 +334,7 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
 }
 
 /// Asks on stdin; only the exact answer `yes` confirms (end of input does not).
-fn confirm(prompt: &str) -> Result<bool> {
+pub fn confirm(prompt: &str) -> Result<bool> {
     use std::io::Write as _;
     print!("{prompt}");
     std::io::stdout().flush()?;

@@ -37,6 +37,9 @@ pub enum Command {
     /// Snapshots of the shared and every tenant database.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Offline recovery tools.
+    #[command(subcommand)]
+    Recover(RecoverCommand),
     /// Run the scheduler: a backup shortly after start, then every HITKEEP_BACKUP_INTERVAL minutes.
     #[command(
         after_help = "Example:\n  HITKEEP_BACKUP_PATH=s3://my-analytics-bucket/hitkeep/backups HITKEEP_S3_REGION=eu-central-1 hitkeep serve"
@@ -122,5 +125,33 @@ pub enum ConfigCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecoverCommand {
+    /// Restore the shared and tenant databases from a snapshot (run while HitKeep is stopped).
+    #[command(
+        after_help = "Example (the guide's):\n  ./hitkeep recover restore-backup \\\n    -from s3://my-analytics-bucket/hitkeep/backups \\\n    -snapshot 2026-03-08T120000Z \\\n    -s3-region eu-central-1 \\\n    -yes"
+    )]
+    RestoreBackup {
+        /// The backup location: a directory or s3://bucket/prefix.
+        #[arg(long, value_name = "PATH")]
+        from: String,
+        /// The snapshot id (YYYY-MM-DDTHHMMSSZ); default: the newest committed cycle.
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        /// Restore only this tenant (repeatable).
+        #[arg(long = "tenant", value_name = "UUID")]
+        tenants: Vec<String>,
+        /// Restore the shared database only.
+        #[arg(long)]
+        shared_only: bool,
+        /// Print the plan and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }

@@ -7,7 +7,8 @@ use hitkeep_config::{Config, ConfigError, Sources};
 
 use crate::EXIT_USAGE;
 use crate::backup;
-use crate::cli::{BackupCommand, Cli, Command, ConfigCommand};
+use crate::cli::{BackupCommand, Cli, Command, ConfigCommand, RecoverCommand};
+use crate::restore;
 
 pub fn run(cli: &Cli) -> ExitCode {
     let sources = Sources {
@@ -46,6 +47,26 @@ pub fn run(cli: &Cli) -> ExitCode {
         Some(Command::Backup(BackupCommand::Lifecycle)) => {
             with_config(loaded, |c| backup::lifecycle(&c.settings))
         }
+        Some(Command::Recover(RecoverCommand::RestoreBackup {
+            from,
+            snapshot,
+            tenants,
+            shared_only,
+            dry_run,
+            yes,
+        })) => with_config(loaded, |c| {
+            restore::restore_backup(
+                &c.settings,
+                &restore::Args {
+                    from,
+                    snapshot: snapshot.as_deref(),
+                    tenants,
+                    shared_only: *shared_only,
+                    dry_run: *dry_run,
+                    yes: *yes,
+                },
+            )
+        }),
         Some(Command::Serve) | None => with_config(loaded, |c| backup::serve(&c.settings)),
     }
 }

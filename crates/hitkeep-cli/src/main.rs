@@ -5,6 +5,7 @@ mod backup;
 mod cli;
 mod commands;
 mod flags;
+mod restore;
 
 use std::process::ExitCode;
 

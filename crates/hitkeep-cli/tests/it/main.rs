@@ -2,6 +2,7 @@
 
 mod backup;
 mod config;
+mod restore;
 
 use std::process::Command;
 

@@ -1,0 +1,439 @@
+//! Restore, planned then executed, and safe per database: download and verify into staging beside the
+//! target, `IMPORT DATABASE` into a temporary file, check it, and only then move the old database aside
+//! and the new one into place. Until that final rename the original database and WAL are untouched.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hitkeep_data::{DataLayout, quote_ident, quote_literal};
+use hitkeep_storage::{ListMode, ObjectInfo, Storage, TransferOptions};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::SnapshotId;
+use crate::catalog::{Catalog, SnapshotState};
+use crate::error::{Error, Result};
+use crate::manifest::{Database, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantState};
+
+/// DuckDB storage version written by restores: HitKeep Go ships DuckDB 1.5, which cannot read files
+/// created at DuckDB 2.0's default.
+pub const RESTORE_STORAGE_VERSION: &str = "v1.5.0";
+
+/// Which databases to restore.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RestoreSelection {
+    /// Restore the shared database only.
+    pub shared_only: bool,
+    /// Restore only these tenants (empty: every tenant in the snapshot).
+    pub tenants: Vec<Uuid>,
+}
+
+impl RestoreSelection {
+    /// Every database in the snapshot, or a subset.
+    pub fn new(shared_only: bool, tenants: Vec<Uuid>) -> Self {
+        RestoreSelection {
+            shared_only,
+            tenants,
+        }
+    }
+}
+
+/// One database to restore.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct RestoreItem {
+    /// Which database.
+    pub database: Database,
+    /// Where it goes.
+    pub target: PathBuf,
+    /// Bytes to download.
+    pub bytes: u64,
+    /// Its manifest; `None` for a legacy snapshot, which cannot be verified.
+    #[serde(skip)]
+    pub manifest: Option<Manifest>,
+}
+
+/// What a restore will do. Nothing is changed until [`RestorePlan::execute_item`].
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct RestorePlan {
+    /// The snapshot.
+    pub snapshot: SnapshotId,
+    /// Whether it is a manifest-less (HitKeep Go) snapshot.
+    pub legacy: bool,
+    /// The databases, shared first.
+    pub items: Vec<RestoreItem>,
+    /// Tenants the cycle lists as failed: restoring them needs an older snapshot.
+    pub unavailable: Vec<(Uuid, String)>,
+}
+
+impl RestorePlan {
+    /// Plans the restore of `snapshot` (or the newest committed cycle, else the newest legacy one).
+    pub fn new(
+        catalog: &Catalog,
+        snapshot: Option<SnapshotId>,
+        layout: &DataLayout,
+        selection: &RestoreSelection,
+    ) -> Result<RestorePlan> {
+        let shared = match snapshot {
+            Some(id) => catalog
+                .find(Database::Shared, id)
+                .ok_or_else(|| unknown_snapshot(catalog, id))?,
+            None => catalog
+                .latest_committed()
+                .or_else(|| {
+                    catalog
+                        .snapshots(Database::Shared)
+                        .iter()
+                        .rev()
+                        .find(|s| s.state == SnapshotState::Legacy)
+                })
+                .ok_or_else(|| Error::NotFound("no complete snapshot in this location".into()))?,
+        };
+        let id = shared.id;
+        let legacy = match &shared.state {
+            SnapshotState::Complete => false,
+            SnapshotState::Legacy => true,
+            other => {
+                return Err(Error::NotFound(format!(
+                    "snapshot {id} is {other:?}, not a usable backup; choose another (see `hitkeep backup list`)"
+                )));
+            }
+        };
+        let mut items = vec![RestoreItem {
+            database: Database::Shared,
+            target: layout.db_path.clone(),
+            bytes: shared.size,
+            manifest: shared.manifest.clone(),
+        }];
+        let mut unavailable = Vec::new();
+        if let Some(m) = &shared.manifest {
+            for t in &m.tenants {
+                if let TenantState::Failed { error } = &t.state {
+                    unavailable.push((t.tenant_id, error.clone()));
+                }
+            }
+        }
+        if !selection.shared_only {
+            for db in catalog
+                .databases
+                .iter()
+                .filter(|d| d.database != Database::Shared)
+            {
+                let Database::Tenant { tenant_id } = db.database else {
+                    continue;
+                };
+                if !selection.tenants.is_empty() && !selection.tenants.contains(&tenant_id) {
+                    continue;
+                }
+                let Some(snap) = db.snapshots.iter().find(|s| s.id == id) else {
+                    continue;
+                };
+                let usable = matches!(
+                    (&snap.state, legacy),
+                    (SnapshotState::Complete, _) | (SnapshotState::Legacy, true)
+                );
+                if usable {
+                    items.push(RestoreItem {
+                        database: db.database,
+                        target: layout.tenant_db(tenant_id),
+                        bytes: snap.size,
+                        manifest: snap.manifest.clone(),
+                    });
+                }
+            }
+            for wanted in &selection.tenants {
+                if !items
+                    .iter()
+                    .any(|i| i.database == Database::Tenant { tenant_id: *wanted })
+                {
+                    return Err(Error::NotFound(format!(
+                        "tenant {wanted} has no usable snapshot {id}"
+                    )));
+                }
+            }
+        }
+        Ok(RestorePlan {
+            snapshot: id,
+            legacy,
+            items,
+            unavailable,
+        })
+    }
+
+    /// Restores one planned database. `stamp` names the aside copy (`{db}.pre-restore.{stamp}`).
+    pub async fn execute_item(
+        &self,
+        storage: &Storage,
+        item: &RestoreItem,
+        stamp: SnapshotId,
+    ) -> Result<RestoreOutcome> {
+        let target = item.target.clone();
+        if let Some(holder) = lock_holder(&target) {
+            return Err(Error::from(hitkeep_data::DataError::Locked {
+                path: target,
+                holder: Some(holder),
+            }));
+        }
+        let dir = target
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_owned);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let base = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "hitkeep.db".into());
+        let staging = Scratch(dir.join(format!(".{base}.restore-{stamp}")));
+        let temp_db = Scratch(dir.join(format!(".{base}.restore-{stamp}.tmp")));
+        staging.remove();
+        temp_db.remove();
+        std::fs::create_dir_all(&staging.0).map_err(|e| Error::io(&staging.0, e))?;
+
+        let folder = format!("{}/{}", item.database.folder(), self.snapshot);
+        download(storage, &folder, item.manifest.as_ref(), &staging.0).await?;
+        let (staging_path, temp_path, manifest) =
+            (staging.0.clone(), temp_db.0.clone(), item.manifest.clone());
+        let database = item.database;
+        let tables = tokio::task::spawn_blocking(move || {
+            import(&staging_path, &temp_path, manifest.as_ref(), database)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("import task: {e}")))??;
+        let aside = swap_into_place(&temp_db.0, &target, stamp)?;
+        Ok(RestoreOutcome {
+            target,
+            aside,
+            tables,
+        })
+    }
+}
+
+/// What restoring one database did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RestoreOutcome {
+    /// The restored database.
+    pub target: PathBuf,
+    /// Where the previous database (and WAL) went, if there was one.
+    pub aside: Option<PathBuf>,
+    /// Row counts of the restored tables.
+    pub tables: BTreeMap<String, u64>,
+}
+
+fn unknown_snapshot(catalog: &Catalog, id: SnapshotId) -> Error {
+    let newest: Vec<String> = catalog
+        .snapshots(Database::Shared)
+        .iter()
+        .rev()
+        .take(5)
+        .map(|s| s.id.to_string())
+        .collect();
+    if newest.is_empty() {
+        Error::NotFound(format!(
+            "no snapshot {id}: this location has no snapshots at all"
+        ))
+    } else {
+        Error::NotFound(format!(
+            "no snapshot {id}; the newest are: {}",
+            newest.join(", ")
+        ))
+    }
+}
+
+/// Downloads the snapshot's files, each checked against the manifest; a legacy snapshot's files as listed.
+async fn download(
+    storage: &Storage,
+    folder: &str,
+    manifest: Option<&Manifest>,
+    dir: &Path,
+) -> Result<()> {
+    let transfer = TransferOptions::default();
+    match manifest {
+        Some(m) => {
+            for file in &m.files {
+                let sha256 = file.sha256.parse().map_err(|_| {
+                    Error::NotFound(format!(
+                        "{folder}/{MANIFEST_NAME}: malformed SHA-256 for {}",
+                        file.name
+                    ))
+                })?;
+                let expected = ObjectInfo {
+                    size: file.size,
+                    sha256,
+                };
+                storage
+                    .download_file(
+                        &format!("{folder}/{}", file.name),
+                        &dir.join(&file.name),
+                        Some(&expected),
+                        &transfer,
+                    )
+                    .await?;
+            }
+        }
+        None => {
+            tracing::warn!(
+                folder,
+                "legacy snapshot without a manifest: its files cannot be verified"
+            );
+            for entry in storage.list(folder, ListMode::Recursive).await? {
+                let name = entry.name().to_owned();
+                if name == IN_PROGRESS_NAME
+                    || entry
+                        .key
+                        .trim_start_matches(&format!("{folder}/"))
+                        .contains('/')
+                {
+                    continue;
+                }
+                storage
+                    .download_file(&entry.key, &dir.join(&name), None, &transfer)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `IMPORT DATABASE` into a new file at a storage version DuckDB 1.5 reads, `CHECKPOINT`, close, require
+/// that no WAL is left, and compare row counts with the manifest.
+fn import(
+    staging: &Path,
+    temp_db: &Path,
+    manifest: Option<&Manifest>,
+    database: Database,
+) -> Result<BTreeMap<String, u64>> {
+    let conn = duckdb::Connection::open_in_memory()
+        .map_err(|e| Error::duckdb(database, "opening DuckDB", e))?;
+    let temp = temp_db
+        .to_str()
+        .ok_or_else(|| Error::io(temp_db, std::io::Error::other("path is not valid UTF-8")))?;
+    let source = staging
+        .to_str()
+        .ok_or_else(|| Error::io(staging, std::io::Error::other("path is not valid UTF-8")))?;
+    conn.execute_batch(&format!(
+        "ATTACH {} AS restored (STORAGE_VERSION '{RESTORE_STORAGE_VERSION}'); USE restored; IMPORT DATABASE {}; CHECKPOINT;",
+        quote_literal(temp),
+        quote_literal(source)
+    ))
+    .map_err(|e| Error::duckdb(database, "IMPORT DATABASE", e))?;
+    let tables = count_tables(&conn, database)?;
+    conn.execute_batch("USE memory; DETACH restored;")
+        .map_err(|e| Error::duckdb(database, "closing the restored file", e))?;
+    drop(conn);
+    let wal = PathBuf::from(format!("{temp}.wal"));
+    if wal.exists() {
+        return Err(Error::NotFound(format!(
+            "the restored database left a WAL file {}; aborting rather than keep a partly replayable state",
+            wal.display()
+        )));
+    }
+    if let Some(m) = manifest {
+        let mismatched: Vec<String> = m
+            .tables
+            .iter()
+            .filter(|(t, want)| tables.get(*t) != Some(want))
+            .map(|(t, want)| {
+                format!(
+                    "{t}: {} rows restored, manifest says {want}",
+                    tables.get(t).map_or("no".to_owned(), u64::to_string)
+                )
+            })
+            .collect();
+        if !mismatched.is_empty() {
+            return Err(Error::NotFound(format!(
+                "row counts differ from the manifest: {}",
+                mismatched.join("; ")
+            )));
+        }
+    }
+    Ok(tables)
+}
+
+fn count_tables(conn: &duckdb::Connection, database: Database) -> Result<BTreeMap<String, u64>> {
+    let mut tables = BTreeMap::new();
+    for (schema, table) in
+        hitkeep_data::user_tables(conn).map_err(|e| Error::duckdb(database, "listing tables", e))?
+    {
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_ident(&schema),
+            quote_ident(&table)
+        );
+        let n: i64 = conn
+            .query_row(&sql, [], |r| r.get(0))
+            .map_err(|e| Error::duckdb(database, "counting rows", e))?;
+        let name = if schema == "main" {
+            table
+        } else {
+            format!("{schema}.{table}")
+        };
+        tables.insert(name, u64::try_from(n).unwrap_or_default());
+    }
+    Ok(tables)
+}
+
+/// Moves the current database and WAL aside (never over an earlier aside copy), then renames the
+/// restored file into place. A stale WAL is moved even when the database file is missing.
+fn swap_into_place(restored: &Path, target: &Path, stamp: SnapshotId) -> Result<Option<PathBuf>> {
+    let wal = PathBuf::from(format!("{}.wal", target.display()));
+    let mut aside = None;
+    if target.exists() || wal.exists() {
+        let mut candidate = PathBuf::from(format!("{}.pre-restore.{stamp}", target.display()));
+        let mut n = 1;
+        while candidate.exists() || PathBuf::from(format!("{}.wal", candidate.display())).exists() {
+            candidate = PathBuf::from(format!("{}.pre-restore.{stamp}-{n}", target.display()));
+            n += 1;
+        }
+        if target.exists() {
+            std::fs::rename(target, &candidate).map_err(|e| Error::io(target, e))?;
+        }
+        if wal.exists() {
+            std::fs::rename(&wal, format!("{}.wal", candidate.display()))
+                .map_err(|e| Error::io(&wal, e))?;
+        }
+        aside = Some(candidate);
+    }
+    std::fs::rename(restored, target).map_err(|e| Error::io(target, e))?;
+    Ok(aside)
+}
+
+/// Which process holds a POSIX lock on `path` (DuckDB's writer lock), read from /proc/locks without
+/// opening the database. `None` when unlocked, missing, or not on Linux.
+pub fn lock_holder(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    let inode = meta.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "1: POSIX  ADVISORY  WRITE 4242 00:2f:1234 0 EOF"
+        let (kind, pid, dev_inode) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
+        let file_inode: u64 = dev_inode.rsplit(':').next()?.parse().ok()?;
+        (*kind == "POSIX" && file_inode == inode).then(|| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            format!("{exe} (PID {pid})").trim().to_owned()
+        })
+    })
+}
+
+/// A temporary path removed when restoring ends, whichever way.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(format!("{}.wal", self.0.display()));
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}

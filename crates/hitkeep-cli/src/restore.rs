@@ -1,0 +1,174 @@
+//! `hitkeep recover restore-backup`: HitKeep's offline restore, with its flags and output, made safe.
+
+use std::process::ExitCode;
+
+use hitkeep_backup::{Catalog, RestorePlan, RestoreSelection, SnapshotId, lock_holder};
+use hitkeep_config::{Location, Settings};
+use hitkeep_data::DataLayout;
+use hitkeep_storage::Storage;
+use uuid::Uuid;
+
+use crate::EXIT_USAGE;
+use crate::backup::{EXIT_FAILURE, confirm, fail};
+
+/// The command's own flags (the S3 flags, `-db` and `-data-path` are the global setting flags).
+#[derive(Debug)]
+pub struct Args<'a> {
+    pub from: &'a str,
+    pub snapshot: Option<&'a str>,
+    pub tenants: &'a [String],
+    pub shared_only: bool,
+    pub dry_run: bool,
+    pub yes: bool,
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
+    // Everything the user typed is checked before any I/O.
+    let from: Location = match args.from.parse() {
+        Ok(l) => l,
+        Err(e) => return usage_error(&format!("-from {:?}: {e}", args.from)),
+    };
+    let snapshot = match args.snapshot.filter(|s| *s != "latest") {
+        None => None,
+        Some(s) => match s.parse::<SnapshotId>() {
+            Ok(id) => Some(id),
+            Err(e) => return usage_error(&format!("-snapshot: {e}")),
+        },
+    };
+    let mut tenants = Vec::new();
+    for t in args.tenants {
+        match Uuid::parse_str(t) {
+            Ok(id) => tenants.push(id),
+            Err(_) => {
+                return usage_error(&format!(
+                    "-tenant {t:?} is not a UUID (e.g. 5c6644da-ef00-45e6-825d-c755d19d7f9f)"
+                ));
+            }
+        }
+    }
+    let layout = DataLayout::new(&settings.db_path, &settings.data_path);
+    let selection = RestoreSelection::new(args.shared_only, tenants);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    runtime.block_on(async {
+        let storage = match Storage::open_existing(&from, &settings.s3).await {
+            Ok(s) => s,
+            Err(e) => return fail(&e.into()),
+        };
+        let plan = match Catalog::load(&storage)
+            .await
+            .and_then(|c| RestorePlan::new(&c, snapshot, &layout, &selection))
+        {
+            Ok(p) => p,
+            Err(e) => return fail(&e.into()),
+        };
+        print_plan(&from, &plan, &layout);
+        // A running server holds its databases; refuse before downloading anything.
+        for item in &plan.items {
+            if let Some(holder) = lock_holder(&item.target) {
+                eprintln!(
+                    "error: {} is in use by {holder}; stop the HitKeep server before restoring",
+                    item.target.display()
+                );
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+        if args.dry_run {
+            println!("Dry run: nothing changed.");
+            return ExitCode::SUCCESS;
+        }
+        if !args.yes {
+            match confirm("Type \"yes\" to confirm restore: ") {
+                Ok(true) => println!(),
+                Ok(false) => {
+                    println!("Aborted.");
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => return fail(&e),
+            }
+        }
+        execute(&storage, &plan).await
+    })
+}
+
+fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
+    println!("HitKeep Recovery — Restore Backup");
+    println!("{}", "=".repeat(36));
+    println!("Source:     {from}");
+    println!(
+        "Snapshot:   {}{}",
+        plan.snapshot,
+        if plan.legacy {
+            " (legacy: no manifest, cannot be verified)"
+        } else {
+            ""
+        }
+    );
+    println!("Target DB:  {}", layout.db_path.display());
+    println!("Data Path:  {}", layout.data_path.display());
+    let tenants: Vec<_> = plan
+        .items
+        .iter()
+        .filter(|i| i.database != hitkeep_backup::Database::Shared)
+        .collect();
+    println!("Tenants:    {} non-default tenant(s)", tenants.len());
+    for item in &tenants {
+        println!(
+            "  - {} ({} bytes)",
+            item.database.folder().trim_start_matches("tenants/"),
+            item.bytes
+        );
+    }
+    for (id, error) in &plan.unavailable {
+        println!(
+            "  ! {id} failed in this cycle ({error}); restore it from an older snapshot with -snapshot and -tenant"
+        );
+    }
+    println!();
+}
+
+async fn execute(storage: &Storage, plan: &RestorePlan) -> ExitCode {
+    let stamp = SnapshotId::now();
+    let mut failed = Vec::new();
+    for item in &plan.items {
+        let name = match item.database {
+            hitkeep_backup::Database::Shared => "Shared database".to_owned(),
+            hitkeep_backup::Database::Tenant { tenant_id } => format!("Tenant {tenant_id}"),
+        };
+        match plan.execute_item(storage, item, stamp).await {
+            Ok(outcome) => {
+                if let Some(aside) = &outcome.aside {
+                    println!("  Existing DB renamed to {}", aside.display());
+                }
+                let rows: u64 = outcome.tables.values().sum();
+                println!(
+                    "{name} restored to {} ({} tables, {rows} rows)",
+                    outcome.target.display(),
+                    outcome.tables.len()
+                );
+            }
+            Err(e) => {
+                eprintln!("Error restoring {}: {e}", name.to_lowercase());
+                eprintln!("  {} was left exactly as it was", item.target.display());
+                failed.push(name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        println!("\nRestore completed successfully.");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "\nRestore completed with errors: {} failed (see above).",
+            failed.join(", ")
+        );
+        ExitCode::from(EXIT_FAILURE)
+    }
+}

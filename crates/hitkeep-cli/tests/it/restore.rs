@@ -1,0 +1,510 @@
+//! `hitkeep recover restore-backup` as a user runs it: round trips from a local directory and from S3,
+//! latest selection, refusal of damaged data with the original untouched, the guide's command line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hitkeep_testkit::{ACCESS_KEY_ID, S3Server, SECRET_ACCESS_KEY};
+
+use crate::run;
+
+/// Every table's row count and an order-independent hash of its rows.
+fn fingerprint(db: &Path) -> BTreeMap<String, (i64, i128)> {
+    let conn = duckdb::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT internal ORDER BY 1")
+        .unwrap();
+    let tables: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    tables
+        .into_iter()
+        .map(|t| {
+            let sql = format!("SELECT count(*), coalesce(sum(hash(x)::HUGEINT), 0) FROM \"{t}\" x");
+            let v = conn
+                .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
+            (t, v)
+        })
+        .collect()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Setup {
+    fn hk(&self, args: &[&str]) -> String {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        run(args, &env, self.dir.path())
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("hitkeep.db")
+    }
+
+    fn tenant_dbs(&self) -> Vec<std::path::PathBuf> {
+        let root = self.dir.path().join("data").join("tenants");
+        let mut dbs: Vec<_> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().path().join("hitkeep.db"))
+            .filter(|p| p.exists())
+            .collect();
+        dbs.sort();
+        dbs
+    }
+
+    fn all_fingerprints(&self) -> Vec<BTreeMap<String, (i64, i128)>> {
+        std::iter::once(self.db())
+            .chain(self.tenant_dbs())
+            .map(|p| fingerprint(&p))
+            .collect()
+    }
+
+    fn delete_databases(&self) {
+        std::fs::remove_file(self.db()).unwrap();
+        std::fs::remove_dir_all(self.dir.path().join("data").join("tenants")).unwrap();
+    }
+}
+
+fn local_setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        (
+            "HITKEEP_DB_PATH".into(),
+            dir.path().join("hitkeep.db").display().to_string(),
+        ),
+        (
+            "HITKEEP_DATA_PATH".into(),
+            dir.path().join("data").display().to_string(),
+        ),
+        (
+            "HITKEEP_BACKUP_PATH".into(),
+            dir.path().join("backups").display().to_string(),
+        ),
+    ];
+    let s = Setup { dir, env };
+    assert!(
+        s.hk(&["demo", "--hits", "4000", "--tenants", "2"])
+            .starts_with("exit: 0")
+    );
+    s
+}
+
+fn from_local(s: &Setup) -> String {
+    s.dir.path().join("backups").display().to_string()
+}
+
+#[test]
+fn local_round_trip_of_latest_brings_back_every_row() {
+    let s = local_setup();
+    let before = s.all_fingerprints();
+    assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+    s.delete_databases();
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-yes",
+    ]);
+    assert!(
+        out.starts_with("exit: 0") && out.contains("Restore completed successfully."),
+        "{out}"
+    );
+    assert!(out.contains("Tenants:    2 non-default tenant(s)"), "{out}");
+    assert_eq!(s.all_fingerprints(), before);
+    assert!(!s.dir.path().join("hitkeep.db.wal").exists());
+    opens_in_duckdb_1_5(&s.db());
+    assert!(
+        s.hk(&["backup", "run"]).starts_with("exit: 0"),
+        "the restored data backs up again"
+    );
+    assert!(s.hk(&["backup", "verify", "--deep"]).starts_with("exit: 0"));
+}
+
+#[test]
+fn latest_skips_a_newer_incomplete_snapshot_and_the_old_db_is_kept_aside() {
+    let s = local_setup();
+    assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+    let first = s.all_fingerprints();
+    // Change the data, back up again, then leave a newer unfinished cycle behind.
+    duckdb::Connection::open(s.db())
+        .unwrap()
+        .execute_batch("DELETE FROM hits WHERE path = '/pricing'; CHECKPOINT;")
+        .unwrap();
+    assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+    let second = s.all_fingerprints();
+    assert_ne!(first, second);
+    let unfinished = s.dir.path().join("backups/shared/2099-01-01T000000Z");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::write(unfinished.join("in-progress.json"), "{}").unwrap();
+    // Make the current state differ from both snapshots, so the restore is observable.
+    duckdb::Connection::open(s.db())
+        .unwrap()
+        .execute_batch("DELETE FROM events; CHECKPOINT;")
+        .unwrap();
+
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-yes",
+    ]);
+    assert!(out.starts_with("exit: 0"), "{out}");
+    assert!(!out.contains("2099-01-01T000000Z"), "{out}");
+    assert!(out.contains("Existing DB renamed to"), "{out}");
+    assert_eq!(s.all_fingerprints(), second);
+    let asides: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".pre-restore."))
+        .collect();
+    assert_eq!(asides.len(), 1, "the replaced database is kept aside");
+}
+
+#[test]
+fn a_corrupted_object_is_refused_and_the_original_is_untouched() {
+    let s = local_setup();
+    assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+    let snapshot = std::fs::read_dir(s.dir.path().join("backups/shared"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(snapshot.join("hits.parquet"), b"garbage").unwrap();
+    duckdb::Connection::open(s.db())
+        .unwrap()
+        .execute_batch("DELETE FROM events; CHECKPOINT;")
+        .unwrap();
+    let before = std::fs::read(s.db()).unwrap();
+
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-shared-only",
+        "-yes",
+    ]);
+    assert!(out.starts_with("exit: 1"), "{out}");
+    assert!(
+        out.contains("hits.parquet") && out.contains("SHA-256"),
+        "names the object: {out}"
+    );
+    assert!(out.contains("was left exactly as it was"), "{out}");
+    assert_eq!(std::fs::read(s.db()).unwrap(), before);
+    let leftovers: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restore") || n.contains("pre-restore"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no staging or aside copies left: {leftovers:?}"
+    );
+}
+
+/// A legacy (manifest-less) snapshot whose import fails halfway: the original stays in place.
+#[test]
+fn an_import_that_fails_halfway_leaves_the_original_in_place() {
+    let s = local_setup();
+    let dir = s.dir.path().join("backups/shared/2026-03-08T120000Z");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("schema.sql"), "CREATE TABLE t (i INTEGER);\n").unwrap();
+    std::fs::write(
+        dir.join("load.sql"),
+        "INSERT INTO t VALUES (1);\nINSERT INTO no_such_table VALUES (2);\n",
+    )
+    .unwrap();
+    let before = std::fs::read(s.db()).unwrap();
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-snapshot",
+        "2026-03-08T120000Z",
+        "-yes",
+    ]);
+    assert!(
+        out.starts_with("exit: 1") && out.contains("legacy"),
+        "{out}"
+    );
+    assert!(out.contains("IMPORT DATABASE"), "{out}");
+    assert_eq!(std::fs::read(s.db()).unwrap(), before);
+}
+
+#[test]
+fn answering_no_changes_nothing_and_bad_input_is_refused_before_io() {
+    let s = local_setup();
+    assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+    let before = std::fs::read(s.db()).unwrap();
+    let out = s.hk(&["recover", "restore-backup", "-from", &from_local(&s)]);
+    assert!(
+        out.contains("Type \"yes\" to confirm restore:") && out.contains("Aborted."),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(s.db()).unwrap(), before);
+
+    for bad in ["2026-03-08", "../../etc", "2026-03-08T120000Z/x"] {
+        let out = s.hk(&[
+            "recover",
+            "restore-backup",
+            "-from",
+            "/nonexistent/place",
+            "-snapshot",
+            bad,
+            "-yes",
+        ]);
+        assert!(
+            out.starts_with("exit: 2") && out.contains("not a snapshot id"),
+            "{bad}: {out}"
+        );
+    }
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-snapshot",
+        "2020-01-01T000000Z",
+        "-yes",
+    ]);
+    assert!(
+        out.starts_with("exit: 1") && out.contains("the newest are:"),
+        "{out}"
+    );
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        "s3://Bad_Bucket/x",
+        "-yes",
+    ]);
+    assert!(out.starts_with("exit: 2"), "{out}");
+}
+
+#[test]
+fn single_tenant_restore_touches_only_that_tenant() {
+    let s = local_setup();
+    let before = s.all_fingerprints();
+    assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+    let dbs = s.tenant_dbs();
+    let chosen = dbs[0]
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    std::fs::remove_file(&dbs[0]).unwrap();
+    let shared_before = std::fs::read(s.db()).unwrap();
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-tenant",
+        &chosen,
+        "-yes",
+    ]);
+    assert!(out.starts_with("exit: 0"), "{out}");
+    assert_eq!(s.all_fingerprints()[1], before[1]);
+    // The shared database is in every plan; it was restored (and the old one kept aside), data equal.
+    assert_eq!(fingerprint(&s.db()), before[0]);
+    assert_ne!(std::fs::read(s.db()).unwrap().len(), 0);
+    let _ = shared_before;
+}
+
+/// The guide's command verbatim (plus the endpoint settings a MinIO-style server needs, as variables),
+/// and again without -snapshot: the shared DB and every tenant come back from S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guide_command_restores_everything_from_s3() {
+    let server = S3Server::start().await.unwrap();
+    server.create_bucket("my-analytics-bucket").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = vec![
+        (
+            "HITKEEP_DB_PATH".into(),
+            dir.path().join("hitkeep.db").display().to_string(),
+        ),
+        (
+            "HITKEEP_DATA_PATH".into(),
+            dir.path().join("data").display().to_string(),
+        ),
+        (
+            "HITKEEP_BACKUP_PATH".into(),
+            "s3://my-analytics-bucket/hitkeep/backups".into(),
+        ),
+        ("HITKEEP_S3_ACCESS_KEY_ID".into(), ACCESS_KEY_ID.into()),
+        (
+            "HITKEEP_S3_SECRET_ACCESS_KEY".into(),
+            SECRET_ACCESS_KEY.into(),
+        ),
+        ("HITKEEP_S3_ENDPOINT".into(), server.host_port()),
+        ("HITKEEP_S3_URL_STYLE".into(), "path".into()),
+        ("HITKEEP_S3_USE_SSL".into(), "false".into()),
+    ];
+    let s = Setup { dir, env };
+    tokio::task::spawn_blocking(move || {
+        assert!(
+            s.hk(&["demo", "--hits", "4000", "--tenants", "2"])
+                .starts_with("exit: 0")
+        );
+        let before = s.all_fingerprints();
+        let out = s.hk(&["backup", "run"]);
+        assert!(out.starts_with("exit: 0"), "{out}");
+        let id = out
+            .split("snapshot ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .to_owned();
+        s.delete_databases();
+        let out = s.hk(&[
+            "recover",
+            "restore-backup",
+            "-from",
+            "s3://my-analytics-bucket/hitkeep/backups",
+            "-snapshot",
+            &id,
+            "-s3-region",
+            "eu-central-1",
+            "-yes",
+        ]);
+        assert!(
+            out.starts_with("exit: 0") && out.contains("Tenants:    2 non-default tenant(s)"),
+            "{out}"
+        );
+        assert_eq!(s.all_fingerprints(), before);
+        s.delete_databases();
+        let out = s.hk(&[
+            "recover",
+            "restore-backup",
+            "-from",
+            "s3://my-analytics-bucket/hitkeep/backups",
+            "-yes",
+        ]);
+        assert!(
+            out.starts_with("exit: 0") && out.contains("Tenants:    2 non-default tenant(s)"),
+            "{out}"
+        );
+        assert_eq!(s.all_fingerprints(), before);
+        assert!(s.hk(&["backup", "verify"]).starts_with("exit: 0"));
+    })
+    .await
+    .unwrap();
+}
+
+/// HitKeep Go ships DuckDB 1.5, which cannot read files at DuckDB 2.0's default storage version. With
+/// `HITKEEP_TEST_DUCKDB15` pointing at a Python `duckdb==1.5.x` install (scripts/test provides one), the
+/// restored file must open there and hold the same rows.
+fn opens_in_duckdb_1_5(db: &Path) {
+    let Ok(site) = std::env::var("HITKEEP_TEST_DUCKDB15") else {
+        eprintln!(
+            "HITKEEP_TEST_DUCKDB15 is not set: skipping the DuckDB 1.5 compatibility check (scripts/test runs it)"
+        );
+        return;
+    };
+    let want: i64 = duckdb::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM hits", [], |r| r.get(0))
+        .unwrap();
+    let script = format!(
+        "import duckdb; assert duckdb.__version__.startswith('1.5'), duckdb.__version__; \
+         print(duckdb.connect({:?}, read_only=True).execute('SELECT count(*) FROM hits').fetchone()[0])",
+        db.display().to_string()
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", site)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "DuckDB 1.5 cannot open the restored file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        want.to_string()
+    );
+}
+
+/// What HitKeep Go writes: a plain EXPORT DATABASE per database, no manifest. It restores, with a warning.
+#[test]
+fn a_plain_hitkeep_go_export_restores() {
+    let s = local_setup();
+    let before = s.all_fingerprints();
+    let id = "2026-03-08T120000Z";
+    let export = |db: &Path, dest: &Path| {
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let conn = duckdb::Connection::open(db).unwrap();
+        conn.execute_batch(&format!(
+            "EXPORT DATABASE '{}' (FORMAT PARQUET)",
+            dest.display()
+        ))
+        .unwrap();
+    };
+    export(&s.db(), &s.dir.path().join("backups/shared").join(id));
+    for db in s.tenant_dbs() {
+        let tenant = db.parent().unwrap().file_name().unwrap().to_owned();
+        export(
+            &db,
+            &s.dir.path().join("backups/tenants").join(tenant).join(id),
+        );
+    }
+    s.delete_databases();
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-yes",
+    ]);
+    assert!(
+        out.starts_with("exit: 0") && out.contains("legacy"),
+        "no complete snapshot, so the legacy one is used: {out}"
+    );
+    assert_eq!(s.all_fingerprints(), before);
+}
+
+#[test]
+fn a_target_held_by_a_running_server_is_refused_before_downloading() {
+    let s = local_setup();
+    assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+    // Held like a running HitKeep server holds it (read nothing from the file after this: closing any
+    // descriptor of it would drop this process's POSIX lock).
+    let conn = duckdb::Connection::open(s.db()).unwrap();
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-yes",
+    ]);
+    assert!(
+        out.starts_with("exit: 1") && out.contains("stop the HitKeep server"),
+        "{out}"
+    );
+    assert!(out.contains("PID"), "{out}");
+    drop(conn);
+    let staged: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".restore-"))
+        .collect();
+    assert!(staged.is_empty(), "nothing was downloaded");
+}
