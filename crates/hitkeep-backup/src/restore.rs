@@ -25,7 +25,8 @@ pub const RESTORE_STORAGE_VERSION: &str = "v1.5.0";
 pub struct RestoreSelection {
     /// Restore the shared database only.
     pub shared_only: bool,
-    /// Restore only these tenants (empty: every tenant in the snapshot).
+    /// Restore only these tenants, and not the shared database (empty: the shared database and every
+    /// tenant in the snapshot).
     pub tenants: Vec<Uuid>,
 }
 
@@ -62,7 +63,7 @@ pub struct RestorePlan {
     pub snapshot: SnapshotId,
     /// Whether it is a manifest-less (HitKeep Go) snapshot.
     pub legacy: bool,
-    /// The databases, shared first.
+    /// The databases, the shared one (when selected) first.
     pub items: Vec<RestoreItem>,
     /// Tenants the cycle lists as failed: restoring them needs an older snapshot.
     pub unavailable: Vec<(Uuid, String)>,
@@ -101,12 +102,17 @@ impl RestorePlan {
                 )));
             }
         };
-        let mut items = vec![RestoreItem {
-            database: Database::Shared,
-            target: layout.db_path.clone(),
-            bytes: shared.size,
-            manifest: shared.manifest.clone(),
-        }];
+        // Restoring chosen tenants leaves the shared database alone: rolling it back would roll back
+        // every other team's users and sites too.
+        let mut items = Vec::new();
+        if selection.tenants.is_empty() {
+            items.push(RestoreItem {
+                database: Database::Shared,
+                target: layout.db_path.clone(),
+                bytes: shared.size,
+                manifest: shared.manifest.clone(),
+            });
+        }
         let mut unavailable = Vec::new();
         if let Some(m) = &shared.manifest {
             for t in &m.tenants {

@@ -309,7 +309,10 @@ fn single_tenant_restore_touches_only_that_tenant() {
         .to_string_lossy()
         .into_owned();
     std::fs::remove_file(&dbs[0]).unwrap();
-    let shared_before = std::fs::read(s.db()).unwrap();
+    let (shared, other) = (
+        std::fs::read(s.db()).unwrap(),
+        std::fs::read(&dbs[1]).unwrap(),
+    );
     let out = s.hk(&[
         "recover",
         "restore-backup",
@@ -319,12 +322,46 @@ fn single_tenant_restore_touches_only_that_tenant() {
         &chosen,
         "-yes",
     ]);
-    assert!(out.starts_with("exit: 0"), "{out}");
+    assert!(
+        out.starts_with("exit: 0") && out.contains("Tenants:    1 non-default tenant(s)"),
+        "{out}"
+    );
+    assert!(!out.contains("Shared database restored"), "{out}");
     assert_eq!(s.all_fingerprints()[1], before[1]);
-    // The shared database is in every plan; it was restored (and the old one kept aside), data equal.
-    assert_eq!(fingerprint(&s.db()), before[0]);
-    assert_ne!(std::fs::read(s.db()).unwrap().len(), 0);
-    let _ = shared_before;
+    assert_eq!(
+        std::fs::read(s.db()).unwrap(),
+        shared,
+        "the shared database is untouched"
+    );
+    assert_eq!(
+        std::fs::read(&dbs[1]).unwrap(),
+        other,
+        "the other tenant is untouched"
+    );
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-tenant",
+        "00000000-0000-0000-0000-000000000000",
+        "-yes",
+    ]);
+    assert!(
+        out.starts_with("exit: 1") && out.contains("has no usable snapshot"),
+        "{out}"
+    );
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-dry-run",
+    ]);
+    assert!(
+        out.starts_with("exit: 0") && out.contains("Dry run: nothing changed."),
+        "{out}"
+    );
 }
 
 /// The guide's command verbatim (plus the endpoint settings a MinIO-style server needs, as variables),
