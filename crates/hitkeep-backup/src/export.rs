@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
-use hitkeep_data::{quote_ident, quote_literal, user_tables};
+use hitkeep_data::{quote_literal, row_counts};
 
 use crate::error::{Error, Result};
 use crate::manifest::Database;
@@ -62,25 +62,7 @@ fn count_and_export(
     database: Database,
     dir: &Path,
 ) -> Result<BTreeMap<String, u64>> {
-    let mut tables = BTreeMap::new();
-    for (schema, table) in
-        user_tables(conn).map_err(|e| Error::duckdb(database, "listing tables", e))?
-    {
-        let sql = format!(
-            "SELECT count(*) FROM {}.{}",
-            quote_ident(&schema),
-            quote_ident(&table)
-        );
-        let count: i64 = conn
-            .query_row(&sql, [], |r| r.get(0))
-            .map_err(|e| Error::duckdb(database, "counting rows", e))?;
-        let name = if schema == "main" {
-            table
-        } else {
-            format!("{schema}.{table}")
-        };
-        tables.insert(name, u64::try_from(count).unwrap_or_default());
-    }
+    let tables = row_counts(conn).map_err(|e| Error::duckdb(database, "counting rows", e))?;
     let target = dir.to_str().ok_or_else(|| {
         Error::io(
             dir,

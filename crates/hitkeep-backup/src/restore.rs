@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hitkeep_data::{DataLayout, quote_ident, quote_literal};
+use hitkeep_data::{DataLayout, quote_literal};
 use hitkeep_storage::{ListMode, ObjectInfo, Storage, TransferOptions};
 use serde::Serialize;
 use uuid::Uuid;
@@ -325,7 +325,8 @@ fn import(
         quote_literal(source)
     ))
     .map_err(|e| Error::duckdb(database, "IMPORT DATABASE", e))?;
-    let tables = count_tables(&conn, database)?;
+    let tables =
+        hitkeep_data::row_counts(&conn).map_err(|e| Error::duckdb(database, "counting rows", e))?;
     conn.execute_batch("USE memory; DETACH restored;")
         .map_err(|e| Error::duckdb(database, "closing the restored file", e))?;
     drop(conn);
@@ -354,29 +355,6 @@ fn import(
                 mismatched.join("; ")
             )));
         }
-    }
-    Ok(tables)
-}
-
-fn count_tables(conn: &duckdb::Connection, database: Database) -> Result<BTreeMap<String, u64>> {
-    let mut tables = BTreeMap::new();
-    for (schema, table) in
-        hitkeep_data::user_tables(conn).map_err(|e| Error::duckdb(database, "listing tables", e))?
-    {
-        let sql = format!(
-            "SELECT count(*) FROM {}.{}",
-            quote_ident(&schema),
-            quote_ident(&table)
-        );
-        let n: i64 = conn
-            .query_row(&sql, [], |r| r.get(0))
-            .map_err(|e| Error::duckdb(database, "counting rows", e))?;
-        let name = if schema == "main" {
-            table
-        } else {
-            format!("{schema}.{table}")
-        };
-        tables.insert(name, u64::try_from(n).unwrap_or_default());
     }
     Ok(tables)
 }

@@ -178,6 +178,29 @@ pub fn user_tables(conn: &Connection) -> Result<Vec<(String, String)>, duckdb::E
         .collect()
 }
 
+/// The row count of every user table, keyed `table` (or `schema.table` outside `main`): the names
+/// manifests use, so counts taken at backup and at restore compare directly.
+pub fn row_counts(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<String, u64>, duckdb::Error> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (schema, table) in user_tables(conn)? {
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_ident(&schema),
+            quote_ident(&table)
+        );
+        let n: i64 = conn.query_row(&sql, [], |r| r.get(0))?;
+        let name = if schema == "main" {
+            table
+        } else {
+            format!("{schema}.{table}")
+        };
+        counts.insert(name, u64::try_from(n).unwrap_or_default());
+    }
+    Ok(counts)
+}
+
 /// Quotes an identifier for DuckDB SQL.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
