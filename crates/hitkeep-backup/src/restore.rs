@@ -17,7 +17,7 @@ use crate::manifest::{Database, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, Tenan
 
 /// DuckDB storage version written by restores: HitKeep Go ships DuckDB 1.5, which cannot read files
 /// created at DuckDB 2.0's default.
-pub const RESTORE_STORAGE_VERSION: &str = "v1.5.0";
+pub const RESTORE_STORAGE_VERSION: &str = hitkeep_data::STORAGE_VERSION;
 
 /// Which databases to restore.
 #[derive(Clone, Debug, Default)]

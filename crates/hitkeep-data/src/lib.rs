@@ -128,8 +128,27 @@ pub fn open_database(path: &Path, mode: OpenMode) -> Result<Connection, DataErro
             source: duckdb::Error::ToSqlConversionFailure(Box::new(e)),
         })?;
     }
+    if mode == OpenMode::Create && !path.exists() {
+        create_compatible(path)?;
+    }
     let conn = Connection::open(path).map_err(|e| DataError::from_duckdb(path, e))?;
     Ok(conn)
+}
+
+/// DuckDB storage version for files we create: HitKeep Go ships DuckDB 1.5, which cannot open files made at
+/// DuckDB 2.0's default version. A file keeps the version it was created with.
+pub const STORAGE_VERSION: &str = "v1.5.0";
+
+fn create_compatible(path: &Path) -> Result<(), DataError> {
+    let text = path.to_str().ok_or_else(|| DataError::Missing {
+        path: path.to_owned(),
+    })?;
+    let conn = Connection::open_in_memory().map_err(|e| DataError::from_duckdb(path, e))?;
+    conn.execute_batch(&format!(
+        "ATTACH {} AS created (STORAGE_VERSION '{STORAGE_VERSION}'); DETACH created;",
+        quote_literal(text)
+    ))
+    .map_err(|e| DataError::from_duckdb(path, e))
 }
 
 /// The tenants whose databases are backed up: `is_default = FALSE` and not archived, oldest first.
