@@ -149,6 +149,11 @@ pub async fn run_cycle(
 ) -> Result<CycleReport> {
     let _lock = CycleLock::acquire(&options.lock_file)?;
     let id = pick_id(storage).await?;
+    // Holding the lock, nothing else uses the staging root: clear what interrupted cycles left behind.
+    if options.staging_dir.exists() {
+        std::fs::remove_dir_all(&options.staging_dir)
+            .map_err(|e| Error::io(&options.staging_dir, e))?;
+    }
     let staging = StagingDir::create(options.staging_dir.join(id.to_string()))?;
     tracing::info!(snapshot = %id, location = %storage.location(), tenants = tenants.len(), "backup cycle started");
 
@@ -265,6 +270,8 @@ async fn snapshot_database(
         .await?;
 
     let dir = staging.join(database.folder());
+    // Removed as soon as this database is done, so exports of many tenants never pile up on the data disk.
+    let _export_dir = StagingDir(dir.clone());
     std::fs::create_dir_all(dir.parent().unwrap_or(staging)).map_err(|e| Error::io(&dir, e))?;
     let export_dir = dir.clone();
     let export: Export =
@@ -365,7 +372,9 @@ impl StagingDir {
 
 impl Drop for StagingDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
             tracing::warn!(path = %self.0.display(), error = %e, "could not remove the staging directory");
         }
     }

@@ -53,6 +53,8 @@ pub struct RestoreItem {
     /// Its manifest; `None` for a legacy snapshot, which cannot be verified.
     #[serde(skip)]
     pub manifest: Option<Manifest>,
+    /// The SHA-256 of its manifest as the cycle's shared manifest recorded it, for tenants.
+    pub manifest_sha256: Option<String>,
 }
 
 /// What a restore will do. Nothing is changed until [`RestorePlan::execute_item`].
@@ -77,51 +79,59 @@ impl RestorePlan {
         layout: &DataLayout,
         selection: &RestoreSelection,
     ) -> Result<RestorePlan> {
+        // Restoring chosen tenants leaves the shared database alone (rolling it back would roll back every
+        // other team's users and sites), so it needs only their snapshots, even if the cycle was pruned.
+        let tenant_only = !selection.tenants.is_empty();
         let shared = match snapshot {
-            Some(id) => catalog
-                .find(Database::Shared, id)
-                .ok_or_else(|| unknown_snapshot(catalog, id))?,
-            None => catalog
-                .latest_committed()
-                .or_else(|| {
-                    catalog
-                        .snapshots(Database::Shared)
-                        .iter()
-                        .rev()
-                        .find(|s| s.state == SnapshotState::Legacy)
-                })
-                .ok_or_else(|| Error::NotFound("no complete snapshot in this location".into()))?,
+            Some(id) => catalog.find(Database::Shared, id),
+            None => catalog.latest_committed().or_else(|| {
+                catalog
+                    .snapshots(Database::Shared)
+                    .iter()
+                    .rev()
+                    .find(|s| s.state == SnapshotState::Legacy)
+            }),
         };
-        let id = shared.id;
-        let legacy = match &shared.state {
-            SnapshotState::Complete => false,
-            SnapshotState::Legacy => true,
-            other => {
-                return Err(Error::NotFound(format!(
-                    "snapshot {id} is {other:?}, not a usable backup; choose another (see `hitkeep backup list`)"
-                )));
+        let (id, legacy, cycle) = match (shared, snapshot) {
+            (Some(s), _) => match &s.state {
+                SnapshotState::Complete => (s.id, false, s.manifest.clone()),
+                SnapshotState::Legacy => (s.id, true, None),
+                other => {
+                    return Err(Error::NotFound(format!(
+                        "snapshot {} is {other:?}, not a usable backup; choose another (see `hitkeep backup list`)",
+                        s.id
+                    )));
+                }
+            },
+            (None, Some(id)) if tenant_only => (id, false, None),
+            (None, Some(id)) => return Err(unknown_snapshot(catalog, id)),
+            (None, None) => {
+                return Err(Error::NotFound(
+                    "no complete snapshot in this location".into(),
+                ));
             }
         };
-        // Restoring chosen tenants leaves the shared database alone: rolling it back would roll back
-        // every other team's users and sites too.
         let mut items = Vec::new();
-        if selection.tenants.is_empty() {
+        if let (false, Some(shared)) = (tenant_only, shared) {
             items.push(RestoreItem {
                 database: Database::Shared,
                 target: layout.db_path.clone(),
                 bytes: shared.size,
                 manifest: shared.manifest.clone(),
+                manifest_sha256: None,
             });
         }
-        let mut unavailable = Vec::new();
-        if let Some(m) = &shared.manifest {
-            for t in &m.tenants {
-                if let TenantState::Failed { error } = &t.state {
-                    unavailable.push((t.tenant_id, error.clone()));
-                }
-            }
-        }
+        let listed: Vec<(Uuid, &TenantState)> = cycle
+            .iter()
+            .flat_map(|m| m.tenants.iter().map(|t| (t.tenant_id, &t.state)))
+            .collect();
+        let unavailable = listed.iter().filter_map(|(t, s)| match s {
+            TenantState::Failed { error } => Some((*t, error.clone())),
+            _ => None,
+        });
+        let unavailable: Vec<(Uuid, String)> = unavailable.collect();
         if !selection.shared_only {
+            let wanted = |t: &Uuid| selection.tenants.is_empty() || selection.tenants.contains(t);
             for db in catalog
                 .databases
                 .iter()
@@ -130,35 +140,58 @@ impl RestorePlan {
                 let Database::Tenant { tenant_id } = db.database else {
                     continue;
                 };
-                if !selection.tenants.is_empty() && !selection.tenants.contains(&tenant_id) {
-                    continue;
-                }
-                let Some(snap) = db.snapshots.iter().find(|s| s.id == id) else {
+                let Some(snap) = db
+                    .snapshots
+                    .iter()
+                    .find(|s| s.id == id)
+                    .filter(|_| wanted(&tenant_id))
+                else {
                     continue;
                 };
-                let usable = matches!(
-                    (&snap.state, legacy),
-                    (SnapshotState::Complete, _) | (SnapshotState::Legacy, true)
-                );
-                if usable {
-                    items.push(RestoreItem {
-                        database: db.database,
-                        target: layout.tenant_db(tenant_id),
-                        bytes: snap.size,
-                        manifest: snap.manifest.clone(),
-                    });
+                let usable = snap.state == SnapshotState::Complete
+                    || (snap.state == SnapshotState::Legacy && (legacy || tenant_only));
+                if !usable {
+                    continue;
                 }
+                let manifest_sha256 = listed.iter().find_map(|(t, s)| match s {
+                    TenantState::Complete { manifest_sha256 } if *t == tenant_id => {
+                        Some(manifest_sha256.clone())
+                    }
+                    _ => None,
+                });
+                items.push(RestoreItem {
+                    database: db.database,
+                    target: layout.tenant_db(tenant_id),
+                    bytes: snap.size,
+                    manifest: snap.manifest.clone(),
+                    manifest_sha256,
+                });
             }
-            for wanted in &selection.tenants {
-                if !items
+            let has = |t: &Uuid| {
+                items
                     .iter()
-                    .any(|i| i.database == Database::Tenant { tenant_id: *wanted })
-                {
+                    .any(|i| i.database == Database::Tenant { tenant_id: *t })
+            };
+            // Every tenant the cycle committed must be there: a whole restore never silently drops one.
+            for (tenant, state) in &listed {
+                if matches!(state, TenantState::Complete { .. }) && wanted(tenant) && !has(tenant) {
                     return Err(Error::NotFound(format!(
-                        "tenant {wanted} has no usable snapshot {id}"
+                        "the cycle {id} lists tenant {tenant} as complete, but its snapshot is missing or unfinished; run `hitkeep backup verify -snapshot {id}`"
                     )));
                 }
             }
+            for tenant in &selection.tenants {
+                if !has(tenant) {
+                    return Err(Error::NotFound(format!(
+                        "tenant {tenant} has no usable snapshot {id}"
+                    )));
+                }
+            }
+        }
+        if items.is_empty() {
+            return Err(Error::NotFound(format!(
+                "nothing to restore from snapshot {id}"
+            )));
         }
         Ok(RestorePlan {
             snapshot: id,
@@ -198,6 +231,17 @@ impl RestorePlan {
         std::fs::create_dir_all(&staging.0).map_err(|e| Error::io(&staging.0, e))?;
 
         let folder = format!("{}/{}", item.database.folder(), self.snapshot);
+        if let Some(expected) = &item.manifest_sha256 {
+            let actual = hitkeep_storage::Sha256Digest::of(
+                &storage.read(&format!("{folder}/{MANIFEST_NAME}")).await?,
+            )
+            .to_string();
+            if &actual != expected {
+                return Err(Error::NotFound(format!(
+                    "{folder}/{MANIFEST_NAME}: SHA-256 {actual} differs from {expected} recorded by the cycle; the tenant snapshot was altered"
+                )));
+            }
+        }
         download(storage, &folder, item.manifest.as_ref(), &staging.0).await?;
         let (staging_path, temp_path, manifest) =
             (staging.0.clone(), temp_db.0.clone(), item.manifest.clone());
@@ -207,6 +251,14 @@ impl RestorePlan {
         })
         .await
         .map_err(|e| Error::Internal(format!("import task: {e}")))??;
+        // The server may have been started during the download.
+        if let Some(holder) = lock_holder(&target) {
+            return Err(hitkeep_data::DataError::Locked {
+                path: target,
+                holder: Some(holder),
+            }
+            .into());
+        }
         let aside = swap_into_place(&temp_db.0, &target, stamp)?;
         Ok(RestoreOutcome {
             target,
@@ -363,25 +415,39 @@ fn import(
 /// restored file into place. A stale WAL is moved even when the database file is missing.
 fn swap_into_place(restored: &Path, target: &Path, stamp: SnapshotId) -> Result<Option<PathBuf>> {
     let wal = PathBuf::from(format!("{}.wal", target.display()));
-    let mut aside = None;
-    if target.exists() || wal.exists() {
-        let mut candidate = PathBuf::from(format!("{}.pre-restore.{stamp}", target.display()));
-        let mut n = 1;
-        while candidate.exists() || PathBuf::from(format!("{}.wal", candidate.display())).exists() {
-            candidate = PathBuf::from(format!("{}.pre-restore.{stamp}-{n}", target.display()));
-            n += 1;
-        }
-        if target.exists() {
-            std::fs::rename(target, &candidate).map_err(|e| Error::io(target, e))?;
-        }
-        if wal.exists() {
-            std::fs::rename(&wal, format!("{}.wal", candidate.display()))
-                .map_err(|e| Error::io(&wal, e))?;
-        }
-        aside = Some(candidate);
+    if !target.exists() && !wal.exists() {
+        std::fs::rename(restored, target).map_err(|e| Error::io(target, e))?;
+        return Ok(None);
     }
-    std::fs::rename(restored, target).map_err(|e| Error::io(target, e))?;
-    Ok(aside)
+    let mut aside = PathBuf::from(format!("{}.pre-restore.{stamp}", target.display()));
+    let mut n = 1;
+    while aside.exists() || PathBuf::from(format!("{}.wal", aside.display())).exists() {
+        aside = PathBuf::from(format!("{}.pre-restore.{stamp}-{n}", target.display()));
+        n += 1;
+    }
+    let aside_wal = PathBuf::from(format!("{}.wal", aside.display()));
+    let moved_db = target.exists();
+    if moved_db {
+        std::fs::rename(target, &aside).map_err(|e| Error::io(target, e))?;
+    }
+    // Each later step undoes the earlier ones when it fails, so the original is back where it was.
+    let undo_db = || {
+        if moved_db {
+            let _ = std::fs::rename(&aside, target);
+        }
+    };
+    if wal.exists()
+        && let Err(e) = std::fs::rename(&wal, &aside_wal)
+    {
+        undo_db();
+        return Err(Error::io(&wal, e));
+    }
+    if let Err(e) = std::fs::rename(restored, target) {
+        let _ = std::fs::rename(&aside_wal, &wal);
+        undo_db();
+        return Err(Error::io(target, e));
+    }
+    Ok(Some(aside))
 }
 
 /// Which process holds a POSIX lock on `path` (DuckDB's writer lock), read from /proc/locks without

@@ -34,43 +34,54 @@ pub struct PrunePlan {
 }
 
 impl PrunePlan {
-    /// Plans for keeping `keep` snapshots per database. `protect` (the snapshot just written) is never
-    /// planned for deletion, whatever the count.
+    /// Plans for keeping the newest `keep` committed cycles. Retention follows cycles, not folders: a
+    /// tenant's snapshot stays while its cycle does, so every kept cycle restores whole. Also kept: each
+    /// tenant's newest complete snapshot (its last good copy, even if its cycles failed since), anything
+    /// newer than the newest committed cycle (it may still be running), `protect` (the snapshot just
+    /// written), and every corrupt snapshot (it may be a newer format this build cannot read).
     pub fn new(catalog: &Catalog, keep: NonZeroU32, protect: Option<SnapshotId>) -> PrunePlan {
         let keep = usize::try_from(keep.get()).unwrap_or(usize::MAX);
+        let usable =
+            |s: &SnapshotState| matches!(s, SnapshotState::Complete | SnapshotState::Legacy);
+        let cycles: Vec<SnapshotId> = catalog
+            .snapshots(Database::Shared)
+            .iter()
+            .rev()
+            .filter(|s| usable(&s.state))
+            .map(|s| s.id)
+            .collect();
+        let kept: Vec<SnapshotId> = cycles.iter().take(keep).copied().collect();
+        let Some(newest) = cycles.first().copied() else {
+            return PrunePlan::default();
+        };
         let mut deletions = Vec::new();
         for db in &catalog.databases {
-            let usable =
-                |s: &SnapshotState| matches!(s, SnapshotState::Complete | SnapshotState::Legacy);
-            let newest_usable = db
+            let newest_complete = db
                 .snapshots
                 .iter()
                 .rev()
                 .find(|s| usable(&s.state))
                 .map(|s| s.id);
-            let mut kept = 0;
-            for snap in db.snapshots.iter().rev() {
-                if Some(snap.id) == protect {
-                    kept += usize::from(usable(&snap.state));
+            for snap in &db.snapshots {
+                let spared = Some(snap.id) == protect
+                    || kept.contains(&snap.id)
+                    || snap.id > newest
+                    || matches!(snap.state, SnapshotState::Corrupt(_))
+                    || (db.database != Database::Shared && Some(snap.id) == newest_complete);
+                if spared {
                     continue;
                 }
                 let reason = if usable(&snap.state) {
-                    kept += 1;
-                    (kept > keep).then_some("older than the newest retained snapshots")
+                    "older than the newest retained cycles"
                 } else {
-                    // Unfinished folders newer than the newest usable one may still be running.
-                    newest_usable
-                        .filter(|n| snap.id < *n)
-                        .map(|_| "unfinished and superseded")
+                    "unfinished and superseded"
                 };
-                if let Some(reason) = reason {
-                    deletions.push(Deletion {
-                        database: db.database,
-                        id: snap.id,
-                        reason,
-                        size: snap.size,
-                    });
-                }
+                deletions.push(Deletion {
+                    database: db.database,
+                    id: snap.id,
+                    reason,
+                    size: snap.size,
+                });
             }
         }
         PrunePlan { deletions }

@@ -89,18 +89,30 @@ async fn backup_once(settings: &Settings, location: &Location) -> Result<CycleRe
     }
     let report = hitkeep_backup::run_cycle(&storage, shared, sources, &options).await?;
     if !location.is_s3() || settings.backup.prune_s3 {
-        let catalog = Catalog::load(&storage).await?;
-        let plan = PrunePlan::new(&catalog, settings.backup.retention, Some(report.id));
-        let removed = plan.execute(&storage).await?;
-        if !plan.is_empty() {
-            tracing::info!(
-                snapshots = plan.deletions.len(),
-                objects = removed,
-                "pruned old snapshots"
-            );
+        // The cycle is committed whatever happens here: a failed prune is a warning, not a failed backup.
+        if let Err(e) = prune_after_cycle(&storage, settings, report.id).await {
+            tracing::warn!(error = %format!("{e:#}"), "pruning old snapshots failed; the new snapshot is complete");
         }
     }
     Ok(report)
+}
+
+async fn prune_after_cycle(
+    storage: &Storage,
+    settings: &Settings,
+    id: hitkeep_backup::SnapshotId,
+) -> Result<()> {
+    let catalog = Catalog::load(storage).await?;
+    let plan = PrunePlan::new(&catalog, settings.backup.retention, Some(id));
+    let removed = plan.execute(storage).await?;
+    if !plan.is_empty() {
+        tracing::info!(
+            snapshots = plan.deletions.len(),
+            objects = removed,
+            "pruned old snapshots"
+        );
+    }
+    Ok(())
 }
 
 fn print_report(report: &CycleReport) {
@@ -354,6 +366,13 @@ pub fn lifecycle(settings: &Settings) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     };
+    if s3.prefix().is_empty() {
+        eprintln!(
+            "error: HITKEEP_BACKUP_PATH {location} is a whole bucket; a lifecycle rule for it would expire every object in the bucket\n  fix: keep backups under a prefix, e.g. s3://{}/hitkeep/backups",
+            s3.bucket()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     // Lifecycle rules expire by age, not count: keep a day more than the retention covers, so the rule
     // never removes one of the newest N.
     let minutes =
@@ -375,7 +394,7 @@ pub fn lifecycle(settings: &Settings) -> ExitCode {
     });
     println!("{rules:#}");
     eprintln!(
-        "# {} snapshots every {} min cover {minutes} min; objects expire after {days} days.\n# Apply with: aws s3api put-bucket-lifecycle-configuration --bucket {} --lifecycle-configuration file://lifecycle.json",
+        "# {} snapshots every {} min cover {minutes} min; objects expire after {days} days.\n# Caution: expiry goes by age, not count. If backups stop for {days} days, every snapshot expires; watch `hitkeep backup status`.\n# Apply with: aws s3api put-bucket-lifecycle-configuration --bucket {} --lifecycle-configuration file://lifecycle.json",
         settings.backup.retention,
         settings.backup.interval.as_secs() / 60,
         s3.bucket()
@@ -533,17 +552,32 @@ async fn schedule(settings: &Settings, location: &Location) -> Result<()> {
             _ = int.recv() => break,
         }
         next = tokio::time::Instant::now() + settings.backup.interval;
-        // An interrupted cycle leaves an unfinished folder that list marks incomplete and pruning removes.
-        let outcome = tokio::select! {
-            r = backup_once(settings, location) => r,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+        // A signal during a cycle lets it finish: dropping it mid-way would leave multipart uploads
+        // unaborted and a blocking export writing into a deleted staging directory. A second signal
+        // exits at once; what that interrupts lists as incomplete and is cleaned up by later cycles.
+        let cycle = backup_once(settings, location);
+        tokio::pin!(cycle);
+        let mut stopping = false;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut cycle => break r,
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if stopping {
+                std::process::exit(130);
+            }
+            stopping = true;
+            eprintln!("stopping after the current backup cycle (signal again to stop now)");
         };
         let next_at = Timestamp::now() + settings.backup.interval;
         status.record(settings, &outcome, Some(next_at));
         match &outcome {
             Ok(report) => print_report(report),
             Err(e) => eprintln!("error: backup cycle failed: {e:#}"),
+        }
+        if stopping {
+            break;
         }
     }
     println!("backup scheduler stopped");

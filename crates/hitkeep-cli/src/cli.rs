@@ -145,7 +145,7 @@ pub enum RecoverCommand {
         #[arg(long = "tenant", value_name = "UUID")]
         tenants: Vec<String>,
         /// Restore the shared database only.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tenants")]
         shared_only: bool,
         /// Print the plan and stop.
         #[arg(long)]

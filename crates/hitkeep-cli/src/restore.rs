@@ -156,8 +156,15 @@ async fn execute(storage: &Storage, plan: &RestorePlan) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("Error restoring {}: {e}", name.to_lowercase());
-                eprintln!("  {} was left exactly as it was", item.target.display());
+                eprintln!("  {} was left as it was", item.target.display());
                 failed.push(name);
+                // Tenants restored over a shared database that could not be would mix old and new state.
+                if item.database == hitkeep_backup::Database::Shared {
+                    eprintln!(
+                        "  not restoring the tenants either, so that the databases stay consistent"
+                    );
+                    break;
+                }
             }
         }
     }

@@ -153,9 +153,17 @@ pub(crate) fn load(sources: &Sources) -> Raw {
     let merged: Dict = match figment.extract() {
         Ok(dict) => dict,
         Err(e) => {
+            // The TOML error quotes the offending line, which may hold a secret: keep position and reason only.
+            let text = e.to_string();
+            let safe: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains('|'))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
             problems.push(file_problem(
                 &sources.config_path().unwrap_or_default(),
-                &e.to_string(),
+                &safe.join(" "),
             ));
             return Raw {
                 values: BTreeMap::new(),

@@ -339,6 +339,24 @@ async fn retention_keeps_exactly_n(f: Fixture) {
     );
     // An unfinished leftover older than the newest complete snapshot goes too.
     let stale = "2001-01-01T000000Z";
+    // So does a tenant's unfinished snapshot from a cycle that never committed…
+    let tenant = f.demo.tenants[0];
+    f.storage
+        .write(
+            &format!("tenants/{tenant}/2002-01-01T000000Z/in-progress.json"),
+            &b"{}"[..],
+        )
+        .await
+        .unwrap();
+    // …but a manifest this build cannot read (a newer format, say) is never deleted.
+    let corrupt = "2003-01-01T000000Z";
+    f.storage
+        .write(
+            &format!("shared/{corrupt}/manifest.json"),
+            &br#"{"format_version": 99}"#[..],
+        )
+        .await
+        .unwrap();
     f.storage
         .write(&format!("shared/{stale}/in-progress.json"), &b"{}"[..])
         .await
@@ -349,9 +367,25 @@ async fn retention_keeps_exactly_n(f: Fixture) {
     plan.execute(&f.storage).await.unwrap();
     let after = Catalog::load(&f.storage).await.unwrap();
     for db in &after.databases {
-        let left: Vec<_> = db.snapshots.iter().map(|s| s.id).collect();
-        assert_eq!(left, ids[2..], "{}", db.database);
+        let left: Vec<_> = db
+            .snapshots
+            .iter()
+            .filter(|s| s.id.to_string() != corrupt)
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(
+            left,
+            ids[2..],
+            "every database keeps exactly the retained cycles: {}",
+            db.database
+        );
     }
+    assert!(
+        after
+            .find(Database::Shared, corrupt.parse().unwrap())
+            .is_some(),
+        "corrupt snapshots are kept"
+    );
     // Keep 1 never deletes the snapshot just written.
     let plan = PrunePlan::new(&after, NonZeroU32::new(1).unwrap(), Some(ids[3]));
     assert!(plan.deletions.iter().all(|d| d.id != ids[3]));

@@ -178,8 +178,7 @@ async fn s3_prune_is_explicit_and_confirmed() {
             "{dry}"
         );
         assert_eq!(
-            dry.matches("older than the newest retained snapshots")
-                .count(),
+            dry.matches("older than the newest retained cycles").count(),
             4,
             "{dry}"
         );
@@ -234,6 +233,15 @@ fn lifecycle_rule_for_the_guide_example() {
         dir.path(),
     );
     assert!(out.starts_with("exit: 2"), "{out}");
+    let out = run(
+        &["backup", "lifecycle"],
+        &[("HITKEEP_BACKUP_PATH", "s3://whole-bucket")],
+        dir.path(),
+    );
+    assert!(
+        out.starts_with("exit: 2") && out.contains("every object in the bucket"),
+        "{out}"
+    );
 }
 
 /// `hitkeep` with no command runs the scheduler: a first cycle shortly after start, then SIGTERM stops it

@@ -201,7 +201,7 @@ fn a_corrupted_object_is_refused_and_the_original_is_untouched() {
         out.contains("hits.parquet") && out.contains("SHA-256"),
         "names the object: {out}"
     );
-    assert!(out.contains("was left exactly as it was"), "{out}");
+    assert!(out.contains("was left as it was"), "{out}");
     assert_eq!(std::fs::read(s.db()).unwrap(), before);
     let leftovers: Vec<_> = std::fs::read_dir(s.dir.path())
         .unwrap()
@@ -293,6 +293,19 @@ fn answering_no_changes_nothing_and_bad_input_is_refused_before_io() {
         "-yes",
     ]);
     assert!(out.starts_with("exit: 2"), "{out}");
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-shared-only",
+        "-tenant",
+        "00000000-0000-0000-0000-000000000001",
+    ]);
+    assert!(
+        out.starts_with("exit: 2") && out.contains("cannot be used with"),
+        "{out}"
+    );
 }
 
 #[test]

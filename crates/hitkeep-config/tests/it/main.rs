@@ -310,6 +310,17 @@ fn config_file_problems() {
     .unwrap_err();
     assert!(e.to_string().contains("bad.toml"), "{e}");
 
+    std::fs::write(&bad, "s3_secret_access_key = wJalrXUtnFEMIunquoted\n").unwrap();
+    let e = Config::load(&Sources {
+        config_file: Some(bad.clone()),
+        ..Sources::default()
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("line 1") && !e.to_string().contains("wJalrXUtnFEMI"),
+        "never echo the file's lines: {e}"
+    );
+
     std::fs::write(&bad, "s3_regoin = \"eu-central-1\"\n[s3]\nregion = 1\n").unwrap();
     let e = Config::load(&Sources {
         config_file: Some(bad),
