@@ -1,7 +1,30 @@
-//! Per-site retention archives: expired rows to Parquet, verified, then deleted. Not implemented yet; the
-//! retention-archives issue fills it in.
+//! Per-site retention archives: each site's rows older than its retention window go to Parquet in the
+//! archive location and only then leave the database, with nothing lost or duplicated.
 //!
-//! What this crate will not do: talk to object storage except through hitkeep-storage, or read settings
-//! from the environment.
+//! [`run`] loads the policies (sites with `data_retention_days > 0`, mapped to their tenants), and per
+//! site: computes one [`Cutoff`] used for counting, exporting and deleting; exports the expired rows of the
+//! one table list ([`TABLES`]) to a Parquet file with a leading `_source` column; uploads it through
+//! hitkeep-storage; reads it back and checks the counts; and deletes the rows in one transaction that
+//! checks its own counts. A [`Ledger`] next to the files makes every crash recoverable on the next run.
+//!
+//! What this crate will not do: talk to object storage except through hitkeep-storage, read settings from
+//! the environment, or delete a row that is not in a verified archive.
 
 #![deny(missing_docs)]
+
+mod browse;
+mod error;
+mod ledger;
+mod run;
+mod tables;
+
+pub use crate::{
+    browse::{create_view, files, ledgers, local_copies, restore_rows},
+    error::{Error, Result},
+    ledger::{EntryState, LEDGER_VERSION, Ledger, LedgerEntry},
+    run::{
+        ArchiveOptions, SitePolicy, SiteReport, archive_site, ledger_key, load_policies, run,
+        site_dir,
+    },
+    tables::{ArchiveTable, Cutoff, Grain, TABLES},
+};

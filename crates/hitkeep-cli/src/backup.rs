@@ -73,6 +73,24 @@ pub fn demo(settings: &Settings, hits: u64, tenants: usize) -> ExitCode {
 }
 
 /// One cycle plus local retention: what `backup run` and the scheduler do.
+/// The daily archive job: every site's expired rows, with a failing site logged and the others done.
+async fn archive_once(settings: &Settings) -> Result<()> {
+    let storage = Storage::open(&settings.archive, &settings.s3).await?;
+    let options = hitkeep_archive::ArchiveOptions::for_layout(&layout(settings), false);
+    for report in hitkeep_archive::run(&storage, &layout(settings), &options).await? {
+        match report {
+            Ok(r) if r.file.is_some() => println!(
+                "archived {} rows of site {}",
+                r.counts.values().sum::<u64>(),
+                r.policy.site_id
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("error: archiving a site failed: {e}"),
+        }
+    }
+    Ok(())
+}
+
 async fn backup_once(settings: &Settings, location: &Location) -> Result<CycleReport> {
     let storage = Storage::open(location, &settings.s3).await?;
     let layout = layout(settings);
@@ -524,34 +542,71 @@ const FIRST_RUN_DELAY: Duration = Duration::from_secs(5);
 
 /// The scheduler: cycles one after another (never overlapping), until SIGINT or SIGTERM.
 pub fn serve(settings: &Settings) -> ExitCode {
-    let Some(location) = settings.backup.location.clone() else {
-        eprintln!("backups are disabled (HITKEEP_BACKUP_PATH is not set); nothing to schedule");
-        return ExitCode::SUCCESS;
-    };
-    println!(
-        "backup scheduler: {location} every {} min, keeping {}",
-        settings.backup.interval.as_secs() / 60,
-        settings.backup.retention
-    );
-    match runtime().block_on(schedule(settings, &location)) {
+    match &settings.backup.location {
+        Some(location) => println!(
+            "backup scheduler: {location} every {} min, keeping {}",
+            settings.backup.interval.as_secs() / 60,
+            settings.backup.retention
+        ),
+        None => println!("backups are disabled (HITKEEP_BACKUP_PATH is not set)"),
+    }
+    println!("retention archives: {} daily", settings.archive);
+    match runtime().block_on(schedule(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
 }
 
-async fn schedule(settings: &Settings, location: &Location) -> Result<()> {
+/// When the daily archive job first runs after start.
+const ARCHIVE_FIRST_DELAY: Duration = Duration::from_secs(60);
+/// How often it runs.
+const ARCHIVE_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The jobs the scheduler runs, one at a time so they never overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Job {
+    Backup,
+    Archive,
+}
+
+async fn schedule(settings: &Settings) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let status = StatusFile::new(settings);
-    let mut next = tokio::time::Instant::now() + FIRST_RUN_DELAY;
+    let start = tokio::time::Instant::now();
+    let mut next_backup = settings
+        .backup
+        .location
+        .as_ref()
+        .map(|_| start + FIRST_RUN_DELAY);
+    let mut next_archive = start + ARCHIVE_FIRST_DELAY;
     loop {
+        let (job, at) = match next_backup {
+            Some(b) if b <= next_archive => (Job::Backup, b),
+            _ => (Job::Archive, next_archive),
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
+            _ = tokio::time::sleep_until(at) => {}
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
-        next = tokio::time::Instant::now() + settings.backup.interval;
+        if job == Job::Archive {
+            next_archive = tokio::time::Instant::now() + ARCHIVE_INTERVAL;
+            let stop = tokio::select! {
+                r = archive_once(settings) => { if let Err(e) = r { eprintln!("error: archive run failed: {e:#}"); } false }
+                _ = term.recv() => true,
+                _ = int.recv() => true,
+            };
+            if stop {
+                break;
+            }
+            continue;
+        }
+        let Some(location) = settings.backup.location.as_ref() else {
+            continue;
+        };
+        next_backup = Some(tokio::time::Instant::now() + settings.backup.interval);
         // A signal during a cycle lets it finish: dropping it mid-way would leave multipart uploads
         // unaborted and a blocking export writing into a deleted staging directory. A second signal
         // exits at once; what that interrupts lists as incomplete and is cleaned up by later cycles.

@@ -37,6 +37,9 @@ pub enum Command {
     /// Snapshots of the shared and every tenant database.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Per-site retention archives: expired rows to Parquet, verified, then out of DuckDB.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// Offline recovery tools.
     #[command(subcommand)]
     Recover(RecoverCommand),
@@ -153,5 +156,50 @@ pub enum RecoverCommand {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// Archive every site's expired rows now (and finish any run a crash interrupted).
+    #[command(
+        after_help = "Example:\n  HITKEEP_ARCHIVE_PATH=s3://hitkeep/archive hitkeep archive run --dry-run"
+    )]
+    Run {
+        /// Print, per site and table, what would be archived; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List the archive files: site, tenant, time range, rows per table, size.
+    List {
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run SQL over the view `archive` (a site's archived rows, `_source` naming each row's table).
+    #[command(
+        after_help = "Example:\n  hitkeep archive query --site 5c6644da-ef00-45e6-825d-c755d19d7f9f \\\n    \"SELECT _source, count(*) FROM archive GROUP BY 1\""
+    )]
+    Query {
+        /// Only this site's files.
+        #[arg(long)]
+        site: Option<String>,
+        /// The SQL to run.
+        sql: String,
+    },
+    /// Put a site's archived rows back into its live tables (rows already present are skipped).
+    Restore {
+        /// The site.
+        #[arg(long)]
+        site: String,
+        /// Only rows at or after this date (YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only rows before this date (YYYY-MM-DD).
+        #[arg(long)]
+        to: Option<String>,
     },
 }

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use hitkeep_config::{Config, ConfigError, Sources};
 
 use crate::EXIT_USAGE;
+use crate::archive;
 use crate::backup;
-use crate::cli::{BackupCommand, Cli, Command, ConfigCommand, RecoverCommand};
+use crate::cli::{ArchiveCommand, BackupCommand, Cli, Command, ConfigCommand, RecoverCommand};
 use crate::restore;
 
 pub fn run(cli: &Cli) -> ExitCode {
@@ -67,6 +68,20 @@ pub fn run(cli: &Cli) -> ExitCode {
                 },
             )
         }),
+        Some(Command::Archive(ArchiveCommand::Run { dry_run })) => {
+            with_config(loaded, |c| archive::run(&c.settings, *dry_run))
+        }
+        Some(Command::Archive(ArchiveCommand::List { site, json })) => with_config(loaded, |c| {
+            archive::list(&c.settings, site.as_deref(), *json)
+        }),
+        Some(Command::Archive(ArchiveCommand::Query { site, sql })) => with_config(loaded, |c| {
+            archive::query(&c.settings, site.as_deref(), sql)
+        }),
+        Some(Command::Archive(ArchiveCommand::Restore { site, from, to })) => {
+            with_config(loaded, |c| {
+                archive::restore(&c.settings, site, from.as_deref(), to.as_deref())
+            })
+        }
         Some(Command::Serve) | None => with_config(loaded, |c| backup::serve(&c.settings)),
     }
 }

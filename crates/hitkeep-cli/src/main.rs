@@ -1,6 +1,7 @@
 //! The `hitkeep` binary: parses argv and the environment, then hands typed settings to the libraries.
 //! Nothing here is needed by a library user; anything that is belongs in a library crate.
 
+mod archive;
 mod backup;
 mod cli;
 mod commands;

@@ -1,5 +1,6 @@
 //! The `hitkeep` binary as a user runs it: exit status, stdout and stderr, pinned by insta snapshots.
 
+mod archive;
 mod backup;
 mod config;
 mod restore;

@@ -26,6 +26,7 @@ on_every_backend!(
     delete_prefix_removes_exactly_the_prefix,
     stat_and_delete,
     unclean_keys_are_refused,
+    overwriting_a_small_object_replaces_it,
 );
 
 async fn small_objects_round_trip(f: Fixture) {
@@ -219,4 +220,16 @@ async fn unclean_keys_are_refused(f: Fixture) {
         let err = f.storage.write(key, &b"1"[..]).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidKey, "{key:?}: {err}");
     }
+}
+
+async fn overwriting_a_small_object_replaces_it(f: Fixture) {
+    let s = &f.storage;
+    s.write("dir/ledger.json", &b"first"[..]).await.unwrap();
+    s.write("dir/ledger.json", &b"second, longer"[..])
+        .await
+        .unwrap();
+    assert_eq!(
+        &s.read("dir/ledger.json").await.unwrap()[..],
+        b"second, longer"
+    );
 }

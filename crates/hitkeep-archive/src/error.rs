@@ -1,0 +1,64 @@
+//! The archive crate's error.
+
+use std::path::PathBuf;
+
+/// Archiving, listing, querying or restoring failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Object storage failed.
+    #[error(transparent)]
+    Storage(Box<hitkeep_storage::Error>),
+    /// A database could not be opened.
+    #[error(transparent)]
+    Data(Box<hitkeep_data::DataError>),
+    /// DuckDB failed.
+    #[error("{context}: {source}")]
+    DuckDb {
+        /// What was being done.
+        context: &'static str,
+        /// DuckDB's error.
+        #[source]
+        source: duckdb::Error,
+    },
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ledger or an archive disagrees with the database; nothing was deleted.
+    #[error("{0}")]
+    Ledger(String),
+}
+
+impl Error {
+    pub(crate) fn duckdb(context: &'static str, source: duckdb::Error) -> Self {
+        Error::DuckDb { context, source }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<hitkeep_storage::Error> for Error {
+    fn from(e: hitkeep_storage::Error) -> Self {
+        Error::Storage(Box::new(e))
+    }
+}
+
+impl From<hitkeep_data::DataError> for Error {
+    fn from(e: hitkeep_data::DataError) -> Self {
+        Error::Data(Box::new(e))
+    }
+}
+
+/// The archive crate's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

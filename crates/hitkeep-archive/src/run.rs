@@ -1,0 +1,532 @@
+//! One archive run: per site, count the expired rows, export them to one Parquet file, upload it, read it
+//! back and check it, and only then delete them in one transaction that checks its own counts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use duckdb::Connection;
+use hitkeep_data::{
+    DataLayout, OpenMode, is_missing_schema, open_database, quote_ident, quote_literal,
+};
+use hitkeep_storage::{Storage, TransferOptions};
+use jiff::Timestamp;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::ledger::{EntryState, LEDGER_VERSION, Ledger, LedgerEntry};
+use crate::tables::{Cutoff, TABLES};
+
+/// A site with a retention window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SitePolicy {
+    /// The site.
+    pub site_id: Uuid,
+    /// Its tenant; `None` for the default tenant, whose rows live in the shared database.
+    pub tenant_id: Option<Uuid>,
+    /// Retention in days.
+    pub days: u32,
+}
+
+/// Options for a run.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ArchiveOptions {
+    /// Local directory for exports and read-backs.
+    pub staging_dir: PathBuf,
+    /// Count only; change nothing.
+    pub dry_run: bool,
+    /// The run's "now"; each site's cutoff is this minus its retention.
+    pub now: Timestamp,
+}
+
+impl ArchiveOptions {
+    /// Staging inside the data directory; now is now.
+    pub fn for_layout(layout: &DataLayout, dry_run: bool) -> Self {
+        ArchiveOptions {
+            staging_dir: layout.data_path.join(".hitkeep-staging").join("archive"),
+            dry_run,
+            now: Timestamp::now(),
+        }
+    }
+}
+
+/// What happened to one site.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct SiteReport {
+    /// The policy.
+    pub policy: SitePolicy,
+    /// The cutoff instant.
+    pub cutoff: String,
+    /// Expired rows per table (those archived, or that would be in a dry run).
+    pub counts: BTreeMap<String, u64>,
+    /// The archive object written, if any.
+    pub file: Option<String>,
+    /// Unfinished work of an earlier run that this run completed or discarded.
+    pub recovered: Vec<String>,
+}
+
+/// The default tenant's id (the oldest tenant on older schemas), or `None` without a tenants table.
+fn default_tenant(shared: &Connection) -> Option<Uuid> {
+    let q = |sql: &str| shared.query_row(sql, [], |r| r.get::<_, String>(0)).ok();
+    q("SELECT CAST(id AS VARCHAR) FROM tenants WHERE is_default = TRUE ORDER BY created_at LIMIT 1")
+        .or_else(|| q("SELECT CAST(id AS VARCHAR) FROM tenants ORDER BY created_at LIMIT 1"))
+        .and_then(|s| Uuid::parse_str(&s).ok())
+}
+
+/// Sites with `data_retention_days > 0`, each mapped to its tenant (no mapping: the default tenant).
+pub fn load_policies(shared: &Connection) -> Result<Vec<SitePolicy>> {
+    let default = default_tenant(shared);
+    let joined = "SELECT CAST(s.id AS VARCHAR), s.data_retention_days, CAST(st.tenant_id AS VARCHAR) FROM sites s \
+                  LEFT JOIN site_tenants st ON st.site_id = s.id WHERE s.data_retention_days > 0 ORDER BY s.id";
+    let legacy = "SELECT CAST(s.id AS VARCHAR), s.data_retention_days, NULL FROM sites s WHERE s.data_retention_days > 0 ORDER BY s.id";
+    let mut stmt = match shared.prepare(joined) {
+        Ok(s) => s,
+        Err(e) if is_missing_schema(&e) => shared
+            .prepare(legacy)
+            .map_err(|e| Error::duckdb("loading retention policies", e))?,
+        Err(e) => return Err(Error::duckdb("loading retention policies", e)),
+    };
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })
+        .map_err(|e| Error::duckdb("loading retention policies", e))?;
+    let mut policies = Vec::new();
+    for row in rows {
+        let (site, days, tenant) =
+            row.map_err(|e| Error::duckdb("loading retention policies", e))?;
+        let (Ok(site_id), Ok(days)) = (Uuid::parse_str(&site), u32::try_from(days)) else {
+            continue;
+        };
+        let tenant_id = tenant
+            .and_then(|t| Uuid::parse_str(&t).ok())
+            .filter(|t| Some(*t) != default);
+        policies.push(SitePolicy {
+            site_id,
+            tenant_id,
+            days,
+        });
+    }
+    Ok(policies)
+}
+
+/// Where a site's archive files go, relative to the archive location. HitKeep's layout: on local disk the
+/// default tenant's files sit in the root; everything else (and everything on S3) under
+/// `tenants/{tenant}/sites/{site}/`.
+pub fn site_dir(storage: &Storage, policy: &SitePolicy, default_tenant: Option<Uuid>) -> String {
+    match (policy.tenant_id, storage.location().is_s3()) {
+        (None, false) => String::new(),
+        (tenant, _) => format!(
+            "tenants/{}/sites/{}",
+            tenant.or(default_tenant).unwrap_or(Uuid::nil()),
+            policy.site_id
+        ),
+    }
+}
+
+/// The ledger sits next to the site's files: `ledger.json` in a site folder, `site_{id}.ledger.json` in the
+/// flat local root that the default tenant's sites share.
+pub fn ledger_key(dir: &str, policy: &SitePolicy) -> String {
+    if dir.is_empty() {
+        format!("site_{}.ledger.json", policy.site_id)
+    } else {
+        format!("{dir}/ledger.json")
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Runs retention for every site, each on its own database; one site's failure does not stop the others.
+pub async fn run(
+    storage: &Storage,
+    layout: &DataLayout,
+    options: &ArchiveOptions,
+) -> Result<Vec<Result<SiteReport>>> {
+    let shared = open_database(&layout.db_path, OpenMode::Existing)?;
+    let policies = load_policies(&shared)?;
+    let default = default_tenant(&shared);
+    let mut reports = Vec::new();
+    for policy in policies {
+        let conn = match policy.tenant_id {
+            None => shared
+                .try_clone()
+                .map_err(|e| Error::duckdb("opening the shared database", e)),
+            Some(t) => match open_database(&layout.tenant_db(t), OpenMode::Existing) {
+                Err(hitkeep_data::DataError::Missing { .. }) => {
+                    tracing::info!(site = %policy.site_id, tenant = %t, "tenant has no database yet; nothing to archive");
+                    continue;
+                }
+                other => other.map_err(Error::from),
+            },
+        };
+        let report = match conn {
+            Ok(conn) => archive_site(storage, &conn, &policy, default, options).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &report {
+            tracing::error!(site = %policy.site_id, error = %e, "archiving the site failed");
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Archives one site's expired rows from `conn` (the database that holds them).
+pub async fn archive_site(
+    storage: &Storage,
+    conn: &Connection,
+    policy: &SitePolicy,
+    default_tenant: Option<Uuid>,
+    options: &ArchiveOptions,
+) -> Result<SiteReport> {
+    let cutoff = Cutoff::days_before(options.now, policy.days);
+    let dir = site_dir(storage, policy, default_tenant);
+    let ledger_key = ledger_key(&dir, policy);
+    let mut ledger = load_ledger(storage, &ledger_key, policy, default_tenant).await?;
+    let mut recovered = Vec::new();
+    if !options.dry_run {
+        recover(
+            storage,
+            conn,
+            policy,
+            &dir,
+            &ledger_key,
+            &mut ledger,
+            &mut recovered,
+        )
+        .await?;
+    }
+    let (counts, oldest, newest) =
+        tokio::task::block_in_place(|| count(conn, policy.site_id, cutoff))?;
+    let mut report = SiteReport {
+        policy: *policy,
+        cutoff: cutoff.instant().to_string(),
+        counts: counts.clone(),
+        file: None,
+        recovered,
+    };
+    if options.dry_run || counts.values().all(|n| *n == 0) {
+        return Ok(report);
+    }
+    let mut file = format!(
+        "site_{}_{}.parquet",
+        policy.site_id,
+        options.now.as_second()
+    );
+    if ledger.entries.iter().any(|e| e.file == file) {
+        file = format!(
+            "site_{}_{}_{}.parquet",
+            policy.site_id,
+            options.now.as_second(),
+            ledger.entries.len()
+        );
+    }
+    let key = join(&dir, &file);
+    ledger.entries.push(LedgerEntry {
+        file: file.clone(),
+        cutoff: cutoff.instant().to_string(),
+        counts: counts.clone(),
+        oldest,
+        newest,
+        size: 0,
+        state: EntryState::Pending,
+    });
+    save_ledger(storage, &ledger_key, &ledger).await?;
+
+    std::fs::create_dir_all(&options.staging_dir)
+        .map_err(|e| Error::io(&options.staging_dir, e))?;
+    let staging = tempfile::Builder::new()
+        .prefix("archive-")
+        .tempdir_in(&options.staging_dir)
+        .map_err(|e| Error::io(&options.staging_dir, e))?;
+    let local = staging.path().join(&file);
+    tokio::task::block_in_place(|| export(conn, policy.site_id, cutoff, &counts, &local))?;
+    let info = storage
+        .upload_file(&local, &key, &TransferOptions::default())
+        .await?;
+    verify_object(storage, &key, &counts, staging.path()).await?;
+    let entry = ledger.entries.last_mut().expect("just pushed");
+    entry.size = info.size;
+    entry.state = EntryState::Verified;
+    save_ledger(storage, &ledger_key, &ledger).await?;
+
+    tokio::task::block_in_place(|| delete(conn, policy.site_id, cutoff, &counts))?;
+    ledger.entries.last_mut().expect("just pushed").state = EntryState::Deleted;
+    save_ledger(storage, &ledger_key, &ledger).await?;
+    tracing::info!(site = %policy.site_id, file = key, rows = counts.values().sum::<u64>(), "archived expired rows");
+    report.file = Some(key);
+    Ok(report)
+}
+
+/// Finishes or discards what an interrupted run left: verified files get their delete, unverified
+/// ones are removed with their ledger entry.
+async fn recover(
+    storage: &Storage,
+    conn: &Connection,
+    policy: &SitePolicy,
+    dir: &str,
+    ledger_key: &str,
+    ledger: &mut Ledger,
+    recovered: &mut Vec<String>,
+) -> Result<()> {
+    let mut i = 0;
+    while i < ledger.entries.len() {
+        let entry = ledger.entries[i].clone();
+        match entry.state {
+            EntryState::Deleted => i += 1,
+            EntryState::Pending => {
+                storage.delete(&join(dir, &entry.file)).await?;
+                ledger.entries.remove(i);
+                save_ledger(storage, ledger_key, ledger).await?;
+                recovered.push(format!("discarded unverified {}", entry.file));
+            }
+            EntryState::Verified => {
+                let instant: Timestamp = entry.cutoff.parse().map_err(|_| {
+                    Error::Ledger(format!("{ledger_key}: bad cutoff {:?}", entry.cutoff))
+                })?;
+                let cutoff = Cutoff::days_before(instant, 0);
+                let (now, _, _) =
+                    tokio::task::block_in_place(|| count(conn, policy.site_id, cutoff))?;
+                let nonzero: BTreeMap<String, u64> =
+                    now.into_iter().filter(|(_, n)| *n > 0).collect();
+                let recorded: BTreeMap<String, u64> = entry
+                    .counts
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                if !nonzero.is_empty() {
+                    if nonzero != recorded {
+                        return Err(Error::Ledger(format!(
+                            "{}: the rows before {} no longer match the verified archive; not deleting anything (expected {recorded:?}, found {nonzero:?})",
+                            entry.file, entry.cutoff
+                        )));
+                    }
+                    tokio::task::block_in_place(|| {
+                        delete(conn, policy.site_id, cutoff, &entry.counts)
+                    })?;
+                }
+                ledger.entries[i].state = EntryState::Deleted;
+                save_ledger(storage, ledger_key, ledger).await?;
+                recovered.push(format!("finished the delete for verified {}", entry.file));
+                i += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn load_ledger(
+    storage: &Storage,
+    key: &str,
+    policy: &SitePolicy,
+    default_tenant: Option<Uuid>,
+) -> Result<Ledger> {
+    if storage.stat(key).await?.is_none() {
+        return Ok(Ledger {
+            format_version: LEDGER_VERSION,
+            site_id: policy.site_id,
+            tenant_id: policy.tenant_id.or(default_tenant).unwrap_or(Uuid::nil()),
+            entries: Vec::new(),
+        });
+    }
+    let ledger: Ledger = serde_json::from_slice(&storage.read(key).await?)
+        .map_err(|e| Error::Ledger(format!("{key}: {e}")))?;
+    if ledger.format_version > LEDGER_VERSION {
+        return Err(Error::Ledger(format!(
+            "{key}: ledger format {} is newer than this hitkeep; upgrade it",
+            ledger.format_version
+        )));
+    }
+    Ok(ledger)
+}
+
+async fn save_ledger(storage: &Storage, key: &str, ledger: &Ledger) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(ledger).expect("ledgers serialise");
+    storage.write(key, bytes).await?;
+    Ok(())
+}
+
+/// The tables of [`TABLES`] that exist in this database (older schemas lack some).
+fn present_tables(conn: &Connection) -> Result<Vec<&'static crate::tables::ArchiveTable>> {
+    let existing: Vec<String> = hitkeep_data::user_tables(conn)
+        .map_err(|e| Error::duckdb("listing tables", e))?
+        .into_iter()
+        .filter(|(schema, _)| schema == "main")
+        .map(|(_, t)| t)
+        .collect();
+    Ok(TABLES
+        .iter()
+        .filter(|t| {
+            let present = existing.iter().any(|e| e == t.name);
+            if !present {
+                tracing::debug!(table = t.name, "table missing in this schema; skipped");
+            }
+            present
+        })
+        .collect())
+}
+
+fn predicate(site: Uuid, table: &crate::tables::ArchiveTable, cutoff: Cutoff) -> String {
+    format!(
+        "site_id = '{site}' AND {} < {}",
+        quote_ident(table.column),
+        cutoff.bound(table.grain)
+    )
+}
+
+type Counts = (BTreeMap<String, u64>, Option<String>, Option<String>);
+
+fn count(conn: &Connection, site: Uuid, cutoff: Cutoff) -> Result<Counts> {
+    let (mut counts, mut oldest, mut newest): (
+        BTreeMap<String, u64>,
+        Option<String>,
+        Option<String>,
+    ) = Default::default();
+    for table in present_tables(conn)? {
+        let col = quote_ident(table.column);
+        let sql = format!(
+            "SELECT count(*), CAST(min({col}) AS VARCHAR), CAST(max({col}) AS VARCHAR) FROM {} WHERE {}",
+            quote_ident(table.name),
+            predicate(site, table, cutoff)
+        );
+        let (n, lo, hi): (i64, Option<String>, Option<String>) = conn
+            .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| Error::duckdb("counting expired rows", e))?;
+        counts.insert(table.name.to_owned(), u64::try_from(n).unwrap_or_default());
+        oldest = [oldest, lo].into_iter().flatten().min();
+        newest = [newest, hi].into_iter().flatten().max();
+    }
+    Ok((counts, oldest, newest))
+}
+
+/// One Parquet file, a leading `_source` column naming each row's table. `UNION ALL BY NAME`: identical
+/// rows (possible in tables without a key) must all be kept.
+fn export(
+    conn: &Connection,
+    site: Uuid,
+    cutoff: Cutoff,
+    counts: &BTreeMap<String, u64>,
+    path: &Path,
+) -> Result<()> {
+    let parts: Vec<String> = present_tables(conn)?
+        .into_iter()
+        .filter(|t| counts.get(t.name).is_some_and(|n| *n > 0))
+        .map(|t| {
+            format!(
+                "SELECT '{}' AS _source, * FROM {} WHERE {}",
+                t.name,
+                quote_ident(t.name),
+                predicate(site, t, cutoff)
+            )
+        })
+        .collect();
+    let target = path
+        .to_str()
+        .ok_or_else(|| Error::io(path, std::io::Error::other("path is not valid UTF-8")))?;
+    let sql = format!(
+        "COPY ({}) TO {} (FORMAT PARQUET, COMPRESSION ZSTD)",
+        parts.join(" UNION ALL BY NAME "),
+        quote_literal(target)
+    );
+    conn.execute_batch(&sql)
+        .map_err(|e| Error::duckdb("exporting expired rows", e))
+}
+
+/// Reads the uploaded object back and checks its rows per `_source` against the counts.
+async fn verify_object(
+    storage: &Storage,
+    key: &str,
+    counts: &BTreeMap<String, u64>,
+    scratch: &Path,
+) -> Result<()> {
+    let local = scratch.join("readback.parquet");
+    storage
+        .download_file(key, &local, None, &TransferOptions::default())
+        .await?;
+    let found = tokio::task::block_in_place(|| -> Result<BTreeMap<String, u64>> {
+        let conn = Connection::open_in_memory().map_err(|e| Error::duckdb("opening DuckDB", e))?;
+        let sql = format!(
+            "SELECT _source, count(*) FROM read_parquet({}) GROUP BY 1",
+            quote_literal(&local.display().to_string())
+        );
+        let mut stmt = conn
+            .prepare(&sql)
+            .map_err(|e| Error::duckdb("reading the archive back", e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| Error::duckdb("reading the archive back", e))?;
+        rows.map(|r| {
+            r.map(|(t, n)| (t, u64::try_from(n).unwrap_or_default()))
+                .map_err(|e| Error::duckdb("reading the archive back", e))
+        })
+        .collect()
+    })?;
+    let expected: BTreeMap<String, u64> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    if found != expected {
+        storage.delete(key).await?;
+        return Err(Error::Ledger(format!(
+            "{key}: read back {found:?}, expected {expected:?}; the object was removed and nothing deleted"
+        )));
+    }
+    Ok(())
+}
+
+/// Deletes the archived rows in one transaction, rolling back unless every table lost exactly the rows
+/// the archive holds.
+fn delete(
+    conn: &Connection,
+    site: Uuid,
+    cutoff: Cutoff,
+    counts: &BTreeMap<String, u64>,
+) -> Result<()> {
+    conn.execute_batch("BEGIN TRANSACTION")
+        .map_err(|e| Error::duckdb("starting the delete", e))?;
+    let outcome = (|| {
+        for table in present_tables(conn)? {
+            let want = counts.get(table.name).copied().unwrap_or(0);
+            if want == 0 {
+                continue;
+            }
+            let sql = format!(
+                "DELETE FROM {} WHERE {}",
+                quote_ident(table.name),
+                predicate(site, table, cutoff)
+            );
+            let got = conn
+                .execute(&sql, [])
+                .map_err(|e| Error::duckdb("deleting archived rows", e))?;
+            if u64::try_from(got).ok() != Some(want) {
+                return Err(Error::Ledger(format!(
+                    "{}: deleting would remove {got} rows but {want} were archived; rolled back",
+                    table.name
+                )));
+            }
+        }
+        Ok(())
+    })();
+    let end = if outcome.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    conn.execute_batch(end)
+        .map_err(|e| Error::duckdb("ending the delete", e))?;
+    outcome
+}

@@ -1,0 +1,456 @@
+//! Retention archives on real DuckDB demo data, to a local directory and the in-process S3 server.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hitkeep_archive::{ArchiveOptions, EntryState, Ledger, SitePolicy, load_policies, run};
+use hitkeep_config::{Config, Location, Sources};
+use hitkeep_data::demo::{DemoOptions, DemoSummary, generate};
+use hitkeep_data::{DataLayout, OpenMode, open_database};
+use hitkeep_storage::{ListMode, Storage};
+use hitkeep_testkit::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
+use jiff::Timestamp;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    layout: DataLayout,
+    demo: DemoSummary,
+    storage: Storage,
+    _server: Option<S3Server>,
+}
+
+impl Fixture {
+    async fn new(s3: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = DataLayout::new(dir.path().join("hitkeep.db"), dir.path().join("data"));
+        let demo = generate(&layout, &DemoOptions::new(6_000, 2)).unwrap();
+        // Varied windows: 30, 90 and 400 days, and one site with retention off.
+        let shared = open_database(&layout.db_path, OpenMode::Existing).unwrap();
+        shared
+            .execute_batch(
+                "UPDATE sites SET data_retention_days = 30 WHERE id = (SELECT min(id) FROM sites);
+                 UPDATE sites SET data_retention_days = 0 WHERE id = (SELECT max(id) FROM sites);
+                 UPDATE sites SET data_retention_days = 90 WHERE id IN (SELECT site_id FROM site_tenants ORDER BY site_id LIMIT 1);",
+            )
+            .unwrap();
+        drop(shared);
+        let (storage, server) = if s3 {
+            let server = S3Server::start().await.unwrap();
+            let endpoint = server.host_port();
+            let env: BTreeMap<String, String> = [
+                ("HITKEEP_S3_ENDPOINT", endpoint.as_str()),
+                ("HITKEEP_S3_URL_STYLE", "path"),
+                ("HITKEEP_S3_USE_SSL", "false"),
+                ("HITKEEP_S3_ACCESS_KEY_ID", ACCESS_KEY_ID),
+                ("HITKEEP_S3_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            let s3 = Config::load(&Sources {
+                env,
+                ..Sources::default()
+            })
+            .unwrap()
+            .settings
+            .s3;
+            // A short prefix: s3s-fs (the test server) keeps per-object files whose names grow with the key
+            // and fail past the filesystem's 255-byte limit; real S3 servers have no such limit.
+            let location: Location = format!("s3://{BUCKET}/a").parse().unwrap();
+            (Storage::open(&location, &s3).await.unwrap(), Some(server))
+        } else {
+            let s3 = Config::load(&Sources::default()).unwrap().settings.s3;
+            (
+                Storage::open(&Location::Local(dir.path().join("archive")), &s3)
+                    .await
+                    .unwrap(),
+                None,
+            )
+        };
+        Fixture {
+            dir,
+            layout,
+            demo,
+            storage,
+            _server: server,
+        }
+    }
+
+    fn options(&self, now: Timestamp) -> ArchiveOptions {
+        let mut o = ArchiveOptions::for_layout(&self.layout, false);
+        o.now = now;
+        o
+    }
+
+    fn policies(&self) -> Vec<SitePolicy> {
+        load_policies(&open_database(&self.layout.db_path, OpenMode::Existing).unwrap()).unwrap()
+    }
+
+    fn db_of(&self, p: &SitePolicy) -> std::path::PathBuf {
+        p.tenant_id
+            .map_or_else(|| self.layout.db_path.clone(), |t| self.layout.tenant_db(t))
+    }
+
+    /// Rows per (site, table) in the live databases.
+    fn live_rows(&self) -> BTreeMap<(String, String), i64> {
+        let mut rows = BTreeMap::new();
+        for p in self.policies() {
+            let conn = open_database(&self.db_of(&p), OpenMode::Existing).unwrap();
+            for t in hitkeep_archive::TABLES {
+                let n: i64 = conn
+                    .query_row(
+                        &format!(
+                            "SELECT count(*) FROM {} WHERE site_id = '{}'",
+                            t.name, p.site_id
+                        ),
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                rows.insert((p.site_id.to_string(), t.name.to_owned()), n);
+            }
+        }
+        rows
+    }
+
+    /// Rows per (site, table) in every archive file, read from storage.
+    async fn archived_rows(&self) -> BTreeMap<(String, String), i64> {
+        let download = self.dir.path().join("readback");
+        std::fs::create_dir_all(&download).unwrap();
+        let mut rows = BTreeMap::new();
+        for entry in self.storage.list("", ListMode::Recursive).await.unwrap() {
+            if !entry.key.ends_with(".parquet") {
+                continue;
+            }
+            let local = download.join(entry.name());
+            self.storage
+                .download_file(&entry.key, &local, None, &Default::default())
+                .await
+                .unwrap();
+            let conn = duckdb::Connection::open_in_memory().unwrap();
+            let mut stmt = conn.prepare(&format!("SELECT CAST(site_id AS VARCHAR), _source, count(*) FROM read_parquet('{}') GROUP BY 1, 2", local.display())).unwrap();
+            for r in stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .unwrap()
+            {
+                let (site, table, n) = r.unwrap();
+                *rows.entry((site, table)).or_default() += n;
+            }
+        }
+        rows
+    }
+}
+
+fn sum(
+    a: &BTreeMap<(String, String), i64>,
+    b: &BTreeMap<(String, String), i64>,
+) -> BTreeMap<(String, String), i64> {
+    let mut out = a.clone();
+    for (k, v) in b {
+        *out.entry(k.clone()).or_default() += v;
+    }
+    out.retain(|_, v| *v != 0);
+    out
+}
+
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod local { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Fixture::new(false).await).await })* }
+        mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Fixture::new(true).await).await })* }
+    };
+}
+
+on_every_backend!(
+    every_row_is_in_the_database_or_the_archive_exactly_once,
+    a_crash_after_upload_or_in_the_delete_is_recovered_without_duplicates,
+    the_layout_is_hitkeeps
+);
+
+async fn every_row_is_in_the_database_or_the_archive_exactly_once(f: Fixture) {
+    let before = f.live_rows();
+    let now = Timestamp::now();
+    let reports = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
+    assert!(reports.iter().all(Result::is_ok), "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .flatten()
+            .filter(|r| r.file.is_some())
+            .count()
+            >= 3,
+        "{reports:?}"
+    );
+    let after = f.live_rows();
+    let archived = f.archived_rows().await;
+    assert!(archived.values().sum::<i64>() > 0);
+    let mut before_nonzero = before.clone();
+    before_nonzero.retain(|_, v| *v != 0);
+    assert_eq!(
+        sum(&after, &archived),
+        before_nonzero,
+        "rows before = rows after + rows archived, per site and table"
+    );
+    // Nothing expired is left in the live tables.
+    for p in f.policies() {
+        let conn = open_database(&f.db_of(&p), OpenMode::Existing).unwrap();
+        let cutoff = hitkeep_archive::Cutoff::days_before(now, p.days);
+        for t in hitkeep_archive::TABLES {
+            let n: i64 = conn
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM {} WHERE site_id = '{}' AND \"{}\" < {}",
+                        t.name,
+                        p.site_id,
+                        t.column,
+                        cutoff.bound(t.grain)
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 0, "{} {}", p.site_id, t.name);
+        }
+    }
+    // A second run finds nothing to do.
+    let again = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
+    assert!(
+        again
+            .iter()
+            .flatten()
+            .all(|r| r.file.is_none() && r.counts.values().all(|n| *n == 0)),
+        "{again:?}"
+    );
+    assert_eq!(f.archived_rows().await, archived);
+}
+
+async fn a_crash_after_upload_or_in_the_delete_is_recovered_without_duplicates(f: Fixture) {
+    let before = f.live_rows();
+    let now = Timestamp::now();
+    let policy = f
+        .policies()
+        .into_iter()
+        .find(|p| p.tenant_id.is_some())
+        .unwrap();
+    let conn = open_database(&f.db_of(&policy), OpenMode::Existing).unwrap();
+    let default = None;
+    // 1. A crash in the delete: the verified file exists, the rows are still there. Reproduce it by
+    //    archiving, then putting the rows back and marking the ledger entry verified again.
+    let report =
+        hitkeep_archive::archive_site(&f.storage, &conn, &policy, default, &f.options(now))
+            .await
+            .unwrap();
+    let key = report.file.clone().unwrap();
+    let local = f.dir.path().join("put-back.parquet");
+    f.storage
+        .download_file(&key, &local, None, &Default::default())
+        .await
+        .unwrap();
+    for (table, n) in &report.counts {
+        if *n > 0 {
+            let mut stmt = conn
+                .prepare(&format!("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = '{table}' ORDER BY column_index"))
+                .unwrap();
+            let cols: Vec<(String, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let names = cols
+                .iter()
+                .map(|(c, _)| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // The archive's UNION BY NAME widened DATE buckets to TIMESTAMPTZ (midnight UTC); take the date back.
+            let values = cols
+                .iter()
+                .map(|(c, t)| {
+                    if t == "DATE" {
+                        format!("CAST(left(CAST(\"{c}\" AS VARCHAR), 10) AS DATE)")
+                    } else {
+                        format!("\"{c}\"")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            conn.execute_batch(&format!("INSERT INTO {table} ({names}) SELECT {values} FROM read_parquet('{}') WHERE _source = '{table}'", local.display()))
+                .unwrap_or_else(|e| panic!("{table}: {e}"));
+        }
+    }
+    let dir = key.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+    let ledger_key = hitkeep_archive::ledger_key(&dir, &policy);
+    let mut ledger: Ledger =
+        serde_json::from_slice(&f.storage.read(&ledger_key).await.unwrap()).unwrap();
+    ledger.entries.last_mut().unwrap().state = EntryState::Verified;
+    f.storage
+        .write(&ledger_key, serde_json::to_vec(&ledger).unwrap())
+        .await
+        .unwrap();
+    // 2. A crash after upload, before verification: a pending entry and a stray object.
+    let stray = if dir.is_empty() {
+        "site_stray.parquet".to_owned()
+    } else {
+        format!("{dir}/site_stray.parquet")
+    };
+    f.storage
+        .write(&stray, &b"half an upload"[..])
+        .await
+        .unwrap();
+    ledger.entries.push(hitkeep_archive::LedgerEntry {
+        file: stray.rsplit('/').next().unwrap().to_owned(),
+        cutoff: now.to_string(),
+        counts: BTreeMap::new(),
+        oldest: None,
+        newest: None,
+        size: 0,
+        state: EntryState::Pending,
+    });
+    f.storage
+        .write(&ledger_key, serde_json::to_vec(&ledger).unwrap())
+        .await
+        .unwrap();
+    drop(conn);
+
+    let reports = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
+    let this = reports
+        .iter()
+        .flatten()
+        .find(|r| r.policy.site_id == policy.site_id)
+        .unwrap();
+    assert_eq!(this.recovered.len(), 2, "{this:?}");
+    assert!(
+        this.file.is_none(),
+        "the rows were finished by the recovered delete, not archived twice: {this:?}"
+    );
+    assert_eq!(
+        f.storage.stat(&stray).await.unwrap(),
+        None,
+        "the unverified object is gone"
+    );
+    let mut before_nonzero = before.clone();
+    before_nonzero.retain(|_, v| *v != 0);
+    assert_eq!(
+        sum(&f.live_rows(), &f.archived_rows().await),
+        before_nonzero,
+        "no row lost, none duplicated"
+    );
+}
+
+async fn the_layout_is_hitkeeps(f: Fixture) {
+    run(&f.storage, &f.layout, &f.options(Timestamp::now()))
+        .await
+        .unwrap();
+    let keys: Vec<String> = f
+        .storage
+        .list("", ListMode::Recursive)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    let is_s3 = f.storage.location().is_s3();
+    for p in f.policies().iter().filter(|p| p.days > 0) {
+        let file = keys
+            .iter()
+            .find(|k| k.contains(&format!("site_{}_", p.site_id)) && k.ends_with(".parquet"));
+        let Some(file) = file else { continue };
+        match (p.tenant_id, is_s3) {
+            (None, false) => assert!(
+                !file.contains('/'),
+                "default tenant files sit flat on local disk: {file}"
+            ),
+            (None, true) => assert!(
+                file.starts_with(&format!(
+                    "tenants/{}/sites/{}/",
+                    f.demo.default_tenant, p.site_id
+                )),
+                "{file}"
+            ),
+            (Some(t), _) => assert!(
+                file.starts_with(&format!("tenants/{t}/sites/{}/", p.site_id)),
+                "{file}"
+            ),
+        }
+    }
+}
+
+/// Rows exactly at the cutoff stay; a microsecond earlier goes; a day bucket or date only goes once the
+/// whole day is before the cutoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boundaries_are_neither_lost_nor_archived_twice() {
+    let f = Fixture::new(false).await;
+    let shared = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
+    shared
+        .execute_batch("UPDATE sites SET data_retention_days = 30 WHERE id = (SELECT min(id) FROM sites WHERE id NOT IN (SELECT site_id FROM site_tenants))")
+        .unwrap();
+    drop(shared);
+    let policy = f
+        .policies()
+        .into_iter()
+        .find(|p| p.tenant_id.is_none() && p.days == 30)
+        .unwrap();
+    let now: Timestamp = "2026-11-25T12:00:00.500000Z".parse().unwrap();
+    let conn = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
+    // Only the boundary rows, so the counts are exact.
+    for t in hitkeep_archive::TABLES {
+        conn.execute_batch(&format!(
+            "DELETE FROM {} WHERE site_id = '{}'",
+            t.name, policy.site_id
+        ))
+        .unwrap();
+    }
+    let site = policy.site_id;
+    conn.execute_batch(&format!(
+        "INSERT INTO hits (id, site_id, session_id, page_id, timestamp, path) VALUES
+            (uuid(), '{site}', uuid(), uuid(), '2026-10-26 12:00:00.500000+00', '/at-cutoff'),
+            (uuid(), '{site}', uuid(), uuid(), '2026-10-26 12:00:00.499999+00', '/one-microsecond-before'),
+            (uuid(), '{site}', uuid(), uuid(), '2026-10-26 12:00:00.500001+00', '/one-microsecond-after');
+         INSERT INTO imported_traffic_daily (site_id, import_id, date) VALUES
+            ('{site}', uuid(), DATE '2026-10-26'), ('{site}', uuid(), DATE '2026-10-25');
+         INSERT INTO hit_rollups_daily VALUES ('{site}', DATE '2026-10-26', 1, 1), ('{site}', DATE '2026-10-25', 1, 1);
+         INSERT INTO hit_rollups_monthly VALUES ('{site}', DATE '2026-10-01', 1, 1), ('{site}', DATE '2026-09-01', 1, 1);
+         INSERT INTO hit_rollups_hourly VALUES ('{site}', '2026-10-26 12:00:00+00', 1, 1), ('{site}', '2026-10-26 11:00:00+00', 1, 1);"
+    ))
+    .unwrap();
+    let report = hitkeep_archive::archive_site(&f.storage, &conn, &policy, None, &f.options(now))
+        .await
+        .unwrap();
+    let archived: BTreeMap<&str, u64> = report
+        .counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        archived,
+        BTreeMap::from([
+            ("hits", 1),
+            ("imported_traffic_daily", 1),
+            ("hit_rollups_daily", 1),
+            ("hit_rollups_monthly", 1),
+            ("hit_rollups_hourly", 1)
+        ])
+    );
+    let left: Vec<String> = {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT path FROM hits WHERE site_id = '{site}' ORDER BY path"
+            ))
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(left, ["/at-cutoff", "/one-microsecond-after"]);
+    let second = hitkeep_archive::archive_site(&f.storage, &conn, &policy, None, &f.options(now))
+        .await
+        .unwrap();
+    assert!(second.counts.values().all(|n| *n == 0) && second.file.is_none());
+    let _ = Path::new("");
+}
