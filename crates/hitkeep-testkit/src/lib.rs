@@ -56,6 +56,22 @@ impl S3Server {
         self.addr.to_string()
     }
 
+    /// The `HITKEEP_S3_*` settings that reach this server, MinIO-style: its endpoint, path-style URLs,
+    /// plain HTTP and its static keys.
+    pub fn hitkeep_env(&self) -> Vec<(String, String)> {
+        [
+            ("HITKEEP_S3_ENDPOINT", self.host_port()),
+            ("HITKEEP_S3_URL_STYLE", "path".to_owned()),
+            ("HITKEEP_S3_USE_SSL", "false".to_owned()),
+            ("HITKEEP_S3_REGION", "us-east-1".to_owned()),
+            ("HITKEEP_S3_ACCESS_KEY_ID", ACCESS_KEY_ID.to_owned()),
+            ("HITKEEP_S3_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
     /// The directory holding the buckets (one subdirectory each).
     pub fn root(&self) -> &Path {
         self.root.path()

@@ -13,7 +13,7 @@ use hitkeep_config::{Config, Location, Sources};
 use hitkeep_data::demo::{DemoOptions, DemoSummary, generate};
 use hitkeep_data::{DataLayout, OpenMode, backup_tenants, open_database};
 use hitkeep_storage::{ListMode, Storage};
-use hitkeep_testkit::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
+use hitkeep_testkit::{BUCKET, S3Server};
 
 /// Demo data plus a backup location.
 struct Fixture {
@@ -31,17 +31,7 @@ impl Fixture {
         let demo = generate(&layout, &DemoOptions::new(3_000, 2)).unwrap();
         let (storage, server) = if s3 {
             let server = S3Server::start().await.unwrap();
-            let endpoint = server.host_port();
-            let env: BTreeMap<String, String> = [
-                ("HITKEEP_S3_ENDPOINT", endpoint.as_str()),
-                ("HITKEEP_S3_URL_STYLE", "path"),
-                ("HITKEEP_S3_USE_SSL", "false"),
-                ("HITKEEP_S3_ACCESS_KEY_ID", ACCESS_KEY_ID),
-                ("HITKEEP_S3_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+            let env = server.hitkeep_env().into_iter().collect();
             let s3 = Config::load(&Sources {
                 env,
                 ..Sources::default()

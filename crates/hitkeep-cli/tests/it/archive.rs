@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use hitkeep_testkit::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
+use hitkeep_testkit::{BUCKET, S3Server};
 
 use crate::run;
 
@@ -112,7 +112,7 @@ fn round_trip(dir: &Path, env: &[(String, String)]) {
 #[test]
 fn archive_round_trip_on_local_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
+    let env: Vec<(String, String)> = vec![
         (
             "HITKEEP_DB_PATH".into(),
             dir.path().join("hitkeep.db").display().to_string(),
@@ -137,7 +137,7 @@ fn archive_round_trip_on_local_disk() {
 async fn archive_round_trip_on_s3() {
     let server = S3Server::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
+    let mut env: Vec<(String, String)> = vec![
         (
             "HITKEEP_DB_PATH".into(),
             dir.path().join("hitkeep.db").display().to_string(),
@@ -149,15 +149,8 @@ async fn archive_round_trip_on_s3() {
         // Short prefixes: the in-process s3s-fs test server cannot hold very long keys.
         ("HITKEEP_ARCHIVE_PATH".into(), format!("s3://{BUCKET}/a")),
         ("HITKEEP_BACKUP_PATH".into(), format!("s3://{BUCKET}/b")),
-        ("HITKEEP_S3_ACCESS_KEY_ID".into(), ACCESS_KEY_ID.into()),
-        (
-            "HITKEEP_S3_SECRET_ACCESS_KEY".into(),
-            SECRET_ACCESS_KEY.into(),
-        ),
-        ("HITKEEP_S3_ENDPOINT".into(), server.host_port()),
-        ("HITKEEP_S3_URL_STYLE".into(), "path".into()),
-        ("HITKEEP_S3_USE_SSL".into(), "false".into()),
     ];
+    env.extend(server.hitkeep_env());
     let path = dir.path().to_owned();
     tokio::task::spawn_blocking(move || round_trip(&path, &env))
         .await

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hitkeep_testkit::{ACCESS_KEY_ID, BUCKET, S3Server, SECRET_ACCESS_KEY};
+use hitkeep_testkit::{BUCKET, S3Server};
 
 use crate::run;
 
@@ -27,21 +27,11 @@ fn local_env(dir: &Path) -> Vec<(String, String)> {
 fn s3_env(dir: &Path, server: &S3Server) -> Vec<(String, String)> {
     let mut env = local_env(dir);
     env.retain(|(k, _)| k != "HITKEEP_BACKUP_PATH");
-    env.extend([
-        (
-            "HITKEEP_BACKUP_PATH".into(),
-            format!("s3://{BUCKET}/hitkeep/backups"),
-        ),
-        ("HITKEEP_S3_ACCESS_KEY_ID".into(), ACCESS_KEY_ID.into()),
-        (
-            "HITKEEP_S3_SECRET_ACCESS_KEY".into(),
-            SECRET_ACCESS_KEY.into(),
-        ),
-        ("HITKEEP_S3_ENDPOINT".into(), server.host_port()),
-        ("HITKEEP_S3_URL_STYLE".into(), "path".into()),
-        ("HITKEEP_S3_USE_SSL".into(), "false".into()),
-        ("HITKEEP_S3_REGION".into(), "us-east-1".into()),
-    ]);
+    env.push((
+        "HITKEEP_BACKUP_PATH".into(),
+        format!("s3://{BUCKET}/hitkeep/backups"),
+    ));
+    env.extend(server.hitkeep_env());
     env
 }
 
