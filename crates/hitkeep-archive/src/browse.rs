@@ -81,6 +81,28 @@ pub async fn local_copies(
     Ok(paths)
 }
 
+/// Marks a site's archive files as restored after `archive restore` put all their rows back, so queries
+/// stop counting them and the next run archives the rows afresh.
+pub async fn mark_restored(storage: &Storage, site: Uuid) -> Result<usize> {
+    let mut marked = 0;
+    for (dir, mut ledger) in ledgers(storage)
+        .await?
+        .into_iter()
+        .filter(|(_, l)| l.site_id == site)
+    {
+        for e in ledger
+            .entries
+            .iter_mut()
+            .filter(|e| e.state == EntryState::Deleted)
+        {
+            e.state = EntryState::Restored;
+            marked += 1;
+        }
+        crate::run::save_ledger(storage, &crate::run::ledger_key_for(&dir, site), &ledger).await?;
+    }
+    Ok(marked)
+}
+
 /// Creates the view `archive` over `paths` (every table's rows, `_source` naming the table).
 pub fn create_view(conn: &Connection, paths: &[PathBuf]) -> Result<()> {
     if paths.is_empty() {
@@ -169,7 +191,7 @@ pub fn restore_rows(
     Ok(out)
 }
 
-fn table_columns(conn: &Connection, table: &str) -> Result<Vec<(String, String)>> {
+pub(crate) fn table_columns(conn: &Connection, table: &str) -> Result<Vec<(String, String)>> {
     let mut stmt = conn
         .prepare("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() AND schema_name = 'main' AND table_name = ? ORDER BY column_index")
         .map_err(|e| Error::duckdb("reading columns", e))?;

@@ -52,6 +52,9 @@ pub enum EntryState {
     Verified,
     /// The rows are in the file and gone from the database.
     Deleted,
+    /// The rows were put back by `archive restore`; the file no longer counts as the archive of record
+    /// (the next run archives those rows again, into a new file).
+    Restored,
 }
 
 impl LedgerEntry {

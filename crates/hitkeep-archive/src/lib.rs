@@ -19,12 +19,12 @@ mod run;
 mod tables;
 
 pub use crate::{
-    browse::{create_view, files, ledgers, local_copies, restore_rows},
+    browse::{create_view, files, ledgers, local_copies, mark_restored, restore_rows},
     error::{Error, Result},
     ledger::{EntryState, LEDGER_VERSION, Ledger, LedgerEntry},
     run::{
-        ArchiveOptions, SitePolicy, SiteReport, archive_site, ledger_key, load_policies, run,
-        site_dir,
+        ArchiveOptions, SitePolicy, SiteReport, archive_site, default_tenant, ledger_key,
+        load_policies, run, site_dir,
     },
     tables::{ArchiveTable, Cutoff, Grain, TABLES},
 };

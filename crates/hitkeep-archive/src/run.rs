@@ -68,7 +68,7 @@ pub struct SiteReport {
 }
 
 /// The default tenant's id (the oldest tenant on older schemas), or `None` without a tenants table.
-fn default_tenant(shared: &Connection) -> Option<Uuid> {
+pub fn default_tenant(shared: &Connection) -> Option<Uuid> {
     let q = |sql: &str| shared.query_row(sql, [], |r| r.get::<_, String>(0)).ok();
     q("SELECT CAST(id AS VARCHAR) FROM tenants WHERE is_default = TRUE ORDER BY created_at LIMIT 1")
         .or_else(|| q("SELECT CAST(id AS VARCHAR) FROM tenants ORDER BY created_at LIMIT 1"))
@@ -133,8 +133,12 @@ pub fn site_dir(storage: &Storage, policy: &SitePolicy, default_tenant: Option<U
 /// The ledger sits next to the site's files: `ledger.json` in a site folder, `site_{id}.ledger.json` in the
 /// flat local root that the default tenant's sites share.
 pub fn ledger_key(dir: &str, policy: &SitePolicy) -> String {
+    ledger_key_for(dir, policy.site_id)
+}
+
+pub(crate) fn ledger_key_for(dir: &str, site: Uuid) -> String {
     if dir.is_empty() {
-        format!("site_{}.ledger.json", policy.site_id)
+        format!("site_{site}.ledger.json")
     } else {
         format!("{dir}/ledger.json")
     }
@@ -191,7 +195,16 @@ pub async fn archive_site(
     default_tenant: Option<Uuid>,
     options: &ArchiveOptions,
 ) -> Result<SiteReport> {
-    let cutoff = Cutoff::days_before(options.now, policy.days);
+    let Some(cutoff) = Cutoff::days_before(options.now, policy.days) else {
+        tracing::info!(site = %policy.site_id, days = policy.days, "the retention window reaches before any data; nothing expires");
+        return Ok(SiteReport {
+            policy: *policy,
+            cutoff: "-".into(),
+            counts: BTreeMap::new(),
+            file: None,
+            recovered: Vec::new(),
+        });
+    };
     let dir = site_dir(storage, policy, default_tenant);
     let ledger_key = ledger_key(&dir, policy);
     let mut ledger = load_ledger(storage, &ledger_key, policy, default_tenant).await?;
@@ -285,38 +298,43 @@ async fn recover(
     while i < ledger.entries.len() {
         let entry = ledger.entries[i].clone();
         match entry.state {
-            EntryState::Deleted => i += 1,
             EntryState::Pending => {
                 storage.delete(&join(dir, &entry.file)).await?;
                 ledger.entries.remove(i);
                 save_ledger(storage, ledger_key, ledger).await?;
                 recovered.push(format!("discarded unverified {}", entry.file));
             }
+            EntryState::Deleted | EntryState::Restored => i += 1,
             EntryState::Verified => {
                 let instant: Timestamp = entry.cutoff.parse().map_err(|_| {
                     Error::Ledger(format!("{ledger_key}: bad cutoff {:?}", entry.cutoff))
                 })?;
-                let cutoff = Cutoff::days_before(instant, 0);
-                let (now, _, _) =
-                    tokio::task::block_in_place(|| count(conn, policy.site_id, cutoff))?;
-                let nonzero: BTreeMap<String, u64> =
-                    now.into_iter().filter(|(_, n)| *n > 0).collect();
-                let recorded: BTreeMap<String, u64> = entry
-                    .counts
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect();
-                if !nonzero.is_empty() {
-                    if nonzero != recorded {
+                let cutoff = Cutoff::at(instant);
+                // Compare contents, not counts: delete only if every live row before the cutoff is in the
+                // verified file (rows replaced since, e.g. by a re-import, are in no archive).
+                let scratch =
+                    tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                let local = scratch.path().join("verified.parquet");
+                storage
+                    .download_file(
+                        &join(dir, &entry.file),
+                        &local,
+                        None,
+                        &TransferOptions::default(),
+                    )
+                    .await?;
+                let counts = tokio::task::block_in_place(|| -> Result<BTreeMap<String, u64>> {
+                    let missing = rows_not_in(conn, policy.site_id, cutoff, &local)?;
+                    if let Some((table, n)) = missing.iter().find(|(_, n)| **n > 0) {
                         return Err(Error::Ledger(format!(
-                            "{}: the rows before {} no longer match the verified archive; not deleting anything (expected {recorded:?}, found {nonzero:?})",
+                            "{}: {n} live rows of {table} before {} are not in this verified archive; deleting nothing (archive them first or investigate)",
                             entry.file, entry.cutoff
                         )));
                     }
-                    tokio::task::block_in_place(|| {
-                        delete(conn, policy.site_id, cutoff, &entry.counts)
-                    })?;
+                    Ok(count(conn, policy.site_id, cutoff)?.0)
+                })?;
+                if counts.values().any(|n| *n > 0) {
+                    tokio::task::block_in_place(|| delete(conn, policy.site_id, cutoff, &counts))?;
                 }
                 ledger.entries[i].state = EntryState::Deleted;
                 save_ledger(storage, ledger_key, ledger).await?;
@@ -353,7 +371,7 @@ async fn load_ledger(
     Ok(ledger)
 }
 
-async fn save_ledger(storage: &Storage, key: &str, ledger: &Ledger) -> Result<()> {
+pub(crate) async fn save_ledger(storage: &Storage, key: &str, ledger: &Ledger) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(ledger).expect("ledgers serialise");
     storage.write(key, bytes).await?;
     Ok(())
@@ -410,6 +428,55 @@ fn count(conn: &Connection, site: Uuid, cutoff: Cutoff) -> Result<Counts> {
         newest = [newest, hi].into_iter().flatten().max();
     }
     Ok((counts, oldest, newest))
+}
+
+/// Per table, the live rows before `cutoff` that are not in the archive file at `path` (by content).
+fn rows_not_in(
+    conn: &Connection,
+    site: Uuid,
+    cutoff: Cutoff,
+    path: &Path,
+) -> Result<BTreeMap<String, u64>> {
+    let file = quote_literal(&path.display().to_string());
+    let mut out = BTreeMap::new();
+    for table in present_tables(conn)? {
+        let columns = crate::browse::table_columns(conn, table.name)?;
+        // DATE columns were widened to TIMESTAMPTZ in the archive: compare both sides as dates in text.
+        let exprs = columns
+            .iter()
+            .map(|(c, t)| {
+                if t == "DATE" {
+                    format!("left(CAST({} AS VARCHAR), 10)", quote_ident(c))
+                } else {
+                    format!("CAST({} AS VARCHAR)", quote_ident(c))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT {exprs} FROM {} WHERE {} EXCEPT ALL SELECT {exprs} FROM read_parquet({file}, union_by_name = true) WHERE _source = '{}')",
+            quote_ident(table.name),
+            predicate(site, table, cutoff),
+            table.name
+        );
+        let n: i64 = match conn.query_row(&sql, [], |r| r.get(0)) {
+            Ok(n) => n,
+            // A table absent from the file (nothing archived from it) makes every live row "missing".
+            Err(_) => conn
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM {} WHERE {}",
+                        quote_ident(table.name),
+                        predicate(site, table, cutoff)
+                    ),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| Error::duckdb("comparing with the archive", e))?,
+        };
+        out.insert(table.name.to_owned(), u64::try_from(n).unwrap_or_default());
+    }
+    Ok(out)
 }
 
 /// One Parquet file, a leading `_source` column naming each row's table. `UNION ALL BY NAME`: identical

@@ -70,11 +70,17 @@ pub struct Cutoff(Timestamp);
 
 impl Cutoff {
     /// `now - days`, truncated to the microsecond (DuckDB's precision).
-    pub fn days_before(now: Timestamp, days: u32) -> Cutoff {
-        let micros = now.as_microsecond() - i64::from(days) * 86_400_000_000;
-        Cutoff(
-            Timestamp::from_microsecond(micros).expect("a retention window within DuckDB's range"),
-        )
+    /// `None` when the window reaches before any representable time: then nothing has expired.
+    pub fn days_before(now: Timestamp, days: u32) -> Option<Cutoff> {
+        let micros = i64::from(days)
+            .checked_mul(86_400_000_000)
+            .and_then(|w| now.as_microsecond().checked_sub(w))?;
+        Timestamp::from_microsecond(micros).ok().map(Cutoff)
+    }
+
+    /// The cutoff at exactly `instant`.
+    pub fn at(instant: Timestamp) -> Cutoff {
+        Cutoff(instant)
     }
 
     /// The instant.
@@ -104,7 +110,12 @@ mod tests {
     #[test]
     fn bounds_keep_partial_periods() {
         let now: Timestamp = "2026-11-25T13:45:30.1234567Z".parse().unwrap();
-        let c = Cutoff::days_before(now, 30);
+        let c = Cutoff::days_before(now, 30).unwrap();
+        assert_eq!(
+            Cutoff::days_before(now, u32::MAX),
+            None,
+            "a 'forever' window expires nothing"
+        );
         assert_eq!(
             c.bound(Grain::Instant),
             "'2026-10-26 13:45:30.123456+00'::TIMESTAMPTZ"

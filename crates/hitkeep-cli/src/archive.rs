@@ -235,12 +235,31 @@ pub fn restore(settings: &Settings, site: &str, from: Option<&str>, to: Option<&
             anyhow::Ok((tenant, archive_paths(settings, Some(site)).await?))
         })
         .and_then(|(tenant, paths)| {
-            let conn = match tenant.map(|t| layout.tenant_db(t)).filter(|p| p.exists()) {
-                Some(path) => open_database(&path, OpenMode::Existing)?,
-                None => open_database(&layout.db_path, OpenMode::Existing)?,
+            // The same rule as archiving: the default tenant (or none) means the shared database; any other
+            // tenant must have its database, or the rows would land where the server never reads them.
+            let shared = open_database(&layout.db_path, OpenMode::Existing)?;
+            let default = hitkeep_archive::default_tenant(&shared);
+            let conn = match tenant.filter(|t| !t.is_nil() && Some(*t) != default) {
+                None => shared,
+                Some(t) => open_database(&layout.tenant_db(t), OpenMode::Existing)
+                    .with_context(|| format!("the database of tenant {t}"))?,
             };
+            if paths.is_empty() {
+                return anyhow::Ok(Vec::new());
+            }
             anyhow::Ok(restore_rows(&conn, &paths, from, to)?)
         });
+    let outcome = outcome.and_then(|counts| {
+        if from.is_none() && to.is_none() {
+            runtime().block_on(async {
+                let storage = Storage::open_existing(&settings.archive, &settings.s3).await?;
+                anyhow::Ok(hitkeep_archive::mark_restored(&storage, site).await?)
+            })?;
+        } else {
+            println!("note: a partial restore leaves the files listed as the archive of record; the next run archives these rows again into a new file");
+        }
+        anyhow::Ok(counts)
+    });
     match outcome {
         Ok(counts) => {
             let total: u64 = counts.iter().map(|(_, n)| n).sum();

@@ -189,7 +189,7 @@ async fn every_row_is_in_the_database_or_the_archive_exactly_once(f: Fixture) {
     // Nothing expired is left in the live tables.
     for p in f.policies() {
         let conn = open_database(&f.db_of(&p), OpenMode::Existing).unwrap();
-        let cutoff = hitkeep_archive::Cutoff::days_before(now, p.days);
+        let cutoff = hitkeep_archive::Cutoff::days_before(now, p.days).unwrap();
         for t in hitkeep_archive::TABLES {
             let n: i64 = conn
                 .query_row(
@@ -443,4 +443,73 @@ async fn boundaries_are_neither_lost_nor_archived_twice() {
         .unwrap();
     assert!(second.counts.values().all(|n| *n == 0) && second.file.is_none());
     let _ = Path::new("");
+}
+
+/// A verified file whose delete was interrupted, and rows changed since (a re-import with the same
+/// count): the rerun compares contents, refuses to delete rows that are in no archive, and keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_delete_never_removes_rows_that_changed_since() {
+    let f = Fixture::new(false).await;
+    let now = Timestamp::now();
+    let policy = f
+        .policies()
+        .into_iter()
+        .find(|p| p.tenant_id.is_some())
+        .unwrap();
+    let conn = open_database(&f.db_of(&policy), OpenMode::Existing).unwrap();
+    let report = hitkeep_archive::archive_site(&f.storage, &conn, &policy, None, &f.options(now))
+        .await
+        .unwrap();
+    let key = report.file.unwrap();
+    let local = f.dir.path().join("put-back.parquet");
+    f.storage
+        .download_file(&key, &local, None, &Default::default())
+        .await
+        .unwrap();
+    // Put the hits back, then change one of them: same count, different content.
+    conn.execute_batch(&format!(
+        "INSERT INTO hits BY NAME SELECT id, site_id, session_id, page_id, timestamp, path FROM read_parquet('{}') WHERE _source = 'hits';
+         UPDATE hits SET path = '/re-imported' WHERE id = (SELECT min(id) FROM hits WHERE site_id = '{}');",
+        local.display(),
+        policy.site_id
+    ))
+    .unwrap();
+    let dir = key.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+    let ledger_key = hitkeep_archive::ledger_key(&dir, &policy);
+    let mut ledger: Ledger =
+        serde_json::from_slice(&f.storage.read(&ledger_key).await.unwrap()).unwrap();
+    ledger.entries.last_mut().unwrap().state = EntryState::Verified;
+    f.storage
+        .write(&ledger_key, serde_json::to_vec(&ledger).unwrap())
+        .await
+        .unwrap();
+    let hits_before: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM hits WHERE site_id = '{}'",
+                policy.site_id
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+
+    let err = hitkeep_archive::archive_site(&f.storage, &conn, &policy, None, &f.options(now))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not in this verified archive"),
+        "{err}"
+    );
+    let hits_after: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM hits WHERE site_id = '{}'",
+                policy.site_id
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(hits_after, hits_before, "nothing was deleted");
 }
