@@ -32,16 +32,34 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Inspect the effective configuration.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  HITKEEP_S3_REGION=eu-central-1 hitkeep config check"
+    )]
     Config(ConfigCommand),
     /// Snapshots of the shared and every tenant database.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  HITKEEP_BACKUP_PATH=s3://my-analytics-bucket/hitkeep/backups HITKEEP_S3_REGION=eu-central-1 hitkeep backup run"
+    )]
     Backup(BackupCommand),
     /// Per-site retention archives: expired rows to Parquet, verified, then out of DuckDB.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  HITKEEP_ARCHIVE_PATH=s3://hitkeep/archive hitkeep archive run --dry-run"
+    )]
     Archive(ArchiveCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(after_help = "Example:\n  hitkeep completions bash > /etc/bash_completion.d/hitkeep")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Offline recovery tools.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  ./hitkeep recover restore-backup -from s3://my-analytics-bucket/hitkeep/backups -snapshot 2026-03-08T120000Z -s3-region eu-central-1 -yes"
+    )]
     Recover(RecoverCommand),
     /// Run the scheduler: a backup shortly after start, then every HITKEEP_BACKUP_INTERVAL minutes.
     #[command(
@@ -70,6 +88,9 @@ pub enum BackupCommand {
     )]
     Run,
     /// List every snapshot of every database, with its state, size and rows.
+    #[command(
+        after_help = "Example:\n  HITKEEP_BACKUP_PATH=s3://my-analytics-bucket/hitkeep/backups HITKEEP_S3_REGION=eu-central-1 hitkeep backup list"
+    )]
     List {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -102,8 +123,14 @@ pub enum BackupCommand {
     },
     /// Print an S3 lifecycle configuration for the backup prefix (JSON, as `aws s3api
     /// put-bucket-lifecycle-configuration` takes it).
+    #[command(
+        after_help = "Example:\n  HITKEEP_BACKUP_PATH=s3://my-analytics-bucket/hitkeep/backups hitkeep backup lifecycle > lifecycle.json"
+    )]
     Lifecycle,
     /// Show the scheduler's last results.
+    #[command(
+        after_help = "Example:\n  HITKEEP_DATA_PATH=/var/lib/hitkeep/data hitkeep backup status --json"
+    )]
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -171,6 +198,9 @@ pub enum ArchiveCommand {
         dry_run: bool,
     },
     /// List the archive files: site, tenant, time range, rows per table, size.
+    #[command(
+        after_help = "Example:\n  HITKEEP_ARCHIVE_PATH=s3://hitkeep/archive hitkeep archive list --json"
+    )]
     List {
         /// Only this site.
         #[arg(long)]
@@ -191,6 +221,9 @@ pub enum ArchiveCommand {
         sql: String,
     },
     /// Put a site's archived rows back into its live tables (rows already present are skipped).
+    #[command(
+        after_help = "Example:\n  hitkeep archive restore --site 5c6644da-ef00-45e6-825d-c755d19d7f9f --from 2024-01-01 --to 2025-01-01"
+    )]
     Restore {
         /// The site.
         #[arg(long)]

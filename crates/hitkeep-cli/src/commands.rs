@@ -82,6 +82,11 @@ pub fn run(cli: &Cli) -> ExitCode {
                 archive::restore(&c.settings, site, from.as_deref(), to.as_deref())
             })
         }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "hitkeep", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Some(Command::Serve) | None => with_config(loaded, |c| backup::serve(&c.settings)),
     }
 }

@@ -147,3 +147,58 @@ fn config_file_from_flag() {
 fn unknown_flag_is_a_usage_error() {
     hitkeep_snapshot!("unknown_flag", &["config", "show", "--s3-regoin", "x"], &[]);
 }
+
+#[test]
+fn completions_for_every_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = crate::run(&["completions", shell], &[], dir.path());
+        assert!(
+            out.starts_with("exit: 0")
+                && out.contains("restore-backup")
+                && out.contains("s3-region"),
+            "{shell}: {}",
+            &out[..out.len().min(300)]
+        );
+    }
+    let out = crate::run(&["completions", "tcsh"], &[], dir.path());
+    assert!(out.starts_with("exit: 2"), "{out}");
+}
+
+/// Every command's --help ends with an example to copy.
+#[test]
+fn every_command_help_has_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let commands: &[&[&str]] = &[
+        &[],
+        &["config"],
+        &["config", "show"],
+        &["config", "check"],
+        &["backup"],
+        &["backup", "run"],
+        &["backup", "list"],
+        &["backup", "verify"],
+        &["backup", "status"],
+        &["backup", "prune"],
+        &["backup", "lifecycle"],
+        &["serve"],
+        &["demo"],
+        &["archive"],
+        &["archive", "run"],
+        &["archive", "list"],
+        &["archive", "query"],
+        &["archive", "restore"],
+        &["recover"],
+        &["recover", "restore-backup"],
+        &["completions"],
+    ];
+    for path in commands {
+        let mut args = path.to_vec();
+        args.push("--help");
+        let out = crate::run(&args, &[], dir.path());
+        assert!(
+            out.starts_with("exit: 0") && out.contains("Example"),
+            "{path:?}: {out}"
+        );
+    }
+}
