@@ -49,6 +49,16 @@ pub enum Command {
         after_help = "Example:\n  HITKEEP_ARCHIVE_PATH=s3://hitkeep/archive hitkeep archive run --dry-run"
     )]
     Archive(ArchiveCommand),
+    /// Self-test the configured backup and archive destinations and the local data: exit 0 (all good),
+    /// 1 (warnings) or 2 (failures).
+    #[command(
+        after_help = "Example:\n  HITKEEP_BACKUP_PATH=s3://hitkeep/backups HITKEEP_S3_ENDPOINT=localhost:9000 HITKEEP_S3_URL_STYLE=path \\\n  HITKEEP_S3_USE_SSL=false hitkeep doctor"
+    )]
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     #[command(after_help = "Example:\n  hitkeep completions bash > /etc/bash_completion.d/hitkeep")]
     Completions {

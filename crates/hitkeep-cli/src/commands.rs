@@ -82,6 +82,9 @@ pub fn run(cli: &Cli) -> ExitCode {
                 archive::restore(&c.settings, site, from.as_deref(), to.as_deref())
             })
         }
+        Some(Command::Doctor { json }) => {
+            with_config(loaded, |c| crate::doctor::doctor(&c.settings, &c, *json))
+        }
         Some(Command::Completions { shell }) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cmd, "hitkeep", &mut std::io::stdout());

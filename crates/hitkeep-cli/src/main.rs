@@ -5,6 +5,7 @@ mod archive;
 mod backup;
 mod cli;
 mod commands;
+mod doctor;
 mod flags;
 mod restore;
 

@@ -109,6 +109,17 @@ impl Error {
         e.with_source(err)
     }
 
+    /// Data that did not come back as written, for callers that check it themselves.
+    pub fn integrity(target: &str) -> Self {
+        Error::new(ErrorKind::Integrity, "check", target, "the object did not read back as written")
+            .with_hint("the storage service returns different data than it was given; do not use it for backups")
+    }
+
+    /// A local file problem, for callers that stage files themselves.
+    pub fn local_io(operation: &'static str, path: &std::path::Path, err: std::io::Error) -> Self {
+        Error::local(operation, path, err)
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -291,13 +291,26 @@ impl Storage {
 
     /// Lists under `prefix` (a key prefix ending at a `/` boundary; `""` for the whole location).
     pub async fn list(&self, prefix: &str, mode: ListMode) -> Result<Vec<Entry>> {
+        self.list_paged(prefix, mode, None).await
+    }
+
+    /// [`Storage::list`], asking the service for pages of at most `page_size` entries (S3's max-keys), so
+    /// that pagination itself can be exercised (`hitkeep doctor` does).
+    pub async fn list_paged(
+        &self,
+        prefix: &str,
+        mode: ListMode,
+        page_size: Option<usize>,
+    ) -> Result<Vec<Entry>> {
         let dir = dir_path(prefix, "list")?;
-        let entries = self
+        let mut request = self
             .op
             .list_with(&dir)
-            .recursive(mode == ListMode::Recursive)
-            .await
-            .map_err(|e| self.err(e, "list", prefix))?;
+            .recursive(mode == ListMode::Recursive);
+        if let Some(n) = page_size {
+            request = request.limit(n);
+        }
+        let entries = request.await.map_err(|e| self.err(e, "list", prefix))?;
         let mut out: Vec<Entry> = entries
             .into_iter()
             .filter_map(|e| {
@@ -324,6 +337,17 @@ impl Storage {
         check_key(key, "stat")?;
         match self.op.stat(key).await {
             Ok(meta) => Ok(Some(meta.content_length())),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(e, "stat", key)),
+        }
+    }
+
+    /// When `key` was last modified, by the service's clock (RFC 3339), or `None` when it does not exist or
+    /// the service does not say.
+    pub async fn modified_at(&self, key: &str) -> Result<Option<String>> {
+        check_key(key, "stat")?;
+        match self.op.stat(key).await {
+            Ok(meta) => Ok(meta.last_modified().map(|t| t.to_string())),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err(e, "stat", key)),
         }

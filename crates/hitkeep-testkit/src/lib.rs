@@ -33,17 +33,72 @@ pub struct S3Server {
     addr: SocketAddr,
     root: tempfile::TempDir,
     task: Option<JoinHandle<()>>,
+    options: ServerOptions,
+}
+
+/// Misbehaviours a test server can be given.
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// Refuse DeleteObject and DeleteObjects with AccessDenied, as a bucket policy without delete rights does.
+    pub refuse_deletes: bool,
+}
+
+impl ServerOptions {
+    /// A server that refuses deletes.
+    pub fn refusing_deletes() -> Self {
+        ServerOptions {
+            refuse_deletes: true,
+        }
+    }
+}
+
+/// Denies deletes; everything else needs only a valid signature.
+#[derive(Debug)]
+struct RefuseDeletes;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for RefuseDeletes {
+    async fn delete_object(
+        &self,
+        _req: &mut s3s::S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> s3s::S3Result<()> {
+        Err(s3s::s3_error!(
+            AccessDenied,
+            "deletes are refused by this server"
+        ))
+    }
+
+    async fn delete_objects(
+        &self,
+        _req: &mut s3s::S3Request<s3s::dto::DeleteObjectsInput>,
+    ) -> s3s::S3Result<()> {
+        Err(s3s::s3_error!(
+            AccessDenied,
+            "deletes are refused by this server"
+        ))
+    }
 }
 
 impl S3Server {
     /// Starts a server on a free port of 127.0.0.1 with one empty bucket, [`BUCKET`].
     pub async fn start() -> io::Result<S3Server> {
+        S3Server::start_with(ServerOptions::default()).await
+    }
+
+    /// Starts a server that behaves as `options` say.
+    pub async fn start_with(options: ServerOptions) -> io::Result<S3Server> {
         let root = tempfile::tempdir()?;
         std::fs::create_dir(root.path().join(BUCKET))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let task = Some(serve(listener, root.path())?);
-        Ok(S3Server { addr, root, task })
+        let task = Some(serve(listener, root.path(), options)?);
+        Ok(S3Server {
+            addr,
+            root,
+            task,
+            options,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -99,7 +154,7 @@ impl S3Server {
         for _ in 0..50 {
             match TcpListener::bind(self.addr).await {
                 Ok(listener) => {
-                    self.task = Some(serve(listener, self.root.path())?);
+                    self.task = Some(serve(listener, self.root.path(), self.options)?);
                     return Ok(());
                 }
                 Err(e) => last = Some(e),
@@ -116,10 +171,13 @@ impl Drop for S3Server {
     }
 }
 
-fn serve(listener: TcpListener, root: &Path) -> io::Result<JoinHandle<()>> {
+fn serve(listener: TcpListener, root: &Path, options: ServerOptions) -> io::Result<JoinHandle<()>> {
     let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(ACCESS_KEY_ID, SECRET_ACCESS_KEY));
+    if options.refuse_deletes {
+        builder.set_access(RefuseDeletes);
+    }
     let service = builder.build();
     Ok(tokio::spawn(async move {
         // Connections live in this set, so aborting the accept loop drops them all (a "crash").

@@ -191,6 +191,7 @@ fn every_command_help_has_an_example() {
         &["recover"],
         &["recover", "restore-backup"],
         &["completions"],
+        &["doctor"],
     ];
     for path in commands {
         let mut args = path.to_vec();

@@ -3,6 +3,7 @@
 mod archive;
 mod backup;
 mod config;
+mod doctor;
 mod restore;
 
 use std::process::Command;

@@ -1,0 +1,148 @@
+//! `hitkeep doctor` against the in-process S3 server: passing, and failing with a hint for each of a wrong
+//! secret, a missing bucket, an https endpoint that speaks HTTP, and a server that refuses deletes.
+
+use std::path::Path;
+
+use hitkeep_testkit::{BUCKET, S3Server, ServerOptions};
+
+use crate::run;
+
+fn env_for(
+    dir: &Path,
+    server: &S3Server,
+    bucket: &str,
+    overrides: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "HITKEEP_DB_PATH".into(),
+            dir.join("hitkeep.db").display().to_string(),
+        ),
+        (
+            "HITKEEP_DATA_PATH".into(),
+            dir.join("data").display().to_string(),
+        ),
+        ("HITKEEP_BACKUP_PATH".into(), format!("s3://{bucket}/b")),
+        ("HITKEEP_ARCHIVE_PATH".into(), format!("s3://{bucket}/a")),
+    ];
+    env.extend(server.hitkeep_env());
+    for (k, v) in overrides {
+        env.retain(|(name, _)| name != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    env
+}
+
+fn doctor(dir: &Path, env: &[(String, String)]) -> String {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    run(&["doctor"], &env, dir)
+}
+
+async fn case(options: ServerOptions, bucket: &str, overrides: &[(&str, &str)]) -> String {
+    let server = S3Server::start_with(options).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let https = format!("https://{}", server.host_port());
+    let overrides: Vec<(&str, &str)> = overrides
+        .iter()
+        .map(|(k, v)| {
+            if *v == "HTTPS" {
+                (*k, https.as_str())
+            } else {
+                (*k, *v)
+            }
+        })
+        .collect();
+    let env = env_for(dir.path(), &server, bucket, &overrides);
+    let path = dir.path().to_owned();
+    let demo_env: Vec<(String, String)> = env.clone();
+    tokio::task::spawn_blocking(move || {
+        let e: Vec<(&str, &str)> = demo_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert!(
+            run(&["demo", "--hits", "500", "--tenants", "1"], &e, &path).starts_with("exit: 0")
+        );
+        doctor(&path, &demo_env)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_bucket_passes() {
+    let out = case(ServerOptions::default(), BUCKET, &[]).await;
+    assert!(out.starts_with("exit: 0"), "{out}");
+    for check in [
+        "backup: open",
+        "write, read back, stat",
+        "multipart upload",
+        "paginated listing",
+        "backup: delete",
+        "archive: delete",
+        "clock",
+        "staging room",
+    ] {
+        assert!(out.contains(check), "missing {check}: {out}");
+    }
+    assert!(
+        out.contains("static keys") && !out.contains(hitkeep_testkit::SECRET_ACCESS_KEY),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_fails_with_a_hint() {
+    let out = case(
+        ServerOptions::default(),
+        BUCKET,
+        &[("HITKEEP_S3_SECRET_ACCESS_KEY", "not-the-secret-at-all")],
+    )
+    .await;
+    assert!(
+        out.starts_with("exit: 2")
+            && out.contains("rejected the credentials")
+            && out.contains("hint: check HITKEEP_S3_ACCESS_KEY_ID"),
+        "{out}"
+    );
+    assert!(!out.contains("not-the-secret-at-all"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_fails_with_a_hint() {
+    let out = case(ServerOptions::default(), "no-such-bucket", &[]).await;
+    assert!(
+        out.starts_with("exit: 2")
+            && out.contains("\"no-such-bucket\" does not exist")
+            && out.contains("hint: create the bucket"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_against_plain_http_fails_with_a_hint() {
+    let out = case(
+        ServerOptions::default(),
+        BUCKET,
+        &[
+            ("HITKEEP_S3_ENDPOINT", "HTTPS"),
+            ("HITKEEP_S3_USE_SSL", "true"),
+        ],
+    )
+    .await;
+    assert!(
+        out.starts_with("exit: 2") && out.contains("HITKEEP_S3_USE_SSL=false"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_deletes_fails_with_a_hint() {
+    let out = case(ServerOptions::refusing_deletes(), BUCKET, &[]).await;
+    assert!(
+        out.starts_with("exit: 2")
+            && out.contains("FAILURE backup: delete")
+            && out.contains("s3:DeleteObject"),
+        "{out}"
+    );
+}
