@@ -74,19 +74,29 @@ pub fn demo(settings: &Settings, hits: u64, tenants: usize) -> ExitCode {
 
 /// One cycle plus local retention: what `backup run` and the scheduler do.
 /// The daily archive job: every site's expired rows, with a failing site logged and the others done.
-async fn archive_once(settings: &Settings) -> Result<()> {
+async fn archive_once(
+    settings: &Settings,
+    monitor: Option<&crate::monitor::Monitor>,
+) -> Result<()> {
     let storage = Storage::open(&settings.archive, &settings.s3).await?;
     let options = hitkeep_archive::ArchiveOptions::for_layout(&layout(settings), false);
+    let (mut rows, mut files, mut failures) = (0, 0, 0);
     for report in hitkeep_archive::run(&storage, &layout(settings), &options).await? {
         match report {
-            Ok(r) if r.file.is_some() => println!(
-                "archived {} rows of site {}",
-                r.counts.values().sum::<u64>(),
-                r.policy.site_id
-            ),
+            Ok(r) if r.file.is_some() => {
+                let n = r.counts.values().sum::<u64>();
+                (rows, files) = (rows + n, files + 1);
+                println!("archived {n} rows of site {}", r.policy.site_id);
+            }
             Ok(_) => {}
-            Err(e) => eprintln!("error: archiving a site failed: {e}"),
+            Err(e) => {
+                failures += 1;
+                eprintln!("error: archiving a site failed: {e}");
+            }
         }
+    }
+    if let Some(m) = monitor {
+        m.archive(rows, files, failures);
     }
     Ok(())
 }
@@ -574,6 +584,16 @@ async fn schedule(settings: &Settings) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let status = StatusFile::new(settings);
+    let monitor = match settings.http_addr {
+        Some(addr) => {
+            let monitor = crate::monitor::Monitor::new(settings);
+            crate::monitor::serve(addr, monitor.clone())
+                .await
+                .with_context(|| format!("serving HITKEEP_HTTP_ADDR {addr}"))?;
+            Some(monitor)
+        }
+        None => None,
+    };
     let start = tokio::time::Instant::now();
     let mut next_backup = settings
         .backup
@@ -594,7 +614,7 @@ async fn schedule(settings: &Settings) -> Result<()> {
         if job == Job::Archive {
             next_archive = tokio::time::Instant::now() + ARCHIVE_INTERVAL;
             let stop = tokio::select! {
-                r = archive_once(settings) => { if let Err(e) = r { eprintln!("error: archive run failed: {e:#}"); } false }
+                r = archive_once(settings, monitor.as_deref()) => { if let Err(e) = r { eprintln!("error: archive run failed: {e:#}"); } false }
                 _ = term.recv() => true,
                 _ = int.recv() => true,
             };
@@ -610,6 +630,7 @@ async fn schedule(settings: &Settings) -> Result<()> {
         // A signal during a cycle lets it finish: dropping it mid-way would leave multipart uploads
         // unaborted and a blocking export writing into a deleted staging directory. A second signal
         // exits at once; what that interrupts lists as incomplete and is cleaned up by later cycles.
+        let started = std::time::Instant::now();
         let cycle = backup_once(settings, location);
         tokio::pin!(cycle);
         let mut stopping = false;
@@ -627,6 +648,19 @@ async fn schedule(settings: &Settings) -> Result<()> {
         };
         let next_at = Timestamp::now() + settings.backup.interval;
         status.record(settings, &outcome, Some(next_at));
+        if let Some(m) = &monitor {
+            m.backup(
+                outcome.as_ref().map_err(|e| format!("{e:#}")),
+                started.elapsed(),
+                next_at,
+            );
+            if outcome.is_ok()
+                && let Ok(storage) = Storage::open_existing(location, &settings.s3).await
+                && let Ok(catalog) = Catalog::load(&storage).await
+            {
+                m.snapshots(&catalog);
+            }
+        }
         match &outcome {
             Ok(report) => print_report(report),
             Err(e) => eprintln!("error: backup cycle failed: {e:#}"),

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod doctor;
 mod flags;
+mod monitor;
 mod restore;
 
 use std::process::ExitCode;

@@ -73,6 +73,8 @@ keys! {
     S3UrlStyle => "s3_url_style", "HITKEEP_S3_URL_STYLE", "s3-url-style", [], Plain;
     /// HTTPS (true) or plain HTTP (false) for a custom endpoint.
     S3UseSsl => "s3_use_ssl", "HITKEEP_S3_USE_SSL", "s3-use-ssl", [], Plain;
+    /// Where the scheduler serves /healthz, /metrics and the backup status (off when unset).
+    HttpAddr => "http_addr", "HITKEEP_HTTP_ADDR", "http-addr", [], Plain;
     /// Log verbosity.
     LogLevel => "log_level", "HITKEEP_LOG_LEVEL", "log-level", [], Plain;
     /// Log output: `text` or `json`.

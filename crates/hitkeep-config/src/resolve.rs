@@ -152,6 +152,24 @@ impl Resolver {
             "use true or false (also 1/0, yes/no, on/off)",
             parse_bool,
         );
+        let http_addr = if self.is_set(Key::HttpAddr) {
+            self.parse(
+                Key::HttpAddr,
+                "write host:port, e.g. 127.0.0.1:9090 (or :9090 for every interface)",
+                |t| {
+                    let full = if t.starts_with(':') {
+                        format!("0.0.0.0{t}")
+                    } else {
+                        t.to_owned()
+                    };
+                    full.parse::<std::net::SocketAddr>()
+                        .map(Some)
+                        .map_err(|_| "not an IP address and port".to_owned())
+                },
+            )
+        } else {
+            Some(None)
+        };
         let log = self.log();
         let mut s3 = self.s3();
         let backup = backup_location.as_ref().and_then(Option::as_ref);
@@ -172,6 +190,7 @@ impl Resolver {
             },
             s3: s3?,
             log: log?,
+            http_addr: http_addr?,
         })
     }
 

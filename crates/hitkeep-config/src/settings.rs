@@ -26,6 +26,8 @@ pub struct Settings {
     pub s3: S3Settings,
     /// Logging.
     pub log: LogSettings,
+    /// Where the scheduler serves health, metrics and status; `None` (the default) serves nothing.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 /// Scheduled snapshots.
@@ -120,6 +122,7 @@ impl Settings {
             Key::S3Endpoint => self.s3.endpoint_url(),
             Key::S3UrlStyle => Some(self.s3.url_style.to_string()),
             Key::S3UseSsl => Some(self.s3.use_ssl.to_string()),
+            Key::HttpAddr => self.http_addr.map(|a| a.to_string()),
             Key::LogLevel => Some(self.log.level.as_str().to_owned()),
             Key::LogFormat => Some(match self.log.format {
                 LogFormat::Text => "text".to_owned(),

@@ -239,7 +239,14 @@ fn lifecycle_rule_for_the_guide_example() {
 #[test]
 fn the_scheduler_backs_up_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let env = local_env(dir.path());
+    let mut env = local_env(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    env.push(("HITKEEP_HTTP_ADDR".into(), addr.clone()));
     assert!(hk(&["demo", "--hits", "1000"], &env, dir.path()).starts_with("exit: 0"));
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_hitkeep"))
         .env_clear()
@@ -255,6 +262,29 @@ fn the_scheduler_backs_up_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(status_file.exists(), "no cycle ran within a minute");
+    // The status endpoints answer for real, over HTTP.
+    let (code, body) = http_get(&addr, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_get(&addr, "/api/admin/system/backups");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(status["enabled"], true);
+    assert!(
+        status["last_backup"].is_string()
+            && status["next_backup"].is_string()
+            && status.get("last_error").is_none(),
+        "{status}"
+    );
+    assert_eq!(status["interval_min"], 60);
+    let (code, body) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    for metric in [
+        "hitkeep_backup_last_success_timestamp_seconds",
+        "hitkeep_backup_uploaded_bytes_total",
+        "hitkeep_backup_snapshots{database=\"shared\"} 1",
+    ] {
+        assert!(body.contains(metric), "{metric} missing from:\n{body}");
+    }
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -279,4 +309,47 @@ fn the_scheduler_backs_up_and_stops_on_sigterm() {
         status["last_backup"].is_string() && status["next_backup"].is_string(),
         "{status}"
     );
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = local_env(dir.path());
+    env.push(("HITKEEP_LOG_FORMAT".into(), "json".into()));
+    assert!(hk(&["demo", "--hits", "500"], &env, dir.path()).starts_with("exit: 0"));
+    let out = hk(&["backup", "run"], &env, dir.path());
+    let stderr = out.split("----- stderr -----\n").nth(1).unwrap();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 2, "{out}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
 }

@@ -77,6 +77,7 @@ fn every_variable_is_read() {
         ("HITKEEP_S3_USE_SSL", "true"),
         ("HITKEEP_LOG_LEVEL", "debug"),
         ("HITKEEP_LOG_FORMAT", "json"),
+        ("HITKEEP_HTTP_ADDR", ":9090"),
     ]);
     let s = &c.settings;
     assert_eq!(s.db_path.to_str(), Some("/var/lib/hitkeep/data/hitkeep.db"));
@@ -90,6 +91,7 @@ fn every_variable_is_read() {
     assert_eq!(s.backup.interval, Duration::from_secs(15 * 60));
     assert_eq!(s.backup.retention.get(), 48);
     assert!(s.backup.prune_s3);
+    assert_eq!(s.http_addr, Some("0.0.0.0:9090".parse().unwrap()));
     let Credentials::Static {
         access_key_id,
         secret_access_key,
@@ -369,6 +371,8 @@ fn malformed_values_are_errors() {
         ("HITKEEP_ARCHIVE_PATH", "s3://-bad-/archive"),
         ("HITKEEP_ARCHIVE_PATH", "azure://container/x"),
         ("HITKEEP_BACKUP_PRUNE_S3", "sometimes"),
+        ("HITKEEP_HTTP_ADDR", "localhost"),
+        ("HITKEEP_HTTP_ADDR", ":99999"),
         ("HITKEEP_LOG_LEVEL", "verbose"),
         ("HITKEEP_LOG_FORMAT", "xml"),
     ];
