@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hitkeep_data::{OpenMode, open_database, quote_ident, quote_literal};
+use hitkeep_data::{OpenMode, open_database, quote_literal};
 use hitkeep_storage::{ObjectInfo, Sha256Digest, Storage, TransferOptions};
 use serde::Serialize;
 
@@ -183,19 +183,15 @@ fn import_and_count(
     conn.execute_batch(&format!("IMPORT DATABASE {}", quote_literal(source)))
         .map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
+    // Counted the way the manifest was (hitkeep_data::row_counts), so names and schemas line up.
+    let got = hitkeep_data::row_counts(&conn).map_err(|e| e.to_string())?;
     for (table, want) in tables {
-        let qualified = match table.split_once('.') {
-            Some((schema, name)) => format!("{}.{}", quote_ident(schema), quote_ident(name)),
-            None => quote_ident(table),
-        };
-        match conn.query_row(&format!("SELECT count(*) FROM {qualified}"), [], |r| {
-            r.get::<_, i64>(0)
-        }) {
-            Ok(got) if u64::try_from(got).ok() == Some(*want) => {}
-            Ok(got) => problems.push(format!(
-                "table {table}: {got} rows after import, manifest says {want}"
+        match got.get(table) {
+            Some(n) if n == want => {}
+            Some(n) => problems.push(format!(
+                "table {table}: {n} rows after import, manifest says {want}"
             )),
-            Err(e) => problems.push(format!("table {table}: {e}")),
+            None => problems.push(format!("table {table}: missing after import")),
         }
     }
     Ok((tables.len(), problems))

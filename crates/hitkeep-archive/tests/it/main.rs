@@ -1,7 +1,6 @@
 //! Retention archives on real DuckDB demo data, to a local directory and the in-process S3 server.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use hitkeep_archive::{ArchiveOptions, EntryState, Ledger, SitePolicy, load_policies, run};
 use hitkeep_config::{Config, Location, Sources};
@@ -79,6 +78,21 @@ impl Fixture {
     fn db_of(&self, p: &SitePolicy) -> std::path::PathBuf {
         p.tenant_id
             .map_or_else(|| self.layout.db_path.clone(), |t| self.layout.tenant_db(t))
+    }
+
+    /// Marks the newest ledger entry of `key`'s site verified again, as if its delete had been interrupted;
+    /// returns the site folder, the ledger key and the ledger.
+    async fn reopen_last_entry(&self, key: &str, policy: &SitePolicy) -> (String, String, Ledger) {
+        let dir = key.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+        let ledger_key = hitkeep_archive::ledger_key(&dir, policy);
+        let mut ledger: Ledger =
+            serde_json::from_slice(&self.storage.read(&ledger_key).await.unwrap()).unwrap();
+        ledger.entries.last_mut().unwrap().state = EntryState::Verified;
+        self.storage
+            .write(&ledger_key, serde_json::to_vec(&ledger).unwrap())
+            .await
+            .unwrap();
+        (dir, ledger_key, ledger)
     }
 
     /// Rows per (site, table) in the live databases.
@@ -272,15 +286,7 @@ async fn a_crash_after_upload_or_in_the_delete_is_recovered_without_duplicates(f
                 .unwrap_or_else(|e| panic!("{table}: {e}"));
         }
     }
-    let dir = key.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
-    let ledger_key = hitkeep_archive::ledger_key(&dir, &policy);
-    let mut ledger: Ledger =
-        serde_json::from_slice(&f.storage.read(&ledger_key).await.unwrap()).unwrap();
-    ledger.entries.last_mut().unwrap().state = EntryState::Verified;
-    f.storage
-        .write(&ledger_key, serde_json::to_vec(&ledger).unwrap())
-        .await
-        .unwrap();
+    let (dir, ledger_key, mut ledger) = f.reopen_last_entry(&key, &policy).await;
     // 2. A crash after upload, before verification: a pending entry and a stray object.
     let stray = if dir.is_empty() {
         "site_stray.parquet".to_owned()
@@ -442,7 +448,6 @@ async fn boundaries_are_neither_lost_nor_archived_twice() {
         .await
         .unwrap();
     assert!(second.counts.values().all(|n| *n == 0) && second.file.is_none());
-    let _ = Path::new("");
 }
 
 /// A verified file whose delete was interrupted, and rows changed since (a re-import with the same
@@ -474,15 +479,7 @@ async fn an_interrupted_delete_never_removes_rows_that_changed_since() {
         policy.site_id
     ))
     .unwrap();
-    let dir = key.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
-    let ledger_key = hitkeep_archive::ledger_key(&dir, &policy);
-    let mut ledger: Ledger =
-        serde_json::from_slice(&f.storage.read(&ledger_key).await.unwrap()).unwrap();
-    ledger.entries.last_mut().unwrap().state = EntryState::Verified;
-    f.storage
-        .write(&ledger_key, serde_json::to_vec(&ledger).unwrap())
-        .await
-        .unwrap();
+    f.reopen_last_entry(&key, &policy).await;
     let hits_before: i64 = conn
         .query_row(
             &format!(

@@ -4,12 +4,7 @@ use std::path::Path;
 
 use hitkeep_testkit::{BUCKET, S3Server};
 
-use crate::run;
-
-fn hk(args: &[&str], env: &[(String, String)], cwd: &Path) -> String {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    run(args, &env, cwd)
-}
+use crate::{hk, local_env};
 
 fn stdout(out: &str) -> &str {
     out.split("----- stdout -----\n")
@@ -147,45 +142,15 @@ fn round_trip(dir: &Path, env: &[(String, String)]) {
 #[test]
 fn archive_round_trip_on_local_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let env: Vec<(String, String)> = vec![
-        (
-            "HITKEEP_DB_PATH".into(),
-            dir.path().join("hitkeep.db").display().to_string(),
-        ),
-        (
-            "HITKEEP_DATA_PATH".into(),
-            dir.path().join("data").display().to_string(),
-        ),
-        (
-            "HITKEEP_ARCHIVE_PATH".into(),
-            dir.path().join("archive").display().to_string(),
-        ),
-        (
-            "HITKEEP_BACKUP_PATH".into(),
-            dir.path().join("backups").display().to_string(),
-        ),
-    ];
-    round_trip(dir.path(), &env);
+    round_trip(dir.path(), &local_env(dir.path()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_round_trip_on_s3() {
     let server = S3Server::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut env: Vec<(String, String)> = vec![
-        (
-            "HITKEEP_DB_PATH".into(),
-            dir.path().join("hitkeep.db").display().to_string(),
-        ),
-        (
-            "HITKEEP_DATA_PATH".into(),
-            dir.path().join("data").display().to_string(),
-        ),
-        // Short prefixes: the in-process s3s-fs test server cannot hold very long keys.
-        ("HITKEEP_ARCHIVE_PATH".into(), format!("s3://{BUCKET}/a")),
-        ("HITKEEP_BACKUP_PATH".into(), format!("s3://{BUCKET}/b")),
-    ];
-    env.extend(server.hitkeep_env());
+    // Short prefixes: the in-process s3s-fs test server cannot hold very long keys.
+    let env = crate::s3_env(dir.path(), &server, BUCKET, "b", "a");
     let path = dir.path().to_owned();
     tokio::task::spawn_blocking(move || round_trip(&path, &env))
         .await

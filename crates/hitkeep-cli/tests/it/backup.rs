@@ -5,39 +5,10 @@ use std::path::Path;
 
 use hitkeep_testkit::{BUCKET, S3Server};
 
-use crate::run;
-
-fn local_env(dir: &Path) -> Vec<(String, String)> {
-    vec![
-        (
-            "HITKEEP_DB_PATH".into(),
-            dir.join("hitkeep.db").display().to_string(),
-        ),
-        (
-            "HITKEEP_DATA_PATH".into(),
-            dir.join("data").display().to_string(),
-        ),
-        (
-            "HITKEEP_BACKUP_PATH".into(),
-            dir.join("backups").display().to_string(),
-        ),
-    ]
-}
+use crate::{hk, local_env, run};
 
 fn s3_env(dir: &Path, server: &S3Server) -> Vec<(String, String)> {
-    let mut env = local_env(dir);
-    env.retain(|(k, _)| k != "HITKEEP_BACKUP_PATH");
-    env.push((
-        "HITKEEP_BACKUP_PATH".into(),
-        format!("s3://{BUCKET}/hitkeep/backups"),
-    ));
-    env.extend(server.hitkeep_env());
-    env
-}
-
-fn hk(args: &[&str], env: &[(String, String)], cwd: &Path) -> String {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    run(args, &env, cwd)
+    crate::s3_env(dir, server, BUCKET, "hitkeep/backups", "hitkeep/archive")
 }
 
 fn demo_backup_list_verify(dir: &Path, env: &[(String, String)]) {

@@ -5,27 +5,13 @@ use std::path::Path;
 
 use hitkeep_testkit::{BUCKET, S3Server, ServerOptions};
 
-use crate::run;
-
 fn env_for(
     dir: &Path,
     server: &S3Server,
     bucket: &str,
     overrides: &[(&str, &str)],
 ) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![
-        (
-            "HITKEEP_DB_PATH".into(),
-            dir.join("hitkeep.db").display().to_string(),
-        ),
-        (
-            "HITKEEP_DATA_PATH".into(),
-            dir.join("data").display().to_string(),
-        ),
-        ("HITKEEP_BACKUP_PATH".into(), format!("s3://{bucket}/b")),
-        ("HITKEEP_ARCHIVE_PATH".into(), format!("s3://{bucket}/a")),
-    ];
-    env.extend(server.hitkeep_env());
+    let mut env = crate::s3_env(dir, server, bucket, "b", "a");
     for (k, v) in overrides {
         env.retain(|(name, _)| name != k);
         env.push(((*k).to_owned(), (*v).to_owned()));
@@ -34,8 +20,7 @@ fn env_for(
 }
 
 fn doctor(dir: &Path, env: &[(String, String)]) -> String {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    run(&["doctor"], &env, dir)
+    crate::hk(&["doctor"], env, dir)
 }
 
 async fn case(options: ServerOptions, bucket: &str, overrides: &[(&str, &str)]) -> String {
@@ -54,16 +39,12 @@ async fn case(options: ServerOptions, bucket: &str, overrides: &[(&str, &str)]) 
         .collect();
     let env = env_for(dir.path(), &server, bucket, &overrides);
     let path = dir.path().to_owned();
-    let demo_env: Vec<(String, String)> = env.clone();
     tokio::task::spawn_blocking(move || {
-        let e: Vec<(&str, &str)> = demo_env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         assert!(
-            run(&["demo", "--hits", "500", "--tenants", "1"], &e, &path).starts_with("exit: 0")
+            crate::hk(&["demo", "--hits", "500", "--tenants", "1"], &env, &path)
+                .starts_with("exit: 0")
         );
-        doctor(&path, &demo_env)
+        doctor(&path, &env)
     })
     .await
     .unwrap()

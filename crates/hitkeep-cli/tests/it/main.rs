@@ -28,6 +28,45 @@ pub fn run(args: &[&str], env: &[(&str, &str)], cwd: &std::path::Path) -> String
     )
 }
 
+/// [`run`] with an owned environment, as the setup helpers build it.
+pub fn hk(args: &[&str], env: &[(String, String)], cwd: &std::path::Path) -> String {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    run(args, &env, cwd)
+}
+
+/// HitKeep on local disk under `dir`: the databases, backups in `backups/`, archives in `archive/`.
+pub fn local_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    let path = |p: &str| dir.join(p).display().to_string();
+    vec![
+        ("HITKEEP_DB_PATH".into(), path("hitkeep.db")),
+        ("HITKEEP_DATA_PATH".into(), path("data")),
+        ("HITKEEP_BACKUP_PATH".into(), path("backups")),
+        ("HITKEEP_ARCHIVE_PATH".into(), path("archive")),
+    ]
+}
+
+/// The databases under `dir`, backups and archives at `s3://{bucket}/{prefix}` of the test server.
+pub fn s3_env(
+    dir: &std::path::Path,
+    server: &hitkeep_testkit::S3Server,
+    bucket: &str,
+    backups: &str,
+    archive: &str,
+) -> Vec<(String, String)> {
+    let mut env = local_env(dir);
+    env.retain(|(k, _)| k != "HITKEEP_BACKUP_PATH" && k != "HITKEEP_ARCHIVE_PATH");
+    env.push((
+        "HITKEEP_BACKUP_PATH".into(),
+        format!("s3://{bucket}/{backups}"),
+    ));
+    env.push((
+        "HITKEEP_ARCHIVE_PATH".into(),
+        format!("s3://{bucket}/{archive}"),
+    ));
+    env.extend(server.hitkeep_env());
+    env
+}
+
 /// Snapshots a run, with the temp dir replaced by `[TMP]` so snapshots are stable.
 #[macro_export]
 macro_rules! hitkeep_snapshot {

@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use hitkeep_testkit::{ACCESS_KEY_ID, S3Server, SECRET_ACCESS_KEY};
-
-use crate::run;
+use hitkeep_testkit::S3Server;
 
 /// Every table's row count and an order-independent hash of its rows.
 fn fingerprint(db: &Path) -> BTreeMap<String, (i64, i128)> {
@@ -38,12 +36,7 @@ struct Setup {
 
 impl Setup {
     fn hk(&self, args: &[&str]) -> String {
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        run(args, &env, self.dir.path())
+        crate::hk(args, &self.env, self.dir.path())
     }
 
     fn db(&self) -> std::path::PathBuf {
@@ -76,20 +69,7 @@ impl Setup {
 
 fn local_setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
-        (
-            "HITKEEP_DB_PATH".into(),
-            dir.path().join("hitkeep.db").display().to_string(),
-        ),
-        (
-            "HITKEEP_DATA_PATH".into(),
-            dir.path().join("data").display().to_string(),
-        ),
-        (
-            "HITKEEP_BACKUP_PATH".into(),
-            dir.path().join("backups").display().to_string(),
-        ),
-    ];
+    let env = crate::local_env(dir.path());
     let s = Setup { dir, env };
     assert!(
         s.hk(&["demo", "--hits", "4000", "--tenants", "2"])
@@ -384,28 +364,13 @@ async fn guide_command_restores_everything_from_s3() {
     let server = S3Server::start().await.unwrap();
     server.create_bucket("my-analytics-bucket").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let env: Vec<(String, String)> = vec![
-        (
-            "HITKEEP_DB_PATH".into(),
-            dir.path().join("hitkeep.db").display().to_string(),
-        ),
-        (
-            "HITKEEP_DATA_PATH".into(),
-            dir.path().join("data").display().to_string(),
-        ),
-        (
-            "HITKEEP_BACKUP_PATH".into(),
-            "s3://my-analytics-bucket/hitkeep/backups".into(),
-        ),
-        ("HITKEEP_S3_ACCESS_KEY_ID".into(), ACCESS_KEY_ID.into()),
-        (
-            "HITKEEP_S3_SECRET_ACCESS_KEY".into(),
-            SECRET_ACCESS_KEY.into(),
-        ),
-        ("HITKEEP_S3_ENDPOINT".into(), server.host_port()),
-        ("HITKEEP_S3_URL_STYLE".into(), "path".into()),
-        ("HITKEEP_S3_USE_SSL".into(), "false".into()),
-    ];
+    let env = crate::s3_env(
+        dir.path(),
+        &server,
+        "my-analytics-bucket",
+        "hitkeep/backups",
+        "hitkeep/archive",
+    );
     let s = Setup { dir, env };
     tokio::task::spawn_blocking(move || {
         assert!(
