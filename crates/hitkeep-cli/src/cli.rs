@@ -110,7 +110,7 @@ pub enum BackupCommand {
     #[command(after_help = "Example:\n  hitkeep backup verify -snapshot latest --deep")]
     Verify {
         /// The snapshot id, or `latest` (the newest committed cycle).
-        #[arg(long, value_name = "ID|latest")]
+        #[arg(long, value_name = "ID|latest", value_parser = snapshot_or_latest)]
         snapshot: Option<String>,
         /// Also import the snapshot into a scratch DuckDB and compare every table's row count.
         #[arg(long)]
@@ -179,7 +179,7 @@ pub enum RecoverCommand {
         #[arg(long, value_name = "PATH")]
         from: String,
         /// The snapshot id (YYYY-MM-DDTHHMMSSZ); default: the newest committed cycle.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = snapshot_or_latest)]
         snapshot: Option<String>,
         /// Restore only this tenant (repeatable).
         #[arg(long = "tenant", value_name = "UUID")]
@@ -239,10 +239,27 @@ pub enum ArchiveCommand {
         #[arg(long)]
         site: String,
         /// Only rows at or after this date (YYYY-MM-DD).
-        #[arg(long)]
+        #[arg(long, value_parser = date)]
         from: Option<String>,
         /// Only rows before this date (YYYY-MM-DD).
-        #[arg(long)]
+        #[arg(long, value_parser = date)]
         to: Option<String>,
     },
+}
+
+/// Snapshot ids are checked while parsing, so a bad one is a usage error (exit 2) naming the flag.
+fn snapshot_or_latest(s: &str) -> Result<String, String> {
+    if s == "latest" {
+        return Ok(s.to_owned());
+    }
+    s.parse::<hitkeep_backup::SnapshotId>()
+        .map(|id| id.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A calendar date, YYYY-MM-DD.
+fn date(s: &str) -> Result<String, String> {
+    s.parse::<jiff::civil::Date>()
+        .map(|d| d.to_string())
+        .map_err(|e| format!("not a date (YYYY-MM-DD, e.g. 2025-01-31): {e}"))
 }

@@ -116,7 +116,10 @@ fn with_config(
 
 fn init_logging(config: &Config) {
     let log = config.settings.log;
-    let filter = tracing_subscriber::EnvFilter::new(log.level.as_str());
+    // The storage crate's caps come last so that no level, however verbose, logs a credential.
+    let mut directives = vec![log.level.as_str()];
+    directives.extend(hitkeep_storage::LOG_DIRECTIVES);
+    let filter = tracing_subscriber::EnvFilter::new(directives.join(","));
     // Colours only for a person at a terminal, never in files or pipes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

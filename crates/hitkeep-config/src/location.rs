@@ -124,6 +124,12 @@ pub enum LocationError {
         /// The prefix as given.
         prefix: String,
     },
+    /// `s3:` without the two slashes, which would otherwise be a local folder named `s3:`.
+    #[error("{given:?} is not an S3 URL: write s3://BUCKET/PREFIX, with two slashes")]
+    MalformedS3 {
+        /// The location as given.
+        given: String,
+    },
     /// A URL scheme other than `s3://` or `file://`.
     #[error(
         "unsupported scheme {scheme:?}: use a local directory or s3://BUCKET/PREFIX (GCS, Azure and others are not supported)"
@@ -141,6 +147,12 @@ impl FromStr for Location {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
             return Err(LocationError::Empty);
+        }
+        let lower = trimmed.to_ascii_lowercase();
+        if lower.starts_with("s3:") && !lower.starts_with("s3://") {
+            return Err(LocationError::MalformedS3 {
+                given: trimmed.to_owned(),
+            });
         }
         match trimmed.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("s3") => {
@@ -289,6 +301,8 @@ mod tests {
             "s3://bucket/../x",
             "s3://bucket/./x",
             "gs://bucket/x",
+            "s3:/hitkeep/backups",
+            "S3:bucket/x",
             "https://bucket.s3.amazonaws.com/x",
             &format!("s3://{}", "a".repeat(64)),
         ] {

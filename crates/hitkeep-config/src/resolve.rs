@@ -202,8 +202,13 @@ impl Resolver {
                 _ => "backups",
             }
         );
-        self.parse(key, &fix, |t| {
-            t.parse::<Location>().map_err(|e| e.to_string())
+        self.parse(key, &fix, |t| match t.parse::<Location>() {
+            // Caught here, where the variable can be named, rather than as an I/O error later.
+            Ok(Location::Local(path)) if path.is_file() => Err(format!(
+                "{} is a file; it must be a directory (created when missing)",
+                path.display()
+            )),
+            other => other.map_err(|e| e.to_string()),
         })
     }
 
@@ -301,7 +306,18 @@ impl Resolver {
         let region = self.parse(
             Key::S3Region,
             "set the bucket's region, e.g. eu-central-1, or auto for Cloudflare R2",
-            |t| Ok(t.to_owned()),
+            |t| {
+                // Regions are lowercase letters, digits and dashes; anything else only fails later,
+                // as a signature the server rejects.
+                let valid = !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                if valid {
+                    Ok(t.to_owned())
+                } else {
+                    Err("not a region name".to_owned())
+                }
+            },
         );
         let explicit_style = if self.is_set(Key::S3UrlStyle) {
             self.parse(

@@ -113,7 +113,11 @@ fn s3_operator(location: &S3Location, s3: &S3Settings) -> Result<(Operator, Serv
         .bucket(location.bucket())
         .root(&format!("/{}", location.prefix()))
         .region(&s3.region)
-        .endpoint(&endpoint);
+        .endpoint(&endpoint)
+        // Requests are signed without their payload, so a body damaged on the way would be stored
+        // as sent: a CRC32C header per PUT and part makes the server reject it instead (the e2e
+        // fault proxy found backups committing flipped bits that only `verify` caught).
+        .checksum_algorithm("crc32c");
     if s3.url_style == UrlStyle::VirtualHost {
         builder = builder.enable_virtual_host_style();
     }

@@ -178,6 +178,32 @@ fn error_chain(err: &opendal::Error) -> String {
     text
 }
 
+/// Which setting a rejected request points at. Servers word it differently: AWS and MinIO send
+/// SignatureDoesNotMatch and InvalidAccessKeyId, Garage an AccessDenied saying "Invalid signature" or
+/// "No such key".
+fn credential_hint(chain: &str, lower: &str) -> Option<&'static str> {
+    let has = |needle: &str| chain.contains(needle);
+    if has("AuthorizationHeaderMalformed") || lower.contains("unexpected scope") {
+        return Some(
+            "the server expects another region: set HITKEEP_S3_REGION to the bucket's region (MinIO and Garage: us-east-1 unless configured, R2: auto)",
+        );
+    }
+    if has("InvalidAccessKeyId") || lower.contains("no such key: ") {
+        return Some("the server does not know this access key: check HITKEEP_S3_ACCESS_KEY_ID");
+    }
+    if has("SignatureDoesNotMatch") || lower.contains("invalid signature") {
+        return Some(
+            "the signature did not match: check HITKEEP_S3_SECRET_ACCESS_KEY (and HITKEEP_S3_REGION, which signing uses)",
+        );
+    }
+    if has("InvalidToken") || has("ExpiredToken") {
+        return Some(
+            "the session token was refused: renew HITKEEP_S3_SESSION_TOKEN, or unset it with static keys",
+        );
+    }
+    None
+}
+
 fn classify(
     err: &opendal::Error,
     chain: &str,
@@ -196,15 +222,11 @@ fn classify(
             ),
         );
     }
-    if has("SignatureDoesNotMatch")
-        || has("InvalidAccessKeyId")
-        || has("InvalidToken")
-        || has("ExpiredToken")
-    {
+    if let Some(hint) = credential_hint(chain, &lower) {
         return (
             ErrorKind::AccessDenied,
             format!("{} rejected the credentials", service.name),
-            Some("check HITKEEP_S3_ACCESS_KEY_ID, HITKEEP_S3_SECRET_ACCESS_KEY and HITKEEP_S3_SESSION_TOKEN (and HITKEEP_S3_REGION, which signing uses)".into()),
+            Some(hint.into()),
         );
     }
     if lower.contains("signing credential") || lower.contains("no valid credential") {
@@ -218,7 +240,7 @@ fn classify(
         return (
             ErrorKind::AccessDenied,
             format!("{} denied access", service.name),
-            Some("the credentials work but lack permission: allow s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the bucket and prefix".into()),
+            Some("check HITKEEP_S3_ACCESS_KEY_ID and HITKEEP_S3_SECRET_ACCESS_KEY; if they are right, the key lacks permission: allow s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the bucket and prefix".into()),
         );
     }
     if lower.contains("timeout reached") || lower.contains("timed out") {
@@ -268,4 +290,35 @@ fn classify(
         return (ErrorKind::NotFound, "not found".into(), None);
     }
     (ErrorKind::Other, err.to_string(), None)
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::credential_hint;
+
+    fn hint(chain: &str) -> &'static str {
+        credential_hint(chain, &chain.to_ascii_lowercase()).unwrap_or("")
+    }
+
+    /// Each server words a rejection its own way (these are Garage's and AWS's); each points at the
+    /// one setting to fix.
+    #[test]
+    fn rejections_point_at_the_setting_to_fix() {
+        let garage_secret =
+            r#"S3Error { code: "AccessDenied", message: "Forbidden: Invalid signature" }"#;
+        let garage_key =
+            r#"S3Error { code: "AccessDenied", message: "Forbidden: No such key: GK00" }"#;
+        let region =
+            r#"S3Error { code: "AuthorizationHeaderMalformed", message: "unexpected scope" }"#;
+        assert!(hint(garage_secret).contains("HITKEEP_S3_SECRET_ACCESS_KEY"));
+        assert!(hint("SignatureDoesNotMatch").contains("HITKEEP_S3_SECRET_ACCESS_KEY"));
+        assert!(hint(garage_key).contains("HITKEEP_S3_ACCESS_KEY_ID"));
+        assert!(hint("InvalidAccessKeyId").contains("HITKEEP_S3_ACCESS_KEY_ID"));
+        assert!(hint(region).contains("HITKEEP_S3_REGION"));
+        assert!(hint("ExpiredToken").contains("HITKEEP_S3_SESSION_TOKEN"));
+        assert_eq!(
+            hint(r#"S3Error { code: "AccessDenied", message: "Access Denied" }"#),
+            ""
+        );
+    }
 }

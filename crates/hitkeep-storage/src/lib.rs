@@ -38,3 +38,8 @@ pub use crate::{
     error::{Error, ErrorKind, Result},
     storage::{DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, Entry, ListMode, Storage, TransferOptions},
 };
+
+/// `tracing` filter directives that every subscriber logging this crate's dependencies must add
+/// after its own level: reqsign (OpenDAL's request signer) logs the whole static credential,
+/// secret key included, at `debug`. Found by `cargo xtask e2e`'s secret scan at trace level.
+pub const LOG_DIRECTIVES: &[&str] = &["reqsign=info"];

@@ -99,11 +99,14 @@ impl Storage {
                 ErrorKind::NotFound,
                 "open",
                 path.display().to_string(),
-                "no such directory",
+                if path.exists() {
+                    "not a directory"
+                } else {
+                    "no such directory"
+                },
             )
-            .with_hint(
-                "check the path; a backup location is a directory holding shared/ and tenants/",
-            ));
+            // Backups and archives both come through here, so the hint names no layout.
+            .with_hint("check the path: it must name an existing directory"));
         }
         Storage::open(location, s3).await
     }

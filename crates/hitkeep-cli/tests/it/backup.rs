@@ -70,6 +70,28 @@ async fn demo_backup_list_verify_on_s3() {
         .unwrap();
 }
 
+/// reqsign (under OpenDAL) logs the static credential at debug level: whatever the level, the
+/// binary's log filter must keep the secret out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_never_hold_the_secret() {
+    let server = S3Server::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = s3_env(dir.path(), &server);
+    env.push(("HITKEEP_LOG_LEVEL".into(), "trace".into()));
+    let path = dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let demo = hk(&["demo", "--hits", "2000", "--tenants", "1"], &env, &path);
+        demo + &hk(&["backup", "run"], &env, &path)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("committed") && out.contains(" TRACE "),
+        "{out}"
+    );
+    assert!(!out.contains(hitkeep_testkit::SECRET_ACCESS_KEY));
+}
+
 #[test]
 fn a_database_held_by_another_process_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();

@@ -83,7 +83,7 @@ async fn a_wrong_secret_fails_with_a_hint() {
     assert!(
         out.starts_with("exit: 2")
             && out.contains("rejected the credentials")
-            && out.contains("hint: check HITKEEP_S3_ACCESS_KEY_ID"),
+            && out.contains("check HITKEEP_S3_SECRET_ACCESS_KEY"),
         "{out}"
     );
     assert!(!out.contains("not-the-secret-at-all"), "{out}");

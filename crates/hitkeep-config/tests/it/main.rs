@@ -333,6 +333,21 @@ fn config_file_problems() {
     assert!(e.to_string().contains("unknown setting `s3_regoin`"), "{e}");
 }
 
+/// A local destination that exists as a file is a config error naming the variable, not an I/O
+/// error halfway through a backup.
+#[test]
+fn a_destination_that_is_a_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backups");
+    std::fs::write(&file, "not a directory").unwrap();
+    let file = file.display().to_string();
+    for var in ["HITKEEP_BACKUP_PATH", "HITKEEP_ARCHIVE_PATH"] {
+        let e = load_err(&[(var, &file)]);
+        let text = e.to_string();
+        assert!(text.contains(var) && text.contains("is a file"), "{text}");
+    }
+}
+
 /// Malformed values: each is an error naming the variable, the flag and the value, never a fallback.
 #[test]
 fn malformed_values_are_errors() {
@@ -370,6 +385,9 @@ fn malformed_values_are_errors() {
         ("HITKEEP_BACKUP_PATH", "s3://192.168.0.1/x"),
         ("HITKEEP_ARCHIVE_PATH", "s3://-bad-/archive"),
         ("HITKEEP_ARCHIVE_PATH", "azure://container/x"),
+        ("HITKEEP_BACKUP_PATH", "s3:/hitkeep/backups"),
+        ("HITKEEP_S3_REGION", "eu central 1"),
+        ("HITKEEP_S3_REGION", "EU-CENTRAL-1"),
         ("HITKEEP_BACKUP_PRUNE_S3", "sometimes"),
         ("HITKEEP_HTTP_ADDR", "localhost"),
         ("HITKEEP_HTTP_ADDR", ":99999"),
