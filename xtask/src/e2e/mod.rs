@@ -1,0 +1,302 @@
+//! `cargo xtask e2e`: the built `hitkeep`, driven as a black box, against a real S3 server process.
+//!
+//! Sections run in order and each records checks; a section that errors out is one failed check
+//! and the run goes on. Everything hitkeep prints is kept for the secret scan at the end.
+//! What this will not do: stand in for the unit and integration tests (`cargo test`), or time
+//! anything (`cargo xtask bench`).
+
+mod bad_input;
+mod faults;
+mod hitkeep;
+mod proxy;
+mod report;
+mod scenarios;
+mod server;
+mod tools;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use hitkeep::{Env, Hitkeep, Out};
+use report::Report;
+use server::{Kind, S3Server};
+use tools::{Fingerprint, Python, Rclone};
+
+/// What every section works with.
+#[derive(Debug)]
+pub struct Ctx {
+    pub report: Report,
+    pub hk: Hitkeep,
+    pub s3: S3Server,
+    pub rclone: Rclone,
+    pub py: Python,
+    pub work: PathBuf,
+    /// Values that must never appear in hitkeep's output (the secret scan).
+    pub secrets: Vec<String>,
+}
+
+impl Ctx {
+    /// The guide's MinIO variables, with this server's address and keys.
+    pub fn s3_env(&self) -> Env {
+        Env::default()
+            .set("HITKEEP_S3_ACCESS_KEY_ID", &self.s3.access_key)
+            .set("HITKEEP_S3_SECRET_ACCESS_KEY", &self.s3.secret_key)
+            .set("HITKEEP_S3_ENDPOINT", &self.s3.endpoint)
+            .set("HITKEEP_S3_URL_STYLE", "path")
+            .set(
+                "HITKEEP_S3_USE_SSL",
+                if self.s3.use_ssl { "true" } else { "false" },
+            )
+            .set("HITKEEP_S3_REGION", &self.s3.region)
+    }
+
+    /// S3 settings plus backups under `<name>/backups` and archives under `<name>/archive`.
+    pub fn s3_env_at(&self, name: &str) -> Env {
+        self.s3_env()
+            .set(
+                "HITKEEP_BACKUP_PATH",
+                self.s3.url(&format!("{name}/backups")),
+            )
+            .set(
+                "HITKEEP_ARCHIVE_PATH",
+                self.s3.url(&format!("{name}/archive")),
+            )
+    }
+
+    /// A fresh folder in the run's temp dir.
+    pub fn dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.work.join(name);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Runs hitkeep in `dir`; its default paths (hitkeep.db, data/, archive/) land there.
+    pub fn hk(&self, dir: &Path, env: &Env, args: &[&str]) -> Result<Out> {
+        self.hk.run(dir, env, args)
+    }
+
+    pub fn demo(&mut self, dir: &Path, env: &Env, hits: u32, tenants: u32) -> Result<()> {
+        let (hits, tenants) = (hits.to_string(), tenants.to_string());
+        let out = self.hk(dir, env, &["demo", "--hits", &hits, "--tenants", &tenants])?;
+        anyhow::ensure!(out.ok(), "hitkeep demo failed: {}", out.brief());
+        Ok(())
+    }
+
+    /// The shared database and every tenant database under `dir` (default paths).
+    pub fn fingerprint(&self, dir: &Path) -> Result<Fingerprint> {
+        self.py
+            .fingerprint(&dir.join("hitkeep.db"), &dir.join("data"))
+    }
+
+    /// `backup list --json`.
+    pub fn snapshots(&self, dir: &Path, env: &Env) -> Result<Vec<Value>> {
+        let out = self.hk(dir, env, &["backup", "list", "--json"])?;
+        anyhow::ensure!(out.ok(), "backup list failed: {}", out.brief());
+        serde_json::from_str(&out.stdout).context("parse backup list --json")
+    }
+
+    /// Ids of the complete snapshots of `database` (`shared`, `tenants/<uuid>`), oldest first.
+    pub fn complete(&self, dir: &Path, env: &Env, database: &str) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .snapshots(dir, env)?
+            .iter()
+            .filter(|s| s["database"] == database && s["state"]["state"] == "complete")
+            .filter_map(|s| s["snapshot_id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// `recover restore-backup` into `dir` (its default paths), `-snapshot` when given.
+    pub fn restore(
+        &self,
+        dir: &Path,
+        env: &Env,
+        from: &str,
+        snapshot: Option<&str>,
+    ) -> Result<Out> {
+        let mut args = vec!["recover", "restore-backup", "-from", from];
+        if let Some(id) = snapshot {
+            args.extend(["-snapshot", id]);
+        }
+        args.extend(["-s3-region", &self.s3.region, "-yes"]);
+        self.hk(dir, env, &args)
+    }
+}
+
+pub fn run() -> Result<bool> {
+    let started = Instant::now();
+    let seed = match std::env::var("HITKEEP_E2E_SEED") {
+        Ok(s) => s.parse().context("HITKEEP_E2E_SEED must be a number")?,
+        Err(_) => fastrand::u64(..),
+    };
+    fastrand::seed(seed);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let cache = std::env::var_os("HITKEEP_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hitkeep"),
+        PathBuf::from,
+    );
+    let bin = tools::built_hitkeep(root)?;
+    let work_dir = tempfile::Builder::new().prefix("hitkeep-e2e-").tempdir()?;
+    let work = work_dir.path().to_owned();
+    let s3 = S3Server::start(&cache, &work, &format!("{seed:x}"))?;
+    let rclone = Rclone::new(&s3)?;
+    if s3.kind == Kind::Minio {
+        rclone.mkdir(&s3.bucket)?;
+    }
+    let py = Python::new(&cache, &work)?;
+    println!("e2e: seed {seed} (HITKEEP_E2E_SEED={seed} replays the random choices)");
+    println!("e2e: S3 server: {}", s3.describe());
+    println!("e2e: hitkeep: {}", bin.display());
+    let secrets = vec![s3.secret_key.clone()];
+    let hk = Hitkeep::new(bin, &work)?;
+    let mut ctx = Ctx {
+        report: Report::default(),
+        hk,
+        s3,
+        rclone,
+        py,
+        work,
+        secrets,
+    };
+    ctx.report.figure("S3 server", ctx.s3.describe());
+
+    section(
+        &mut ctx,
+        "guide: MinIO example, scheduler, list, verify, restore, prune",
+        scenarios::guide,
+    );
+    section(
+        &mut ctx,
+        "archives: run, query, restore",
+        scenarios::archives,
+    );
+    section(&mut ctx, "kill -9 during backup run", faults::kill_loop);
+    section(&mut ctx, "TCP fault proxy", faults::proxy);
+    section(
+        &mut ctx,
+        "S3 server stopped and restarted during a backup",
+        faults::server_restart,
+    );
+    section(
+        &mut ctx,
+        "a bit flipped in a stored object",
+        faults::bit_flip,
+    );
+    section(
+        &mut ctx,
+        "archive interrupted after upload and during delete",
+        faults::archive_interrupts,
+    );
+    section(&mut ctx, "bad input", bad_input::run);
+    section(&mut ctx, "secrets", scan_secrets);
+
+    let transcript = cache.join("e2e/last-transcript.log");
+    if let Some(parent) = transcript.parent() {
+        std::fs::create_dir_all(parent)?;
+        std::fs::write(&transcript, &*ctx.hk.transcript())?;
+    }
+    ctx.report.figure("hitkeep runs", ctx.hk.runs());
+    ctx.report.figure(
+        "everything hitkeep printed",
+        format!(
+            "{} bytes, in {}",
+            ctx.hk.transcript().len(),
+            transcript.display()
+        ),
+    );
+    ctx.report
+        .figure("total time", format!("{:.0?}", started.elapsed()));
+    if ctx.s3.kind == Kind::Endpoint {
+        ctx.rclone.purge(&ctx.s3.key(""))?;
+    }
+    ctx.report.print_summary();
+    Ok(ctx.report.failed() == 0)
+}
+
+fn section(ctx: &mut Ctx, name: &str, f: fn(&mut Ctx) -> Result<()>) {
+    // HITKEEP_E2E_ONLY=word runs only the sections whose name holds it (the secret scan always runs).
+    if let Ok(only) = std::env::var("HITKEEP_E2E_ONLY")
+        && !name.contains(only.as_str())
+        && name != "secrets"
+    {
+        return;
+    }
+    ctx.report.section(name);
+    let start = Instant::now();
+    if let Err(err) = f(ctx) {
+        ctx.report
+            .check(format!("{name}: ran to the end"), false, format!("{err:#}"));
+    }
+    ctx.report
+        .figure(format!("{name}: time"), format!("{:.1?}", start.elapsed()));
+}
+
+/// Every byte hitkeep printed in the whole run, logs at trace level included, searched for the
+/// secret key and session tokens.
+fn scan_secrets(ctx: &mut Ctx) -> Result<()> {
+    let transcript = ctx.hk.transcript().clone();
+    let secrets = ctx.secrets.clone();
+    ctx.report.figure("secrets searched for", secrets.len());
+    for (i, secret) in secrets.iter().enumerate() {
+        let hits = transcript
+            .windows(secret.len())
+            .filter(|w| *w == secret.as_bytes())
+            .count();
+        ctx.report.check(
+            format!(
+                "secret #{} ({} chars) appears nowhere in {} bytes of output",
+                i + 1,
+                secret.len(),
+                transcript.len()
+            ),
+            hits == 0,
+            format!("{hits} occurrences"),
+        );
+    }
+    Ok(())
+}
+
+/// GET over plain HTTP/1.0: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("HTTP status")?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `f` every `every` until it gives `Some` or `limit` passes.
+pub fn poll<T>(
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(Some(v));
+        }
+        if start.elapsed() > limit {
+            return Ok(None);
+        }
+        std::thread::sleep(every);
+    }
+}

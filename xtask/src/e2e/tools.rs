@@ -1,0 +1,362 @@
+//! The outside tools the run needs, installed when missing: rclone (Debian) as the standard S3
+//! client, Python's duckdb 1.5 (PyPI) to read databases, Garage (crates.io) as the S3 server.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use super::server::S3Server;
+
+/// Runs a command to completion and returns stdout; a failure carries stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `hitkeep` binary scripts/test built, refused when older than the sources.
+///
+/// The xtask does not build it itself: a cargo started from `cargo run` inherits variables
+/// (CARGO_HOME, LD_LIBRARY_PATH, RUSTUP_*) that change some dependencies' fingerprints, which then
+/// rebuilds bundled DuckDB (20 minutes) in that build and again in the next ordinary one.
+pub fn built_hitkeep(root: &Path) -> Result<PathBuf> {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let bin = target.join("debug/hitkeep");
+    let fix = "run `cargo build --workspace --locked` first (scripts/test does)";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("no hitkeep binary at {}: {fix}", bin.display()))?;
+    let newest = newest_source(root)?;
+    if newest.0 > built && std::env::var_os("HITKEEP_E2E_ALLOW_STALE").is_none() {
+        bail!(
+            "{} is older than {}: {fix}",
+            bin.display(),
+            newest.1.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The most recently modified Rust source or manifest of the crates the binary is built from.
+fn newest_source(root: &Path) -> Result<(std::time::SystemTime, PathBuf)> {
+    let mut newest = (std::time::SystemTime::UNIX_EPOCH, root.join("Cargo.lock"));
+    let mut stack = vec![
+        root.join("crates"),
+        root.join("Cargo.lock"),
+        root.join("Cargo.toml"),
+    ];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::metadata(&p)?;
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p)?.filter_map(|e| e.ok().map(|e| e.path())));
+        } else if p
+            .extension()
+            .is_some_and(|e| e == "rs" || e == "toml" || e == "lock")
+            && meta.modified()? > newest.0
+        {
+            newest = (meta.modified()?, p);
+        }
+    }
+    Ok(newest)
+}
+
+fn on_path(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// apt-get install, for the Debian packages the run needs.
+fn apt_install(package: &str) -> Result<()> {
+    println!("e2e: installing {package} from Debian");
+    run(Command::new("apt-get").args(["update", "-q"])).with_context(|| {
+        format!("apt-get update (install {package} by hand if you are not root)")
+    })?;
+    run(Command::new("apt-get").args(["install", "-y", "-q", package]))?;
+    Ok(())
+}
+
+/// Garage from crates.io into `cache/tools`, once (about 10 minutes cold on 2 cores).
+pub fn garage(cache: &Path) -> Result<PathBuf> {
+    let root = cache.join("tools");
+    let bin = root.join("bin/garage");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    println!(
+        "e2e: installing Garage from crates.io into {} (about 10 minutes, once)",
+        root.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["install", "garage", "--locked", "--root"])
+        .arg(&root)
+        // cargo's own temporary target dir, not the workspace's cache.
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .context("run cargo install garage")?;
+    ensure!(status.success(), "cargo install garage failed");
+    Ok(bin)
+}
+
+/// rclone, configured through its environment for one server (no config file is written).
+#[derive(Debug)]
+pub struct Rclone {
+    env: Vec<(String, String)>,
+}
+
+impl Rclone {
+    pub fn new(server: &S3Server) -> Result<Rclone> {
+        if !on_path("rclone") {
+            apt_install("rclone")?;
+        }
+        let scheme = if server.use_ssl { "https" } else { "http" };
+        let env = [
+            ("TYPE", "s3".to_owned()),
+            ("PROVIDER", "Other".to_owned()),
+            ("ACCESS_KEY_ID", server.access_key.clone()),
+            ("SECRET_ACCESS_KEY", server.secret_key.clone()),
+            ("ENDPOINT", format!("{scheme}://{}", server.addr())),
+            ("REGION", server.region.clone()),
+            ("FORCE_PATH_STYLE", "true".to_owned()),
+        ];
+        let env = env
+            .into_iter()
+            .map(|(k, v)| (format!("RCLONE_CONFIG_E2E_{k}"), v))
+            .collect();
+        Ok(Rclone { env })
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new("rclone");
+        // rclone refuses to start while AWS_CA_BUNDLE is set (measured-facts.md).
+        cmd.env_remove("AWS_CA_BUNDLE")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    fn remote(path: &str) -> String {
+        format!("e2e:{path}")
+    }
+
+    pub fn mkdir(&self, bucket: &str) -> Result<()> {
+        run(self.cmd().args(["mkdir", &Self::remote(bucket)]))?;
+        Ok(())
+    }
+
+    /// Every object under `bucket/prefix`, key relative to it, with its size.
+    pub fn objects(&self, path: &str) -> Result<BTreeMap<String, u64>> {
+        let out = run(self
+            .cmd()
+            .args(["lsjson", "-R", "--files-only", &Self::remote(path)]));
+        let out = match out {
+            Ok(out) => out,
+            // An empty prefix is "directory not found" to rclone.
+            Err(err) if format!("{err:#}").contains("directory not found") => {
+                return Ok(BTreeMap::new());
+            }
+            Err(err) => return Err(err),
+        };
+        let entries: Vec<Value> = serde_json::from_str(&out).context("parse rclone lsjson")?;
+        Ok(entries
+            .iter()
+            .filter_map(|e| Some((e["Path"].as_str()?.to_owned(), e["Size"].as_u64()?)))
+            .collect())
+    }
+
+    /// The folders directly under `path`.
+    pub fn dirs(&self, path: &str) -> Result<Vec<String>> {
+        let out = run(self.cmd().args(["lsf", "--dirs-only", &Self::remote(path)]));
+        match out {
+            Ok(out) => Ok(out
+                .lines()
+                .map(|l| l.trim_end_matches('/').to_owned())
+                .collect()),
+            Err(err) if format!("{err:#}").contains("directory not found") => Ok(Vec::new()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// SHA-256 of every object under `path`, computed by rclone from the downloaded bytes.
+    pub fn sha256(&self, path: &str) -> Result<BTreeMap<String, String>> {
+        let out = run(self
+            .cmd()
+            .args(["hashsum", "sha256", "--download", &Self::remote(path)]))?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                l.split_once("  ")
+                    .map(|(h, p)| (p.to_owned(), h.to_owned()))
+            })
+            .collect())
+    }
+
+    pub fn cat(&self, key: &str) -> Result<Vec<u8>> {
+        let out = self
+            .cmd()
+            .args(["cat", &Self::remote(key)])
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "rclone cat {key}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(out.stdout)
+    }
+
+    pub fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let mut child = self
+            .cmd()
+            .args(["rcat", &Self::remote(key)])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("rclone stdin")?
+            .write_all(bytes)?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "rclone rcat {key}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
+    pub fn purge(&self, path: &str) -> Result<()> {
+        let _ = run(self.cmd().args(["purge", &Self::remote(path)]));
+        Ok(())
+    }
+}
+
+/// Python with duckdb 1.5.6 (the version HitKeep Go ships), reading databases for the checks.
+#[derive(Debug)]
+pub struct Python {
+    site: PathBuf,
+    script: PathBuf,
+}
+
+/// Per database (`shared`, `tenants/<uuid>`), per table: row count and an order-independent hash of
+/// every row. Equal fingerprints mean equal contents.
+pub type Fingerprint = BTreeMap<String, BTreeMap<String, (u64, String)>>;
+
+impl Python {
+    pub fn new(cache: &Path, work: &Path) -> Result<Python> {
+        let site = cache.join("python-duckdb-1.5");
+        if !site.join("duckdb").is_dir() {
+            println!(
+                "e2e: installing Python duckdb 1.5.6 into {}",
+                site.display()
+            );
+            run(Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--target",
+                ])
+                .arg(&site)
+                .arg("duckdb==1.5.6"))?;
+        }
+        let script = work.join("e2e_db.py");
+        std::fs::write(&script, include_str!("e2e_db.py"))?;
+        Ok(Python { site, script })
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("python3");
+        cmd.env("PYTHONPATH", &self.site)
+            .arg(&self.script)
+            .args(args);
+        cmd
+    }
+
+    /// The shared database at `db` and every `data/tenants/*/hitkeep.db`.
+    pub fn fingerprint(&self, db: &Path, data: &Path) -> Result<Fingerprint> {
+        let out = run(&mut self.cmd(&[
+            "fingerprint",
+            &db.to_string_lossy(),
+            &data.to_string_lossy(),
+        ]))?;
+        let raw: BTreeMap<String, BTreeMap<String, (u64, String)>> =
+            serde_json::from_str(&out).context("parse fingerprint")?;
+        Ok(raw)
+    }
+
+    /// Fingerprint of one database file.
+    pub fn fingerprint_file(&self, db: &Path) -> Result<BTreeMap<String, (u64, String)>> {
+        let out = run(&mut self.cmd(&["fingerprint-file", &db.to_string_lossy()]))?;
+        serde_json::from_str(&out).context("parse fingerprint")
+    }
+
+    /// Adds one row to a marker table, so each backup in a loop captures a different state.
+    pub fn mark(&self, db: &Path, n: usize) -> Result<()> {
+        run(&mut self.cmd(&["mark", &db.to_string_lossy(), &n.to_string()]))?;
+        Ok(())
+    }
+}
+
+/// Rows per table summed over every database of a fingerprint.
+pub fn rows_per_table(fp: &Fingerprint) -> BTreeMap<String, u64> {
+    let mut rows = BTreeMap::new();
+    for tables in fp.values() {
+        for (table, (count, _)) in tables {
+            *rows
+                .entry(table.trim_start_matches("main.").to_owned())
+                .or_default() += count;
+        }
+    }
+    rows
+}
+
+/// Where two fingerprints differ, for a check's detail.
+pub fn diff(a: &Fingerprint, b: &Fingerprint) -> String {
+    let mut out = Vec::new();
+    for db in a
+        .keys()
+        .chain(b.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        match (a.get(db), b.get(db)) {
+            (Some(x), Some(y)) => {
+                for t in x
+                    .keys()
+                    .chain(y.keys())
+                    .collect::<std::collections::BTreeSet<_>>()
+                {
+                    if x.get(t) != y.get(t) {
+                        out.push(format!("{db} {t}: {:?} vs {:?}", x.get(t), y.get(t)));
+                    }
+                }
+            }
+            (x, y) => out.push(format!("{db}: present {} vs {}", x.is_some(), y.is_some())),
+        }
+    }
+    if out.is_empty() {
+        "equal".to_owned()
+    } else {
+        out.join("\n")
+    }
+}
