@@ -33,8 +33,8 @@ pub use crate::{
     manifest::{Database, Manifest},
     progress::{NoProgress, Progress},
     restore::{
-        RESTORE_STORAGE_VERSION, RestoreItem, RestoreOutcome, RestorePlan, RestoreSelection,
-        lock_holder,
+        PreparedRestore, RESTORE_STORAGE_VERSION, RestoreItem, RestoreOutcome, RestorePlan,
+        RestoreSelection, lock_holder,
     },
     retention::{Deletion, PrunePlan},
     snapshot_id::{SnapshotId, SnapshotIdError},

@@ -57,7 +57,8 @@ pub struct RestoreItem {
     pub manifest_sha256: Option<String>,
 }
 
-/// What a restore will do. Nothing is changed until [`RestorePlan::execute_item`].
+/// What a restore will do. Nothing is changed until [`PreparedRestore::commit`] (or
+/// [`RestorePlan::execute_item`], which prepares and commits one database).
 #[derive(Clone, Debug, Serialize)]
 #[non_exhaustive]
 pub struct RestorePlan {
@@ -208,6 +209,19 @@ impl RestorePlan {
         item: &RestoreItem,
         stamp: SnapshotId,
     ) -> Result<RestoreOutcome> {
+        self.prepare_item(storage, item, stamp).await?.commit(stamp)
+    }
+
+    /// The slow, fallible half of a restore: downloads and imports one database beside its target
+    /// without touching the target. Prepare every item first and commit only when all are ready,
+    /// so that a network failure part-way leaves every database as it was; dropping a prepared
+    /// item removes its files.
+    pub async fn prepare_item(
+        &self,
+        storage: &Storage,
+        item: &RestoreItem,
+        stamp: SnapshotId,
+    ) -> Result<PreparedRestore> {
         let target = item.target.clone();
         if let Some(holder) = lock_holder(&target) {
             return Err(Error::from(hitkeep_data::DataError::Locked {
@@ -251,19 +265,38 @@ impl RestorePlan {
         })
         .await
         .map_err(|e| Error::Internal(format!("import task: {e}")))??;
+        Ok(PreparedRestore {
+            target,
+            temp_db,
+            tables,
+        })
+    }
+}
+
+/// A database downloaded, imported and checked beside its target, waiting to be swapped in.
+#[derive(Debug)]
+pub struct PreparedRestore {
+    target: PathBuf,
+    temp_db: Scratch,
+    tables: BTreeMap<String, u64>,
+}
+
+impl PreparedRestore {
+    /// The fast, local half: moves the current database aside and the restored one into place.
+    pub fn commit(self, stamp: SnapshotId) -> Result<RestoreOutcome> {
         // The server may have been started during the download.
-        if let Some(holder) = lock_holder(&target) {
+        if let Some(holder) = lock_holder(&self.target) {
             return Err(hitkeep_data::DataError::Locked {
-                path: target,
+                path: self.target.clone(),
                 holder: Some(holder),
             }
             .into());
         }
-        let aside = swap_into_place(&temp_db.0, &target, stamp)?;
+        let aside = swap_into_place(&self.temp_db.0, &self.target, stamp)?;
         Ok(RestoreOutcome {
-            target,
+            target: self.target.clone(),
             aside,
-            tables,
+            tables: self.tables.clone(),
         })
     }
 }
@@ -472,6 +505,7 @@ pub fn lock_holder(path: &Path) -> Option<String> {
 }
 
 /// A temporary path removed when restoring ends, whichever way.
+#[derive(Debug)]
 struct Scratch(PathBuf);
 
 impl Scratch {

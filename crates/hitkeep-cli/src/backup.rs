@@ -359,9 +359,8 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
             println!("dry run: nothing deleted");
             return Ok(ExitCode::SUCCESS);
         }
-        if !yes && !confirm("Type \"yes\" to confirm prune: ")? {
-            println!("Aborted; nothing deleted.");
-            return Ok(ExitCode::SUCCESS);
+        if !yes && let Err(code) = confirm("Type \"yes\" to confirm prune: ", "prune") {
+            return Ok(code);
         }
         let objects = plan.execute(&storage).await?;
         println!(
@@ -373,14 +372,28 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
     outcome.unwrap_or_else(|e| fail(&e))
 }
 
-/// Asks on stdin; only the exact answer `yes` confirms (end of input does not).
-pub fn confirm(prompt: &str) -> Result<bool> {
+/// Asks on stdin before something destructive. Only the exact answer `yes` goes on; any other
+/// answer aborts (exit 1: a script must not read "nothing happened" as success); no input at all
+/// (a cron job, stdin closed) is a usage error naming `-yes` (exit 2).
+pub fn confirm(prompt: &str, what: &str) -> std::result::Result<(), ExitCode> {
     use std::io::Write as _;
     print!("{prompt}");
-    std::io::stdout().flush()?;
+    let _ = std::io::stdout().flush();
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    Ok(answer.trim() == "yes")
+    match std::io::stdin().read_line(&mut answer) {
+        Ok(0) | Err(_) => {
+            println!();
+            eprintln!(
+                "error: {what} needs confirmation and there is no input to read it from\n  fix: pass -yes to confirm without asking"
+            );
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+        Ok(_) if answer.trim() == "yes" => Ok(()),
+        Ok(_) => {
+            println!("Aborted: nothing changed.");
+            Err(ExitCode::from(EXIT_FAILURE))
+        }
+    }
 }
 
 pub fn lifecycle(settings: &Settings) -> ExitCode {
@@ -647,7 +660,7 @@ async fn schedule(settings: &Settings) -> Result<()> {
             eprintln!("stopping after the current backup cycle (signal again to stop now)");
         };
         let next_at = Timestamp::now() + settings.backup.interval;
-        status.record(settings, &outcome, Some(next_at));
+        // Metrics first, then the status file: whoever sees the file finds the metrics current.
         if let Some(m) = &monitor {
             m.backup(
                 outcome.as_ref().map_err(|e| format!("{e:#}")),
@@ -661,6 +674,7 @@ async fn schedule(settings: &Settings) -> Result<()> {
                 m.snapshots(&catalog);
             }
         }
+        status.record(settings, &outcome, Some(next_at));
         match &outcome {
             Ok(report) => print_report(report),
             Err(e) => eprintln!("error: backup cycle failed: {e:#}"),

@@ -85,14 +85,10 @@ pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         if !args.yes {
-            match confirm("Type \"yes\" to confirm restore: ") {
-                Ok(true) => println!(),
-                Ok(false) => {
-                    println!("Aborted.");
-                    return ExitCode::SUCCESS;
-                }
-                Err(e) => return fail(&e),
+            if let Err(code) = confirm("Type \"yes\" to confirm restore: ", "restore") {
+                return code;
             }
+            println!();
         }
         execute(&storage, &plan).await
     })
@@ -136,13 +132,26 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
 
 async fn execute(storage: &Storage, plan: &RestorePlan) -> ExitCode {
     let stamp = SnapshotId::now();
-    let mut failed = Vec::new();
+    let name = |item: &hitkeep_backup::RestoreItem| match item.database {
+        hitkeep_backup::Database::Shared => "Shared database".to_owned(),
+        hitkeep_backup::Database::Tenant { tenant_id } => format!("Tenant {tenant_id}"),
+    };
+    // Every database is downloaded and imported before any is swapped in: a failure here (the
+    // network, a damaged object) leaves all of them as they were, never a mix of old and new.
+    let mut prepared = Vec::new();
     for item in &plan.items {
-        let name = match item.database {
-            hitkeep_backup::Database::Shared => "Shared database".to_owned(),
-            hitkeep_backup::Database::Tenant { tenant_id } => format!("Tenant {tenant_id}"),
-        };
-        match plan.execute_item(storage, item, stamp).await {
+        match plan.prepare_item(storage, item, stamp).await {
+            Ok(p) => prepared.push((name(item), p)),
+            Err(e) => {
+                eprintln!("Error restoring {}: {e}", name(item).to_lowercase());
+                eprintln!("\nRestore failed: nothing was changed; every database is as it was.");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
+    let mut failed = Vec::new();
+    for (name, p) in prepared {
+        match p.commit(stamp) {
             Ok(outcome) => {
                 if let Some(aside) = &outcome.aside {
                     println!("  Existing DB renamed to {}", aside.display());
@@ -156,15 +165,7 @@ async fn execute(storage: &Storage, plan: &RestorePlan) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("Error restoring {}: {e}", name.to_lowercase());
-                eprintln!("  {} was left as it was", item.target.display());
                 failed.push(name);
-                // Tenants restored over a shared database that could not be would mix old and new state.
-                if item.database == hitkeep_backup::Database::Shared {
-                    eprintln!(
-                        "  not restoring the tenants either, so that the databases stay consistent"
-                    );
-                    break;
-                }
             }
         }
     }
@@ -173,7 +174,7 @@ async fn execute(storage: &Storage, plan: &RestorePlan) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         eprintln!(
-            "\nRestore completed with errors: {} failed (see above).",
+            "\nRestore completed with errors: {} failed (see above); the databases listed as restored were replaced, their previous files kept aside.",
             failed.join(", ")
         );
         ExitCode::from(EXIT_FAILURE)

@@ -222,6 +222,13 @@ fn classify(
             ),
         );
     }
+    if has("InvalidDigest") || has("BadDigest") || has("XAmzContentChecksumMismatch") {
+        return (
+            ErrorKind::Integrity,
+            format!("{} received different bytes than were sent (checksum mismatch)", service.name),
+            Some("something on the network path damaged the request, so nothing was stored; try again, and prefer HTTPS, which detects this in transit".into()),
+        );
+    }
     if let Some(hint) = credential_hint(chain, &lower) {
         return (
             ErrorKind::AccessDenied,

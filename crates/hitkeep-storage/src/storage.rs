@@ -13,6 +13,9 @@ use crate::backend::{self, FS_STAGING_DIR, StorageOptions};
 use crate::digest::{ObjectInfo, Sha256Digest};
 use crate::error::{Error, ErrorKind, Result, Service};
 
+/// Whole-file attempts when the server refuses an upload as damaged (checksum mismatch).
+const UPLOAD_ATTEMPTS: u32 = 3;
+
 /// Chunk size for multipart uploads and ranged downloads: S3's part-count limit (10,000) allows 160 GB.
 pub const DEFAULT_CHUNK_SIZE: usize = 16 * 1024 * 1024;
 /// Parts in flight at once. Memory for a transfer is about chunk size × (concurrency + 1).
@@ -163,6 +166,26 @@ impl Storage {
         options: &TransferOptions,
     ) -> Result<ObjectInfo> {
         check_key(key, "upload")?;
+        // A request the server refused for its checksum was damaged on the way; OpenDAL counts a 400
+        // as permanent, but sending the file again is the cure (the e2e fault proxy showed it).
+        let mut attempt = 1;
+        loop {
+            match self.upload_once(local, key, options).await {
+                Err(e) if e.kind() == ErrorKind::Integrity && attempt < UPLOAD_ATTEMPTS => {
+                    tracing::warn!(key, attempt, error = %e, "the server refused a damaged upload; sending it again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn upload_once(
+        &self,
+        local: &Path,
+        key: &str,
+        options: &TransferOptions,
+    ) -> Result<ObjectInfo> {
         let mut file = tokio::fs::File::open(local)
             .await
             .map_err(|e| Error::local("upload", local, e))?;

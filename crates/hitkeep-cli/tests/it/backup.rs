@@ -167,8 +167,9 @@ async fn s3_prune_is_explicit_and_confirmed() {
         );
         let refused = hk(&["backup", "prune"], &env, &path);
         assert!(
-            refused.contains("Type \"yes\" to confirm prune:")
-                && refused.contains("Aborted; nothing deleted."),
+            refused.starts_with("exit: 2")
+                && refused.contains("Type \"yes\" to confirm prune:")
+                && refused.contains("pass -yes"),
             "{refused}"
         );
         assert_eq!(

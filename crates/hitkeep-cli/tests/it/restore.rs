@@ -151,6 +151,43 @@ fn latest_skips_a_newer_incomplete_snapshot_and_the_old_db_is_kept_aside() {
     assert_eq!(asides.len(), 1, "the replaced database is kept aside");
 }
 
+/// A damaged tenant object stops the whole restore before any database is swapped: the shared
+/// database, which came first and was fine, is not rolled back on its own.
+#[test]
+fn a_damaged_tenant_leaves_every_database_as_it_was() {
+    let s = local_setup();
+    assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+    let tenants = s.dir.path().join("backups/tenants");
+    let tenant = std::fs::read_dir(&tenants)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let snapshot = std::fs::read_dir(&tenant)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(snapshot.join("hits.parquet"), b"garbage").unwrap();
+    let before = s.all_fingerprints();
+    let shared_bytes = std::fs::read(s.db()).unwrap();
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-yes",
+    ]);
+    assert!(
+        out.starts_with("exit: 1") && out.contains("nothing was changed"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(s.db()).unwrap(), shared_bytes);
+    assert_eq!(s.all_fingerprints(), before);
+}
+
 #[test]
 fn a_corrupted_object_is_refused_and_the_original_is_untouched() {
     let s = local_setup();
@@ -181,7 +218,7 @@ fn a_corrupted_object_is_refused_and_the_original_is_untouched() {
         out.contains("hits.parquet") && out.contains("SHA-256"),
         "names the object: {out}"
     );
-    assert!(out.contains("was left as it was"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
     assert_eq!(std::fs::read(s.db()).unwrap(), before);
     let leftovers: Vec<_> = std::fs::read_dir(s.dir.path())
         .unwrap()
@@ -226,13 +263,15 @@ fn an_import_that_fails_halfway_leaves_the_original_in_place() {
 }
 
 #[test]
-fn answering_no_changes_nothing_and_bad_input_is_refused_before_io() {
+fn no_answer_changes_nothing_and_bad_input_is_refused_before_io() {
     let s = local_setup();
     assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
     let before = std::fs::read(s.db()).unwrap();
     let out = s.hk(&["recover", "restore-backup", "-from", &from_local(&s)]);
     assert!(
-        out.contains("Type \"yes\" to confirm restore:") && out.contains("Aborted."),
+        out.starts_with("exit: 2")
+            && out.contains("Type \"yes\" to confirm restore:")
+            && out.contains("pass -yes"),
         "{out}"
     );
     assert_eq!(std::fs::read(s.db()).unwrap(), before);
