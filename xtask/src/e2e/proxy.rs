@@ -55,6 +55,8 @@ pub struct FaultProxy {
     pub stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The client side of every connection, so that going `down` also cuts pooled ones.
+    live: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl FaultProxy {
@@ -64,7 +66,8 @@ impl FaultProxy {
         let faults = Arc::new(Mutex::new(Faults::default()));
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (f, s, st) = (faults.clone(), stats.clone(), stop.clone());
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (f, s, st, lv) = (faults.clone(), stats.clone(), stop.clone(), live.clone());
         let thread = thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
@@ -76,6 +79,9 @@ impl FaultProxy {
                 if faults.down {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
+                }
+                if let (Ok(mut l), Ok(c)) = (lv.lock(), client.try_clone()) {
+                    l.push(c);
                 }
                 let (upstream, stats) = (upstream.clone(), s.clone());
                 thread::spawn(move || {
@@ -91,6 +97,7 @@ impl FaultProxy {
             stats,
             stop,
             thread: Some(thread),
+            live,
         })
     }
 
@@ -100,6 +107,13 @@ impl FaultProxy {
     }
 
     pub fn set(&self, faults: Faults) {
+        if faults.down
+            && let Ok(mut live) = self.live.lock()
+        {
+            for c in live.drain(..) {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
         if let Ok(mut f) = self.faults.lock() {
             *f = faults;
         }
