@@ -1,8 +1,7 @@
 //! The mistakes real people make: each gives exit 2 (usage and config) or 1 (runtime), a message
 //! naming the setting and the fix, and leaves no file or object behind.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 
@@ -625,22 +624,6 @@ fn runtime_cases(ctx: &Ctx, file: &Path, ws: &str) -> Vec<Case> {
     ]
 }
 
-/// Paths of every file under `dir`.
-fn files(dir: &Path) -> Result<BTreeSet<PathBuf>> {
-    let mut out = BTreeSet::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p.clone());
-            }
-            out.insert(p);
-        }
-    }
-    Ok(out)
-}
-
 pub fn run(ctx: &mut Ctx) -> Result<()> {
     let dir = ctx.dir("bad")?;
     let base = ctx.s3_env_at("bad");
@@ -675,7 +658,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     cases.extend(runtime_cases(ctx, &file, &wrong_secret));
     ctx.report.figure("bad inputs", cases.len());
 
-    let local_before = files(&dir)?;
+    let local_before = super::entries(&dir)?;
     let bucket_before = ctx.rclone.objects(&ctx.s3.bucket)?;
     for c in &cases {
         let mut env = Env::default().with(&base);
@@ -705,7 +688,7 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
             ),
         );
     }
-    let local_after = files(&dir)?;
+    let local_after = super::entries(&dir)?;
     let new: Vec<_> = local_after.difference(&local_before).collect();
     ctx.report.check(
         "no file left behind by any bad input",

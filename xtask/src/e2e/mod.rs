@@ -14,6 +14,7 @@ mod scenarios;
 mod server;
 mod tools;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -281,6 +282,22 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Every path under `dir`, directories included.
+pub fn entries(dir: &Path) -> Result<BTreeSet<PathBuf>> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.insert(p);
+        }
+    }
+    Ok(out)
 }
 
 /// Polls `f` every `every` until it gives `Some` or `limit` passes.

@@ -68,7 +68,7 @@ pub fn guide(ctx: &mut Ctx) -> Result<()> {
         deep.brief(),
     );
 
-    restores(ctx, &dir, &env, first, &before, &after)?;
+    restores(ctx, &dir, first, &before, &after)?;
     prune(ctx, &dir, &env, second, &before)
 }
 
@@ -203,7 +203,6 @@ fn readable_by_rclone(ctx: &mut Ctx, ids: &[&String], fp: &super::Fingerprint) -
 fn restores(
     ctx: &mut Ctx,
     dir: &Path,
-    env: &super::Env,
     first: &str,
     before: &super::Fingerprint,
     after: &super::Fingerprint,
@@ -245,7 +244,6 @@ fn restores(
         out.ok() && got == *before && after.get("shared") == Some(&kept),
         format!("{}\naside: {aside:?}\n{}", out.brief(), diff(&got, before)),
     );
-    let _ = env;
     Ok(())
 }
 

@@ -85,7 +85,7 @@ impl S3Server {
         if let Ok(endpoint) = std::env::var("HITKEEP_E2E_S3_ENDPOINT") {
             return endpoint_from_env(endpoint, run_id);
         }
-        if let Some(minio) = which("minio") {
+        if let Some(minio) = super::tools::on_path("minio") {
             return start_minio(minio, work);
         }
         start_garage(cache, work)
@@ -138,16 +138,6 @@ impl S3Server {
         process.spawn()?;
         wait_http(&self.addr(), Duration::from_secs(60))
     }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 fn endpoint_from_env(endpoint: String, run_id: &str) -> Result<S3Server> {
@@ -286,7 +276,16 @@ admin_token = "{secret}"
     };
     process.spawn()?;
     let garage = |args: &[&str]| tools::run(Command::new(&bin).arg("-c").arg(&config).args(args));
-    let node = retry(Duration::from_secs(30), || garage(&["node", "id", "-q"]))?;
+    let every = Duration::from_millis(300);
+    let node = super::poll(Duration::from_secs(30), every, || {
+        Ok(garage(&["node", "id", "-q"]).ok())
+    })?
+    .with_context(|| {
+        format!(
+            "garage gave no node id within 30 s; see {}",
+            process.log.display()
+        )
+    })?;
     let node = node.trim().split('@').next().unwrap_or_default().to_owned();
     garage(&["layout", "assign", "-z", "dc1", "-c", "10G", &node])?;
     garage(&["layout", "apply", "--version", "1"])?;
@@ -320,15 +319,4 @@ admin_token = "{secret}"
         prefix: String::new(),
         process: Some(process),
     })
-}
-
-fn retry<T>(limit: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(err) if start.elapsed() > limit => return Err(err),
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
 }

@@ -74,12 +74,15 @@ fn newest_source(root: &Path) -> Result<(std::time::SystemTime, PathBuf)> {
     Ok(newest)
 }
 
-fn on_path(name: &str) -> bool {
-    Command::new("sh")
+/// Where `name` is found on PATH, if anywhere.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let out = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 /// apt-get install, for the Debian packages the run needs.
@@ -123,7 +126,7 @@ pub struct Rclone {
 
 impl Rclone {
     pub fn new(server: &S3Server) -> Result<Rclone> {
-        if !on_path("rclone") {
+        if on_path("rclone").is_none() {
             apt_install("rclone")?;
         }
         let scheme = if server.use_ssl { "https" } else { "http" };
