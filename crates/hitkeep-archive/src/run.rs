@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
-use hitkeep_data::{
-    DataLayout, OpenMode, is_missing_schema, open_database, quote_ident, quote_literal,
-};
+use hitkeep_data::{DataLayout, OpenMode, is_missing_schema, quote_ident, quote_literal};
 use hitkeep_storage::{Storage, TransferOptions};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -158,7 +156,7 @@ pub async fn run(
     layout: &DataLayout,
     options: &ArchiveOptions,
 ) -> Result<Vec<Result<SiteReport>>> {
-    let shared = open_database(&layout.db_path, OpenMode::Existing)?;
+    let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
     let policies = load_policies(&shared)?;
     let default = default_tenant(&shared);
     let mut reports = Vec::new();
@@ -167,7 +165,7 @@ pub async fn run(
             None => shared
                 .try_clone()
                 .map_err(|e| Error::duckdb("opening the shared database", e)),
-            Some(t) => match open_database(&layout.tenant_db(t), OpenMode::Existing) {
+            Some(t) => match layout.open(&layout.tenant_db(t), OpenMode::Existing) {
                 Err(hitkeep_data::DataError::Missing { .. }) => {
                     tracing::info!(site = %policy.site_id, tenant = %t, "tenant has no database yet; nothing to archive");
                     continue;

@@ -1,9 +1,14 @@
 //! What is in a backup location: every snapshot of every database, with its state. One listing per
 //! database folder finds them; then each complete snapshot's manifest is read.
+//!
+//! A restore needs one cycle, not the history: [`Catalog::load_cycle`] finds the newest committed cycle
+//! by listing only the most recent snapshot folders (widening the time window until one is complete), so
+//! its cost does not grow with the number of snapshots kept.
 
 use std::collections::BTreeMap;
 
 use hitkeep_storage::{Entry, ListMode, Storage};
+use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -63,16 +68,41 @@ impl Catalog {
     /// Lists `storage`.
     pub async fn load(storage: &Storage) -> Result<Catalog> {
         let mut databases = vec![load_database(storage, Database::Shared).await?];
-        let mut tenant_ids: Vec<Uuid> = storage
-            .list("tenants", ListMode::OneLevel)
-            .await?
-            .into_iter()
-            .filter(|e| e.is_dir)
-            .filter_map(|e| Uuid::parse_str(e.name()).ok())
-            .collect();
-        tenant_ids.sort();
-        for tenant_id in tenant_ids {
+        for tenant_id in tenant_ids(storage).await? {
             databases.push(load_database(storage, Database::Tenant { tenant_id }).await?);
+        }
+        Ok(Catalog { databases })
+    }
+
+    /// Only what restoring one cycle needs: its shared snapshot (`which`, or the newest committed one)
+    /// and the tenant snapshots with the same id. Lists a bounded number of pages whatever the number of
+    /// snapshots kept; falls back to [`Catalog::load`] when the cycle is not a committed one (legacy
+    /// snapshots, unknown ids, a pruned shared snapshot), so errors and fallbacks stay the same.
+    pub async fn load_cycle(storage: &Storage, which: Option<SnapshotId>) -> Result<Catalog> {
+        let shared = match which {
+            Some(id) => Some(load_snapshot(storage, Database::Shared, id).await?),
+            None => newest_complete(storage).await?,
+        };
+        let Some(shared) = shared.filter(|s| s.state == SnapshotState::Complete) else {
+            return Catalog::load(storage).await;
+        };
+        let id = shared.id;
+        let mut databases = vec![DatabaseSnapshots {
+            database: Database::Shared,
+            snapshots: vec![shared],
+        }];
+        for tenant_id in tenant_ids(storage).await? {
+            let database = Database::Tenant { tenant_id };
+            let snapshot = load_snapshot(storage, database, id).await?;
+            let snapshots = if snapshot.objects == 0 {
+                Vec::new()
+            } else {
+                vec![snapshot]
+            };
+            databases.push(DatabaseSnapshots {
+                database,
+                snapshots,
+            });
         }
         Ok(Catalog { databases })
     }
@@ -117,6 +147,71 @@ impl Catalog {
                 })
             }
         }
+    }
+}
+
+async fn tenant_ids(storage: &Storage) -> Result<Vec<Uuid>> {
+    let mut ids: Vec<Uuid> = storage
+        .list("tenants", ListMode::OneLevel)
+        .await?
+        .into_iter()
+        .filter(|e| e.is_dir)
+        .filter_map(|e| Uuid::parse_str(e.name()).ok())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// One snapshot folder, listed and inspected (no objects at all when it does not exist).
+async fn load_snapshot(
+    storage: &Storage,
+    database: Database,
+    id: SnapshotId,
+) -> Result<SnapshotInfo> {
+    let entries = storage
+        .list(&format!("{}/{id}", database.folder()), ListMode::Recursive)
+        .await?;
+    inspect(storage, database, id, &entries).await
+}
+
+/// The newest complete shared snapshot. Lists the snapshot folders newer than a point in time, an hour
+/// back at first and four times further each round, newest first, so a location with years of
+/// snapshots costs a handful of short listings. `None` when no snapshot is complete.
+async fn newest_complete(storage: &Storage) -> Result<Option<SnapshotInfo>> {
+    let folder = Database::Shared.folder();
+    let now = Timestamp::now();
+    let mut checked = std::collections::BTreeSet::new();
+    let mut window = SignedDuration::from_hours(1);
+    loop {
+        // Past the year 1970, there is nothing older: list from the beginning.
+        let from = now.checked_sub(window).ok().filter(|t| t.as_second() > 0);
+        let listed = match from {
+            Some(t) => {
+                let after = format!("{folder}/{}", SnapshotId::at(t));
+                storage
+                    .list_after(&folder, ListMode::OneLevel, &after)
+                    .await?
+            }
+            None => storage.list(&folder, ListMode::OneLevel).await?,
+        };
+        let mut ids: Vec<SnapshotId> = listed
+            .iter()
+            .filter(|e| e.is_dir)
+            .filter_map(|e| e.name().parse().ok())
+            .filter(|id| !checked.contains(id))
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        for id in ids {
+            checked.insert(id);
+            let snapshot = load_snapshot(storage, Database::Shared, id).await?;
+            if snapshot.state == SnapshotState::Complete {
+                return Ok(Some(snapshot));
+            }
+        }
+        if from.is_none() {
+            return Ok(None);
+        }
+        window = window.saturating_mul(4);
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use duckdb::Connection;
 use futures::{StreamExt as _, TryStreamExt as _};
-use hitkeep_data::{DataError, DataLayout, OpenMode, open_database};
+use hitkeep_data::{DataError, DataLayout, DuckDbLimits, OpenMode, open_database};
 use hitkeep_storage::{ListMode, Sha256Digest, Storage, TransferOptions};
 use jiff::Timestamp;
 use uuid::Uuid;
@@ -31,8 +31,12 @@ pub struct BackupOptions {
     pub lock_file: PathBuf,
     /// Multipart chunking per file.
     pub transfer: TransferOptions,
-    /// Files uploaded at once.
+    /// Files uploaded at once, per database.
     pub file_concurrency: usize,
+    /// Tenant databases exported and uploaded at once (the shared database goes first, alone).
+    pub concurrency: usize,
+    /// DuckDB's limits, split between the tenants open at once.
+    pub limits: DuckDbLimits,
     /// Where progress goes.
     pub progress: Arc<dyn Progress>,
 }
@@ -44,20 +48,31 @@ impl std::fmt::Debug for BackupOptions {
             .field("lock_file", &self.lock_file)
             .field("transfer", &self.transfer)
             .field("file_concurrency", &self.file_concurrency)
+            .field("concurrency", &self.concurrency)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl BackupOptions {
-    /// Staging and lock inside the data directory, on the same disk as the databases.
+    /// Staging and lock inside the data directory, on the same disk as the databases; the layout's
+    /// DuckDB limits; two tenants at once.
     pub fn for_layout(layout: &DataLayout) -> Self {
         BackupOptions {
             staging_dir: layout.data_path.join(".hitkeep-staging"),
             lock_file: layout.data_path.join(".hitkeep-backup.lock"),
             transfer: TransferOptions::new(8 * 1024 * 1024, 3),
             file_concurrency: 4,
+            concurrency: 2,
+            limits: layout.duckdb,
             progress: Arc::new(NoProgress),
         }
+    }
+
+    /// The same options, backing up `n` tenants at once (at least one).
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
     }
 
     /// The same options, reporting progress to `progress`.
@@ -67,10 +82,12 @@ impl BackupOptions {
     }
 }
 
+type Opener = Box<dyn FnOnce() -> Result<Option<Connection>, DataError> + Send>;
+
 /// A tenant database to back up, opened only when its turn comes.
 pub struct TenantSource {
     id: Uuid,
-    open: Box<dyn FnOnce() -> Result<Option<Connection>, DataError> + Send>,
+    open: Opener,
 }
 
 impl std::fmt::Debug for TenantSource {
@@ -167,45 +184,16 @@ pub async fn run_cycle(
     )
     .await?;
     let (mut files, mut bytes) = (shared_manifest.files.len(), shared_manifest.total_size());
-    for tenant in tenants {
-        let database = Database::Tenant {
-            tenant_id: tenant.id,
-        };
-        let state = match (tenant.open)() {
-            Ok(None) => TenantState::Skipped {
-                reason: "no database file yet".to_owned(),
-            },
-            Err(e) => TenantState::Failed {
-                error: e.to_string(),
-            },
-            Ok(Some(conn)) => {
-                match backup_tenant(storage, conn, database, id, staging.path(), options).await {
-                    Ok((manifest, sha)) => {
-                        files += manifest.files.len();
-                        bytes += manifest.total_size();
-                        TenantState::Complete {
-                            manifest_sha256: sha.to_string(),
-                        }
-                    }
-                    Err(e) => TenantState::Failed {
-                        error: e.to_string(),
-                    },
-                }
-            }
-        };
-        match &state {
-            TenantState::Failed { error } => {
-                tracing::error!(tenant = %tenant.id, error, "tenant backup failed")
-            }
-            TenantState::Skipped { reason } => {
-                tracing::info!(tenant = %tenant.id, reason, "tenant skipped")
-            }
-            TenantState::Complete { .. } => tracing::info!(tenant = %tenant.id, "tenant backed up"),
-        }
-        shared_manifest.tenants.push(TenantEntry {
-            tenant_id: tenant.id,
-            state,
-        });
+    // Tenants side by side: one DuckDB export is mostly single-file work, so two overlap well on two
+    // cores. Each instance gets its share of the limits, and `buffered` keeps the manifest in tenant order.
+    let limits = options.limits.share(options.concurrency);
+    let mut done = futures::stream::iter(tenants)
+        .map(|tenant| backup_tenant(storage, tenant, id, staging.path(), options, limits))
+        .buffered(options.concurrency.max(1));
+    while let Some((entry, counted)) = done.next().await {
+        files += counted.0;
+        bytes += counted.1;
+        shared_manifest.tenants.push(entry);
     }
     // The commit point: only now does the cycle exist for list, restore and "latest".
     commit(storage, &shared_manifest).await?;
@@ -218,7 +206,68 @@ pub async fn run_cycle(
     })
 }
 
+/// One tenant's snapshot, committed on its own; a failure is recorded, never raised. Also returns the
+/// files and bytes uploaded.
 async fn backup_tenant(
+    storage: &Storage,
+    tenant: TenantSource,
+    id: SnapshotId,
+    staging: &Path,
+    options: &BackupOptions,
+    limits: DuckDbLimits,
+) -> (TenantEntry, (usize, u64)) {
+    let database = Database::Tenant {
+        tenant_id: tenant.id,
+    };
+    // Opening replays the WAL, which can take a while: not on the async workers.
+    let opened = tokio::task::spawn_blocking(move || {
+        let conn = (tenant.open)().map_err(|e| e.to_string())?;
+        if let Some(conn) = &conn {
+            limits
+                .apply(conn)
+                .map_err(|e| format!("setting DuckDB's limits: {e}"))?;
+        }
+        Ok(conn)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("opening the database: {e}")));
+    let mut counted = (0, 0);
+    let state = match opened {
+        Ok(None) => TenantState::Skipped {
+            reason: "no database file yet".to_owned(),
+        },
+        Err(error) => TenantState::Failed { error },
+        Ok(Some(conn)) => {
+            match snapshot_and_commit(storage, conn, database, id, staging, options).await {
+                Ok((manifest, sha)) => {
+                    counted = (manifest.files.len(), manifest.total_size());
+                    TenantState::Complete {
+                        manifest_sha256: sha.to_string(),
+                    }
+                }
+                Err(e) => TenantState::Failed {
+                    error: e.to_string(),
+                },
+            }
+        }
+    };
+    match &state {
+        TenantState::Failed { error } => {
+            tracing::error!(tenant = %tenant.id, error, "tenant backup failed")
+        }
+        TenantState::Skipped { reason } => {
+            tracing::info!(tenant = %tenant.id, reason, "tenant skipped")
+        }
+        TenantState::Complete { .. } => tracing::info!(tenant = %tenant.id, "tenant backed up"),
+    }
+    let entry = TenantEntry {
+        tenant_id: tenant.id,
+        state,
+    };
+    (entry, counted)
+}
+
+async fn snapshot_and_commit(
     storage: &Storage,
     conn: Connection,
     database: Database,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hitkeep_data::{DataLayout, quote_literal};
+use hitkeep_data::{DataLayout, DuckDbLimits, quote_literal};
 use hitkeep_storage::{ListMode, ObjectInfo, Storage, TransferOptions};
 use serde::Serialize;
 use uuid::Uuid;
@@ -70,6 +70,9 @@ pub struct RestorePlan {
     pub items: Vec<RestoreItem>,
     /// Tenants the cycle lists as failed: restoring them needs an older snapshot.
     pub unavailable: Vec<(Uuid, String)>,
+    /// DuckDB's limits for the imports, from the layout.
+    #[serde(skip)]
+    limits: DuckDbLimits,
 }
 
 impl RestorePlan {
@@ -199,6 +202,7 @@ impl RestorePlan {
             legacy,
             items,
             unavailable,
+            limits: layout.duckdb,
         })
     }
 
@@ -259,9 +263,15 @@ impl RestorePlan {
         download(storage, &folder, item.manifest.as_ref(), &staging.0).await?;
         let (staging_path, temp_path, manifest) =
             (staging.0.clone(), temp_db.0.clone(), item.manifest.clone());
-        let database = item.database;
+        let (database, limits) = (item.database, self.limits);
         let tables = tokio::task::spawn_blocking(move || {
-            import(&staging_path, &temp_path, manifest.as_ref(), database)
+            import(
+                &staging_path,
+                &temp_path,
+                manifest.as_ref(),
+                database,
+                limits,
+            )
         })
         .await
         .map_err(|e| Error::Internal(format!("import task: {e}")))??;
@@ -395,9 +405,13 @@ fn import(
     temp_db: &Path,
     manifest: Option<&Manifest>,
     database: Database,
+    limits: DuckDbLimits,
 ) -> Result<BTreeMap<String, u64>> {
     let conn = duckdb::Connection::open_in_memory()
         .map_err(|e| Error::duckdb(database, "opening DuckDB", e))?;
+    limits
+        .apply(&conn)
+        .map_err(|e| Error::duckdb(database, "setting DuckDB's limits", e))?;
     let temp = temp_db
         .to_str()
         .ok_or_else(|| Error::io(temp_db, std::io::Error::other("path is not valid UTF-8")))?;

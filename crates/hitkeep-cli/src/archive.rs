@@ -5,16 +5,12 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use hitkeep_archive::{ArchiveOptions, files, ledgers, local_copies, restore_rows};
 use hitkeep_config::Settings;
-use hitkeep_data::{DataLayout, OpenMode, open_database};
+use hitkeep_data::OpenMode;
 use hitkeep_storage::Storage;
 use uuid::Uuid;
 
 use crate::EXIT_USAGE;
-use crate::backup::{EXIT_FAILURE, fail};
-
-fn layout(settings: &Settings) -> DataLayout {
-    DataLayout::new(&settings.db_path, &settings.data_path)
-}
+use crate::backup::{EXIT_FAILURE, fail, layout};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -237,11 +233,12 @@ pub fn restore(settings: &Settings, site: &str, from: Option<&str>, to: Option<&
         .and_then(|(tenant, paths)| {
             // The same rule as archiving: the default tenant (or none) means the shared database; any other
             // tenant must have its database, or the rows would land where the server never reads them.
-            let shared = open_database(&layout.db_path, OpenMode::Existing)?;
+            let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
             let default = hitkeep_archive::default_tenant(&shared);
             let conn = match tenant.filter(|t| !t.is_nil() && Some(*t) != default) {
                 None => shared,
-                Some(t) => open_database(&layout.tenant_db(t), OpenMode::Existing)
+                Some(t) => layout
+                    .open(&layout.tenant_db(t), OpenMode::Existing)
                     .with_context(|| format!("the database of tenant {t}"))?,
             };
             if paths.is_empty() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use hitkeep_backup::{BackupOptions, Catalog, CycleReport, PrunePlan, SnapshotState, TenantSource};
 use hitkeep_config::{Location, Settings};
-use hitkeep_data::{DataLayout, OpenMode, backup_tenants, open_database};
+use hitkeep_data::{DataLayout, DuckDbLimits, OpenMode, backup_tenants};
 use hitkeep_storage::Storage;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -17,8 +17,12 @@ use crate::EXIT_USAGE;
 /// A runtime failure, already reported: exit 1.
 pub const EXIT_FAILURE: u8 = 1;
 
-fn layout(settings: &Settings) -> DataLayout {
-    DataLayout::new(&settings.db_path, &settings.data_path)
+/// The data layout, opening databases with the configured DuckDB limits.
+pub(crate) fn layout(settings: &Settings) -> DataLayout {
+    DataLayout::new(&settings.db_path, &settings.data_path).with_limits(DuckDbLimits {
+        memory_limit: settings.duckdb.memory_limit,
+        threads: settings.duckdb.threads.map(|t| t.get()),
+    })
 }
 
 /// The backup location, or the usage error that explains how to set one.
@@ -104,14 +108,15 @@ async fn archive_once(
 async fn backup_once(settings: &Settings, location: &Location) -> Result<CycleReport> {
     let storage = Storage::open(location, &settings.s3).await?;
     let layout = layout(settings);
-    let shared = open_database(&layout.db_path, OpenMode::Existing)?;
+    let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
     let tenants = backup_tenants(&shared)
         .with_context(|| format!("listing tenants in {}", layout.db_path.display()))?;
     let sources = tenants
         .into_iter()
         .map(|id| TenantSource::from_layout(&layout, id))
         .collect();
-    let mut options = BackupOptions::for_layout(&layout);
+    let mut options = BackupOptions::for_layout(&layout)
+        .with_concurrency(settings.backup.concurrency.get() as usize);
     if let Some(bars) = Bars::for_terminal() {
         options = options.with_progress(bars);
     }

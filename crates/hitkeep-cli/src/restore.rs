@@ -51,7 +51,7 @@ pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
             }
         }
     }
-    let layout = DataLayout::new(&settings.db_path, &settings.data_path);
+    let layout = crate::backup::layout(settings);
     let selection = RestoreSelection::new(args.shared_only, tenants);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -62,7 +62,8 @@ pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(&e.into()),
         };
-        let plan = match Catalog::load(&storage)
+        // One cycle's folders, not the whole history: finding it stays cheap with thousands of snapshots.
+        let plan = match Catalog::load_cycle(&storage, snapshot)
             .await
             .and_then(|c| RestorePlan::new(&c, snapshot, &layout, &selection))
         {

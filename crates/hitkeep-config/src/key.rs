@@ -59,6 +59,12 @@ keys! {
     BackupRetention => "backup_retention", "HITKEEP_BACKUP_RETENTION", "backup-retention", [], Plain;
     /// Also prune S3 snapshots after each scheduled cycle (off: S3 lifecycle rules are preferred).
     BackupPruneS3 => "backup_prune_s3", "HITKEEP_BACKUP_PRUNE_S3", "backup-prune-s3", [], Plain;
+    /// Databases exported and uploaded at once in a backup cycle.
+    BackupConcurrency => "backup_concurrency", "HITKEEP_BACKUP_CONCURRENCY", "backup-concurrency", [], Plain;
+    /// DuckDB's memory limit for backups, restores and archive runs (`2GB`, `512MiB`); unset: DuckDB's 80% of RAM.
+    DuckdbMemoryLimit => "duckdb_memory_limit", "HITKEEP_DUCKDB_MEMORY_LIMIT", "duckdb-memory-limit", [], Plain;
+    /// DuckDB worker threads for the same; unset: one per core.
+    DuckdbThreads => "duckdb_threads", "HITKEEP_DUCKDB_THREADS", "duckdb-threads", [], Plain;
     /// Static S3 access key id.
     S3AccessKeyId => "s3_access_key_id", "HITKEEP_S3_ACCESS_KEY_ID", "s3-access-key-id", [], Mask;
     /// Static S3 secret access key.

@@ -55,6 +55,7 @@ pub(crate) fn default_text(key: Key) -> Option<&'static str> {
         Key::BackupInterval => "60",
         Key::BackupRetention => "24",
         Key::BackupPruneS3 => "false",
+        Key::BackupConcurrency => "2",
         Key::S3Region => "us-east-1",
         Key::S3UseSsl => "true",
         Key::LogLevel => "info",

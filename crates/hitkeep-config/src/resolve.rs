@@ -12,7 +12,7 @@ use crate::location::Location;
 use crate::problem::{Origin, Problem, Severity};
 use crate::s3::{Credentials, Endpoint, S3Settings, Scheme, UrlStyle};
 use crate::secret::{AccessKeyId, Secret};
-use crate::settings::{BackupSettings, LogFormat, LogLevel, LogSettings, Settings};
+use crate::settings::{BackupSettings, DuckDbSettings, LogFormat, LogLevel, LogSettings, Settings};
 
 /// The outcome of resolving: settings when there were no errors, plus every problem found and each origin.
 pub(crate) struct Resolved {
@@ -152,6 +152,15 @@ impl Resolver {
             "use true or false (also 1/0, yes/no, on/off)",
             parse_bool,
         );
+        let concurrency = self.parse(
+            Key::BackupConcurrency,
+            "set how many databases to back up at once, 1 to 64, e.g. {env}=2",
+            |t| {
+                int_in(t, 1, 64, "databases")
+                    .map(|n| NonZeroU32::new(n).expect("range starts at 1"))
+            },
+        );
+        let duckdb = self.duckdb();
         let http_addr = if self.is_set(Key::HttpAddr) {
             self.parse(
                 Key::HttpAddr,
@@ -187,10 +196,37 @@ impl Resolver {
                 interval: interval?,
                 retention: retention?,
                 prune_s3: prune_s3?,
+                concurrency: concurrency?,
             },
+            duckdb: duckdb?,
             s3: s3?,
             log: log?,
             http_addr: http_addr?,
+        })
+    }
+
+    fn duckdb(&mut self) -> Option<DuckDbSettings> {
+        let memory_limit = match self.is_set(Key::DuckdbMemoryLimit) {
+            true => self
+                .parse(
+                    Key::DuckdbMemoryLimit,
+                    "write a size with its unit, at least 64MiB, e.g. {env}=2GB or {env}=512MiB",
+                    parse_size,
+                )
+                .map(Some),
+            false => Some(None),
+        };
+        let threads = match self.is_set(Key::DuckdbThreads) {
+            true => self.parse(
+                Key::DuckdbThreads,
+                "set a whole number of threads, 1 to 1024, e.g. {env}=2",
+                |t| int_in(t, 1, 1024, "threads").map(NonZeroU32::new),
+            ),
+            false => Some(None),
+        };
+        Some(DuckDbSettings {
+            memory_limit: memory_limit?,
+            threads: threads?,
         })
     }
 
@@ -467,6 +503,40 @@ fn parse_bool(text: &str) -> Result<bool, String> {
         "false" | "0" | "no" | "off" | "f" | "n" => Ok(false),
         _ => Err("not a boolean".into()),
     }
+}
+
+/// `2GB`, `1.5 GiB`, `512mib`: a byte count, with DuckDB's units (GB = 1000³ bytes, GiB = 1024³).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| "not a size such as 2GB or 512MiB".to_owned())?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" => return Err("has no unit: write 2GB or 512MiB, not a bare number".to_owned()),
+        "b" | "bytes" => 1,
+        "kb" => 1000,
+        "mb" => 1000_u64.pow(2),
+        "gb" => 1000_u64.pow(3),
+        "tb" => 1000_u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "has an unknown unit {other:?} (use KB, MB, GB, TB or KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    let bytes = number * scale as f64;
+    if !(bytes >= (64 << 20) as f64 && bytes < 1e18) {
+        return Err("must be at least 64MiB".to_owned());
+    }
+    Ok(bytes as u64)
 }
 
 fn int_in(text: &str, min: u32, max: u32, unit: &str) -> Result<u32, String> {

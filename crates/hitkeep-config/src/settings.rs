@@ -24,6 +24,8 @@ pub struct Settings {
     pub backup: BackupSettings,
     /// Shared by the backup path, the archive path and restores.
     pub s3: S3Settings,
+    /// DuckDB's resources for the databases this process opens.
+    pub duckdb: DuckDbSettings,
     /// Logging.
     pub log: LogSettings,
     /// Where the scheduler serves health, metrics and status; `None` (the default) serves nothing.
@@ -42,6 +44,18 @@ pub struct BackupSettings {
     pub retention: NonZeroU32,
     /// Prune S3 destinations after scheduled cycles too (local ones always are).
     pub prune_s3: bool,
+    /// Databases exported and uploaded at once (the shared one always goes first, alone).
+    pub concurrency: NonZeroU32,
+}
+
+/// DuckDB's resources; `None` leaves DuckDB's own default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DuckDbSettings {
+    /// Memory limit in bytes, shared by the databases open at once.
+    pub memory_limit: Option<u64>,
+    /// Worker threads, shared likewise.
+    pub threads: Option<NonZeroU32>,
 }
 
 /// Logging.
@@ -115,6 +129,12 @@ impl Settings {
             Key::BackupInterval => Some((self.backup.interval.as_secs() / 60).to_string()),
             Key::BackupRetention => Some(self.backup.retention.to_string()),
             Key::BackupPruneS3 => Some(self.backup.prune_s3.to_string()),
+            Key::BackupConcurrency => Some(self.backup.concurrency.to_string()),
+            Key::DuckdbMemoryLimit => self
+                .duckdb
+                .memory_limit
+                .map(|b| format!("{}MiB", b / (1024 * 1024))),
+            Key::DuckdbThreads => self.duckdb.threads.map(|t| t.to_string()),
             Key::S3AccessKeyId => access_key,
             Key::S3SecretAccessKey => secret,
             Key::S3SessionToken => token,

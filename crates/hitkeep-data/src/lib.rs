@@ -20,22 +20,40 @@ use std::path::{Path, PathBuf};
 use duckdb::Connection;
 use uuid::Uuid;
 
-/// Where HitKeep's databases live.
+/// Where HitKeep's databases live, and how they are opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataLayout {
     /// The shared database file (`HITKEEP_DB_PATH`).
     pub db_path: PathBuf,
     /// The data root (`HITKEEP_DATA_PATH`).
     pub data_path: PathBuf,
+    /// Memory and threads for every database opened through [`DataLayout::open`].
+    pub duckdb: DuckDbLimits,
 }
 
 impl DataLayout {
-    /// A layout from the two configured paths.
+    /// A layout from the two configured paths, opening databases with DuckDB's defaults.
     pub fn new(db_path: impl Into<PathBuf>, data_path: impl Into<PathBuf>) -> Self {
         DataLayout {
             db_path: db_path.into(),
             data_path: data_path.into(),
+            duckdb: DuckDbLimits::default(),
         }
+    }
+
+    /// The same layout, opening databases with `limits`.
+    pub fn with_limits(mut self, limits: DuckDbLimits) -> Self {
+        self.duckdb = limits;
+        self
+    }
+
+    /// [`open_database`] with this layout's limits applied.
+    pub fn open(&self, path: &Path, mode: OpenMode) -> Result<Connection, DataError> {
+        let conn = open_database(path, mode)?;
+        self.duckdb
+            .apply(&conn)
+            .map_err(|e| DataError::from_duckdb(path, e))?;
+        Ok(conn)
     }
 
     /// `{data}/tenants/{uuid}/hitkeep.db`.
@@ -46,6 +64,44 @@ impl DataLayout {
             .join("hitkeep.db")
     }
 }
+
+/// DuckDB's memory limit and worker threads for one database, so that a backup or an archive run can
+/// share a machine with a live server. `None` keeps DuckDB's default (80% of RAM, every core).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DuckDbLimits {
+    /// `memory_limit`, in bytes.
+    pub memory_limit: Option<u64>,
+    /// `threads`.
+    pub threads: Option<u32>,
+}
+
+impl DuckDbLimits {
+    /// The share of these limits for one of `ways` databases open at once: each DuckDB instance has a
+    /// budget of its own, so running tenants side by side must split the configured one, not multiply it.
+    pub fn share(self, ways: usize) -> Self {
+        let ways = u64::try_from(ways.max(1)).unwrap_or(u64::MAX);
+        DuckDbLimits {
+            memory_limit: self.memory_limit.map(|m| (m / ways).max(MIN_MEMORY_LIMIT)),
+            threads: self
+                .threads
+                .map(|t| u32::try_from(u64::from(t) / ways).unwrap_or(1).max(1)),
+        }
+    }
+
+    /// Sets the limits on `conn` (both are per database instance in DuckDB).
+    pub fn apply(&self, conn: &Connection) -> Result<(), duckdb::Error> {
+        if let Some(bytes) = self.memory_limit {
+            conn.execute_batch(&format!("SET memory_limit = '{}KiB'", bytes / 1024))?;
+        }
+        if let Some(threads) = self.threads {
+            conn.execute_batch(&format!("SET threads = {threads}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The smallest memory limit a share is cut down to: below this DuckDB cannot export a table at all.
+pub const MIN_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Failures opening or reading HitKeep's databases.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +289,34 @@ pub fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_reach_duckdb_and_are_split_between_databases_open_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = DuckDbLimits {
+            memory_limit: Some(1024 * 1024 * 1024),
+            threads: Some(3),
+        };
+        let layout =
+            DataLayout::new(dir.path().join("a.db"), dir.path()).with_limits(limits.share(2));
+        let conn = layout.open(&layout.db_path, OpenMode::Create).unwrap();
+        let setting = |name: &str| -> String {
+            conn.query_row(
+                &format!("SELECT current_setting('{name}')::VARCHAR"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(setting("memory_limit"), "512.0 MiB");
+        assert_eq!(setting("threads"), "1");
+        let tiny = DuckDbLimits {
+            memory_limit: Some(100 * 1024 * 1024),
+            threads: None,
+        };
+        assert_eq!(tiny.share(8).memory_limit, Some(MIN_MEMORY_LIMIT));
+        assert_eq!(DuckDbLimits::default().share(4), DuckDbLimits::default());
+    }
 
     #[test]
     fn an_old_schema_means_shared_only() {

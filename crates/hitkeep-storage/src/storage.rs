@@ -328,6 +328,30 @@ impl Storage {
         mode: ListMode,
         page_size: Option<usize>,
     ) -> Result<Vec<Entry>> {
+        self.list_request(prefix, mode, page_size, None).await
+    }
+
+    /// The entries under `prefix` whose keys sort after `after` (a full key). On S3 the server skips the
+    /// rest (`start-after`), so the cost follows what is returned, not what is stored; elsewhere the
+    /// listing is filtered here.
+    pub async fn list_after(
+        &self,
+        prefix: &str,
+        mode: ListMode,
+        after: &str,
+    ) -> Result<Vec<Entry>> {
+        let mut out = self.list_request(prefix, mode, None, Some(after)).await?;
+        out.retain(|e| e.key.as_str() > after);
+        Ok(out)
+    }
+
+    async fn list_request(
+        &self,
+        prefix: &str,
+        mode: ListMode,
+        page_size: Option<usize>,
+        after: Option<&str>,
+    ) -> Result<Vec<Entry>> {
         let dir = dir_path(prefix, "list")?;
         let mut request = self
             .op
@@ -335,6 +359,9 @@ impl Storage {
             .recursive(mode == ListMode::Recursive);
         if let Some(n) = page_size {
             request = request.limit(n);
+        }
+        if let Some(after) = after.filter(|_| self.op.info().capability().list_with_start_after) {
+            request = request.start_after(after);
         }
         let entries = request.await.map_err(|e| self.err(e, "list", prefix))?;
         let mut out: Vec<Entry> = entries

@@ -12,6 +12,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -34,6 +36,7 @@ pub struct S3Server {
     root: tempfile::TempDir,
     task: Option<JoinHandle<()>>,
     options: ServerOptions,
+    lists: Arc<AtomicUsize>,
 }
 
 /// Misbehaviours a test server can be given.
@@ -53,30 +56,47 @@ impl ServerOptions {
     }
 }
 
-/// Denies deletes; everything else needs only a valid signature.
+/// Needs a valid signature for everything, counts listings, and denies deletes when told to.
 #[derive(Debug)]
-struct RefuseDeletes;
+struct Access {
+    refuse_deletes: bool,
+    lists: Arc<AtomicUsize>,
+}
+
+impl Access {
+    fn deletes(&self) -> s3s::S3Result<()> {
+        match self.refuse_deletes {
+            true => Err(s3s::s3_error!(
+                AccessDenied,
+                "deletes are refused by this server"
+            )),
+            false => Ok(()),
+        }
+    }
+}
 
 #[async_trait::async_trait]
-impl s3s::access::S3Access for RefuseDeletes {
+impl s3s::access::S3Access for Access {
     async fn delete_object(
         &self,
         _req: &mut s3s::S3Request<s3s::dto::DeleteObjectInput>,
     ) -> s3s::S3Result<()> {
-        Err(s3s::s3_error!(
-            AccessDenied,
-            "deletes are refused by this server"
-        ))
+        self.deletes()
     }
 
     async fn delete_objects(
         &self,
         _req: &mut s3s::S3Request<s3s::dto::DeleteObjectsInput>,
     ) -> s3s::S3Result<()> {
-        Err(s3s::s3_error!(
-            AccessDenied,
-            "deletes are refused by this server"
-        ))
+        self.deletes()
+    }
+
+    async fn list_objects_v2(
+        &self,
+        _req: &mut s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<()> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -92,12 +112,14 @@ impl S3Server {
         std::fs::create_dir(root.path().join(BUCKET))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let task = Some(serve(listener, root.path(), options)?);
+        let lists = Arc::new(AtomicUsize::new(0));
+        let task = Some(serve(listener, root.path(), options, lists.clone())?);
         Ok(S3Server {
             addr,
             root,
             task,
             options,
+            lists,
         })
     }
 
@@ -132,6 +154,11 @@ impl S3Server {
         self.root.path()
     }
 
+    /// ListObjectsV2 requests (pages) served so far: how tests show a listing is bounded.
+    pub fn list_requests(&self) -> usize {
+        self.lists.load(Ordering::Relaxed)
+    }
+
     /// Creates another, empty bucket.
     pub fn create_bucket(&self, name: &str) -> io::Result<PathBuf> {
         let dir = self.root.path().join(name);
@@ -154,7 +181,8 @@ impl S3Server {
         for _ in 0..50 {
             match TcpListener::bind(self.addr).await {
                 Ok(listener) => {
-                    self.task = Some(serve(listener, self.root.path(), self.options)?);
+                    let lists = self.lists.clone();
+                    self.task = Some(serve(listener, self.root.path(), self.options, lists)?);
                     return Ok(());
                 }
                 Err(e) => last = Some(e),
@@ -171,13 +199,19 @@ impl Drop for S3Server {
     }
 }
 
-fn serve(listener: TcpListener, root: &Path, options: ServerOptions) -> io::Result<JoinHandle<()>> {
+fn serve(
+    listener: TcpListener,
+    root: &Path,
+    options: ServerOptions,
+    lists: Arc<AtomicUsize>,
+) -> io::Result<JoinHandle<()>> {
     let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(ACCESS_KEY_ID, SECRET_ACCESS_KEY));
-    if options.refuse_deletes {
-        builder.set_access(RefuseDeletes);
-    }
+    builder.set_access(Access {
+        refuse_deletes: options.refuse_deletes,
+        lists,
+    });
     let service = builder.build();
     Ok(tokio::spawn(async move {
         // Connections live in this set, so aborting the accept loop drops them all (a "crash").

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use hitkeep_backup::manifest::TenantState;
 use hitkeep_backup::{
-    BackupOptions, Catalog, CycleLock, Database, Error, PrunePlan, SnapshotState, TenantSource,
-    run_cycle, verify_snapshot,
+    BackupOptions, Catalog, CycleLock, Database, Error, PrunePlan, SnapshotId, SnapshotState,
+    TenantSource, run_cycle, verify_snapshot,
 };
 use hitkeep_config::{Config, Location, Sources};
 use hitkeep_data::demo::{DemoOptions, DemoSummary, generate};
@@ -21,7 +21,7 @@ struct Fixture {
     layout: DataLayout,
     demo: DemoSummary,
     storage: Storage,
-    _server: Option<S3Server>,
+    server: Option<S3Server>,
 }
 
 impl Fixture {
@@ -55,7 +55,7 @@ impl Fixture {
             layout,
             demo,
             storage,
-            _server: server,
+            server,
         }
     }
 
@@ -120,6 +120,7 @@ on_every_backend!(
     an_interrupted_cycle_is_incomplete_and_never_latest,
     retention_keeps_exactly_n,
     a_failing_tenant_is_reported_and_the_others_are_backed_up,
+    the_latest_cycle_is_found_without_listing_the_history,
     verify_finds_a_damaged_object_and_deep_verify_passes_on_intact_data,
 );
 
@@ -316,6 +317,62 @@ async fn an_interrupted_cycle_is_incomplete_and_never_latest(f: Fixture) {
         plan.deletions.iter().all(|d| d.id.to_string() != killed),
         "{plan:?}"
     );
+}
+
+async fn the_latest_cycle_is_found_without_listing_the_history(f: Fixture) {
+    // A year of hourly history (incomplete folders, cheap to write), the real cycle, and a newer
+    // unfinished one that must be passed over.
+    let start: jiff::Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+    for hour in 0..1000 {
+        let id = SnapshotId::at(start + jiff::SignedDuration::from_hours(hour));
+        f.storage
+            .write(&format!("shared/{id}/in-progress.json"), &b"{}"[..])
+            .await
+            .unwrap();
+    }
+    let committed = f.cycle().await;
+    let killed = "2099-01-01T000000Z";
+    f.storage
+        .write(&format!("shared/{killed}/in-progress.json"), &b"{}"[..])
+        .await
+        .unwrap();
+
+    let lists = || f.server.as_ref().map(|s| s.list_requests());
+    let before = lists();
+    let cycle = Catalog::load_cycle(&f.storage, None).await.unwrap();
+    let after = lists();
+    let full = Catalog::load(&f.storage).await.unwrap();
+
+    assert_eq!(cycle.latest_committed().unwrap().id, committed.id);
+    let tenants: Vec<_> = cycle.databases[1..]
+        .iter()
+        .map(|d| (d.database.to_string(), d.snapshots.len()))
+        .collect();
+    let mut expected: Vec<_> = committed
+        .shared
+        .tenants
+        .iter()
+        .map(|t| (format!("tenant {}", t.tenant_id), 1))
+        .collect();
+    expected.sort();
+    assert_eq!(
+        tenants, expected,
+        "every tenant of the cycle (by id), with its snapshot"
+    );
+    for db in &cycle.databases {
+        let snapshot = &db.snapshots[0];
+        assert_eq!(snapshot.state, SnapshotState::Complete);
+        let listed = full.find(db.database, committed.id).unwrap();
+        assert_eq!(
+            (snapshot.size, snapshot.objects),
+            (listed.size, listed.objects)
+        );
+    }
+    if let (Some(before), Some(after)) = (before, after) {
+        // One window probe, the unfinished folder, the cycle's folder, the tenant ids and one folder per
+        // tenant: none of it depends on the thousand older folders.
+        assert_eq!(after - before, 6, "list requests");
+    }
 }
 
 async fn retention_keeps_exactly_n(f: Fixture) {

@@ -45,6 +45,9 @@ fn defaults_match_hitkeep() {
     assert_eq!(s.backup.location, None);
     assert_eq!(s.backup.interval, Duration::from_secs(3600));
     assert_eq!(s.backup.retention.get(), 24);
+    assert_eq!(s.backup.concurrency.get(), 2);
+    assert_eq!(s.duckdb.memory_limit, None, "DuckDB's own default");
+    assert_eq!(s.duckdb.threads, None);
     assert_eq!(s.s3.credentials, Credentials::Chain);
     assert_eq!(s.s3.region, "us-east-1");
     assert_eq!(s.s3.endpoint, None);
@@ -65,6 +68,9 @@ fn every_variable_is_read() {
         ("HITKEEP_BACKUP_INTERVAL", "15"),
         ("HITKEEP_BACKUP_RETENTION", "48"),
         ("HITKEEP_BACKUP_PRUNE_S3", "yes"),
+        ("HITKEEP_BACKUP_CONCURRENCY", "4"),
+        ("HITKEEP_DUCKDB_MEMORY_LIMIT", "1.5GiB"),
+        ("HITKEEP_DUCKDB_THREADS", "2"),
         ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
         (
             "HITKEEP_S3_SECRET_ACCESS_KEY",
@@ -91,6 +97,9 @@ fn every_variable_is_read() {
     assert_eq!(s.backup.interval, Duration::from_secs(15 * 60));
     assert_eq!(s.backup.retention.get(), 48);
     assert!(s.backup.prune_s3);
+    assert_eq!(s.backup.concurrency.get(), 4);
+    assert_eq!(s.duckdb.memory_limit, Some(1536 * 1024 * 1024));
+    assert_eq!(s.duckdb.threads.map(|t| t.get()), Some(2));
     assert_eq!(s.http_addr, Some("0.0.0.0:9090".parse().unwrap()));
     let Credentials::Static {
         access_key_id,
@@ -393,6 +402,14 @@ fn malformed_values_are_errors() {
         ("HITKEEP_HTTP_ADDR", ":99999"),
         ("HITKEEP_LOG_LEVEL", "verbose"),
         ("HITKEEP_LOG_FORMAT", "xml"),
+        ("HITKEEP_BACKUP_CONCURRENCY", "0"),
+        ("HITKEEP_BACKUP_CONCURRENCY", "all"),
+        ("HITKEEP_DUCKDB_MEMORY_LIMIT", "2048"),
+        ("HITKEEP_DUCKDB_MEMORY_LIMIT", "2 gigs"),
+        ("HITKEEP_DUCKDB_MEMORY_LIMIT", "1MB"),
+        ("HITKEEP_DUCKDB_MEMORY_LIMIT", "80%"),
+        ("HITKEEP_DUCKDB_THREADS", "0"),
+        ("HITKEEP_DUCKDB_THREADS", "many"),
     ];
     assert!(cases.len() >= 30);
     for &(var, value) in cases {
@@ -672,4 +689,19 @@ fn warnings_have_severity_warning() {
         ("HITKEEP_S3_USE_SSL", "0"),
     ]);
     assert!(c.warnings.iter().all(|w| w.severity == Severity::Warning));
+}
+
+#[test]
+fn memory_limits_use_duckdb_units() {
+    let cases = [
+        ("2GB", 2_000_000_000),
+        ("512MiB", 512 << 20),
+        ("1 GiB", 1 << 30),
+        ("0.5gib", 512 << 20),
+        ("64MiB", 64 << 20),
+    ];
+    for (text, bytes) in cases {
+        let c = load(&[("HITKEEP_DUCKDB_MEMORY_LIMIT", text)]);
+        assert_eq!(c.settings.duckdb.memory_limit, Some(bytes), "{text}");
+    }
 }
