@@ -3,10 +3,12 @@
 //! - `e2e`: the built `hitkeep` binary, driven as a black box, against a real S3 server process
 //!   (MinIO when on PATH, an endpoint from `HITKEEP_E2E_S3_ENDPOINT`, else Garage installed from
 //!   crates.io), through the guide's scenarios, faults and bad input.
-//! - `bench`: not implemented yet; it says so and fails rather than pretending to pass.
+//! - `bench`: backup, restore and archive timed against bare baselines (local EXPORT, rclone, IMPORT,
+//!   COPY + DELETE) on the same server, written to `bench/results/latest.md` and `latest.png`.
 
 use std::process::ExitCode;
 
+mod bench;
 mod e2e;
 
 const USAGE: &str = "usage: cargo xtask <task>
@@ -19,7 +21,11 @@ tasks:
           _USE_SSL) when set; otherwise Garage, installed into $HITKEEP_CACHE/tools.
           Set HITKEEP_E2E_SEED to replay a run's random choices, HITKEEP_E2E_ONLY=word to
           run only the sections whose name holds it.
-  bench   backup, restore and archive benchmarks (not implemented yet)";
+  bench   backup, restore and archive against bare baselines in the same run (local EXPORT,
+          rclone upload and download, IMPORT, COPY + DELETE), tenants one at a time and at
+          once, and LIST requests with 1,000 snapshots; writes bench/results/latest.md and
+          latest.png. HITKEEP_BENCH_SIZES (1000000,4000000,16000000), HITKEEP_BENCH_TENANTS
+          (10,50,200), HITKEEP_BENCH_RUNS (3), HITKEEP_BENCH_MEMORY_LIMIT_MIB (1024).";
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
@@ -31,10 +37,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("bench") => {
-            eprintln!("cargo xtask: this task is not implemented yet\n\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Some("bench") => match bench::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("cargo xtask bench: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some("-h" | "--help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

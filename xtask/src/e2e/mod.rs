@@ -8,11 +8,11 @@
 mod bad_input;
 mod faults;
 mod hitkeep;
-mod proxy;
+pub(crate) mod proxy;
 mod report;
 mod scenarios;
-mod server;
-mod tools;
+pub(crate) mod server;
+pub(crate) mod tools;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -144,7 +144,7 @@ pub fn run() -> Result<bool> {
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hitkeep"),
         PathBuf::from,
     );
-    let bin = tools::built_hitkeep(root)?;
+    let bin = tools::built(root, "hitkeep")?;
     let work_dir = tempfile::Builder::new().prefix("hitkeep-e2e-").tempdir()?;
     let work = work_dir.path().to_owned();
     let s3 = S3Server::start(&cache, &work, &format!("{seed:x}"))?;

@@ -33,6 +33,8 @@ pub struct Stats {
     pub cuts: AtomicU64,
     pub stalls: AtomicU64,
     pub flips: AtomicU64,
+    /// ListObjectsV2 requests relayed.
+    pub lists: AtomicU64,
 }
 
 impl Stats {
@@ -154,6 +156,8 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, faults: &Faults, stats: &Stats) 
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let lists = buf[..n].windows(11).filter(|w| w == b"list-type=2").count();
+        stats.lists.fetch_add(lists as u64, Ordering::Relaxed);
         if !faults.latency.is_zero() {
             thread::sleep(faults.latency);
         }

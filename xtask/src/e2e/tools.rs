@@ -27,19 +27,19 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The `hitkeep` binary scripts/test built, refused when older than the sources.
+/// A workspace binary (`hitkeep`) scripts/test built, refused when older than the sources.
 ///
 /// The xtask does not build it itself: a cargo started from `cargo run` inherits variables
 /// (CARGO_HOME, LD_LIBRARY_PATH, RUSTUP_*) that change some dependencies' fingerprints, which then
 /// rebuilds bundled DuckDB (20 minutes) in that build and again in the next ordinary one.
-pub fn built_hitkeep(root: &Path) -> Result<PathBuf> {
+pub fn built(root: &Path, name: &str) -> Result<PathBuf> {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let bin = target.join("debug/hitkeep");
+    let bin = target.join("debug").join(name);
     let fix = "run `cargo build --workspace --locked` first (scripts/test does)";
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
-        .with_context(|| format!("no hitkeep binary at {}: {fix}", bin.display()))?;
+        .with_context(|| format!("no {name} binary at {}: {fix}", bin.display()))?;
     let newest = newest_source(root)?;
     if newest.0 > built && std::env::var_os("HITKEEP_E2E_ALLOW_STALE").is_none() {
         bail!(
@@ -86,8 +86,8 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// apt-get install, for the Debian packages the run needs.
-fn apt_install(package: &str) -> Result<()> {
-    println!("e2e: installing {package} from Debian");
+pub fn apt_install(package: &str) -> Result<()> {
+    println!("xtask: installing {package} from Debian");
     run(Command::new("apt-get").args(["update", "-q"])).with_context(|| {
         format!("apt-get update (install {package} by hand if you are not root)")
     })?;
@@ -156,6 +156,14 @@ impl Rclone {
 
     fn remote(path: &str) -> String {
         format!("e2e:{path}")
+    }
+
+    /// `rclone copy` between a local folder and `bucket/prefix` (`up`: to the server), with `flags`.
+    pub fn copy(&self, local: &Path, path: &str, up: bool, flags: &[&str]) -> Result<()> {
+        let (local, remote) = (local.to_string_lossy().into_owned(), Self::remote(path));
+        let (from, to) = if up { (local, remote) } else { (remote, local) };
+        run(self.cmd().args(["copy", &from, &to]).args(flags))?;
+        Ok(())
     }
 
     pub fn mkdir(&self, bucket: &str) -> Result<()> {

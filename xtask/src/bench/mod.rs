@@ -1,0 +1,403 @@
+//! `cargo xtask bench`: backup, restore and archive measured beside bare baselines in the same run, on
+//! the same machine and S3 server, so that ratios mean something on a shared machine.
+//!
+//! - Backup to S3 against the same `EXPORT DATABASE` to local disk alone, and against rclone uploading
+//!   those exported files at its defaults and tuned.
+//! - Restore of latest against rclone downloading the same files plus a bare `IMPORT DATABASE`.
+//! - Archiving a site with 90% of its rows expired against a bare `COPY … TO parquet` plus `DELETE`.
+//! - Tenants: one backup cycle of 10, 50 and 200 small tenant databases, one at a time and concurrently.
+//! - Finding latest with 1,000 snapshots present: ListObjectsV2 requests counted by a relaying proxy.
+//!
+//! Every operation is run `HITKEEP_BENCH_RUNS` times (3) and its median kept. Results go to
+//! `bench/results/latest.md` and `latest.png`. Sizes: `HITKEEP_BENCH_SIZES` (1000000,4000000,16000000),
+//! tenant counts: `HITKEEP_BENCH_TENANTS` (10,50,200), DuckDB's memory limit for hitkeep:
+//! `HITKEEP_BENCH_MEMORY_LIMIT_MIB` (1024).
+
+mod chart;
+mod measure;
+mod results;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::e2e::proxy::FaultProxy;
+use crate::e2e::server::{Kind, S3Server};
+use crate::e2e::tools::{self, Rclone};
+use measure::{Meter, Sample, du, median};
+use results::{Results, SizeResult, TenantResult};
+
+/// rclone's tuned upload, as measured-facts.md found best on this machine.
+const RCLONE_TUNED: &[&str] = &[
+    "--transfers",
+    "8",
+    "--s3-upload-concurrency",
+    "8",
+    "--s3-chunk-size",
+    "16M",
+];
+/// Days of retention that leave 10% of the demo's two years: 90% of a site's rows expire.
+const ARCHIVE_DAYS: &str = "73";
+
+struct Bench {
+    s3: S3Server,
+    rclone: Rclone,
+    meter: Meter,
+    hitkeep: PathBuf,
+    baseline: PathBuf,
+    work: PathBuf,
+    runs: usize,
+    memory_limit_mib: u64,
+}
+
+fn list_env(name: &str, default: &str) -> Result<Vec<u64>> {
+    let text = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    text.split(',')
+        .map(|s| s.trim().replace('_', "").parse::<u64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{name} must be numbers separated by commas, e.g. {default}"))
+}
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let cache = std::env::var_os("HITKEEP_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hitkeep"),
+        PathBuf::from,
+    );
+    let sizes = list_env("HITKEEP_BENCH_SIZES", "1000000,4000000,16000000")?;
+    let tenant_counts = list_env("HITKEEP_BENCH_TENANTS", "10,50,200")?;
+    let runs = list_env("HITKEEP_BENCH_RUNS", "3")?
+        .first()
+        .copied()
+        .unwrap_or(3)
+        .max(1) as usize;
+    let work_dir = tempfile::Builder::new()
+        .prefix("hitkeep-bench-")
+        .tempdir_in(cache.as_path())?;
+    let work = work_dir.path().to_owned();
+    let s3 = S3Server::start(&cache, &work, "bench")?;
+    let rclone = Rclone::new(&s3)?;
+    if s3.kind == Kind::Minio {
+        rclone.mkdir(&s3.bucket)?;
+    }
+    let bench = Bench {
+        meter: Meter::new(&work)?,
+        hitkeep: tools::built(root, "hitkeep")?,
+        baseline: tools::built(root, "hk-baseline")?,
+        s3,
+        rclone,
+        work,
+        runs,
+        memory_limit_mib: list_env("HITKEEP_BENCH_MEMORY_LIMIT_MIB", "1024")?[0],
+    };
+    println!("bench: S3 server: {}", bench.s3.describe());
+    println!("bench: {runs} runs each, sizes {sizes:?}, tenants {tenant_counts:?}");
+
+    let mut results = Results::new(&bench.s3.describe(), runs, bench.memory_limit_mib);
+    for &hits in &sizes {
+        results.sizes.push(bench.size(hits)?);
+    }
+    for &tenants in &tenant_counts {
+        results.tenants.push(bench.tenants(tenants)?);
+    }
+    results.listing = Some(bench.listing()?);
+    results.total = started.elapsed();
+
+    let out = root.join("bench/results");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("latest.md"), results.markdown())?;
+    chart::draw(&results, &out.join("latest.png"))?;
+    println!("{}", results.markdown());
+    println!(
+        "bench: wrote {} and latest.png",
+        out.join("latest.md").display()
+    );
+    if bench.s3.kind == Kind::Endpoint {
+        bench.rclone.purge(&bench.s3.key(""))?;
+    }
+    Ok(())
+}
+
+impl Bench {
+    /// The settings every hitkeep run gets: the data under `dir`, S3 and DuckDB's memory limit.
+    fn env(&self, dir: &Path, extra: &[(&str, String)]) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "HITKEEP_DB_PATH",
+                dir.join("hitkeep.db").display().to_string(),
+            ),
+            ("HITKEEP_DATA_PATH", dir.join("data").display().to_string()),
+            ("HITKEEP_S3_ENDPOINT", self.s3.endpoint.clone()),
+            ("HITKEEP_S3_ACCESS_KEY_ID", self.s3.access_key.clone()),
+            ("HITKEEP_S3_SECRET_ACCESS_KEY", self.s3.secret_key.clone()),
+            ("HITKEEP_S3_REGION", self.s3.region.clone()),
+            ("HITKEEP_S3_URL_STYLE", "path".into()),
+            ("HITKEEP_S3_USE_SSL", self.s3.use_ssl.to_string()),
+            (
+                "HITKEEP_DUCKDB_MEMORY_LIMIT",
+                format!("{}MiB", self.memory_limit_mib),
+            ),
+            ("HITKEEP_LOG_LEVEL", "warn".into()),
+        ];
+        env.extend(extra.iter().cloned());
+        env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    fn hk(&self, dir: &Path, extra: &[(&str, String)], args: &[&str]) -> Result<(Sample, String)> {
+        self.meter.run(&self.hitkeep, args, &self.env(dir, extra))
+    }
+
+    fn base(&self, args: &[&str]) -> Result<(Sample, String)> {
+        self.meter.run(&self.baseline, args, &[])
+    }
+
+    fn fresh(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.work.join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    fn demo(&self, hits: u64, tenants: u64) -> Result<PathBuf> {
+        let src = self.fresh("src")?;
+        let (h, t) = (hits.to_string(), tenants.to_string());
+        self.hk(&src, &[], &["demo", "--hits", &h, "--tenants", &t])?;
+        Ok(src)
+    }
+
+    /// One data size: backup, restore and archive with their baselines, median of `runs`.
+    fn size(&self, hits: u64) -> Result<SizeResult> {
+        println!("bench: {hits} hits: generating the demo data");
+        let src = self.demo(hits, 4)?;
+        let mut r = SizeResult::new(hits);
+        let mut samples: [Vec<Sample>; 9] = Default::default();
+        for run in 0..self.runs {
+            let prefix = format!("bench/{hits}/r{run}");
+            let backups = self.s3.url(&format!("{prefix}/backups"));
+            // Backup to S3.
+            let (s, _) = self.hk(
+                &src,
+                &[("HITKEEP_BACKUP_PATH", backups.clone())],
+                &["backup", "run"],
+            )?;
+            samples[0].push(s);
+            // The same databases exported to local disk, bare.
+            let dbs = self.backed_up_dbs(&src, &format!("{prefix}/backups"))?;
+            let export = self.fresh("export")?;
+            let mut args = vec!["export", export.to_str().context("UTF-8")?];
+            args.extend(dbs.iter().map(String::as_str));
+            samples[1].push(self.base(&args)?.0);
+            r.export_bytes = du(&export)?;
+            // rclone uploading those files, at defaults and tuned.
+            for (i, flags) in [&[][..], RCLONE_TUNED].into_iter().enumerate() {
+                let key = self.s3.key(&format!("{prefix}/rclone{i}"));
+                let t = Instant::now();
+                self.rclone.copy(&export, &key, true, flags)?;
+                samples[2 + i].push(Sample {
+                    wall: t.elapsed(),
+                    rss: 0,
+                });
+            }
+            // Restore latest, against rclone download plus a bare IMPORT.
+            let target = self.fresh("restore")?;
+            let (s, _) = self.hk(
+                &target,
+                &[],
+                &["recover", "restore-backup", "-from", &backups, "-yes"],
+            )?;
+            samples[4].push(s);
+            let down = self.fresh("download")?;
+            let t = Instant::now();
+            self.rclone.copy(
+                &down,
+                &self.s3.key(&format!("{prefix}/rclone1")),
+                false,
+                RCLONE_TUNED,
+            )?;
+            let mut baseline = Sample {
+                wall: t.elapsed(),
+                rss: 0,
+            };
+            let imported = self.fresh("imported")?;
+            for i in 0..dbs.len() {
+                let (d, db) = (down.join(i.to_string()), imported.join(format!("{i}.db")));
+                let (s, _) = self.base(&[
+                    "import",
+                    d.to_str().context("UTF-8")?,
+                    db.to_str().context("UTF-8")?,
+                ])?;
+                baseline = baseline.then(s);
+            }
+            samples[5].push(baseline);
+            // Archive one site with 90% of its rows expired, and the bare COPY + DELETE of the same rows.
+            let (hk_rows, s) = self.archive_run(&src, &format!("{prefix}/archive"))?;
+            samples[6].push(s);
+            let (bare_rows, s) = self.bare_archive(&src)?;
+            samples[7].push(s);
+            anyhow::ensure!(
+                hk_rows == bare_rows,
+                "hitkeep archived {hk_rows} rows, the bare COPY + DELETE {bare_rows}"
+            );
+            r.archived_rows = bare_rows;
+            println!("bench: {hits} hits: run {} of {} done", run + 1, self.runs);
+        }
+        r.db_bytes = du(&src)?;
+        let m: Vec<Sample> = samples.iter().map(|s| median(s)).collect();
+        (r.backup, r.export, r.rclone_default, r.rclone_tuned) = (m[0], m[1], m[2], m[3]);
+        (r.restore, r.rclone_import, r.archive, r.copy_delete) = (m[4], m[5], m[6], m[7]);
+        Ok(r)
+    }
+
+    /// The shared database and each tenant database the backup at `backups` holds, as files under `src`.
+    fn backed_up_dbs(&self, src: &Path, backups: &str) -> Result<Vec<String>> {
+        let mut dbs = vec![src.join("hitkeep.db").display().to_string()];
+        for tenant in self
+            .rclone
+            .dirs(&self.s3.key(&format!("{backups}/tenants")))?
+        {
+            let db = src.join("data/tenants").join(&tenant).join("hitkeep.db");
+            dbs.push(db.display().to_string());
+        }
+        Ok(dbs)
+    }
+
+    /// A copy of `src` with one site expiring 90% of its rows: the site's id and the copy.
+    fn expiring_copy(&self, src: &Path, name: &str) -> Result<(String, PathBuf)> {
+        let dir = self.fresh(name)?;
+        tools::run(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(src.join("hitkeep.db"))
+                .arg(&dir),
+        )?;
+        let db = dir.join("hitkeep.db").display().to_string();
+        let (_, site) = self.base(&["expire", &db, ARCHIVE_DAYS])?;
+        Ok((site.trim().to_owned(), dir))
+    }
+
+    fn archive_run(&self, src: &Path, prefix: &str) -> Result<(u64, Sample)> {
+        let (_, dir) = self.expiring_copy(src, "archive")?;
+        let env = [("HITKEEP_ARCHIVE_PATH", self.s3.url(prefix))];
+        let (s, out) = self.hk(&dir, &env, &["archive", "run"])?;
+        let rows = archived_rows(&out).with_context(|| format!("no row count in {out:?}"))?;
+        Ok((rows, s))
+    }
+
+    fn bare_archive(&self, src: &Path) -> Result<(u64, Sample)> {
+        let (site, dir) = self.expiring_copy(src, "bare-archive")?;
+        let db = dir.join("hitkeep.db").display().to_string();
+        let out = dir.join("parquet").display().to_string();
+        let (s, rows) = self.base(&["archive", &db, &site, ARCHIVE_DAYS, &out])?;
+        Ok((rows.trim().parse()?, s))
+    }
+
+    /// One cycle over `tenants` small tenant databases, one at a time and two and four at once.
+    fn tenants(&self, tenants: u64) -> Result<TenantResult> {
+        println!("bench: {tenants} tenants");
+        let src = self.demo(2_000 * tenants, tenants)?;
+        let mut r = TenantResult {
+            tenants,
+            by_concurrency: Vec::new(),
+        };
+        for concurrency in [1, 2, 4] {
+            let mut samples = Vec::new();
+            for run in 0..self.runs {
+                let url = self
+                    .s3
+                    .url(&format!("bench/tenants{tenants}/c{concurrency}r{run}"));
+                let env = [
+                    ("HITKEEP_BACKUP_PATH", url),
+                    ("HITKEEP_BACKUP_CONCURRENCY", concurrency.to_string()),
+                ];
+                samples.push(self.hk(&src, &env, &["backup", "run"])?.0);
+            }
+            r.by_concurrency.push((concurrency, median(&samples)));
+        }
+        Ok(r)
+    }
+
+    /// ListObjectsV2 requests of a restore's planning with 1 and with 1,001 snapshots present, and of
+    /// `backup list`, which reads everything by design.
+    fn listing(&self) -> Result<results::Listing> {
+        println!("bench: finding latest among 1,000 snapshots");
+        let src = self.demo(20_000, 2)?;
+        let prefix = "bench/listing/backups";
+        let proxy = FaultProxy::start(self.s3.addr())?;
+        let via_proxy = |extra: Vec<(&'static str, String)>| {
+            let mut e = extra;
+            e.push(("HITKEEP_S3_ENDPOINT", proxy.endpoint()));
+            e.push(("HITKEEP_BACKUP_PATH", self.s3.url(prefix)));
+            e
+        };
+        self.hk(&src, &via_proxy(vec![]), &["backup", "run"])?;
+        let count = |args: &[&str]| -> Result<u64> {
+            let target = self.fresh("listing-restore")?;
+            let before = proxy.stats.lists.load(std::sync::atomic::Ordering::Relaxed);
+            self.hk(&target, &via_proxy(vec![]), args)?;
+            Ok(proxy.stats.lists.load(std::sync::atomic::Ordering::Relaxed) - before)
+        };
+        let url = self.s3.url(prefix);
+        let restore = [
+            "recover",
+            "restore-backup",
+            "-from",
+            url.as_str(),
+            "-dry-run",
+        ];
+        let one = count(&restore)?;
+        // 1,000 older cycles, hourly, each a complete-looking shared snapshot (a manifest).
+        let latest = self
+            .rclone
+            .dirs(&self.s3.key(&format!("{prefix}/shared")))?;
+        let latest = latest
+            .last()
+            .context("the backup left no snapshot")?
+            .clone();
+        let manifest = String::from_utf8(
+            self.rclone.cat(
+                &self
+                    .s3
+                    .key(&format!("{prefix}/shared/{latest}/manifest.json")),
+            )?,
+        )?;
+        let tree = self.fresh("history")?;
+        let now = jiff::Timestamp::now();
+        for hour in 2..1002 {
+            let t = now - jiff::SignedDuration::from_hours(hour);
+            let id = t.strftime("%Y-%m-%dT%H%M%SZ").to_string();
+            let dir = tree.join("shared").join(&id);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("manifest.json"), manifest.replace(&latest, &id))?;
+        }
+        self.rclone
+            .copy(&tree, &self.s3.key(prefix), true, &["--transfers", "32"])?;
+        let thousand = count(&restore)?;
+        let list = count(&["backup", "list"])?;
+        Ok(results::Listing {
+            one,
+            thousand,
+            list,
+        })
+    }
+}
+
+/// The rows `hitkeep archive run` reports archived, summed over its sites.
+fn archived_rows(out: &str) -> Option<u64> {
+    let mut total = None;
+    for line in out.lines() {
+        // "site … (tenant default): 267088 rows archived to …"
+        let count = line
+            .split_once(" rows archived")
+            .and_then(|(before, _)| before.rsplit(' ').next());
+        if let Some(n) = count.and_then(|n| n.parse::<u64>().ok()) {
+            *total.get_or_insert(0) += n;
+        }
+    }
+    total
+}

@@ -1,0 +1,320 @@
+//! The measured medians and `bench/results/latest.md`: a table per operation and size, each ratio
+//! beside its target with the margin by which it is met or missed.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::measure::Sample;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One data size's medians.
+#[derive(Debug, Default)]
+pub struct SizeResult {
+    pub hits: u64,
+    pub db_bytes: u64,
+    pub export_bytes: u64,
+    pub archived_rows: u64,
+    pub backup: Sample,
+    pub export: Sample,
+    pub rclone_default: Sample,
+    pub rclone_tuned: Sample,
+    pub restore: Sample,
+    pub rclone_import: Sample,
+    pub archive: Sample,
+    pub copy_delete: Sample,
+}
+
+impl SizeResult {
+    pub fn new(hits: u64) -> Self {
+        SizeResult {
+            hits,
+            ..SizeResult::default()
+        }
+    }
+
+    /// Our upload's share of the backup: what the backup took beyond the bare export.
+    pub fn upload(&self) -> Duration {
+        self.backup.wall.saturating_sub(self.export.wall)
+    }
+}
+
+/// One tenant count: the cycle's median at each concurrency.
+#[derive(Debug)]
+pub struct TenantResult {
+    pub tenants: u64,
+    pub by_concurrency: Vec<(usize, Sample)>,
+}
+
+impl TenantResult {
+    pub fn at(&self, concurrency: usize) -> Option<Sample> {
+        self.by_concurrency
+            .iter()
+            .find(|(c, _)| *c == concurrency)
+            .map(|(_, s)| *s)
+    }
+}
+
+/// ListObjectsV2 requests counted by the proxy.
+#[derive(Debug)]
+pub struct Listing {
+    /// Restore planning (latest) with one snapshot.
+    pub one: u64,
+    /// The same with 1,000 older snapshots added.
+    pub thousand: u64,
+    /// `backup list` with them, which lists everything by design.
+    pub list: u64,
+}
+
+#[derive(Debug)]
+pub struct Results {
+    pub date: String,
+    pub machine: String,
+    pub server: String,
+    pub runs: usize,
+    /// DuckDB's memory limit given to hitkeep, in MiB.
+    pub memory_limit_mib: u64,
+    pub sizes: Vec<SizeResult>,
+    pub tenants: Vec<TenantResult>,
+    pub listing: Option<Listing>,
+    pub total: Duration,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / MIB)
+}
+
+fn ratio(ours: Duration, theirs: Duration) -> f64 {
+    ours.as_secs_f64() / theirs.as_secs_f64().max(1e-9)
+}
+
+/// "1.12× (met)" or "1.40× (missed by 17%)" for a ratio that should be at most `limit`.
+fn at_most(r: f64, limit: f64) -> String {
+    match r <= limit {
+        true => format!("{r:.2}× (met)"),
+        false => format!("{r:.2}× (**missed** by {:.0}%)", (r / limit - 1.0) * 100.0),
+    }
+}
+
+/// The same for a figure that should be at least `floor`.
+fn at_least(v: f64, floor: f64, unit: &str) -> String {
+    match v >= floor {
+        true => format!("{v:.2}{unit} (met)"),
+        false => format!(
+            "{v:.2}{unit} (**missed** by {:.0}%)",
+            (1.0 - v / floor) * 100.0
+        ),
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: u64 = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    format!(
+        "{cores} cores ({model}), {:.0} GiB RAM, Linux",
+        kib as f64 / 1024.0 / 1024.0
+    )
+}
+
+impl Results {
+    pub fn new(server: &str, runs: usize, memory_limit_mib: u64) -> Self {
+        Results {
+            date: jiff::Timestamp::now()
+                .strftime("%Y-%m-%d %H:%M UTC")
+                .to_string(),
+            machine: machine(),
+            server: server.to_owned(),
+            runs,
+            memory_limit_mib,
+            sizes: Vec::new(),
+            tenants: Vec::new(),
+            listing: None,
+            total: Duration::ZERO,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# `cargo xtask bench`: latest results\n");
+        let _ = writeln!(
+            md,
+            "{}. Machine: {}. S3 server: {}. Median of {} runs; hitkeep ran with \
+             `HITKEEP_DUCKDB_MEMORY_LIMIT={}MiB`. Whole run: {:.0} min. Data: `hitkeep demo` with 4 \
+             tenants. Our binaries and the baselines (`hk-baseline`, the same DuckDB build) come from \
+             the one dev profile (dependencies at opt-level 2, our crates at 0).\n",
+            self.date,
+            self.machine,
+            self.server,
+            self.runs,
+            self.memory_limit_mib,
+            self.total.as_secs_f64() / 60.0
+        );
+        self.backup_table(&mut md);
+        self.restore_table(&mut md);
+        self.archive_table(&mut md);
+        self.memory_table(&mut md);
+        self.tenant_table(&mut md);
+        self.listing_table(&mut md);
+        md
+    }
+
+    fn backup_table(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "## Backup to S3\n\nTargets: backup ≤ 1.2× the local-only EXPORT; our upload (backup time \
+             beyond the export) at least rclone's throughput.\n\n\
+             | hits | DB files | export | hitkeep backup | local EXPORT | backup / EXPORT | rclone default | rclone tuned | our upload | ours / rclone default | ours / rclone tuned |\n\
+             |---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|"
+        );
+        for s in &self.sizes {
+            let mbps = |d: Duration| s.export_bytes as f64 / MIB / d.as_secs_f64().max(1e-9);
+            let ours = mbps(s.upload());
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} ({:.0} MiB/s) | {} ({:.0} MiB/s) | {:.0} MiB/s | {} | {} |",
+                s.hits,
+                mib(s.db_bytes),
+                mib(s.export_bytes),
+                secs(s.backup.wall),
+                secs(s.export.wall),
+                at_most(ratio(s.backup.wall, s.export.wall), 1.2),
+                secs(s.rclone_default.wall),
+                mbps(s.rclone_default.wall),
+                secs(s.rclone_tuned.wall),
+                mbps(s.rclone_tuned.wall),
+                ours,
+                at_least(ours / mbps(s.rclone_default.wall), 1.0, "×"),
+                at_least(ours / mbps(s.rclone_tuned.wall), 1.0, "×"),
+            );
+        }
+    }
+
+    fn restore_table(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "\n## Restore of latest from S3\n\nTarget: ≤ 1.2× (rclone download, tuned, + bare IMPORT DATABASE).\n\n\
+             | hits | hitkeep restore | rclone + IMPORT | ratio |\n|---:|---:|---:|---|"
+        );
+        for s in &self.sizes {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                s.hits,
+                secs(s.restore.wall),
+                secs(s.rclone_import.wall),
+                at_most(ratio(s.restore.wall, s.rclone_import.wall), 1.2)
+            );
+        }
+    }
+
+    fn archive_table(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "\n## Archiving one site with 90% of its rows expired (to S3)\n\nTargets: ≥ 1M rows/s end to \
+             end; ≤ 1.5× a bare COPY … TO parquet + DELETE of the same rows (local).\n\n\
+             | hits | rows archived | hitkeep archive run | rows/s | COPY + DELETE | ratio |\n|---:|---:|---:|---|---:|---|"
+        );
+        for s in &self.sizes {
+            let rate = s.archived_rows as f64 / s.archive.wall.as_secs_f64().max(1e-9);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                s.hits,
+                s.archived_rows,
+                secs(s.archive.wall),
+                at_least(rate / 1e6, 1.0, "M"),
+                secs(s.copy_delete.wall),
+                at_most(ratio(s.archive.wall, s.copy_delete.wall), 1.5)
+            );
+        }
+    }
+
+    fn memory_table(&self, md: &mut String) {
+        let limit = self.memory_limit_mib as f64 * MIB;
+        let _ = writeln!(
+            md,
+            "\n## Peak RSS of `hitkeep`\n\nTarget: at most 256 MiB above DuckDB's memory limit ({} MiB), \
+             flat across sizes.\n\n\
+             | hits | backup | restore | archive | local EXPORT (no limit) | worst above the limit |\n|---:|---:|---:|---:|---:|---|",
+            self.memory_limit_mib
+        );
+        for s in &self.sizes {
+            let worst = s.backup.rss.max(s.restore.rss).max(s.archive.rss) as f64;
+            let above = (worst - limit) / MIB;
+            let verdict = match above <= 256.0 {
+                true => format!("{above:.0} MiB (met)"),
+                false => format!("{above:.0} MiB (**missed** by {:.0} MiB)", above - 256.0),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                s.hits,
+                mib(s.backup.rss),
+                mib(s.restore.rss),
+                mib(s.archive.rss),
+                mib(s.export.rss),
+                verdict
+            );
+        }
+    }
+
+    fn tenant_table(&self, md: &mut String) {
+        let _ = writeln!(
+            md,
+            "\n## Many teams: one backup cycle\n\nTargets: time grows linearly with the tenant count; \
+             concurrent tenants (`HITKEEP_BACKUP_CONCURRENCY`) ≥ 1.6× faster than one at a time.\n\n\
+             | tenants | one at a time | per tenant | 2 at once | 4 at once | speed-up at 2 | speed-up at 4 |\n|---:|---:|---:|---:|---:|---|---|"
+        );
+        for t in &self.tenants {
+            let (Some(one), Some(two), Some(four)) = (t.at(1), t.at(2), t.at(4)) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} ms | {} | {} | {} | {} |",
+                t.tenants,
+                secs(one.wall),
+                one.wall.as_secs_f64() * 1000.0 / t.tenants as f64,
+                secs(two.wall),
+                secs(four.wall),
+                at_least(ratio(one.wall, two.wall), 1.6, "×"),
+                at_least(ratio(one.wall, four.wall), 1.6, "×"),
+            );
+        }
+    }
+
+    fn listing_table(&self, md: &mut String) {
+        let Some(l) = &self.listing else { return };
+        let _ = writeln!(
+            md,
+            "\n## Finding latest on S3\n\nTarget: a bounded number of LIST pages whatever the number of \
+             snapshots. ListObjectsV2 requests counted by a relaying proxy during a restore's planning \
+             (`-dry-run`, shared database plus 2 tenants).\n\n\
+             | 1 snapshot | 1,001 snapshots | `backup list` with 1,001 (lists all, by design) |\n|---:|---:|---:|\n\
+             | {} | {} {} | {} |",
+            l.one,
+            l.thousand,
+            if l.thousand <= l.one + 1 {
+                "(met)"
+            } else {
+                "(**missed**)"
+            },
+            l.list
+        );
+    }
+}
