@@ -33,7 +33,7 @@ pub struct BackupOptions {
     pub transfer: TransferOptions,
     /// Files uploaded at once, per database.
     pub file_concurrency: usize,
-    /// Tenant databases exported and uploaded at once (the shared database goes first, alone).
+    /// Databases exported and uploaded at once, the shared one included (it starts first).
     pub concurrency: usize,
     /// DuckDB's limits, split between the tenants open at once.
     pub limits: DuckDbLimits,
@@ -56,7 +56,7 @@ impl std::fmt::Debug for BackupOptions {
 
 impl BackupOptions {
     /// Staging and lock inside the data directory, on the same disk as the databases; the layout's
-    /// DuckDB limits; two tenants at once.
+    /// DuckDB limits; two databases at once.
     pub fn for_layout(layout: &DataLayout) -> Self {
         BackupOptions {
             staging_dir: layout.data_path.join(".hitkeep-staging"),
@@ -69,7 +69,7 @@ impl BackupOptions {
         }
     }
 
-    /// The same options, backing up `n` tenants at once (at least one).
+    /// The same options, backing up `n` databases at once (at least one).
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
@@ -174,27 +174,54 @@ pub async fn run_cycle(
     let staging = StagingDir::create(options.staging_dir.join(id.to_string()))?;
     tracing::info!(snapshot = %id, location = %storage.location(), tenants = tenants.len(), "backup cycle started");
 
-    let mut shared_manifest = snapshot_database(
-        storage,
-        shared,
-        Database::Shared,
-        id,
-        staging.path(),
-        options,
-    )
-    .await?;
-    let (mut files, mut bytes) = (shared_manifest.files.len(), shared_manifest.total_size());
-    // Tenants side by side: one DuckDB export is mostly single-file work, so two overlap well on two
-    // cores. Each instance gets its share of the limits, and `buffered` keeps the manifest in tenant order.
+    // Databases side by side, the shared one first: while one exports (CPU) another uploads (network),
+    // and tenants' fixed costs (open, checkpoint, a few requests) overlap. Each DuckDB instance gets its
+    // share of the limits; `buffered` keeps the tenants in order for the manifest.
     let limits = options.limits.share(options.concurrency);
-    let mut done = futures::stream::iter(tenants)
-        .map(|tenant| backup_tenant(storage, tenant, id, staging.path(), options, limits))
+    // The shared database is usually the big one and outlives the tenants' exports: it keeps every
+    // thread it was given (oversubscription costs a little time, never memory).
+    let shared_limits = DuckDbLimits {
+        threads: options.limits.threads,
+        ..limits
+    };
+    shared_limits
+        .apply(&shared)
+        .map_err(|e| Error::duckdb(Database::Shared, "setting DuckDB's limits", e))?;
+    let jobs = std::iter::once(Job::Shared(shared)).chain(tenants.into_iter().map(Job::Tenant));
+    let staging_path = staging.path();
+    let mut done = futures::stream::iter(jobs)
+        .map(|job| async move {
+            match job {
+                Job::Shared(conn) => Done::Shared(
+                    snapshot_database(storage, conn, Database::Shared, id, staging_path, options)
+                        .await,
+                ),
+                Job::Tenant(t) => {
+                    let (entry, counted) =
+                        backup_tenant(storage, t, id, staging_path, options, limits).await;
+                    Done::Tenant(entry, counted)
+                }
+            }
+        })
         .buffered(options.concurrency.max(1));
-    while let Some((entry, counted)) = done.next().await {
-        files += counted.0;
-        bytes += counted.1;
-        shared_manifest.tenants.push(entry);
+    // Every job runs to its end even when the shared one fails: an export abandoned mid-way would go
+    // on writing into a staging folder already removed.
+    let (mut shared_result, mut entries, mut files, mut bytes) = (None, Vec::new(), 0, 0);
+    while let Some(outcome) = done.next().await {
+        match outcome {
+            Done::Shared(result) => shared_result = Some(result),
+            Done::Tenant(entry, counted) => {
+                files += counted.0;
+                bytes += counted.1;
+                entries.push(entry);
+            }
+        }
     }
+    let mut shared_manifest = shared_result
+        .ok_or_else(|| Error::Internal("the shared database's job did not run".into()))??;
+    files += shared_manifest.files.len();
+    bytes += shared_manifest.total_size();
+    shared_manifest.tenants = entries;
     // The commit point: only now does the cycle exist for list, restore and "latest".
     commit(storage, &shared_manifest).await?;
     tracing::info!(snapshot = %id, files, bytes, "backup cycle committed");
@@ -204,6 +231,17 @@ pub async fn run_cycle(
         files,
         bytes,
     })
+}
+
+/// What a cycle backs up: the shared database, open, or a tenant to open.
+enum Job {
+    Shared(Connection),
+    Tenant(TenantSource),
+}
+
+enum Done {
+    Shared(Result<Manifest>),
+    Tenant(TenantEntry, (usize, u64)),
 }
 
 /// One tenant's snapshot, committed on its own; a failure is recorded, never raised. Also returns the

@@ -13,7 +13,10 @@ use uuid::Uuid;
 use crate::SnapshotId;
 use crate::catalog::{Catalog, SnapshotState};
 use crate::error::{Error, Result};
-use crate::manifest::{Database, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantState};
+use crate::manifest::{
+    Database, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantState,
+};
+use futures::{StreamExt as _, TryStreamExt as _};
 
 /// DuckDB storage version written by restores: HitKeep Go ships DuckDB 1.5, which cannot read files
 /// created at DuckDB 2.0's default.
@@ -226,6 +229,39 @@ impl RestorePlan {
         item: &RestoreItem,
         stamp: SnapshotId,
     ) -> Result<PreparedRestore> {
+        self.prepare_with(storage, item, stamp, self.limits).await
+    }
+
+    /// Prepares every item, `concurrency` at a time (each with its share of DuckDB's limits), in plan
+    /// order. On a failure, waits for the items already started, drops every prepared one (removing its
+    /// files) and returns the failing database with its error: nothing has been changed.
+    pub async fn prepare_all(
+        &self,
+        storage: &Storage,
+        stamp: SnapshotId,
+        concurrency: usize,
+    ) -> std::result::Result<Vec<PreparedRestore>, (Database, Error)> {
+        let limits = self.limits.share(concurrency);
+        // Every started import runs to its end before anything is dropped: an import abandoned
+        // mid-way would keep writing into a file its guard had already removed.
+        let outcomes: Vec<_> = futures::stream::iter(&self.items)
+            .map(|item| async move {
+                let prepared = self.prepare_with(storage, item, stamp, limits).await;
+                prepared.map_err(|e| (item.database, e))
+            })
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
+        outcomes.into_iter().collect()
+    }
+
+    async fn prepare_with(
+        &self,
+        storage: &Storage,
+        item: &RestoreItem,
+        stamp: SnapshotId,
+        limits: DuckDbLimits,
+    ) -> Result<PreparedRestore> {
         let target = item.target.clone();
         if let Some(holder) = lock_holder(&target) {
             return Err(Error::from(hitkeep_data::DataError::Locked {
@@ -263,7 +299,7 @@ impl RestorePlan {
         download(storage, &folder, item.manifest.as_ref(), &staging.0).await?;
         let (staging_path, temp_path, manifest) =
             (staging.0.clone(), temp_db.0.clone(), item.manifest.clone());
-        let (database, limits) = (item.database, self.limits);
+        let database = item.database;
         let tables = tokio::task::spawn_blocking(move || {
             import(
                 &staging_path,
@@ -343,6 +379,33 @@ fn unknown_snapshot(catalog: &Catalog, id: SnapshotId) -> Error {
     }
 }
 
+/// One file of a snapshot, checked against its manifest entry.
+async fn download_one(
+    storage: &Storage,
+    folder: &str,
+    file: &FileEntry,
+    dir: &Path,
+    transfer: &TransferOptions,
+) -> Result<ObjectInfo> {
+    let sha256 = file.sha256.parse().map_err(|_| {
+        Error::NotFound(format!(
+            "{folder}/{MANIFEST_NAME}: malformed SHA-256 for {}",
+            file.name
+        ))
+    })?;
+    let expected = ObjectInfo {
+        size: file.size,
+        sha256,
+    };
+    let key = format!("{folder}/{}", file.name);
+    Ok(storage
+        .download_file(&key, &dir.join(&file.name), Some(&expected), transfer)
+        .await?)
+}
+
+/// Files downloaded at once per database.
+const DOWNLOAD_CONCURRENCY: usize = 4;
+
 /// Downloads the snapshot's files, each checked against the manifest; a legacy snapshot's files as listed.
 async fn download(
     storage: &Storage,
@@ -353,26 +416,12 @@ async fn download(
     let transfer = TransferOptions::default();
     match manifest {
         Some(m) => {
-            for file in &m.files {
-                let sha256 = file.sha256.parse().map_err(|_| {
-                    Error::NotFound(format!(
-                        "{folder}/{MANIFEST_NAME}: malformed SHA-256 for {}",
-                        file.name
-                    ))
-                })?;
-                let expected = ObjectInfo {
-                    size: file.size,
-                    sha256,
-                };
-                storage
-                    .download_file(
-                        &format!("{folder}/{}", file.name),
-                        &dir.join(&file.name),
-                        Some(&expected),
-                        &transfer,
-                    )
-                    .await?;
-            }
+            // Several files at once: one stream per file leaves a fast link mostly idle.
+            futures::stream::iter(&m.files)
+                .map(|file| download_one(storage, folder, file, dir, &transfer))
+                .buffer_unordered(DOWNLOAD_CONCURRENCY)
+                .try_collect::<Vec<_>>()
+                .await?;
         }
         None => {
             tracing::warn!(

@@ -30,6 +30,7 @@ fn main() -> Result<()> {
 }
 
 fn export(out: &Path, dbs: &[&str]) -> Result<()> {
+    std::fs::create_dir_all(out)?;
     for (i, db) in dbs.iter().enumerate() {
         let dir = out.join(i.to_string());
         let conn = Connection::open(db).with_context(|| format!("open {db}"))?;

@@ -91,7 +91,7 @@ pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
             }
             println!();
         }
-        execute(&storage, &plan).await
+        execute(&storage, &plan, settings.backup.concurrency.get() as usize).await
     })
 }
 
@@ -131,7 +131,7 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
     println!();
 }
 
-async fn execute(storage: &Storage, plan: &RestorePlan) -> ExitCode {
+async fn execute(storage: &Storage, plan: &RestorePlan, concurrency: usize) -> ExitCode {
     let stamp = SnapshotId::now();
     let name = |item: &hitkeep_backup::RestoreItem| match item.database {
         hitkeep_backup::Database::Shared => "Shared database".to_owned(),
@@ -139,19 +139,17 @@ async fn execute(storage: &Storage, plan: &RestorePlan) -> ExitCode {
     };
     // Every database is downloaded and imported before any is swapped in: a failure here (the
     // network, a damaged object) leaves all of them as they were, never a mix of old and new.
-    let mut prepared = Vec::new();
-    for item in &plan.items {
-        match plan.prepare_item(storage, item, stamp).await {
-            Ok(p) => prepared.push((name(item), p)),
-            Err(e) => {
-                eprintln!("Error restoring {}: {e}", name(item).to_lowercase());
-                eprintln!("\nRestore failed: nothing was changed; every database is as it was.");
-                return ExitCode::from(EXIT_FAILURE);
-            }
+    let prepared = match plan.prepare_all(storage, stamp, concurrency).await {
+        Ok(prepared) => prepared,
+        Err((database, e)) => {
+            eprintln!("Error restoring the {database}: {e}");
+            eprintln!("\nRestore failed: nothing was changed; every database is as it was.");
+            return ExitCode::from(EXIT_FAILURE);
         }
-    }
+    };
     let mut failed = Vec::new();
-    for (name, p) in prepared {
+    for (item, p) in plan.items.iter().zip(prepared) {
+        let name = name(item);
         match p.commit(stamp) {
             Ok(outcome) => {
                 if let Some(aside) = &outcome.aside {

@@ -59,7 +59,7 @@ keys! {
     BackupRetention => "backup_retention", "HITKEEP_BACKUP_RETENTION", "backup-retention", [], Plain;
     /// Also prune S3 snapshots after each scheduled cycle (off: S3 lifecycle rules are preferred).
     BackupPruneS3 => "backup_prune_s3", "HITKEEP_BACKUP_PRUNE_S3", "backup-prune-s3", [], Plain;
-    /// Databases exported and uploaded at once in a backup cycle.
+    /// Databases backed up (or restored) at once.
     BackupConcurrency => "backup_concurrency", "HITKEEP_BACKUP_CONCURRENCY", "backup-concurrency", [], Plain;
     /// DuckDB's memory limit for backups, restores and archive runs (`2GB`, `512MiB`); unset: DuckDB's 80% of RAM.
     DuckdbMemoryLimit => "duckdb_memory_limit", "HITKEEP_DUCKDB_MEMORY_LIMIT", "duckdb-memory-limit", [], Plain;

@@ -44,7 +44,7 @@ pub struct BackupSettings {
     pub retention: NonZeroU32,
     /// Prune S3 destinations after scheduled cycles too (local ones always are).
     pub prune_s3: bool,
-    /// Databases exported and uploaded at once (the shared one always goes first, alone).
+    /// Databases exported and uploaded (or downloaded and imported) at once.
     pub concurrency: NonZeroU32,
 }
 

@@ -78,13 +78,18 @@ pub struct DuckDbLimits {
 impl DuckDbLimits {
     /// The share of these limits for one of `ways` databases open at once: each DuckDB instance has a
     /// budget of its own, so running tenants side by side must split the configured one, not multiply it.
+    /// Threads are split even when unset (DuckDB would give every instance every core, and instances
+    /// side by side then fight over them).
     pub fn share(self, ways: usize) -> Self {
-        let ways = u64::try_from(ways.max(1)).unwrap_or(u64::MAX);
+        if ways <= 1 {
+            return self;
+        }
+        let ways = u64::try_from(ways).unwrap_or(u64::MAX);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let threads = u64::from(self.threads.unwrap_or(cores));
         DuckDbLimits {
             memory_limit: self.memory_limit.map(|m| (m / ways).max(MIN_MEMORY_LIMIT)),
-            threads: self
-                .threads
-                .map(|t| u32::try_from(u64::from(t) / ways).unwrap_or(1).max(1)),
+            threads: Some(u32::try_from(threads / ways).unwrap_or(1).max(1)),
         }
     }
 
@@ -315,7 +320,15 @@ mod tests {
             threads: None,
         };
         assert_eq!(tiny.share(8).memory_limit, Some(MIN_MEMORY_LIMIT));
-        assert_eq!(DuckDbLimits::default().share(4), DuckDbLimits::default());
+        assert_eq!(DuckDbLimits::default().share(1), DuckDbLimits::default());
+        let cores = std::thread::available_parallelism().unwrap().get() as u32;
+        let split = DuckDbLimits::default().share(2);
+        assert_eq!(
+            split.threads,
+            Some((cores / 2).max(1)),
+            "unset threads are split too"
+        );
+        assert_eq!(split.memory_limit, None);
     }
 
     #[test]
