@@ -40,7 +40,10 @@ pub fn built(root: &Path, name: &str) -> Result<PathBuf> {
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .with_context(|| format!("no {name} binary at {}: {fix}", bin.display()))?;
-    let newest = newest_source(root)?;
+    let newest = match sources_of(&bin) {
+        Some(sources) => newest_of(sources)?,
+        None => newest_source(root)?,
+    };
     if newest.0 > built && std::env::var_os("HITKEEP_E2E_ALLOW_STALE").is_none() {
         bail!(
             "{} is older than {}: {fix}",
@@ -51,7 +54,27 @@ pub fn built(root: &Path, name: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The most recently modified Rust source or manifest of the crates the binary is built from.
+/// The sources cargo recorded for `bin` in its dep-info file (`<bin>.d`), when there is one.
+fn sources_of(bin: &Path) -> Option<Vec<PathBuf>> {
+    let info = std::fs::read_to_string(bin.with_extension("d")).ok()?;
+    let (_, sources) = info.lines().next()?.split_once(": ")?;
+    Some(sources.split_whitespace().map(PathBuf::from).collect())
+}
+
+fn newest_of(paths: Vec<PathBuf>) -> Result<(std::time::SystemTime, PathBuf)> {
+    let mut newest = (std::time::SystemTime::UNIX_EPOCH, PathBuf::new());
+    for p in paths {
+        // A source that moved away since the build counts as changed.
+        let modified = std::fs::metadata(&p).and_then(|m| m.modified());
+        let modified = modified.unwrap_or_else(|_| std::time::SystemTime::now());
+        if modified > newest.0 {
+            newest = (modified, p);
+        }
+    }
+    Ok(newest)
+}
+
+/// The most recently modified Rust source or manifest of the crates (when cargo left no dep-info).
 fn newest_source(root: &Path) -> Result<(std::time::SystemTime, PathBuf)> {
     let mut newest = (std::time::SystemTime::UNIX_EPOCH, root.join("Cargo.lock"));
     let mut stack = vec![
