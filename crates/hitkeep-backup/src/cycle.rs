@@ -1,19 +1,21 @@
 //! One backup cycle: every database exported and uploaded under one snapshot id, tenants first, and the
 //! shared database's manifest last, which commits the cycle.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use duckdb::Connection;
 use futures::{StreamExt as _, TryStreamExt as _};
 use hitkeep_data::{DataError, DataLayout, DuckDbLimits, OpenMode, open_database};
-use hitkeep_storage::{ListMode, Sha256Digest, Storage, TransferOptions};
+use hitkeep_storage::{ErrorKind, ListMode, Sha256Digest, Storage, TransferOptions};
 use jiff::Timestamp;
 use uuid::Uuid;
 
 use crate::SnapshotId;
 use crate::error::{Error, Result};
 use crate::export::{Export, export_database};
+use crate::follow::{ExportFile, ExportState, ExportWatch, POLL, follow};
 use crate::lock::CycleLock;
 use crate::manifest::{
     Database, FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantEntry,
@@ -360,26 +362,13 @@ async fn snapshot_database(
     // Removed as soon as this database is done, so exports of many tenants never pile up on the data disk.
     let _export_dir = StagingDir(dir.clone());
     std::fs::create_dir_all(dir.parent().unwrap_or(staging)).map_err(|e| Error::io(&dir, e))?;
-    let export_dir = dir.clone();
-    let export: Export =
-        tokio::task::spawn_blocking(move || export_database(&conn, database, &export_dir))
-            .await
-            .map_err(|e| Error::Internal(format!("export task: {e}")))??;
-
-    let total: u64 = export
-        .files
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    options
-        .progress
-        .upload_started(database, export.files.len(), total);
-    let mut files: Vec<FileEntry> = futures::stream::iter(export.files.iter())
-        .map(|path| upload_one(storage, database, &folder, path, options))
-        .buffer_unordered(options.file_concurrency.max(1))
-        .try_collect()
-        .await?;
+    let watch = ExportWatch::new(&dir).map_err(|e| Error::io(&dir, e))?;
+    let export_dir = watch.dir().to_owned();
+    let exporting =
+        tokio::task::spawn_blocking(move || export_database(&conn, database, &export_dir));
+    let (export, mut files, followed) =
+        upload_while_exporting(storage, database, &folder, exporting, &watch, options).await?;
+    tracing::debug!(%database, files = files.len(), followed, "uploaded while exporting");
     files.sort_by(|a, b| a.name.cmp(&b.name));
     options.progress.upload_finished(database);
     Ok(Manifest {
@@ -396,27 +385,259 @@ async fn snapshot_database(
     })
 }
 
-async fn upload_one(
+/// Uploads the files of an export as DuckDB writes them (see `follow.rs`), and returns the export's
+/// outcome, an entry per file and how many files were followed while being written. Every upload runs
+/// to its end, or is aborted, before this returns: nothing keeps writing into a staging folder about
+/// to be removed.
+async fn upload_while_exporting(
     storage: &Storage,
     database: Database,
     folder: &str,
-    path: &Path,
+    mut exporting: tokio::task::JoinHandle<Result<Export>>,
+    watch: &ExportWatch,
     options: &BackupOptions,
-) -> Result<FileEntry> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let info = storage
-        .upload_file(path, &format!("{folder}/{name}"), &options.transfer)
-        .await?;
-    tracing::debug!(file = name, size = info.size, "uploaded");
-    options.progress.file_uploaded(database, &name, info.size);
-    Ok(FileEntry {
-        name,
-        size: info.size,
-        sha256: info.sha256.to_string(),
+) -> Result<(Export, Vec<FileEntry>, usize)> {
+    let mut uploads = futures::stream::FuturesUnordered::new();
+    let mut started = HashSet::new();
+    let (mut export, mut failure, mut followed) = (None, None, 0);
+    let mut uploaded: Vec<Uploaded> = Vec::new();
+    let mut progress = DeferredProgress::new(database, options.progress.as_ref());
+    loop {
+        let free = options
+            .file_concurrency
+            .max(1)
+            .saturating_sub(uploads.len());
+        let (next, waiting) = match next_files(watch, &started, options, free) {
+            Ok(found) => found,
+            // Not returned at once: the export and the uploads must end before the folder goes.
+            Err(e) => {
+                watch.set(ExportState::Failed);
+                failure.get_or_insert(e);
+                (Vec::new(), 0)
+            }
+        };
+        if failure.is_none() {
+            for file in next {
+                followed += usize::from(file.open);
+                started.insert(file.path.clone());
+                let during_export = export.is_none();
+                uploads.push(upload_export_file(
+                    storage,
+                    folder,
+                    file,
+                    during_export,
+                    watch,
+                    options,
+                ));
+            }
+        }
+        if export.is_some() && uploads.is_empty() && (failure.is_some() || waiting == 0) {
+            break;
+        }
+        tokio::select! {
+            joined = &mut exporting, if export.is_none() => {
+                let result = joined
+                    .map_err(|e| Error::Internal(format!("export task: {e}")))
+                    .and_then(|r| r);
+                if watch.state() == ExportState::Running {
+                    watch.set(if result.is_ok() { ExportState::Finished } else { ExportState::Failed });
+                }
+                if let Ok(export) = &result {
+                    progress.announce(export)?;
+                }
+                export = Some(result);
+            }
+            Some(done) = uploads.next() => match done {
+                Ok(file) => {
+                    progress.file_uploaded(&file.entry);
+                    uploaded.push(file);
+                }
+                Err(e) => {
+                    // Stop the followers (their uploads abort) and start nothing new.
+                    watch.set(ExportState::Failed);
+                    failure.get_or_insert(e);
+                }
+            },
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+    let export = export.unwrap_or_else(|| Err(Error::Internal("the export did not run".into())))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let files = check_at_rest(storage, folder, uploaded, options).await?;
+    let names: HashSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    if let Some(missed) = export
+        .files
+        .iter()
+        .find(|p| !names.contains(file_name(p).as_str()))
+    {
+        return Err(Error::Internal(format!(
+            "{} was exported but not uploaded",
+            missed.display()
+        )));
+    }
+    Ok((export, files, followed))
+}
+
+/// The files to start uploading now, at most `free`: closed ones first (they finish fast), then growing
+/// ones, biggest first, once they hold a part's worth. Also how many are not started yet.
+fn next_files(
+    watch: &ExportWatch,
+    started: &HashSet<PathBuf>,
+    options: &BackupOptions,
+    free: usize,
+) -> Result<(Vec<ExportFile>, usize)> {
+    let mut files: Vec<ExportFile> = watch
+        .scan()
+        .map_err(|e| Error::io(watch.dir(), e))?
+        .into_iter()
+        .filter(|f| !started.contains(&f.path))
+        .collect();
+    let waiting = files.len();
+    let part = options.transfer.chunk_size as u64;
+    files.retain(|f| !f.open || f.size >= part);
+    files.sort_by_key(|f| (f.open, std::cmp::Reverse(f.size)));
+    files.truncate(free);
+    Ok((files, waiting))
+}
+
+/// A file as uploaded, and whether it must be checked against the file at rest.
+struct Uploaded {
+    path: PathBuf,
+    entry: FileEntry,
+    /// Its upload began while the export was running (or must be sent again).
+    check: bool,
+}
+
+async fn upload_export_file(
+    storage: &Storage,
+    folder: &str,
+    file: ExportFile,
+    during_export: bool,
+    watch: &ExportWatch,
+    options: &BackupOptions,
+) -> Result<Uploaded> {
+    let name = file_name(&file.path);
+    let key = format!("{folder}/{name}");
+    let info = if file.open {
+        let bytes = follow(
+            file.path.clone(),
+            options.transfer.chunk_size,
+            watch.clone(),
+        );
+        storage
+            .upload_stream(&file.path, &key, bytes, &options.transfer)
+            .await
+    } else {
+        storage
+            .upload_file(&file.path, &key, &options.transfer)
+            .await
+    };
+    let (size, sha256) = match info {
+        Ok(info) => (info.size, info.sha256.to_string()),
+        // Damaged on the way and refused by the server; a stream cannot be replayed, so the check
+        // at rest, which no empty digest passes, sends the finished file again.
+        Err(e) if e.kind() == ErrorKind::Integrity && file.open => {
+            tracing::warn!(key, error = %e, "the server refused a damaged upload; it is sent again once the export ends");
+            (0, String::new())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::debug!(file = name, size, followed = file.open, "uploaded");
+    Ok(Uploaded {
+        path: file.path,
+        entry: FileEntry { name, size, sha256 },
+        check: during_export || file.open,
     })
+}
+
+/// Hashes again, once the export is over, every file whose upload began while it ran, and uploads
+/// again whole any that differs from what was sent.
+async fn check_at_rest(
+    storage: &Storage,
+    folder: &str,
+    uploaded: Vec<Uploaded>,
+    options: &BackupOptions,
+) -> Result<Vec<FileEntry>> {
+    futures::stream::iter(uploaded)
+        .map(|file| async move {
+            if !file.check {
+                return Ok(file.entry);
+            }
+            let path = file.path.clone();
+            let at_rest = tokio::task::spawn_blocking(move || Sha256Digest::of_file(&path))
+                .await
+                .map_err(|e| Error::Internal(format!("hash task: {e}")))?
+                .map_err(|e| Error::io(&file.path, e))?;
+            if at_rest.to_string() == file.entry.sha256 {
+                return Ok(file.entry);
+            }
+            tracing::warn!(
+                file = file.entry.name,
+                "the file changed after its upload began; sending it again"
+            );
+            let key = format!("{folder}/{}", file.entry.name);
+            let info = storage
+                .upload_file(&file.path, &key, &options.transfer)
+                .await?;
+            Ok(FileEntry {
+                size: info.size,
+                sha256: info.sha256.to_string(),
+                ..file.entry
+            })
+        })
+        .buffer_unordered(2)
+        .try_collect()
+        .await
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Progress for a database whose files upload while it is exported: the totals are known only when
+/// the export ends, so files done before that are reported right after the announcement.
+struct DeferredProgress<'a> {
+    database: Database,
+    progress: &'a dyn Progress,
+    early: Option<Vec<(String, u64)>>,
+}
+
+impl<'a> DeferredProgress<'a> {
+    fn new(database: Database, progress: &'a dyn Progress) -> Self {
+        DeferredProgress {
+            database,
+            progress,
+            early: Some(Vec::new()),
+        }
+    }
+
+    fn announce(&mut self, export: &Export) -> Result<()> {
+        let mut total = 0;
+        for path in &export.files {
+            total += std::fs::metadata(path)
+                .map_err(|e| Error::io(path, e))?
+                .len();
+        }
+        self.progress
+            .upload_started(self.database, export.files.len(), total);
+        for (name, size) in self.early.take().unwrap_or_default() {
+            self.progress.file_uploaded(self.database, &name, size);
+        }
+        Ok(())
+    }
+
+    fn file_uploaded(&mut self, entry: &FileEntry) {
+        match &mut self.early {
+            Some(early) => early.push((entry.name.clone(), entry.size)),
+            None => self
+                .progress
+                .file_uploaded(self.database, &entry.name, entry.size),
+        }
+    }
 }
 
 /// Writes the manifest (the snapshot now exists), then removes the in-progress marker.
@@ -464,5 +685,153 @@ impl Drop for StagingDir {
         {
             tracing::warn!(path = %self.0.display(), error = %e, "could not remove the staging directory");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek as _, Write as _};
+
+    use hitkeep_config::{Config, Location, Sources};
+    use std::collections::BTreeMap;
+
+    use hitkeep_testkit::{BUCKET, S3Server};
+
+    use super::*;
+
+    async fn s3_storage(server: &S3Server) -> Storage {
+        let env = server.hitkeep_env().into_iter().collect();
+        let s3 = Config::load(&Sources {
+            env,
+            ..Sources::default()
+        })
+        .unwrap()
+        .settings
+        .s3;
+        let location: Location = format!("s3://{BUCKET}/follow").parse().unwrap();
+        Storage::open(&location, &s3).await.unwrap()
+    }
+
+    /// Small parts, so that a table of a few MiB is followed while DuckDB writes it.
+    fn options(dir: &Path) -> BackupOptions {
+        let mut options =
+            BackupOptions::for_layout(&DataLayout::new(dir.join("hitkeep.db"), dir.join("data")));
+        options.transfer = TransferOptions::new(256 * 1024, 2);
+        options
+    }
+
+    async fn stored(storage: &Storage, key: &str, scratch: &Path) -> Vec<u8> {
+        let local = scratch.join("stored");
+        storage
+            .download_file(key, &local, None, &TransferOptions::default())
+            .await
+            .unwrap();
+        std::fs::read(local).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_table_is_uploaded_while_duckdb_exports_it() {
+        let server = S3Server::start().await.unwrap();
+        let storage = s3_storage(&server).await;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("src.db")).unwrap();
+        conn.execute_batch(
+            "SET threads = 1;
+             CREATE TABLE hits AS SELECT range AS id, md5(range::VARCHAR) AS path FROM range(1500000);
+             CREATE TABLE sites AS SELECT range AS id FROM range(3);",
+        )
+        .unwrap();
+        let options = options(dir.path());
+        let export_dir = dir.path().join("export");
+        let watch = ExportWatch::new(&export_dir).unwrap();
+        let target = watch.dir().to_owned();
+        let exporting =
+            tokio::task::spawn_blocking(move || export_database(&conn, Database::Shared, &target));
+        let (export, files, followed) =
+            upload_while_exporting(&storage, Database::Shared, "s", exporting, &watch, &options)
+                .await
+                .unwrap();
+
+        assert!(followed >= 1, "the hits table was followed while written");
+        assert_eq!(export.tables["hits"], 1_500_000);
+        assert_eq!(files.len(), export.files.len());
+        for file in &files {
+            let local = std::fs::read(export_dir.join(&file.name)).unwrap();
+            assert_eq!(file.size, local.len() as u64, "{}", file.name);
+            assert_eq!(
+                file.sha256,
+                Sha256Digest::of(&local).to_string(),
+                "{}",
+                file.name
+            );
+            let key = format!("s/{}", file.name);
+            assert!(
+                stored(&storage, &key, dir.path()).await == local,
+                "{key} is the file"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_rewritten_after_its_upload_began_is_sent_again() {
+        let server = S3Server::start().await.unwrap();
+        let storage = s3_storage(&server).await;
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(dir.path());
+        let export_dir = dir.path().join("export");
+        let watch = ExportWatch::new(&export_dir).unwrap();
+        let target = watch.dir().to_owned();
+        // Not an append-only writer: the head of the file changes after most of it was sent.
+        let exporting = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir(&target).unwrap();
+            let path = target.join("t.parquet");
+            let mut file = std::fs::File::create(&path).unwrap();
+            for _ in 0..12 {
+                file.write_all(&[7u8; 128 * 1024]).unwrap();
+                std::thread::sleep(POLL * 2);
+            }
+            file.rewind().unwrap();
+            file.write_all(b"rewritten").unwrap();
+            drop(file);
+            Ok(Export {
+                tables: BTreeMap::new(),
+                files: vec![path],
+                duckdb_version: "test".into(),
+            })
+        });
+        let (_, files, followed) =
+            upload_while_exporting(&storage, Database::Shared, "r", exporting, &watch, &options)
+                .await
+                .unwrap();
+
+        assert_eq!(followed, 1);
+        let local = std::fs::read(export_dir.join("t.parquet")).unwrap();
+        assert!(local.starts_with(b"rewritten"));
+        assert_eq!(files[0].sha256, Sha256Digest::of(&local).to_string());
+        assert!(stored(&storage, "r/t.parquet", dir.path()).await == local);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_export_fails_the_database_after_its_uploads_end() {
+        let server = S3Server::start().await.unwrap();
+        let storage = s3_storage(&server).await;
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(dir.path());
+        let watch = ExportWatch::new(&dir.path().join("export")).unwrap();
+        let target = watch.dir().to_owned();
+        let exporting = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir(&target).unwrap();
+            let mut file = std::fs::File::create(target.join("t.parquet")).unwrap();
+            file.write_all(&[1u8; 600 * 1024]).unwrap();
+            std::thread::sleep(POLL * 10);
+            Err(Error::Internal("disk full".into()))
+        });
+        let err =
+            upload_while_exporting(&storage, Database::Shared, "f", exporting, &watch, &options)
+                .await
+                .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let left = storage.list("f", ListMode::Recursive).await.unwrap();
+        assert!(left.is_empty(), "no object of an aborted upload: {left:?}");
     }
 }

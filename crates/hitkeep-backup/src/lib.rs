@@ -17,6 +17,7 @@ mod catalog;
 mod cycle;
 mod error;
 mod export;
+mod follow;
 mod lock;
 pub mod manifest;
 mod progress;

@@ -14,6 +14,14 @@ impl Sha256Digest {
         Sha256Digest(sha2::Sha256::digest(data).into())
     }
 
+    /// The digest of a local file's content, read in blocks (blocking).
+    pub fn of_file(path: &std::path::Path) -> std::io::Result<Self> {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+        Ok(Self::from_hasher(hasher))
+    }
+
     pub(crate) fn from_hasher(hasher: sha2::Sha256) -> Self {
         use sha2::Digest as _;
         Sha256Digest(hasher.finalize().into())
@@ -69,5 +77,18 @@ mod tests {
         );
         assert_eq!(d.to_string().parse::<Sha256Digest>().unwrap(), d);
         assert!("xyz".parse::<Sha256Digest>().is_err());
+    }
+
+    #[test]
+    fn a_file_hashes_like_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(
+            Sha256Digest::of_file(&path).unwrap(),
+            Sha256Digest::of(&data)
+        );
+        assert!(Sha256Digest::of_file(&dir.path().join("missing")).is_err());
     }
 }

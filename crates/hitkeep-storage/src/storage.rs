@@ -186,9 +186,31 @@ impl Storage {
         key: &str,
         options: &TransferOptions,
     ) -> Result<ObjectInfo> {
-        let mut file = tokio::fs::File::open(local)
+        let file = tokio::fs::File::open(local)
             .await
             .map_err(|e| Error::local("upload", local, e))?;
+        let chunk_size = options.chunk_size;
+        let chunks = futures::stream::try_unfold(file, move |mut file| async move {
+            let chunk = read_chunk(&mut file, chunk_size).await?;
+            Ok((!chunk.is_empty()).then_some((chunk, file)))
+        });
+        self.upload_stream(local, key, Box::pin(chunks), options)
+            .await
+    }
+
+    /// Uploads the bytes `chunks` yields as `key`, as they come (multipart on S3), and returns their
+    /// size and SHA-256: for data whose end is not known yet, such as a file another thread is still
+    /// writing. `source` names the data in errors. A failing stream aborts the upload, so no object
+    /// that looks complete is left; unlike [`Storage::upload_file`] nothing is sent again, since the
+    /// stream cannot be replayed.
+    pub async fn upload_stream(
+        &self,
+        source: &Path,
+        key: &str,
+        mut chunks: impl futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
+        options: &TransferOptions,
+    ) -> Result<ObjectInfo> {
+        check_key(key, "upload")?;
         let mut writer = self
             .op
             .writer_with(key)
@@ -199,13 +221,11 @@ impl Storage {
         let mut hasher = sha2::Sha256::new();
         let mut size = 0u64;
         let outcome: Result<()> = async {
-            loop {
-                let chunk = read_chunk(&mut file, options.chunk_size)
-                    .await
-                    .map_err(|e| Error::local("upload", local, e))?;
-                if chunk.is_empty() {
-                    break;
-                }
+            while let Some(chunk) = chunks
+                .try_next()
+                .await
+                .map_err(|e| Error::local("upload", source, e))?
+            {
                 hasher.update(&chunk);
                 size += chunk.len() as u64;
                 writer

@@ -85,7 +85,7 @@ pub fn run() -> Result<()> {
         rclone.mkdir(&s3.bucket)?;
     }
     let bench = Bench {
-        meter: Meter::new(&work)?,
+        meter: Meter::new(&work, s3.pid())?,
         hitkeep: tools::built(root, "hitkeep")?,
         baseline: tools::built(root, "hk-baseline")?,
         s3,
@@ -109,9 +109,15 @@ pub fn run() -> Result<()> {
 
     let out = root.join("bench/results");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("latest.md"), results.markdown())?;
+    // The profile behind the numbers, written by hand after a run, goes with them.
+    let mut md = results.markdown();
+    if let Ok(analysis) = std::fs::read_to_string(root.join("bench/analysis.md")) {
+        md.push('\n');
+        md.push_str(&analysis);
+    }
+    std::fs::write(out.join("latest.md"), &md)?;
     chart::draw(&results, &out.join("latest.png"))?;
-    println!("{}", results.markdown());
+    println!("{md}");
     println!(
         "bench: wrote {} and latest.png",
         out.join("latest.md").display()
@@ -197,12 +203,10 @@ impl Bench {
             // rclone uploading those files, at defaults and tuned.
             for (i, flags) in [&[][..], RCLONE_TUNED].into_iter().enumerate() {
                 let key = self.s3.key(&format!("{prefix}/rclone{i}"));
-                let t = Instant::now();
-                self.rclone.copy(&export, &key, true, flags)?;
-                samples[2 + i].push(Sample {
-                    wall: t.elapsed(),
-                    rss: 0,
-                });
+                let s = self
+                    .meter
+                    .time(|| self.rclone.copy(&export, &key, true, flags))?;
+                samples[2 + i].push(s);
             }
             // Restore latest, against rclone download plus a bare IMPORT.
             let target = self.fresh("restore")?;
@@ -213,17 +217,10 @@ impl Bench {
             )?;
             samples[4].push(s);
             let down = self.fresh("download")?;
-            let t = Instant::now();
-            self.rclone.copy(
-                &down,
-                &self.s3.key(&format!("{prefix}/rclone1")),
-                false,
-                RCLONE_TUNED,
-            )?;
-            let mut baseline = Sample {
-                wall: t.elapsed(),
-                rss: 0,
-            };
+            let from = self.s3.key(&format!("{prefix}/rclone1"));
+            let mut baseline = self
+                .meter
+                .time(|| self.rclone.copy(&down, &from, false, RCLONE_TUNED))?;
             let imported = self.fresh("imported")?;
             for i in 0..dbs.len() {
                 let (d, db) = (down.join(i.to_string()), imported.join(format!("{i}.db")));

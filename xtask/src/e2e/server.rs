@@ -95,7 +95,7 @@ impl S3Server {
         let name = match self.kind {
             Kind::Minio => "MinIO (minio on PATH)",
             Kind::Endpoint => "the endpoint in HITKEEP_E2E_S3_ENDPOINT",
-            Kind::Garage => "Garage (single node, from crates.io)",
+            Kind::Garage => "Garage (single node, from crates.io, block compression off)",
         };
         format!(
             "{name} at {}, bucket {}, region {}",
@@ -119,6 +119,11 @@ impl S3Server {
             .trim_start_matches("http://")
             .trim_start_matches("https://")
             .to_owned()
+    }
+
+    /// The server's process id, when it is a process of ours.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref()?.child.as_ref().map(Child::id)
     }
 
     pub fn can_restart(&self) -> bool {
@@ -246,6 +251,9 @@ fn start_garage(cache: &Path, work: &Path) -> Result<S3Server> {
 data_dir = "{data}"
 db_engine = "sqlite"
 replication_factor = 1
+# What we store is zstd Parquet already; compressing it again spends the CPU this machine's 2 cores
+# share with the client under test, for nothing.
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
 rpc_secret = "{secret}"

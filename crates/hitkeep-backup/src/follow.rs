@@ -1,0 +1,268 @@
+//! Uploading an export while DuckDB is still writing it.
+//!
+//! `EXPORT DATABASE` creates every table's file when it starts, writes several side by side and closes
+//! each when its table is done; the biggest (`hits`) is often the last to close. Waiting for the whole
+//! export before uploading leaves the network idle while DuckDB works and DuckDB idle while the network
+//! works. Here a file's upload starts as soon as it is closed or, for a big file, while it grows: its
+//! bytes are followed as they are written and sent a part at a time.
+//!
+//! When a file is done: the export has finished, or (on Linux) no descriptor of this process other than
+//! our reader's points at it any more. DuckDB runs in this process, so `/proc/self/fd` shows its open
+//! files; that check comes before the last read to the end of the file, so the last read sees every
+//! byte. Elsewhere, the end of the export is the only signal, which is still correct, just later.
+//!
+//! Following a file assumes it is only appended to. That is checked, not trusted: every file whose
+//! upload began while the export ran is hashed again at rest, and one that differs from what was sent
+//! is uploaded again whole, so a manifest never describes bytes the file does not hold.
+
+use std::collections::HashSet;
+use std::io::Read as _;
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+/// How often a follower looks for new bytes, and the scheduler for new or closed files.
+pub(crate) const POLL: Duration = Duration::from_millis(20);
+
+/// Where an export stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExportState {
+    Running,
+    Finished,
+    /// The export or an upload failed: followers stop with an error, aborting their uploads.
+    Failed,
+}
+
+/// One export directory and the state of the export writing it, shared by the scheduler and every
+/// follower.
+#[derive(Clone, Debug)]
+pub(crate) struct ExportWatch {
+    dir: PathBuf,
+    state: watch::Sender<ExportState>,
+}
+
+/// A file in the export directory as the scheduler sees it.
+#[derive(Debug)]
+pub(crate) struct ExportFile {
+    pub path: PathBuf,
+    pub size: u64,
+    /// Still open for writing (or not known to be closed).
+    pub open: bool,
+}
+
+impl ExportWatch {
+    /// A watch over `dir`, which DuckDB creates; its parent must exist. The path is made canonical
+    /// because that is how the kernel names open files.
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        let name = dir.file_name().unwrap_or_default();
+        Ok(ExportWatch {
+            dir: std::fs::canonicalize(parent)?.join(name),
+            state: watch::channel(ExportState::Running).0,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn state(&self) -> ExportState {
+        *self.state.borrow()
+    }
+
+    pub fn set(&self, state: ExportState) {
+        // `send_replace` never fails for want of receivers, unlike `send`.
+        let _ = self.state.send_replace(state);
+    }
+
+    /// The files in the export directory now. Before DuckDB has created it, none.
+    pub fn scan(&self) -> std::io::Result<Vec<ExportFile>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let finished = self.state() != ExportState::Running;
+        // Listed after the directory: a file closed between the two is seen closed, never the reverse.
+        let open = if finished {
+            Some(HashSet::new())
+        } else {
+            open_paths(None)
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_file() {
+                let path = entry.path();
+                let open = open.as_ref().is_none_or(|o| o.contains(&path));
+                files.push(ExportFile {
+                    path,
+                    size: meta.len(),
+                    open,
+                });
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// The paths this process has open, leaving out descriptor `except`; `None` where `/proc/self/fd`
+/// cannot be read (not Linux), meaning "unknown".
+fn open_paths(except: Option<i32>) -> Option<HashSet<PathBuf>> {
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?;
+    let mut paths = HashSet::new();
+    for fd in fds.flatten() {
+        let name = fd.file_name();
+        if except.is_some_and(|e| name.to_str() == Some(e.to_string().as_str())) {
+            continue;
+        }
+        // A descriptor closed since the listing has no link any more: it holds nothing open.
+        if let Ok(target) = std::fs::read_link(fd.path()) {
+            paths.insert(target);
+        }
+    }
+    Some(paths)
+}
+
+/// The bytes of `path` in chunks of `chunk_size` as they are written, ending when its writer is done
+/// and every byte was read. Reads on a blocking thread; at most one chunk waits for the uploader.
+pub(crate) fn follow(
+    path: PathBuf,
+    chunk_size: usize,
+    watch: ExportWatch,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Unpin {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = follow_blocking(&path, chunk_size, &watch, &tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+fn follow_blocking(
+    path: &Path,
+    chunk_size: usize,
+    watch: &ExportWatch,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(path)?;
+    let own = file.as_raw_fd();
+    let mut buf = Vec::with_capacity(chunk_size);
+    loop {
+        // Decided before draining: once the writer is done, this drain reads to the true end.
+        let done = match watch.state() {
+            ExportState::Failed => return Err(std::io::Error::other("the export failed")),
+            ExportState::Finished => true,
+            ExportState::Running => open_paths(Some(own)).is_some_and(|o| !o.contains(path)),
+        };
+        loop {
+            let filled = buf.len();
+            buf.resize(chunk_size, 0);
+            let n = file.read(&mut buf[filled..])?;
+            buf.truncate(filled + n);
+            if buf.len() == chunk_size {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(chunk_size));
+                if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                    return Ok(()); // the upload gave up; nobody is listening
+                }
+            } else if n == 0 {
+                break;
+            }
+        }
+        if done {
+            if !buf.is_empty() {
+                let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+            }
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use futures::TryStreamExt as _;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_growing_file_is_followed_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = dir.path().join("export");
+        let watch = ExportWatch::new(&export).unwrap();
+        std::fs::create_dir(&export).unwrap();
+        let path = watch.dir().join("t.parquet");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        assert!(
+            watch.scan().unwrap()[0].open,
+            "a file being written is open"
+        );
+
+        let follower = tokio::spawn(
+            follow(path.clone(), 1000, watch.clone())
+                .map_ok(|b| b.to_vec())
+                .try_concat(),
+        );
+        let mut expected = Vec::new();
+        for i in 0..40u8 {
+            let block = vec![i; 777];
+            writer.write_all(&block).unwrap();
+            expected.extend_from_slice(&block);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(writer);
+        let got = tokio::time::timeout(Duration::from_secs(10), follower)
+            .await
+            .expect("the follower ends once the writer closes the file, before the export ends")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected);
+        assert!(!watch.scan().unwrap()[0].open, "a closed file is closed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_export_ends_its_followers_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = dir.path().join("export");
+        let watch = ExportWatch::new(&export).unwrap();
+        std::fs::create_dir(&export).unwrap();
+        let path = watch.dir().join("t.parquet");
+        let _writer = std::fs::File::create(&path).unwrap();
+        let follower = tokio::spawn(
+            follow(path, 1000, watch.clone())
+                .map_ok(|b| b.to_vec())
+                .try_concat(),
+        );
+        tokio::time::sleep(POLL * 3).await;
+        watch.set(ExportState::Failed);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), follower)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(outcome.is_err());
+    }
+
+    #[test]
+    fn files_of_a_finished_export_are_closed_and_a_missing_directory_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = dir.path().join("export");
+        let watch = ExportWatch::new(&export).unwrap();
+        assert!(watch.scan().unwrap().is_empty());
+        std::fs::create_dir(&export).unwrap();
+        let _held = std::fs::File::create(export.join("a.parquet")).unwrap();
+        watch.set(ExportState::Finished);
+        let files = watch.scan().unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(!files[0].open);
+    }
+}
