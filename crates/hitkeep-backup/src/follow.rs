@@ -81,7 +81,9 @@ impl ExportWatch {
     /// The files in the export directory now. Before DuckDB has created it, none.
     pub fn scan(&self) -> std::io::Result<Vec<ExportFile>> {
         let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
+            // Read whole before the descriptors are: a file that appears after the descriptors were
+            // listed would otherwise look closed while DuckDB writes it.
+            Ok(entries) => entries.collect::<std::io::Result<Vec<_>>>()?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
@@ -94,7 +96,6 @@ impl ExportWatch {
         };
         let mut files = Vec::new();
         for entry in entries {
-            let entry = entry?;
             let meta = entry.metadata()?;
             if meta.is_file() {
                 let path = entry.path();
@@ -154,7 +155,9 @@ fn follow_blocking(
 ) -> std::io::Result<()> {
     let mut file = std::fs::File::open(path)?;
     let own = file.as_raw_fd();
-    let mut buf = Vec::with_capacity(chunk_size);
+    // Zeroed once per chunk by the allocator (calloc), not by us on every read.
+    let mut buf = vec![0u8; chunk_size];
+    let mut filled = 0;
     loop {
         // Decided before draining: once the writer is done, this drain reads to the true end.
         let done = match watch.state() {
@@ -163,12 +166,11 @@ fn follow_blocking(
             ExportState::Running => open_paths(Some(own)).is_some_and(|o| !o.contains(path)),
         };
         loop {
-            let filled = buf.len();
-            buf.resize(chunk_size, 0);
             let n = file.read(&mut buf[filled..])?;
-            buf.truncate(filled + n);
-            if buf.len() == chunk_size {
-                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(chunk_size));
+            filled += n;
+            if filled == chunk_size {
+                let chunk = std::mem::replace(&mut buf, vec![0u8; chunk_size]);
+                filled = 0;
                 if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
                     return Ok(()); // the upload gave up; nobody is listening
                 }
@@ -177,7 +179,8 @@ fn follow_blocking(
             }
         }
         if done {
-            if !buf.is_empty() {
+            if filled > 0 {
+                buf.truncate(filled);
                 let _ = tx.blocking_send(Ok(Bytes::from(buf)));
             }
             return Ok(());

@@ -160,7 +160,7 @@ impl Results {
             "{}. Machine: {}. S3 server: {}. Median of {} runs; hitkeep ran with \
              `HITKEEP_DUCKDB_MEMORY_LIMIT={}MiB`. Whole run: {:.0} min. Data: `hitkeep demo` with 4 \
              tenants. Our binaries and the baselines (`hk-baseline`, the same DuckDB build) come from \
-             the one dev profile (dependencies at opt-level 2, our crates at 0).\n",
+             the one dev profile (opt-level 2 throughout).\n",
             self.date,
             self.machine,
             self.server,
