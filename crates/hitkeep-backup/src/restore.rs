@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{
     Database, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantState,
 };
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 
 /// DuckDB storage version written by restores: HitKeep Go ships DuckDB 1.5, which cannot read files
 /// created at DuckDB 2.0's default.
@@ -416,12 +416,25 @@ async fn download(
     let transfer = TransferOptions::default();
     match manifest {
         Some(m) => {
-            // Several files at once: one stream per file leaves a fast link mostly idle.
-            futures::stream::iter(&m.files)
-                .map(|file| download_one(storage, folder, file, dir, &transfer))
+            // Several files at once: one stream per file leaves a fast link mostly idle. After a
+            // failure no new file starts, but those in flight run to their end: a download dropped
+            // mid-way can still create its partial file after the staging folder was removed (the
+            // e2e run's corrupting network left one behind).
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            let failed = &failed;
+            let outcomes: Vec<Result<Option<ObjectInfo>>> = futures::stream::iter(&m.files)
+                .map(|file| async move {
+                    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(None); // skipped: another file already failed
+                    }
+                    let outcome = download_one(storage, folder, file, dir, &transfer).await;
+                    failed.fetch_or(outcome.is_err(), std::sync::atomic::Ordering::Relaxed);
+                    outcome.map(Some)
+                })
                 .buffer_unordered(DOWNLOAD_CONCURRENCY)
-                .try_collect::<Vec<_>>()
-                .await?;
+                .collect()
+                .await;
+            outcomes.into_iter().collect::<Result<Vec<_>>>()?;
         }
         None => {
             tracing::warn!(
