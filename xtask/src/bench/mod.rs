@@ -117,6 +117,7 @@ pub fn run() -> Result<()> {
     }
     std::fs::write(out.join("latest.md"), &md)?;
     chart::draw(&results, &out.join("latest.png"))?;
+    update_readme(&root.join("README.md"), &results.markdown())?;
     println!("{md}");
     println!(
         "bench: wrote {} and latest.png",
@@ -382,6 +383,34 @@ impl Bench {
             list,
         })
     }
+}
+
+/// Puts the run's tables (not the CPU breakdown) between the README's bench markers, headings
+/// demoted, so the front page always shows the latest run.
+fn update_readme(readme: &Path, md: &str) -> Result<()> {
+    const START: &str = "<!-- bench:start -->";
+    const END: &str = "<!-- bench:end -->";
+    let text = std::fs::read_to_string(readme)?;
+    let (Some(a), Some(b)) = (text.find(START), text.find(END)) else {
+        anyhow::bail!("{} has no {START} … {END} markers", readme.display());
+    };
+    let body = md.split_once('\n').map_or(md, |(_, rest)| rest);
+    let body = body
+        .split("\n## Why targets were missed")
+        .next()
+        .unwrap_or(body)
+        .split("\n## Where the time goes")
+        .next()
+        .unwrap_or(body)
+        .replace("\n## ", "\n#### ");
+    let section = format!(
+        "{START}\n{}\n\n![time and peak memory against data size](bench/results/latest.png)\n\n\
+         Why the misses, and where the time goes: [bench/results/latest.md](bench/results/latest.md).\n{END}",
+        body.trim()
+    );
+    let updated = format!("{}{section}{}", &text[..a], &text[b + END.len()..]);
+    std::fs::write(readme, updated)?;
+    Ok(())
 }
 
 /// The rows `hitkeep archive run` reports archived, summed over its sites.

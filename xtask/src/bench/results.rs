@@ -241,8 +241,8 @@ impl Results {
                 let best = (one.wall.as_secs_f64() / floor(&one).max(1e-9)).min(cores);
                 lines.push(format!(
                     "- {} tenants, 2 at once: {speedup:.2}× against ≥ 1.6×; one at a time kept {:.2} \
-                     cores busy (ours {}, the server's {}), so running them side by side can gain at most \
-                     {best:.2}× before the {cores} cores are full.",
+                     cores busy (ours {}, the server's {}), so for the same CPU work, running them side by side \
+                     can gain about {best:.2}× before the {cores} cores are full.",
                     t.tenants,
                     one.cores_busy(),
                     secs(one.cpu),
