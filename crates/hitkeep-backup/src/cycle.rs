@@ -690,73 +690,97 @@ impl Drop for StagingDir {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::io::{Seek as _, Write as _};
 
-    use hitkeep_config::{Config, Location, Sources};
-    use std::collections::BTreeMap;
-
-    use hitkeep_testkit::{BUCKET, S3Server};
+    use hitkeep_testkit::S3Server;
 
     use super::*;
 
-    async fn s3_storage(server: &S3Server) -> Storage {
-        let env = server.hitkeep_env().into_iter().collect();
-        let s3 = Config::load(&Sources {
-            env,
-            ..Sources::default()
-        })
-        .unwrap()
-        .settings
-        .s3;
-        let location: Location = format!("s3://{BUCKET}/follow").parse().unwrap();
-        Storage::open(&location, &s3).await.unwrap()
+    /// The in-process S3 server, a storage on it and a scratch directory, with parts small enough
+    /// that a table of a few MiB is followed while DuckDB writes it.
+    struct Setup {
+        _server: S3Server,
+        storage: Storage,
+        dir: tempfile::TempDir,
+        options: BackupOptions,
     }
 
-    /// Small parts, so that a table of a few MiB is followed while DuckDB writes it.
-    fn options(dir: &Path) -> BackupOptions {
-        let mut options =
-            BackupOptions::for_layout(&DataLayout::new(dir.join("hitkeep.db"), dir.join("data")));
-        options.transfer = TransferOptions::new(256 * 1024, 2);
-        options
-    }
+    impl Setup {
+        async fn new() -> Setup {
+            let server = S3Server::start().await.unwrap();
+            let storage = server.storage("follow").await;
+            let dir = tempfile::tempdir().unwrap();
+            let layout = DataLayout::new(dir.path().join("hitkeep.db"), dir.path().join("data"));
+            let mut options = BackupOptions::for_layout(&layout);
+            options.transfer = TransferOptions::new(256 * 1024, 2);
+            Setup {
+                _server: server,
+                storage,
+                dir,
+                options,
+            }
+        }
 
-    async fn stored(storage: &Storage, key: &str, scratch: &Path) -> Vec<u8> {
-        let local = scratch.join("stored");
-        storage
-            .download_file(key, &local, None, &TransferOptions::default())
+        fn export_dir(&self) -> PathBuf {
+            self.dir.path().join("export")
+        }
+
+        /// Runs `export` (given the directory to write) as the export, uploading under `folder`
+        /// while it runs.
+        async fn upload(
+            &self,
+            folder: &str,
+            export: impl FnOnce(PathBuf) -> Result<Export> + Send + 'static,
+        ) -> Result<(Export, Vec<FileEntry>, usize)> {
+            let watch = ExportWatch::new(&self.export_dir()).unwrap();
+            let target = watch.dir().to_owned();
+            let exporting = tokio::task::spawn_blocking(move || export(target));
+            let storage = &self.storage;
+            upload_while_exporting(
+                storage,
+                Database::Shared,
+                folder,
+                exporting,
+                &watch,
+                &self.options,
+            )
             .await
-            .unwrap();
-        std::fs::read(local).unwrap()
+        }
+
+        /// The bytes stored under `key`.
+        async fn stored(&self, key: &str) -> Vec<u8> {
+            let local = self.dir.path().join("stored");
+            self.storage
+                .download_file(key, &local, None, &TransferOptions::default())
+                .await
+                .unwrap();
+            std::fs::read(local).unwrap()
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_big_table_is_uploaded_while_duckdb_exports_it() {
-        let server = S3Server::start().await.unwrap();
-        let storage = s3_storage(&server).await;
-        let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("src.db")).unwrap();
+        let setup = Setup::new().await;
+        let conn = Connection::open(setup.dir.path().join("src.db")).unwrap();
         conn.execute_batch(
             "SET threads = 1;
              CREATE TABLE hits AS SELECT range AS id, md5(range::VARCHAR) AS path FROM range(1500000);
              CREATE TABLE sites AS SELECT range AS id FROM range(3);",
         )
         .unwrap();
-        let options = options(dir.path());
-        let export_dir = dir.path().join("export");
-        let watch = ExportWatch::new(&export_dir).unwrap();
-        let target = watch.dir().to_owned();
-        let exporting =
-            tokio::task::spawn_blocking(move || export_database(&conn, Database::Shared, &target));
-        let (export, files, followed) =
-            upload_while_exporting(&storage, Database::Shared, "s", exporting, &watch, &options)
-                .await
-                .unwrap();
+        let (export, files, followed) = setup
+            .upload("s", move |dir| {
+                export_database(&conn, Database::Shared, &dir)
+            })
+            .await
+            .unwrap();
 
         assert!(followed >= 1, "the hits table was followed while written");
         assert_eq!(export.tables["hits"], 1_500_000);
         assert_eq!(files.len(), export.files.len());
         for file in &files {
-            let local = std::fs::read(export_dir.join(&file.name)).unwrap();
+            let local = std::fs::read(setup.export_dir().join(&file.name)).unwrap();
             assert_eq!(file.size, local.len() as u64, "{}", file.name);
             assert_eq!(
                 file.sha256,
@@ -765,73 +789,57 @@ mod tests {
                 file.name
             );
             let key = format!("s/{}", file.name);
-            assert!(
-                stored(&storage, &key, dir.path()).await == local,
-                "{key} is the file"
-            );
+            assert!(setup.stored(&key).await == local, "{key} is the file");
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_rewritten_after_its_upload_began_is_sent_again() {
-        let server = S3Server::start().await.unwrap();
-        let storage = s3_storage(&server).await;
-        let dir = tempfile::tempdir().unwrap();
-        let options = options(dir.path());
-        let export_dir = dir.path().join("export");
-        let watch = ExportWatch::new(&export_dir).unwrap();
-        let target = watch.dir().to_owned();
+        let setup = Setup::new().await;
         // Not an append-only writer: the head of the file changes after most of it was sent.
-        let exporting = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir(&target).unwrap();
-            let path = target.join("t.parquet");
-            let mut file = std::fs::File::create(&path).unwrap();
-            for _ in 0..12 {
-                file.write_all(&[7u8; 128 * 1024]).unwrap();
-                std::thread::sleep(POLL * 2);
-            }
-            file.rewind().unwrap();
-            file.write_all(b"rewritten").unwrap();
-            drop(file);
-            Ok(Export {
-                tables: BTreeMap::new(),
-                files: vec![path],
-                duckdb_version: "test".into(),
+        let (_, files, followed) = setup
+            .upload("r", |dir| {
+                std::fs::create_dir(&dir).unwrap();
+                let path = dir.join("t.parquet");
+                let mut file = std::fs::File::create(&path).unwrap();
+                for _ in 0..12 {
+                    file.write_all(&[7u8; 128 * 1024]).unwrap();
+                    std::thread::sleep(POLL * 2);
+                }
+                file.rewind().unwrap();
+                file.write_all(b"rewritten").unwrap();
+                drop(file);
+                Ok(Export {
+                    tables: BTreeMap::new(),
+                    files: vec![path],
+                    duckdb_version: "test".into(),
+                })
             })
-        });
-        let (_, files, followed) =
-            upload_while_exporting(&storage, Database::Shared, "r", exporting, &watch, &options)
-                .await
-                .unwrap();
+            .await
+            .unwrap();
 
         assert_eq!(followed, 1);
-        let local = std::fs::read(export_dir.join("t.parquet")).unwrap();
+        let local = std::fs::read(setup.export_dir().join("t.parquet")).unwrap();
         assert!(local.starts_with(b"rewritten"));
         assert_eq!(files[0].sha256, Sha256Digest::of(&local).to_string());
-        assert!(stored(&storage, "r/t.parquet", dir.path()).await == local);
+        assert!(setup.stored("r/t.parquet").await == local);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_export_fails_the_database_after_its_uploads_end() {
-        let server = S3Server::start().await.unwrap();
-        let storage = s3_storage(&server).await;
-        let dir = tempfile::tempdir().unwrap();
-        let options = options(dir.path());
-        let watch = ExportWatch::new(&dir.path().join("export")).unwrap();
-        let target = watch.dir().to_owned();
-        let exporting = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir(&target).unwrap();
-            let mut file = std::fs::File::create(target.join("t.parquet")).unwrap();
-            file.write_all(&[1u8; 600 * 1024]).unwrap();
-            std::thread::sleep(POLL * 10);
-            Err(Error::Internal("disk full".into()))
-        });
-        let err =
-            upload_while_exporting(&storage, Database::Shared, "f", exporting, &watch, &options)
-                .await
-                .unwrap_err();
+        let setup = Setup::new().await;
+        let err = setup
+            .upload("f", |dir| {
+                std::fs::create_dir(&dir).unwrap();
+                let mut file = std::fs::File::create(dir.join("t.parquet")).unwrap();
+                file.write_all(&[1u8; 600 * 1024]).unwrap();
+                std::thread::sleep(POLL * 10);
+                Err(Error::Internal("disk full".into()))
+            })
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
-        let left = storage.list("f", ListMode::Recursive).await.unwrap();
+        let left = setup.storage.list("f", ListMode::Recursive).await.unwrap();
         assert!(left.is_empty(), "no object of an aborted upload: {left:?}");
     }
 }

@@ -197,23 +197,31 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_growing_file_is_followed_to_its_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let export = dir.path().join("export");
+    type Follower = tokio::task::JoinHandle<std::io::Result<Vec<u8>>>;
+
+    /// An export directory with one file just created: its watch, its writer, and a follower reading
+    /// it in 1000-byte parts.
+    fn following(dir: &Path) -> (ExportWatch, std::fs::File, Follower) {
+        let export = dir.join("export");
         let watch = ExportWatch::new(&export).unwrap();
         std::fs::create_dir(&export).unwrap();
         let path = watch.dir().join("t.parquet");
-        let mut writer = std::fs::File::create(&path).unwrap();
+        let writer = std::fs::File::create(&path).unwrap();
+        let follower = tokio::spawn(
+            follow(path, 1000, watch.clone())
+                .map_ok(|b| b.to_vec())
+                .try_concat(),
+        );
+        (watch, writer, follower)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_growing_file_is_followed_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (watch, mut writer, follower) = following(dir.path());
         assert!(
             watch.scan().unwrap()[0].open,
             "a file being written is open"
-        );
-
-        let follower = tokio::spawn(
-            follow(path.clone(), 1000, watch.clone())
-                .map_ok(|b| b.to_vec())
-                .try_concat(),
         );
         let mut expected = Vec::new();
         for i in 0..40u8 {
@@ -236,16 +244,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_export_ends_its_followers_with_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let export = dir.path().join("export");
-        let watch = ExportWatch::new(&export).unwrap();
-        std::fs::create_dir(&export).unwrap();
-        let path = watch.dir().join("t.parquet");
-        let _writer = std::fs::File::create(&path).unwrap();
-        let follower = tokio::spawn(
-            follow(path, 1000, watch.clone())
-                .map_ok(|b| b.to_vec())
-                .try_concat(),
-        );
+        let (watch, _writer, follower) = following(dir.path());
         tokio::time::sleep(POLL * 3).await;
         watch.set(ExportState::Failed);
         let outcome = tokio::time::timeout(Duration::from_secs(10), follower)

@@ -5,6 +5,9 @@
 //! errors, multipart uploads and paginated listings. It is no mock: requests travel over TCP like any
 //! client's. It can be stopped mid-request and restarted on the same port to test failures.
 //!
+//! [`S3Server::storage`] and [`local_storage`] open a HitKeep [`Storage`] on such a server or on a
+//! directory, with settings resolved through hitkeep-config exactly as the binary resolves them.
+//!
 //! What it will not do: stand in for AWS-only behaviour (IAM, lifecycle rules), or run outside tests.
 
 #![deny(missing_docs)]
@@ -15,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use hitkeep_config::{Config, Location, S3Settings, Sources};
+use hitkeep_storage::Storage;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
@@ -149,6 +154,19 @@ impl S3Server {
         .collect()
     }
 
+    /// A [`Storage`] on this server's [`BUCKET`] under `prefix`.
+    ///
+    /// # Panics
+    /// When the storage cannot be opened: this is for tests, where that is the failure to report.
+    pub async fn storage(&self, prefix: &str) -> Storage {
+        let location: Location = format!("s3://{BUCKET}/{prefix}")
+            .parse()
+            .expect("an s3:// location");
+        Storage::open(&location, &s3_settings(self.hitkeep_env()))
+            .await
+            .expect("a storage on the test server")
+    }
+
     /// The directory holding the buckets (one subdirectory each).
     pub fn root(&self) -> &Path {
         self.root.path()
@@ -230,4 +248,22 @@ fn serve(
             while connections.try_join_next().is_some() {}
         }
     }))
+}
+
+/// A [`Storage`] on the local directory `dir`, with default settings.
+///
+/// # Panics
+/// When the storage cannot be opened.
+pub async fn local_storage(dir: &Path) -> Storage {
+    Storage::open(&Location::Local(dir.to_owned()), &s3_settings(Vec::new()))
+        .await
+        .expect("a storage on a local directory")
+}
+
+/// S3 settings from `HITKEEP_*` variables, resolved as the binary resolves them.
+fn s3_settings(env: Vec<(String, String)>) -> S3Settings {
+    Config::load(&Sources::with_env(env))
+        .expect("valid test settings")
+        .settings
+        .s3
 }

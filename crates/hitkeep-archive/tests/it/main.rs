@@ -3,11 +3,10 @@
 use std::collections::BTreeMap;
 
 use hitkeep_archive::{ArchiveOptions, EntryState, Ledger, SitePolicy, load_policies, run};
-use hitkeep_config::{Config, Location, Sources};
 use hitkeep_data::demo::{DemoOptions, DemoSummary, generate};
 use hitkeep_data::{DataLayout, OpenMode, open_database};
 use hitkeep_storage::{ListMode, Storage};
-use hitkeep_testkit::{BUCKET, S3Server};
+use hitkeep_testkit::{S3Server, local_storage};
 use jiff::Timestamp;
 
 struct Fixture {
@@ -35,26 +34,11 @@ impl Fixture {
         drop(shared);
         let (storage, server) = if s3 {
             let server = S3Server::start().await.unwrap();
-            let env = server.hitkeep_env().into_iter().collect();
-            let s3 = Config::load(&Sources {
-                env,
-                ..Sources::default()
-            })
-            .unwrap()
-            .settings
-            .s3;
             // A short prefix: s3s-fs (the test server) keeps per-object files whose names grow with the key
             // and fail past the filesystem's 255-byte limit; real S3 servers have no such limit.
-            let location: Location = format!("s3://{BUCKET}/a").parse().unwrap();
-            (Storage::open(&location, &s3).await.unwrap(), Some(server))
+            (server.storage("a").await, Some(server))
         } else {
-            let s3 = Config::load(&Sources::default()).unwrap().settings.s3;
-            (
-                Storage::open(&Location::Local(dir.path().join("archive")), &s3)
-                    .await
-                    .unwrap(),
-                None,
-            )
+            (local_storage(&dir.path().join("archive")).await, None)
         };
         Fixture {
             dir,

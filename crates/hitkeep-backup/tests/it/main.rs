@@ -9,11 +9,10 @@ use hitkeep_backup::{
     BackupOptions, Catalog, CycleLock, Database, Error, PrunePlan, SnapshotId, SnapshotState,
     TenantSource, run_cycle, verify_snapshot,
 };
-use hitkeep_config::{Config, Location, Sources};
 use hitkeep_data::demo::{DemoOptions, DemoSummary, generate};
 use hitkeep_data::{DataLayout, OpenMode, backup_tenants, open_database};
 use hitkeep_storage::{ListMode, Storage};
-use hitkeep_testkit::{BUCKET, S3Server};
+use hitkeep_testkit::{S3Server, local_storage};
 
 /// Demo data plus a backup location.
 struct Fixture {
@@ -31,24 +30,9 @@ impl Fixture {
         let demo = generate(&layout, &DemoOptions::new(3_000, 2)).unwrap();
         let (storage, server) = if s3 {
             let server = S3Server::start().await.unwrap();
-            let env = server.hitkeep_env().into_iter().collect();
-            let s3 = Config::load(&Sources {
-                env,
-                ..Sources::default()
-            })
-            .unwrap()
-            .settings
-            .s3;
-            let location: Location = format!("s3://{BUCKET}/hitkeep/backups").parse().unwrap();
-            (Storage::open(&location, &s3).await.unwrap(), Some(server))
+            (server.storage("hitkeep/backups").await, Some(server))
         } else {
-            let s3 = Config::load(&Sources::default()).unwrap().settings.s3;
-            (
-                Storage::open(&Location::Local(dir.path().join("backups")), &s3)
-                    .await
-                    .unwrap(),
-                None,
-            )
+            (local_storage(&dir.path().join("backups")).await, None)
         };
         Fixture {
             dir,
