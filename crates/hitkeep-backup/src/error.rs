@@ -26,6 +26,23 @@ pub enum Error {
         #[source]
         source: duckdb::Error,
     },
+    /// DuckDB ran out of the memory it was given (`HITKEEP_DUCKDB_MEMORY_LIMIT`). Only the first line
+    /// of DuckDB's message is shown: the rest suggests SQL settings users cannot reach.
+    #[error(
+        "{database}: {context}: DuckDB ran out of memory ({})\n  hint: {hint}",
+        first_line(&.source.to_string())
+    )]
+    OutOfMemory {
+        /// Which database.
+        database: Database,
+        /// What was being done.
+        context: &'static str,
+        /// What the user can do about it.
+        hint: &'static str,
+        /// DuckDB's error (boxed: the hint would make every `Result` bigger).
+        #[source]
+        source: Box<duckdb::Error>,
+    },
     /// A local file or directory operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -84,6 +101,42 @@ impl Error {
             source,
         }
     }
+
+    /// [`Error::duckdb`], or [`Error::OutOfMemory`] with `hint` when DuckDB ran out of memory.
+    pub(crate) fn duckdb_or_memory(
+        database: Database,
+        context: &'static str,
+        hint: &'static str,
+        source: duckdb::Error,
+    ) -> Self {
+        if is_out_of_memory(&source) {
+            Error::OutOfMemory {
+                database,
+                context,
+                hint,
+                source: Box::new(source),
+            }
+        } else {
+            Error::duckdb(database, context, source)
+        }
+    }
+}
+
+/// Whether DuckDB failed for want of memory: its out-of-memory errors, and buffers it could not pin
+/// within the limit (reported as a transaction or I/O error when it happens at commit).
+fn is_out_of_memory(e: &duckdb::Error) -> bool {
+    let text = e.to_string();
+    [
+        "Out of Memory",
+        "failed to pin block",
+        "could not allocate block",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 /// The backup crate's result.

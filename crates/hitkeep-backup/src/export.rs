@@ -21,6 +21,8 @@ pub(crate) struct Export {
     pub duckdb_version: String,
 }
 
+const EXPORT_MEMORY_HINT: &str = "give backups more memory with HITKEEP_DUCKDB_MEMORY_LIMIT, or back up fewer databases at once (HITKEEP_BACKUP_CONCURRENCY=1 gives each the whole limit)";
+
 /// `CHECKPOINT`, then in one transaction: count every table and `EXPORT DATABASE` (Parquet, zstd) into
 /// `dir`. Counting inside the transaction makes the counts describe exactly the exported rows.
 pub(crate) fn export_database(conn: &Connection, database: Database, dir: &Path) -> Result<Export> {
@@ -73,6 +75,6 @@ fn count_and_export(
         "EXPORT DATABASE {} (FORMAT PARQUET, COMPRESSION ZSTD)",
         quote_literal(target)
     ))
-    .map_err(|e| Error::duckdb(database, "EXPORT DATABASE", e))?;
+    .map_err(|e| Error::duckdb_or_memory(database, "EXPORT DATABASE", EXPORT_MEMORY_HINT, e))?;
     Ok(tables)
 }

@@ -229,24 +229,29 @@ impl RestorePlan {
         item: &RestoreItem,
         stamp: SnapshotId,
     ) -> Result<PreparedRestore> {
-        self.prepare_with(storage, item, stamp, self.limits).await
+        let importing = tokio::sync::Semaphore::new(1);
+        self.prepare_with(storage, item, stamp, &importing).await
     }
 
-    /// Prepares every item, `concurrency` at a time (each with its share of DuckDB's limits), in plan
-    /// order. On a failure, waits for the items already started, drops every prepared one (removing its
-    /// files) and returns the failing database with its error: nothing has been changed.
+    /// Prepares every item in plan order: `concurrency` downloads at a time, while the imports take
+    /// turns, each with the whole of DuckDB's limits. An import builds each table's indexes in memory
+    /// and DuckDB needs them to fit (the shared database of 16M demo hits needs about 1 GiB), so
+    /// splitting the budget between imports side by side fails ones that fit it whole; downloads need
+    /// none of it and run ahead. On a failure, waits for the items already started, drops every
+    /// prepared one (removing its files) and returns the failing database with its error: nothing has
+    /// been changed.
     pub async fn prepare_all(
         &self,
         storage: &Storage,
         stamp: SnapshotId,
         concurrency: usize,
     ) -> std::result::Result<Vec<PreparedRestore>, (Database, Error)> {
-        let limits = self.limits.share(concurrency);
+        let importing = tokio::sync::Semaphore::new(1);
         // Every started import runs to its end before anything is dropped: an import abandoned
         // mid-way would keep writing into a file its guard had already removed.
         let outcomes: Vec<_> = futures::stream::iter(&self.items)
-            .map(|item| async move {
-                let prepared = self.prepare_with(storage, item, stamp, limits).await;
+            .map(|item| async {
+                let prepared = self.prepare_with(storage, item, stamp, &importing).await;
                 prepared.map_err(|e| (item.database, e))
             })
             .buffered(concurrency.max(1))
@@ -260,7 +265,7 @@ impl RestorePlan {
         storage: &Storage,
         item: &RestoreItem,
         stamp: SnapshotId,
-        limits: DuckDbLimits,
+        importing: &tokio::sync::Semaphore,
     ) -> Result<PreparedRestore> {
         let target = item.target.clone();
         if let Some(holder) = lock_holder(&target) {
@@ -299,7 +304,11 @@ impl RestorePlan {
         download(storage, &folder, item.manifest.as_ref(), &staging.0).await?;
         let (staging_path, temp_path, manifest) =
             (staging.0.clone(), temp_db.0.clone(), item.manifest.clone());
-        let database = item.database;
+        let (database, limits) = (item.database, self.limits);
+        let _turn = importing
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(format!("import turn: {e}")))?;
         let tables = tokio::task::spawn_blocking(move || {
             import(
                 &staging_path,
@@ -460,6 +469,8 @@ async fn download(
     Ok(())
 }
 
+const IMPORT_MEMORY_HINT: &str = "DuckDB holds each table's indexes in memory while it imports them; the server is stopped during a restore, so give this command more with HITKEEP_DUCKDB_MEMORY_LIMIT (e.g. 4GiB), or unset it to let DuckDB use 80% of RAM";
+
 /// `IMPORT DATABASE` into a new file at a storage version DuckDB 1.5 reads, `CHECKPOINT`, close, require
 /// that no WAL is left, and compare row counts with the manifest.
 fn import(
@@ -469,23 +480,32 @@ fn import(
     database: Database,
     limits: DuckDbLimits,
 ) -> Result<BTreeMap<String, u64>> {
-    let conn = duckdb::Connection::open_in_memory()
-        .map_err(|e| Error::duckdb(database, "opening DuckDB", e))?;
-    limits
-        .apply(&conn)
-        .map_err(|e| Error::duckdb(database, "setting DuckDB's limits", e))?;
     let temp = temp_db
         .to_str()
         .ok_or_else(|| Error::io(temp_db, std::io::Error::other("path is not valid UTF-8")))?;
     let source = staging
         .to_str()
         .ok_or_else(|| Error::io(staging, std::io::Error::other("path is not valid UTF-8")))?;
+    // Spills go beside the new file (on the data disk), not into an in-memory database's default,
+    // `.tmp` under whatever directory the command was started from. Declared before the connection,
+    // so removed after DuckDB has closed.
+    let spill = Scratch(PathBuf::from(format!("{temp}.spill")));
+    let conn = duckdb::Connection::open_in_memory()
+        .map_err(|e| Error::duckdb(database, "opening DuckDB", e))?;
+    limits
+        .apply(&conn)
+        .map_err(|e| Error::duckdb(database, "setting DuckDB's limits", e))?;
+    conn.execute_batch(&format!(
+        "SET temp_directory = {}",
+        quote_literal(&spill.0.display().to_string())
+    ))
+    .map_err(|e| Error::duckdb(database, "setting DuckDB's spill directory", e))?;
     conn.execute_batch(&format!(
         "ATTACH {} AS restored (STORAGE_VERSION '{RESTORE_STORAGE_VERSION}'); USE restored; IMPORT DATABASE {}; CHECKPOINT;",
         quote_literal(temp),
         quote_literal(source)
     ))
-    .map_err(|e| Error::duckdb(database, "IMPORT DATABASE", e))?;
+    .map_err(|e| Error::duckdb_or_memory(database, "IMPORT DATABASE", IMPORT_MEMORY_HINT, e))?;
     let tables =
         hitkeep_data::row_counts(&conn).map_err(|e| Error::duckdb(database, "counting rows", e))?;
     conn.execute_batch("USE memory; DETACH restored;")

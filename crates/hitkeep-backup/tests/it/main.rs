@@ -1,5 +1,7 @@
 //! Backup cycles against a local directory and the in-process S3 server, on real DuckDB demo data.
 
+mod restore;
+
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::Path;
