@@ -15,7 +15,10 @@ const USAGE: &str = "usage:
   hk-baseline export OUT_DIR DB...          EXPORT DATABASE (Parquet, zstd) of each DB into OUT_DIR/<i>
   hk-baseline import EXPORT_DIR DB          IMPORT DATABASE into a new DB file (DuckDB 1.5 storage)
   hk-baseline expire DB DAYS                give one site of DB a retention of DAYS, the others none; prints its id
-  hk-baseline archive DB SITE DAYS OUT_DIR  COPY the site's expired rows to Parquet, then DELETE them; prints rows";
+  hk-baseline archive DB SITE CUTOFF OUT_DIR
+                                            COPY the site's rows before CUTOFF (RFC 3339, the instant
+                                            `hitkeep archive run` printed) to Parquet, then DELETE them;
+                                            prints rows";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,7 +27,10 @@ fn main() -> Result<()> {
         ["export", out, dbs @ ..] if !dbs.is_empty() => export(Path::new(out), dbs),
         ["import", dir, db] => import(dir, db),
         ["expire", db, days] => expire(db, days.parse().context("DAYS")?),
-        ["archive", db, site, days, out] => archive(db, site, days.parse().context("DAYS")?, out),
+        ["archive", db, site, cutoff, out] => {
+            let cutoff = Cutoff::at(cutoff.parse().context("CUTOFF (RFC 3339)")?);
+            archive(db, site, cutoff, out)
+        }
         _ => bail!("{USAGE}"),
     }
 }
@@ -75,10 +81,9 @@ fn expire(db: &str, days: u32) -> Result<()> {
 }
 
 /// What `hitkeep archive run` does at its core, bare: per table, COPY the expired rows to Parquet and
-/// DELETE them, in one transaction.
-fn archive(db: &str, site: &str, days: u32, out: &str) -> Result<()> {
+/// DELETE them, in one transaction. The cutoff is hitkeep's, so both remove exactly the same rows.
+fn archive(db: &str, site: &str, cutoff: Cutoff, out: &str) -> Result<()> {
     let conn = Connection::open(db)?;
-    let cutoff = Cutoff::days_before(jiff::Timestamp::now(), days).context("DAYS too large")?;
     std::fs::create_dir_all(out)?;
     conn.execute_batch("BEGIN TRANSACTION")?;
     let mut rows = 0u64;

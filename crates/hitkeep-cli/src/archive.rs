@@ -65,8 +65,8 @@ pub fn run(settings: &Settings, dry_run: bool) -> ExitCode {
                         }
                     }
                     (Some(file), false) => println!(
-                        "site {} (tenant {tenant}): {rows} rows archived to {file}",
-                        r.policy.site_id
+                        "site {} (tenant {tenant}): {rows} rows archived to {file} (before {})",
+                        r.policy.site_id, r.cutoff
                     ),
                     (None, false) => println!(
                         "site {} (tenant {tenant}): nothing expired",

@@ -142,7 +142,12 @@ async fn execute(storage: &Storage, plan: &RestorePlan, concurrency: usize) -> E
     let prepared = match plan.prepare_all(storage, stamp, concurrency).await {
         Ok(prepared) => prepared,
         Err((database, e)) => {
-            eprintln!("Error restoring the {database}: {e}");
+            // DuckDB's errors already start with the database's name; say it once.
+            let message = e.to_string();
+            let message = message
+                .strip_prefix(&format!("{database}: "))
+                .unwrap_or(&message);
+            eprintln!("Error restoring the {database}: {message}");
             eprintln!("\nRestore failed: nothing was changed; every database is as it was.");
             return ExitCode::from(EXIT_FAILURE);
         }

@@ -234,9 +234,9 @@ impl Bench {
             }
             samples[5].push(baseline);
             // Archive one site with 90% of its rows expired, and the bare COPY + DELETE of the same rows.
-            let (hk_rows, s) = self.archive_run(&src, &format!("{prefix}/archive"))?;
+            let (hk_rows, cutoff, s) = self.archive_run(&src, &format!("{prefix}/archive"))?;
             samples[6].push(s);
-            let (bare_rows, s) = self.bare_archive(&src)?;
+            let (bare_rows, s) = self.bare_archive(&src, &cutoff)?;
             samples[7].push(s);
             anyhow::ensure!(
                 hk_rows == bare_rows,
@@ -279,19 +279,22 @@ impl Bench {
         Ok((site.trim().to_owned(), dir))
     }
 
-    fn archive_run(&self, src: &Path, prefix: &str) -> Result<(u64, Sample)> {
+    /// `hitkeep archive run` on an expiring copy: the rows it archived, its cutoff and the sample.
+    fn archive_run(&self, src: &Path, prefix: &str) -> Result<(u64, String, Sample)> {
         let (_, dir) = self.expiring_copy(src, "archive")?;
         let env = [("HITKEEP_ARCHIVE_PATH", self.s3.url(prefix))];
         let (s, out) = self.hk(&dir, &env, &["archive", "run"])?;
-        let rows = archived_rows(&out).with_context(|| format!("no row count in {out:?}"))?;
-        Ok((rows, s))
+        let (rows, cutoff) = archived(&out).with_context(|| format!("no row count in {out:?}"))?;
+        Ok((rows, cutoff, s))
     }
 
-    fn bare_archive(&self, src: &Path) -> Result<(u64, Sample)> {
+    /// The bare COPY + DELETE on another copy, at hitkeep's cutoff: a cutoff of its own, taken
+    /// moments later, would take in the rows written in between.
+    fn bare_archive(&self, src: &Path, cutoff: &str) -> Result<(u64, Sample)> {
         let (site, dir) = self.expiring_copy(src, "bare-archive")?;
         let db = dir.join("hitkeep.db").display().to_string();
         let out = dir.join("parquet").display().to_string();
-        let (s, rows) = self.base(&["archive", &db, &site, ARCHIVE_DAYS, &out])?;
+        let (s, rows) = self.base(&["archive", &db, &site, cutoff, &out])?;
         Ok((rows.trim().parse()?, s))
     }
 
@@ -413,17 +416,26 @@ fn update_readme(readme: &Path, md: &str) -> Result<()> {
     Ok(())
 }
 
-/// The rows `hitkeep archive run` reports archived, summed over its sites.
-fn archived_rows(out: &str) -> Option<u64> {
-    let mut total = None;
-    for line in out.lines() {
-        // "site … (tenant default): 267088 rows archived to …"
-        let count = line
-            .split_once(" rows archived")
-            .and_then(|(before, _)| before.rsplit(' ').next());
-        if let Some(n) = count.and_then(|n| n.parse::<u64>().ok()) {
-            *total.get_or_insert(0) += n;
-        }
+/// The rows `hitkeep archive run` reports archived and their cutoff, from the one site that expires.
+fn archived(out: &str) -> Option<(u64, String)> {
+    // "site … (tenant default): 267088 rows archived to … (before 2026-09-18T06:52:10.123456Z)"
+    let line = out.lines().find(|l| l.contains(" rows archived to "))?;
+    let (before, after) = line.split_once(" rows archived")?;
+    let rows = before.rsplit(' ').next()?.parse().ok()?;
+    let cutoff = after.rsplit_once("(before ")?.1.strip_suffix(')')?;
+    Some((rows, cutoff.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_archived_rows_and_cutoff_are_read_from_hitkeeps_output() {
+        let out = "site 5c66 (tenant default): nothing expired\n\
+                   site 7a1b (tenant default): 267088 rows archived to s3://b/a/x.parquet (before 2026-09-18T06:52:10.123456Z)\n";
+        assert_eq!(
+            super::archived(out),
+            Some((267_088, "2026-09-18T06:52:10.123456Z".to_owned()))
+        );
+        assert_eq!(super::archived("site 5c66 (tenant default): nothing expired\n"), None);
     }
-    total
 }

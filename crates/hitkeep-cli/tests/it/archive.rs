@@ -56,6 +56,9 @@ fn round_trip(dir: &Path, env: &[(String, String)]) {
         out.starts_with("exit: 0") && out.matches("rows archived to").count() == 6,
         "{out}"
     );
+    // Each line says which rows went: those before the site's cutoff.
+    assert_eq!(out.matches("Z)\n").count(), 6, "{out}");
+    assert_eq!(out.matches(" (before 20").count(), 6, "{out}");
     let again = hk(&["archive", "run"], env, dir);
     assert!(
         again.starts_with("exit: 0") && again.matches("nothing expired").count() == 6,

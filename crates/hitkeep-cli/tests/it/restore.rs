@@ -258,7 +258,10 @@ fn an_import_that_fails_halfway_leaves_the_original_in_place() {
         out.starts_with("exit: 1") && out.contains("legacy"),
         "{out}"
     );
-    assert!(out.contains("IMPORT DATABASE"), "{out}");
+    assert!(
+        out.contains("Error restoring the shared database: IMPORT DATABASE: "),
+        "the database is named once: {out}"
+    );
     assert_eq!(std::fs::read(s.db()).unwrap(), before);
 }
 
