@@ -1,4 +1,5 @@
-//! `latest.png`: time and peak memory against data size, ours beside the baselines. Text is drawn with
+//! `latest.png`: time and peak memory against data size, ours beside the baselines, and a backup cycle's
+//! time against the tenant count, one at a time and side by side. Text is drawn with
 //! ab_glyph from DejaVu Sans (Debian's fonts-dejavu-core), so no fontconfig is involved.
 
 use std::path::Path;
@@ -45,47 +46,77 @@ fn load_font() -> Result<()> {
 
 pub fn draw(results: &Results, path: &Path) -> Result<()> {
     load_font()?;
-    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    let root = BitMapBackend::new(path, (2100, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let caption = format!("cargo xtask bench, {} ({})", results.date, results.machine);
     let root = root
         .titled(&caption, ("sans-serif", 18))
         .map_err(|e| anyhow!("{e}"))?;
-    let (left, right) = root.split_horizontally(700);
-    panel(&left, results, "Wall time (s)", TIME, |s| {
-        s.wall.as_secs_f64()
-    })?;
+    let (left, rest) = root.split_horizontally(700);
+    let (middle, right) = rest.split_horizontally(700);
+    let time = size_lines(results, TIME, |s| s.wall.as_secs_f64());
+    plot(&left, "Wall time (s)", "million hits", &time)?;
     let limit = results.memory_limit_mib as f64;
-    panel(
-        &right,
-        results,
-        &format!("Peak RSS (MiB); DuckDB limit {limit:.0} MiB"),
-        MEMORY,
-        |s| s.rss as f64 / 1024.0 / 1024.0,
-    )?;
+    let memory = size_lines(results, MEMORY, |s| s.rss as f64 / 1024.0 / 1024.0);
+    let title = format!("Peak RSS (MiB); DuckDB limit {limit:.0} MiB");
+    plot(&middle, &title, "million hits", &memory)?;
+    let title = "One backup cycle over many small tenants (s)";
+    plot(&right, title, "tenants", &tenant_lines(results))?;
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }
 
-fn panel(
+/// One line of a panel: its points, and whether it is ours (drawn thick) or a baseline.
+struct Line {
+    label: String,
+    points: Vec<(f64, f64)>,
+    ours: bool,
+}
+
+/// Each series against the data size, in millions of hits.
+fn size_lines(results: &Results, series: &[Series], value: fn(&Sample) -> f64) -> Vec<Line> {
+    series
+        .iter()
+        .map(|(label, field, ours)| Line {
+            label: (*label).to_owned(),
+            points: results
+                .sizes
+                .iter()
+                .map(|s| (s.hits as f64 / 1e6, value(&field(s))))
+                .collect(),
+            ours: *ours,
+        })
+        .collect()
+}
+
+/// A cycle's wall time against the tenant count, one line per concurrency.
+fn tenant_lines(results: &Results) -> Vec<Line> {
+    [1, 2, 4]
+        .into_iter()
+        .map(|concurrency| Line {
+            label: match concurrency {
+                1 => "one at a time".to_owned(),
+                n => format!("{n} at once"),
+            },
+            points: results
+                .tenants
+                .iter()
+                .filter_map(|t| Some((t.tenants as f64, t.at(concurrency)?.wall.as_secs_f64())))
+                .collect(),
+            ours: concurrency > 1,
+        })
+        .collect()
+}
+
+fn plot(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-    results: &Results,
     title: &str,
-    series: &[Series],
-    value: fn(&Sample) -> f64,
+    x_desc: &str,
+    lines: &[Line],
 ) -> Result<()> {
-    let x_max = results
-        .sizes
-        .iter()
-        .map(|s| s.hits as f64 / 1e6)
-        .fold(1.0, f64::max)
-        * 1.05;
-    let y_max = results
-        .sizes
-        .iter()
-        .flat_map(|s| series.iter().map(move |(_, f, _)| value(&f(s))))
-        .fold(1.0, f64::max)
-        * 1.1;
+    let points = || lines.iter().flat_map(|l| l.points.iter());
+    let x_max = points().map(|p| p.0).fold(1.0, f64::max) * 1.05;
+    let y_max = points().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
         .margin(12)
@@ -95,30 +126,25 @@ fn panel(
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .configure_mesh()
-        .x_desc("million hits")
+        .x_desc(x_desc)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    for (i, (label, field, ours)) in series.iter().enumerate() {
+    for (i, line) in lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let style = match ours {
+        let style = match line.ours {
             true => color.stroke_width(3),
             false => color.stroke_width(1),
         };
-        let points: Vec<(f64, f64)> = results
-            .sizes
-            .iter()
-            .map(|s| (s.hits as f64 / 1e6, value(&field(s))))
-            .collect();
         chart
-            .draw_series(LineSeries::new(points.clone(), style))
+            .draw_series(LineSeries::new(line.points.clone(), style))
             .map_err(|e| anyhow!("{e}"))?
-            .label(*label)
+            .label(line.label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         chart
             .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color.filled())),
+                line.points
+                    .iter()
+                    .map(|&p| Circle::new(p, 3, color.filled())),
             )
             .map_err(|e| anyhow!("{e}"))?;
     }
@@ -130,4 +156,52 @@ fn panel(
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bench::results::TenantResult;
+
+    fn took(secs: f64, mib: u64) -> Sample {
+        Sample {
+            wall: Duration::from_secs_f64(secs),
+            rss: mib * 1024 * 1024,
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn the_chart_has_a_panel_for_sizes_memory_and_tenants() {
+        let mut results = Results::new("test", 3, 1024);
+        for (hits, secs) in [(1_000_000, 3.0), (4_000_000, 9.0)] {
+            let mut size = SizeResult::new(hits);
+            size.backup = took(secs, 300);
+            size.export = took(secs / 1.3, 200);
+            results.sizes.push(size);
+        }
+        for (tenants, secs) in [(10, 3.0), (50, 14.0), (200, 54.0)] {
+            results.tenants.push(TenantResult {
+                tenants,
+                by_concurrency: vec![(1, took(secs, 0)), (2, took(secs / 1.4, 0))],
+            });
+        }
+        let lines = tenant_lines(&results);
+        assert_eq!(
+            lines[0].points,
+            vec![(10.0, 3.0), (50.0, 14.0), (200.0, 54.0)]
+        );
+        assert_eq!(lines[1].points.len(), 3);
+        assert!(lines[2].points.is_empty(), "4 at once was not measured");
+
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("chart.png");
+        draw(&results, &png).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"));
+        // The IHDR chunk: width and height, big-endian, at bytes 16..24.
+        assert_eq!(&bytes[16..24], &[0, 0, 8, 52, 0, 0, 2, 48]);
+    }
 }

@@ -436,6 +436,9 @@ mod tests {
             super::archived(out),
             Some((267_088, "2026-09-18T06:52:10.123456Z".to_owned()))
         );
-        assert_eq!(super::archived("site 5c66 (tenant default): nothing expired\n"), None);
+        assert_eq!(
+            super::archived("site 5c66 (tenant default): nothing expired\n"),
+            None
+        );
     }
 }
