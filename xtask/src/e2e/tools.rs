@@ -40,7 +40,7 @@ pub fn built(root: &Path, name: &str) -> Result<PathBuf> {
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .with_context(|| format!("no {name} binary at {}: {fix}", bin.display()))?;
-    let newest = match sources_of(&bin) {
+    let newest = match sources_of(&bin).filter(|s| s.iter().any(|p| p.starts_with(root))) {
         Some(sources) => newest_of(sources)?,
         None => newest_source(root)?,
     };
@@ -54,7 +54,9 @@ pub fn built(root: &Path, name: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The sources cargo recorded for `bin` in its dep-info file (`<bin>.d`), when there is one.
+/// The sources cargo recorded for `bin` in its dep-info file (`<bin>.d`), when there is one. A clone
+/// elsewhere that shares the build cache (CI's checkout) leaves its own paths there; cargo still counts
+/// the binary fresh for this clone, so the caller then falls back to scanning this clone's sources.
 fn sources_of(bin: &Path) -> Option<Vec<PathBuf>> {
     let info = std::fs::read_to_string(bin.with_extension("d")).ok()?;
     let (_, sources) = info.lines().next()?.split_once(": ")?;
