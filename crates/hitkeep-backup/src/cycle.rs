@@ -407,7 +407,13 @@ async fn upload_while_exporting(
             .file_concurrency
             .max(1)
             .saturating_sub(uploads.len());
-        let (next, waiting) = match next_files(watch, &started, options, free) {
+        let found = if free == 0 {
+            // Nothing to start, and what waits does not matter while uploads run: skip the scan.
+            Ok((Vec::new(), 0))
+        } else {
+            next_files(watch, &started, options, free)
+        };
+        let (next, waiting) = match found {
             Ok(found) => found,
             // Not returned at once: the export and the uploads must end before the folder goes.
             Err(e) => {
@@ -488,12 +494,7 @@ fn next_files(
     options: &BackupOptions,
     free: usize,
 ) -> Result<(Vec<ExportFile>, usize)> {
-    let mut files: Vec<ExportFile> = watch
-        .scan()
-        .map_err(|e| Error::io(watch.dir(), e))?
-        .into_iter()
-        .filter(|f| !started.contains(&f.path))
-        .collect();
+    let mut files: Vec<ExportFile> = watch.scan(started).map_err(|e| Error::io(watch.dir(), e))?;
     let waiting = files.len();
     let part = options.transfer.chunk_size as u64;
     files.retain(|f| !f.open || f.size >= part);
@@ -573,8 +574,11 @@ async fn check_at_rest(
             if at_rest.to_string() == file.entry.sha256 {
                 return Ok(file.entry);
             }
+            let at_rest_size = std::fs::metadata(&file.path).map_or(0, |m| m.len());
             tracing::warn!(
                 file = file.entry.name,
+                sent = file.entry.size,
+                at_rest = at_rest_size,
                 "the file changed after its upload began; sending it again"
             );
             let key = format!("{folder}/{}", file.entry.name);
@@ -765,13 +769,19 @@ mod tests {
         let conn = Connection::open(setup.dir.path().join("src.db")).unwrap();
         conn.execute_batch(
             "SET threads = 1;
+             SET async_threads = 3;
              CREATE TABLE hits AS SELECT range AS id, md5(range::VARCHAR) AS path FROM range(1500000);
              CREATE TABLE sites AS SELECT range AS id FROM range(3);",
         )
         .unwrap();
         let (export, files, followed) = setup
             .upload("s", move |dir| {
-                export_database(&conn, Database::Shared, &dir)
+                let export = export_database(&conn, Database::Shared, &dir);
+                let after: i64 = conn
+                    .query_row("SELECT current_setting('async_threads')", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(after, 3, "the caller's async_threads is put back");
+                export
             })
             .await
             .unwrap();
