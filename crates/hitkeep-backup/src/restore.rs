@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hitkeep_data::{DataLayout, DuckDbLimits, quote_literal};
 use hitkeep_storage::{ListMode, ObjectInfo, Storage, TransferOptions};
@@ -76,6 +77,10 @@ pub struct RestorePlan {
     /// DuckDB's limits for the imports, from the layout.
     #[serde(skip)]
     limits: DuckDbLimits,
+    /// Imports take turns, each with the whole of `limits`, however the plan's items are prepared
+    /// (see [`RestorePlan::prepare_all`]). Clones of the plan share it.
+    #[serde(skip)]
+    import_turn: Arc<tokio::sync::Semaphore>,
 }
 
 impl RestorePlan {
@@ -206,6 +211,7 @@ impl RestorePlan {
             items,
             unavailable,
             limits: layout.duckdb,
+            import_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -222,15 +228,14 @@ impl RestorePlan {
     /// The slow, fallible half of a restore: downloads and imports one database beside its target
     /// without touching the target. Prepare every item first and commit only when all are ready,
     /// so that a network failure part-way leaves every database as it was; dropping a prepared
-    /// item removes its files.
+    /// item removes its files. Imports of one plan take turns, whoever calls.
     pub async fn prepare_item(
         &self,
         storage: &Storage,
         item: &RestoreItem,
         stamp: SnapshotId,
     ) -> Result<PreparedRestore> {
-        let importing = tokio::sync::Semaphore::new(1);
-        self.prepare_with(storage, item, stamp, &importing).await
+        self.prepare_with(storage, item, stamp).await
     }
 
     /// Prepares every item in plan order: `concurrency` downloads at a time, while the imports take
@@ -246,12 +251,11 @@ impl RestorePlan {
         stamp: SnapshotId,
         concurrency: usize,
     ) -> std::result::Result<Vec<PreparedRestore>, (Database, Error)> {
-        let importing = tokio::sync::Semaphore::new(1);
         // Every started import runs to its end before anything is dropped: an import abandoned
         // mid-way would keep writing into a file its guard had already removed.
         let outcomes: Vec<_> = futures::stream::iter(&self.items)
             .map(|item| async {
-                let prepared = self.prepare_with(storage, item, stamp, &importing).await;
+                let prepared = self.prepare_with(storage, item, stamp).await;
                 prepared.map_err(|e| (item.database, e))
             })
             .buffered(concurrency.max(1))
@@ -265,7 +269,6 @@ impl RestorePlan {
         storage: &Storage,
         item: &RestoreItem,
         stamp: SnapshotId,
-        importing: &tokio::sync::Semaphore,
     ) -> Result<PreparedRestore> {
         let target = item.target.clone();
         if let Some(holder) = lock_holder(&target) {
@@ -305,7 +308,8 @@ impl RestorePlan {
         let (staging_path, temp_path, manifest) =
             (staging.0.clone(), temp_db.0.clone(), item.manifest.clone());
         let (database, limits) = (item.database, self.limits);
-        let _turn = importing
+        let _turn = self
+            .import_turn
             .acquire()
             .await
             .map_err(|e| Error::Internal(format!("import turn: {e}")))?;
