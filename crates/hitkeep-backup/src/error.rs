@@ -122,14 +122,20 @@ impl Error {
     }
 }
 
-/// Whether DuckDB failed for want of memory: its out-of-memory errors, and buffers it could not pin
-/// within the limit (reported as a transaction or I/O error when it happens at commit).
+/// Whether DuckDB failed for want of memory: its out-of-memory errors, also when rewrapped as a
+/// transaction or I/O error at commit, which drops the "Out of Memory" prefix. duckdb-rs gives no
+/// distinct code, so this reads the text: the buffer manager's phrases, and the "(63.9 MiB/64.0 MiB
+/// used)" every one of them ends with.
 fn is_out_of_memory(e: &duckdb::Error) -> bool {
     let text = e.to_string();
     [
         "Out of Memory",
         "failed to pin block",
         "could not allocate block",
+        "failed to allocate data",
+        "failed to reserve memory",
+        "failed to offload data block",
+        "iB used)",
     ]
     .iter()
     .any(|needle| text.contains(needle))
@@ -141,3 +147,29 @@ fn first_line(text: &str) -> &str {
 
 /// The backup crate's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(text: &str) -> duckdb::Error {
+        duckdb::Error::DuckDBFailure(duckdb::ffi::Error::new(1), Some(text.to_owned()))
+    }
+
+    #[test]
+    fn out_of_memory_is_recognised_also_when_rewrapped_at_commit() {
+        for text in [
+            "Out of Memory Error: could not allocate block of size 256.0 KiB (1.0 GiB/1.0 GiB used)",
+            "TransactionContext Error: Failed to commit: failed to pin block of size 256.0 KiB (511.8 MiB/512.0 MiB used)",
+            "TransactionContext Error: Failed to commit: failed to allocate data of size 64.0 KiB (63.9 MiB/64.0 MiB used)",
+        ] {
+            assert!(is_out_of_memory(&failure(text)), "{text}");
+        }
+        for text in [
+            "Catalog Error: Table with name hits does not exist!",
+            "IO Error: No space left on device",
+        ] {
+            assert!(!is_out_of_memory(&failure(text)), "{text}");
+        }
+    }
+}
