@@ -78,11 +78,9 @@ fn complete_ones_are_whole(
             s["database"].as_str().unwrap_or(""),
             s["snapshot_id"].as_str().unwrap_or("")
         );
-        if objects.contains_key(&format!("{folder}/in-progress.json")) {
-            problems.push(format!(
-                "{folder}: listed complete but its in-progress marker is there"
-            ));
-        }
+        // The manifest is the commit; removing the in-progress marker after it is tidying. A kill
+        // between the two leaves a complete snapshot with a stale marker (seen once in 20 kills),
+        // so the marker says nothing here: the manifest and its files, checked below, do.
         if !checked.insert(folder.clone()) {
             continue;
         }
