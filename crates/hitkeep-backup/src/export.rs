@@ -105,3 +105,26 @@ fn count_and_export(
     .map_err(|e| Error::duckdb_or_memory(database, "EXPORT DATABASE", EXPORT_MEMORY_HINT, e))?;
     Ok(tables)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn async_threads(conn: &Connection) -> i64 {
+        conn.query_row("SELECT current_setting('async_threads')", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn writes_are_in_order_during_the_export_and_the_callers_setting_comes_back() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("SET async_threads = 3").unwrap();
+        let during = with_ordered_writes(&conn, Database::Shared, || Ok(async_threads(&conn)));
+        assert_eq!(during.unwrap(), 0, "no asynchronous writes while exporting");
+        assert_eq!(async_threads(&conn), 3, "the caller's setting is put back");
+        let failed: Result<()> =
+            with_ordered_writes(&conn, Database::Shared, || Err(Error::Internal("x".into())));
+        assert!(failed.is_err());
+        assert_eq!(async_threads(&conn), 3, "put back after a failure too");
+    }
+}

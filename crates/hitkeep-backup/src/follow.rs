@@ -122,15 +122,19 @@ impl ExportWatch {
 /// The paths this process has open; `None` where `/proc/self/fd` cannot be read (not Linux),
 /// meaning "unknown".
 fn open_paths() -> Option<HashSet<PathBuf>> {
+    Some(fd_targets(None)?.collect())
+}
+
+/// What this process's descriptors, except `except`, point at; `None` where `/proc/self/fd` cannot
+/// be read. A descriptor closed since the listing has no link any more: it holds nothing open.
+fn fd_targets(except: Option<i32>) -> Option<impl Iterator<Item = PathBuf>> {
+    let except = except.map(|fd| fd.to_string());
     let fds = std::fs::read_dir("/proc/self/fd").ok()?;
-    let mut paths = HashSet::new();
-    for fd in fds.flatten() {
-        // A descriptor closed since the listing has no link any more: it holds nothing open.
-        if let Ok(target) = std::fs::read_link(fd.path()) {
-            paths.insert(target);
-        }
-    }
-    Some(paths)
+    Some(
+        fds.flatten()
+            .filter(move |fd| except.is_none() || fd.file_name().to_str() != except.as_deref())
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok()),
+    )
 }
 
 /// The bytes of `path` in chunks of `chunk_size` as they are written, ending when its writer is done
@@ -200,14 +204,9 @@ fn follow_blocking(
 }
 
 /// Whether a descriptor of this process other than `except` points at `path`; `None` where
-/// `/proc/self/fd` cannot be read (not Linux), meaning "unknown".
+/// `/proc/self/fd` cannot be read (not Linux), meaning "unknown". Stops at the first match.
 fn is_open(path: &Path, except: i32) -> Option<bool> {
-    let except = except.to_string();
-    let fds = std::fs::read_dir("/proc/self/fd").ok()?;
-    Some(fds.flatten().any(|fd| {
-        fd.file_name().to_str() != Some(except.as_str())
-            && std::fs::read_link(fd.path()).is_ok_and(|target| target == path)
-    }))
+    Some(fd_targets(Some(except))?.any(|target| target == path))
 }
 
 #[cfg(test)]

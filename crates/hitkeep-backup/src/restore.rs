@@ -235,41 +235,6 @@ impl RestorePlan {
         item: &RestoreItem,
         stamp: SnapshotId,
     ) -> Result<PreparedRestore> {
-        self.prepare_with(storage, item, stamp).await
-    }
-
-    /// Prepares every item in plan order: `concurrency` downloads at a time, while the imports take
-    /// turns, each with the whole of DuckDB's limits. An import builds each table's indexes in memory
-    /// and DuckDB needs them to fit (the shared database of 16M demo hits needs about 1 GiB), so
-    /// splitting the budget between imports side by side fails ones that fit it whole; downloads need
-    /// none of it and run ahead. On a failure, waits for the items already started, drops every
-    /// prepared one (removing its files) and returns the failing database with its error: nothing has
-    /// been changed.
-    pub async fn prepare_all(
-        &self,
-        storage: &Storage,
-        stamp: SnapshotId,
-        concurrency: usize,
-    ) -> std::result::Result<Vec<PreparedRestore>, (Database, Error)> {
-        // Every started import runs to its end before anything is dropped: an import abandoned
-        // mid-way would keep writing into a file its guard had already removed.
-        let outcomes: Vec<_> = futures::stream::iter(&self.items)
-            .map(|item| async {
-                let prepared = self.prepare_with(storage, item, stamp).await;
-                prepared.map_err(|e| (item.database, e))
-            })
-            .buffered(concurrency.max(1))
-            .collect()
-            .await;
-        outcomes.into_iter().collect()
-    }
-
-    async fn prepare_with(
-        &self,
-        storage: &Storage,
-        item: &RestoreItem,
-        stamp: SnapshotId,
-    ) -> Result<PreparedRestore> {
         let target = item.target.clone();
         if let Some(holder) = lock_holder(&target) {
             return Err(Error::from(hitkeep_data::DataError::Locked {
@@ -329,6 +294,32 @@ impl RestorePlan {
             temp_db,
             tables,
         })
+    }
+
+    /// Prepares every item in plan order: `concurrency` downloads at a time, while the imports take
+    /// turns, each with the whole of DuckDB's limits. An import builds each table's indexes in memory
+    /// and DuckDB needs them to fit (the shared database of 16M demo hits needs about 1 GiB), so
+    /// splitting the budget between imports side by side fails ones that fit it whole; downloads need
+    /// none of it and run ahead. On a failure, waits for the items already started, drops every
+    /// prepared one (removing its files) and returns the failing database with its error: nothing has
+    /// been changed.
+    pub async fn prepare_all(
+        &self,
+        storage: &Storage,
+        stamp: SnapshotId,
+        concurrency: usize,
+    ) -> std::result::Result<Vec<PreparedRestore>, (Database, Error)> {
+        // Every started import runs to its end before anything is dropped: an import abandoned
+        // mid-way would keep writing into a file its guard had already removed.
+        let outcomes: Vec<_> = futures::stream::iter(&self.items)
+            .map(|item| async {
+                let prepared = self.prepare_item(storage, item, stamp).await;
+                prepared.map_err(|e| (item.database, e))
+            })
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
+        outcomes.into_iter().collect()
     }
 }
 

@@ -40,7 +40,7 @@ pub fn built(root: &Path, name: &str) -> Result<PathBuf> {
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .with_context(|| format!("no {name} binary at {}: {fix}", bin.display()))?;
-    let newest = match sources_of(&bin).filter(|s| s.iter().any(|p| p.starts_with(root))) {
+    let newest = match sources_of(&bin, root) {
         Some(sources) => newest_of(sources)?,
         None => newest_source(root)?,
     };
@@ -54,13 +54,18 @@ pub fn built(root: &Path, name: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The sources cargo recorded for `bin` in its dep-info file (`<bin>.d`), when there is one. A clone
-/// elsewhere that shares the build cache (CI's checkout) leaves its own paths there; cargo still counts
-/// the binary fresh for this clone, so the caller then falls back to scanning this clone's sources.
-fn sources_of(bin: &Path) -> Option<Vec<PathBuf>> {
+/// The sources cargo recorded for `bin` in its dep-info file (`<bin>.d`), when there is one and it
+/// names this clone's. A clone elsewhere that shares the build cache (CI's checkout) leaves its own
+/// paths there while cargo still counts the binary fresh for this one: `None` then, and the caller
+/// scans this clone's sources.
+fn sources_of(bin: &Path, root: &Path) -> Option<Vec<PathBuf>> {
     let info = std::fs::read_to_string(bin.with_extension("d")).ok()?;
     let (_, sources) = info.lines().next()?.split_once(": ")?;
-    Some(sources.split_whitespace().map(PathBuf::from).collect())
+    let sources: Vec<PathBuf> = sources.split_whitespace().map(PathBuf::from).collect();
+    sources
+        .iter()
+        .any(|p| p.starts_with(root))
+        .then_some(sources)
 }
 
 fn newest_of(paths: Vec<PathBuf>) -> Result<(std::time::SystemTime, PathBuf)> {
