@@ -79,6 +79,8 @@ keys! {
     S3UrlStyle => "s3_url_style", "HITKEEP_S3_URL_STYLE", "s3-url-style", [], Plain;
     /// HTTPS (true) or plain HTTP (false) for a custom endpoint.
     S3UseSsl => "s3_use_ssl", "HITKEEP_S3_USE_SSL", "s3-use-ssl", [], Plain;
+    /// The integrity header on uploads: `auto` (CRC32C, Content-MD5 where refused), `crc32c`, `md5` or `off`.
+    S3Checksum => "s3_checksum", "HITKEEP_S3_CHECKSUM", "s3-checksum", [], Plain;
     /// Where the scheduler serves /healthz, /metrics and the backup status (off when unset).
     HttpAddr => "http_addr", "HITKEEP_HTTP_ADDR", "http-addr", [], Plain;
     /// Log verbosity.
@@ -111,7 +113,8 @@ impl fmt::Display for Key {
     }
 }
 
-/// `HITKEEP_CONFIG`: the TOML file to read, when `--config` is not given.
+/// `HITKEEP_CONFIG`: the config file to read (TOML, or HitKeep's YAML), when `--config` is not given.
+/// HitKeep itself has no such variable.
 pub const CONFIG_FILE_ENV: &str = "HITKEEP_CONFIG";
 
 #[cfg(test)]

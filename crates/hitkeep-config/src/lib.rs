@@ -1,7 +1,9 @@
 //! HitKeep's backup and archive settings: layered, typed, validated, with secrets that never print.
 //!
-//! Settings come from four layers, later ones winning: HitKeep's built-in defaults, a TOML file
-//! (`--config FILE` or `HITKEEP_CONFIG`), `HITKEEP_*` environment variables, and command-line flags.
+//! Settings come from four layers, later ones winning: HitKeep's built-in defaults, a config file
+//! (`--config FILE` or `HITKEEP_CONFIG`: TOML, or HitKeep's own YAML file when it ends in `.yaml`/`.yml`),
+//! `HITKEEP_*` environment variables, and command-line flags. The environment and the YAML file are shared
+//! with the HitKeep server, so its settings there are accepted and ignored (see `server.rs`).
 //! An empty value counts as unset. [`Config::load`] merges them with figment, then resolves the text into
 //! [`Settings`]: a [`Location`] rather than a path string, an [`Endpoint`] rather than a URL string, and so on.
 //! Every problem is reported at once, each naming the variable and the flag, the value (masked if secret),
@@ -32,8 +34,11 @@ mod problem;
 mod resolve;
 mod s3;
 mod secret;
+mod server;
 mod settings;
 mod show;
+mod suggest;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,7 +48,7 @@ pub use crate::{
     load::Sources,
     location::{Location, LocationError, S3Location},
     problem::{ConfigError, Origin, Problem, Severity},
-    s3::{Credentials, Endpoint, EndpointError, S3Settings, Scheme, UrlStyle},
+    s3::{Credentials, Endpoint, EndpointError, S3Checksum, S3Settings, Scheme, UrlStyle},
     secret::{AccessKeyId, Secret},
     settings::{BackupSettings, LogFormat, LogLevel, LogSettings, Settings},
 };
@@ -56,7 +61,7 @@ pub struct Config {
     pub settings: Settings,
     /// Things that work but are probably not what was meant.
     pub warnings: Vec<Problem>,
-    /// The TOML file that was read, if any.
+    /// The config file that was read (TOML or YAML), if any.
     pub config_file: Option<PathBuf>,
     origins: BTreeMap<Key, Origin>,
 }

@@ -1,5 +1,5 @@
-//! Layering: built-in defaults < TOML file < `HITKEEP_*` environment < flags, merged by figment, which also
-//! remembers where each value came from.
+//! Layering: built-in defaults < config file (TOML, or HitKeep's YAML) < `HITKEEP_*` environment < flags,
+//! merged by figment, which also remembers where each value came from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 
 use crate::key::{CONFIG_FILE_ENV, Key};
 use crate::problem::{Origin, Problem, Severity};
+use crate::{server, suggest, yaml};
 
 /// The inputs to configuration, gathered by the caller. The library never reads the process environment
 /// or argv itself, so services embedding it (and tests) decide what it sees.
@@ -17,18 +18,21 @@ use crate::problem::{Origin, Problem, Severity};
 pub struct Sources {
     /// `--config FILE`; when `None`, `HITKEEP_CONFIG` from `env` is used, if set.
     pub config_file: Option<PathBuf>,
-    /// Environment variables. Names that are not HitKeep settings are ignored; so are empty values.
+    /// Environment variables. Empty values are ignored, and so are names that are not settings of ours:
+    /// the environment is shared with the HitKeep server. A name close to one of ours that HitKeep does
+    /// not read either (`HITKEEP_BACKUP_RETENTON`) gets a warning naming the setting it probably meant.
     pub env: BTreeMap<String, String>,
     /// Command-line flags that were given. Empty values are ignored.
     pub flags: BTreeMap<Key, String>,
 }
 
 impl Sources {
-    /// Sources with the given environment, e.g. `Sources::with_env(std::env::vars())`.
+    /// Sources with the given environment, e.g. `Sources::with_env(std::env::vars())`. Only `HITKEEP_*`
+    /// names are kept, in any case, so that `hitkeep_s3_region` can be pointed out.
     pub fn with_env(vars: impl IntoIterator<Item = (String, String)>) -> Self {
         let env = vars
             .into_iter()
-            .filter(|(k, _)| k.starts_with("HITKEEP_"))
+            .filter(|(k, _)| k.to_ascii_uppercase().starts_with("HITKEEP_"))
             .collect();
         Sources {
             env,
@@ -36,7 +40,8 @@ impl Sources {
         }
     }
 
-    /// The TOML file to read, if any: `--config`, else a non-empty `HITKEEP_CONFIG`.
+    /// The config file to read, if any: `--config`, else a non-empty `HITKEEP_CONFIG`. A `.yaml` or `.yml`
+    /// file is HitKeep's YAML file; anything else is TOML.
     pub fn config_path(&self) -> Option<PathBuf> {
         self.config_file.clone().or_else(|| {
             let from_env = self.env.get(CONFIG_FILE_ENV)?.trim();
@@ -58,6 +63,7 @@ pub(crate) fn default_text(key: Key) -> Option<&'static str> {
         Key::BackupConcurrency => "2",
         Key::S3Region => "us-east-1",
         Key::S3UseSsl => "true",
+        Key::S3Checksum => "auto",
         Key::LogLevel => "info",
         Key::LogFormat => "text",
         _ => return None,
@@ -67,20 +73,27 @@ pub(crate) fn default_text(key: Key) -> Option<&'static str> {
 /// One layer of plain string values, named so figment can tell where a value came from.
 struct Layer {
     name: &'static str,
+    /// The file the values were read from, if any.
+    file: Option<PathBuf>,
     values: BTreeMap<Key, String>,
 }
 
 impl Provider for Layer {
     fn metadata(&self) -> Metadata {
         let name = self.name;
-        Metadata::named(name).interpolater(move |_: &Profile, keys: &[&str]| {
+        let metadata = Metadata::named(name).interpolater(move |_: &Profile, keys: &[&str]| {
             let key = keys.first().and_then(|k| Key::from_field(k));
             match (name, key) {
                 (ENV_LAYER, Some(key)) => key.env().to_owned(),
                 (FLAG_LAYER, Some(key)) => format!("--{}", key.flag()),
+                (YAML_LAYER, Some(key)) => key.flag().to_owned(),
                 _ => keys.join("."),
             }
-        })
+        });
+        match &self.file {
+            Some(path) => metadata.source(path.as_path()),
+            None => metadata,
+        }
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
@@ -97,6 +110,7 @@ impl Provider for Layer {
 const DEFAULT_LAYER: &str = "default";
 const ENV_LAYER: &str = "environment";
 const FLAG_LAYER: &str = "flag";
+const YAML_LAYER: &str = "YAML file";
 
 /// A value as given, before any parsing, and where it came from.
 #[derive(Clone, Debug)]
@@ -124,6 +138,13 @@ pub(crate) fn load(sources: &Sources) -> Raw {
         .filter(|(_, v)| non_empty(v))
         .filter_map(|(name, v)| Some((Key::from_env(name)?, v.clone())))
         .collect();
+    problems.extend(
+        sources
+            .env
+            .iter()
+            .filter(|(_, v)| non_empty(v))
+            .filter_map(|(name, _)| near_miss(name)),
+    );
     let flags = sources
         .flags
         .iter()
@@ -133,10 +154,18 @@ pub(crate) fn load(sources: &Sources) -> Raw {
 
     let mut figment = Figment::from(Layer {
         name: DEFAULT_LAYER,
+        file: None,
         values: defaults,
     });
     if let Some(path) = sources.config_path() {
         match check_file(&path) {
+            Ok(()) if yaml::is_yaml(&path) => {
+                figment = figment.merge(Layer {
+                    name: YAML_LAYER,
+                    values: yaml::read(&path, &mut problems),
+                    file: Some(path),
+                });
+            }
             Ok(()) => figment = figment.merge(Toml::file_exact(&path)),
             Err(problem) => problems.push(problem),
         }
@@ -144,10 +173,12 @@ pub(crate) fn load(sources: &Sources) -> Raw {
     let figment = figment
         .merge(Layer {
             name: ENV_LAYER,
+            file: None,
             values: env,
         })
         .merge(Layer {
             name: FLAG_LAYER,
+            file: None,
             values: flags,
         });
 
@@ -211,19 +242,47 @@ fn check_file(path: &Path) -> Result<(), Problem> {
     }
 }
 
-fn file_problem(path: &Path, why: &str) -> Problem {
+pub(crate) fn file_problem(path: &Path, why: &str) -> Problem {
     Problem {
         severity: Severity::Error,
         key: None,
         value: None,
         origin: Some(Origin::File(path.to_owned())),
         message: format!("cannot read config file {}: {why}", path.display()),
-        fix: format!("fix the file, or point --config / {CONFIG_FILE_ENV} at a readable TOML file"),
+        fix: format!(
+            "fix the file, or point --config / {CONFIG_FILE_ENV} at a readable TOML or YAML (.yaml, .yml) file"
+        ),
     }
+}
+
+/// A warning for a variable that is neither ours nor HitKeep's but close to one of ours: probably a slip.
+/// The value is never shown: it may be a secret.
+fn near_miss(name: &str) -> Option<Problem> {
+    let ours = |n: &str| Key::from_env(n).is_some() || n == CONFIG_FILE_ENV;
+    if ours(name) || server::is_server_env(name) {
+        return None;
+    }
+    let known = Key::ALL.iter().map(|k| k.env()).chain([CONFIG_FILE_ENV]);
+    // A name closer to one of HitKeep's own is HitKeep's business, not ours.
+    let meant = suggest::closest(name, known.chain(server::server_env())).filter(|m| ours(m))?;
+    let spelled = Key::from_env(meant).map_or(meant.to_owned(), |k| k.to_string());
+    Some(Problem {
+        severity: Severity::Warning,
+        key: None,
+        value: None,
+        origin: Some(Origin::Env),
+        message: format!(
+            "{name} is set, but neither hitkeep nor HitKeep reads it; did you mean {spelled}?"
+        ),
+        fix: format!("rename {name} to {meant}; until then its value is ignored"),
+    })
 }
 
 fn unknown_key(field: &str, origin: Origin) -> Problem {
     let known: Vec<&str> = Key::ALL.iter().map(|k| k.field()).collect();
+    let meant = suggest::closest(field, known.iter().copied())
+        .map(|m| format!("did you mean `{m}`? Otherwise "))
+        .unwrap_or_default();
     Problem {
         severity: Severity::Error,
         key: None,
@@ -235,7 +294,7 @@ fn unknown_key(field: &str, origin: Origin) -> Problem {
                 .trim_start_matches("config file ")
         ),
         origin: Some(origin),
-        fix: format!("use one of: {}", known.join(", ")),
+        fix: format!("{meant}use one of: {}", known.join(", ")),
     }
 }
 
@@ -257,17 +316,18 @@ fn origin_of(figment: &Figment, value: &Value) -> Origin {
     }
 }
 
-/// A TOML scalar as text (`60`, `false`, `"s3://b"`); `None` for tables and arrays.
-fn scalar_text(value: &Value) -> Option<String> {
+/// A TOML or YAML scalar as text (`60`, `false`, `"s3://b"`); `None` for tables, arrays and null.
+pub(crate) fn scalar_text(value: &Value) -> Option<String> {
     match value {
         Value::String(_, s) => Some(s.clone()),
         Value::Char(_, c) => Some(c.to_string()),
         Value::Bool(_, b) => Some(b.to_string()),
-        Value::Num(_, n) => Some(match (n.to_i128(), n.to_f64()) {
-            (Some(i), _) => i.to_string(),
-            (None, Some(f)) => f.to_string(),
-            (None, None) => return None,
-        }),
+        // YAML gives unsigned numbers (`15`), TOML signed ones; `to_i128` knows only the signed.
+        Value::Num(_, n) => n
+            .to_i128()
+            .map(|i| i.to_string())
+            .or_else(|| n.to_u128().map(|u| u.to_string()))
+            .or_else(|| n.to_f64().map(|f| f.to_string())),
         Value::Empty(..) | Value::Dict(..) | Value::Array(..) => None,
     }
 }

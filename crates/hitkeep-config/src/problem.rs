@@ -13,7 +13,7 @@ use crate::key::Key;
 pub enum Origin {
     /// HitKeep's built-in default.
     Default,
-    /// The TOML config file at this path.
+    /// The config file (TOML, or HitKeep's YAML) at this path.
     File(PathBuf),
     /// A `HITKEEP_*` environment variable.
     Env,

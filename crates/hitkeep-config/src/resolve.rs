@@ -10,7 +10,7 @@ use crate::key::Key;
 use crate::load::{Raw, RawValue, default_text};
 use crate::location::Location;
 use crate::problem::{Origin, Problem, Severity};
-use crate::s3::{Credentials, Endpoint, S3Settings, Scheme, UrlStyle};
+use crate::s3::{Credentials, Endpoint, S3Checksum, S3Settings, Scheme, UrlStyle};
 use crate::secret::{AccessKeyId, Secret};
 use crate::settings::{BackupSettings, DuckDbSettings, LogFormat, LogLevel, LogSettings, Settings};
 
@@ -29,7 +29,12 @@ pub(crate) fn resolve(raw: Raw) -> Resolved {
         warnings: Vec::new(),
         inferred: BTreeMap::new(),
     };
-    r.errors.extend(raw.problems);
+    for problem in raw.problems {
+        match problem.severity {
+            Severity::Error => r.errors.push(problem),
+            Severity::Warning => r.warnings.push(problem),
+        }
+    }
     let settings = r.settings();
     let mut origins: BTreeMap<Key, Origin> = Key::ALL
         .iter()
@@ -373,6 +378,14 @@ impl Resolver {
             "use true or false (also 1/0, yes/no, on/off)",
             parse_bool,
         );
+        let checksum = self.parse(
+            Key::S3Checksum,
+            "use auto (CRC32C, switching to Content-MD5 where the server refuses it), crc32c, md5 or off",
+            |t| {
+                t.parse::<S3Checksum>()
+                    .map_err(|()| format!("not one of {}", S3Checksum::ALLOWED))
+            },
+        );
         // Each check runs whenever its own inputs parsed, so one bad value does not hide another problem.
         let endpoint = endpoint?;
         let use_ssl = use_ssl.and_then(|ssl| self.resolve_ssl(endpoint.as_ref(), ssl));
@@ -385,6 +398,7 @@ impl Resolver {
             endpoint,
             url_style: url_style?,
             use_ssl: use_ssl?,
+            checksum: checksum?,
         })
     }
 

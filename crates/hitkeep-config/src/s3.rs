@@ -20,6 +20,8 @@ pub struct S3Settings {
     pub url_style: UrlStyle,
     /// HTTPS (true) or plain HTTP (false), as resolved (an endpoint's own scheme wins over the default).
     pub use_ssl: bool,
+    /// The integrity header uploads carry.
+    pub checksum: S3Checksum,
 }
 
 impl S3Settings {
@@ -77,6 +79,53 @@ impl fmt::Display for UrlStyle {
         f.write_str(match self {
             UrlStyle::Path => "path",
             UrlStyle::VirtualHost => "vhost",
+        })
+    }
+}
+
+/// The integrity header every upload request carries, so that a body damaged on the way is refused by
+/// the server rather than stored. Requests are signed without their payload, so without one a damaged
+/// body would be stored as sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum S3Checksum {
+    /// `x-amz-checksum-crc32c`, switching to `Content-MD5` for the rest of the run when the service
+    /// refuses the header (Backblaze B2, Wasabi, older R2 and Ceph gateways).
+    #[default]
+    Auto,
+    /// `x-amz-checksum-crc32c`, never switched: a refusal is an error.
+    Crc32c,
+    /// `Content-MD5` on every PUT and part.
+    Md5,
+    /// No integrity header: a body damaged on the way can be stored (`backup verify --deep` finds it).
+    Off,
+}
+
+impl S3Checksum {
+    /// The values `HITKEEP_S3_CHECKSUM` takes, for messages.
+    pub const ALLOWED: &'static str = "auto, crc32c, md5 or off";
+}
+
+impl FromStr for S3Checksum {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(S3Checksum::Auto),
+            "crc32c" => Ok(S3Checksum::Crc32c),
+            "md5" => Ok(S3Checksum::Md5),
+            "off" => Ok(S3Checksum::Off),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for S3Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            S3Checksum::Auto => "auto",
+            S3Checksum::Crc32c => "crc32c",
+            S3Checksum::Md5 => "md5",
+            S3Checksum::Off => "off",
         })
     }
 }
@@ -264,6 +313,22 @@ mod tests {
             "http://:9000",
         ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn checksum_spellings_round_trip() {
+        for (text, want) in [
+            ("auto", S3Checksum::Auto),
+            ("CRC32C", S3Checksum::Crc32c),
+            ("Md5", S3Checksum::Md5),
+            ("off", S3Checksum::Off),
+        ] {
+            assert_eq!(text.parse(), Ok(want));
+            assert_eq!(want.to_string(), text.to_ascii_lowercase());
+        }
+        for bad in ["", "crc32", "sha256", "none", "false"] {
+            assert_eq!(bad.parse::<S3Checksum>(), Err(()), "{bad:?}");
         }
     }
 

@@ -142,6 +142,7 @@ impl Settings {
             Key::S3Endpoint => self.s3.endpoint_url(),
             Key::S3UrlStyle => Some(self.s3.url_style.to_string()),
             Key::S3UseSsl => Some(self.s3.use_ssl.to_string()),
+            Key::S3Checksum => Some(self.s3.checksum.to_string()),
             Key::HttpAddr => self.http_addr.map(|a| a.to_string()),
             Key::LogLevel => Some(self.log.level.as_str().to_owned()),
             Key::LogFormat => Some(match self.log.format {

@@ -83,6 +83,7 @@ fn check_errors_exit_2_and_reports_all() {
             ("HITKEEP_BACKUP_INTERVAL", "0"),
             ("HITKEEP_BACKUP_RETENTION", "0"),
             ("HITKEEP_S3_USE_SSL", "maybe"),
+            ("HITKEEP_S3_CHECKSUM", "sha256"),
             ("HITKEEP_S3_SECRET_ACCESS_KEY", "only-the-secret"),
             ("HITKEEP_S3_ENDPOINT", "abc.r2.cloudflarestorage.com"),
             ("HITKEEP_S3_REGION", "eu-central-1"),
@@ -202,4 +203,103 @@ fn every_command_help_has_an_example() {
             "{path:?}: {out}"
         );
     }
+}
+
+/// HitKeep's YAML file as the server has it, with keys only the server uses.
+const HITKEEP_YAML: &str = "\
+# data settings
+db-compact-on-start: true
+db-auto-recover: true
+db-checkpoint-interval: 5
+# backups settings
+backup-path: s3://hitkeep/backups
+backup-retention: 48
+# s3 settings
+s3-access-key-id: minioadmin
+s3-secret-access-key: minioadmin-secret
+s3-endpoint: localhost:9000
+s3-url-style: path
+s3-use-ssl: false
+s3-region: us-east-1
+archive-path: s3://hitkeep/archive
+# email settings
+mail-host: smtp.example.com
+mail-port: 587
+";
+
+/// Runs `hitkeep --config hitkeep.yaml ARGS` with `yaml` in that file, and snapshots the run.
+fn yaml_snapshot(name: &str, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hitkeep.yaml"), yaml).unwrap();
+    let mut argv = vec!["--config", "hitkeep.yaml"];
+    argv.extend(args);
+    let output = crate::run(&argv, env, dir.path());
+    insta::with_settings!({ prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!(name, output);
+    });
+    output
+}
+
+#[test]
+fn hitkeep_yaml_check_clean() {
+    let out = yaml_snapshot("yaml_check_clean", HITKEEP_YAML, &["config", "check"], &[]);
+    assert!(!out.contains("minioadmin-secret"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hitkeep.yml"), HITKEEP_YAML).unwrap();
+    let out = crate::run(
+        &["config", "show"],
+        &[
+            ("HITKEEP_CONFIG", "hitkeep.yml"),
+            ("HITKEEP_BACKUP_RETENTION", "12"),
+        ],
+        dir.path(),
+    );
+    assert!(out.starts_with("exit: 0"), "{out}");
+    assert!(
+        out.contains("HITKEEP_BACKUP_RETENTION     = 12  (env HITKEEP_BACKUP_RETENTION)")
+            && out.contains("= us-east-1  (config file hitkeep.yml)"),
+        "env beats the file, the file beats the default: {out}"
+    );
+}
+
+#[test]
+fn hitkeep_yaml_unknown_key_exits_2() {
+    let yaml = format!("{HITKEEP_YAML}s3-regoin: eu-central-1\n");
+    let out = yaml_snapshot("yaml_unknown_key", &yaml, &["config", "check"], &[]);
+    assert!(!out.contains("eu-central-1"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hitkeep.yaml"), "backup-path:\n  s3: x\n").unwrap();
+    let out = crate::run(
+        &["--config", "hitkeep.yaml", "backup", "list"],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        out.starts_with("exit: 2\n----- stdout -----\n----- stderr -----\n")
+            && out.contains("`backup-path` has a mapping"),
+        "{out}"
+    );
+}
+
+/// The environment is shared with the HitKeep server: its variables and unrelated ones pass quietly, a
+/// near miss of one of ours is pointed out (never with its value).
+#[test]
+fn check_near_miss_variables_warn() {
+    let env = [
+        ("HITKEEP_BACKUP_RETENTON", "48"),
+        ("HITKEEP_S3_SECRET_KEY", "wJalrXUtnFEMI-secret"),
+        ("HITKEEP_DB_COMPACT_ON_START", "true"),
+        ("HITKEEP_JWT_SECRET", "jwt-secret"),
+        ("HITKEEP_FOO", "x"),
+    ];
+    let out = hitkeep_snapshot!("check_near_miss", &["config", "check"], &env);
+    assert!(!out.contains("wJalrXUtnFEMI") && !out.contains("jwt-secret"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::run(&["config", "show"], &env, dir.path());
+    assert!(
+        out.starts_with("exit: 0")
+            && out.contains("----- stderr -----\nwarning: HITKEEP_BACKUP_RETENTON is set")
+            && !out.contains("wJalrXUtnFEMI"),
+        "other commands print the warning on stderr and run: {out}"
+    );
 }

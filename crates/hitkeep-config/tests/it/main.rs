@@ -53,6 +53,7 @@ fn defaults_match_hitkeep() {
     assert_eq!(s.s3.endpoint, None);
     assert_eq!(s.s3.url_style, UrlStyle::VirtualHost);
     assert!(s.s3.use_ssl);
+    assert_eq!(s.s3.checksum, hitkeep_config::S3Checksum::Auto);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     assert!(Key::ALL.iter().all(|&k| *c.origin(k) == Origin::Default));
 }
@@ -81,6 +82,7 @@ fn every_variable_is_read() {
         ("HITKEEP_S3_ENDPOINT", "https://s3.example.com"),
         ("HITKEEP_S3_URL_STYLE", "path"),
         ("HITKEEP_S3_USE_SSL", "true"),
+        ("HITKEEP_S3_CHECKSUM", "md5"),
         ("HITKEEP_LOG_LEVEL", "debug"),
         ("HITKEEP_LOG_FORMAT", "json"),
         ("HITKEEP_HTTP_ADDR", ":9090"),
@@ -125,6 +127,7 @@ fn every_variable_is_read() {
     );
     assert_eq!(s.s3.url_style, UrlStyle::Path);
     assert!(s.s3.use_ssl);
+    assert_eq!(s.s3.checksum, hitkeep_config::S3Checksum::Md5);
     assert_eq!(s.log.level, hitkeep_config::LogLevel::Debug);
     assert_eq!(s.log.format, hitkeep_config::LogFormat::Json);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -410,6 +413,8 @@ fn malformed_values_are_errors() {
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "80%"),
         ("HITKEEP_DUCKDB_THREADS", "0"),
         ("HITKEEP_DUCKDB_THREADS", "many"),
+        ("HITKEEP_S3_CHECKSUM", "sha256"),
+        ("HITKEEP_S3_CHECKSUM", "none"),
     ];
     assert!(cases.len() >= 30);
     for &(var, value) in cases {
@@ -704,4 +709,337 @@ fn memory_limits_use_duckdb_units() {
         let c = load(&[("HITKEEP_DUCKDB_MEMORY_LIMIT", text)]);
         assert_eq!(c.settings.duckdb.memory_limit, Some(bytes), "{text}");
     }
+}
+
+#[test]
+fn a_bad_checksum_setting_names_the_allowed_values() {
+    let e = load_err(&[("HITKEEP_S3_CHECKSUM", "sha256")]);
+    let text = e.to_string();
+    assert!(
+        text.contains("HITKEEP_S3_CHECKSUM (--s3-checksum)")
+            && text.contains("\"sha256\"")
+            && text.contains("auto, crc32c, md5 or off"),
+        "{text}"
+    );
+}
+
+/// Loads `sources` with HitKeep's YAML file `text` written to `hitkeep.yaml` in `dir`.
+fn with_yaml(
+    dir: &tempfile::TempDir,
+    text: &str,
+    mut sources: Sources,
+) -> Result<Config, ConfigError> {
+    let file = dir.path().join("hitkeep.yaml");
+    std::fs::write(&file, text).unwrap();
+    sources.config_file = Some(file);
+    Config::load(&sources)
+}
+
+/// HitKeep's YAML file, in the shape of its `hitkeep.example.yaml`: our keys are read, the server's own
+/// are accepted and ignored, and the file sits between the environment and the defaults.
+#[test]
+fn hitkeep_yaml_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+# data settings
+db-path: \"/var/lib/hitkeep/data/hitkeep.db\"
+data-path: /var/lib/hitkeep/data
+db-compact-on-start: true
+db-auto-recover: true
+db-auto-recover-wal: false
+db-checkpoint-interval: 5
+db-recovery-path: /var/lib/hitkeep/recovery
+import-max-stage-bytes: 107374182400
+# backups settings
+backup-interval: 15
+backup-retention: 48
+backup-path: s3://my-bucket/hitkeep/backups
+# s3 settings
+s3-region: \"eu-central-1\"
+s3-url-style: \"\"
+s3-use-ssl: true
+# other HitKeep settings
+mail-host: smtp.example.com
+mail-port: 587
+api-rate-limit: 10.5
+healthcheck: false
+";
+    let c = with_yaml(&dir, text, Sources::default()).unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("hitkeep.yaml");
+    let s = &c.settings;
+    assert_eq!(s.db_path.to_str(), Some("/var/lib/hitkeep/data/hitkeep.db"));
+    assert_eq!(s.data_path.to_str(), Some("/var/lib/hitkeep/data"));
+    assert_eq!(
+        s.backup.interval,
+        Duration::from_secs(15 * 60),
+        "a YAML number"
+    );
+    assert_eq!(s.backup.retention.get(), 48);
+    assert_eq!(
+        s.backup.location.as_ref().unwrap().to_string(),
+        "s3://my-bucket/hitkeep/backups"
+    );
+    assert_eq!(s.s3.region, "eu-central-1");
+    assert!(s.s3.use_ssl, "a YAML boolean");
+    assert_eq!(*c.origin(Key::S3Region), Origin::File(file.clone()));
+    assert_eq!(*c.origin(Key::S3UrlStyle), Origin::Default, "\"\" is unset");
+    assert_eq!(*c.origin(Key::LogLevel), Origin::Default);
+    assert_eq!(c.config_file.as_deref(), Some(file.as_path()));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn yaml_precedence_is_flag_env_file_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "s3-region: from-file\nbackup-interval: 5\nbackup-retention: 7\ndb-path: file.db\n";
+    let mut sources = env(&[
+        ("HITKEEP_BACKUP_INTERVAL", "10"),
+        ("HITKEEP_DB_PATH", "env.db"),
+    ]);
+    sources.flags.insert(Key::DbPath, "flag.db".into());
+    let c = with_yaml(&dir, text, sources).unwrap();
+    let s = &c.settings;
+    assert_eq!(
+        s.db_path.to_str(),
+        Some("flag.db"),
+        "a flag beats env and file"
+    );
+    assert_eq!(
+        s.backup.interval,
+        Duration::from_secs(600),
+        "env beats the file"
+    );
+    assert_eq!(s.s3.region, "from-file", "the file beats the default");
+    assert_eq!(s.backup.retention.get(), 7);
+    assert_eq!(s.log.level, hitkeep_config::LogLevel::Info, "the default");
+    assert_eq!(*c.origin(Key::DbPath), Origin::Flag);
+    assert_eq!(*c.origin(Key::BackupInterval), Origin::Env);
+    assert_eq!(
+        *c.origin(Key::BackupRetention),
+        Origin::File(dir.path().join("hitkeep.yaml"))
+    );
+
+    // HITKEEP_CONFIG may name the YAML file too; `.yml` counts.
+    let yml = dir.path().join("hitkeep.yml");
+    std::fs::write(&yml, "s3-region: auto\n").unwrap();
+    let c = Config::load(&env(&[("HITKEEP_CONFIG", yml.to_str().unwrap())])).unwrap();
+    assert_eq!(c.settings.s3.region, "auto");
+}
+
+#[test]
+fn empty_yaml_file_sets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for text in ["", "# only comments\n\n", "---\n"] {
+        let c =
+            with_yaml(&dir, text, Sources::default()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(Key::ALL.iter().all(|&k| *c.origin(k) == Origin::Default));
+    }
+}
+
+/// Every key of HitKeep's catalogue that we do not use is accepted, HitKeep's 2.13 data settings first.
+#[test]
+fn hitkeep_only_yaml_keys_are_accepted_and_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "\
+db-compact-on-start: false
+db-auto-recover: false
+db-auto-recover-wal: true
+db-checkpoint-interval: 0
+db-recovery-path: /srv/recovery
+jwt-secret: not-ours
+public-url: https://analytics.example.com
+trusted-proxies: \"*\"
+bind-addr: 0.0.0.0:7946
+node-name: a
+spam-filter-path: /srv/spam.json
+mcp-enabled: false
+ai-api-key: sk-not-ours
+social-github-client-secret: x
+stripe-secret-key: sk_live_x
+webhook-max-attempts: 6
+google-search-console-client-id: id
+custom-tracking-tls-mode: external
+nsq-tcp-address: 127.0.0.1:4150
+";
+    let c = with_yaml(&dir, text, Sources::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(Key::ALL.iter().all(|&k| *c.origin(k) == Origin::Default));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn unknown_yaml_key_is_an_error_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hitkeep.yaml");
+    let e = with_yaml(
+        &dir,
+        "s3-regoin: eu-central-1\nsomething-else: 1\ns3_region: auto\n",
+        Sources::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.errors.len(), 3, "{e}");
+    let text = e.to_string();
+    let path = file.display().to_string();
+    assert!(
+        text.contains(&format!(
+            "config file {path}: unknown key `s3-regoin`: neither hitkeep nor the HitKeep server has this setting"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("did you mean `s3-region`?"), "{text}");
+    assert!(text.contains("unknown key `something-else`"), "{text}");
+    assert!(
+        text.contains("unknown key `s3_region`")
+            && text.matches("did you mean `s3-region`?").count() == 2,
+        "a TOML spelling in the YAML file: {text}"
+    );
+    assert!(
+        !text.contains("eu-central-1"),
+        "values are never echoed: {text}"
+    );
+    // A slip of one of HitKeep's own keys points at that key.
+    let e = with_yaml(&dir, "db-compact-on-strat: true\n", Sources::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("did you mean `db-compact-on-start`?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn nested_list_null_and_duplicate_yaml_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "s3-region:\n  name: auto\n",
+            "`s3-region` has a mapping",
+            Some(Key::S3Region),
+        ),
+        (
+            "backup-path: [a, b]\n",
+            "`backup-path` has a list",
+            Some(Key::BackupPath),
+        ),
+        (
+            "backup-path:\n",
+            "`backup-path` has no value (null)",
+            Some(Key::BackupPath),
+        ),
+        (
+            "s3-endpoint: ~\n",
+            "`s3-endpoint` has no value (null)",
+            Some(Key::S3Endpoint),
+        ),
+        ("mail-host: {a: 1}\n", "`mail-host` has a mapping", None),
+        ("s3:\n  region: auto\n", "unknown key `s3`", None),
+        (
+            "s3-region: a\ns3-region: b\n",
+            "`s3-region` appears more than once",
+            None,
+        ),
+    ];
+    for (text, want, key) in cases {
+        let e = with_yaml(&dir, text, Sources::default()).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{text:?}: {e}");
+        let problem = &e.errors[0];
+        assert!(
+            problem.message.contains(want) && problem.message.contains("hitkeep.yaml"),
+            "{text:?}: {e}"
+        );
+        assert_eq!(problem.key, key, "{text:?}");
+    }
+}
+
+#[test]
+fn malformed_yaml_is_an_error_that_never_quotes_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        "wJalrXUtnFEMIsecretonly\n",
+        "s3-secret-access-key: \"wJalrXUtnFEMI\n",
+        "s3-region: a\n---\ns3-region: b\n",
+        "- s3-secret-access-key\n- wJalrXUtnFEMI\n",
+    ];
+    for text in cases {
+        let e = with_yaml(&dir, text, Sources::default()).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.contains("cannot read config file") && shown.contains("hitkeep.yaml"),
+            "{text:?}: {shown}"
+        );
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{text:?}: {shown}");
+    }
+}
+
+fn near_miss_warnings(pairs: &[(&str, &str)]) -> Vec<String> {
+    let c = load(pairs);
+    c.warnings
+        .iter()
+        .filter(|w| w.origin == Some(Origin::Env) && w.key.is_none())
+        .map(|w| w.to_string())
+        .collect()
+}
+
+/// The environment is shared with the HitKeep server: a variable that neither of us reads but that is
+/// close to one of ours is probably a slip, and is pointed out without its value.
+#[test]
+fn near_miss_variables_warn_naming_the_setting_meant() {
+    let cases = [
+        (
+            "HITKEEP_BACKUP_RETENTON",
+            "HITKEEP_BACKUP_RETENTION (--backup-retention)",
+            "HITKEEP_BACKUP_RETENTION",
+        ),
+        (
+            "HITKEEP_S3_SECRET_KEY",
+            "HITKEEP_S3_SECRET_ACCESS_KEY (--s3-secret-access-key)",
+            "HITKEEP_S3_SECRET_ACCESS_KEY",
+        ),
+        (
+            "hitkeep_s3_region",
+            "HITKEEP_S3_REGION (--s3-region)",
+            "HITKEEP_S3_REGION",
+        ),
+    ];
+    for (name, meant, variable) in cases {
+        let warnings = near_miss_warnings(&[(name, "wJalrXUtnFEMI/K7MDENG")]);
+        assert_eq!(warnings.len(), 1, "{name}: {warnings:?}");
+        let w = &warnings[0];
+        assert!(
+            w.starts_with(&format!(
+                "warning: {name} is set, but neither hitkeep nor HitKeep reads it; did you mean {meant}?"
+            )) && w.contains(&format!("fix: rename {name} to {variable}")),
+            "{w}"
+        );
+        assert!(!w.contains("wJalrXUtnFEMI"), "never the value: {w}");
+    }
+    let c = load(&[("HITKEEP_BACKUP_RETENTON", "48")]);
+    assert_eq!(
+        c.settings.backup.retention.get(),
+        24,
+        "the slip is not read"
+    );
+    assert!(c.warnings.iter().all(|w| w.severity == Severity::Warning));
+    // An empty value is unset, as everywhere else.
+    assert!(near_miss_warnings(&[("HITKEEP_BACKUP_RETENTON", "")]).is_empty());
+}
+
+#[test]
+fn hitkeep_and_far_away_variables_do_not_warn() {
+    let warnings = near_miss_warnings(&[
+        ("HITKEEP_DB_COMPACT_ON_START", "true"),
+        ("HITKEEP_DB_AUTO_RECOVER_WAL", "false"),
+        ("HITKEEP_DB_CHECKPOINT_INTERVAL", "5"),
+        ("HITKEEP_DB_RECOVERY_PATH", "/srv/recovery"),
+        ("HITKEEP_JWT_SECRET", "x"),
+        ("HITKEEP_PUBLIC_URL", "https://a"),
+        ("HITKEEP_MAIL_PASSWORD", "x"),
+        ("HITKEEP_STRIPE_SECRET_KEY", "x"),
+        ("HITKEEP_URL", "https://a"),
+        ("HITKEEP_FOO", "x"),
+        ("HITKEEP_VERSION", "2.13.11"),
+        ("HITKEEP_S3_BUCKET", "x"),
+        ("HITKEEP_IMAGE_TAG", "latest"),
+        // Closer to one of HitKeep's own than to ours: HitKeep's business.
+        ("HITKEEP_DB_COMPACT_ON_STRAT", "true"),
+    ]);
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
