@@ -3,8 +3,10 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use hitkeep_config::{Credentials, Location, Settings};
-use hitkeep_storage::{ListMode, ObjectInfo, Sha256Digest, Storage, TransferOptions};
+use hitkeep_config::{Credentials, Location, S3Checksum, Settings};
+use hitkeep_storage::{
+    ChecksumSupport, ListMode, ObjectInfo, Sha256Digest, Storage, TransferOptions,
+};
 use serde::Serialize;
 
 use crate::EXIT_USAGE;
@@ -88,6 +90,7 @@ pub fn doctor(settings: &Settings, config: &hitkeep_config::Config, json: bool) 
         runtime.block_on(destination(settings, label, location, &mut report));
     }
     local(settings, &mut report);
+    tenant_layout(settings, &mut report);
     print(&report, json)
 }
 
@@ -135,11 +138,81 @@ async fn destination(settings: &Settings, label: &str, location: &Location, repo
         format!("{location} exists and can be listed"),
     );
     let run = format!("_doctor/{}", uuid::Uuid::new_v4());
+    checksums(&storage, settings.s3.checksum, label, &run, report).await;
     // A failing step is already in the report; clean up whatever it left either way.
     let _ = exercise(&storage, label, &run, report).await;
     if let Err(e) = storage.delete_prefix(&run).await {
         report.fail(format!("{label}: clean up {run}"), &e);
     }
+}
+
+/// Which integrity headers the service takes, and the `HITKEEP_S3_CHECKSUM` assignment that fits it.
+async fn checksums(
+    storage: &Storage,
+    setting: S3Checksum,
+    label: &str,
+    run: &str,
+    report: &mut Report,
+) {
+    let name = format!("{label}: integrity headers");
+    match storage
+        .probe_checksums(&format!("{run}/integrity-probe"))
+        .await
+    {
+        Ok(Some(support)) => {
+            let (status, detail, hint) = judge_checksums(&support, setting);
+            report.add(name, status, detail, hint);
+        }
+        Ok(None) => {}
+        Err(e) => report.fail(name, &e),
+    }
+}
+
+/// A setting whose header the service refuses fails; one where another setting fits better warns. The
+/// detail always ends with the assignment to use.
+fn judge_checksums(
+    support: &ChecksumSupport,
+    setting: S3Checksum,
+) -> (Status, String, Option<String>) {
+    let answer = |r: &Result<(), String>| match r {
+        Ok(()) => "accepted".to_owned(),
+        Err(refusal) => format!("refused ({refusal})"),
+    };
+    let best = support.recommended();
+    let detail = format!(
+        "x-amz-checksum-crc32c {}, Content-MD5 {}: use HITKEEP_S3_CHECKSUM={best}",
+        answer(&support.crc32c),
+        answer(&support.md5)
+    );
+    let refused = match setting {
+        // auto falls back to Content-MD5, so only both refused stops it.
+        S3Checksum::Auto => support.crc32c.is_err() && support.md5.is_err(),
+        S3Checksum::Crc32c => support.crc32c.is_err(),
+        S3Checksum::Md5 => support.md5.is_err(),
+        S3Checksum::Off => false,
+    };
+    if refused {
+        let hint = format!(
+            "uploads will be refused with HITKEEP_S3_CHECKSUM={setting}; set HITKEEP_S3_CHECKSUM={best}"
+        );
+        return (Status::Failure, detail, Some(hint));
+    }
+    let (status, hint) = match (setting, best) {
+        (S3Checksum::Auto, S3Checksum::Md5) => (
+            Status::Warning,
+            Some("auto switches to Content-MD5 after the first refused upload; set HITKEEP_S3_CHECKSUM=md5 to start with it".to_owned()),
+        ),
+        (S3Checksum::Off, S3Checksum::Auto | S3Checksum::Md5) => (
+            Status::Warning,
+            Some(format!("uploads carry no integrity header, so a body damaged on the way can be stored; set HITKEEP_S3_CHECKSUM={best}")),
+        ),
+        (S3Checksum::Md5, S3Checksum::Auto) => (
+            Status::Ok,
+            Some("CRC32C is accepted too: HITKEEP_S3_CHECKSUM=auto would use it".to_owned()),
+        ),
+        _ => (Status::Ok, None),
+    };
+    (status, detail, hint)
 }
 
 async fn exercise(
@@ -288,6 +361,69 @@ async fn multipart(storage: &Storage, run: &str) -> Result<(), hitkeep_storage::
 }
 
 /// The databases are readable, and the staging disk has room for a snapshot of them.
+/// The layout the shared database records (HitKeep 2.13's split or not) and whether every tenant a
+/// cycle backs up has its database. Read-only, so it works beside a stopped server; a running one holds
+/// the file, and that is reported rather than waited for.
+fn tenant_layout(settings: &Settings, report: &mut Report) {
+    const NAME: &str = "data: tenant layout";
+    if !settings.db_path.is_file() {
+        return; // already reported above
+    }
+    let set = duckdb::Config::default()
+        .access_mode(duckdb::AccessMode::ReadOnly)
+        .and_then(|c| duckdb::Connection::open_with_flags(&settings.db_path, c))
+        .and_then(|conn| hitkeep_data::tenant_set(&conn));
+    let set = match set {
+        Ok(set) => set,
+        Err(e) => {
+            let detail = format!(
+                "could not read {}: {}",
+                settings.db_path.display(),
+                e.to_string().lines().next().unwrap_or_default()
+            );
+            let hint = "a running HitKeep server holds its database: check the layout with the server stopped, or trust the next backup cycle's report".to_owned();
+            report.add(NAME, Status::Warning, detail, Some(hint));
+            return;
+        }
+    };
+    let layout = crate::backup::layout(settings);
+    let missing: Vec<(uuid::Uuid, std::path::PathBuf)> = set
+        .backed_up
+        .iter()
+        .map(|t| (*t, layout.tenant_db(*t)))
+        .filter(|(_, path)| !path.exists())
+        .collect();
+    let detail = format!(
+        "{} (HitKeep {}): {} tenant database(s) to back up, {} missing",
+        set.layout,
+        set.layout.hitkeep_version(),
+        set.backed_up.len(),
+        missing.len()
+    );
+    let default_missing = missing.iter().find(|(t, _)| {
+        set.layout == hitkeep_data::TenantLayout::Split && Some(*t) == set.default_tenant
+    });
+    if let Some((_, path)) = default_missing {
+        let hint = format!(
+            "the default tenant's analytics should be at {}: check HITKEEP_DATA_PATH (HitKeep will not start without this file)",
+            path.display()
+        );
+        report.add(NAME, Status::Failure, detail, Some(hint));
+    } else if !missing.is_empty() {
+        let list: Vec<String> = missing
+            .iter()
+            .map(|(t, p)| format!("{t} ({})", p.display()))
+            .collect();
+        let hint = format!(
+            "backups skip these until HitKeep creates them on first use: {}",
+            list.join(", ")
+        );
+        report.add(NAME, Status::Warning, detail, Some(hint));
+    } else {
+        report.ok(NAME, detail);
+    }
+}
+
 fn local(settings: &Settings, report: &mut Report) {
     let mut total = 0u64;
     match std::fs::File::open(&settings.db_path).and_then(|f| f.metadata()) {
@@ -389,5 +525,39 @@ fn print(report: &Report, json: bool) -> ExitCode {
         Status::Ok => ExitCode::SUCCESS,
         Status::Warning => ExitCode::from(1),
         Status::Failure => ExitCode::from(EXIT_USAGE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> Result<(), String> {
+        Err("400 InvalidArgument: Unsupported header 'x-amz-checksum-crc32c' received for this API call.".into())
+    }
+
+    /// Each setting against each kind of provider: the assignment is always printed, and only a
+    /// setting whose uploads would be refused fails.
+    #[test]
+    fn the_assignment_to_use_follows_what_the_service_takes() {
+        let aws = ChecksumSupport::new(Ok(()), Ok(()));
+        let b2 = ChecksumSupport::new(refused(), Ok(()));
+        let neither = ChecksumSupport::new(refused(), refused());
+        let judge = |s: &ChecksumSupport, setting| judge_checksums(s, setting);
+        assert_eq!(judge(&aws, S3Checksum::Auto).0, Status::Ok);
+        let (status, detail, hint) = judge(&b2, S3Checksum::Auto);
+        assert_eq!(status, Status::Warning);
+        assert!(
+            detail.contains("InvalidArgument") && detail.ends_with("HITKEEP_S3_CHECKSUM=md5"),
+            "{detail}"
+        );
+        assert!(hint.unwrap().contains("HITKEEP_S3_CHECKSUM=md5"));
+        assert_eq!(judge(&b2, S3Checksum::Md5).0, Status::Ok);
+        assert_eq!(judge(&b2, S3Checksum::Crc32c).0, Status::Failure);
+        assert_eq!(judge(&b2, S3Checksum::Off).0, Status::Warning);
+        let (status, detail, _) = judge(&neither, S3Checksum::Auto);
+        assert_eq!(status, Status::Failure);
+        assert!(detail.ends_with("HITKEEP_S3_CHECKSUM=off"), "{detail}");
+        assert_eq!(judge(&neither, S3Checksum::Off).0, Status::Ok);
     }
 }

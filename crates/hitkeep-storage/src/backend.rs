@@ -1,12 +1,14 @@
 //! Building the OpenDAL operator for a location: the service, then the layers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hitkeep_config::{Credentials, Location, S3Location, S3Settings, UrlStyle};
 use opendal::layers::{RetryInterceptor, RetryLayer, TimeoutLayer, TracingLayer};
-use opendal::{Operator, services};
+use opendal::{HttpTransporter, Operator, services};
 
 use crate::error::{Error, ErrorKind, Result, Service};
+use crate::integrity::{Header, Integrity, IntegrityTransport};
 
 /// Where fs writes are staged before an atomic rename into place, inside the location's root so the
 /// rename never crosses filesystems. Listings hide it.
@@ -51,33 +53,83 @@ impl Default for StorageOptions {
     }
 }
 
+/// The operators of one location. `plain` reads, lists, deletes and writes without an integrity header;
+/// on S3 two more write with one, so that `auto` can change header between two requests.
+#[derive(Clone, Debug)]
+pub(crate) struct Operators {
+    pub plain: Operator,
+    crc32c: Option<Operator>,
+    md5: Option<Operator>,
+}
+
+impl Operators {
+    /// The operator whose uploads carry `header` (local directories have only one).
+    pub(crate) fn writing(&self, header: Header) -> &Operator {
+        let op = match header {
+            Header::Crc32c => self.crc32c.as_ref(),
+            Header::Md5 => self.md5.as_ref(),
+            Header::None => None,
+        };
+        op.unwrap_or(&self.plain)
+    }
+}
+
 pub(crate) fn build(
     location: &Location,
     s3: &S3Settings,
     options: &StorageOptions,
-) -> Result<(Operator, Service)> {
-    let (op, service) = match location {
-        Location::Local(path) => fs_operator(path)?,
-        Location::S3(s3_location) => s3_operator(s3_location, s3)?,
-    };
+    integrity: &Arc<Integrity>,
+) -> Result<(Operators, Service)> {
+    match location {
+        Location::Local(path) => {
+            let (op, service) = fs_operator(path)?;
+            let plain = with_layers(op, options);
+            Ok((
+                Operators {
+                    plain,
+                    crc32c: None,
+                    md5: None,
+                },
+                service,
+            ))
+        }
+        Location::S3(s3_location) => {
+            let service = Service {
+                name: s3.service_name(),
+                bucket: Some(s3_location.bucket().to_owned()),
+                use_ssl: s3.use_ssl,
+            };
+            let op = |header| {
+                s3_operator(s3_location, s3, header, integrity, &service)
+                    .map(|op| with_layers(op, options))
+            };
+            let operators = Operators {
+                plain: op(Header::None)?,
+                crc32c: Some(op(Header::Crc32c)?),
+                md5: Some(op(Header::Md5)?),
+            };
+            Ok((operators, service))
+        }
+    }
+}
+
+fn with_layers(op: Operator, options: &StorageOptions) -> Operator {
     // Order matters: the timeout sits inside the retry so that a timed-out attempt is retried, and tracing
     // sits outside so one span covers an operation with all its attempts.
-    let op = op
-        .layer(
-            TimeoutLayer::new()
-                .with_timeout(options.timeout)
-                .with_io_timeout(options.io_timeout),
-        )
-        .layer(
-            RetryLayer::new()
-                .with_jitter()
-                .with_max_times(options.retries)
-                .with_min_delay(options.min_backoff)
-                .with_max_delay(options.max_backoff)
-                .with_notify(LogRetry),
-        )
-        .layer(TracingLayer::new());
-    Ok((op, service))
+    op.layer(
+        TimeoutLayer::new()
+            .with_timeout(options.timeout)
+            .with_io_timeout(options.io_timeout),
+    )
+    .layer(
+        RetryLayer::new()
+            .with_jitter()
+            .with_max_times(options.retries)
+            .with_min_delay(options.min_backoff)
+            .with_max_delay(options.max_backoff)
+            .with_notify(LogRetry),
+    )
+    .layer(TracingLayer::new())
 }
 
 fn fs_operator(path: &std::path::Path) -> Result<(Operator, Service)> {
@@ -104,7 +156,16 @@ fn fs_operator(path: &std::path::Path) -> Result<(Operator, Service)> {
     Ok((op, service))
 }
 
-fn s3_operator(location: &S3Location, s3: &S3Settings) -> Result<(Operator, Service)> {
+/// An S3 operator whose uploads carry `header`. Requests are signed without their payload, so a body
+/// damaged on the way would be stored as sent: the header makes the server refuse it instead (the e2e
+/// fault proxy found backups committing flipped bits that only `verify` caught).
+fn s3_operator(
+    location: &S3Location,
+    s3: &S3Settings,
+    header: Header,
+    integrity: &Arc<Integrity>,
+    service: &Service,
+) -> Result<Operator> {
     let endpoint = s3.endpoint_url().unwrap_or_else(|| {
         let scheme = if s3.use_ssl { "https" } else { "http" };
         format!("{scheme}://s3.{}.amazonaws.com", s3.region)
@@ -113,11 +174,10 @@ fn s3_operator(location: &S3Location, s3: &S3Settings) -> Result<(Operator, Serv
         .bucket(location.bucket())
         .root(&format!("/{}", location.prefix()))
         .region(&s3.region)
-        .endpoint(&endpoint)
-        // Requests are signed without their payload, so a body damaged on the way would be stored
-        // as sent: a CRC32C header per PUT and part makes the server reject it instead (the e2e
-        // fault proxy found backups committing flipped bits that only `verify` caught).
-        .checksum_algorithm("crc32c");
+        .endpoint(&endpoint);
+    if header == Header::Crc32c {
+        builder = builder.checksum_algorithm("crc32c");
+    }
     if s3.url_style == UrlStyle::VirtualHost {
         builder = builder.enable_virtual_host_style();
     }
@@ -139,14 +199,19 @@ fn s3_operator(location: &S3Location, s3: &S3Settings) -> Result<(Operator, Serv
         }
         Credentials::Chain => builder,
     };
-    let service = Service {
-        name: s3.service_name(),
-        bucket: Some(location.bucket().to_owned()),
-        use_ssl: s3.use_ssl,
-    };
     let op = Operator::new(builder)
-        .map_err(|e| Error::from_opendal(e, "open", location.to_string(), &service))?;
-    Ok((op, service))
+        .map_err(|e| Error::from_opendal(e, "open", location.to_string(), service))?;
+    // Content-MD5 is added on the way out (see `integrity`); the CRC32C operator's transport notes
+    // when the provider accepts the header.
+    let transport = IntegrityTransport {
+        inner: op.context().http_transport().clone(),
+        integrity: integrity.clone(),
+        add_md5: header == Header::Md5,
+    };
+    let context = op
+        .context()
+        .with_http_transport(HttpTransporter::new(transport));
+    Ok(op.with_context(context))
 }
 
 /// Logs each retry, so a flaky network shows up in the logs before it becomes a failed backup.

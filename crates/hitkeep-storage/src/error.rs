@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::integrity::{Header, Refusal};
+
 /// What went wrong, coarsely enough to act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -23,6 +25,9 @@ pub enum ErrorKind {
     Timeout,
     /// Data did not match its expected size or SHA-256.
     Integrity,
+    /// The service refused the integrity header uploads carry (`x-amz-checksum-crc32c` or
+    /// `Content-MD5`), and `HITKEEP_S3_CHECKSUM` leaves no other to try.
+    ChecksumRefused,
     /// A key that is not a clean relative path (`..`, empty segments, a leading `/`).
     InvalidKey,
     /// Reading or writing a local file failed.
@@ -107,6 +112,38 @@ impl Error {
         e.hint = hint;
         e.temporary = temporary;
         e.with_source(err)
+    }
+
+    /// The service refused the integrity header `header`. One line, naming the provider's code and
+    /// message and the setting to try; OpenDAL's request context goes to the debug log, not here.
+    pub(crate) fn checksum_refused(
+        operation: &'static str,
+        target: String,
+        service: &Service,
+        header: Header,
+        refusal: &Refusal,
+    ) -> Self {
+        let (next, hint) = match header {
+            Header::Md5 => (
+                "off",
+                "this service takes neither integrity header; with HITKEEP_S3_CHECKSUM=off uploads carry none, and `hitkeep backup verify --deep` is what finds a body damaged on the way",
+            ),
+            _ => (
+                "md5",
+                "this service does not take x-amz-checksum-* headers: set HITKEEP_S3_CHECKSUM=md5 (Content-MD5), or auto to switch by itself; `hitkeep doctor` shows which headers it accepts",
+            ),
+        };
+        Error::new(
+            ErrorKind::ChecksumRefused,
+            operation,
+            target,
+            format!(
+                "{} refused the {} header ({refusal}); set HITKEEP_S3_CHECKSUM={next}",
+                service.name,
+                header.name()
+            ),
+        )
+        .with_hint(hint)
     }
 
     /// Data that did not come back as written, for callers that check it themselves.

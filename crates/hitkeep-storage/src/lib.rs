@@ -8,6 +8,10 @@
 //! verified streaming download, listing (recursive or one level), stat, delete, delete of a prefix, and
 //! small reads and writes. Failures are [`Error`]s with a [`ErrorKind`] to branch on and a hint for people.
 //!
+//! Every S3 upload request carries an integrity header, as `HITKEEP_S3_CHECKSUM` says: CRC32C, or
+//! Content-MD5 for providers that refuse `x-amz-checksum-*` headers (under `auto`, the default, a
+//! storage switches by itself on the first refusal and sends the refused upload again).
+//!
 //! ```no_run
 //! # async fn demo(settings: hitkeep_config::Settings) -> hitkeep_storage::Result<()> {
 //! use hitkeep_storage::{Storage, TransferOptions};
@@ -27,6 +31,7 @@
 mod backend;
 mod digest;
 mod error;
+mod integrity;
 mod storage;
 
 pub use crate::{
@@ -36,7 +41,10 @@ pub use crate::{
     },
     digest::{DigestParseError, ObjectInfo, Sha256Digest},
     error::{Error, ErrorKind, Result},
-    storage::{DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, Entry, ListMode, Storage, TransferOptions},
+    storage::{
+        ChecksumSupport, DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, Entry, ListMode, Storage,
+        TransferOptions,
+    },
 };
 
 /// `tracing` filter directives that every subscriber logging this crate's dependencies must add

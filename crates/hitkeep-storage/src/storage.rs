@@ -1,17 +1,18 @@
 //! [`Storage`]: every byte HitKeep stores goes through here.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use futures::TryStreamExt as _;
-use hitkeep_config::{Location, S3Settings};
-use opendal::Operator;
+use futures::{StreamExt as _, TryStreamExt as _};
+use hitkeep_config::{Location, S3Checksum, S3Settings};
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::backend::{self, FS_STAGING_DIR, StorageOptions};
+use crate::backend::{self, FS_STAGING_DIR, Operators, StorageOptions};
 use crate::digest::{ObjectInfo, Sha256Digest};
 use crate::error::{Error, ErrorKind, Result, Service};
+use crate::integrity::{self, Header, Integrity, Refusal};
 
 /// Whole-file attempts when the server refuses an upload as damaged (checksum mismatch).
 const UPLOAD_ATTEMPTS: u32 = 3;
@@ -77,12 +78,41 @@ impl Entry {
     }
 }
 
+/// What a service answered to a small PUT carrying each integrity header ([`Storage::probe_checksums`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChecksumSupport {
+    /// `x-amz-checksum-crc32c`: accepted, or the service's refusal (`400 InvalidArgument: …`).
+    pub crc32c: Result<(), String>,
+    /// `Content-MD5`: accepted, or the service's refusal.
+    pub md5: Result<(), String>,
+}
+
+impl ChecksumSupport {
+    /// The answers to both probes (`Err` holds a refusal, as one line).
+    pub fn new(crc32c: Result<(), String>, md5: Result<(), String>) -> Self {
+        ChecksumSupport { crc32c, md5 }
+    }
+
+    /// The `HITKEEP_S3_CHECKSUM` value that suits this service: `auto` where CRC32C is taken (the
+    /// default, and the strongest check), `md5` where only Content-MD5 is, `off` where neither is.
+    pub fn recommended(&self) -> S3Checksum {
+        match (&self.crc32c, &self.md5) {
+            (Ok(()), _) => S3Checksum::Auto,
+            (Err(_), Ok(())) => S3Checksum::Md5,
+            (Err(_), Err(_)) => S3Checksum::Off,
+        }
+    }
+}
+
 /// A location opened for reading and writing: a local directory or an S3 bucket prefix.
 #[derive(Clone, Debug)]
 pub struct Storage {
-    op: Operator,
+    ops: Operators,
     location: Location,
     service: Service,
+    /// Which integrity header uploads carry; shared by clones, so a switch holds for all of them.
+    integrity: Arc<Integrity>,
 }
 
 impl Storage {
@@ -120,16 +150,24 @@ impl Storage {
         s3: &S3Settings,
         options: &StorageOptions,
     ) -> Result<Storage> {
-        let (op, service) = backend::build(location, s3, options)?;
+        let setting = match location {
+            Location::S3(_) => s3.checksum,
+            Location::Local(_) => S3Checksum::Off,
+        };
+        let integrity = Arc::new(Integrity::new(setting));
+        let (ops, service) = backend::build(location, s3, options, &integrity)?;
         let storage = Storage {
-            op,
+            ops,
             location: location.clone(),
             service,
+            integrity,
         };
         if location.is_s3() {
+            integrity::warn_if_off(setting);
             // One cheap request proves the bucket exists and the credentials are accepted.
             storage
-                .op
+                .ops
+                .plain
                 .list_with("")
                 .limit(1)
                 .await
@@ -153,8 +191,48 @@ impl Storage {
         }
     }
 
+    /// The integrity header uploads carry now: `crc32c`, `md5` (also after `auto` switched) or `off`
+    /// (and on local directories, which need none).
+    pub fn checksum_in_use(&self) -> S3Checksum {
+        match self.integrity.header() {
+            Header::Crc32c => S3Checksum::Crc32c,
+            Header::Md5 => S3Checksum::Md5,
+            Header::None => S3Checksum::Off,
+        }
+    }
+
     fn err(&self, e: opendal::Error, operation: &'static str, key: &str) -> Error {
         Error::from_opendal(e, operation, self.describe(key), &self.service)
+    }
+
+    /// A write's failure: the provider's refusal of the integrity header it carried, or any other error.
+    fn write_err(
+        &self,
+        e: opendal::Error,
+        operation: &'static str,
+        key: &str,
+        header: Header,
+    ) -> (Error, Option<Refusal>) {
+        match Refusal::from_opendal(&e).filter(|_| header != Header::None) {
+            Some(refusal) => {
+                // The whole request context is for debugging; the person reads the provider's words.
+                tracing::debug!(key, error = %e, "integrity header refused");
+                let error = Error::checksum_refused(
+                    operation,
+                    self.describe(key),
+                    &self.service,
+                    header,
+                    &refusal,
+                );
+                (error, Some(refusal))
+            }
+            None => (self.err(e, operation, key), None),
+        }
+    }
+
+    /// Under `auto`, a refused CRC32C header switches this storage to Content-MD5: send again.
+    fn switched(&self, header: Header, refusal: Option<&Refusal>) -> bool {
+        refusal.is_some_and(|r| self.integrity.switch(header, r, &self.service.name))
     }
 
     /// Uploads a local file as `key`, streaming it in chunks (multipart on S3), and returns its size and
@@ -201,8 +279,9 @@ impl Storage {
     /// Uploads the bytes `chunks` yields as `key`, as they come (multipart on S3), and returns their
     /// size and SHA-256: for data whose end is not known yet, such as a file another thread is still
     /// writing. `source` names the data in errors. A failing stream aborts the upload, so no object
-    /// that looks complete is left; unlike [`Storage::upload_file`] nothing is sent again, since the
-    /// stream cannot be replayed.
+    /// that looks complete is left; unlike [`Storage::upload_file`] nothing is sent again after a
+    /// damaged request, since the stream cannot be replayed. Until the service is known to take the
+    /// CRC32C header, the chunks sent are kept, so that `auto` can send them again with Content-MD5.
     pub async fn upload_stream(
         &self,
         source: &Path,
@@ -211,44 +290,73 @@ impl Storage {
         options: &TransferOptions,
     ) -> Result<ObjectInfo> {
         check_key(key, "upload")?;
+        let mut again = Vec::new();
+        loop {
+            let header = self.integrity.header();
+            let sent_before = futures::stream::iter(std::mem::take(&mut again).into_iter().map(Ok));
+            let stream = sent_before.chain(&mut chunks);
+            let failed = match self
+                .upload_attempt(header, source, key, stream, options)
+                .await
+            {
+                Ok(info) => return Ok(info),
+                Err(failed) => failed,
+            };
+            // Switched even when this upload cannot be sent again, so that the next one can.
+            let switched = self.switched(header, failed.refusal.as_ref());
+            match failed.kept {
+                Some(kept) if switched => again = kept,
+                _ => return Err(failed.error),
+            }
+        }
+    }
+
+    /// One upload of `chunks` with `header`. On failure the upload is aborted; a refusal of the header
+    /// comes back with the chunks sent, when they were kept.
+    async fn upload_attempt(
+        &self,
+        header: Header,
+        source: &Path,
+        key: &str,
+        mut chunks: impl futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
+        options: &TransferOptions,
+    ) -> Result<ObjectInfo, Failed> {
         let mut writer = self
-            .op
+            .ops
+            .writing(header)
             .writer_with(key)
             .chunk(options.chunk_size)
             .concurrent(options.concurrency)
             .await
-            .map_err(|e| self.err(e, "upload", key))?;
-        let mut hasher = sha2::Sha256::new();
-        let mut size = 0u64;
-        let outcome: Result<()> = async {
-            while let Some(chunk) = chunks
-                .try_next()
-                .await
-                .map_err(|e| Error::local("upload", source, e))?
-            {
-                hasher.update(&chunk);
-                size += chunk.len() as u64;
-                writer
-                    .write(chunk)
-                    .await
-                    .map_err(|e| self.err(e, "upload", key))?;
+            .map_err(|e| Failed::from(self.write_err(e, "upload", key, header)))?;
+        let mut sent = Sent {
+            hasher: sha2::Sha256::new(),
+            size: 0,
+            kept: self.integrity.may_switch(header).then(Vec::new),
+        };
+        let outcome = sent.pump(&mut writer, &mut chunks, &self.integrity).await;
+        let stop = match outcome {
+            Ok(()) => {
+                return Ok(ObjectInfo {
+                    size: sent.size,
+                    sha256: Sha256Digest::from_hasher(sent.hasher),
+                });
             }
-            writer
-                .close()
-                .await
-                .map_err(|e| self.err(e, "upload", key))?;
-            Ok(())
+            Err(stop) => stop,
+        };
+        if let Err(abort) = writer.abort().await {
+            tracing::warn!(key, error = %abort, "could not abort the failed upload; the bucket may keep its parts until a lifecycle rule removes them");
         }
-        .await;
-        if let Err(e) = outcome {
-            if let Err(abort) = writer.abort().await {
-                tracing::warn!(key, error = %abort, "could not abort the failed upload; the bucket may keep its parts until a lifecycle rule removes them");
+        Err(match stop {
+            Stop::Local(e) => Failed::from((Error::local("upload", source, e), None)),
+            Stop::Remote(e) => {
+                let (error, refusal) = self.write_err(e, "upload", key, header);
+                Failed {
+                    error,
+                    kept: sent.kept.filter(|_| refusal.is_some()),
+                    refusal,
+                }
             }
-            return Err(e);
-        }
-        Ok(ObjectInfo {
-            size,
-            sha256: Sha256Digest::from_hasher(hasher),
         })
     }
 
@@ -298,7 +406,8 @@ impl Storage {
         options: &TransferOptions,
     ) -> Result<ObjectInfo> {
         let reader = self
-            .op
+            .ops
+            .plain
             .reader_with(key)
             .chunk(options.chunk_size)
             .concurrent(options.concurrency)
@@ -374,13 +483,16 @@ impl Storage {
     ) -> Result<Vec<Entry>> {
         let dir = dir_path(prefix, "list")?;
         let mut request = self
-            .op
+            .ops
+            .plain
             .list_with(&dir)
             .recursive(mode == ListMode::Recursive);
         if let Some(n) = page_size {
             request = request.limit(n);
         }
-        if let Some(after) = after.filter(|_| self.op.info().capability().list_with_start_after) {
+        if let Some(after) =
+            after.filter(|_| self.ops.plain.info().capability().list_with_start_after)
+        {
             request = request.start_after(after);
         }
         let entries = request.await.map_err(|e| self.err(e, "list", prefix))?;
@@ -408,7 +520,7 @@ impl Storage {
     /// Size of `key`, or `None` when it does not exist.
     pub async fn stat(&self, key: &str) -> Result<Option<u64>> {
         check_key(key, "stat")?;
-        match self.op.stat(key).await {
+        match self.ops.plain.stat(key).await {
             Ok(meta) => Ok(Some(meta.content_length())),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err(e, "stat", key)),
@@ -419,7 +531,7 @@ impl Storage {
     /// the service does not say.
     pub async fn modified_at(&self, key: &str) -> Result<Option<String>> {
         check_key(key, "stat")?;
-        match self.op.stat(key).await {
+        match self.ops.plain.stat(key).await {
             Ok(meta) => Ok(meta.last_modified().map(|t| t.to_string())),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.err(e, "stat", key)),
@@ -429,7 +541,8 @@ impl Storage {
     /// Deletes one object. Deleting a missing object succeeds.
     pub async fn delete(&self, key: &str) -> Result<()> {
         check_key(key, "delete")?;
-        self.op
+        self.ops
+            .plain
             .delete(key)
             .await
             .map_err(|e| self.err(e, "delete", key))
@@ -448,7 +561,8 @@ impl Storage {
             ));
         }
         let count = self.list(prefix, ListMode::Recursive).await?.len();
-        self.op
+        self.ops
+            .plain
             .delete_with(&dir)
             .recursive(true)
             .await
@@ -456,24 +570,115 @@ impl Storage {
         Ok(count)
     }
 
-    /// Writes a small object (a manifest) in one request.
+    /// Writes a small object (a manifest) in one request; sent again with Content-MD5 when `auto`
+    /// meets a service that refuses CRC32C.
     pub async fn write(&self, key: &str, data: impl Into<Bytes>) -> Result<()> {
         check_key(key, "write")?;
-        self.op
-            .write(key, data.into())
-            .await
-            .map(drop)
-            .map_err(|e| self.err(e, "write", key))
+        let data = data.into();
+        loop {
+            let header = self.integrity.header();
+            let Err(e) = self.ops.writing(header).write(key, data.clone()).await else {
+                return Ok(());
+            };
+            let (error, refusal) = self.write_err(e, "write", key, header);
+            if !self.switched(header, refusal.as_ref()) {
+                return Err(error);
+            }
+        }
+    }
+
+    /// Which integrity headers the service accepts: a small PUT carrying CRC32C, then one carrying
+    /// Content-MD5, into `key`, deleted after. Refusals are answers; other failures are errors.
+    /// `None` for a local directory, which needs no header. Changes nothing about this storage.
+    pub async fn probe_checksums(&self, key: &str) -> Result<Option<ChecksumSupport>> {
+        check_key(key, "write")?;
+        if !self.location.is_s3() {
+            return Ok(None);
+        }
+        let mut answers = Vec::new();
+        for header in [Header::Crc32c, Header::Md5] {
+            let body = Bytes::from(format!("hitkeep integrity probe: {}\n", header.name()));
+            let answer = match self.ops.writing(header).write(key, body).await {
+                Ok(_) => Ok(()),
+                Err(e) => match self.write_err(e, "write", key, header) {
+                    (_, Some(refusal)) => Err(refusal.to_string()),
+                    (error, None) => return Err(error),
+                },
+            };
+            answers.push(answer);
+        }
+        self.delete(key).await?;
+        let md5 = answers.pop().expect("two answers");
+        let crc32c = answers.pop().expect("two answers");
+        Ok(Some(ChecksumSupport { crc32c, md5 }))
     }
 
     /// Reads a small object whole.
     pub async fn read(&self, key: &str) -> Result<Bytes> {
         check_key(key, "read")?;
-        self.op
+        self.ops
+            .plain
             .read(key)
             .await
             .map(|b| b.to_bytes())
             .map_err(|e| self.err(e, "read", key))
+    }
+}
+
+/// A failed upload attempt.
+struct Failed {
+    error: Error,
+    /// The service's refusal of the integrity header, when that is what failed.
+    refusal: Option<Refusal>,
+    /// Every chunk sent, when they were kept for sending again.
+    kept: Option<Vec<Bytes>>,
+}
+
+impl From<(Error, Option<Refusal>)> for Failed {
+    fn from((error, refusal): (Error, Option<Refusal>)) -> Self {
+        Failed {
+            error,
+            refusal,
+            kept: None,
+        }
+    }
+}
+
+/// Why an upload attempt stopped: the source failed, or the service did.
+enum Stop {
+    Local(std::io::Error),
+    Remote(opendal::Error),
+}
+
+/// What an upload attempt has sent so far.
+struct Sent {
+    hasher: sha2::Sha256,
+    size: u64,
+    /// The chunks sent, kept while a refusal of the header could still be answered by switching.
+    kept: Option<Vec<Bytes>>,
+}
+
+impl Sent {
+    async fn pump(
+        &mut self,
+        writer: &mut opendal::Writer,
+        chunks: &mut (impl futures::Stream<Item = std::io::Result<Bytes>> + Unpin),
+        integrity: &Integrity,
+    ) -> Result<(), Stop> {
+        while let Some(chunk) = chunks.try_next().await.map_err(Stop::Local)? {
+            self.hasher.update(&chunk);
+            self.size += chunk.len() as u64;
+            if let Some(kept) = &mut self.kept {
+                // Once a part with CRC32C was stored no switch can come, and the memory goes back.
+                if integrity.may_switch(Header::Crc32c) {
+                    kept.push(chunk.clone());
+                } else {
+                    self.kept = None;
+                }
+            }
+            writer.write(chunk).await.map_err(Stop::Remote)?;
+        }
+        writer.close().await.map(drop).map_err(Stop::Remote)
     }
 }
 

@@ -8,13 +8,19 @@
 //! [`S3Server::storage`] and [`local_storage`] open a HitKeep [`Storage`] on such a server or on a
 //! directory, with settings resolved through hitkeep-config exactly as the binary resolves them.
 //!
+//! [`ServerOptions`] make it misbehave like real providers: refuse deletes, refuse `x-amz-checksum-*`
+//! headers as Backblaze B2 does, or damage upload bodies on the way (after the signature check, as a
+//! network would, since requests are signed without their payload).
+//!
 //! What it will not do: stand in for AWS-only behaviour (IAM, lifecycle rules), or run outside tests.
 
 #![deny(missing_docs)]
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,7 +29,7 @@ use hitkeep_storage::Storage;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
-use s3s::service::S3ServiceBuilder;
+use s3s::service::{S3Service, S3ServiceBuilder};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -41,7 +47,7 @@ pub struct S3Server {
     root: tempfile::TempDir,
     task: Option<JoinHandle<()>>,
     options: ServerOptions,
-    lists: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
 }
 
 /// Misbehaviours a test server can be given.
@@ -50,6 +56,11 @@ pub struct S3Server {
 pub struct ServerOptions {
     /// Refuse DeleteObject and DeleteObjects with AccessDenied, as a bucket policy without delete rights does.
     pub refuse_deletes: bool,
+    /// Answer every request carrying an `x-amz-checksum-*` header with Backblaze B2's 400
+    /// InvalidArgument, as several providers do.
+    pub refuse_checksum_headers: bool,
+    /// Flip a bit of every PutObject and UploadPart body after the signature check.
+    pub damage_uploads: bool,
 }
 
 impl ServerOptions {
@@ -57,15 +68,40 @@ impl ServerOptions {
     pub fn refusing_deletes() -> Self {
         ServerOptions {
             refuse_deletes: true,
+            ..ServerOptions::default()
         }
     }
+
+    /// A server that refuses `x-amz-checksum-*` headers, as Backblaze B2 does.
+    pub fn refusing_checksum_headers() -> Self {
+        ServerOptions {
+            refuse_checksum_headers: true,
+            ..ServerOptions::default()
+        }
+    }
+
+    /// A server on a network that flips a bit of every upload body.
+    pub fn damaging_uploads() -> Self {
+        ServerOptions {
+            damage_uploads: true,
+            ..ServerOptions::default()
+        }
+    }
+}
+
+/// What a server saw, for tests to assert on.
+#[derive(Debug, Default)]
+struct Counters {
+    lists: AtomicUsize,
+    refused_checksums: AtomicUsize,
+    content_md5: AtomicUsize,
 }
 
 /// Needs a valid signature for everything, counts listings, and denies deletes when told to.
 #[derive(Debug)]
 struct Access {
     refuse_deletes: bool,
-    lists: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
 }
 
 impl Access {
@@ -100,7 +136,7 @@ impl s3s::access::S3Access for Access {
         &self,
         _req: &mut s3s::S3Request<s3s::dto::ListObjectsV2Input>,
     ) -> s3s::S3Result<()> {
-        self.lists.fetch_add(1, Ordering::Relaxed);
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -117,14 +153,14 @@ impl S3Server {
         std::fs::create_dir(root.path().join(BUCKET))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let lists = Arc::new(AtomicUsize::new(0));
-        let task = Some(serve(listener, root.path(), options, lists.clone())?);
+        let counters = Arc::new(Counters::default());
+        let task = Some(serve(listener, root.path(), options, counters.clone())?);
         Ok(S3Server {
             addr,
             root,
             task,
             options,
-            lists,
+            counters,
         })
     }
 
@@ -174,7 +210,18 @@ impl S3Server {
 
     /// ListObjectsV2 requests (pages) served so far: how tests show a listing is bounded.
     pub fn list_requests(&self) -> usize {
-        self.lists.load(Ordering::Relaxed)
+        self.counters.lists.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused for an `x-amz-checksum-*` header so far
+    /// ([`ServerOptions::refuse_checksum_headers`]).
+    pub fn refused_checksum_requests(&self) -> usize {
+        self.counters.refused_checksums.load(Ordering::Relaxed)
+    }
+
+    /// PUT requests that carried a `Content-MD5` header so far.
+    pub fn content_md5_requests(&self) -> usize {
+        self.counters.content_md5.load(Ordering::Relaxed)
     }
 
     /// Creates another, empty bucket.
@@ -199,8 +246,8 @@ impl S3Server {
         for _ in 0..50 {
             match TcpListener::bind(self.addr).await {
                 Ok(listener) => {
-                    let lists = self.lists.clone();
-                    self.task = Some(serve(listener, self.root.path(), self.options, lists)?);
+                    let counters = self.counters.clone();
+                    self.task = Some(serve(listener, self.root.path(), self.options, counters)?);
                     return Ok(());
                 }
                 Err(e) => last = Some(e),
@@ -221,16 +268,20 @@ fn serve(
     listener: TcpListener,
     root: &Path,
     options: ServerOptions,
-    lists: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
 ) -> io::Result<JoinHandle<()>> {
     let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(ACCESS_KEY_ID, SECRET_ACCESS_KEY));
     builder.set_access(Access {
         refuse_deletes: options.refuse_deletes,
-        lists,
+        counters: counters.clone(),
     });
-    let service = builder.build();
+    let service = Front {
+        s3: builder.build(),
+        options,
+        counters,
+    };
     Ok(tokio::spawn(async move {
         // Connections live in this set, so aborting the accept loop drops them all (a "crash").
         let mut connections = JoinSet::new();
@@ -248,6 +299,71 @@ fn serve(
             while connections.try_join_next().is_some() {}
         }
     }))
+}
+
+/// Backblaze B2's answer to a checksum header, verbatim.
+const B2_REFUSAL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n<Error>\n    <Code>InvalidArgument</Code>\n    <Message>Unsupported header 'x-amz-checksum-crc32c' received for this API call.</Message>\n</Error>";
+
+type HttpResult = Result<http::Response<s3s::Body>, s3s::HttpError>;
+
+/// In front of s3s, at the HTTP level: what [`ServerOptions`] asks real providers' behaviour of.
+#[derive(Clone)]
+struct Front {
+    s3: S3Service,
+    options: ServerOptions,
+    counters: Arc<Counters>,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Front {
+    type Response = http::Response<s3s::Body>;
+    type Error = s3s::HttpError;
+    type Future = Pin<Box<dyn Future<Output = HttpResult> + Send>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.handle(req.map(s3s::Body::from)).await })
+    }
+}
+
+impl Front {
+    async fn handle(self, req: http::Request<s3s::Body>) -> HttpResult {
+        let headers = req.headers();
+        let upload = req.method() == http::Method::PUT;
+        if upload && headers.contains_key("content-md5") {
+            self.counters.content_md5.fetch_add(1, Ordering::Relaxed);
+        }
+        let checksummed = headers
+            .keys()
+            .any(|k| k.as_str().starts_with("x-amz-checksum-"));
+        if self.options.refuse_checksum_headers && checksummed {
+            self.counters
+                .refused_checksums
+                .fetch_add(1, Ordering::Relaxed);
+            // Read the body first: a client still sending it would see a reset, not the answer.
+            let _ = req.into_body().store_all_limited(usize::MAX).await;
+            return Ok(http::Response::builder()
+                .status(http::StatusCode::BAD_REQUEST)
+                .header("content-type", "application/xml")
+                .body(s3s::Body::from(B2_REFUSAL.to_owned()))
+                .expect("a static response"));
+        }
+        if self.options.damage_uploads && upload {
+            let (parts, mut body) = req.into_parts();
+            let mut bytes = body
+                .store_all_limited(usize::MAX)
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            if let Some(first) = bytes.first_mut() {
+                *first ^= 0x10;
+            }
+            return self
+                .s3
+                .call(http::Request::from_parts(parts, s3s::Body::from(bytes)))
+                .await;
+        }
+        self.s3.call(req).await
+    }
 }
 
 /// A [`Storage`] on the local directory `dir`, with default settings.

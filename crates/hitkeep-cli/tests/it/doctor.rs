@@ -56,6 +56,7 @@ async fn a_working_bucket_passes() {
     assert!(out.starts_with("exit: 0"), "{out}");
     for check in [
         "backup: open",
+        "backup: integrity headers",
         "write, read back, stat",
         "multipart upload",
         "paginated listing",
@@ -124,6 +125,81 @@ async fn a_server_that_refuses_deletes_fails_with_a_hint() {
         out.starts_with("exit: 2")
             && out.contains("FAILURE backup: delete")
             && out.contains("s3:DeleteObject"),
+        "{out}"
+    );
+}
+
+/// A provider that refuses `x-amz-checksum-*` headers, as Backblaze B2 does: every step still passes
+/// (auto switches to Content-MD5), and doctor prints the assignment to pin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_checksum_headers_gets_the_md5_assignment() {
+    let out = case(ServerOptions::refusing_checksum_headers(), BUCKET, &[]).await;
+    assert!(
+        out.starts_with("exit: 1")
+            && out.contains("warning backup: integrity headers")
+            && out.contains("InvalidArgument")
+            && out.contains("use HITKEEP_S3_CHECKSUM=md5")
+            && !out.contains("FAILURE"),
+        "{out}"
+    );
+    let pinned = case(
+        ServerOptions::refusing_checksum_headers(),
+        BUCKET,
+        &[("HITKEEP_S3_CHECKSUM", "md5")],
+    )
+    .await;
+    assert!(
+        pinned.starts_with("exit: 0") && pinned.contains("ok      backup: integrity headers"),
+        "{pinned}"
+    );
+}
+
+/// On a split install the default tenant's database is the one that holds most analytics: doctor says
+/// the layout, and fails, naming the path, when that file is missing.
+#[test]
+fn the_tenant_layout_is_checked_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::local_env(dir.path());
+    env.retain(|(k, _)| k != "HITKEEP_ARCHIVE_PATH");
+    let out = crate::hk(
+        &["demo", "--hits", "500", "--tenants", "1"],
+        &env,
+        dir.path(),
+    );
+    assert!(out.starts_with("exit: 0"), "{out}");
+    let out = doctor(dir.path(), &env);
+    assert!(
+        out.contains("data: tenant layout")
+            && out.contains("split (HitKeep 2.13): 2 tenant database(s) to back up, 0 missing"),
+        "{out}"
+    );
+    let tenants = dir.path().join("data/tenants");
+    for entry in std::fs::read_dir(&tenants).unwrap() {
+        let db = entry.unwrap().path().join("hitkeep.db");
+        let shared = duckdb::Connection::open(dir.path().join("hitkeep.db")).unwrap();
+        let id = db
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let is_default: bool = shared
+            .query_row(
+                &format!("SELECT is_default FROM tenants WHERE id = '{id}'"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if is_default {
+            std::fs::remove_file(&db).unwrap();
+        }
+    }
+    let out = doctor(dir.path(), &env);
+    assert!(
+        out.starts_with("exit: 2")
+            && out.contains("1 missing")
+            && out.contains("HITKEEP_DATA_PATH"),
         "{out}"
     );
 }

@@ -1,6 +1,7 @@
 //! The storage behaviour suite: the same tests against a local directory and a real S3 server
 //! (s3s-fs over HTTP on 127.0.0.1, SigV4 on), plus the S3-only failure cases.
 
+mod checksums;
 mod s3_failures;
 mod suite;
 
