@@ -1,11 +1,12 @@
 //! HitKeep's DuckDB data layout: where the shared database and the tenant databases live, which tenants
 //! are backed up, how a database file is opened, and a realistic demo data set.
 //!
-//! The shared (control-plane) database sits at `HITKEEP_DB_PATH` and holds users, sites, tenants and the
-//! default tenant's analytics; every other tenant has `{HITKEEP_DATA_PATH}/tenants/{uuid}/hitkeep.db`.
+//! The shared (control-plane) database sits at `HITKEEP_DB_PATH` and holds users, sites and tenants; every
+//! tenant has `{HITKEEP_DATA_PATH}/tenants/{uuid}/hitkeep.db`, except that before HitKeep 2.13's tenant
+//! split the default tenant's analytics lived in the shared database ([`TenantLayout`]).
 //! [`DataLayout`] knows these paths, [`open_database`] opens a file and turns
-//! "another process holds this file" into [`DataError::Locked`], and [`backup_tenants`] lists the tenants to
-//! back up. [`demo::generate`] builds a HitKeep-shaped data set inside DuckDB.
+//! "another process holds this file" into [`DataError::Locked`], and [`tenant_set`] reads the layout and
+//! lists the tenants to back up. [`demo::generate`] builds a HitKeep-shaped data set inside DuckDB.
 //!
 //! What this crate will not do: create a tenant database just to look at it (HitKeep Go does), run
 //! migrations, or know anything about storage, snapshots or archives.
@@ -14,6 +15,12 @@
 
 pub mod demo;
 mod schema;
+mod tenants;
+
+pub use tenants::{
+    SPLIT_COMPACTED_MARKER, SPLIT_MARKER, TenantLayout, TenantSet, default_tenant, detect_layout,
+    tenant_set,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +61,21 @@ impl DataLayout {
             .apply(&conn)
             .map_err(|e| DataError::from_duckdb(path, e))?;
         Ok(conn)
+    }
+
+    /// The database that holds a tenant's analytics: its own file, except the default tenant's (`None`,
+    /// nil or `default`) before HitKeep 2.13's split, which live in the shared database.
+    pub fn analytics_db(
+        &self,
+        layout: TenantLayout,
+        default: Option<Uuid>,
+        tenant: Option<Uuid>,
+    ) -> PathBuf {
+        let tenant = tenant.filter(|t| !t.is_nil()).or(default);
+        match tenant {
+            Some(t) if Some(t) != default || layout == TenantLayout::Split => self.tenant_db(t),
+            _ => self.db_path.clone(),
+        }
     }
 
     /// `{data}/tenants/{uuid}/hitkeep.db`.
@@ -212,35 +234,6 @@ fn create_compatible(path: &Path) -> Result<(), DataError> {
     .map_err(|e| DataError::from_duckdb(path, e))
 }
 
-/// The tenants whose databases are backed up: `is_default = FALSE` and not archived, oldest first.
-/// An older schema without these tables or columns means "shared database only" (logged at debug).
-pub fn backup_tenants(shared: &Connection) -> Result<Vec<Uuid>, duckdb::Error> {
-    let sql = "SELECT CAST(t.id AS VARCHAR) FROM tenants t \
-               WHERE t.is_default = FALSE AND t.id NOT IN (SELECT tenant_id FROM tenant_archives) \
-               ORDER BY t.created_at, t.id";
-    let mut stmt = match shared.prepare(sql) {
-        Ok(stmt) => stmt,
-        Err(e) if is_missing_schema(&e) => {
-            tracing::debug!(error = %e, "no tenant tables in this schema; backing up the shared database only");
-            return Ok(Vec::new());
-        }
-        Err(e) => return Err(e),
-    };
-    let ids = stmt
-        .query_map([], |row| row.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ids
-        .into_iter()
-        .filter_map(|id| match Uuid::parse_str(&id) {
-            Ok(uuid) => Some(uuid),
-            Err(_) => {
-                tracing::warn!(tenant = id, "skipping a tenant whose id is not a UUID");
-                None
-            }
-        })
-        .collect())
-}
-
 /// A Catalog or Binder error: the table or column does not exist in this (older) schema.
 pub fn is_missing_schema(e: &duckdb::Error) -> bool {
     let text = e.to_string();
@@ -332,47 +325,21 @@ mod tests {
     }
 
     #[test]
-    fn an_old_schema_means_shared_only() {
-        let conn = Connection::open_in_memory().unwrap();
+    fn the_default_tenants_analytics_move_with_the_split() {
+        let layout = DataLayout::new("/d/hitkeep.db", "/d/data");
+        let (default, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let at = |l, t| layout.analytics_db(l, Some(default), t);
+        for t in [None, Some(Uuid::nil()), Some(default)] {
+            assert_eq!(at(TenantLayout::PreSplit, t), layout.db_path);
+            assert_eq!(at(TenantLayout::Split, t), layout.tenant_db(default));
+        }
+        for l in [TenantLayout::PreSplit, TenantLayout::Split] {
+            assert_eq!(at(l, Some(other)), layout.tenant_db(other));
+        }
         assert_eq!(
-            backup_tenants(&conn).unwrap(),
-            Vec::<Uuid>::new(),
-            "no tenants table at all"
-        );
-        conn.execute_batch("CREATE TABLE tenants (id UUID, name VARCHAR);")
-            .unwrap();
-        assert_eq!(
-            backup_tenants(&conn).unwrap(),
-            Vec::<Uuid>::new(),
-            "no is_default column"
-        );
-    }
-
-    #[test]
-    fn default_and_archived_tenants_are_not_backed_up() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE tenants (id UUID, name VARCHAR, is_default BOOLEAN, created_at TIMESTAMPTZ);
-             CREATE TABLE tenant_archives (tenant_id UUID);
-             INSERT INTO tenants VALUES ('00000000-0000-0000-0000-000000000001', 'default', TRUE, '2026-01-01 00:00:00+00'),
-                 ('00000000-0000-0000-0000-000000000003', 'b', FALSE, '2026-01-03 00:00:00+00'),
-                 ('00000000-0000-0000-0000-000000000002', 'a', FALSE, '2026-01-02 00:00:00+00'),
-                 ('00000000-0000-0000-0000-000000000004', 'archived', FALSE, '2026-01-04 00:00:00+00'),
-                 ('00000000-0000-0000-0000-000000000005', 'null default', NULL, '2026-01-05 00:00:00+00');
-             INSERT INTO tenant_archives VALUES ('00000000-0000-0000-0000-000000000004');",
-        )
-        .unwrap();
-        let ids: Vec<String> = backup_tenants(&conn)
-            .unwrap()
-            .iter()
-            .map(Uuid::to_string)
-            .collect();
-        assert_eq!(
-            ids,
-            [
-                "00000000-0000-0000-0000-000000000002",
-                "00000000-0000-0000-0000-000000000003"
-            ]
+            layout.analytics_db(TenantLayout::Split, None, None),
+            layout.db_path,
+            "no tenants table: everything is in the shared database"
         );
     }
 
