@@ -33,6 +33,28 @@ pub enum Error {
     /// The ledger or an archive disagrees with the database; nothing was deleted.
     #[error("{0}")]
     Ledger(String),
+    /// `recover import-archives` cannot start: nothing was imported.
+    #[error("{problem}\n  hint: {hint}")]
+    Import {
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// Importing one archive file failed and its rows were rolled back; the files before it stay
+    /// imported.
+    #[error(
+        "{key}: {source}\n  note: {before} earlier archive file(s) stay imported; running the command again imports the rest and skips their rows"
+    )]
+    ImportFile {
+        /// The archive object.
+        key: String,
+        /// Files imported before it.
+        before: usize,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {

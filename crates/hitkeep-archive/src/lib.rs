@@ -6,6 +6,7 @@
 //! one table list ([`TABLES`]) to a Parquet file with a leading `_source` column; uploads it through
 //! hitkeep-storage; reads it back and checks the counts; and deletes the rows in one transaction that
 //! checks its own counts. A [`Ledger`] next to the files makes every crash recoverable on the next run.
+//! [`ImportPlan`] puts a tenant's archived rows back (`recover import-archives`), idempotently.
 //!
 //! What this crate will not do: talk to object storage except through hitkeep-storage, read settings from
 //! the environment, or delete a row that is not in a verified archive.
@@ -14,6 +15,7 @@
 
 mod browse;
 mod error;
+mod import;
 mod ledger;
 mod run;
 mod tables;
@@ -21,6 +23,7 @@ mod tables;
 pub use crate::{
     browse::{create_view, files, ledgers, local_copies, mark_restored, restore_rows},
     error::{Error, Result},
+    import::{ImportPlan, ImportSummary, TableCounts},
     ledger::{EntryState, LEDGER_VERSION, Ledger, LedgerEntry},
     run::{
         ArchiveOptions, SitePolicy, SiteReport, archive_site, default_tenant, ledger_key,

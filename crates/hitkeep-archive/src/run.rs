@@ -13,14 +13,15 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::ledger::{EntryState, LEDGER_VERSION, Ledger, LedgerEntry};
-use crate::tables::{Cutoff, TABLES};
+use crate::tables::{Cutoff, Grain, TABLES};
 
 /// A site with a retention window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct SitePolicy {
     /// The site.
     pub site_id: Uuid,
-    /// Its tenant; `None` for the default tenant, whose rows live in the shared database.
+    /// Its tenant; `None` for the default tenant, whose rows live in the shared database before
+    /// HitKeep 2.13's split and in the default tenant's own database after it.
     pub tenant_id: Option<Uuid>,
     /// Retention in days.
     pub days: u32,
@@ -63,14 +64,14 @@ pub struct SiteReport {
     pub file: Option<String>,
     /// Unfinished work of an earlier run that this run completed or discarded.
     pub recovered: Vec<String>,
+    /// `rollup_dirty_buckets` rows dropped: markers of expired buckets, which HitKeep deletes (not
+    /// archives) with the rest of the site's expired rows.
+    pub dirty_buckets_pruned: u64,
 }
 
 /// The default tenant's id (the oldest tenant on older schemas), or `None` without a tenants table.
 pub fn default_tenant(shared: &Connection) -> Option<Uuid> {
-    let q = |sql: &str| shared.query_row(sql, [], |r| r.get::<_, String>(0)).ok();
-    q("SELECT CAST(id AS VARCHAR) FROM tenants WHERE is_default = TRUE ORDER BY created_at LIMIT 1")
-        .or_else(|| q("SELECT CAST(id AS VARCHAR) FROM tenants ORDER BY created_at LIMIT 1"))
-        .and_then(|s| Uuid::parse_str(&s).ok())
+    hitkeep_data::default_tenant(shared).ok().flatten()
 }
 
 /// Sites with `data_retention_days > 0`, each mapped to its tenant (no mapping: the default tenant).
@@ -151,6 +152,7 @@ fn join(dir: &str, name: &str) -> String {
 }
 
 /// Runs retention for every site, each on its own database; one site's failure does not stop the others.
+/// On a split install (HitKeep 2.13) the default tenant's sites are read from its own database.
 pub async fn run(
     storage: &Storage,
     layout: &DataLayout,
@@ -159,15 +161,36 @@ pub async fn run(
     let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
     let policies = load_policies(&shared)?;
     let default = default_tenant(&shared);
+    let (tenant_layout, _) = hitkeep_data::detect_layout(&shared)
+        .map_err(|e| Error::duckdb("reading the data layout", e))?;
+    let default_db = Some(layout.analytics_db(tenant_layout, default, None))
+        .filter(|path| *path != layout.db_path);
+    let mut default_conn: Option<Connection> = None;
     let mut reports = Vec::new();
     for policy in policies {
-        let conn = match policy.tenant_id {
-            None => shared
+        let conn = match (policy.tenant_id, &default_db) {
+            (None, None) => shared
                 .try_clone()
                 .map_err(|e| Error::duckdb("opening the shared database", e)),
-            Some(t) => match layout.open(&layout.tenant_db(t), OpenMode::Existing) {
-                Err(hitkeep_data::DataError::Missing { .. }) => {
-                    tracing::info!(site = %policy.site_id, tenant = %t, "tenant has no database yet; nothing to archive");
+            // The default tenant's file must exist on a split install: HitKeep would not start without it.
+            (None, Some(path)) => match &default_conn {
+                Some(conn) => conn
+                    .try_clone()
+                    .map_err(|e| Error::duckdb("opening the default tenant's database", e)),
+                None => layout
+                    .open(path, OpenMode::Existing)
+                    .map_err(Error::from)
+                    .and_then(|c| {
+                        let clone = c
+                            .try_clone()
+                            .map_err(|e| Error::duckdb("opening the default tenant's database", e));
+                        default_conn = Some(c);
+                        clone
+                    }),
+            },
+            (Some(t), _) => match layout.open(&layout.tenant_db(t), OpenMode::Existing) {
+                Err(hitkeep_data::DataError::Missing { path }) => {
+                    tracing::warn!(site = %policy.site_id, tenant = %t, path = %path.display(), "tenant has no database; nothing to archive");
                     continue;
                 }
                 other => other.map_err(Error::from),
@@ -201,6 +224,7 @@ pub async fn archive_site(
             counts: BTreeMap::new(),
             file: None,
             recovered: Vec::new(),
+            dirty_buckets_pruned: 0,
         });
     };
     let dir = site_dir(storage, policy, default_tenant);
@@ -227,8 +251,14 @@ pub async fn archive_site(
         counts: counts.clone(),
         file: None,
         recovered,
+        dirty_buckets_pruned: 0,
     };
-    if options.dry_run || counts.values().all(|n| *n == 0) {
+    if options.dry_run {
+        return Ok(report);
+    }
+    if counts.values().all(|n| *n == 0) {
+        report.dirty_buckets_pruned =
+            tokio::task::block_in_place(|| prune_dirty_buckets(conn, policy.site_id, cutoff))?;
         return Ok(report);
     }
     let mut file = format!(
@@ -276,6 +306,8 @@ pub async fn archive_site(
     tokio::task::block_in_place(|| delete(conn, policy.site_id, cutoff, &counts))?;
     ledger.entries.last_mut().expect("just pushed").state = EntryState::Deleted;
     save_ledger(storage, &ledger_key, &ledger).await?;
+    report.dirty_buckets_pruned =
+        tokio::task::block_in_place(|| prune_dirty_buckets(conn, policy.site_id, cutoff))?;
     tracing::info!(site = %policy.site_id, file = key, rows = counts.values().sum::<u64>(), "archived expired rows");
     report.file = Some(key);
     Ok(report)
@@ -551,6 +583,33 @@ async fn verify_object(
         )));
     }
     Ok(())
+}
+
+/// Deletes the site's `rollup_dirty_buckets` markers whose whole bucket has expired, as HitKeep's
+/// retention does: they only ask for a rollup to be recomputed, and the rows it would be computed from
+/// are gone. A marker's period is its `bucket_unit` (HitKeep 2.13); a schema without that column is
+/// treated as hourly. Missing table: nothing to do.
+fn prune_dirty_buckets(conn: &Connection, site: Uuid, cutoff: Cutoff) -> Result<u64> {
+    let columns = match crate::browse::table_columns(conn, "rollup_dirty_buckets") {
+        Ok(c) if c.iter().any(|(name, _)| name == "bucket") => c,
+        _ => return Ok(0),
+    };
+    let hour = cutoff.bound(Grain::Hour);
+    let bound = if columns.iter().any(|(name, _)| name == "bucket_unit") {
+        format!(
+            "CASE bucket_unit WHEN 'day' THEN CAST({} AS TIMESTAMPTZ) WHEN 'month' THEN CAST({} AS TIMESTAMPTZ) ELSE {hour} END",
+            cutoff.bound(Grain::Day),
+            cutoff.bound(Grain::Month)
+        )
+    } else {
+        hour
+    };
+    let sql =
+        format!("DELETE FROM rollup_dirty_buckets WHERE site_id = '{site}' AND bucket < {bound}");
+    let n = conn
+        .execute(&sql, [])
+        .map_err(|e| Error::duckdb("pruning expired rollup_dirty_buckets", e))?;
+    Ok(u64::try_from(n).unwrap_or_default())
 }
 
 /// Deletes the archived rows in one transaction, rolling back unless every table lost exactly the rows

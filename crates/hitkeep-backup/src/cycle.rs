@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use duckdb::Connection;
 use futures::{StreamExt as _, TryStreamExt as _};
-use hitkeep_data::{DataError, DataLayout, DuckDbLimits, OpenMode, open_database};
+use hitkeep_data::{DataError, DataLayout, DuckDbLimits, OpenMode, TenantLayout, open_database};
 use hitkeep_storage::{ErrorKind, ListMode, Sha256Digest, Storage, TransferOptions};
 use jiff::Timestamp;
 use uuid::Uuid;
@@ -90,18 +90,24 @@ type Opener = Box<dyn FnOnce() -> Result<Option<Connection>, DataError> + Send>;
 pub struct TenantSource {
     id: Uuid,
     open: Opener,
+    /// The file looked at, named when it is missing.
+    path: Option<PathBuf>,
+    /// A missing database fails the tenant instead of skipping it: a split install's default tenant.
+    required: bool,
 }
 
 impl std::fmt::Debug for TenantSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantSource")
             .field("id", &self.id)
+            .field("path", &self.path)
+            .field("required", &self.required)
             .finish_non_exhaustive()
     }
 }
 
 impl TenantSource {
-    /// A tenant with an opener. `Ok(None)` means "no database yet": the tenant is skipped, not failed.
+    /// A tenant with an opener. `Ok(None)` means "no database": the tenant is skipped, not failed.
     pub fn new(
         id: Uuid,
         open: impl FnOnce() -> Result<Option<Connection>, DataError> + Send + 'static,
@@ -109,6 +115,8 @@ impl TenantSource {
         TenantSource {
             id,
             open: Box::new(open),
+            path: None,
+            required: false,
         }
     }
 
@@ -117,15 +125,99 @@ impl TenantSource {
         TenantSource::new(id, move || Ok(Some(conn)))
     }
 
-    /// A tenant at its place in the data layout. A missing file is skipped: it is never created just to
-    /// be backed up.
+    /// A tenant at its place in the data layout. A missing file is skipped and reported with its path:
+    /// it is never created just to be backed up (HitKeep Go creates an empty one).
     pub fn from_layout(layout: &DataLayout, id: Uuid) -> Self {
         let path = layout.tenant_db(id);
-        TenantSource::new(id, move || match open_database(&path, OpenMode::Existing) {
-            Ok(conn) => Ok(Some(conn)),
-            Err(DataError::Missing { .. }) => Ok(None),
-            Err(e) => Err(e),
-        })
+        let opened = path.clone();
+        let mut source = TenantSource::new(id, move || {
+            match open_database(&opened, OpenMode::Existing) {
+                Ok(conn) => Ok(Some(conn)),
+                Err(DataError::Missing { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        source.path = Some(path);
+        source
+    }
+
+    /// The same tenant, failing instead of being skipped when its database is missing.
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    /// What a missing database means for this tenant.
+    fn missing(&self) -> TenantState {
+        let at = self
+            .path
+            .as_ref()
+            .map(|p| format!(" at {}", p.display()))
+            .unwrap_or_default();
+        if self.required {
+            TenantState::Failed {
+                error: format!(
+                    "the default tenant's database is missing{at}, yet the shared database says its analytics were split out of it (HitKeep 2.13)\n  hint: check that HITKEEP_DATA_PATH points at the server's data directory (and that it persists, in Docker); HitKeep itself will not start without this file"
+                ),
+            }
+        } else {
+            TenantState::Skipped {
+                reason: format!("no database file{at}"),
+            }
+        }
+    }
+}
+
+/// The tenants of a cycle and what the shared database says about them.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CycleTenants {
+    /// Where the default tenant's analytics live; recorded in the shared manifest.
+    pub layout: TenantLayout,
+    /// The default tenant, when the schema has one.
+    pub default_tenant: Option<Uuid>,
+    /// The tenant databases to back up, in this order.
+    pub sources: Vec<TenantSource>,
+}
+
+impl CycleTenants {
+    /// Explicit tenants, e.g. from a HitKeep service that holds its own connections.
+    pub fn new(
+        layout: TenantLayout,
+        default_tenant: Option<Uuid>,
+        sources: Vec<TenantSource>,
+    ) -> Self {
+        CycleTenants {
+            layout,
+            default_tenant,
+            sources,
+        }
+    }
+
+    /// The tenants HitKeep would back up, read from the shared database, at their place in `layout`:
+    /// on a split install every active tenant, the default one included (and required); before the
+    /// split every active tenant but the default one, whose analytics are in the shared database.
+    pub fn discover(layout: &DataLayout, shared: &Connection) -> Result<CycleTenants> {
+        let set = hitkeep_data::tenant_set(shared)
+            .map_err(|e| Error::duckdb(Database::Shared, "listing the tenants", e))?;
+        if set.split_unfinished {
+            tracing::warn!(
+                "the shared database records HitKeep's tenant split but not its compaction; HitKeep finishes it on its next start. Backing up the default tenant's own database"
+            );
+        }
+        let sources = set
+            .backed_up
+            .iter()
+            .map(|&id| {
+                let source = TenantSource::from_layout(layout, id);
+                if Some(id) == set.default_tenant {
+                    source.required()
+                } else {
+                    source
+                }
+            })
+            .collect();
+        Ok(CycleTenants::new(set.layout, set.default_tenant, sources))
     }
 }
 
@@ -152,6 +244,14 @@ impl CycleReport {
         })
     }
 
+    /// Tenants not backed up in this cycle because their database file is missing, with the reason.
+    pub fn skipped_tenants(&self) -> impl Iterator<Item = (&Uuid, &str)> {
+        self.shared.tenants.iter().filter_map(|t| match &t.state {
+            TenantState::Skipped { reason } => Some((&t.tenant_id, reason.as_str())),
+            _ => None,
+        })
+    }
+
     /// Whether every database was backed up.
     pub fn is_success(&self) -> bool {
         self.failed_tenants().next().is_none()
@@ -163,9 +263,14 @@ impl CycleReport {
 pub async fn run_cycle(
     storage: &Storage,
     shared: Connection,
-    tenants: Vec<TenantSource>,
+    tenants: CycleTenants,
     options: &BackupOptions,
 ) -> Result<CycleReport> {
+    let CycleTenants {
+        layout,
+        default_tenant,
+        sources: tenants,
+    } = tenants;
     let _lock = CycleLock::acquire(&options.lock_file)?;
     let id = pick_id(storage).await?;
     // Holding the lock, nothing else uses the staging root: clear what interrupted cycles left behind.
@@ -174,7 +279,7 @@ pub async fn run_cycle(
             .map_err(|e| Error::io(&options.staging_dir, e))?;
     }
     let staging = StagingDir::create(options.staging_dir.join(id.to_string()))?;
-    tracing::info!(snapshot = %id, location = %storage.location(), tenants = tenants.len(), "backup cycle started");
+    tracing::info!(snapshot = %id, location = %storage.location(), tenants = tenants.len(), %layout, "backup cycle started");
 
     // Databases side by side, the shared one first: while one exports (CPU) another uploads (network),
     // and tenants' fixed costs (open, checkpoint, a few requests) overlap. Each DuckDB instance gets its
@@ -224,6 +329,8 @@ pub async fn run_cycle(
     files += shared_manifest.files.len();
     bytes += shared_manifest.total_size();
     shared_manifest.tenants = entries;
+    shared_manifest.layout = Some(layout);
+    shared_manifest.default_tenant = default_tenant;
     // The commit point: only now does the cycle exist for list, restore and "latest".
     commit(storage, &shared_manifest).await?;
     tracing::info!(snapshot = %id, files, bytes, "backup cycle committed");
@@ -259,6 +366,8 @@ async fn backup_tenant(
     let database = Database::Tenant {
         tenant_id: tenant.id,
     };
+    let missing = tenant.missing();
+    let tenant_id = tenant.id;
     // Opening replays the WAL, which can take a while: not on the async workers.
     let opened = tokio::task::spawn_blocking(move || {
         let conn = (tenant.open)().map_err(|e| e.to_string())?;
@@ -273,9 +382,7 @@ async fn backup_tenant(
     .unwrap_or_else(|e| Err(format!("opening the database: {e}")));
     let mut counted = (0, 0);
     let state = match opened {
-        Ok(None) => TenantState::Skipped {
-            reason: "no database file yet".to_owned(),
-        },
+        Ok(None) => missing,
         Err(error) => TenantState::Failed { error },
         Ok(Some(conn)) => {
             match snapshot_and_commit(storage, conn, database, id, staging, options).await {
@@ -293,17 +400,15 @@ async fn backup_tenant(
     };
     match &state {
         TenantState::Failed { error } => {
-            tracing::error!(tenant = %tenant.id, error, "tenant backup failed")
+            tracing::error!(tenant = %tenant_id, error, "tenant backup failed")
         }
+        // Not an error (HitKeep creates a tenant's file on first use), but never silent.
         TenantState::Skipped { reason } => {
-            tracing::info!(tenant = %tenant.id, reason, "tenant skipped")
+            tracing::warn!(tenant = %tenant_id, reason, "tenant not backed up")
         }
-        TenantState::Complete { .. } => tracing::info!(tenant = %tenant.id, "tenant backed up"),
+        TenantState::Complete { .. } => tracing::info!(tenant = %tenant_id, "tenant backed up"),
     }
-    let entry = TenantEntry {
-        tenant_id: tenant.id,
-        state,
-    };
+    let entry = TenantEntry { tenant_id, state };
     (entry, counted)
 }
 
@@ -382,6 +487,8 @@ async fn snapshot_database(
         files,
         tables: export.tables,
         tenants: Vec::new(),
+        layout: None,
+        default_tenant: None,
     })
 }
 

@@ -69,6 +69,41 @@ pub enum Error {
     /// No snapshot matches.
     #[error("{0}")]
     NotFound(String),
+    /// A whole restore of a split cycle (HitKeep 2.13) without its default tenant's snapshot: the shared
+    /// database would say the analytics are in a file the restore does not bring back.
+    #[error(
+        "snapshot {snapshot}: the shared database is split (HitKeep 2.13) but the default tenant {tenant} has no usable snapshot in this cycle; restoring it would leave HitKeep unable to start (its split marker would point at a default tenant database that is {on_disk})\n  hint: restore an earlier cycle that has the default tenant (see `hitkeep backup list`), or pass -shared-only to restore the shared database alone and keep the default tenant database on disk"
+    )]
+    SplitWithoutDefault {
+        /// The cycle.
+        snapshot: crate::SnapshotId,
+        /// The default tenant.
+        tenant: uuid::Uuid,
+        /// What is at the default tenant's path now: "missing" or "not from this snapshot".
+        on_disk: &'static str,
+    },
+    /// A recovery bundle's `manifest.json` cannot be used; nothing was changed.
+    #[error(
+        "{path}: {field}: {problem}\n  hint: -from must name a bundle directory as HitKeep writes them under {{data-path}}/recovery/ (manifest.json of version 1, database.zst, optionally wal.zst)"
+    )]
+    BundleManifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// The field at fault, e.g. `artifacts[1].sha256`.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A recovery bundle's artifact does not decompress to what its manifest records; nothing was changed.
+    #[error(
+        "{path}: {problem}\n  hint: the bundle is damaged or incomplete; use another bundle under {{data-path}}/recovery/, or restore a snapshot with `hitkeep recover restore-backup`"
+    )]
+    BundleArtifact {
+        /// The artifact file (`database.zst` or `wal.zst`).
+        path: PathBuf,
+        /// What differs.
+        problem: String,
+    },
     /// A worker task died.
     #[error("internal error: {0}")]
     Internal(String),

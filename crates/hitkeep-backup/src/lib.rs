@@ -13,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+mod bundle;
 mod catalog;
 mod cycle;
 mod error;
@@ -24,11 +25,13 @@ mod progress;
 mod restore;
 mod retention;
 mod snapshot_id;
+mod swap;
 mod verify;
 
 pub use crate::{
+    bundle::{BUNDLE_MANIFEST, Bundle, BundleArtifact, BundleOutcome},
     catalog::{Catalog, DatabaseSnapshots, SnapshotInfo, SnapshotState},
-    cycle::{BackupOptions, CycleReport, TenantSource, run_cycle},
+    cycle::{BackupOptions, CycleReport, CycleTenants, TenantSource, run_cycle},
     error::{Error, Result},
     lock::CycleLock,
     manifest::{Database, Manifest},

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use hitkeep_data::TenantLayout;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -42,6 +43,15 @@ pub struct Manifest {
     /// In the shared database's manifest: the cycle's tenant snapshots and how each went.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<TenantEntry>,
+    /// In the shared database's manifest: where the default tenant's analytics were when the cycle ran
+    /// (HitKeep 2.13 split them out of the shared database). Absent in manifests written before we
+    /// recorded it, which were all of pre-split installs; an additive field, so old readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<TenantLayout>,
+    /// In the shared database's manifest: the default tenant, so a restore can tell that a split cycle's
+    /// default tenant is missing without opening the shared database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_tenant: Option<Uuid>,
 }
 
 /// The database a snapshot is of.
@@ -111,7 +121,8 @@ pub enum TenantState {
         /// The error.
         error: String,
     },
-    /// Not backed up: the tenant has no database file yet (HitKeep creates it on first use).
+    /// Not backed up: the tenant has no database file (HitKeep creates it on first use); the reason
+    /// names the path looked at.
     Skipped {
         /// Why.
         reason: String,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hitkeep_data::{DataLayout, DuckDbLimits, quote_literal};
+use hitkeep_data::{DataLayout, DuckDbLimits, TenantLayout, quote_literal};
 use hitkeep_storage::{ListMode, ObjectInfo, Storage, TransferOptions};
 use serde::Serialize;
 use uuid::Uuid;
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{
     Database, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantState,
 };
+use crate::swap::{Scratch, swap_into_place};
 use futures::StreamExt as _;
 
 /// DuckDB storage version written by restores: HitKeep Go ships DuckDB 1.5, which cannot read files
@@ -61,8 +62,8 @@ pub struct RestoreItem {
     pub manifest_sha256: Option<String>,
 }
 
-/// What a restore will do. Nothing is changed until [`PreparedRestore::commit`] (or
-/// [`RestorePlan::execute_item`], which prepares and commits one database).
+/// What a restore will do. Nothing is changed until [`PreparedRestore::commit`], and
+/// [`RestorePlan::prepare_all`] prepares every database (and checks them together) before any commits.
 #[derive(Clone, Debug, Serialize)]
 #[non_exhaustive]
 pub struct RestorePlan {
@@ -74,6 +75,16 @@ pub struct RestorePlan {
     pub items: Vec<RestoreItem>,
     /// Tenants the cycle lists as failed: restoring them needs an older snapshot.
     pub unavailable: Vec<(Uuid, String)>,
+    /// The cycle's layout, when its manifest records it (a legacy snapshot's is read from the shared
+    /// database once imported, see [`RestorePlan::prepare_all`]).
+    pub layout: Option<TenantLayout>,
+    /// The default tenant, when the cycle's manifest records it.
+    pub default_tenant: Option<Uuid>,
+    /// Whether only the shared database was asked for.
+    pub shared_only: bool,
+    /// Where the default tenant's database goes, to say what HitKeep finds there.
+    #[serde(skip)]
+    data: DataLayout,
     /// DuckDB's limits for the imports, from the layout.
     #[serde(skip)]
     limits: DuckDbLimits,
@@ -205,24 +216,79 @@ impl RestorePlan {
                 "nothing to restore from snapshot {id}"
             )));
         }
-        Ok(RestorePlan {
+        let plan = RestorePlan {
             snapshot: id,
             legacy,
             items,
             unavailable,
+            layout: cycle.as_ref().and_then(|m| m.layout),
+            default_tenant: cycle.as_ref().and_then(|m| m.default_tenant),
+            shared_only: selection.shared_only,
+            data: layout.clone(),
             limits: layout.duckdb,
             import_turn: Arc::new(tokio::sync::Semaphore::new(1)),
+        };
+        if let (Some(TenantLayout::Split), Some(tenant)) = (plan.layout, plan.default_tenant) {
+            plan.check_default_tenant(tenant)?;
+        }
+        Ok(plan)
+    }
+
+    /// A whole restore of a split cycle must bring back the default tenant. With `-shared-only` the
+    /// user chose otherwise, and [`RestorePlan::notes`] says what HitKeep will find.
+    fn check_default_tenant(&self, tenant: Uuid) -> Result<()> {
+        let restores_shared = self.items.iter().any(|i| i.database == Database::Shared);
+        let has_default = self
+            .items
+            .iter()
+            .any(|i| i.database == Database::Tenant { tenant_id: tenant });
+        if !restores_shared || self.shared_only || has_default {
+            return Ok(());
+        }
+        Err(Error::SplitWithoutDefault {
+            snapshot: self.snapshot,
+            tenant,
+            on_disk: if self.data.tenant_db(tenant).exists() {
+                "not from this snapshot"
+            } else {
+                "missing"
+            },
         })
     }
 
-    /// Restores one planned database. `stamp` names the aside copy (`{db}.pre-restore.{stamp}`).
-    pub async fn execute_item(
-        &self,
-        storage: &Storage,
-        item: &RestoreItem,
-        stamp: SnapshotId,
-    ) -> Result<RestoreOutcome> {
-        self.prepare_item(storage, item, stamp).await?.commit(stamp)
+    /// What people should know before a restore of this plan, in HitKeep's terms: where the default
+    /// tenant's analytics will come from once HitKeep starts on the restored files.
+    pub fn notes(&self) -> Vec<String> {
+        let restores_shared = self.items.iter().any(|i| i.database == Database::Shared);
+        match (self.layout, self.default_tenant, restores_shared) {
+            (Some(TenantLayout::Split), Some(tenant), true) if self.shared_only => {
+                vec![self.shared_only_note(tenant)]
+            }
+            (Some(TenantLayout::PreSplit), Some(tenant), true)
+                if self.data.tenant_db(tenant).exists() =>
+            {
+                vec![format!(
+                    "this cycle is pre-split (HitKeep 2.12 or older): the default tenant's analytics come back inside the shared database; on its next start HitKeep 2.13 splits them out again and keeps the existing {} aside as a stray copy",
+                    self.data.tenant_db(tenant).display()
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn shared_only_note(&self, tenant: Uuid) -> String {
+        let path = self.data.tenant_db(tenant);
+        if path.exists() {
+            format!(
+                "-shared-only on a split cycle: HitKeep will start with the default tenant's analytics from the database already at {}, not from this snapshot",
+                path.display()
+            )
+        } else {
+            format!(
+                "-shared-only on a split cycle: there is no default tenant database at {}, so HitKeep will refuse to start until one is restored (`-tenant {tenant}`) or rebuilt empty (`hitkeep recover rebuild-default-tenant`, with HitKeep's own binary)",
+                path.display()
+            )
+        }
     }
 
     /// The slow, fallible half of a restore: downloads and imports one database beside its target
@@ -319,7 +385,57 @@ impl RestorePlan {
             .buffered(concurrency.max(1))
             .collect()
             .await;
-        outcomes.into_iter().collect()
+        let prepared: Vec<PreparedRestore> = outcomes
+            .into_iter()
+            .collect::<std::result::Result<_, _>>()?;
+        self.check_prepared(&prepared)
+            .map_err(|e| (Database::Shared, e))?;
+        Ok(prepared)
+    }
+
+    /// Asks the imported shared database what it says about its tenants, the way HitKeep will when it
+    /// starts: a legacy (HitKeep Go) snapshot records no layout, and the manifest's word is not
+    /// the data's. A split shared database whose default tenant is not restored is refused here, before
+    /// anything is swapped in; other active tenants without a snapshot are logged (HitKeep creates
+    /// their database, empty, on first use).
+    fn check_prepared(&self, prepared: &[PreparedRestore]) -> Result<()> {
+        let Some(shared) = self
+            .items
+            .iter()
+            .zip(prepared)
+            .find_map(|(i, p)| (i.database == Database::Shared).then_some(p))
+        else {
+            return Ok(());
+        };
+        let set = shared.tenant_set()?;
+        let restored = |t: &Uuid| {
+            self.items
+                .iter()
+                .any(|i| i.database == Database::Tenant { tenant_id: *t })
+        };
+        if set.layout == TenantLayout::Split
+            && let Some(tenant) = set.default_tenant
+        {
+            if self.shared_only {
+                tracing::warn!("{}", self.shared_only_note(tenant));
+            } else if !restored(&tenant) {
+                return Err(Error::SplitWithoutDefault {
+                    snapshot: self.snapshot,
+                    tenant,
+                    on_disk: if self.data.tenant_db(tenant).exists() {
+                        "not from this snapshot"
+                    } else {
+                        "missing"
+                    },
+                });
+            }
+        }
+        if !self.shared_only {
+            for tenant in set.backed_up.iter().filter(|t| !restored(t)) {
+                tracing::warn!(%tenant, snapshot = %self.snapshot, "the restored shared database lists this tenant as active, but the snapshot has no database for it; HitKeep will create it empty on first use");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -332,6 +448,18 @@ pub struct PreparedRestore {
 }
 
 impl PreparedRestore {
+    /// The layout and tenants the imported (not yet swapped in) database records.
+    fn tenant_set(&self) -> Result<hitkeep_data::TenantSet> {
+        let database = Database::Shared;
+        let config = duckdb::Config::default()
+            .access_mode(duckdb::AccessMode::ReadOnly)
+            .map_err(|e| Error::duckdb(database, "opening the restored file", e))?;
+        let conn = duckdb::Connection::open_with_flags(&self.temp_db.0, config)
+            .map_err(|e| Error::duckdb(database, "opening the restored file", e))?;
+        hitkeep_data::tenant_set(&conn)
+            .map_err(|e| Error::duckdb(database, "reading the restored tenants", e))
+    }
+
     /// The fast, local half: moves the current database aside and the restored one into place.
     pub fn commit(self, stamp: SnapshotId) -> Result<RestoreOutcome> {
         // The server may have been started during the download.
@@ -535,45 +663,6 @@ fn import(
     Ok(tables)
 }
 
-/// Moves the current database and WAL aside (never over an earlier aside copy), then renames the
-/// restored file into place. A stale WAL is moved even when the database file is missing.
-fn swap_into_place(restored: &Path, target: &Path, stamp: SnapshotId) -> Result<Option<PathBuf>> {
-    let wal = PathBuf::from(format!("{}.wal", target.display()));
-    if !target.exists() && !wal.exists() {
-        std::fs::rename(restored, target).map_err(|e| Error::io(target, e))?;
-        return Ok(None);
-    }
-    let mut aside = PathBuf::from(format!("{}.pre-restore.{stamp}", target.display()));
-    let mut n = 1;
-    while aside.exists() || PathBuf::from(format!("{}.wal", aside.display())).exists() {
-        aside = PathBuf::from(format!("{}.pre-restore.{stamp}-{n}", target.display()));
-        n += 1;
-    }
-    let aside_wal = PathBuf::from(format!("{}.wal", aside.display()));
-    let moved_db = target.exists();
-    if moved_db {
-        std::fs::rename(target, &aside).map_err(|e| Error::io(target, e))?;
-    }
-    // Each later step undoes the earlier ones when it fails, so the original is back where it was.
-    let undo_db = || {
-        if moved_db {
-            let _ = std::fs::rename(&aside, target);
-        }
-    };
-    if wal.exists()
-        && let Err(e) = std::fs::rename(&wal, &aside_wal)
-    {
-        undo_db();
-        return Err(Error::io(&wal, e));
-    }
-    if let Err(e) = std::fs::rename(restored, target) {
-        let _ = std::fs::rename(&aside_wal, &wal);
-        undo_db();
-        return Err(Error::io(target, e));
-    }
-    Ok(Some(aside))
-}
-
 /// Which process holds a POSIX lock on `path` (DuckDB's writer lock), read from /proc/locks without
 /// opening the database. `None` when unlocked, missing, or not on Linux.
 pub fn lock_holder(path: &Path) -> Option<String> {
@@ -593,22 +682,4 @@ pub fn lock_holder(path: &Path) -> Option<String> {
             format!("{exe} (PID {pid})").trim().to_owned()
         })
     })
-}
-
-/// A temporary path removed when restoring ends, whichever way.
-#[derive(Debug)]
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn remove(&self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        let _ = std::fs::remove_file(&self.0);
-        let _ = std::fs::remove_file(format!("{}.wal", self.0.display()));
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        self.remove();
-    }
 }

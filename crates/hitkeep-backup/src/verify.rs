@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hitkeep_data::{OpenMode, open_database, quote_literal};
+use hitkeep_data::{OpenMode, TenantLayout, open_database, quote_literal};
 use hitkeep_storage::{ObjectInfo, Sha256Digest, Storage, TransferOptions};
 use serde::Serialize;
 
@@ -36,6 +36,8 @@ pub struct VerifyReport {
     pub snapshot_id: SnapshotId,
     /// Whether the import check ran.
     pub deep: bool,
+    /// The cycle's layout, as its shared manifest records it.
+    pub layout: Option<TenantLayout>,
     /// One entry per database.
     pub databases: Vec<DatabaseCheck>,
 }
@@ -65,7 +67,9 @@ pub async fn verify_snapshot(
             shared.state
         )));
     };
-    let mut databases = vec![check_database(storage, &manifest, deep, scratch).await?];
+    let mut first = check_database(storage, &manifest, deep, scratch).await?;
+    first.problems.extend(split_default_missing(&manifest));
+    let mut databases = vec![first];
     for tenant in &manifest.tenants {
         let database = Database::Tenant {
             tenant_id: tenant.tenant_id,
@@ -104,7 +108,26 @@ pub async fn verify_snapshot(
     Ok(VerifyReport {
         snapshot_id: id,
         deep,
+        layout: manifest.layout,
         databases,
+    })
+}
+
+/// A split cycle whose default tenant has no complete snapshot cannot be restored as a whole: HitKeep
+/// would not start on its shared database alone.
+fn split_default_missing(shared: &Manifest) -> Option<String> {
+    if shared.layout != Some(TenantLayout::Split) {
+        return None;
+    }
+    let default = shared.default_tenant?;
+    let complete = shared
+        .tenants
+        .iter()
+        .any(|t| t.tenant_id == default && matches!(t.state, TenantState::Complete { .. }));
+    (!complete).then(|| {
+        format!(
+            "the cycle is split (HitKeep 2.13) but the default tenant {default} has no complete snapshot in it: its analytics are not in this cycle"
+        )
     })
 }
 

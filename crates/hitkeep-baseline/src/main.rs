@@ -87,7 +87,12 @@ fn archive(db: &str, site: &str, cutoff: Cutoff, out: &str) -> Result<()> {
     std::fs::create_dir_all(out)?;
     conn.execute_batch("BEGIN TRANSACTION")?;
     let mut rows = 0u64;
-    for table in TABLES {
+    let present = hitkeep_data::user_tables(&conn)?;
+    // An older schema lacks some of HitKeep 2.13's tables; hitkeep skips them too.
+    for table in TABLES
+        .iter()
+        .filter(|t| present.iter().any(|(_, name)| name == t.name))
+    {
         let filter = format!(
             "site_id = {} AND {} < {}",
             quote_literal(site),

@@ -73,6 +73,12 @@ pub fn run(settings: &Settings, dry_run: bool) -> ExitCode {
                         r.policy.site_id
                     ),
                 }
+                if r.dirty_buckets_pruned > 0 {
+                    println!(
+                        "site {} (tenant {tenant}): {} expired rollup_dirty_buckets markers deleted (HitKeep deletes them, it does not archive them)",
+                        r.policy.site_id, r.dirty_buckets_pruned
+                    );
+                }
             }
             Err(e) => {
                 failed += 1;
@@ -231,15 +237,19 @@ pub fn restore(settings: &Settings, site: &str, from: Option<&str>, to: Option<&
             anyhow::Ok((tenant, archive_paths(settings, Some(site)).await?))
         })
         .and_then(|(tenant, paths)| {
-            // The same rule as archiving: the default tenant (or none) means the shared database; any other
-            // tenant must have its database, or the rows would land where the server never reads them.
+            // The same rule as archiving: the default tenant's rows go to the shared database before
+            // HitKeep's split and to its own database after; any other tenant must have its database,
+            // or the rows would land where the server never reads them.
             let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
             let default = hitkeep_archive::default_tenant(&shared);
-            let conn = match tenant.filter(|t| !t.is_nil() && Some(*t) != default) {
-                None => shared,
-                Some(t) => layout
-                    .open(&layout.tenant_db(t), OpenMode::Existing)
-                    .with_context(|| format!("the database of tenant {t}"))?,
+            let (split, _) = hitkeep_data::detect_layout(&shared)?;
+            let path = layout.analytics_db(split, default, tenant);
+            let conn = if path == layout.db_path {
+                shared
+            } else {
+                layout
+                    .open(&path, OpenMode::Existing)
+                    .with_context(|| format!("the analytics database {}", path.display()))?
             };
             if paths.is_empty() {
                 return anyhow::Ok(Vec::new());

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use hitkeep_backup::{BackupOptions, Catalog, CycleReport, PrunePlan, SnapshotState, TenantSource};
+use hitkeep_backup::{BackupOptions, Catalog, CycleReport, CycleTenants, PrunePlan, SnapshotState};
 use hitkeep_config::{Location, Settings};
-use hitkeep_data::{DataLayout, DuckDbLimits, OpenMode, backup_tenants};
+use hitkeep_data::{DataLayout, DuckDbLimits, OpenMode};
 use hitkeep_storage::Storage;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -46,22 +46,31 @@ pub fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(EXIT_FAILURE)
 }
 
-pub fn demo(settings: &Settings, hits: u64, tenants: usize) -> ExitCode {
+pub fn demo(
+    settings: &Settings,
+    hits: u64,
+    tenants: usize,
+    release: hitkeep_data::TenantLayout,
+) -> ExitCode {
     let started = std::time::Instant::now();
-    match hitkeep_data::demo::generate(
-        &layout(settings),
-        &hitkeep_data::demo::DemoOptions::new(hits, tenants),
-    ) {
+    let options = hitkeep_data::demo::DemoOptions::new(hits, tenants).with_layout(release);
+    match hitkeep_data::demo::generate(&layout(settings), &options) {
         Ok(summary) => {
             println!(
-                "demo data created in {:.1}s",
-                started.elapsed().as_secs_f64()
+                "demo data created in {:.1}s (HitKeep {} layout: {})",
+                started.elapsed().as_secs_f64(),
+                summary.layout.hitkeep_version(),
+                summary.layout
             );
             println!(
                 "  shared db:  {} (default tenant {})",
                 settings.db_path.display(),
                 summary.default_tenant
             );
+            if summary.layout == hitkeep_data::TenantLayout::Split {
+                let path = layout(settings).tenant_db(summary.default_tenant);
+                println!("  tenant db:  {} (default tenant)", path.display());
+            }
             for t in &summary.tenants {
                 println!("  tenant db:  {}", layout(settings).tenant_db(*t).display());
             }
@@ -109,18 +118,14 @@ async fn backup_once(settings: &Settings, location: &Location) -> Result<CycleRe
     let storage = Storage::open(location, &settings.s3).await?;
     let layout = layout(settings);
     let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
-    let tenants = backup_tenants(&shared)
+    let tenants = CycleTenants::discover(&layout, &shared)
         .with_context(|| format!("listing tenants in {}", layout.db_path.display()))?;
-    let sources = tenants
-        .into_iter()
-        .map(|id| TenantSource::from_layout(&layout, id))
-        .collect();
     let mut options = BackupOptions::for_layout(&layout)
         .with_concurrency(settings.backup.concurrency.get() as usize);
     if let Some(bars) = Bars::for_terminal() {
         options = options.with_progress(bars);
     }
-    let report = hitkeep_backup::run_cycle(&storage, shared, sources, &options).await?;
+    let report = hitkeep_backup::run_cycle(&storage, shared, tenants, &options).await?;
     if !location.is_s3() || settings.backup.prune_s3 {
         // The cycle is committed whatever happens here: a failed prune is a warning, not a failed backup.
         if let Err(e) = prune_after_cycle(&storage, settings, report.id).await {
@@ -154,9 +159,10 @@ fn print_report(report: &CycleReport) {
         report.id, report.files, report.bytes
     );
     println!(
-        "  shared: {} tables, {} rows",
+        "  shared: {} tables, {} rows ({})",
         report.shared.tables.len(),
-        report.shared.total_rows()
+        report.shared.total_rows(),
+        layout_note(&report.shared)
     );
     for t in &report.shared.tenants {
         let state = match &t.state {
@@ -166,7 +172,25 @@ fn print_report(report: &CycleReport) {
                 format!("skipped: {reason}")
             }
         };
-        println!("  tenant {}: {state}", t.tenant_id);
+        let default = if Some(t.tenant_id) == report.shared.default_tenant {
+            " (default)"
+        } else {
+            ""
+        };
+        println!("  tenant {}{default}: {state}", t.tenant_id);
+    }
+}
+
+/// How a cycle's layout reads for people: where the default tenant's analytics were backed up.
+pub(crate) fn layout_note(shared: &hitkeep_backup::Manifest) -> String {
+    match shared.layout {
+        Some(hitkeep_data::TenantLayout::Split) => {
+            "layout split: HitKeep 2.13, the default tenant in its own database".to_owned()
+        }
+        Some(hitkeep_data::TenantLayout::PreSplit) => {
+            "layout pre-split: the default tenant's analytics in the shared database".to_owned()
+        }
+        None => "layout not recorded".to_owned(),
     }
 }
 
@@ -226,6 +250,7 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
                 "size": s.size,
                 "objects": s.objects,
                 "rows": s.manifest.as_ref().map(|m| m.total_rows()),
+                "layout": s.manifest.as_ref().and_then(|m| m.layout),
                 "created_at": s.manifest.as_ref().map(|m| m.created_at.to_string()),
             })
         })
@@ -257,11 +282,15 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
             .manifest
             .as_ref()
             .map_or_else(|| "-".to_owned(), |m| m.total_rows().to_string());
-        let mark = if db.database == hitkeep_backup::Database::Shared && Some(s.id) == latest {
-            "  <- latest"
-        } else {
-            ""
+        let mut mark = match s.manifest.as_ref().and_then(|m| m.layout) {
+            Some(layout) if db.database == hitkeep_backup::Database::Shared => {
+                format!("  {layout}")
+            }
+            _ => String::new(),
         };
+        if db.database == hitkeep_backup::Database::Shared && Some(s.id) == latest {
+            mark.push_str("  <- latest");
+        }
         println!(
             "{:<46} {:<20} {:<11} {:>12} {:>12}{mark}",
             db.database.folder(),
@@ -301,9 +330,12 @@ pub fn verify(settings: &Settings, snapshot: Option<&str>, deep: bool, json: boo
         );
     } else {
         println!(
-            "snapshot {}{}",
+            "snapshot {}{}, layout {}",
             report.snapshot_id,
-            if report.deep { " (deep)" } else { "" }
+            if report.deep { " (deep)" } else { "" },
+            report
+                .layout
+                .map_or_else(|| "not recorded".to_owned(), |l| l.to_string())
         );
         for db in &report.databases {
             let verdict = if db.problems.is_empty() {
@@ -469,6 +501,12 @@ struct Status {
     last_error: Option<String>,
     consecutive_failures: u32,
     recent_failures: u32,
+    /// The last cycle's layout (`split` or `pre-split`).
+    #[serde(default)]
+    last_layout: Option<String>,
+    /// Tenants the last cycle could not back up because their database file is missing, with the path.
+    #[serde(default)]
+    last_skipped: Vec<String>,
 }
 
 struct StatusFile(PathBuf);
@@ -507,6 +545,11 @@ impl StatusFile {
         };
         if let Ok(report) = outcome {
             status.last_snapshot = Some(report.id.to_string());
+            status.last_layout = report.shared.layout.map(|l| l.to_string());
+            status.last_skipped = report
+                .skipped_tenants()
+                .map(|(id, why)| format!("{id}: {why}"))
+                .collect();
         }
         match error {
             None => {
@@ -558,6 +601,10 @@ pub fn status(settings: &Settings, json: bool) -> ExitCode {
         show(&status.last_backup),
         show(&status.last_snapshot)
     );
+    println!("layout:               {}", show(&status.last_layout));
+    for skipped in &status.last_skipped {
+        println!("skipped tenant:       {skipped}");
+    }
     println!("next backup:          {}", show(&status.next_backup));
     println!("last failure:         {}", show(&status.last_failed_at));
     println!("last error:           {}", show(&status.last_error));

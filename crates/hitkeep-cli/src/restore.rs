@@ -115,13 +115,30 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
         .iter()
         .filter(|i| i.database != hitkeep_backup::Database::Shared)
         .collect();
-    println!("Tenants:    {} non-default tenant(s)", tenants.len());
-    for item in &tenants {
+    if let Some(layout) = plan.layout {
         println!(
-            "  - {} ({} bytes)",
+            "Layout:     {layout} (HitKeep {})",
+            layout.hitkeep_version()
+        );
+    }
+    println!("Tenants:    {} tenant database(s)", tenants.len());
+    for item in &tenants {
+        let default = match item.database {
+            hitkeep_backup::Database::Tenant { tenant_id }
+                if Some(tenant_id) == plan.default_tenant =>
+            {
+                ", default tenant"
+            }
+            _ => "",
+        };
+        println!(
+            "  - {} ({} bytes{default})",
             item.database.folder().trim_start_matches("tenants/"),
             item.bytes
         );
+    }
+    for note in plan.notes() {
+        println!("  note: {note}");
     }
     for (id, error) in &plan.unavailable {
         println!(

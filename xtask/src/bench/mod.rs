@@ -174,7 +174,13 @@ impl Bench {
     fn demo(&self, hits: u64, tenants: u64) -> Result<PathBuf> {
         let src = self.fresh("src")?;
         let (h, t) = (hits.to_string(), tenants.to_string());
-        self.hk(&src, &[], &["demo", "--hits", &h, "--tenants", &t])?;
+        // HitKeep 2.8's layout: the default tenant's rows in the shared database, where hk-baseline's
+        // bare archive looks for them, and the shape every recorded run measured.
+        self.hk(
+            &src,
+            &[],
+            &["demo", "--hits", &h, "--tenants", &t, "--layout", "2.8"],
+        )?;
         Ok(src)
     }
 

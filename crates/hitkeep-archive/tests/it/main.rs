@@ -1,10 +1,12 @@
 //! Retention archives on real DuckDB demo data, to a local directory and the in-process S3 server.
 
+mod import;
+
 use std::collections::BTreeMap;
 
 use hitkeep_archive::{ArchiveOptions, EntryState, Ledger, SitePolicy, load_policies, run};
 use hitkeep_data::demo::{DemoOptions, DemoSummary, generate};
-use hitkeep_data::{DataLayout, OpenMode, open_database};
+use hitkeep_data::{DataLayout, OpenMode, TenantLayout, open_database};
 use hitkeep_storage::{ListMode, Storage};
 use hitkeep_testkit::{S3Server, local_storage};
 use jiff::Timestamp;
@@ -19,9 +21,13 @@ struct Fixture {
 
 impl Fixture {
     async fn new(s3: bool) -> Fixture {
+        Fixture::with_layout(s3, TenantLayout::Split).await
+    }
+
+    async fn with_layout(s3: bool, tenants: TenantLayout) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let layout = DataLayout::new(dir.path().join("hitkeep.db"), dir.path().join("data"));
-        let demo = generate(&layout, &DemoOptions::new(6_000, 2)).unwrap();
+        let demo = generate(&layout, &DemoOptions::new(6_000, 2).with_layout(tenants)).unwrap();
         // Varied windows: 30, 90 and 400 days, and one site with retention off.
         let shared = open_database(&layout.db_path, OpenMode::Existing).unwrap();
         shared
@@ -59,9 +65,27 @@ impl Fixture {
         load_policies(&open_database(&self.layout.db_path, OpenMode::Existing).unwrap()).unwrap()
     }
 
+    /// The database that holds a site's rows: the default tenant's own after the split.
     fn db_of(&self, p: &SitePolicy) -> std::path::PathBuf {
-        p.tenant_id
-            .map_or_else(|| self.layout.db_path.clone(), |t| self.layout.tenant_db(t))
+        self.layout.analytics_db(
+            self.demo.layout,
+            Some(self.demo.default_tenant),
+            p.tenant_id,
+        )
+    }
+
+    /// The archived tables this site's database has (an older schema lacks some).
+    fn tables_of(&self, p: &SitePolicy) -> Vec<&'static hitkeep_archive::ArchiveTable> {
+        let conn = open_database(&self.db_of(p), OpenMode::Existing).unwrap();
+        let present: Vec<String> = hitkeep_data::user_tables(&conn)
+            .unwrap()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        hitkeep_archive::TABLES
+            .iter()
+            .filter(|t| present.iter().any(|p| p == t.name))
+            .collect()
     }
 
     /// Marks the newest ledger entry of `key`'s site verified again, as if its delete had been interrupted;
@@ -84,7 +108,7 @@ impl Fixture {
         let mut rows = BTreeMap::new();
         for p in self.policies() {
             let conn = open_database(&self.db_of(&p), OpenMode::Existing).unwrap();
-            for t in hitkeep_archive::TABLES {
+            for t in self.tables_of(&p) {
                 let n: i64 = conn
                     .query_row(
                         &format!(
@@ -151,6 +175,8 @@ macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod local { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Fixture::new(false).await).await })* }
         mod s3 { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Fixture::new(true).await).await })* }
+        /// HitKeep 2.12 and older: the default tenant's rows in the shared database, fewer tables.
+        mod pre_split { $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::Fixture::with_layout(false, hitkeep_data::TenantLayout::PreSplit).await).await })* }
     };
 }
 
@@ -188,7 +214,7 @@ async fn every_row_is_in_the_database_or_the_archive_exactly_once(f: Fixture) {
     for p in f.policies() {
         let conn = open_database(&f.db_of(&p), OpenMode::Existing).unwrap();
         let cutoff = hitkeep_archive::Cutoff::days_before(now, p.days).unwrap();
-        for t in hitkeep_archive::TABLES {
+        for t in f.tables_of(&p) {
             let n: i64 = conn
                 .query_row(
                     &format!(
@@ -363,7 +389,8 @@ async fn the_layout_is_hitkeeps(f: Fixture) {
 /// whole day is before the cutoff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boundaries_are_neither_lost_nor_archived_twice() {
-    let f = Fixture::new(false).await;
+    // Pre-split: the default tenant's rows are in the shared database, where this test puts them.
+    let f = Fixture::with_layout(false, TenantLayout::PreSplit).await;
     let shared = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
     shared
         .execute_batch("UPDATE sites SET data_retention_days = 30 WHERE id = (SELECT min(id) FROM sites WHERE id NOT IN (SELECT site_id FROM site_tenants))")
@@ -377,7 +404,7 @@ async fn boundaries_are_neither_lost_nor_archived_twice() {
     let now: Timestamp = "2026-11-25T12:00:00.500000Z".parse().unwrap();
     let conn = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
     // Only the boundary rows, so the counts are exact.
-    for t in hitkeep_archive::TABLES {
+    for t in f.tables_of(&policy) {
         conn.execute_batch(&format!(
             "DELETE FROM {} WHERE site_id = '{}'",
             t.name, policy.site_id
@@ -493,4 +520,62 @@ async fn an_interrupted_delete_never_removes_rows_that_changed_since() {
         )
         .unwrap();
     assert_eq!(hits_after, hits_before, "nothing was deleted");
+}
+
+/// On a split install the default tenant's expired rows leave its own database (the shared one holds
+/// none), `search_console_facts` is archived with the rest, and expired `rollup_dirty_buckets` markers
+/// are deleted, not archived, as HitKeep's retention does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_install_archives_the_default_tenant_from_its_own_database() {
+    let f = Fixture::new(false).await;
+    let default_db = f.layout.tenant_db(f.demo.default_tenant);
+    let count = |db: &std::path::Path, sql: &str| -> i64 {
+        open_database(db, OpenMode::Existing)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    };
+    let dirty = "SELECT count(*) FROM rollup_dirty_buckets";
+    let dirty_before = count(&default_db, dirty);
+    assert!(dirty_before > 0, "the demo marks some buckets dirty");
+    let now = Timestamp::now();
+    let reports = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
+    let reports: Vec<_> = reports.into_iter().map(Result::unwrap).collect();
+    let default_sites: Vec<_> = reports
+        .iter()
+        .filter(|r| r.policy.tenant_id.is_none())
+        .collect();
+    assert!(
+        default_sites
+            .iter()
+            .any(|r| r.file.is_some() && r.counts["hits"] > 0),
+        "a default-tenant site was archived: {default_sites:?}"
+    );
+    let archived = f.archived_rows().await;
+    assert!(
+        archived.keys().any(|(_, t)| t == "search_console_facts"),
+        "{archived:?}"
+    );
+    assert!(!archived.keys().any(|(_, t)| t == "rollup_dirty_buckets"));
+    assert!(reports.iter().map(|r| r.dirty_buckets_pruned).sum::<u64>() > 0);
+    assert!(count(&default_db, dirty) < dirty_before);
+    // No marker of a wholly expired bucket is left for an archived site.
+    for r in reports.iter().filter(|r| r.policy.days > 0) {
+        let cutoff = hitkeep_archive::Cutoff::days_before(now, r.policy.days).unwrap();
+        let db = f.db_of(&r.policy);
+        let left = count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM rollup_dirty_buckets WHERE site_id = '{}' AND bucket < CAST({} AS TIMESTAMPTZ)",
+                r.policy.site_id,
+                cutoff.bound(hitkeep_archive::Grain::Month)
+            ),
+        );
+        assert_eq!(left, 0, "{}", r.policy.site_id);
+    }
+    let shared_hits = count(&f.layout.db_path, "SELECT count(*) FROM hits");
+    assert_eq!(
+        shared_hits, 0,
+        "the split shared database holds no analytics"
+    );
 }

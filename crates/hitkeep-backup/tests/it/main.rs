@@ -1,5 +1,6 @@
 //! Backup cycles against a local directory and the in-process S3 server, on real DuckDB demo data.
 
+mod bundle;
 mod restore;
 
 use std::collections::BTreeMap;
@@ -8,11 +9,11 @@ use std::path::Path;
 
 use hitkeep_backup::manifest::TenantState;
 use hitkeep_backup::{
-    BackupOptions, Catalog, CycleLock, Database, Error, PrunePlan, SnapshotId, SnapshotState,
-    TenantSource, run_cycle, verify_snapshot,
+    BackupOptions, Catalog, CycleLock, CycleTenants, Database, Error, PrunePlan, SnapshotId,
+    SnapshotState, TenantSource, run_cycle, verify_snapshot,
 };
 use hitkeep_data::demo::{DemoOptions, DemoSummary, generate};
-use hitkeep_data::{DataLayout, OpenMode, backup_tenants, open_database};
+use hitkeep_data::{DataLayout, OpenMode, TenantLayout, open_database};
 use hitkeep_storage::{ListMode, Storage};
 use hitkeep_testkit::{S3Server, local_storage};
 
@@ -27,9 +28,13 @@ struct Fixture {
 
 impl Fixture {
     async fn new(s3: bool) -> Fixture {
+        Fixture::with_layout(s3, TenantLayout::Split).await
+    }
+
+    async fn with_layout(s3: bool, tenants: TenantLayout) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let layout = DataLayout::new(dir.path().join("hitkeep.db"), dir.path().join("data"));
-        let demo = generate(&layout, &DemoOptions::new(3_000, 2)).unwrap();
+        let demo = generate(&layout, &DemoOptions::new(3_000, 2).with_layout(tenants)).unwrap();
         let (storage, server) = if s3 {
             let server = S3Server::start().await.unwrap();
             (server.storage("hitkeep/backups").await, Some(server))
@@ -49,25 +54,32 @@ impl Fixture {
         BackupOptions::for_layout(&self.layout)
     }
 
-    fn tenant_sources(&self) -> Vec<TenantSource> {
+    fn tenants(&self) -> CycleTenants {
         let shared = open_database(&self.layout.db_path, OpenMode::Existing).unwrap();
-        backup_tenants(&shared)
-            .unwrap()
+        CycleTenants::discover(&self.layout, &shared).unwrap()
+    }
+
+    /// The tenants a cycle backs up: on a split install the default one too, oldest first.
+    fn backed_up(&self) -> Vec<uuid::Uuid> {
+        let split = self.demo.layout == TenantLayout::Split;
+        split
+            .then_some(self.demo.default_tenant)
             .into_iter()
-            .map(|id| TenantSource::from_layout(&self.layout, id))
+            .chain(self.demo.tenants.iter().copied())
             .collect()
+    }
+
+    /// The database that holds the default tenant's analytics.
+    fn default_analytics(&self) -> std::path::PathBuf {
+        self.layout
+            .analytics_db(self.demo.layout, Some(self.demo.default_tenant), None)
     }
 
     async fn cycle(&self) -> hitkeep_backup::CycleReport {
         let shared = open_database(&self.layout.db_path, OpenMode::Existing).unwrap();
-        run_cycle(
-            &self.storage,
-            shared,
-            self.tenant_sources(),
-            &self.options(),
-        )
-        .await
-        .unwrap()
+        run_cycle(&self.storage, shared, self.tenants(), &self.options())
+            .await
+            .unwrap()
     }
 }
 
@@ -96,6 +108,13 @@ macro_rules! on_every_backend {
         mod s3 {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() { super::$test(super::Fixture::new(true).await).await })*
+        }
+        /// HitKeep 2.12 and older: the default tenant's analytics in the shared database.
+        mod pre_split {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(super::Fixture::with_layout(false, hitkeep_data::TenantLayout::PreSplit).await).await
+            })*
         }
     };
 }
@@ -131,7 +150,7 @@ async fn a_cycle_writes_the_layout_manifests_and_checksums(f: Fixture) {
             && keys.contains(&format!("shared/{id}/load.sql"))
     );
     assert!(keys.contains(&format!("shared/{id}/hits.parquet")));
-    for t in &f.demo.tenants {
+    for t in &f.backed_up() {
         assert!(
             keys.contains(&format!("tenants/{t}/{id}/manifest.json")),
             "tenant {t}: {keys:?}"
@@ -158,7 +177,10 @@ async fn a_cycle_writes_the_layout_manifests_and_checksums(f: Fixture) {
         .unwrap();
     assert_eq!(shared.database, Database::Shared);
     assert_eq!(shared.format_version, 1);
-    assert_eq!(shared.tenants.len(), 2);
+    assert_eq!(shared.layout, Some(f.demo.layout));
+    assert_eq!(shared.default_tenant, Some(f.demo.default_tenant));
+    let listed: Vec<_> = shared.tenants.iter().map(|t| t.tenant_id).collect();
+    assert_eq!(listed, f.backed_up(), "every active tenant, oldest first");
     assert!(
         shared
             .tenants
@@ -202,10 +224,16 @@ async fn a_cycle_writes_the_layout_manifests_and_checksums(f: Fixture) {
 async fn the_parquet_files_hold_exactly_the_source_rows(f: Fixture) {
     let id = f.cycle().await.id;
     let tenant = f.demo.tenants[0];
+    let default = f.demo.default_tenant;
     let download = f.dir.path().join("dl");
     std::fs::create_dir_all(&download).unwrap();
+    // The default tenant's rows are where its analytics live: its own snapshot after the split.
+    let default_folder = match f.demo.layout {
+        TenantLayout::Split => format!("tenants/{default}"),
+        TenantLayout::PreSplit => "shared".to_owned(),
+    };
     for (folder, db) in [
-        ("shared".to_owned(), f.layout.db_path.clone()),
+        (default_folder, f.default_analytics()),
         (format!("tenants/{tenant}"), f.layout.tenant_db(tenant)),
     ] {
         let source = fingerprint(&db);
@@ -357,7 +385,7 @@ async fn the_latest_cycle_is_found_without_listing_the_history(f: Fixture) {
     if let (Some(before), Some(after)) = (before, after) {
         // One window probe, the unfinished folder, the cycle's folder, the tenant ids and one folder per
         // tenant: none of it depends on the thousand older folders.
-        assert_eq!(after - before, 6, "list requests");
+        assert_eq!(after - before, 4 + f.backed_up().len(), "list requests");
     }
 }
 
@@ -427,6 +455,7 @@ async fn retention_keeps_exactly_n(f: Fixture) {
 async fn a_failing_tenant_is_reported_and_the_others_are_backed_up(f: Fixture) {
     let shared = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
     let broken = f.demo.tenants[0];
+    let layout = f.demo.layout;
     let mut sources: Vec<TenantSource> = vec![TenantSource::new(broken, || {
         Err(hitkeep_data::DataError::Missing {
             path: "/nonexistent/tenant.db".into(),
@@ -435,7 +464,8 @@ async fn a_failing_tenant_is_reported_and_the_others_are_backed_up(f: Fixture) {
     sources.push(TenantSource::from_layout(&f.layout, f.demo.tenants[1]));
     let no_db_yet = uuid::Uuid::new_v4();
     sources.push(TenantSource::from_layout(&f.layout, no_db_yet));
-    let report = run_cycle(&f.storage, shared, sources, &f.options())
+    let tenants = CycleTenants::new(layout, Some(f.demo.default_tenant), sources);
+    let report = run_cycle(&f.storage, shared, tenants, &f.options())
         .await
         .unwrap();
     assert!(!report.is_success());
@@ -451,7 +481,15 @@ async fn a_failing_tenant_is_reported_and_the_others_are_backed_up(f: Fixture) {
         states[&f.demo.tenants[1]],
         TenantState::Complete { .. }
     ));
-    assert!(matches!(states[&no_db_yet], TenantState::Skipped { .. }));
+    let TenantState::Skipped { reason } = &states[&no_db_yet] else {
+        panic!("{states:?}");
+    };
+    let path = f.layout.tenant_db(no_db_yet);
+    assert!(
+        reason.contains(&path.display().to_string()),
+        "the reason names the path looked at: {reason}"
+    );
+    assert_eq!(report.skipped_tenants().count(), 1);
     assert!(
         !f.layout.tenant_db(no_db_yet).exists(),
         "no empty tenant database is created"
@@ -472,7 +510,8 @@ async fn verify_finds_a_damaged_object_and_deep_verify_passes_on_intact_data(f: 
         .await
         .unwrap();
     assert!(report.is_ok(), "{report:?}");
-    assert_eq!(report.databases.len(), 3);
+    assert_eq!(report.layout, Some(f.demo.layout));
+    assert_eq!(report.databases.len(), 1 + f.backed_up().len());
     assert!(
         report
             .databases
@@ -506,7 +545,8 @@ async fn a_second_cycle_is_refused_while_one_holds_the_lock() {
     let f = Fixture::new(false).await;
     let _held = CycleLock::acquire(&f.options().lock_file).unwrap();
     let shared = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
-    let err = run_cycle(&f.storage, shared, Vec::new(), &f.options())
+    let none = CycleTenants::new(TenantLayout::Split, None, Vec::new());
+    let err = run_cycle(&f.storage, shared, none, &f.options())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Busy(_)), "{err}");

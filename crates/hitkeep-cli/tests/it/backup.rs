@@ -19,14 +19,23 @@ fn demo_backup_list_verify(dir: &Path, env: &[(String, String)]) {
         out.starts_with("exit: 0") && out.contains("committed"),
         "{out}"
     );
+    // HitKeep 2.13's layout (the demo's default): the default tenant has a database of its own.
     assert_eq!(
         out.matches(": complete").count(),
-        2,
-        "two tenants backed up: {out}"
+        3,
+        "the default and two other tenants backed up: {out}"
+    );
+    assert!(
+        out.contains("(default): complete") && out.contains("layout split"),
+        "{out}"
     );
     let out = hk(&["backup", "list"], env, dir);
     assert!(out.starts_with("exit: 0"), "{out}");
-    assert_eq!(out.matches(" complete ").count(), 3, "{out}");
+    assert_eq!(out.matches(" complete ").count(), 4, "{out}");
+    assert!(
+        out.contains("split  <- latest"),
+        "the layout is shown: {out}"
+    );
     assert!(out.contains("<- latest"), "{out}");
     let out = hk(&["backup", "list", "--json"], env, dir);
     let json: serde_json::Value = serde_json::from_str(
@@ -38,17 +47,21 @@ fn demo_backup_list_verify(dir: &Path, env: &[(String, String)]) {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(json.as_array().unwrap().len(), 3);
+    assert_eq!(json.as_array().unwrap().len(), 4);
+    assert_eq!(json[0]["layout"], "split", "{json}");
     let out = hk(
         &["backup", "verify", "-snapshot", "latest", "--deep"],
         env,
         dir,
     );
     assert!(out.starts_with("exit: 0"), "{out}");
-    assert_eq!(out.matches(" ok: ").count(), 3, "{out}");
+    assert_eq!(out.matches(" ok: ").count(), 4, "{out}");
+    assert!(out.contains("layout split"), "{out}");
     let out = hk(&["backup", "status", "--json"], env, dir);
     assert!(
-        out.contains("\"consecutive_failures\": 0") && out.contains("\"last_snapshot\""),
+        out.contains("\"consecutive_failures\": 0")
+            && out.contains("\"last_snapshot\"")
+            && out.contains("\"last_layout\": \"split\""),
         "{out}"
     );
 }
@@ -151,8 +164,8 @@ async fn s3_prune_is_explicit_and_confirmed() {
         let listed = hk(&["backup", "list"], &env, &path);
         assert_eq!(
             listed.matches(" complete ").count(),
-            6,
-            "nothing pruned on S3 by default: {listed}"
+            9,
+            "nothing pruned on S3 by default (shared, default tenant, one more): {listed}"
         );
 
         let dry = hk(&["backup", "prune", "--dry-run"], &env, &path);
@@ -162,7 +175,7 @@ async fn s3_prune_is_explicit_and_confirmed() {
         );
         assert_eq!(
             dry.matches("older than the newest retained cycles").count(),
-            4,
+            6,
             "{dry}"
         );
         let refused = hk(&["backup", "prune"], &env, &path);
@@ -176,16 +189,16 @@ async fn s3_prune_is_explicit_and_confirmed() {
             hk(&["backup", "list"], &env, &path)
                 .matches(" complete ")
                 .count(),
-            6
+            9
         );
 
         let pruned = hk(&["backup", "prune", "-yes"], &env, &path);
         assert!(
-            pruned.starts_with("exit: 0") && pruned.contains("deleted 4 snapshots"),
+            pruned.starts_with("exit: 0") && pruned.contains("deleted 6 snapshots"),
             "{pruned}"
         );
         let listed = hk(&["backup", "list"], &env, &path);
-        assert_eq!(listed.matches(" complete ").count(), 2, "{listed}");
+        assert_eq!(listed.matches(" complete ").count(), 3, "{listed}");
         assert!(
             listed.contains("<- latest"),
             "the newest cycle is kept: {listed}"

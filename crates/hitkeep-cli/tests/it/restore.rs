@@ -99,10 +99,17 @@ fn local_round_trip_of_latest_brings_back_every_row() {
         out.starts_with("exit: 0") && out.contains("Restore completed successfully."),
         "{out}"
     );
-    assert!(out.contains("Tenants:    2 non-default tenant(s)"), "{out}");
+    assert!(
+        out.contains("Layout:     split (HitKeep 2.13)")
+            && out.contains("Tenants:    3 tenant database(s)")
+            && out.contains(", default tenant)"),
+        "the default tenant comes back with the others: {out}"
+    );
     assert_eq!(s.all_fingerprints(), before);
     assert!(!s.dir.path().join("hitkeep.db.wal").exists());
-    opens_in_duckdb_1_5(&s.db());
+    for db in std::iter::once(s.db()).chain(s.tenant_dbs()) {
+        opens_in_duckdb_1_5(&db);
+    }
     assert!(
         s.hk(&["backup", "run"]).starts_with("exit: 0"),
         "the restored data backs up again"
@@ -118,7 +125,9 @@ fn latest_skips_a_newer_incomplete_snapshot_and_the_old_db_is_kept_aside() {
     // Change the data, back up again, then leave a newer unfinished cycle behind.
     duckdb::Connection::open(s.db())
         .unwrap()
-        .execute_batch("DELETE FROM hits WHERE path = '/pricing'; CHECKPOINT;")
+        .execute_batch(
+            "INSERT INTO users VALUES (uuid(), 'second@example.com', now()); CHECKPOINT;",
+        )
         .unwrap();
     assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
     let second = s.all_fingerprints();
@@ -129,7 +138,7 @@ fn latest_skips_a_newer_incomplete_snapshot_and_the_old_db_is_kept_aside() {
     // Make the current state differ from both snapshots, so the restore is observable.
     duckdb::Connection::open(s.db())
         .unwrap()
-        .execute_batch("DELETE FROM events; CHECKPOINT;")
+        .execute_batch("DELETE FROM users; CHECKPOINT;")
         .unwrap();
 
     let out = s.hk(&[
@@ -358,7 +367,7 @@ fn single_tenant_restore_touches_only_that_tenant() {
         "-yes",
     ]);
     assert!(
-        out.starts_with("exit: 0") && out.contains("Tenants:    1 non-default tenant(s)"),
+        out.starts_with("exit: 0") && out.contains("Tenants:    1 tenant database(s)"),
         "{out}"
     );
     assert!(!out.contains("Shared database restored"), "{out}");
@@ -441,7 +450,7 @@ async fn guide_command_restores_everything_from_s3() {
             "-yes",
         ]);
         assert!(
-            out.starts_with("exit: 0") && out.contains("Tenants:    2 non-default tenant(s)"),
+            out.starts_with("exit: 0") && out.contains("Tenants:    3 tenant database(s)"),
             "{out}"
         );
         assert_eq!(s.all_fingerprints(), before);
@@ -454,7 +463,7 @@ async fn guide_command_restores_everything_from_s3() {
             "-yes",
         ]);
         assert!(
-            out.starts_with("exit: 0") && out.contains("Tenants:    2 non-default tenant(s)"),
+            out.starts_with("exit: 0") && out.contains("Tenants:    3 tenant database(s)"),
             "{out}"
         );
         assert_eq!(s.all_fingerprints(), before);
@@ -464,16 +473,47 @@ async fn guide_command_restores_everything_from_s3() {
     .unwrap();
 }
 
-/// HitKeep Go ships DuckDB 1.5, which cannot read files at DuckDB 2.0's default storage version. With
-/// `HITKEEP_TEST_DUCKDB15` pointing at a Python `duckdb==1.5.x` install (scripts/test provides one), the
+/// A Python `duckdb==1.5.x` install: `HITKEEP_TEST_DUCKDB15`, else the one scripts/test keeps in the
+/// cache, installed there the same way when missing. The check never skips itself: without DuckDB 1.5
+/// the test fails and says how to get it.
+fn duckdb15_site() -> std::path::PathBuf {
+    if let Some(site) = std::env::var_os("HITKEEP_TEST_DUCKDB15") {
+        return site.into();
+    }
+    let cache = std::env::var_os("HITKEEP_CACHE").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/hitkeep")
+        },
+        std::path::PathBuf::from,
+    );
+    let site = cache.join("python-duckdb-1.5");
+    if !site.join("duckdb").is_dir() {
+        let installed = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&site)
+            .arg("duckdb==1.5.6")
+            .status();
+        assert!(
+            matches!(installed, Ok(s) if s.success()),
+            "DuckDB 1.5 is needed to check that HitKeep Go opens restored files, and installing it failed ({installed:?}); run `python3 -m pip install --target {} duckdb==1.5.6`, or set HITKEEP_TEST_DUCKDB15 to such an install",
+            site.display()
+        );
+    }
+    site
+}
+
+/// HitKeep Go ships DuckDB 1.5, which cannot read files at DuckDB 2.0's default storage version: the
 /// restored file must open there and hold the same rows.
 fn opens_in_duckdb_1_5(db: &Path) {
-    let Ok(site) = std::env::var("HITKEEP_TEST_DUCKDB15") else {
-        eprintln!(
-            "HITKEEP_TEST_DUCKDB15 is not set: skipping the DuckDB 1.5 compatibility check (scripts/test runs it)"
-        );
-        return;
-    };
+    let site = duckdb15_site();
     let want: i64 = duckdb::Connection::open(db)
         .unwrap()
         .query_row("SELECT count(*) FROM hits", [], |r| r.get(0))
@@ -564,4 +604,145 @@ fn a_target_held_by_a_running_server_is_refused_before_downloading() {
         .filter(|e| e.file_name().to_string_lossy().contains(".restore-"))
         .collect();
     assert!(staged.is_empty(), "nothing was downloaded");
+}
+
+/// A split cycle without its default tenant (here: HitKeep Go's manifest-less form, the folder gone)
+/// is refused with nothing changed; `-shared-only` restores the shared database and says what HitKeep
+/// will find on start.
+#[test]
+fn a_split_cycle_without_its_default_tenant_needs_shared_only() {
+    let s = local_setup();
+    let out = s.hk(&["backup", "run"]);
+    assert!(
+        out.starts_with("exit: 0") && out.contains("layout split"),
+        "{out}"
+    );
+    let backups = s.dir.path().join("backups");
+    let default_folder = std::fs::read_dir(backups.join("tenants"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let id = p.file_name().unwrap().to_string_lossy().into_owned();
+            out.contains(&format!("tenant {id} (default): complete"))
+        })
+        .expect("the cycle backs up the default tenant");
+    std::fs::remove_dir_all(&default_folder).unwrap();
+    for manifest in walk(&backups).filter(|p| p.ends_with("manifest.json")) {
+        std::fs::remove_file(manifest).unwrap();
+    }
+    let before = std::fs::read(s.db()).unwrap();
+    let restore = |extra: &[&str]| {
+        let from = from_local(&s);
+        let mut args = vec!["recover", "restore-backup", "-from", from.as_str(), "-yes"];
+        args.extend_from_slice(extra);
+        s.hk(&args)
+    };
+    let out = restore(&[]);
+    assert!(
+        out.starts_with("exit: 1")
+            && out.contains("split (HitKeep 2.13) but the default tenant")
+            && out.contains("-shared-only")
+            && out.contains("nothing was changed"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(s.db()).unwrap(), before, "nothing changed");
+    let out = restore(&["-shared-only"]);
+    assert!(out.starts_with("exit: 0"), "{out}");
+    assert!(
+        out.contains(
+            "HitKeep will start with the default tenant's analytics from the database already at"
+        ),
+        "says what HitKeep finds on start: {out}"
+    );
+}
+
+/// HitKeep 2.8's layout: the default tenant's analytics in the shared database, the other tenants
+/// each in their own, all restored as they were.
+#[test]
+fn a_pre_split_install_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::local_env(dir.path());
+    let s = Setup { dir, env };
+    let out = s.hk(&[
+        "demo",
+        "--hits",
+        "4000",
+        "--tenants",
+        "2",
+        "--layout",
+        "2.8",
+    ]);
+    assert!(out.starts_with("exit: 0"), "{out}");
+    let before = s.all_fingerprints();
+    assert_eq!(before.len(), 3, "shared + 2 tenants");
+    let out = s.hk(&["backup", "run"]);
+    assert!(
+        out.starts_with("exit: 0") && out.contains("layout pre-split"),
+        "{out}"
+    );
+    s.delete_databases();
+    let out = s.hk(&[
+        "recover",
+        "restore-backup",
+        "-from",
+        &from_local(&s),
+        "-yes",
+    ]);
+    assert!(
+        out.starts_with("exit: 0")
+            && out.contains("Layout:     pre-split (HitKeep 2.8)")
+            && out.contains("Tenants:    2 tenant database(s)"),
+        "{out}"
+    );
+    assert_eq!(s.all_fingerprints(), before);
+    opens_in_duckdb_1_5(&s.db());
+}
+
+/// `-s3-session-token` (HitKeep 2.13's restore flag) is taken, and never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_takes_an_s3_session_token() {
+    let server = S3Server::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::s3_env(dir.path(), &server, "hitkeep-test", "backups", "archive");
+    let s = Setup { dir, env };
+    tokio::task::spawn_blocking(move || {
+        assert!(
+            s.hk(&["demo", "--hits", "2000", "--tenants", "1"])
+                .starts_with("exit: 0")
+        );
+        let before = s.all_fingerprints();
+        assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+        s.delete_databases();
+        let token = "FQoGZXIvYXdzEXAMPLEsessiontoken";
+        let out = s.hk(&[
+            "recover",
+            "restore-backup",
+            "-from",
+            "s3://hitkeep-test/backups",
+            "-s3-session-token",
+            token,
+            "-yes",
+        ]);
+        assert!(out.starts_with("exit: 0"), "{out}");
+        assert!(!out.contains(token), "{out}");
+        assert_eq!(s.all_fingerprints(), before);
+    })
+    .await
+    .unwrap();
+}
+
+fn walk(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
+    let mut stack = vec![dir.to_owned()];
+    let mut files = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.into_iter()
 }
