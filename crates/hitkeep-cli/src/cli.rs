@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use crate::flags::SettingFlags;
 
 const AFTER_HELP: &str = "\
-Every setting can also come from a HITKEEP_* variable or a TOML config file (--config or HITKEEP_CONFIG).
+Every setting can also come from a HITKEEP_* variable or a config file (--config or HITKEEP_CONFIG): TOML,
+or HitKeep's own YAML file (.yaml/.yml), whose server-only keys are ignored.
 Precedence: flags > environment > config file > defaults. Go-style single-dash flags (-s3-region) work too.
 
 Example (MinIO):
@@ -18,7 +19,9 @@ Example (MinIO):
 #[derive(Debug, Parser)]
 #[command(name = "hitkeep", version, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// TOML config file (keys are the variable names without HITKEEP_, lower-cased: s3_region = "auto")
+    /// Config file: HitKeep's YAML file if it ends in .yaml/.yml (its keys: s3-region: auto; HitKeep's other
+    /// keys are ignored), else TOML (keys are the variable names without HITKEEP_, lower-cased:
+    /// s3_region = "auto")
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -87,7 +90,22 @@ pub enum Command {
         /// Active tenants, each with a database of its own.
         #[arg(long, default_value_t = 2)]
         tenants: usize,
+        /// The HitKeep release whose layout to write: 2.13 (the default tenant in its own database, no
+        /// keys on the raw analytics tables) or 2.8 (its analytics in the shared database).
+        #[arg(long, value_name = "RELEASE", default_value = "2.13", value_parser = hitkeep_release())]
+        layout: hitkeep_data::TenantLayout,
     },
+}
+
+/// `2.13` or `2.8`, as HitKeep's releases are named, to the data layout each one writes.
+fn hitkeep_release() -> impl clap::builder::TypedValueParser<Value = hitkeep_data::TenantLayout> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["2.13", "2.8"]).map(|release| {
+        match release.as_str() {
+            "2.8" => hitkeep_data::TenantLayout::PreSplit,
+            _ => hitkeep_data::TenantLayout::Split,
+        }
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +208,32 @@ pub enum RecoverCommand {
         /// Print the plan and stop.
         #[arg(long)]
         dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Restore the exact database and WAL that the HitKeep server kept in a recovery bundle before an
+    /// automatic DuckDB recovery, into -db (run while HitKeep is stopped).
+    #[command(
+        after_help = "Example:\n  ./hitkeep recover restore-database-bundle \\\n    -from /var/lib/hitkeep/data/recovery/20260308T120000.000000000Z-0123456789abcdef \\\n    -db /var/lib/hitkeep/data/hitkeep.db -yes\n\nA tenant's bundle goes back into that tenant's file: -db {data-path}/tenants/{uuid}/hitkeep.db"
+    )]
+    RestoreDatabaseBundle {
+        /// The bundle directory, holding manifest.json, database.zst and optionally wal.zst.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Import a tenant's retention archives (local or S3) back into its database: rows already there
+    /// are kept once, rows whose site or parent row is gone are skipped (run while HitKeep is stopped).
+    #[command(
+        after_help = "Example:\n  ./hitkeep recover import-archives -archive-path s3://my-analytics-bucket/hitkeep/archive \\\n    -tenant 5c6644da-ef00-45e6-825d-c755d19d7f9f -yes"
+    )]
+    ImportArchives {
+        /// The tenant to import into; default: the default tenant.
+        #[arg(long, value_name = "UUID")]
+        tenant: Option<String>,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,

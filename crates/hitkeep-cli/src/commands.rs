@@ -9,6 +9,7 @@ use crate::EXIT_USAGE;
 use crate::archive;
 use crate::backup;
 use crate::cli::{ArchiveCommand, BackupCommand, Cli, Command, ConfigCommand, RecoverCommand};
+use crate::recover;
 use crate::restore;
 
 pub fn run(cli: &Cli) -> ExitCode {
@@ -23,9 +24,13 @@ pub fn run(cli: &Cli) -> ExitCode {
         Some(Command::Config(ConfigCommand::Show { json })) => {
             with_config(loaded, |c| config_show(&c, *json))
         }
-        Some(Command::Demo { hits, tenants }) => {
-            with_config(loaded, |c| backup::demo(&c.settings, *hits, *tenants))
-        }
+        Some(Command::Demo {
+            hits,
+            tenants,
+            layout,
+        }) => with_config(loaded, |c| {
+            backup::demo(&c.settings, *hits, *tenants, *layout)
+        }),
         Some(Command::Backup(BackupCommand::Run)) => {
             with_config(loaded, |c| backup::run(&c.settings))
         }
@@ -68,6 +73,16 @@ pub fn run(cli: &Cli) -> ExitCode {
                 },
             )
         }),
+        Some(Command::Recover(RecoverCommand::RestoreDatabaseBundle { from, yes })) => {
+            with_config(loaded, |c| {
+                recover::restore_database_bundle(&c.settings, from, *yes)
+            })
+        }
+        Some(Command::Recover(RecoverCommand::ImportArchives { tenant, yes })) => {
+            with_config(loaded, |c| {
+                recover::import_archives(&c.settings, tenant.as_deref(), *yes)
+            })
+        }
         Some(Command::Archive(ArchiveCommand::Run { dry_run })) => {
             with_config(loaded, |c| archive::run(&c.settings, *dry_run))
         }

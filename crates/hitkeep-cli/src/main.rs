@@ -8,6 +8,7 @@ mod commands;
 mod doctor;
 mod flags;
 mod monitor;
+mod recover;
 mod restore;
 
 use std::process::ExitCode;

@@ -4,6 +4,7 @@ mod archive;
 mod backup;
 mod config;
 mod doctor;
+mod recover;
 mod restore;
 
 use std::process::Command;
