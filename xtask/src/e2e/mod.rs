@@ -6,6 +6,7 @@
 //! anything (`cargo xtask bench`).
 
 mod bad_input;
+mod checksum;
 mod faults;
 mod hitkeep;
 pub(crate) mod proxy;
@@ -39,6 +40,8 @@ pub struct Ctx {
     pub work: PathBuf,
     /// Values that must never appear in hitkeep's output (the secret scan).
     pub secrets: Vec<String>,
+    /// The HitKeep data layout `hitkeep demo` makes: `2.13` (split) or `2.8` (pre-split).
+    pub layout: &'static str,
 }
 
 impl Ctx {
@@ -83,9 +86,23 @@ impl Ctx {
 
     pub fn demo(&mut self, dir: &Path, env: &Env, hits: u32, tenants: u32) -> Result<()> {
         let (hits, tenants) = (hits.to_string(), tenants.to_string());
-        let out = self.hk(dir, env, &["demo", "--hits", &hits, "--tenants", &tenants])?;
+        let args = [
+            "demo",
+            "--hits",
+            &hits,
+            "--tenants",
+            &tenants,
+            "--layout",
+            self.layout,
+        ];
+        let out = self.hk(dir, env, &args)?;
         anyhow::ensure!(out.ok(), "hitkeep demo failed: {}", out.brief());
         Ok(())
+    }
+
+    /// Whether the demo data is split (HitKeep 2.13): the default tenant has a database of its own.
+    pub fn split(&self) -> bool {
+        self.layout == "2.13"
     }
 
     /// The shared database and every tenant database under `dir` (default paths).
@@ -166,21 +183,38 @@ pub fn run() -> Result<bool> {
         py,
         work,
         secrets,
+        layout: "2.13",
     };
     ctx.report.figure("S3 server", ctx.s3.describe());
 
-    section(
-        &mut ctx,
-        "guide: MinIO example, scheduler, list, verify, restore, prune",
-        scenarios::guide,
-    );
-    section(
-        &mut ctx,
-        "archives: run, query, restore",
-        scenarios::archives,
-    );
-    section(&mut ctx, "kill -9 during backup run", faults::kill_loop);
+    // Backup, restore, archive and kill on both of HitKeep's layouts: today's split one (2.13) and
+    // the one older installs and their snapshots still have (2.8), each in its own folder and prefix.
+    for layout in LAYOUTS {
+        in_layout(&mut ctx, layout, |ctx| {
+            let tag = format!(" [{}]", ctx.layout);
+            section(
+                ctx,
+                &format!("guide: MinIO example, scheduler, list, verify, restore, prune{tag}"),
+                scenarios::guide,
+            );
+            section(
+                ctx,
+                &format!("archives: run, query, restore{tag}"),
+                scenarios::archives,
+            );
+            section(
+                ctx,
+                &format!("kill -9 during backup run{tag}"),
+                faults::kill_loop,
+            );
+        });
+    }
     section(&mut ctx, "TCP fault proxy", faults::proxy);
+    section(
+        &mut ctx,
+        "a provider that refuses checksum headers",
+        checksum::refusing_provider,
+    );
     section(
         &mut ctx,
         "S3 server stopped and restarted during a backup",
@@ -220,6 +254,22 @@ pub fn run() -> Result<bool> {
     }
     ctx.report.print_summary();
     Ok(ctx.report.failed() == 0)
+}
+
+/// HitKeep's layouts the layout-sensitive sections run on.
+const LAYOUTS: [&str; 2] = ["2.13", "2.8"];
+
+/// Runs `f` with `layout`'s demo data, in a work folder and S3 prefix of its own (the first layout
+/// keeps the plain ones, so its paths are the guide's).
+fn in_layout(ctx: &mut Ctx, layout: &'static str, f: impl FnOnce(&mut Ctx)) {
+    let (work, prefix) = (ctx.work.clone(), ctx.s3.prefix.clone());
+    if layout != LAYOUTS[0] {
+        ctx.work = work.join(format!("layout-{layout}"));
+        ctx.s3.prefix = format!("{prefix}layout-{layout}/");
+    }
+    ctx.layout = layout;
+    f(ctx);
+    (ctx.work, ctx.s3.prefix, ctx.layout) = (work, prefix, LAYOUTS[0]);
 }
 
 fn section(ctx: &mut Ctx, name: &str, f: fn(&mut Ctx) -> Result<()>) {
