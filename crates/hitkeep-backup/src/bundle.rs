@@ -72,8 +72,7 @@ impl Bundle {
         let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let bad = |field: &str, problem: String| Error::BundleManifest {
             path: path.clone(),
-            field: field.to_owned(),
-            problem,
+            problem: format!("{field}: {problem}"),
         };
         let manifest: Value =
             serde_json::from_slice(&text).map_err(|e| bad("manifest", format!("not JSON: {e}")))?;

@@ -84,13 +84,11 @@ pub enum Error {
     },
     /// A recovery bundle's `manifest.json` cannot be used; nothing was changed.
     #[error(
-        "{path}: {field}: {problem}\n  hint: -from must name a bundle directory as HitKeep writes them under {{data-path}}/recovery/ (manifest.json of version 1, database.zst, optionally wal.zst)"
+        "{path}: {problem}\n  hint: -from must name a bundle directory as HitKeep writes them under {{data-path}}/recovery/ (manifest.json of version 1, database.zst, optionally wal.zst)"
     )]
     BundleManifest {
         /// The manifest file.
         path: PathBuf,
-        /// The field at fault, e.g. `artifacts[1].sha256`.
-        field: String,
         /// What is wrong with it.
         problem: String,
     },

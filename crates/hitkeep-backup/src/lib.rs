@@ -37,8 +37,8 @@ pub use crate::{
     manifest::{Database, Manifest},
     progress::{NoProgress, Progress},
     restore::{
-        PreparedRestore, RESTORE_STORAGE_VERSION, RestoreItem, RestoreOutcome, RestorePlan,
-        RestoreSelection, lock_holder,
+        CommitFailure, PreparedRestore, RESTORE_STORAGE_VERSION, RestoreItem, RestoreOutcome,
+        RestorePlan, RestoreSelection, lock_holder,
     },
     retention::{Deletion, PrunePlan},
     snapshot_id::{SnapshotId, SnapshotIdError},

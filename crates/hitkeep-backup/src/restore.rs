@@ -393,6 +393,47 @@ impl RestorePlan {
         Ok(prepared)
     }
 
+    /// Swaps every prepared database (in plan order, as [`RestorePlan::prepare_all`] returns them)
+    /// into place: the tenants first, the default one first among them, and the shared database last,
+    /// because the shared database says where the analytics are. If one fails, those already swapped
+    /// are put back, so a restore never leaves new and old databases side by side; the error names the
+    /// database that failed (boxed: `Error` alone is already large).
+    pub fn commit_all(
+        &self,
+        prepared: Vec<PreparedRestore>,
+        stamp: SnapshotId,
+    ) -> std::result::Result<Vec<(Database, RestoreOutcome)>, CommitFailure> {
+        let rank = |d: &Database| match d {
+            Database::Tenant { tenant_id } if Some(*tenant_id) == self.default_tenant => 0,
+            Database::Tenant { .. } => 1,
+            Database::Shared => 2,
+        };
+        let mut order: Vec<(Database, PreparedRestore)> = self
+            .items
+            .iter()
+            .map(|i| i.database)
+            .zip(prepared)
+            .collect();
+        order.sort_by_key(|(d, _)| rank(d));
+        let mut done: Vec<(Database, RestoreOutcome)> = Vec::new();
+        for (database, p) in order {
+            match p.commit(stamp) {
+                Ok(outcome) => done.push((database, outcome)),
+                Err(e) => {
+                    for (undone, outcome) in done.iter().rev() {
+                        if let Err(undo) =
+                            crate::swap::undo_swap(&outcome.target, outcome.aside.as_deref())
+                        {
+                            tracing::error!(database = %undone, error = %undo, "could not put the previous database back; it is kept aside");
+                        }
+                    }
+                    return Err(Box::new((database, e)));
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// Asks the imported shared database what it says about its tenants, the way HitKeep will when it
     /// starts: a legacy (HitKeep Go) snapshot records no layout, and the manifest's word is not
     /// the data's. A split shared database whose default tenant is not restored is refused here, before
@@ -432,12 +473,22 @@ impl RestorePlan {
         }
         if !self.shared_only {
             for tenant in set.backed_up.iter().filter(|t| !restored(t)) {
-                tracing::warn!(%tenant, snapshot = %self.snapshot, "the restored shared database lists this tenant as active, but the snapshot has no database for it; HitKeep will create it empty on first use");
+                let path = self.data.tenant_db(*tenant);
+                let what = if path.exists() {
+                    "the database already there stays, and is not from this snapshot"
+                } else {
+                    "HitKeep will create it empty on first use"
+                };
+                tracing::warn!(%tenant, snapshot = %self.snapshot, path = %path.display(), "the restored shared database lists this tenant as active, but the snapshot has no database for it; {what}");
             }
         }
         Ok(())
     }
 }
+
+/// The database whose swap failed in [`RestorePlan::commit_all`], and why (boxed: `Error` alone is
+/// already large).
+pub type CommitFailure = Box<(Database, Error)>;
 
 /// A database downloaded, imported and checked beside its target, waiting to be swapped in.
 #[derive(Debug)]
@@ -451,17 +502,14 @@ impl PreparedRestore {
     /// The layout and tenants the imported (not yet swapped in) database records.
     fn tenant_set(&self) -> Result<hitkeep_data::TenantSet> {
         let database = Database::Shared;
-        let config = duckdb::Config::default()
-            .access_mode(duckdb::AccessMode::ReadOnly)
-            .map_err(|e| Error::duckdb(database, "opening the restored file", e))?;
-        let conn = duckdb::Connection::open_with_flags(&self.temp_db.0, config)
-            .map_err(|e| Error::duckdb(database, "opening the restored file", e))?;
+        let conn = hitkeep_data::open_read_only(&self.temp_db.0)?;
         hitkeep_data::tenant_set(&conn)
             .map_err(|e| Error::duckdb(database, "reading the restored tenants", e))
     }
 
-    /// The fast, local half: moves the current database aside and the restored one into place.
-    pub fn commit(self, stamp: SnapshotId) -> Result<RestoreOutcome> {
+    /// The fast, local half: moves the current database aside and the restored one into place. Only
+    /// through [`RestorePlan::commit_all`], which orders the swaps and undoes them on a failure.
+    fn commit(self, stamp: SnapshotId) -> Result<RestoreOutcome> {
         // The server may have been started during the download.
         if let Some(holder) = lock_holder(&self.target) {
             return Err(hitkeep_data::DataError::Locked {

@@ -33,6 +33,21 @@ pub struct PrunePlan {
     pub deletions: Vec<Deletion>,
 }
 
+/// Whether a cycle restores whole: not a split cycle (HitKeep 2.13) whose default tenant has no
+/// complete snapshot in it. A legacy cycle (no manifest) is taken as whole.
+fn restores_whole(cycle: &crate::catalog::SnapshotInfo) -> bool {
+    let Some(m) = &cycle.manifest else {
+        return true;
+    };
+    match (m.layout, m.default_tenant) {
+        (Some(hitkeep_data::TenantLayout::Split), Some(default)) => m.tenants.iter().any(|t| {
+            t.tenant_id == default
+                && matches!(t.state, crate::manifest::TenantState::Complete { .. })
+        }),
+        _ => true,
+    }
+}
+
 impl PrunePlan {
     /// Plans for keeping the newest `keep` committed cycles. Retention follows cycles, not folders: a
     /// tenant's snapshot stays while its cycle does, so every kept cycle restores whole. Also kept: each
@@ -43,14 +58,26 @@ impl PrunePlan {
         let keep = usize::try_from(keep.get()).unwrap_or(usize::MAX);
         let usable =
             |s: &SnapshotState| matches!(s, SnapshotState::Complete | SnapshotState::Legacy);
-        let cycles: Vec<SnapshotId> = catalog
+        let usable_cycles: Vec<&crate::catalog::SnapshotInfo> = catalog
             .snapshots(Database::Shared)
             .iter()
             .rev()
             .filter(|s| usable(&s.state))
+            .collect();
+        let cycles: Vec<SnapshotId> = usable_cycles.iter().map(|s| s.id).collect();
+        // `keep` counts cycles that restore whole: a split cycle whose default tenant failed (a wrong
+        // HITKEEP_DATA_PATH for a day of hourly cycles) must not push the last whole one out. Those
+        // newer than it are kept too.
+        let mut whole = 0;
+        let kept: Vec<SnapshotId> = usable_cycles
+            .iter()
+            .take_while(|s| {
+                let more = whole < keep;
+                whole += usize::from(restores_whole(s));
+                more
+            })
             .map(|s| s.id)
             .collect();
-        let kept: Vec<SnapshotId> = cycles.iter().take(keep).copied().collect();
         let Some(newest) = cycles.first().copied() else {
             return PrunePlan::default();
         };

@@ -43,6 +43,29 @@ pub(crate) fn swap_into_place(
     Ok(aside.map(|a| a.db))
 }
 
+/// Undoes a completed swap: removes the restored database and WAL at `target` and renames the aside
+/// copies (`aside`, as [`swap_into_place`] returned it) back. Used when another database of the same
+/// restore fails to swap in, so that no restore leaves a mix of old and new databases.
+pub(crate) fn undo_swap(target: &Path, aside: Option<&Path>) -> Result<()> {
+    for path in [target.to_owned(), wal_of(target)] {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+            _ => {}
+        }
+    }
+    if let Some(aside) = aside {
+        for (from, to) in [
+            (aside.to_owned(), target.to_owned()),
+            (wal_of(aside), wal_of(target)),
+        ] {
+            if from.exists() {
+                fs::rename(&from, &to).map_err(|e| Error::io(&from, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The previous database and WAL, moved aside.
 struct Aside {
     db: PathBuf,

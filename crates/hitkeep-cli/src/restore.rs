@@ -150,7 +150,7 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
 
 async fn execute(storage: &Storage, plan: &RestorePlan, concurrency: usize) -> ExitCode {
     let stamp = SnapshotId::now();
-    let name = |item: &hitkeep_backup::RestoreItem| match item.database {
+    let name_of = |database: hitkeep_backup::Database| match database {
         hitkeep_backup::Database::Shared => "Shared database".to_owned(),
         hitkeep_backup::Database::Tenant { tenant_id } => format!("Tenant {tenant_id}"),
     };
@@ -169,35 +169,31 @@ async fn execute(storage: &Storage, plan: &RestorePlan, concurrency: usize) -> E
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let mut failed = Vec::new();
-    for (item, p) in plan.items.iter().zip(prepared) {
-        let name = name(item);
-        match p.commit(stamp) {
-            Ok(outcome) => {
+    // Tenants first, the shared database last; a failed swap puts back those already swapped.
+    match plan.commit_all(prepared, stamp) {
+        Ok(outcomes) => {
+            for (database, outcome) in outcomes {
                 if let Some(aside) = &outcome.aside {
                     println!("  Existing DB renamed to {}", aside.display());
                 }
                 let rows: u64 = outcome.tables.values().sum();
                 println!(
-                    "{name} restored to {} ({} tables, {rows} rows)",
+                    "{} restored to {} ({} tables, {rows} rows)",
+                    name_of(database),
                     outcome.target.display(),
                     outcome.tables.len()
                 );
             }
-            Err(e) => {
-                eprintln!("Error restoring {}: {e}", name.to_lowercase());
-                failed.push(name);
-            }
+            println!("\nRestore completed successfully.");
+            ExitCode::SUCCESS
         }
-    }
-    if failed.is_empty() {
-        println!("\nRestore completed successfully.");
-        ExitCode::SUCCESS
-    } else {
-        eprintln!(
-            "\nRestore completed with errors: {} failed (see above); the databases listed as restored were replaced, their previous files kept aside.",
-            failed.join(", ")
-        );
-        ExitCode::from(EXIT_FAILURE)
+        Err(failed) => {
+            let (database, e) = *failed;
+            eprintln!("Error restoring the {database}: {e}");
+            eprintln!(
+                "\nRestore failed: the databases already swapped in were put back; every database is as it was."
+            );
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }

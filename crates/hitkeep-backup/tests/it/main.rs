@@ -560,3 +560,46 @@ async fn a_second_cycle_is_refused_while_one_holds_the_lock() {
         "nothing was written"
     );
 }
+
+/// Retention counts cycles that restore whole: split cycles whose default tenant failed (a wrong data
+/// path for a while) never push the last whole cycle out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_last_cycle_that_restores_whole() {
+    let f = Fixture::new(false).await;
+    let whole = f.cycle().await.id;
+    let default_db = f.default_analytics();
+    std::fs::rename(&default_db, f.dir.path().join("elsewhere.db")).unwrap();
+    let mut broken = Vec::new();
+    for _ in 0..2 {
+        let report = f.cycle().await;
+        assert!(!report.is_success());
+        broken.push(report.id);
+    }
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let plan = PrunePlan::new(&catalog, NonZeroU32::new(1).unwrap(), None);
+    let pruned: Vec<_> = plan
+        .deletions
+        .iter()
+        .filter(|d| d.database == Database::Shared)
+        .map(|d| d.id)
+        .collect();
+    assert!(
+        pruned.is_empty(),
+        "{pruned:?}: the whole cycle {whole} and the newer ones stay"
+    );
+    // Once a whole cycle is newer, the older ones go.
+    std::fs::rename(f.dir.path().join("elsewhere.db"), &default_db).unwrap();
+    let newest = f.cycle().await.id;
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let plan = PrunePlan::new(&catalog, NonZeroU32::new(1).unwrap(), None);
+    let mut pruned: Vec<_> = plan
+        .deletions
+        .iter()
+        .filter(|d| d.database == Database::Shared)
+        .map(|d| d.id)
+        .collect();
+    pruned.sort();
+    let mut expected = vec![whole];
+    expected.extend(broken);
+    assert_eq!(pruned, expected, "everything older than {newest}");
+}

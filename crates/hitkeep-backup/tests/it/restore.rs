@@ -58,8 +58,14 @@ async fn imports_side_by_side_each_get_the_whole_memory_limit() {
         .map_err(|(database, e)| format!("{database}: {e}"))
         .unwrap();
     assert_eq!(prepared.len(), plan.items.len());
-    for p in prepared {
-        let outcome = p.commit(stamp).unwrap();
+    let outcomes = plan.commit_all(prepared, stamp).unwrap();
+    let order: Vec<_> = outcomes.iter().map(|(d, _)| *d).collect();
+    assert_eq!(
+        order.last(),
+        Some(&Database::Shared),
+        "the shared database goes last"
+    );
+    for (_, outcome) in outcomes {
         assert!(
             outcome.aside.is_some(),
             "the replaced database was kept aside"
@@ -116,9 +122,7 @@ async fn a_split_cycle_restores_the_default_tenant_with_every_other() {
     assert_eq!(plan.items.len(), 1 + f.backed_up().len());
     let stamp = SnapshotId::now();
     let prepared = plan.prepare_all(&f.storage, stamp, 2).await.unwrap();
-    for p in prepared {
-        p.commit(stamp).unwrap();
-    }
+    plan.commit_all(prepared, stamp).unwrap();
     assert_eq!(fingerprint(&default_db), before);
 }
 
@@ -210,4 +214,44 @@ async fn a_split_cycle_whose_default_tenant_failed_is_refused_at_planning() {
         notes.len() == 1 && notes[0].contains("refuse to start"),
         "{notes:?}"
     );
+}
+
+/// A swap that fails part-way (here: the shared database is held by a server started during the
+/// restore) puts back the tenant databases already swapped in: never new tenants beside an old
+/// shared database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_swap_puts_back_the_databases_already_swapped() {
+    let f = Fixture::new(false).await;
+    f.cycle().await;
+    let before: Vec<_> = std::iter::once(f.layout.db_path.clone())
+        .chain(f.backed_up().iter().map(|t| f.layout.tenant_db(*t)))
+        .map(|p| std::fs::read(&p).unwrap())
+        .collect();
+    // Differ from the snapshot, so a swap that stayed would show.
+    let default_db = f.default_analytics();
+    open_database(&default_db, OpenMode::Existing)
+        .unwrap()
+        .execute_batch("DELETE FROM hits; CHECKPOINT;")
+        .unwrap();
+    let changed = std::fs::read(&default_db).unwrap();
+    let plan = plan(&f, 512 * MIB).await;
+    let stamp = SnapshotId::now();
+    let prepared = plan.prepare_all(&f.storage, stamp, 2).await.unwrap();
+    let held = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
+    let (database, e) = *plan.commit_all(prepared, stamp).unwrap_err();
+    drop(held);
+    assert_eq!(database, Database::Shared, "{e}");
+    assert!(
+        std::fs::read(&default_db).unwrap() == changed,
+        "the default tenant was put back"
+    );
+    for (i, t) in f.backed_up().iter().enumerate() {
+        let path = f.layout.tenant_db(*t);
+        if path != default_db {
+            assert!(
+                std::fs::read(&path).unwrap() == before[i + 1],
+                "tenant {t} was put back"
+            );
+        }
+    }
 }
