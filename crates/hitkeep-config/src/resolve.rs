@@ -211,21 +211,27 @@ impl Resolver {
     }
 
     fn duckdb(&mut self) -> Option<DuckDbSettings> {
+        // HitKeep's own values for "DuckDB's default" are accepted: the environment and the YAML file
+        // are shared with the server, so `none` and `0` must not stop every command.
         let memory_limit = match self.is_set(Key::DuckdbMemoryLimit) {
-            true => self
-                .parse(
-                    Key::DuckdbMemoryLimit,
-                    "write a size with its unit, at least 64MiB, e.g. {env}=2GB or {env}=512MiB",
-                    parse_size,
-                )
-                .map(Some),
+            true => self.parse(
+                Key::DuckdbMemoryLimit,
+                "write a size with its unit, at least 64MiB, e.g. {env}=2GB or {env}=512MiB (or none: DuckDB's default)",
+                |t| match t.trim().eq_ignore_ascii_case("none") {
+                    true => Ok(None),
+                    false => parse_size(t).map(Some),
+                },
+            ),
             false => Some(None),
         };
         let threads = match self.is_set(Key::DuckdbThreads) {
             true => self.parse(
                 Key::DuckdbThreads,
-                "set a whole number of threads, 1 to 1024, e.g. {env}=2",
-                |t| int_in(t, 1, 1024, "threads").map(NonZeroU32::new),
+                "set a whole number of threads, 1 to 1024, e.g. {env}=2 (or 0: one per core)",
+                |t| match t.trim() == "0" {
+                    true => Ok(None),
+                    false => int_in(t, 1, 1024, "threads").map(NonZeroU32::new),
+                },
             ),
             false => Some(None),
         };

@@ -78,7 +78,13 @@ fn entry(
             "keep one of them".into(),
         ));
     }
-    let ours = Key::ALL.iter().copied().find(|k| k.flag() == name.as_str());
+    // `http-addr` in HitKeep's file is the server's own listen address (":8080"); read as ours, the
+    // scheduler would try to bind the server's port. Ours comes from the environment or TOML only.
+    let ours = Key::ALL
+        .iter()
+        .copied()
+        .find(|k| k.flag() == name.as_str())
+        .filter(|k| *k != Key::HttpAddr);
     if ours.is_none() && !server::is_server_file_key(name) {
         return Err(unknown_key(path, name));
     }

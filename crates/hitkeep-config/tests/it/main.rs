@@ -411,7 +411,7 @@ fn malformed_values_are_errors() {
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "2 gigs"),
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "1MB"),
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "80%"),
-        ("HITKEEP_DUCKDB_THREADS", "0"),
+        ("HITKEEP_DUCKDB_THREADS", "-1"),
         ("HITKEEP_DUCKDB_THREADS", "many"),
         ("HITKEEP_S3_CHECKSUM", "sha256"),
         ("HITKEEP_S3_CHECKSUM", "none"),
@@ -860,8 +860,10 @@ webhook-max-attempts: 6
 google-search-console-client-id: id
 custom-tracking-tls-mode: external
 nsq-tcp-address: 127.0.0.1:4150
+http-addr: \":8080\"
 ";
     let c = with_yaml(&dir, text, Sources::default()).unwrap_or_else(|e| panic!("{e}"));
+    // http-addr is the HitKeep server's listen address there, never our scheduler's.
     assert!(Key::ALL.iter().all(|&k| *c.origin(k) == Origin::Default));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
@@ -1042,4 +1044,15 @@ fn hitkeep_and_far_away_variables_do_not_warn() {
         ("HITKEEP_DB_COMPACT_ON_STRAT", "true"),
     ]);
     assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+/// HitKeep's values for "DuckDB's default", from the environment and YAML file the server shares.
+#[test]
+fn hitkeeps_duckdb_defaults_mean_unset() {
+    let s = load(&[
+        ("HITKEEP_DUCKDB_THREADS", "0"),
+        ("HITKEEP_DUCKDB_MEMORY_LIMIT", "none"),
+    ]);
+    assert_eq!(s.settings.duckdb.threads, None);
+    assert_eq!(s.settings.duckdb.memory_limit, None);
 }
