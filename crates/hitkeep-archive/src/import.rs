@@ -68,7 +68,8 @@ impl ImportPlan {
         tenant: Option<Uuid>,
     ) -> Result<ImportPlan> {
         let (default, tenant_layout) = {
-            let control = layout.open(&layout.db_path, OpenMode::Existing)?;
+            // Read-only: this is HitKeep's control database, only looked at here.
+            let control = hitkeep_data::open_read_only(&layout.db_path)?;
             let default = hitkeep_data::default_tenant(&control)
                 .map_err(|e| Error::duckdb("reading the default tenant", e))?;
             let (tenant_layout, _) = hitkeep_data::detect_layout(&control)

@@ -369,17 +369,16 @@ fn tenant_layout(settings: &Settings, report: &mut Report) {
     if !settings.db_path.is_file() {
         return; // already reported above
     }
-    let set = duckdb::Config::default()
-        .access_mode(duckdb::AccessMode::ReadOnly)
-        .and_then(|c| duckdb::Connection::open_with_flags(&settings.db_path, c))
-        .and_then(|conn| hitkeep_data::tenant_set(&conn));
+    let set = hitkeep_data::open_read_only(&settings.db_path)
+        .map_err(|e| e.to_string())
+        .and_then(|conn| hitkeep_data::tenant_set(&conn).map_err(|e| e.to_string()));
     let set = match set {
         Ok(set) => set,
         Err(e) => {
             let detail = format!(
                 "could not read {}: {}",
                 settings.db_path.display(),
-                e.to_string().lines().next().unwrap_or_default()
+                e.lines().next().unwrap_or_default()
             );
             let hint = "a running HitKeep server holds its database: check the layout with the server stopped, or trust the next backup cycle's report".to_owned();
             report.add(NAME, Status::Warning, detail, Some(hint));

@@ -170,12 +170,17 @@ impl DataError {
         let text = source.to_string();
         if text.contains("Could not set lock") || text.contains("Conflicting lock") {
             // "… Conflicting lock is held in /usr/bin/hitkeep (PID 4242). See also …": keep "program (PID n)".
-            let holder =
-                text.split_once("Conflicting lock is held in ")
-                    .map(|(_, rest)| match rest.find(')') {
-                        Some(end) => rest[..=end].to_owned(),
+            // The program's path may itself hold ")" (a replaced binary reads "… (deleted)"): end at
+            // the parenthesis that closes "(PID n".
+            let holder = text
+                .split_once("Conflicting lock is held in ")
+                .map(|(_, rest)| {
+                    let pid = rest.find("(PID ").unwrap_or(0);
+                    match rest[pid..].find(')') {
+                        Some(end) => rest[..=pid + end].to_owned(),
                         None => rest.trim().to_owned(),
-                    });
+                    }
+                });
             return DataError::Locked {
                 path: path.to_owned(),
                 holder,
@@ -216,6 +221,20 @@ pub fn open_database(path: &Path, mode: OpenMode) -> Result<Connection, DataErro
     }
     let conn = Connection::open(path).map_err(|e| DataError::from_duckdb(path, e))?;
     Ok(conn)
+}
+
+/// Opens an existing DuckDB file read-only: no WAL replay and no checkpoint into someone else's file,
+/// for looking at a database (its layout, its tenants) without changing it.
+pub fn open_read_only(path: &Path) -> Result<Connection, DataError> {
+    if !path.is_file() {
+        return Err(DataError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let config = duckdb::Config::default()
+        .access_mode(duckdb::AccessMode::ReadOnly)
+        .map_err(|e| DataError::from_duckdb(path, e))?;
+    Connection::open_with_flags(path, config).map_err(|e| DataError::from_duckdb(path, e))
 }
 
 /// DuckDB storage version for files we create: HitKeep Go ships DuckDB 1.5, which cannot open files made at
@@ -352,6 +371,14 @@ mod tests {
         assert!(
             matches!(&err, DataError::Locked { holder: Some(h), .. } if h == "/usr/bin/hitkeep (PID 4242)"),
             "{err:?}"
+        );
+        let replaced = duckdb::Error::InvalidParameterName(
+            "IO Error: Could not set lock on file \"/x/hitkeep.db\": Conflicting lock is held in /usr/bin/hitkeep (deleted) (PID 7). See also https://duckdb.org".into(),
+        );
+        let err = DataError::from_duckdb(Path::new("/x/hitkeep.db"), replaced);
+        assert!(
+            matches!(&err, DataError::Locked { holder: Some(h), .. } if h == "/usr/bin/hitkeep (deleted) (PID 7)"),
+            "a replaced binary keeps its PID: {err:?}"
         );
     }
 }

@@ -389,13 +389,29 @@ pub fn archives(ctx: &mut Ctx) -> Result<()> {
     let restored = ctx.fingerprint(&dir)?;
     ctx.report.check(
         format!(
-            "archive restore of all {} sites: every database equals its state before archiving",
+            "archive restore of all {} sites: every database equals its state before archiving (expired rollup_dirty_buckets markers are deleted, not archived)",
             site_ids.len()
         ),
-        failures.is_empty() && restored == before,
-        format!("{}\n{}", failures.join("\n"), diff(&restored, &before)),
+        failures.is_empty() && without_markers(&restored) == without_markers(&before),
+        format!(
+            "{}\n{}",
+            failures.join("\n"),
+            diff(&without_markers(&restored), &without_markers(&before))
+        ),
     );
     Ok(())
+}
+
+/// A fingerprint without `rollup_dirty_buckets`: HitKeep's retention deletes expired markers (they ask
+/// for a rollup to be recomputed from rows that are gone) and nothing brings them back.
+fn without_markers(fp: &super::Fingerprint) -> super::Fingerprint {
+    fp.iter()
+        .map(|(db, tables)| {
+            let mut tables = tables.clone();
+            tables.retain(|t, _| t.trim_start_matches("main.") != "rollup_dirty_buckets");
+            (db.clone(), tables)
+        })
+        .collect()
 }
 
 /// Rows per table in the archive, through `archive query`.
