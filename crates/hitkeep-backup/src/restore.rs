@@ -312,7 +312,9 @@ impl RestorePlan {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_owned);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // Declared before the scratch files, so dropped after them: a refused restore leaves no
+        // empty tenants/{id}/ folders behind either.
+        let created = CreatedDirs::create(&dir)?;
         let base = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -359,6 +361,7 @@ impl RestorePlan {
             target,
             temp_db,
             tables,
+            created,
         })
     }
 
@@ -370,6 +373,24 @@ impl RestorePlan {
     /// prepared one (removing its files) and returns the failing database with its error: nothing has
     /// been changed.
     pub async fn prepare_all(
+        &self,
+        storage: &Storage,
+        stamp: SnapshotId,
+        concurrency: usize,
+    ) -> std::result::Result<Vec<PreparedRestore>, (Database, Error)> {
+        // Folders the targets need that do not exist yet: removed again (when empty) if the restore
+        // is refused, whichever item created them first.
+        let missing = self.missing_folders();
+        let outcome = self.prepare_each(storage, stamp, concurrency).await;
+        if outcome.is_err() {
+            for dir in &missing {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        outcome
+    }
+
+    async fn prepare_each(
         &self,
         storage: &Storage,
         stamp: SnapshotId,
@@ -391,6 +412,21 @@ impl RestorePlan {
         self.check_prepared(&prepared)
             .map_err(|e| (Database::Shared, e))?;
         Ok(prepared)
+    }
+
+    /// Every missing folder above the targets, deepest first.
+    fn missing_folders(&self) -> Vec<PathBuf> {
+        let mut missing: Vec<PathBuf> = self
+            .items
+            .iter()
+            .filter_map(|i| i.target.parent())
+            .flat_map(Path::ancestors)
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(Path::to_owned)
+            .collect();
+        missing.sort_by_key(|d| (std::cmp::Reverse(d.components().count()), d.clone()));
+        missing.dedup();
+        missing
     }
 
     /// Swaps every prepared database (in plan order, as [`RestorePlan::prepare_all`] returns them)
@@ -496,6 +532,49 @@ pub struct PreparedRestore {
     target: PathBuf,
     temp_db: Scratch,
     tables: BTreeMap<String, u64>,
+    /// Last, so removed after the scratch files in it.
+    created: CreatedDirs,
+}
+
+/// The folders a restore created for its target, removed again (when empty) unless the restored
+/// database was swapped in.
+#[derive(Debug)]
+struct CreatedDirs {
+    /// The target's folder.
+    leaf: PathBuf,
+    /// The outermost folder this restore created; `None` when the leaf already existed.
+    top: Option<PathBuf>,
+    keep: bool,
+}
+
+impl CreatedDirs {
+    fn create(dir: &Path) -> Result<CreatedDirs> {
+        let top = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .last()
+            .map(Path::to_owned);
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(CreatedDirs {
+            leaf: dir.to_owned(),
+            top,
+            keep: false,
+        })
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        let Some(top) = self.top.as_deref().filter(|_| !self.keep) else {
+            return;
+        };
+        for dir in self.leaf.ancestors() {
+            // remove_dir refuses a folder that is not empty: whatever else is there stays.
+            if std::fs::remove_dir(dir).is_err() || dir == top {
+                break;
+            }
+        }
+    }
 }
 
 impl PreparedRestore {
@@ -509,7 +588,7 @@ impl PreparedRestore {
 
     /// The fast, local half: moves the current database aside and the restored one into place. Only
     /// through [`RestorePlan::commit_all`], which orders the swaps and undoes them on a failure.
-    fn commit(self, stamp: SnapshotId) -> Result<RestoreOutcome> {
+    fn commit(mut self, stamp: SnapshotId) -> Result<RestoreOutcome> {
         // The server may have been started during the download.
         if let Some(holder) = lock_holder(&self.target) {
             return Err(hitkeep_data::DataError::Locked {
@@ -519,6 +598,7 @@ impl PreparedRestore {
             .into());
         }
         let aside = swap_into_place(&self.temp_db.0, &self.target, stamp)?;
+        self.created.keep = true;
         Ok(RestoreOutcome {
             target: self.target.clone(),
             aside,

@@ -159,6 +159,32 @@ async fn a_split_cycle_without_its_default_tenant_is_refused_unless_shared_only(
         shared_before,
         "nothing changed"
     );
+    // Into an empty data path: refused the same way, with no folder left behind.
+    let fresh = hitkeep_data::DataLayout::new(
+        f.dir.path().join("fresh/hitkeep.db"),
+        f.dir.path().join("fresh/data"),
+    );
+    let into_fresh =
+        RestorePlan::new(&catalog, Some(id), &fresh, &RestoreSelection::default()).unwrap();
+    let (_, e) = into_fresh
+        .prepare_all(&f.storage, SnapshotId::now(), 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::SplitWithoutDefault {
+                on_disk: "missing",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        !fresh.data_path.exists(),
+        "no empty tenants/{{id}}/ folders are left: {:?}",
+        std::fs::read_dir(&fresh.data_path).map(|d| d.count())
+    );
 
     let shared_only = RestorePlan::new(
         &catalog,
