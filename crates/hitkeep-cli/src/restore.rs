@@ -115,11 +115,14 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
         .iter()
         .filter(|i| i.database != hitkeep_backup::Database::Shared)
         .collect();
-    if let Some(layout) = plan.layout {
-        println!(
+    match plan.layout {
+        Some(layout) => println!(
             "Layout:     {layout} (HitKeep {})",
             layout.hitkeep_version()
-        );
+        ),
+        // HitKeep Go's snapshots say nothing of it: the imported shared database is asked, before
+        // anything is swapped in.
+        None => println!("Layout:     read from the shared database once imported (no manifest)"),
     }
     println!("Tenants:    {} tenant database(s)", tenants.len());
     for item in &tenants {

@@ -575,6 +575,10 @@ fn a_plain_hitkeep_go_export_restores() {
         out.starts_with("exit: 0") && out.contains("legacy"),
         "no complete snapshot, so the legacy one is used: {out}"
     );
+    assert!(
+        out.contains("Layout:     read from the shared database once imported"),
+        "{out}"
+    );
     assert_eq!(s.all_fingerprints(), before);
 }
 
