@@ -45,8 +45,10 @@ async fn round_trip(storage: &Storage, key: &str, data: &[u8]) {
         .unwrap();
 }
 
-/// Log output at warn level, for the current thread: on a current-thread runtime every task of the
-/// test (the server's too) runs here.
+/// Log output at warn level of the whole test process. A global subscriber, not a thread's default:
+/// tracing caches a callsite's interest, and a scoped default set on one thread can miss an event
+/// whose callsite another test registered first (seen as a flaky "logged 0 times"). Tests find their
+/// own lines by their server's address.
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);
 
@@ -69,27 +71,35 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
     }
 }
 
-impl Logs {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
+fn logs() -> &'static Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(self.clone())
+            .with_writer(logs.clone())
             .with_ansi(false)
             .with_max_level(tracing::Level::WARN)
             .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        logs
+    })
+}
 
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
+/// The lines logged about the server at `address`.
+fn logged_about(address: &str) -> String {
+    String::from_utf8_lossy(&logs().0.lock().unwrap())
+        .lines()
+        .filter(|l| l.contains(address))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Three uploads at once (one single-part, two multipart) meet the refusal together: each is sent
 /// again with Content-MD5 and arrives whole, and the switch is logged once, naming the setting to pin.
 #[tokio::test]
 async fn auto_switches_to_content_md5_once_and_every_upload_arrives_whole() {
-    let logs = Logs::default();
-    let _guard = logs.install();
+    logs();
     let server = refusing_server().await;
     let storage = open(&server, "auto").await;
     assert_eq!(storage.checksum_in_use(), S3Checksum::Crc32c);
@@ -110,7 +120,7 @@ async fn auto_switches_to_content_md5_once_and_every_upload_arrives_whole() {
         "every PUT and part carried Content-MD5: {}",
         server.content_md5_requests()
     );
-    let text = logs.text();
+    let text = logged_about(&server.host_port());
     assert_eq!(
         text.matches("HITKEEP_S3_CHECKSUM=md5").count(),
         1,
