@@ -339,14 +339,7 @@ fn import_file(
         counts.insert(table.clone(), c);
         Ok(())
     });
-    let end = if outcome.is_ok() {
-        "COMMIT"
-    } else {
-        "ROLLBACK"
-    };
-    conn.execute_batch(end)
-        .map_err(|e| Error::duckdb("ending the import", e))?;
-    outcome.map(|()| counts)
+    crate::run::end_transaction(conn, outcome, "ending the import").map(|()| counts)
 }
 
 /// The rows of `table` in the file that belong here and are not here yet.

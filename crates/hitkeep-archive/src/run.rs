@@ -645,12 +645,21 @@ fn delete(
         }
         Ok(())
     })();
+    end_transaction(conn, outcome, "ending the delete")
+}
+
+/// Commits when `outcome` is Ok, else rolls back; then returns `outcome`.
+pub(crate) fn end_transaction<T>(
+    conn: &Connection,
+    outcome: Result<T>,
+    what: &'static str,
+) -> Result<T> {
     let end = if outcome.is_ok() {
         "COMMIT"
     } else {
         "ROLLBACK"
     };
     conn.execute_batch(end)
-        .map_err(|e| Error::duckdb("ending the delete", e))?;
+        .map_err(|e| Error::duckdb(what, e))?;
     outcome
 }

@@ -245,7 +245,12 @@ impl RestorePlan {
         if !restores_shared || self.shared_only || has_default {
             return Ok(());
         }
-        Err(Error::SplitWithoutDefault {
+        Err(self.split_refusal(tenant))
+    }
+
+    /// The refusal of a whole split restore without `tenant`, the default one, saying what is on disk.
+    fn split_refusal(&self, tenant: Uuid) -> Error {
+        Error::SplitWithoutDefault {
             snapshot: self.snapshot,
             tenant,
             on_disk: if self.data.tenant_db(tenant).exists() {
@@ -253,7 +258,7 @@ impl RestorePlan {
             } else {
                 "missing"
             },
-        })
+        }
     }
 
     /// What people should know before a restore of this plan, in HitKeep's terms: where the default
@@ -496,15 +501,7 @@ impl RestorePlan {
             if self.shared_only {
                 tracing::warn!("{}", self.shared_only_note(tenant));
             } else if !restored(&tenant) {
-                return Err(Error::SplitWithoutDefault {
-                    snapshot: self.snapshot,
-                    tenant,
-                    on_disk: if self.data.tenant_db(tenant).exists() {
-                        "not from this snapshot"
-                    } else {
-                        "missing"
-                    },
-                });
+                return Err(self.split_refusal(tenant));
             }
         }
         if !self.shared_only {
