@@ -11,7 +11,8 @@ use crate::error::{Error, ErrorKind, Result, Service};
 use crate::integrity::{Header, Integrity, IntegrityTransport};
 
 /// Where fs writes are staged before an atomic rename into place, inside the location's root so the
-/// rename never crosses filesystems. Listings hide it.
+/// rename never crosses filesystems: each opened storage in a locked folder of its own in it
+/// (`partial`), so that what a killed process left can be told apart. Listings hide it.
 pub(crate) const FS_STAGING_DIR: &str = ".hitkeep-tmp";
 
 /// How hard to try before giving up. The defaults suit a backup that runs unattended over the internet.
@@ -79,10 +80,12 @@ pub(crate) fn build(
     s3: &S3Settings,
     options: &StorageOptions,
     integrity: &Arc<Integrity>,
+    fs_staging: Option<&std::path::Path>,
 ) -> Result<(Operators, Service)> {
     match location {
         Location::Local(path) => {
-            let (op, service) = fs_operator(path)?;
+            let staging = fs_staging.map_or_else(|| path.join(FS_STAGING_DIR), |d| d.to_owned());
+            let (op, service) = fs_operator(path, &staging)?;
             let plain = with_layers(op, options);
             Ok((
                 Operators {
@@ -132,7 +135,9 @@ fn with_layers(op: Operator, options: &StorageOptions) -> Operator {
     .layer(TracingLayer::new())
 }
 
-fn fs_operator(path: &std::path::Path) -> Result<(Operator, Service)> {
+/// `staging` is where writes are staged before their rename: this storage's own folder in
+/// `.hitkeep-tmp/` (see `partial`), which OpenDAL creates when missing.
+fn fs_operator(path: &std::path::Path, staging: &std::path::Path) -> Result<(Operator, Service)> {
     let target = path.display().to_string();
     let root = path.to_str().ok_or_else(|| {
         Error::new(
@@ -142,7 +147,6 @@ fn fs_operator(path: &std::path::Path) -> Result<(Operator, Service)> {
             "the path is not valid UTF-8",
         )
     })?;
-    let staging = path.join(FS_STAGING_DIR);
     let builder = services::Fs::default()
         .root(root)
         .atomic_write_dir(&staging.to_string_lossy());

@@ -32,6 +32,9 @@ pub enum ErrorKind {
     InvalidKey,
     /// Reading or writing a local file failed.
     LocalIo,
+    /// The service does not implement a request that HitKeep can do without (ListMultipartUploads):
+    /// worth reporting, not worth failing a backup for.
+    Unsupported,
     /// Anything else the storage service reported.
     Other,
 }

@@ -8,6 +8,16 @@
 //! verified streaming download, listing (recursive or one level), stat, delete, delete of a prefix, and
 //! small reads and writes. Failures are [`Error`]s with a [`ErrorKind`] to branch on and a hint for people.
 //!
+//! A write that returned on a local location is durable: the file is fsynced before its rename into
+//! place (OpenDAL does that), and the folders the rename changed are fsynced after it (we do), so a
+//! power loss never forgets an object that a later step relied on. [`sync_dir`] is that folder fsync,
+//! for callers that rename local files themselves.
+//!
+//! A killed process cannot clean up after itself, so [`Storage::sweep_partial_uploads`] does it for
+//! it: on S3 it aborts the multipart uploads under the location's prefix that the server says began
+//! more than a given time ago; on a local directory, where each storage stages its writes in a
+//! `.hitkeep-tmp/` folder of its own that it keeps locked, it removes the folders nobody holds.
+//!
 //! Every S3 upload request carries an integrity header, as `HITKEEP_S3_CHECKSUM` says: CRC32C, or
 //! Content-MD5 for providers that refuse `x-amz-checksum-*` headers (under `auto`, the default, a
 //! storage switches by itself on the first refusal and sends the refused upload again).
@@ -30,8 +40,10 @@
 
 mod backend;
 mod digest;
+mod durable;
 mod error;
 mod integrity;
+mod partial;
 mod storage;
 
 pub use crate::{
@@ -40,7 +52,9 @@ pub use crate::{
         DEFAULT_TIMEOUT, StorageOptions,
     },
     digest::{DigestParseError, ObjectInfo, Sha256Digest},
+    durable::sync_dir,
     error::{Error, ErrorKind, Result},
+    partial::{PartialKind, PartialUpload, SweepReport},
     storage::{
         ChecksumSupport, DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, Entry, ListMode, Storage,
         TransferOptions,

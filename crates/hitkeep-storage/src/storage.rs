@@ -11,8 +11,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::backend::{self, FS_STAGING_DIR, Operators, StorageOptions};
 use crate::digest::{ObjectInfo, Sha256Digest};
+use crate::durable;
 use crate::error::{Error, ErrorKind, Result, Service};
 use crate::integrity::{self, Header, Integrity, Refusal};
+use crate::partial::{SweepReport, Sweeper};
 
 /// Whole-file attempts when the server refuses an upload as damaged (checksum mismatch).
 const UPLOAD_ATTEMPTS: u32 = 3;
@@ -113,6 +115,8 @@ pub struct Storage {
     service: Service,
     /// Which integrity header uploads carry; shared by clones, so a switch holds for all of them.
     integrity: Arc<Integrity>,
+    /// Finds partial uploads; on a local directory it also holds this storage's staging folder.
+    partial: Sweeper,
 }
 
 impl Storage {
@@ -155,12 +159,16 @@ impl Storage {
             Location::Local(_) => S3Checksum::Off,
         };
         let integrity = Arc::new(Integrity::new(setting));
-        let (ops, service) = backend::build(location, s3, options, &integrity)?;
+        let staging = Sweeper::staging(location);
+        let fs_staging = staging.as_ref().map(|s| s.dir());
+        let (ops, service) = backend::build(location, s3, options, &integrity, fs_staging)?;
+        let partial = Sweeper::new(location, s3, staging, &ops.plain, options, &service);
         let storage = Storage {
             ops,
             location: location.clone(),
             service,
             integrity,
+            partial,
         };
         if location.is_s3() {
             integrity::warn_if_off(setting);
@@ -299,7 +307,10 @@ impl Storage {
                 .upload_attempt(header, source, key, stream, options)
                 .await
             {
-                Ok(info) => return Ok(info),
+                Ok(info) => {
+                    self.made_durable(key, "upload").await?;
+                    return Ok(info);
+                }
                 Err(failed) => failed,
             };
             // Switched even when this upload cannot be sent again, so that the next one can.
@@ -578,12 +589,70 @@ impl Storage {
         loop {
             let header = self.integrity.header();
             let Err(e) = self.ops.writing(header).write(key, data.clone()).await else {
-                return Ok(());
+                return self.made_durable(key, "write").await;
             };
             let (error, refusal) = self.write_err(e, "write", key, header);
             if !self.switched(header, refusal.as_ref()) {
                 return Err(error);
             }
+        }
+    }
+
+    /// Writes a small object only if `key` does not exist yet (`If-None-Match: *` on S3, an exclusive
+    /// create on a local directory): `Ok(false)` when it already existed and nothing was written.
+    /// Some S3 services ignore the condition and overwrite; callers that rely on it read the object
+    /// back ([`Storage::honours_if_absent`] tells which kind of service this is).
+    pub async fn write_if_absent(&self, key: &str, data: impl Into<Bytes>) -> Result<bool> {
+        check_key(key, "write")?;
+        let data = data.into();
+        loop {
+            let header = self.integrity.header();
+            let written = self
+                .ops
+                .writing(header)
+                .write_with(key, data.clone())
+                .if_not_exists(true)
+                .await;
+            let e = match written {
+                Ok(_) => return self.made_durable(key, "write").await.map(|()| true),
+                Err(e) if e.kind() == opendal::ErrorKind::ConditionNotMatch => return Ok(false),
+                Err(e) => e,
+            };
+            let (error, refusal) = self.write_err(e, "write", key, header);
+            if !self.switched(header, refusal.as_ref()) {
+                return Err(error);
+            }
+        }
+    }
+
+    /// Whether the service honours [`Storage::write_if_absent`]: writes `key` twice with the condition
+    /// (the second must be refused), then deletes it.
+    pub async fn honours_if_absent(&self, key: &str) -> Result<bool> {
+        let body = Bytes::from_static(b"hitkeep conditional write probe\n");
+        self.delete(key).await?;
+        let first = self.write_if_absent(key, body.clone()).await?;
+        let second = self.write_if_absent(key, body).await?;
+        self.delete(key).await?;
+        Ok(first && !second)
+    }
+
+    /// Makes a completed write of `key` durable on a local directory: the folders its rename into
+    /// place changed are fsynced ([`crate::durable`]). Nothing to do on S3, where a write that
+    /// returned is stored.
+    async fn made_durable(&self, key: &str, operation: &'static str) -> Result<()> {
+        let Location::Local(root) = &self.location else {
+            return Ok(());
+        };
+        let (root, owned) = (root.clone(), key.to_owned());
+        let synced = tokio::task::spawn_blocking(move || durable::sync_key(&root, &owned))
+            .await
+            .map_err(|e| Error::local(operation, Path::new(key), std::io::Error::other(e)))?;
+        match synced {
+            Ok(folders) => {
+                tracing::debug!(key, folders, "write made durable: folders synced");
+                Ok(())
+            }
+            Err((folder, e)) => Err(Error::local(operation, &folder, e)),
         }
     }
 
@@ -611,6 +680,21 @@ impl Storage {
         let md5 = answers.pop().expect("two answers");
         let crc32c = answers.pop().expect("two answers");
         Ok(Some(ChecksumSupport { crc32c, md5 }))
+    }
+
+    /// Finds the partial uploads that killed processes left in this location, removes them, and says
+    /// what it removed. On S3: multipart uploads under the location's prefix that the server says
+    /// were initiated more than `older_than` ago (by its `Initiated` and `Date`, not this machine's
+    /// clock) are aborted; a service that does not list them is [`ErrorKind::Unsupported`]. On a
+    /// local directory: the staging folders in `.hitkeep-tmp/` whose lock no live storage holds,
+    /// whatever their age, and files left directly in `.hitkeep-tmp/` by older versions once
+    /// unmodified for `older_than` and at least an hour. What cannot be removed is reported, not
+    /// an error.
+    pub async fn sweep_partial_uploads(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<SweepReport> {
+        self.partial.sweep(older_than).await
     }
 
     /// Reads a small object whole.

@@ -12,9 +12,14 @@
 //! headers as Backblaze B2 does, or damage upload bodies on the way (after the signature check, as a
 //! network would, since requests are signed without their payload).
 //!
+//! s3s-fs does not implement ListMultipartUploads; the server answers it from s3s-fs's own records of
+//! its open uploads (`uploads.rs`), so tests can find the uploads a killed client left.
+//!
 //! What it will not do: stand in for AWS-only behaviour (IAM, lifecycle rules), or run outside tests.
 
 #![deny(missing_docs)]
+
+mod uploads;
 
 use std::future::Future;
 use std::io;
@@ -61,6 +66,11 @@ pub struct ServerOptions {
     pub refuse_checksum_headers: bool,
     /// Flip a bit of every PutObject and UploadPart body after the signature check.
     pub damage_uploads: bool,
+    /// Answer ListMultipartUploads with 501 NotImplemented, as s3s-fs alone (and some providers) do.
+    pub refuse_list_uploads: bool,
+    /// Put at most this many uploads in a ListMultipartUploads page, whatever the client asks for
+    /// (servers may send fewer), so that paging is exercised.
+    pub uploads_page: Option<usize>,
 }
 
 impl ServerOptions {
@@ -87,12 +97,29 @@ impl ServerOptions {
             ..ServerOptions::default()
         }
     }
+
+    /// A server that does not implement ListMultipartUploads.
+    pub fn refusing_list_uploads() -> Self {
+        ServerOptions {
+            refuse_list_uploads: true,
+            ..ServerOptions::default()
+        }
+    }
+
+    /// A server that lists multipart uploads `n` to a page.
+    pub fn paging_uploads(n: usize) -> Self {
+        ServerOptions {
+            uploads_page: Some(n),
+            ..ServerOptions::default()
+        }
+    }
 }
 
 /// What a server saw, for tests to assert on.
 #[derive(Debug, Default)]
 struct Counters {
     lists: AtomicUsize,
+    upload_lists: AtomicUsize,
     refused_checksums: AtomicUsize,
     content_md5: AtomicUsize,
 }
@@ -137,6 +164,14 @@ impl s3s::access::S3Access for Access {
         _req: &mut s3s::S3Request<s3s::dto::ListObjectsV2Input>,
     ) -> s3s::S3Result<()> {
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        _req: &mut s3s::S3Request<s3s::dto::ListMultipartUploadsInput>,
+    ) -> s3s::S3Result<()> {
+        self.counters.upload_lists.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -213,6 +248,18 @@ impl S3Server {
         self.counters.lists.load(Ordering::Relaxed)
     }
 
+    /// ListMultipartUploads requests (pages) served so far.
+    pub fn list_upload_requests(&self) -> usize {
+        self.counters.upload_lists.load(Ordering::Relaxed)
+    }
+
+    /// The keys of the multipart uploads open in [`BUCKET`] (started, neither completed nor aborted),
+    /// sorted, as s3s-fs records them on disk.
+    pub fn open_uploads(&self) -> io::Result<Vec<String>> {
+        let uploads = uploads::open_uploads(self.root.path(), BUCKET)?;
+        Ok(uploads.into_iter().map(|u| u.key).collect())
+    }
+
     /// Requests refused for an `x-amz-checksum-*` header so far
     /// ([`ServerOptions::refuse_checksum_headers`]).
     pub fn refused_checksum_requests(&self) -> usize {
@@ -271,7 +318,12 @@ fn serve(
     counters: Arc<Counters>,
 ) -> io::Result<JoinHandle<()>> {
     let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
-    let mut builder = S3ServiceBuilder::new(fs);
+    let mut builder = S3ServiceBuilder::new(uploads::WithUploads {
+        fs,
+        root: root.to_owned(),
+        refuse: options.refuse_list_uploads,
+        page: options.uploads_page,
+    });
     builder.set_auth(SimpleAuth::from_single(ACCESS_KEY_ID, SECRET_ACCESS_KEY));
     builder.set_access(Access {
         refuse_deletes: options.refuse_deletes,
