@@ -69,8 +69,12 @@ keys! {
     S3AccessKeyId => "s3_access_key_id", "HITKEEP_S3_ACCESS_KEY_ID", "s3-access-key-id", [], Mask;
     /// Static S3 secret access key.
     S3SecretAccessKey => "s3_secret_access_key", "HITKEEP_S3_SECRET_ACCESS_KEY", "s3-secret-access-key", [], Redact;
+    /// A file holding the secret access key (a Docker or Kubernetes secret), instead of the key itself.
+    S3SecretAccessKeyFile => "s3_secret_access_key_file", "HITKEEP_S3_SECRET_ACCESS_KEY_FILE", "s3-secret-access-key-file", [], Plain;
     /// STS session token that goes with temporary keys.
     S3SessionToken => "s3_session_token", "HITKEEP_S3_SESSION_TOKEN", "s3-session-token", [], Redact;
+    /// A file holding the session token, instead of the token itself.
+    S3SessionTokenFile => "s3_session_token_file", "HITKEEP_S3_SESSION_TOKEN_FILE", "s3-session-token-file", [], Plain;
     /// Region used to sign requests (`auto` for R2).
     S3Region => "s3_region", "HITKEEP_S3_REGION", "s3-region", [], Plain;
     /// Custom endpoint for MinIO, R2, Garage and other S3-compatible servers.
@@ -100,6 +104,21 @@ impl Key {
         Key::ALL.iter().copied().find(|k| k.env() == name)
     }
 
+    /// The setting that names a file holding this secret (`HITKEEP_S3_SECRET_ACCESS_KEY_FILE` for
+    /// `HITKEEP_S3_SECRET_ACCESS_KEY`), for the secrets that may come from one.
+    pub fn file_key(self) -> Option<Key> {
+        SECRET_FILES
+            .iter()
+            .find_map(|&(secret, file)| (secret == self).then_some(file))
+    }
+
+    /// The secret a `_FILE` setting holds: the inverse of [`Key::file_key`].
+    pub fn secret_in_file(self) -> Option<Key> {
+        SECRET_FILES
+            .iter()
+            .find_map(|&(secret, file)| (file == self).then_some(secret))
+    }
+
     /// Masks or redacts `value` as this setting requires.
     pub fn display_value(self, value: &str) -> String {
         crate::secret::display_with(self.sensitivity(), value)
@@ -112,6 +131,13 @@ impl fmt::Display for Key {
         write!(f, "{} (--{})", self.env(), self.flag())
     }
 }
+
+/// Secrets that may be given as a file that holds them, and the setting naming that file. Containers
+/// mount secrets as files, and a file keeps the secret out of `ps` and of the environment.
+const SECRET_FILES: [(Key, Key); 2] = [
+    (Key::S3SecretAccessKey, Key::S3SecretAccessKeyFile),
+    (Key::S3SessionToken, Key::S3SessionTokenFile),
+];
 
 /// `HITKEEP_CONFIG`: the config file to read (TOML, or HitKeep's YAML), when `--config` is not given.
 /// HitKeep itself has no such variable.

@@ -22,8 +22,13 @@
 //! assert_eq!(config.warnings.len(), 1); // path style inferred for an endpoint with a port
 //! ```
 //!
+//! The S3 secret and session token may instead be given as files that hold them
+//! (`HITKEEP_S3_SECRET_ACCESS_KEY_FILE`, `HITKEEP_S3_SESSION_TOKEN_FILE`, as containers mount secrets),
+//! never both ways at once.
+//!
 //! What this crate will not do: read the process environment or argv (callers pass [`Sources`]), touch
-//! the network or the disk beyond reading the config file, or know how settings are used.
+//! the network or the disk beyond reading the config file and those secret files, or know how settings
+//! are used.
 
 #![deny(missing_docs)]
 
@@ -87,5 +92,42 @@ impl Config {
     /// Where `key`'s effective value came from.
     pub fn origin(&self, key: Key) -> &Origin {
         self.origins.get(&key).unwrap_or(&Origin::Default)
+    }
+
+    /// `key`'s effective value as it may be printed ([`Settings::display_value`]); for a `_FILE`
+    /// setting, the file its secret was read from.
+    pub fn display_value(&self, key: Key) -> Option<String> {
+        match key.secret_in_file() {
+            Some(secret) => match self.origin(secret) {
+                Origin::SecretFile(path) => Some(path.display().to_string()),
+                _ => None,
+            },
+            None => self.settings.display_value(key),
+        }
+    }
+
+    /// Warnings for secrets given as command-line flags, for a process that runs for long (the
+    /// scheduler): its command line, secret included, is readable in `ps` by every user of the
+    /// machine for as long as it runs.
+    pub fn secrets_on_command_line(&self) -> Vec<Problem> {
+        Key::ALL
+            .iter()
+            .filter(|&&k| k.sensitivity() == Sensitivity::Redact && *self.origin(k) == Origin::Flag)
+            .map(|&key| Problem {
+                severity: Severity::Warning,
+                key: Some(key),
+                value: None,
+                origin: Some(Origin::Flag),
+                message: format!(
+                    "given as the flag --{}, it is visible in `ps` for the scheduler's whole life",
+                    key.flag()
+                ),
+                fix: format!(
+                    "use {} (a file only this user can read), or the variable {}",
+                    key.file_key().map_or(key.env(), Key::env),
+                    key.env()
+                ),
+            })
+            .collect()
     }
 }

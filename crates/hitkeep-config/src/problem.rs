@@ -21,6 +21,8 @@ pub enum Origin {
     Flag,
     /// Derived from other settings, for the reason given.
     Inferred(String),
+    /// Read from the file a `_FILE` setting names (`HITKEEP_S3_SECRET_ACCESS_KEY_FILE`).
+    SecretFile(PathBuf),
 }
 
 impl Origin {
@@ -32,6 +34,7 @@ impl Origin {
             Origin::Env => format!("env {}", key.env()),
             Origin::Flag => format!("flag --{}", key.flag()),
             Origin::Inferred(why) => format!("inferred: {why}"),
+            Origin::SecretFile(path) => format!("file {}", path.display()),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::key::Key;
@@ -410,8 +410,10 @@ impl Resolver {
 
     fn credentials(&mut self) -> Option<Credentials> {
         let key_id = self.text(Key::S3AccessKeyId).map(AccessKeyId::new);
-        let secret = self.text(Key::S3SecretAccessKey).map(Secret::new);
-        let token = self.text(Key::S3SessionToken).map(Secret::new);
+        let secret = self.secret(Key::S3SecretAccessKey);
+        let token = self.secret(Key::S3SessionToken);
+        // Both are read (and both problems reported) before giving up on either.
+        let (secret, token) = (secret?, token?);
         match (key_id, secret) {
             (Some(access_key_id), Some(secret_access_key)) => Some(Credentials::Static {
                 access_key_id,
@@ -429,6 +431,39 @@ impl Resolver {
             }
             (None, Some(_)) => {
                 self.error(Key::S3SecretAccessKey, "a secret access key without an access key id", "set HITKEEP_S3_ACCESS_KEY_ID too, or unset both to use the AWS credential chain");
+                None
+            }
+        }
+    }
+
+    /// A secret given as itself or, through its `_FILE` setting, as a file holding it (trailing
+    /// newlines trimmed), never both. `None` when that failed, with the error recorded.
+    fn secret(&mut self, key: Key) -> Option<Option<Secret>> {
+        let file_key = key.file_key()?;
+        let Some(path) = self.values.get(&file_key).map(|v| PathBuf::from(&v.text)) else {
+            return Some(self.text(key).map(Secret::new));
+        };
+        if let Some(plain) = self.values.get(&key) {
+            let message = format!(
+                "{key} is set as well ({}); a secret comes from one of them only",
+                plain.origin.describe(key)
+            );
+            let fix = format!("unset {} or {}", key.env(), file_key.env());
+            self.error(file_key, message, fix);
+            return None;
+        }
+        match read_secret(&path) {
+            Ok(secret) => {
+                // Shown by `config show` as the secret's origin.
+                self.inferred.insert(key, Origin::SecretFile(path));
+                Some(Some(secret))
+            }
+            Err(why) => {
+                let fix = format!(
+                    "point {} at a readable file that holds only the secret (a trailing newline is ignored)",
+                    file_key.env()
+                );
+                self.error(file_key, why, fix);
                 None
             }
         }
@@ -514,6 +549,18 @@ impl Resolver {
         );
         Some("auto".to_owned())
     }
+}
+
+/// The secret in the file at `path`, without trailing newlines (`echo` and editors add one). The
+/// reason for a failure names the file, never its content.
+fn read_secret(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Secret::new(secret))
 }
 
 /// Booleans as people write them: true/false, 1/0, yes/no, on/off, and Go's t/f, in any case.

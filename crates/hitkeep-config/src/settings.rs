@@ -138,6 +138,8 @@ impl Settings {
             Key::S3AccessKeyId => access_key,
             Key::S3SecretAccessKey => secret,
             Key::S3SessionToken => token,
+            // Read into the secrets above; `Config::display_value` shows the file they came from.
+            Key::S3SecretAccessKeyFile | Key::S3SessionTokenFile => None,
             Key::S3Region => Some(self.s3.region.clone()),
             Key::S3Endpoint => self.s3.endpoint_url(),
             Key::S3UrlStyle => Some(self.s3.url_style.to_string()),

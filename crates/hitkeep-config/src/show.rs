@@ -15,7 +15,6 @@ impl Config {
         }
         for &key in Key::ALL {
             let value = self
-                .settings
                 .display_value(key)
                 .unwrap_or_else(|| "(unset)".to_owned());
             let origin = self.origin(key).describe(key);
@@ -33,7 +32,7 @@ impl Config {
                     "key": key.field(),
                     "env": key.env(),
                     "flag": format!("--{}", key.flag()),
-                    "value": self.settings.display_value(key),
+                    "value": self.display_value(key),
                     "origin": self.origin(key),
                 })
             })

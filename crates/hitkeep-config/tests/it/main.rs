@@ -131,8 +131,13 @@ fn every_variable_is_read() {
     assert_eq!(s.log.level, hitkeep_config::LogLevel::Debug);
     assert_eq!(s.log.format, hitkeep_config::LogFormat::Json);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // A secret's `_FILE` setting is the other way to give it (`secrets_from_files`).
+    let files = [Key::S3SecretAccessKeyFile, Key::S3SessionTokenFile];
     assert!(
-        Key::ALL.iter().all(|&k| *c.origin(k) == Origin::Env),
+        Key::ALL
+            .iter()
+            .filter(|k| !files.contains(k))
+            .all(|&k| *c.origin(k) == Origin::Env),
         "every value comes from the environment"
     );
 }
@@ -1055,4 +1060,246 @@ fn hitkeeps_duckdb_defaults_mean_unset() {
     ]);
     assert_eq!(s.settings.duckdb.threads, None);
     assert_eq!(s.settings.duckdb.memory_limit, None);
+}
+
+/// A file of `dir` holding `text`, as a container runtime mounts a secret.
+fn secret_file(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn static_keys(c: &Config) -> (String, Option<String>) {
+    let Credentials::Static {
+        secret_access_key,
+        session_token,
+        ..
+    } = &c.settings.s3.credentials
+    else {
+        panic!("{:?}", c.settings.s3.credentials)
+    };
+    (
+        secret_access_key.expose().to_owned(),
+        session_token.as_ref().map(|t| t.expose().to_owned()),
+    )
+}
+
+const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+const TOKEN: &str = "FwoGZXIvYXdzEXAMPLETOKEN";
+
+#[test]
+fn secrets_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // `echo secret > file` leaves a newline, some editors a CRLF: neither is part of the secret.
+    let key_file = secret_file(dir.path(), "key", &format!("{SECRET}\n\n"));
+    let token_file = secret_file(dir.path(), "token", &format!("{TOKEN}\r\n"));
+    let c = load(&[
+        ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY_FILE", key_file.as_str()),
+        ("HITKEEP_S3_SESSION_TOKEN_FILE", token_file.as_str()),
+    ]);
+    assert_eq!(static_keys(&c), (SECRET.to_owned(), Some(TOKEN.to_owned())));
+    assert_eq!(
+        *c.origin(Key::S3SecretAccessKey),
+        Origin::SecretFile(key_file.clone().into())
+    );
+    assert_eq!(*c.origin(Key::S3SecretAccessKeyFile), Origin::Env);
+    // Spaces inside or before the end are the secret's own; only trailing newlines go.
+    let spaced = secret_file(dir.path(), "spaced", " a b \n");
+    let c = load(&[
+        ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY_FILE", spaced.as_str()),
+    ]);
+    assert_eq!(static_keys(&c), (" a b ".to_owned(), None));
+
+    // The file key in a TOML file and a flag work the same way.
+    let toml = dir.path().join("hitkeep.toml");
+    std::fs::write(
+        &toml,
+        format!("s3_access_key_id = \"AKIAIOSFODNN7EXAMPLE\"\ns3_secret_access_key_file = \"{key_file}\"\n"),
+    )
+    .unwrap();
+    let c = Config::load(&Sources {
+        config_file: Some(toml),
+        flags: [(Key::S3SessionTokenFile, token_file.clone())].into(),
+        ..Sources::default()
+    })
+    .unwrap();
+    assert_eq!(static_keys(&c), (SECRET.to_owned(), Some(TOKEN.to_owned())));
+    assert_eq!(*c.origin(Key::S3SessionTokenFile), Origin::Flag);
+}
+
+#[test]
+fn a_secret_and_its_file_together_are_an_error_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = secret_file(dir.path(), "key", SECRET);
+    let e = load_err(&[
+        ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY", SECRET),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY_FILE", key_file.as_str()),
+    ]);
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!(e.errors[0].key, Some(Key::S3SecretAccessKeyFile));
+    assert_eq!(
+        e.errors[0].to_string(),
+        format!(
+            "error: HITKEEP_S3_SECRET_ACCESS_KEY_FILE (--s3-secret-access-key-file) = {key_file:?} (env HITKEEP_S3_SECRET_ACCESS_KEY_FILE): \
+             HITKEEP_S3_SECRET_ACCESS_KEY (--s3-secret-access-key) is set as well (env HITKEEP_S3_SECRET_ACCESS_KEY); a secret comes from one of them only\n  \
+             fix: unset HITKEEP_S3_SECRET_ACCESS_KEY or HITKEEP_S3_SECRET_ACCESS_KEY_FILE"
+        )
+    );
+    assert!(!format!("{e} {e:?}").contains(SECRET));
+
+    // From different layers too: the token in the config file, its file as a flag. Both secrets'
+    // problems are reported at once.
+    let toml = dir.path().join("hitkeep.toml");
+    std::fs::write(&toml, format!("s3_session_token = \"{TOKEN}\"\n")).unwrap();
+    let e = Config::load(&Sources {
+        config_file: Some(toml.clone()),
+        env: [
+            ("HITKEEP_S3_ACCESS_KEY_ID".to_owned(), "AKIA1234".to_owned()),
+            ("HITKEEP_S3_SECRET_ACCESS_KEY".to_owned(), SECRET.to_owned()),
+            (
+                "HITKEEP_S3_SECRET_ACCESS_KEY_FILE".to_owned(),
+                key_file.clone(),
+            ),
+        ]
+        .into(),
+        flags: [(Key::S3SessionTokenFile, key_file.clone())].into(),
+    })
+    .unwrap_err();
+    let keys: Vec<_> = e.errors.iter().filter_map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [Key::S3SecretAccessKeyFile, Key::S3SessionTokenFile],
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains(&format!(
+            "HITKEEP_S3_SESSION_TOKEN (--s3-session-token) is set as well (config file {})",
+            toml.display()
+        )),
+        "{e}"
+    );
+    assert!(!format!("{e} {e:?}").contains(SECRET) && !format!("{e:?}").contains(TOKEN));
+}
+
+#[test]
+fn an_unreadable_or_empty_secret_file_is_an_error_naming_the_setting_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing").display().to_string();
+    let empty = secret_file(dir.path(), "empty", "\n");
+    let not_text = dir.path().join("binary");
+    // Not UTF-8: the error must not echo the bytes, which may be most of a secret.
+    std::fs::write(&not_text, b"wJalrXUtnFEMI\xff\xfe").unwrap();
+    let not_text = not_text.display().to_string();
+    let folder = dir.path().display().to_string();
+    for (path, why) in [
+        (&missing, "No such file"),
+        (&empty, "is empty"),
+        (&not_text, "valid UTF-8"),
+        (&folder, "directory"),
+    ] {
+        let e = load_err(&[
+            ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+            ("HITKEEP_S3_SECRET_ACCESS_KEY_FILE", path.as_str()),
+        ]);
+        assert_eq!(e.errors.len(), 1, "{path}: {e}");
+        let shown = e.errors[0].to_string();
+        assert!(
+            shown.starts_with(
+                "error: HITKEEP_S3_SECRET_ACCESS_KEY_FILE (--s3-secret-access-key-file) = "
+            ) && shown.contains(&format!("{path}"))
+                && shown.contains(why),
+            "{path}: {shown}"
+        );
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+    }
+}
+
+#[test]
+fn a_secret_from_a_file_never_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = secret_file(dir.path(), "key", &format!("{SECRET}\n"));
+    let token_file = secret_file(dir.path(), "token", TOKEN);
+    let c = load(&[
+        ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY_FILE", key_file.as_str()),
+        ("HITKEEP_S3_SESSION_TOKEN_FILE", token_file.as_str()),
+    ]);
+    let text = c.render_text();
+    let json = c.render_json().to_string();
+    for shown in [&text, &json, &format!("{c:?}")] {
+        assert!(!shown.contains(SECRET) && !shown.contains(TOKEN), "{shown}");
+    }
+    let line = |env: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{env} ")))
+            .unwrap_or_else(|| panic!("no {env} in {text}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        line("HITKEEP_S3_SECRET_ACCESS_KEY"),
+        format!("HITKEEP_S3_SECRET_ACCESS_KEY = [redacted] (file {key_file})")
+    );
+    assert_eq!(
+        line("HITKEEP_S3_SECRET_ACCESS_KEY_FILE"),
+        format!(
+            "HITKEEP_S3_SECRET_ACCESS_KEY_FILE = {key_file} (env HITKEEP_S3_SECRET_ACCESS_KEY_FILE)"
+        )
+    );
+    assert_eq!(
+        line("HITKEEP_S3_SESSION_TOKEN"),
+        format!("HITKEEP_S3_SESSION_TOKEN = [redacted] (file {token_file})")
+    );
+    let settings = c.render_json()["settings"].clone();
+    let token = settings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["env"] == "HITKEEP_S3_SESSION_TOKEN")
+        .unwrap()
+        .clone();
+    assert_eq!(token["value"], "[redacted]");
+    assert_eq!(
+        token["origin"],
+        serde_json::json!({ "kind": "secret-file", "detail": token_file })
+    );
+    // Unset, the file settings show as unset.
+    let plain = load(&[]);
+    assert_eq!(plain.display_value(Key::S3SecretAccessKeyFile), None);
+}
+
+/// The scheduler runs for days: a secret on its command line is readable in `ps` all that time.
+#[test]
+fn secrets_given_as_flags_are_pointed_out_for_long_running_processes() {
+    let flags = [
+        (Key::S3AccessKeyId, "AKIAIOSFODNN7EXAMPLE".to_owned()),
+        (Key::S3SecretAccessKey, SECRET.to_owned()),
+        (Key::S3SessionToken, TOKEN.to_owned()),
+    ];
+    let c = Config::load(&Sources {
+        flags: flags.into(),
+        ..Sources::default()
+    })
+    .unwrap();
+    let warnings: Vec<String> = c
+        .secrets_on_command_line()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: HITKEEP_S3_SECRET_ACCESS_KEY (--s3-secret-access-key): given as the flag --s3-secret-access-key, it is visible in `ps` for the scheduler's whole life\n  fix: use HITKEEP_S3_SECRET_ACCESS_KEY_FILE (a file only this user can read), or the variable HITKEEP_S3_SECRET_ACCESS_KEY",
+            "warning: HITKEEP_S3_SESSION_TOKEN (--s3-session-token): given as the flag --s3-session-token, it is visible in `ps` for the scheduler's whole life\n  fix: use HITKEEP_S3_SESSION_TOKEN_FILE (a file only this user can read), or the variable HITKEEP_S3_SESSION_TOKEN",
+        ]
+    );
+    let from_env = load(&[
+        ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY", SECRET),
+    ]);
+    assert!(from_env.secrets_on_command_line().is_empty());
 }
