@@ -5,8 +5,11 @@
 //! tenant has `{HITKEEP_DATA_PATH}/tenants/{uuid}/hitkeep.db`, except that before HitKeep 2.13's tenant
 //! split the default tenant's analytics lived in the shared database ([`TenantLayout`]).
 //! [`DataLayout`] knows these paths, [`open_database`] opens a file and turns
-//! "another process holds this file" into [`DataError::Locked`], and [`tenant_set`] reads the layout and
+//! "another process holds this file" into [`DataError::Locked`], [`lock_holder`] asks the kernel who
+//! holds a file (from any PID namespace) without opening it as a database, and [`tenant_set`] reads the layout and
 //! lists the tenants to back up. [`demo::generate`] builds a HitKeep-shaped data set inside DuckDB.
+//! [`DataLayout::claim_staging`] is the one owner of staging paths: a folder per job run
+//! ([`StagingDir`]), locked for the job's life, so concurrent jobs never wipe each other's files.
 //!
 //! What this crate will not do: create a tenant database just to look at it (HitKeep Go does), run
 //! migrations, or know anything about storage, snapshots or archives.
@@ -14,9 +17,15 @@
 #![deny(missing_docs)]
 
 pub mod demo;
+mod lock;
 mod schema;
+mod source;
+mod staging;
 mod tenants;
 
+pub use lock::{Holder, LockHolder, LockMode, lock_holder};
+pub use source::{SOURCE_FILE, SourceId};
+pub use staging::{JobKind, STAGING_DIR, StagingDir};
 pub use tenants::{
     SPLIT_COMPACTED_MARKER, SPLIT_MARKER, TenantLayout, TenantSet, default_tenant, detect_layout,
     tenant_set,
@@ -134,7 +143,7 @@ pub const MIN_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
-    /// Another process (usually a running HitKeep server) has the file open for writing.
+    /// Another process (usually a running HitKeep server) has the file open.
     #[error(
         "{path} is in use by another process{}: DuckDB allows one writer per file\n  hint: stop the HitKeep server first, or let the server run the backups (set HITKEEP_BACKUP_PATH where it runs)",
         holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
@@ -142,8 +151,20 @@ pub enum DataError {
     Locked {
         /// The database file.
         path: PathBuf,
-        /// What DuckDB says holds the lock, e.g. `/usr/bin/hitkeep (PID 4242)`.
-        holder: Option<String>,
+        /// Who holds the lock, as the kernel names it (DuckDB's own words when the kernel no longer
+        /// sees it): `/usr/bin/hitkeep (PID 4242)`, or a process in another PID namespace.
+        holder: Option<LockHolder>,
+    },
+    /// Whether another process holds the file could not be found out.
+    #[error(
+        "{path}: cannot tell whether another process has it open: {source}\n  hint: run this as a user who can read the file"
+    )]
+    LockCheck {
+        /// The database file.
+        path: PathBuf,
+        /// Why the kernel could not be asked.
+        #[source]
+        source: std::io::Error,
     },
     /// The database file does not exist.
     #[error(
@@ -152,6 +173,27 @@ pub enum DataError {
     Missing {
         /// The database file.
         path: PathBuf,
+    },
+    /// The installation's source id file (`{data}/.hitkeep-source`) cannot be read or written.
+    #[error(
+        "{path}: {reason}\n  hint: this file holds the id that marks this installation's snapshots; if it is damaged, remove it and a new id is made on the next backup (older snapshots then count as another source's: restore them with `-source`)"
+    )]
+    SourceFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A job's staging folder (`{data}/.hitkeep-staging/{kind}-{run}`) could not be set up.
+    #[error(
+        "{path}: {source}\n  hint: jobs stage their files under HITKEEP_DATA_PATH/.hitkeep-staging; check that this user can write there"
+    )]
+    Staging {
+        /// The folder or lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// Any other DuckDB failure, with the file it concerned.
     #[error("{path}: {source}")]
@@ -165,22 +207,16 @@ pub enum DataError {
 }
 
 impl DataError {
-    /// Wraps a DuckDB error about `path`, recognising lock conflicts.
+    /// Wraps a DuckDB error about `path`, recognising lock conflicts. The holder is named by the
+    /// kernel ([`lock_holder`]): DuckDB's own text says `PID 0` for a holder in another container.
     pub fn from_duckdb(path: &Path, source: duckdb::Error) -> Self {
         let text = source.to_string();
         if text.contains("Could not set lock") || text.contains("Conflicting lock") {
-            // "… Conflicting lock is held in /usr/bin/hitkeep (PID 4242). See also …": keep "program (PID n)".
-            // The program's path may itself hold ")" (a replaced binary reads "… (deleted)"): end at
-            // the parenthesis that closes "(PID n".
-            let holder = text
-                .split_once("Conflicting lock is held in ")
-                .map(|(_, rest)| {
-                    let pid = rest.find("(PID ").unwrap_or(0);
-                    match rest[pid..].find(')') {
-                        Some(end) => rest[..=pid + end].to_owned(),
-                        None => rest.trim().to_owned(),
-                    }
-                });
+            let holder = match lock_holder(path) {
+                Ok(Some(holder)) => Some(holder),
+                // The holder let go in between, or the kernel cannot be asked: DuckDB's words.
+                _ => holder_from_duckdb(&text),
+            };
             return DataError::Locked {
                 path: path.to_owned(),
                 holder,
@@ -191,6 +227,37 @@ impl DataError {
             source,
         }
     }
+}
+
+/// The holder in DuckDB's lock error: "… Conflicting lock is held in /usr/bin/hitkeep (PID 4242) by
+/// user root. See also …", or "… held in PID 0. …" when DuckDB cannot see the holder either. The
+/// program's path may itself hold parentheses (a replaced binary reads "… (deleted)").
+fn holder_from_duckdb(text: &str) -> Option<LockHolder> {
+    let (_, rest) = text.split_once("Conflicting lock is held in ")?;
+    let at = match rest.find("(PID ") {
+        Some(open) => open + 1,
+        None => rest.find("PID ").filter(|&at| at == 0)?,
+    };
+    let digits: String = rest[at + 4..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    let pid: i32 = digits.parse().ok()?;
+    let exe = rest[..at]
+        .strip_suffix('(')
+        .map(|p| PathBuf::from(p.trim_end()));
+    let who = match u32::try_from(pid) {
+        Ok(0) => Holder::OtherNamespace,
+        Ok(pid) => Holder::Process { pid, exe },
+        Err(_) => Holder::Unnamed,
+    };
+    // DuckDB adds this when the holder only reads, i.e. a read-only open would succeed.
+    let mode = if text.contains("would be able to open this database in read-only mode") {
+        LockMode::Read
+    } else {
+        LockMode::Write
+    };
+    Some(LockHolder { who, mode })
 }
 
 /// How to open a database.
@@ -369,7 +436,7 @@ mod tests {
         );
         let err = DataError::from_duckdb(Path::new("/x/hitkeep.db"), e);
         assert!(
-            matches!(&err, DataError::Locked { holder: Some(h), .. } if h == "/usr/bin/hitkeep (PID 4242)"),
+            matches!(&err, DataError::Locked { holder: Some(h), .. } if h.to_string() == "/usr/bin/hitkeep (PID 4242)"),
             "{err:?}"
         );
         let replaced = duckdb::Error::InvalidParameterName(
@@ -377,8 +444,30 @@ mod tests {
         );
         let err = DataError::from_duckdb(Path::new("/x/hitkeep.db"), replaced);
         assert!(
-            matches!(&err, DataError::Locked { holder: Some(h), .. } if h == "/usr/bin/hitkeep (deleted) (PID 7)"),
+            matches!(&err, DataError::Locked { holder: Some(h), .. } if h.to_string() == "/usr/bin/hitkeep (deleted) (PID 7)"),
             "a replaced binary keeps its PID: {err:?}"
+        );
+        // DuckDB's words for a holder it cannot see either, and for a reader.
+        let hidden = duckdb::Error::InvalidParameterName(
+            "IO Error: Could not set lock on file \"/x/hitkeep.db\": Conflicting lock is held in PID 0. However, you would be able to open this database in read-only mode, e.g. by using the -readonly parameter in the CLI. See also https://duckdb.org".into(),
+        );
+        let err = DataError::from_duckdb(Path::new("/x/hitkeep.db"), hidden);
+        assert!(
+            matches!(
+                &err,
+                DataError::Locked {
+                    holder: Some(LockHolder {
+                        who: Holder::OtherNamespace,
+                        mode: LockMode::Read
+                    }),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("/x/hitkeep.db is in use by another process (in another PID namespace, e.g. another container, read-only): "),
+            "{err}"
         );
     }
 }
