@@ -33,6 +33,26 @@ pub enum Error {
     /// The ledger or an archive disagrees with the database; nothing was deleted.
     #[error("{0}")]
     Ledger(String),
+    /// The rows a delete would remove are not the rows of the verified archive file: another connection
+    /// (an embedding server's) rewrote, added or removed expired rows after the export. The delete was
+    /// rolled back and nothing was deleted; `table` is the first table that differs.
+    #[error(
+        "{file}: site {site}: {not_archived} row(s) of {table} before the cutoff are not in this verified archive, and {gone} archived row(s) are no longer in the database; rolled back, nothing was deleted\n  hint: {hint}"
+    )]
+    RowsChanged {
+        /// The site.
+        site: uuid::Uuid,
+        /// The table.
+        table: String,
+        /// Live rows before the cutoff that the file does not hold.
+        not_archived: u64,
+        /// Rows of the file that are no longer in the database.
+        gone: u64,
+        /// The archive object.
+        file: String,
+        /// What happens next, or what to do.
+        hint: &'static str,
+    },
     /// `recover import-archives` cannot start: nothing was imported.
     #[error("{problem}\n  hint: {hint}")]
     Import {

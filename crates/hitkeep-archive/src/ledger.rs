@@ -46,7 +46,8 @@ pub struct LedgerEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryState {
-    /// Being written or uploaded; not trusted. A rerun deletes the object and starts over.
+    /// Being written or uploaded, or verified but its rows changed in the database before their delete
+    /// (which was rolled back); not trusted. A rerun deletes the object and starts over.
     Pending,
     /// Uploaded and read back; its rows may still be in the database. A rerun finishes the delete.
     Verified,

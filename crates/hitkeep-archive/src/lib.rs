@@ -5,7 +5,9 @@
 //! site: computes one [`Cutoff`] used for counting, exporting and deleting; exports the expired rows of the
 //! one table list ([`TABLES`]) to a Parquet file with a leading `_source` column; uploads it through
 //! hitkeep-storage; reads it back and checks the counts; and deletes the rows in one transaction that
-//! checks its own counts. A [`Ledger`] next to the files makes every crash recoverable on the next run.
+//! first compares them, by content, with the file read back: rows another connection changed in the
+//! meantime stop the delete ([`Error::RowsChanged`]). A [`Ledger`] next to the files makes every crash
+//! recoverable on the next run; [`ArchiveEvents`] hears each step.
 //! [`ImportPlan`] puts a tenant's archived rows back (`recover import-archives`), idempotently.
 //!
 //! What this crate will not do: talk to object storage except through hitkeep-storage, read settings from
@@ -26,8 +28,8 @@ pub use crate::{
     import::{ImportPlan, ImportSummary, TableCounts},
     ledger::{EntryState, LEDGER_VERSION, Ledger, LedgerEntry},
     run::{
-        ArchiveOptions, SitePolicy, SiteReport, archive_site, default_tenant, ledger_key,
-        load_policies, run, site_dir,
+        ArchiveEvents, ArchiveOptions, NoEvents, SitePolicy, SiteReport, archive_site,
+        default_tenant, ledger_key, load_policies, run, site_dir,
     },
     tables::{ArchiveTable, Cutoff, Grain, TABLES},
 };

@@ -1,8 +1,10 @@
 //! One archive run: per site, count the expired rows, export them to one Parquet file, upload it, read it
-//! back and check it, and only then delete them in one transaction that checks its own counts.
+//! back and check it, and only then delete them in one transaction that first checks, by content, that
+//! the rows it deletes are the rows of that file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use duckdb::Connection;
 use hitkeep_data::{DataLayout, OpenMode, is_missing_schema, quote_ident, quote_literal};
@@ -28,27 +30,63 @@ pub struct SitePolicy {
 }
 
 /// Options for a run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ArchiveOptions {
-    /// Local directory for exports and read-backs.
+    /// The staging root ([`DataLayout::staging_root`]): each site's export and read-back go into a
+    /// folder of their own in it ([`hitkeep_data::StagingDir`]), removed when the site is done.
     pub staging_dir: PathBuf,
     /// Count only; change nothing.
     pub dry_run: bool,
     /// The run's "now"; each site's cutoff is this minus its retention.
     pub now: Timestamp,
+    /// Told what the run does as it goes.
+    pub events: Arc<dyn ArchiveEvents>,
+}
+
+impl std::fmt::Debug for ArchiveOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveOptions")
+            .field("staging_dir", &self.staging_dir)
+            .field("dry_run", &self.dry_run)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ArchiveOptions {
     /// Staging inside the data directory; now is now.
     pub fn for_layout(layout: &DataLayout, dry_run: bool) -> Self {
         ArchiveOptions {
-            staging_dir: layout.data_path.join(".hitkeep-staging").join("archive"),
+            staging_dir: layout.staging_root(),
             dry_run,
             now: Timestamp::now(),
+            events: Arc::new(NoEvents),
         }
     }
+
+    /// The same options, telling `events` what the run does.
+    pub fn with_events(mut self, events: Arc<dyn ArchiveEvents>) -> Self {
+        self.events = events;
+        self
+    }
 }
+
+/// Hears what an archive run does, as it does it; every method has a no-op default. An embedding
+/// server can log or meter with it. It is called on the run's own task, between two steps of a site,
+/// so it should return quickly; whatever it does to the database in the meantime is what the next
+/// step meets (the delete checks the rows by content, whoever changed them).
+pub trait ArchiveEvents: Send + Sync {
+    /// The archive object `key` holds `counts` rows per table of `site`, uploaded, read back and
+    /// recorded as verified in the ledger; the delete of those rows starts next.
+    fn verified(&self, _site: Uuid, _key: &str, _counts: &BTreeMap<String, u64>) {}
+}
+
+/// Hears nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoEvents;
+
+impl ArchiveEvents for NoEvents {}
 
 /// What happened to one site.
 #[derive(Clone, Debug, Serialize)]
@@ -286,24 +324,38 @@ pub async fn archive_site(
     });
     save_ledger(storage, &ledger_key, &ledger).await?;
 
-    std::fs::create_dir_all(&options.staging_dir)
-        .map_err(|e| Error::io(&options.staging_dir, e))?;
-    let staging = tempfile::Builder::new()
-        .prefix("archive-")
-        .tempdir_in(&options.staging_dir)
-        .map_err(|e| Error::io(&options.staging_dir, e))?;
+    let staging =
+        hitkeep_data::StagingDir::claim(&options.staging_dir, hitkeep_data::JobKind::Archive)?;
     let local = staging.path().join(&file);
     tokio::task::block_in_place(|| export(conn, policy.site_id, cutoff, &counts, &local))?;
     let info = storage
         .upload_file(&local, &key, &TransferOptions::default())
         .await?;
-    verify_object(storage, &key, &counts, staging.path()).await?;
+    let read_back = verify_object(storage, &key, &counts, staging.path()).await?;
     let entry = ledger.entries.last_mut().expect("just pushed");
     entry.size = info.size;
     entry.state = EntryState::Verified;
     save_ledger(storage, &ledger_key, &ledger).await?;
+    options.events.verified(policy.site_id, &key, &counts);
 
-    tokio::task::block_in_place(|| delete(conn, policy.site_id, cutoff, &counts))?;
+    let verified = VerifiedFile {
+        key: &key,
+        local: &read_back,
+        exact: true,
+        hint: "another connection changed expired rows after they were exported (an embedding server rewriting old rows); the next run discards this file and archives the rows as they are then",
+    };
+    match tokio::task::block_in_place(|| delete_archived(conn, policy.site_id, cutoff, &verified)) {
+        Ok(()) => {}
+        // Nothing was deleted: the file is no archive of record. Pending, the next run removes it
+        // and archives afresh; left verified, its recovery would refuse the changed rows for ever.
+        Err(DeleteFailure::RolledBack(e)) => {
+            ledger.entries.last_mut().expect("just pushed").state = EntryState::Pending;
+            save_ledger(storage, &ledger_key, &ledger).await?;
+            return Err(e);
+        }
+        // The rows may be gone: the entry stays verified, and the next run's recovery compares.
+        Err(DeleteFailure::Commit(e)) => return Err(e),
+    }
     ledger.entries.last_mut().expect("just pushed").state = EntryState::Deleted;
     save_ledger(storage, &ledger_key, &ledger).await?;
     report.dirty_buckets_pruned =
@@ -313,8 +365,8 @@ pub async fn archive_site(
     Ok(report)
 }
 
-/// Finishes or discards what an interrupted run left: verified files get their delete, unverified
-/// ones are removed with their ledger entry.
+/// Finishes or discards what an earlier run left: verified files get their delete, pending ones
+/// (unverified, or whose rows changed before their delete) are removed with their ledger entry.
 async fn recover(
     storage: &Storage,
     conn: &Connection,
@@ -332,7 +384,10 @@ async fn recover(
                 storage.delete(&join(dir, &entry.file)).await?;
                 ledger.entries.remove(i);
                 save_ledger(storage, ledger_key, ledger).await?;
-                recovered.push(format!("discarded unverified {}", entry.file));
+                recovered.push(format!(
+                    "discarded {}, whose rows were never deleted",
+                    entry.file
+                ));
             }
             EntryState::Deleted | EntryState::Restored => i += 1,
             EntryState::Verified => {
@@ -340,32 +395,26 @@ async fn recover(
                     Error::Ledger(format!("{ledger_key}: bad cutoff {:?}", entry.cutoff))
                 })?;
                 let cutoff = Cutoff::at(instant);
-                // Compare contents, not counts: delete only if every live row before the cutoff is in the
-                // verified file (rows replaced since, e.g. by a re-import, are in no archive).
                 let scratch =
                     tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
                 let local = scratch.path().join("verified.parquet");
+                let key = join(dir, &entry.file);
                 storage
-                    .download_file(
-                        &join(dir, &entry.file),
-                        &local,
-                        None,
-                        &TransferOptions::default(),
-                    )
+                    .download_file(&key, &local, None, &TransferOptions::default())
                     .await?;
-                let counts = tokio::task::block_in_place(|| -> Result<BTreeMap<String, u64>> {
-                    let missing = rows_not_in(conn, policy.site_id, cutoff, &local)?;
-                    if let Some((table, n)) = missing.iter().find(|(_, n)| **n > 0) {
-                        return Err(Error::Ledger(format!(
-                            "{}: {n} live rows of {table} before {} are not in this verified archive; deleting nothing (archive them first or investigate)",
-                            entry.file, entry.cutoff
-                        )));
-                    }
-                    Ok(count(conn, policy.site_id, cutoff)?.0)
-                })?;
-                if counts.values().any(|n| *n > 0) {
-                    tokio::task::block_in_place(|| delete(conn, policy.site_id, cutoff, &counts))?;
-                }
+                // Not exact: the interrupted delete may have committed (its rows are gone, and the
+                // file holds more than is live). Every live row before the cutoff must still be in
+                // the file: rows replaced since, e.g. by a re-import, are in no archive.
+                let verified = VerifiedFile {
+                    key: &key,
+                    local: &local,
+                    exact: false,
+                    hint: "these rows changed after an earlier run verified this file and stopped before its delete; nothing is deleted until they are looked into (archive them into a file of their own first, or put the file's rows back with `hitkeep archive restore`)",
+                };
+                tokio::task::block_in_place(|| {
+                    delete_archived(conn, policy.site_id, cutoff, &verified)
+                })
+                .map_err(DeleteFailure::into_error)?;
                 ledger.entries[i].state = EntryState::Deleted;
                 save_ledger(storage, ledger_key, ledger).await?;
                 recovered.push(format!("finished the delete for verified {}", entry.file));
@@ -460,16 +509,62 @@ fn count(conn: &Connection, site: Uuid, cutoff: Cutoff) -> Result<Counts> {
     Ok((counts, oldest, newest))
 }
 
-/// Per table, the live rows before `cutoff` that are not in the archive file at `path` (by content).
+/// How one table's live rows before a cutoff compare with an archive file's rows of that table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Comparison {
+    /// Live rows before the cutoff.
+    live: u64,
+    /// The file's rows of the table.
+    archived: u64,
+    /// Live rows the file does not hold (by content, duplicates counted).
+    not_archived: u64,
+}
+
+impl Comparison {
+    /// Rows of the file the database no longer holds.
+    fn gone(&self) -> u64 {
+        (self.archived + self.not_archived).saturating_sub(self.live)
+    }
+}
+
+/// Per table, the live rows before `cutoff` against the rows of the archive file at `path`, by content.
 fn rows_not_in(
     conn: &Connection,
     site: Uuid,
     cutoff: Cutoff,
     path: &Path,
-) -> Result<BTreeMap<String, u64>> {
+) -> Result<BTreeMap<String, Comparison>> {
     let file = quote_literal(&path.display().to_string());
+    let sql = format!("SELECT _source, count(*) FROM read_parquet({file}) GROUP BY 1");
+    let archived: BTreeMap<String, u64> = {
+        let mut stmt = conn
+            .prepare(&sql)
+            .map_err(|e| Error::duckdb("reading the archive file", e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| Error::duckdb("reading the archive file", e))?;
+        rows.map(|r| {
+            r.map(|(t, n)| (t, u64::try_from(n).unwrap_or_default()))
+                .map_err(|e| Error::duckdb("reading the archive file", e))
+        })
+        .collect::<Result<_>>()?
+    };
+    let (live, _, _) = count(conn, site, cutoff)?;
     let mut out = BTreeMap::new();
     for table in present_tables(conn)? {
+        let live = live.get(table.name).copied().unwrap_or(0);
+        let in_file = archived.get(table.name).copied().unwrap_or(0);
+        let compared = |not_archived| Comparison {
+            live,
+            archived: in_file,
+            not_archived,
+        };
+        // The file is not asked about a table it holds no rows of: that table's columns may not be
+        // in it at all, and every live row is "not archived" anyway.
+        if live == 0 || in_file == 0 {
+            out.insert(table.name.to_owned(), compared(live));
+            continue;
+        }
         let columns = crate::browse::table_columns(conn, table.name)?;
         // DATE columns were widened to TIMESTAMPTZ in the archive: compare both sides as dates in text.
         let exprs = columns
@@ -489,22 +584,13 @@ fn rows_not_in(
             predicate(site, table, cutoff),
             table.name
         );
-        let n: i64 = match conn.query_row(&sql, [], |r| r.get(0)) {
-            Ok(n) => n,
-            // A table absent from the file (nothing archived from it) makes every live row "missing".
-            Err(_) => conn
-                .query_row(
-                    &format!(
-                        "SELECT count(*) FROM {} WHERE {}",
-                        quote_ident(table.name),
-                        predicate(site, table, cutoff)
-                    ),
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(|e| Error::duckdb("comparing with the archive", e))?,
-        };
-        out.insert(table.name.to_owned(), u64::try_from(n).unwrap_or_default());
+        let n: i64 = conn
+            .query_row(&sql, [], |r| r.get(0))
+            .map_err(|e| Error::duckdb("comparing with the archive", e))?;
+        out.insert(
+            table.name.to_owned(),
+            compared(u64::try_from(n).unwrap_or_default()),
+        );
     }
     Ok(out)
 }
@@ -542,13 +628,14 @@ fn export(
         .map_err(|e| Error::duckdb("exporting expired rows", e))
 }
 
-/// Reads the uploaded object back and checks its rows per `_source` against the counts.
+/// Reads the uploaded object back and checks its rows per `_source` against the counts; returns the
+/// local copy read back, which the delete compares the live rows with.
 async fn verify_object(
     storage: &Storage,
     key: &str,
     counts: &BTreeMap<String, u64>,
     scratch: &Path,
-) -> Result<()> {
+) -> Result<PathBuf> {
     let local = scratch.join("readback.parquet");
     storage
         .download_file(key, &local, None, &TransferOptions::default())
@@ -582,7 +669,7 @@ async fn verify_object(
             "{key}: read back {found:?}, expected {expected:?}; the object was removed and nothing deleted"
         )));
     }
-    Ok(())
+    Ok(local)
 }
 
 /// Deletes the site's `rollup_dirty_buckets` markers whose whole bucket has expired, as HitKeep's
@@ -612,19 +699,64 @@ fn prune_dirty_buckets(conn: &Connection, site: Uuid, cutoff: Cutoff) -> Result<
     Ok(u64::try_from(n).unwrap_or_default())
 }
 
-/// Deletes the archived rows in one transaction, rolling back unless every table lost exactly the rows
-/// the archive holds.
-fn delete(
+/// An archive object verified as holding a site's rows before a cutoff, about to have them deleted.
+struct VerifiedFile<'a> {
+    /// The object's key.
+    key: &'a str,
+    /// A local copy of the object as read back from storage.
+    local: &'a Path,
+    /// The live rows must be exactly the file's (the run that wrote it); otherwise a subset (a
+    /// recovery, whose earlier delete may have committed).
+    exact: bool,
+    /// What a mismatch means, for [`Error::RowsChanged`].
+    hint: &'static str,
+}
+
+/// How a delete that did not happen ended.
+enum DeleteFailure {
+    /// Rolled back before its COMMIT: every row is still in the database.
+    RolledBack(Error),
+    /// The COMMIT failed: the rows may be gone; only comparing contents again can tell.
+    Commit(Error),
+}
+
+impl DeleteFailure {
+    fn into_error(self) -> Error {
+        match self {
+            DeleteFailure::RolledBack(e) | DeleteFailure::Commit(e) => e,
+        }
+    }
+}
+
+/// Deletes `site`'s rows before `cutoff` in one transaction, and only when that transaction sees the
+/// rows of the verified file, by content ([`rows_not_in`]): no live row that the file lacks, and when
+/// `exact`, none of the file's rows missing either, so the rows deleted are the file's rows. DuckDB's
+/// MVCC makes the check hold for the delete: both read one snapshot; rows another connection commits
+/// later are not seen (they stay, for the next run), and a row it changes after the snapshot makes the
+/// DELETE fail with a conflict rather than remove it.
+fn delete_archived(
     conn: &Connection,
     site: Uuid,
     cutoff: Cutoff,
-    counts: &BTreeMap<String, u64>,
-) -> Result<()> {
+    file: &VerifiedFile<'_>,
+) -> std::result::Result<(), DeleteFailure> {
     conn.execute_batch("BEGIN TRANSACTION")
-        .map_err(|e| Error::duckdb("starting the delete", e))?;
+        .map_err(|e| DeleteFailure::RolledBack(Error::duckdb("starting the delete", e)))?;
     let outcome = (|| {
+        let compared = rows_not_in(conn, site, cutoff, file.local)?;
+        let differs = |c: &Comparison| c.not_archived > 0 || (file.exact && c.gone() > 0);
+        if let Some((table, c)) = compared.iter().find(|(_, c)| differs(c)) {
+            return Err(Error::RowsChanged {
+                site,
+                table: table.clone(),
+                not_archived: c.not_archived,
+                gone: c.gone(),
+                file: file.key.to_owned(),
+                hint: file.hint,
+            });
+        }
         for table in present_tables(conn)? {
-            let want = counts.get(table.name).copied().unwrap_or(0);
+            let want = compared.get(table.name).map_or(0, |c| c.live);
             if want == 0 {
                 continue;
             }
@@ -636,16 +768,24 @@ fn delete(
             let got = conn
                 .execute(&sql, [])
                 .map_err(|e| Error::duckdb("deleting archived rows", e))?;
+            // The snapshot compared is the snapshot deleted from; a difference is a bug, not a race.
             if u64::try_from(got).ok() != Some(want) {
                 return Err(Error::Ledger(format!(
-                    "{}: deleting would remove {got} rows but {want} were archived; rolled back",
+                    "{}: deleting would remove {got} rows but {want} were compared with the archive; rolled back",
                     table.name
                 )));
             }
         }
         Ok(())
     })();
-    end_transaction(conn, outcome, "ending the delete")
+    let rolled_back = outcome.is_err();
+    end_transaction(conn, outcome, "ending the delete").map_err(|e| {
+        if rolled_back {
+            DeleteFailure::RolledBack(e)
+        } else {
+            DeleteFailure::Commit(e)
+        }
+    })
 }
 
 /// Commits when `outcome` is Ok, else rolls back; then returns `outcome`.

@@ -579,3 +579,158 @@ async fn a_split_install_archives_the_default_tenant_from_its_own_database() {
         "the split shared database holds no analytics"
     );
 }
+
+/// An embedding server's own connection, rewriting one expired hit once its archive is verified and
+/// before the run deletes the archived rows.
+struct RewriteOneHit {
+    conn: std::sync::Mutex<duckdb::Connection>,
+    bound: String,
+    rewritten: std::sync::Mutex<Option<String>>,
+}
+
+impl hitkeep_archive::ArchiveEvents for RewriteOneHit {
+    fn verified(&self, site: uuid::Uuid, _key: &str, _counts: &BTreeMap<String, u64>) {
+        let conn = self.conn.lock().unwrap();
+        let id: String = conn
+            .query_row(
+                &format!(
+                    "SELECT CAST(min(id) AS VARCHAR) FROM hits WHERE site_id = '{site}' AND timestamp < {}",
+                    self.bound
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute(
+            &format!("UPDATE hits SET path = '/rewritten-after-export' WHERE id = '{id}'"),
+            [],
+        )
+        .unwrap();
+        *self.rewritten.lock().unwrap() = Some(id);
+    }
+}
+
+/// Another connection rewrites an expired row between the export and the delete, keeping the count:
+/// the delete compares contents, rolls back and names the table; no row leaves DuckDB that is not in
+/// an archive, and the next run archives the row as it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_rewritten_between_export_and_delete_is_never_deleted() {
+    let f = Fixture::new(false).await;
+    let now = Timestamp::now();
+    let before = f.live_rows();
+    let policy = f
+        .policies()
+        .into_iter()
+        .find(|p| p.tenant_id.is_some())
+        .unwrap();
+    let conn = open_database(&f.db_of(&policy), OpenMode::Existing).unwrap();
+    let server = std::sync::Arc::new(RewriteOneHit {
+        conn: std::sync::Mutex::new(conn.try_clone().unwrap()),
+        bound: hitkeep_archive::Cutoff::days_before(now, policy.days)
+            .unwrap()
+            .bound(hitkeep_archive::Grain::Instant),
+        rewritten: std::sync::Mutex::new(None),
+    });
+    let options = f.options(now).with_events(server.clone());
+
+    let err = hitkeep_archive::archive_site(&f.storage, &conn, &policy, None, &options)
+        .await
+        .unwrap_err();
+    let hitkeep_archive::Error::RowsChanged {
+        site,
+        table,
+        not_archived,
+        gone,
+        file,
+        ..
+    } = &err
+    else {
+        panic!("expected RowsChanged, got {err:?}");
+    };
+    assert_eq!(
+        (*site, table.as_str(), *not_archived, *gone),
+        (policy.site_id, "hits", 1, 1),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("hits") && err.to_string().contains("hint:"),
+        "{err}"
+    );
+    let id = server.rewritten.lock().unwrap().clone().unwrap();
+    let path: String = conn
+        .query_row(
+            &format!("SELECT path FROM hits WHERE id = '{id}'"),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        path, "/rewritten-after-export",
+        "the rewritten row survives"
+    );
+    // The file stays for now; its entry is pending, so the next run discards it and starts over.
+    assert!(f.storage.stat(file).await.unwrap().is_some());
+    let ledger_key =
+        hitkeep_archive::ledger_key(file.rsplit_once('/').map_or("", |(d, _)| d), &policy);
+    let ledger: Ledger =
+        serde_json::from_slice(&f.storage.read(&ledger_key).await.unwrap()).unwrap();
+    assert_eq!(
+        ledger.entries.last().unwrap().state,
+        EntryState::Pending,
+        "{ledger:?}"
+    );
+    drop((conn, server, options));
+    assert_eq!(f.live_rows(), before, "nothing was deleted");
+
+    let reports = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
+    let reports: Vec<_> = reports.into_iter().map(Result::unwrap).collect();
+    let this = reports
+        .iter()
+        .find(|r| r.policy.site_id == policy.site_id)
+        .unwrap();
+    assert_eq!(this.recovered.len(), 1, "{this:?}");
+    assert!(this.file.is_some(), "{this:?}");
+    let site_files: Vec<String> = f
+        .storage
+        .list("", ListMode::Recursive)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .filter(|k| k.contains(&format!("site_{}_", policy.site_id)) && k.ends_with(".parquet"))
+        .collect();
+    assert_eq!(
+        site_files,
+        [this.file.clone().unwrap()],
+        "the stale file was replaced, not kept beside the new one"
+    );
+    let mut before_nonzero = before.clone();
+    before_nonzero.retain(|_, v| *v != 0);
+    assert_eq!(
+        sum(&f.live_rows(), &f.archived_rows().await),
+        before_nonzero,
+        "every row is in the database or an archive, exactly once"
+    );
+    let local = f.dir.path().join("rearchived.parquet");
+    f.storage
+        .download_file(
+            this.file.as_ref().unwrap(),
+            &local,
+            None,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let archived_path: String = duckdb::Connection::open_in_memory()
+        .unwrap()
+        .query_row(
+            &format!(
+                "SELECT path FROM read_parquet('{}') WHERE _source = 'hits' AND CAST(id AS VARCHAR) = '{id}'",
+                local.display()
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(archived_path, "/rewritten-after-export");
+}
