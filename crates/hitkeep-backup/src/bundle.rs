@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::SnapshotId;
 use crate::error::{Error, Result};
-use crate::restore::lock_holder;
+use crate::restore::refuse_if_locked;
 use crate::swap::{Scratch, swap_into_place, wal_of};
 
 /// The manifest's file name inside a bundle directory.
@@ -241,15 +241,4 @@ fn create_private(path: &Path) -> Result<File> {
         .mode(0o600)
         .open(path)
         .map_err(|e| Error::io(path, e))
-}
-
-fn refuse_if_locked(target: &Path) -> Result<()> {
-    match lock_holder(target) {
-        Some(holder) => Err(hitkeep_data::DataError::Locked {
-            path: target.to_owned(),
-            holder: Some(holder),
-        }
-        .into()),
-        None => Ok(()),
-    }
 }

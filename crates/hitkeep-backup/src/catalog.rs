@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use hitkeep_data::SourceId;
 use hitkeep_storage::{Entry, ListMode, Storage};
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
@@ -44,6 +45,28 @@ pub struct SnapshotInfo {
     pub objects: usize,
     /// The manifest, for complete snapshots.
     pub manifest: Option<Manifest>,
+    /// Who wrote it: from the manifest, or from the in-progress marker of an unfinished snapshot.
+    /// `None` for snapshots written before sources were recorded, and HitKeep Go's.
+    pub source: Option<SourceId>,
+}
+
+impl SnapshotInfo {
+    /// The cycle's sequence number, when its manifest records one.
+    pub fn sequence(&self) -> Option<u64> {
+        self.manifest.as_ref().and_then(|m| m.sequence)
+    }
+
+    /// The order cycles ran in: by sequence number, then by id (older manifests have none and come
+    /// first). A cycle written by a clock set ahead sorts by when it ran, not by its name.
+    pub fn run_order(&self) -> (u64, SnapshotId) {
+        (self.sequence().unwrap_or(0), self.id)
+    }
+
+    /// Whether its id lies ahead of this machine's clock by more than a minute: written by a clock set
+    /// ahead, or this clock is behind.
+    pub fn in_future(&self) -> bool {
+        self.id.timestamp() > Timestamp::now() + SignedDuration::from_mins(1)
+    }
 }
 
 /// All snapshots of one database, oldest first.
@@ -74,14 +97,34 @@ impl Catalog {
         Ok(Catalog { databases })
     }
 
+    /// The shared database's snapshots only: what a new cycle needs to know of the ones before it.
+    pub async fn load_shared(storage: &Storage) -> Result<Catalog> {
+        Ok(Catalog {
+            databases: vec![load_database(storage, Database::Shared).await?],
+        })
+    }
+
     /// Only what restoring one cycle needs: its shared snapshot (`which`, or the newest committed one)
     /// and the tenant snapshots with the same id. Lists a bounded number of pages whatever the number of
     /// snapshots kept; falls back to [`Catalog::load`] when the cycle is not a committed one (legacy
     /// snapshots, unknown ids, a pruned shared snapshot), so errors and fallbacks stay the same.
-    pub async fn load_cycle(storage: &Storage, which: Option<SnapshotId>) -> Result<Catalog> {
+    ///
+    /// "The newest" is of one source: `source`, or else the destination's only one; when several
+    /// installations write here it fails with [`Error::SeveralSources`], listing them.
+    pub async fn load_cycle(
+        storage: &Storage,
+        which: Option<SnapshotId>,
+        source: Option<SourceId>,
+    ) -> Result<Catalog> {
         let shared = match which {
             Some(id) => Some(load_snapshot(storage, Database::Shared, id).await?),
-            None => newest_complete(storage).await?,
+            None => {
+                let source = match source {
+                    Some(s) => Some(s),
+                    None => only_source(storage).await?,
+                };
+                newest_complete(storage, source).await?
+            }
         };
         let Some(shared) = shared.filter(|s| s.state == SnapshotState::Complete) else {
             return Catalog::load(storage).await;
@@ -115,12 +158,25 @@ impl Catalog {
             .map_or(&[], |d| &d.snapshots)
     }
 
-    /// The newest committed cycle: the newest complete shared snapshot.
+    /// The newest committed cycle: the complete shared snapshot that ran last (see
+    /// [`SnapshotInfo::run_order`]).
     pub fn latest_committed(&self) -> Option<&SnapshotInfo> {
         self.snapshots(Database::Shared)
             .iter()
-            .rev()
-            .find(|s| s.state == SnapshotState::Complete)
+            .filter(|s| s.state == SnapshotState::Complete)
+            .max_by_key(|s| s.run_order())
+    }
+
+    /// The newest committed cycle of `source` (snapshots without a recorded source count as its own
+    /// when no other source wrote here).
+    pub fn latest_committed_of(&self, source: SourceId) -> Option<&SnapshotInfo> {
+        let shared = self.snapshots(Database::Shared);
+        let others = crate::claim::others_present(shared, source);
+        shared
+            .iter()
+            .filter(|s| s.state == SnapshotState::Complete)
+            .filter(|s| crate::claim::is_mine(s, source, others))
+            .max_by_key(|s| s.run_order())
     }
 
     /// One snapshot of one database.
@@ -128,10 +184,26 @@ impl Catalog {
         self.snapshots(database).iter().find(|s| s.id == id)
     }
 
-    /// Resolves `latest` or an id to a committed shared snapshot.
+    /// Resolves `latest` or an id to a committed shared snapshot. "latest" is `source`'s newest cycle
+    /// when given, else the newest of all (sequence numbers of different sources do not compare, so
+    /// callers that know their source pass it).
     pub fn resolve(&self, which: Option<&str>) -> Result<&SnapshotInfo> {
+        self.resolve_for(which, None)
+    }
+
+    /// [`Catalog::resolve`] with "latest" taken among `source`'s cycles (when it has any here).
+    pub fn resolve_for(
+        &self,
+        which: Option<&str>,
+        source: Option<SourceId>,
+    ) -> Result<&SnapshotInfo> {
+        let latest = || {
+            source
+                .and_then(|s| self.latest_committed_of(s))
+                .or_else(|| self.latest_committed())
+        };
         match which {
-            None | Some("latest") => self.latest_committed().ok_or_else(|| {
+            None | Some("latest") => latest().ok_or_else(|| {
                 Error::NotFound(
                     "no complete snapshot in this location (run `hitkeep backup run` first)".into(),
                 )
@@ -174,10 +246,42 @@ async fn load_snapshot(
     inspect(storage, database, id, &entries).await
 }
 
-/// The newest complete shared snapshot. Lists the snapshot folders newer than a point in time, an hour
-/// back at first and four times further each round, newest first, so a location with years of
-/// snapshots costs a handful of short listings. `None` when no snapshot is complete.
-async fn newest_complete(storage: &Storage) -> Result<Option<SnapshotInfo>> {
+/// The one source recorded in the destination; `None` when none is (older destinations); refuses when
+/// several are.
+async fn only_source(storage: &Storage) -> Result<Option<SourceId>> {
+    let mut records = crate::claim::sources(storage).await?;
+    match records.len() {
+        0 => Ok(None),
+        1 => Ok(records.pop().map(|r| r.source)),
+        _ => Err(Error::SeveralSources(records)),
+    }
+}
+
+/// The newest complete shared snapshot (of `source`, when given). Lists the snapshot folders newer than
+/// a point in time, an hour back at first and four times further each round, newest first, so a
+/// location with years of snapshots costs a handful of short listings. `None` when no snapshot is
+/// complete. A newest one dated in the future (a clock set ahead) may not be the one that ran last:
+/// then every shared snapshot is read and the one that ran last wins.
+async fn newest_complete(
+    storage: &Storage,
+    source: Option<SourceId>,
+) -> Result<Option<SnapshotInfo>> {
+    let found = newest_complete_by_id(storage, source).await?;
+    if !found.as_ref().is_some_and(SnapshotInfo::in_future) {
+        return Ok(found);
+    }
+    let all = Catalog::load_shared(storage).await?;
+    let latest = match source {
+        Some(s) => all.latest_committed_of(s),
+        None => all.latest_committed(),
+    };
+    Ok(latest.cloned())
+}
+
+pub(crate) async fn newest_complete_by_id(
+    storage: &Storage,
+    source: Option<SourceId>,
+) -> Result<Option<SnapshotInfo>> {
     let folder = Database::Shared.folder();
     let now = Timestamp::now();
     let mut checked = std::collections::BTreeSet::new();
@@ -204,7 +308,9 @@ async fn newest_complete(storage: &Storage) -> Result<Option<SnapshotInfo>> {
         for id in ids {
             checked.insert(id);
             let snapshot = load_snapshot(storage, Database::Shared, id).await?;
-            if snapshot.state == SnapshotState::Complete {
+            // Unrecorded sources (older manifests) are the destination's only source's.
+            let ours = source.is_none_or(|s| snapshot.source.is_none_or(|o| o == s));
+            if snapshot.state == SnapshotState::Complete && ours {
                 return Ok(Some(snapshot));
             }
         }
@@ -252,6 +358,7 @@ async fn inspect(
 ) -> Result<SnapshotInfo> {
     let has = |name: &str| entries.iter().any(|e| e.name() == name);
     let size = entries.iter().map(|e| e.size).sum();
+    let mut source = None;
     let (state, manifest) = if has(MANIFEST_NAME) {
         let key = format!("{}/{id}/{MANIFEST_NAME}", database.folder());
         match Manifest::from_slice(&storage.read(&key).await?) {
@@ -267,6 +374,9 @@ async fn inspect(
     } else if !has(IN_PROGRESS_NAME) && has("schema.sql") && has("load.sql") {
         (SnapshotState::Legacy, None)
     } else {
+        if has(IN_PROGRESS_NAME) {
+            source = marker_source(storage, database, id).await;
+        }
         (SnapshotState::Incomplete, None)
     };
     Ok(SnapshotInfo {
@@ -274,6 +384,16 @@ async fn inspect(
         state,
         size,
         objects: entries.len(),
+        source: manifest.as_ref().and_then(|m| m.source).or(source),
         manifest,
     })
+}
+
+/// The source an unfinished snapshot's marker names; `None` when unreadable or from an older version.
+async fn marker_source(storage: &Storage, database: Database, id: SnapshotId) -> Option<SourceId> {
+    let key = format!("{}/{id}/{IN_PROGRESS_NAME}", database.folder());
+    let bytes = storage.read(&key).await.ok()?;
+    serde_json::from_slice::<crate::claim::Marker>(&bytes)
+        .ok()?
+        .source
 }

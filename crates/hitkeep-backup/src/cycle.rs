@@ -7,12 +7,15 @@ use std::sync::Arc;
 
 use duckdb::Connection;
 use futures::{StreamExt as _, TryStreamExt as _};
-use hitkeep_data::{DataError, DataLayout, DuckDbLimits, OpenMode, TenantLayout, open_database};
-use hitkeep_storage::{ErrorKind, ListMode, Sha256Digest, Storage, TransferOptions};
+use hitkeep_data::{
+    DataError, DataLayout, DuckDbLimits, OpenMode, SourceId, TenantLayout, open_database,
+};
+use hitkeep_storage::{ErrorKind, Sha256Digest, Storage, TransferOptions};
 use jiff::Timestamp;
 use uuid::Uuid;
 
 use crate::SnapshotId;
+use crate::claim::{Claim, History, SourceRecord, record_source};
 use crate::error::{Error, Result};
 use crate::export::{Export, export_database};
 use crate::follow::{ExportFile, ExportState, ExportWatch, POLL, follow};
@@ -27,10 +30,13 @@ use crate::progress::{NoProgress, Progress};
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct BackupOptions {
-    /// Local directory for exports; each cycle uses (and removes) a subdirectory.
+    /// The staging root ([`DataLayout::staging_root`]); each cycle claims a folder of its own in it
+    /// ([`hitkeep_data::StagingDir`]), removed when it ends, and never touches another job's.
     pub staging_dir: PathBuf,
     /// The lock file that keeps cycles on the same data from overlapping.
     pub lock_file: PathBuf,
+    /// The installation's source id file (`{data}/.hitkeep-source`), created by the first cycle.
+    pub source_file: PathBuf,
     /// Multipart chunking per file.
     pub transfer: TransferOptions,
     /// Files uploaded at once, per database.
@@ -48,6 +54,7 @@ impl std::fmt::Debug for BackupOptions {
         f.debug_struct("BackupOptions")
             .field("staging_dir", &self.staging_dir)
             .field("lock_file", &self.lock_file)
+            .field("source_file", &self.source_file)
             .field("transfer", &self.transfer)
             .field("file_concurrency", &self.file_concurrency)
             .field("concurrency", &self.concurrency)
@@ -61,8 +68,9 @@ impl BackupOptions {
     /// DuckDB limits; two databases at once.
     pub fn for_layout(layout: &DataLayout) -> Self {
         BackupOptions {
-            staging_dir: layout.data_path.join(".hitkeep-staging"),
+            staging_dir: layout.staging_root(),
             lock_file: layout.data_path.join(".hitkeep-backup.lock"),
+            source_file: layout.source_file(),
             transfer: TransferOptions::new(8 * 1024 * 1024, 3),
             file_concurrency: 4,
             concurrency: 2,
@@ -272,13 +280,18 @@ pub async fn run_cycle(
         sources: tenants,
     } = tenants;
     let _lock = CycleLock::acquire(&options.lock_file)?;
-    let id = pick_id(storage).await?;
-    // Holding the lock, nothing else uses the staging root: clear what interrupted cycles left behind.
-    if options.staging_dir.exists() {
-        std::fs::remove_dir_all(&options.staging_dir)
-            .map_err(|e| Error::io(&options.staging_dir, e))?;
-    }
-    let staging = StagingDir::create(options.staging_dir.join(id.to_string()))?;
+    let source = SourceId::read_or_create(&options.source_file)?;
+    let history = History::read(storage, source).await?;
+    history.wait_for_clock().await?;
+    let data_path = options.source_file.parent().unwrap_or(Path::new("."));
+    record_source(storage, &SourceRecord::here(source, data_path)).await?;
+    let mut claim = Claim::take(storage, source).await?;
+    claim.sequence = history.next_sequence;
+    let (id, claim) = (claim.id, &claim);
+    // A folder of this cycle's own: a concurrent `verify --deep` or archive run keeps its files, and
+    // what killed cycles left is swept.
+    let staging =
+        hitkeep_data::StagingDir::claim(&options.staging_dir, hitkeep_data::JobKind::Backup)?;
     tracing::info!(snapshot = %id, location = %storage.location(), tenants = tenants.len(), %layout, "backup cycle started");
 
     // Databases side by side, the shared one first: while one exports (CPU) another uploads (network),
@@ -300,12 +313,19 @@ pub async fn run_cycle(
         .map(|job| async move {
             match job {
                 Job::Shared(conn) => Done::Shared(
-                    snapshot_database(storage, conn, Database::Shared, id, staging_path, options)
-                        .await,
+                    snapshot_database(
+                        storage,
+                        conn,
+                        Database::Shared,
+                        claim,
+                        staging_path,
+                        options,
+                    )
+                    .await,
                 ),
                 Job::Tenant(t) => {
                     let (entry, counted) =
-                        backup_tenant(storage, t, id, staging_path, options, limits).await;
+                        backup_tenant(storage, t, claim, staging_path, options, limits).await;
                     Done::Tenant(entry, counted)
                 }
             }
@@ -332,6 +352,7 @@ pub async fn run_cycle(
     shared_manifest.layout = Some(layout);
     shared_manifest.default_tenant = default_tenant;
     // The commit point: only now does the cycle exist for list, restore and "latest".
+    claim.check(storage).await?;
     commit(storage, &shared_manifest).await?;
     tracing::info!(snapshot = %id, files, bytes, "backup cycle committed");
     Ok(CycleReport {
@@ -358,7 +379,7 @@ enum Done {
 async fn backup_tenant(
     storage: &Storage,
     tenant: TenantSource,
-    id: SnapshotId,
+    claim: &Claim,
     staging: &Path,
     options: &BackupOptions,
     limits: DuckDbLimits,
@@ -385,7 +406,7 @@ async fn backup_tenant(
         Ok(None) => missing,
         Err(error) => TenantState::Failed { error },
         Ok(Some(conn)) => {
-            match snapshot_and_commit(storage, conn, database, id, staging, options).await {
+            match snapshot_and_commit(storage, conn, database, claim, staging, options).await {
                 Ok((manifest, sha)) => {
                     counted = (manifest.files.len(), manifest.total_size());
                     TenantState::Complete {
@@ -416,32 +437,14 @@ async fn snapshot_and_commit(
     storage: &Storage,
     conn: Connection,
     database: Database,
-    id: SnapshotId,
+    claim: &Claim,
     staging: &Path,
     options: &BackupOptions,
 ) -> Result<(Manifest, Sha256Digest)> {
-    let manifest = snapshot_database(storage, conn, database, id, staging, options).await?;
+    let manifest = snapshot_database(storage, conn, database, claim, staging, options).await?;
+    claim.check(storage).await?;
     let sha = commit(storage, &manifest).await?;
     Ok((manifest, sha))
-}
-
-/// The newest id that no cycle has used: a second cycle within the same second waits for the next one.
-async fn pick_id(storage: &Storage) -> Result<SnapshotId> {
-    loop {
-        let id = SnapshotId::now();
-        if storage
-            .list(&format!("shared/{id}"), ListMode::Recursive)
-            .await?
-            .is_empty()
-        {
-            return Ok(id);
-        }
-        let into_second = Timestamp::now().subsec_nanosecond();
-        tokio::time::sleep(std::time::Duration::from_nanos(
-            1_000_000_000 - u64::try_from(into_second).unwrap_or(0),
-        ))
-        .await;
-    }
 }
 
 /// Exports one database and uploads its files; returns its manifest, not yet written.
@@ -449,19 +452,19 @@ async fn snapshot_database(
     storage: &Storage,
     conn: Connection,
     database: Database,
-    id: SnapshotId,
+    claim: &Claim,
     staging: &Path,
     options: &BackupOptions,
 ) -> Result<Manifest> {
+    let id = claim.id;
     let folder = format!("{}/{id}", database.folder());
     let created_at = Timestamp::now();
-    let marker = serde_json::json!({ "tool": tool(), "started_at": created_at.to_string() });
-    storage
-        .write(
-            &format!("{folder}/{IN_PROGRESS_NAME}"),
-            serde_json::to_vec(&marker).unwrap_or_default(),
-        )
-        .await?;
+    // The shared folder's marker is the claim itself, written before any database starts.
+    if database != Database::Shared {
+        storage
+            .write(&format!("{folder}/{IN_PROGRESS_NAME}"), claim.marker())
+            .await?;
+    }
 
     let dir = staging.join(database.folder());
     // Removed as soon as this database is done, so exports of many tenants never pile up on the data disk.
@@ -489,6 +492,8 @@ async fn snapshot_database(
         tenants: Vec::new(),
         layout: None,
         default_tenant: None,
+        source: Some(claim.source),
+        sequence: Some(claim.sequence),
     })
 }
 
@@ -772,22 +777,9 @@ pub(crate) fn tool() -> String {
     format!("hitkeep-rs {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// A staging directory removed when the cycle ends, whichever way it ends.
+/// A database's export folder inside the cycle's staging folder, removed when it is done, whichever
+/// way it ends.
 struct StagingDir(PathBuf);
-
-impl StagingDir {
-    fn create(path: PathBuf) -> Result<Self> {
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        }
-        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(StagingDir(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
 
 impl Drop for StagingDir {
     fn drop(&mut self) {
@@ -804,6 +796,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::io::{Seek as _, Write as _};
 
+    use hitkeep_storage::ListMode;
     use hitkeep_testkit::S3Server;
 
     use super::*;

@@ -82,6 +82,21 @@ pub enum Error {
         /// What is at the default tenant's path now: "missing" or "not from this snapshot".
         on_disk: &'static str,
     },
+    /// A snapshot's `schema.sql` or `load.sql` holds something `EXPORT DATABASE` never writes: a
+    /// snapshot is data, and one that would run code is refused before anything is imported.
+    #[error(
+        "snapshot {snapshot}: {file} holds a statement EXPORT DATABASE never writes: `{statement}` ({why}); refusing to import it\n  hint: the snapshot was changed after it was written; restore another snapshot (`hitkeep backup list`)"
+    )]
+    ForeignStatement {
+        /// The snapshot's folder, e.g. `shared/2026-01-01T000000Z`.
+        snapshot: String,
+        /// `schema.sql` or `load.sql`.
+        file: &'static str,
+        /// The statement, shortened to one line.
+        statement: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A recovery bundle's `manifest.json` cannot be used; nothing was changed.
     #[error(
         "{path}: {problem}\n  hint: -from must name a bundle directory as HitKeep writes them under {{data-path}}/recovery/ (manifest.json of version 1, database.zst, optionally wal.zst)"
@@ -102,6 +117,37 @@ pub enum Error {
         /// What differs.
         problem: String,
     },
+    /// This machine's clock is not past the newest cycle: a new snapshot would sort before it, so
+    /// "latest" would not be the newest data. Nothing was written.
+    #[error(
+        "this machine's clock ({now}) is not past the newest snapshot in the destination ({newest}, {ahead} ahead): a cycle now would sort before it\n  hint: check this machine's clock (`timedatectl`, NTP); if it is right and {newest} was written by a clock set ahead, cycles run again by themselves once the clock passes {newest}, and `hitkeep backup list` marks it as in the future"
+    )]
+    ClockBehind {
+        /// The newest committed cycle of this source.
+        newest: crate::SnapshotId,
+        /// The id this cycle would have had.
+        now: crate::SnapshotId,
+        /// How far ahead the newest one is, for a person.
+        ahead: String,
+    },
+    /// Another writer took over this cycle's snapshot id while it ran (a service that ignores
+    /// conditional writes); the cycle was not committed.
+    #[error(
+        "snapshot {snapshot}: another writer ({other}) took over this snapshot id while this cycle ran; not committing it, so no manifest lists objects another cycle may have replaced\n  hint: two installations back up to the same destination at the same moment; give each its own HITKEEP_BACKUP_PATH (see `hitkeep backup list`, column SOURCE)"
+    )]
+    ClaimLost {
+        /// The cycle.
+        snapshot: crate::SnapshotId,
+        /// Who holds the marker now.
+        other: String,
+    },
+    /// "latest" is ambiguous: several installations back up to this destination.
+    #[error(
+        "this destination holds backups of {} installations:\n{}\n  hint: choose one with -source ID (or restore one snapshot by id with -snapshot)",
+        .0.len(),
+        .0.iter().map(|s| format!("  - {}", s.describe())).collect::<Vec<_>>().join("\n")
+    )]
+    SeveralSources(Vec<crate::claim::SourceRecord>),
     /// A worker task died.
     #[error("internal error: {0}")]
     Internal(String),

@@ -15,22 +15,27 @@
 
 mod bundle;
 mod catalog;
+mod claim;
 mod cycle;
 mod error;
 mod export;
 mod follow;
+mod import;
 mod lock;
 pub mod manifest;
 mod progress;
 mod restore;
 mod retention;
+mod scratch;
 mod snapshot_id;
+mod snapshot_sql;
 mod swap;
 mod verify;
 
 pub use crate::{
     bundle::{BUNDLE_MANIFEST, Bundle, BundleArtifact, BundleOutcome},
     catalog::{Catalog, DatabaseSnapshots, SnapshotInfo, SnapshotState},
+    claim::{FUTURE_BOUND, SOURCES_FOLDER, SourceRecord, sources},
     cycle::{BackupOptions, CycleReport, CycleTenants, TenantSource, run_cycle},
     error::{Error, Result},
     lock::CycleLock,
@@ -38,9 +43,10 @@ pub use crate::{
     progress::{NoProgress, Progress},
     restore::{
         CommitFailure, PreparedRestore, RESTORE_STORAGE_VERSION, RestoreItem, RestoreOutcome,
-        RestorePlan, RestoreSelection, lock_holder,
+        RestorePlan, RestoreSelection,
     },
     retention::{Deletion, PrunePlan},
+    scratch::StaleScratch,
     snapshot_id::{SnapshotId, SnapshotIdError},
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},
 };

@@ -52,6 +52,15 @@ pub struct Manifest {
     /// default tenant is missing without opening the shared database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_tenant: Option<Uuid>,
+    /// The installation that wrote the snapshot (`{data}/.hitkeep-source`). Absent in manifests
+    /// written before sources were recorded; an additive field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<hitkeep_data::SourceId>,
+    /// The cycle's number among its source's cycles, one more than the highest before it: the order
+    /// cycles really ran in, which "latest" and retention follow, whatever the clock said. Absent in
+    /// older manifests, which sort before every numbered one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
 }
 
 /// The database a snapshot is of.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hitkeep_data::{DataLayout, DuckDbLimits, TenantLayout, quote_literal};
+use hitkeep_data::{DataLayout, DuckDbLimits, TenantLayout};
 use hitkeep_storage::{ListMode, ObjectInfo, Storage, TransferOptions};
 use serde::Serialize;
 use uuid::Uuid;
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{
     Database, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantState,
 };
+use crate::scratch::{ScratchLock, StaleScratch, scratch_prefix};
 use crate::swap::{Scratch, swap_into_place};
 use futures::StreamExt as _;
 
@@ -82,6 +83,9 @@ pub struct RestorePlan {
     pub default_tenant: Option<Uuid>,
     /// Whether only the shared database was asked for.
     pub shared_only: bool,
+    /// The installation that wrote the cycle, when its manifest records it. A whole restore into a
+    /// data path without a source id of its own adopts it ([`DataLayout::adopt_source_id`]).
+    pub source: Option<hitkeep_data::SourceId>,
     /// Where the default tenant's database goes, to say what HitKeep finds there.
     #[serde(skip)]
     data: DataLayout,
@@ -224,6 +228,7 @@ impl RestorePlan {
             layout: cycle.as_ref().and_then(|m| m.layout),
             default_tenant: cycle.as_ref().and_then(|m| m.default_tenant),
             shared_only: selection.shared_only,
+            source: cycle.as_ref().and_then(|m| m.source),
             data: layout.clone(),
             limits: layout.duckdb,
             import_turn: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -307,12 +312,7 @@ impl RestorePlan {
         stamp: SnapshotId,
     ) -> Result<PreparedRestore> {
         let target = item.target.clone();
-        if let Some(holder) = lock_holder(&target) {
-            return Err(Error::from(hitkeep_data::DataError::Locked {
-                path: target,
-                holder: Some(holder),
-            }));
-        }
+        refuse_if_locked(&target)?;
         let dir = target
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -324,8 +324,11 @@ impl RestorePlan {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "hitkeep.db".into());
-        let staging = Scratch(dir.join(format!(".{base}.restore-{stamp}")));
-        let temp_db = Scratch(dir.join(format!(".{base}.restore-{stamp}.tmp")));
+        // Held until the restored database is swapped in or dropped: a restore that starts meanwhile
+        // leaves this one's scratch alone ([`RestorePlan::remove_stale_scratch`]).
+        let scratch_lock = ScratchLock::take(&dir, &base, stamp)?;
+        let staging = Scratch(dir.join(scratch_prefix(&base, stamp)));
+        let temp_db = Scratch(dir.join(format!("{}.tmp", scratch_prefix(&base, stamp))));
         staging.remove();
         temp_db.remove();
         std::fs::create_dir_all(&staging.0).map_err(|e| Error::io(&staging.0, e))?;
@@ -358,6 +361,7 @@ impl RestorePlan {
                 manifest.as_ref(),
                 database,
                 limits,
+                &folder,
             )
         })
         .await
@@ -365,9 +369,18 @@ impl RestorePlan {
         Ok(PreparedRestore {
             target,
             temp_db,
+            _scratch_lock: scratch_lock,
             tables,
             created,
         })
+    }
+
+    /// Removes what killed restores left beside the targets and beside every tenant database (their
+    /// downloads, temporary databases and lock files, full-size on the data disk), except what a
+    /// running restore holds; says what it removed and what it left. Call it before
+    /// [`RestorePlan::prepare_all`]: it changes no database.
+    pub fn remove_stale_scratch(&self) -> StaleScratch {
+        crate::scratch::sweep(&self.data, self.items.iter().map(|i| i.target.as_path()))
     }
 
     /// Prepares every item in plan order: `concurrency` downloads at a time, while the imports take
@@ -472,7 +485,27 @@ impl RestorePlan {
                 }
             }
         }
+        self.adopt_source(&done);
         Ok(done)
+    }
+
+    /// After the shared database came back: a data path with no source id of its own (a new machine
+    /// taking over) goes on as the source that wrote the cycle, so its next backups are that
+    /// installation's and "latest" and prune see one history. The restore stands either way.
+    fn adopt_source(&self, done: &[(Database, RestoreOutcome)]) {
+        let shared = done.iter().any(|(d, _)| *d == Database::Shared);
+        let Some(source) = self.source.filter(|_| shared) else {
+            return;
+        };
+        match self.data.adopt_source_id(source) {
+            Ok(true) => {
+                tracing::info!(%source, "this data path now backs up as the restored installation's source")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the restored installation's source id")
+            }
+        }
     }
 
     /// Asks the imported shared database what it says about its tenants, the way HitKeep will when it
@@ -528,6 +561,8 @@ pub type CommitFailure = Box<(Database, Error)>;
 pub struct PreparedRestore {
     target: PathBuf,
     temp_db: Scratch,
+    /// After `temp_db`, so let go once the temporary database is gone.
+    _scratch_lock: ScratchLock,
     tables: BTreeMap<String, u64>,
     /// Last, so removed after the scratch files in it.
     created: CreatedDirs,
@@ -578,7 +613,9 @@ impl PreparedRestore {
     /// The layout and tenants the imported (not yet swapped in) database records.
     fn tenant_set(&self) -> Result<hitkeep_data::TenantSet> {
         let database = Database::Shared;
-        let conn = hitkeep_data::open_read_only(&self.temp_db.0)?;
+        // Fenced: the snapshot's views are refused where they would stand for the tables read here
+        // (`snapshot_sql`), and nothing a view or macro might reach lies outside the fence.
+        let conn = crate::import::open_fenced(&self.temp_db.0)?;
         hitkeep_data::tenant_set(&conn)
             .map_err(|e| Error::duckdb(database, "reading the restored tenants", e))
     }
@@ -587,13 +624,7 @@ impl PreparedRestore {
     /// through [`RestorePlan::commit_all`], which orders the swaps and undoes them on a failure.
     fn commit(mut self, stamp: SnapshotId) -> Result<RestoreOutcome> {
         // The server may have been started during the download.
-        if let Some(holder) = lock_holder(&self.target) {
-            return Err(hitkeep_data::DataError::Locked {
-                path: self.target.clone(),
-                holder: Some(holder),
-            }
-            .into());
-        }
+        refuse_if_locked(&self.target)?;
         let aside = swap_into_place(&self.temp_db.0, &self.target, stamp)?;
         self.created.keep = true;
         Ok(RestoreOutcome {
@@ -719,46 +750,26 @@ async fn download(
 
 const IMPORT_MEMORY_HINT: &str = "DuckDB holds each table's indexes in memory while it imports them; the server is stopped during a restore, so give this command more with HITKEEP_DUCKDB_MEMORY_LIMIT (e.g. 4GiB), or unset it to let DuckDB use 80% of RAM";
 
-/// `IMPORT DATABASE` into a new file at a storage version DuckDB 1.5 reads, `CHECKPOINT`, close, require
-/// that no WAL is left, and compare row counts with the manifest.
+/// `IMPORT DATABASE` into a new file at a storage version DuckDB 1.5 reads (its SQL checked first, the
+/// import fenced: [`crate::import`]), `CHECKPOINT`, close, require that no WAL is left, and compare row
+/// counts with the manifest.
 fn import(
     staging: &Path,
     temp_db: &Path,
     manifest: Option<&Manifest>,
     database: Database,
     limits: DuckDbLimits,
+    folder: &str,
 ) -> Result<BTreeMap<String, u64>> {
-    let temp = temp_db
-        .to_str()
-        .ok_or_else(|| Error::io(temp_db, std::io::Error::other("path is not valid UTF-8")))?;
-    let source = staging
-        .to_str()
-        .ok_or_else(|| Error::io(staging, std::io::Error::other("path is not valid UTF-8")))?;
-    // Spills go beside the new file (on the data disk), not into an in-memory database's default,
-    // `.tmp` under whatever directory the command was started from. Declared before the connection,
-    // so removed after DuckDB has closed.
-    let spill = Scratch(PathBuf::from(format!("{temp}.spill")));
-    let conn = duckdb::Connection::open_in_memory()
-        .map_err(|e| Error::duckdb(database, "opening DuckDB", e))?;
-    limits
-        .apply(&conn)
-        .map_err(|e| Error::duckdb(database, "setting DuckDB's limits", e))?;
-    conn.execute_batch(&format!(
-        "SET temp_directory = {}",
-        quote_literal(&spill.0.display().to_string())
-    ))
-    .map_err(|e| Error::duckdb(database, "setting DuckDB's spill directory", e))?;
-    conn.execute_batch(&format!(
-        "ATTACH {} AS restored (STORAGE_VERSION '{RESTORE_STORAGE_VERSION}'); USE restored; IMPORT DATABASE {}; CHECKPOINT;",
-        quote_literal(temp),
-        quote_literal(source)
-    ))
-    .map_err(|e| Error::duckdb_or_memory(database, "IMPORT DATABASE", IMPORT_MEMORY_HINT, e))?;
-    let tables =
-        hitkeep_data::row_counts(&conn).map_err(|e| Error::duckdb(database, "counting rows", e))?;
-    conn.execute_batch("USE memory; DETACH restored;")
-        .map_err(|e| Error::duckdb(database, "closing the restored file", e))?;
-    drop(conn);
+    let tables = crate::import::import_snapshot(&crate::import::Import {
+        snapshot_dir: staging,
+        db: temp_db,
+        limits,
+        database,
+        folder,
+        memory_hint: IMPORT_MEMORY_HINT,
+    })?;
+    let temp = temp_db.display();
     let wal = PathBuf::from(format!("{temp}.wal"));
     if wal.exists() {
         return Err(Error::NotFound(format!(
@@ -788,23 +799,15 @@ fn import(
     Ok(tables)
 }
 
-/// Which process holds a POSIX lock on `path` (DuckDB's writer lock), read from /proc/locks without
-/// opening the database. `None` when unlocked, missing, or not on Linux.
-pub fn lock_holder(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).ok()?;
-    let inode = meta.ino();
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    locks.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // "1: POSIX  ADVISORY  WRITE 4242 00:2f:1234 0 EOF"
-        let (kind, pid, dev_inode) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
-        let file_inode: u64 = dev_inode.rsplit(':').next()?.parse().ok()?;
-        (*kind == "POSIX" && file_inode == inode).then(|| {
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            format!("{exe} (PID {pid})").trim().to_owned()
-        })
-    })
+/// Refuses a target that a process holds, in this PID namespace or another (a server in its
+/// container): a reader's lock too, since the swap would leave it reading the old file.
+pub(crate) fn refuse_if_locked(target: &Path) -> Result<()> {
+    match hitkeep_data::lock_holder(target)? {
+        Some(holder) => Err(hitkeep_data::DataError::Locked {
+            path: target.to_owned(),
+            holder: Some(holder),
+        }
+        .into()),
+        None => Ok(()),
+    }
 }

@@ -7,9 +7,13 @@ use hitkeep_storage::Storage;
 use serde::Serialize;
 
 use crate::SnapshotId;
-use crate::catalog::{Catalog, SnapshotState};
+use crate::catalog::{Catalog, SnapshotInfo, SnapshotState};
+use crate::claim::is_mine;
 use crate::error::{Error, Result};
 use crate::manifest::Database;
+use hitkeep_data::SourceId;
+
+const OLDER: &str = "older than the newest retained cycles";
 
 /// A snapshot to delete, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -54,16 +58,30 @@ impl PrunePlan {
     /// tenant's newest complete snapshot (its last good copy, even if its cycles failed since), anything
     /// newer than the newest committed cycle (it may still be running), `protect` (the snapshot just
     /// written), and every corrupt snapshot (it may be a newer format this build cannot read).
-    pub fn new(catalog: &Catalog, keep: NonZeroU32, protect: Option<SnapshotId>) -> PrunePlan {
+    ///
+    /// With `source` (this installation's), only its own snapshots are counted or deleted, and cycles
+    /// go by the order they ran in (a cycle dated ahead by a wrong clock leaves in its turn); its
+    /// unfinished snapshots other than `protect` are leftovers of interrupted runs and go at once,
+    /// since the caller holds the cycle lock. Snapshots with no source recorded (older manifests,
+    /// HitKeep Go's) count as its own only while no other source writes to the destination.
+    pub fn new(
+        catalog: &Catalog,
+        keep: NonZeroU32,
+        protect: Option<SnapshotId>,
+        source: Option<SourceId>,
+    ) -> PrunePlan {
         let keep = usize::try_from(keep.get()).unwrap_or(usize::MAX);
         let usable =
             |s: &SnapshotState| matches!(s, SnapshotState::Complete | SnapshotState::Legacy);
-        let usable_cycles: Vec<&crate::catalog::SnapshotInfo> = catalog
+        let all = catalog.databases.iter().flat_map(|d| d.snapshots.iter());
+        let others = source.is_some_and(|s| crate::claim::others_present(all, s));
+        let mine = |snap: &SnapshotInfo| source.is_none_or(|s| is_mine(snap, s, others));
+        let mut usable_cycles: Vec<&SnapshotInfo> = catalog
             .snapshots(Database::Shared)
             .iter()
-            .rev()
-            .filter(|s| usable(&s.state))
+            .filter(|s| usable(&s.state) && mine(s))
             .collect();
+        usable_cycles.sort_by_key(|s| std::cmp::Reverse(s.run_order()));
         let cycles: Vec<SnapshotId> = usable_cycles.iter().map(|s| s.id).collect();
         // `keep` counts cycles that restore whole: a split cycle whose default tenant failed (a wrong
         // HITKEEP_DATA_PATH for a day of hourly cycles) must not push the last whole one out. Those
@@ -78,7 +96,7 @@ impl PrunePlan {
             })
             .map(|s| s.id)
             .collect();
-        let Some(newest) = cycles.first().copied() else {
+        let Some(newest) = cycles.iter().max().copied() else {
             return PrunePlan::default();
         };
         let mut deletions = Vec::new();
@@ -86,20 +104,25 @@ impl PrunePlan {
             let newest_complete = db
                 .snapshots
                 .iter()
-                .rev()
-                .find(|s| usable(&s.state))
+                .filter(|s| usable(&s.state) && mine(s))
+                .max_by_key(|s| s.run_order())
                 .map(|s| s.id);
-            for snap in &db.snapshots {
+            for snap in db.snapshots.iter().filter(|s| mine(s)) {
+                // An unfinished snapshot of this source is an interrupted run's (the caller holds the
+                // lock); one of unknown source may be a run still going, unless a newer cycle exists.
+                let abandoned = source.is_some() && snap.source == source;
                 let spared = Some(snap.id) == protect
                     || kept.contains(&snap.id)
-                    || snap.id > newest
+                    || (snap.id > newest && !abandoned)
                     || matches!(snap.state, SnapshotState::Corrupt(_))
                     || (db.database != Database::Shared && Some(snap.id) == newest_complete);
                 if spared {
                     continue;
                 }
                 let reason = if usable(&snap.state) {
-                    "older than the newest retained cycles"
+                    OLDER
+                } else if abandoned {
+                    "unfinished: left by an interrupted run"
                 } else {
                     "unfinished and superseded"
                 };
@@ -112,6 +135,16 @@ impl PrunePlan {
             }
         }
         PrunePlan { deletions }
+    }
+
+    /// Only the leftovers of this source's interrupted runs (and unfinished snapshots of unknown source
+    /// older than the newest cycle): what a successful cycle removes even where retention is off (S3
+    /// without `HITKEEP_BACKUP_PRUNE_S3`), so that a killed run's objects do not stay forever. The
+    /// caller holds the cycle lock.
+    pub fn leftovers(catalog: &Catalog, protect: SnapshotId, source: SourceId) -> PrunePlan {
+        let mut plan = PrunePlan::new(catalog, NonZeroU32::MAX, Some(protect), Some(source));
+        plan.deletions.retain(|d| d.reason != OLDER);
+        plan
     }
 
     /// Whether there is nothing to do.

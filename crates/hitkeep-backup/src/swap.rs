@@ -1,7 +1,9 @@
 //! The last step of every restore, shared by `restore-backup` and `restore-database-bundle`: move the
 //! current database and its WAL aside as `{db}.pre-restore.{stamp}`, rename the restored files into
 //! place, make them private (0600, as HitKeep does), and put everything back as it was when a step
-//! fails. Until the first rename the original database and WAL are untouched.
+//! fails. Until the first rename the original database and WAL are untouched. The restored files are
+//! fsynced before the first rename and their folder after the last, so once a swap has returned a
+//! power loss brings back neither the old database nor a restored one without its bytes.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -31,8 +33,9 @@ pub(crate) fn swap_into_place(
     target: &Path,
     stamp: SnapshotId,
 ) -> Result<Option<PathBuf>> {
+    sync_restored(restored)?;
     let aside = move_aside(target, stamp)?;
-    if let Err(e) = activate(restored, target) {
+    if let Err(e) = activate(restored, target).and_then(|()| sync_folder_of(target)) {
         let _ = fs::remove_file(target);
         let _ = fs::remove_file(wal_of(target));
         if let Some(aside) = &aside {
@@ -63,7 +66,31 @@ pub(crate) fn undo_swap(target: &Path, aside: Option<&Path>) -> Result<()> {
             }
         }
     }
+    sync_folder_of(target)
+}
+
+/// The restored database and WAL reach the disk before any name points at them. DuckDB's checkpoint
+/// and a bundle's decompression fsync them already; then this costs nothing. A missing file is the
+/// rename's to report, after which the swap puts the old files back.
+fn sync_restored(restored: &Path) -> Result<()> {
+    for path in [restored.to_owned(), wal_of(restored)] {
+        match fs::File::open(&path) {
+            Ok(file) => file.sync_all().map_err(|e| Error::io(&path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
     Ok(())
+}
+
+/// Fsyncs the folder of `target`, which holds the renames of a swap: the old files aside, the new
+/// ones in place.
+fn sync_folder_of(target: &Path) -> Result<()> {
+    let dir = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    hitkeep_storage::sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// The previous database and WAL, moved aside.
@@ -82,6 +109,7 @@ impl Aside {
         if self.moved_wal {
             let _ = fs::rename(wal_of(&self.db), wal_of(target));
         }
+        let _ = sync_folder_of(target);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hitkeep_data::{OpenMode, TenantLayout, open_database, quote_literal};
+use hitkeep_data::{DuckDbLimits, TenantLayout};
 use hitkeep_storage::{ObjectInfo, Sha256Digest, Storage, TransferOptions};
 use serde::Serialize;
 
@@ -181,14 +181,18 @@ async fn check_database(
     if deep && check.problems.is_empty() {
         let tables = manifest.tables.clone();
         let dir2 = dir.clone();
-        let outcome = tokio::task::spawn_blocking(move || import_and_count(&dir2, &tables))
-            .await
-            .map_err(|e| Error::Internal(format!("import task: {e}")))?;
+        let outcome = tokio::task::spawn_blocking(move || {
+            import_and_count(&dir2, &tables, database, &folder)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("import task: {e}")))?;
         match outcome {
             Ok((compared, problems)) => {
                 check.tables = compared;
                 check.problems.extend(problems);
             }
+            // Refused before anything was imported: the message says why.
+            Err(e @ Error::ForeignStatement { .. }) => check.problems.push(e.to_string()),
             Err(e) => check.problems.push(format!("IMPORT DATABASE failed: {e}")),
         }
     }
@@ -196,18 +200,24 @@ async fn check_database(
     Ok(check)
 }
 
+const VERIFY_MEMORY_HINT: &str = "DuckDB holds each table's indexes in memory while it imports them; give this command more with HITKEEP_DUCKDB_MEMORY_LIMIT (e.g. 4GiB), or unset it to let DuckDB use 80% of RAM";
+
 fn import_and_count(
     dir: &Path,
     tables: &std::collections::BTreeMap<String, u64>,
-) -> Result<(usize, Vec<String>), String> {
-    let db_path = dir.join("verify.duckdb");
-    let conn = open_database(&db_path, OpenMode::Create).map_err(|e| e.to_string())?;
-    let source = dir.to_str().ok_or("the scratch path is not valid UTF-8")?;
-    conn.execute_batch(&format!("IMPORT DATABASE {}", quote_literal(source)))
-        .map_err(|e| e.to_string())?;
+    database: Database,
+    folder: &str,
+) -> Result<(usize, Vec<String>)> {
+    // Checked and fenced like a restore's import (`crate::import`).
+    let got = crate::import::import_snapshot(&crate::import::Import {
+        snapshot_dir: dir,
+        db: &dir.join("verify.duckdb"),
+        limits: DuckDbLimits::default(),
+        database,
+        folder,
+        memory_hint: VERIFY_MEMORY_HINT,
+    })?;
     let mut problems = Vec::new();
-    // Counted the way the manifest was (hitkeep_data::row_counts), so names and schemas line up.
-    let got = hitkeep_data::row_counts(&conn).map_err(|e| e.to_string())?;
     for (table, want) in tables {
         match got.get(table) {
             Some(n) if n == want => {}

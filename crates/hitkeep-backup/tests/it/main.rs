@@ -2,6 +2,8 @@
 
 mod bundle;
 mod restore;
+mod sources;
+mod tampered;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -211,14 +213,12 @@ async fn a_cycle_writes_the_layout_manifests_and_checksums(f: Fixture) {
             "{table}"
         );
     }
-    assert!(
-        !f.layout
-            .data_path
-            .join(".hitkeep-staging")
-            .join(id.to_string())
-            .exists(),
-        "staging is removed"
-    );
+    let staged: Vec<_> = std::fs::read_dir(f.layout.staging_root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("backup-"))
+        .collect();
+    assert!(staged.is_empty(), "staging is removed: {staged:?} ({id})");
 }
 
 async fn the_parquet_files_hold_exactly_the_source_rows(f: Fixture) {
@@ -326,6 +326,7 @@ async fn an_interrupted_cycle_is_incomplete_and_never_latest(f: Fixture) {
         &Catalog::load(&f.storage).await.unwrap(),
         NonZeroU32::new(24).unwrap(),
         Some(next),
+        None,
     );
     assert!(
         plan.deletions.iter().all(|d| d.id.to_string() != killed),
@@ -353,7 +354,7 @@ async fn the_latest_cycle_is_found_without_listing_the_history(f: Fixture) {
 
     let lists = || f.server.as_ref().map(|s| s.list_requests());
     let before = lists();
-    let cycle = Catalog::load_cycle(&f.storage, None).await.unwrap();
+    let cycle = Catalog::load_cycle(&f.storage, None, None).await.unwrap();
     let after = lists();
     let full = Catalog::load(&f.storage).await.unwrap();
 
@@ -383,9 +384,9 @@ async fn the_latest_cycle_is_found_without_listing_the_history(f: Fixture) {
         );
     }
     if let (Some(before), Some(after)) = (before, after) {
-        // One window probe, the unfinished folder, the cycle's folder, the tenant ids and one folder per
-        // tenant: none of it depends on the thousand older folders.
-        assert_eq!(after - before, 4 + f.backed_up().len(), "list requests");
+        // The sources recorded, one window probe, the unfinished folder, the cycle's folder, the tenant
+        // ids and one folder per tenant: none of it depends on the thousand older folders.
+        assert_eq!(after - before, 5 + f.backed_up().len(), "list requests");
     }
 }
 
@@ -424,7 +425,7 @@ async fn retention_keeps_exactly_n(f: Fixture) {
         .unwrap();
 
     let catalog = Catalog::load(&f.storage).await.unwrap();
-    let plan = PrunePlan::new(&catalog, NonZeroU32::new(2).unwrap(), Some(ids[3]));
+    let plan = PrunePlan::new(&catalog, NonZeroU32::new(2).unwrap(), Some(ids[3]), None);
     plan.execute(&f.storage).await.unwrap();
     let after = Catalog::load(&f.storage).await.unwrap();
     for db in &after.databases {
@@ -448,7 +449,7 @@ async fn retention_keeps_exactly_n(f: Fixture) {
         "corrupt snapshots are kept"
     );
     // Keep 1 never deletes the snapshot just written.
-    let plan = PrunePlan::new(&after, NonZeroU32::new(1).unwrap(), Some(ids[3]));
+    let plan = PrunePlan::new(&after, NonZeroU32::new(1).unwrap(), Some(ids[3]), None);
     assert!(plan.deletions.iter().all(|d| d.id != ids[3]));
 }
 
@@ -576,7 +577,7 @@ async fn retention_keeps_the_last_cycle_that_restores_whole() {
         broken.push(report.id);
     }
     let catalog = Catalog::load(&f.storage).await.unwrap();
-    let plan = PrunePlan::new(&catalog, NonZeroU32::new(1).unwrap(), None);
+    let plan = PrunePlan::new(&catalog, NonZeroU32::new(1).unwrap(), None, None);
     let pruned: Vec<_> = plan
         .deletions
         .iter()
@@ -591,7 +592,7 @@ async fn retention_keeps_the_last_cycle_that_restores_whole() {
     std::fs::rename(f.dir.path().join("elsewhere.db"), &default_db).unwrap();
     let newest = f.cycle().await.id;
     let catalog = Catalog::load(&f.storage).await.unwrap();
-    let plan = PrunePlan::new(&catalog, NonZeroU32::new(1).unwrap(), None);
+    let plan = PrunePlan::new(&catalog, NonZeroU32::new(1).unwrap(), None, None);
     let mut pruned: Vec<_> = plan
         .deletions
         .iter()
@@ -602,4 +603,43 @@ async fn retention_keeps_the_last_cycle_that_restores_whole() {
     let mut expected = vec![whole];
     expected.extend(broken);
     assert_eq!(pruned, expected, "everything older than {newest}");
+}
+
+/// Each job stages in a folder of its own: a cycle leaves a running `backup verify --deep`'s folder
+/// (its lock held) and its files alone, and sweeps the folder a killed cycle left (its lock file no
+/// longer locked) and what older versions left in the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_leaves_a_running_verifys_staging_alone_and_sweeps_a_dead_cycles() {
+    let f = Fixture::new(false).await;
+    let verify = f
+        .layout
+        .claim_staging(hitkeep_data::JobKind::Verify)
+        .unwrap();
+    let downloaded = verify.path().join("shared/2026-01-01T000000Z/hits.parquet");
+    std::fs::create_dir_all(downloaded.parent().unwrap()).unwrap();
+    std::fs::write(&downloaded, b"a file verify is reading").unwrap();
+    let dead = f
+        .layout
+        .staging_dir(hitkeep_data::JobKind::Backup, "4242-0-1");
+    std::fs::create_dir_all(dead.join("shared")).unwrap();
+    std::fs::write(dead.join(".lock"), b"").unwrap();
+    std::fs::write(dead.join("shared/hits.parquet"), vec![0u8; 4096]).unwrap();
+    let legacy = f.layout.staging_root().join("2026-01-01T000000Z");
+    std::fs::create_dir_all(&legacy).unwrap();
+
+    f.cycle().await;
+    assert!(
+        downloaded.exists(),
+        "the running verify's file is still there"
+    );
+    assert!(!dead.exists(), "the dead cycle's folder was swept");
+    assert!(!legacy.exists(), "an older version's folder was swept");
+    let left: Vec<_> = std::fs::read_dir(f.layout.staging_root())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(left, [verify.path().to_owned()]);
+    drop(verify);
+    assert!(!downloaded.exists());
 }

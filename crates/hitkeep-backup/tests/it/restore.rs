@@ -25,7 +25,7 @@ fn add_indexed_tables(f: &Fixture) {
 }
 
 async fn plan(f: &Fixture, memory_limit: u64) -> RestorePlan {
-    let catalog = Catalog::load_cycle(&f.storage, None).await.unwrap();
+    let catalog = Catalog::load_cycle(&f.storage, None, None).await.unwrap();
     let mut layout = f.layout.clone();
     layout.duckdb = DuckDbLimits {
         memory_limit: Some(memory_limit),
@@ -140,7 +140,9 @@ async fn a_split_cycle_without_its_default_tenant_is_refused_unless_shared_only(
         }
     }
     let shared_before = fingerprint(&f.layout.db_path);
-    let catalog = Catalog::load_cycle(&f.storage, Some(id)).await.unwrap();
+    let catalog = Catalog::load_cycle(&f.storage, Some(id), None)
+        .await
+        .unwrap();
     let whole =
         RestorePlan::new(&catalog, Some(id), &f.layout, &RestoreSelection::default()).unwrap();
     assert!(whole.legacy);
@@ -216,7 +218,7 @@ async fn a_split_cycle_whose_default_tenant_failed_is_refused_at_planning() {
         "a missing default tenant database on a split install fails with a hint: {}",
         failed[0].1
     );
-    let catalog = Catalog::load_cycle(&f.storage, None).await.unwrap();
+    let catalog = Catalog::load_cycle(&f.storage, None, None).await.unwrap();
     let e = RestorePlan::new(&catalog, None, &f.layout, &RestoreSelection::default()).unwrap_err();
     assert!(
         matches!(
@@ -280,4 +282,106 @@ async fn a_failed_swap_puts_back_the_databases_already_swapped() {
             );
         }
     }
+}
+
+/// What a restore killed during its download and import leaves beside a target: the snapshot's
+/// folder with a partial download, the temporary database and its WAL and spill folder, and its lock
+/// file, no longer locked (the kernel let go with the process).
+fn killed_restore_scratch(
+    dir: &std::path::Path,
+    base: &str,
+    stamp: &str,
+) -> Vec<std::path::PathBuf> {
+    let prefix = dir.join(format!(".{base}.restore-{stamp}"));
+    let with = |suffix: &str| std::path::PathBuf::from(format!("{}{suffix}", prefix.display()));
+    std::fs::create_dir_all(&prefix).unwrap();
+    std::fs::write(prefix.join("hits.parquet"), vec![7u8; 4096]).unwrap();
+    std::fs::write(prefix.join(".events.parquet.partial-4242"), b"half").unwrap();
+    std::fs::write(with(".tmp"), vec![0u8; 8192]).unwrap();
+    std::fs::write(with(".tmp.wal"), b"wal").unwrap();
+    std::fs::create_dir_all(with(".tmp.spill")).unwrap();
+    std::fs::write(with(".lock"), b"").unwrap();
+    vec![
+        prefix.clone(),
+        with(".lock"),
+        with(".tmp"),
+        with(".tmp.spill"),
+        with(".tmp.wal"),
+    ]
+}
+
+/// The scratch of a restore that was killed, beside the shared database and in tenant folders (one
+/// of them a tenant the killed restore created), is removed when the next restore starts and is
+/// reported; a running restore's scratch (its lock held) is kept and reported as held; the restore
+/// then goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_restores_scratch_is_removed_by_the_next_and_reported() {
+    let f = Fixture::new(false).await;
+    f.cycle().await;
+    let before = fingerprint(&f.layout.db_path);
+    let shared_dir = f.layout.db_path.parent().unwrap().to_owned();
+    let tenant_dir = f
+        .layout
+        .tenant_db(f.demo.tenants[0])
+        .parent()
+        .unwrap()
+        .to_owned();
+    let new_tenant_dir = f
+        .layout
+        .data_path
+        .join("tenants")
+        .join(uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir_all(&new_tenant_dir).unwrap();
+    let mut killed = killed_restore_scratch(&shared_dir, "hitkeep.db", "2026-01-01T000000Z");
+    killed.extend(killed_restore_scratch(
+        &tenant_dir,
+        "hitkeep.db",
+        "2026-01-01T000000Z",
+    ));
+    killed.extend(killed_restore_scratch(
+        &new_tenant_dir,
+        "hitkeep.db",
+        "2026-01-02T000000Z",
+    ));
+    killed.push(new_tenant_dir.clone());
+    // A restore still running in another process: its lock is held.
+    let running = killed_restore_scratch(&shared_dir, "hitkeep.db", "2026-01-03T000000Z");
+    let held = std::fs::File::options()
+        .write(true)
+        .open(&running[1])
+        .unwrap();
+    held.try_lock().unwrap();
+
+    let plan = plan(&f, 512 * MIB).await;
+    let stale = plan.remove_stale_scratch();
+    let mut removed = stale.removed.clone();
+    removed.sort();
+    killed.sort();
+    assert_eq!(removed, killed, "{stale:#?}");
+    for path in &killed {
+        assert!(!path.exists(), "{}", path.display());
+    }
+    let mut kept: Vec<_> = stale.kept.iter().map(|(p, _)| p.clone()).collect();
+    kept.sort();
+    assert_eq!(kept, running, "{stale:#?}");
+    assert!(
+        stale
+            .kept
+            .iter()
+            .all(|(_, why)| why.contains("running restore")),
+        "{stale:#?}"
+    );
+    assert!(running.iter().all(|p| p.exists()));
+
+    let stamp = SnapshotId::now();
+    let prepared = plan.prepare_all(&f.storage, stamp, 2).await.unwrap();
+    plan.commit_all(prepared, stamp).unwrap();
+    assert_eq!(fingerprint(&f.layout.db_path), before);
+    drop(held);
+    // Released, the other restore's scratch goes at the next start; this restore left none.
+    let again = plan.remove_stale_scratch();
+    let mut removed = again.removed.clone();
+    removed.sort();
+    assert_eq!(removed, running, "{again:#?}");
+    assert!(again.kept.is_empty(), "{again:#?}");
 }

@@ -1,0 +1,340 @@
+//! Every `IMPORT DATABASE` of a downloaded snapshot (a restore, `backup verify --deep`) goes through
+//! [`import_snapshot`]: its SQL is checked against what EXPORT writes ([`crate::snapshot_sql`]), then it is
+//! imported on a connection [`fence`]d to the snapshot's folder, so that what the check did not foresee
+//! still cannot reach a file outside it, attach a database, load an extension or change a setting.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use duckdb::Connection;
+use hitkeep_data::{DuckDbLimits, STORAGE_VERSION, quote_ident, quote_literal};
+
+use crate::error::{Error, Result};
+use crate::manifest::Database;
+use crate::swap::Scratch;
+
+/// The name the new database is attached under.
+const IMPORTED: &str = "restored";
+
+/// One import: a downloaded snapshot into a new database file.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Import<'a> {
+    /// The downloaded snapshot (schema.sql, load.sql and the table files).
+    pub(crate) snapshot_dir: &'a Path,
+    /// The new database file (created at a storage version DuckDB 1.5 reads).
+    pub(crate) db: &'a Path,
+    /// DuckDB's limits, set before the fence locks them.
+    pub(crate) limits: DuckDbLimits,
+    /// Which database, for errors.
+    pub(crate) database: Database,
+    /// The snapshot's folder (`shared/2026-…`), for errors.
+    pub(crate) folder: &'a str,
+    /// What to tell people when DuckDB runs out of memory.
+    pub(crate) memory_hint: &'static str,
+}
+
+/// Checks the snapshot's SQL, imports it on a fenced connection, `CHECKPOINT`s and closes the new
+/// database; returns the row count of every table.
+pub(crate) fn import_snapshot(import: &Import<'_>) -> Result<BTreeMap<String, u64>> {
+    crate::snapshot_sql::check_export(import.snapshot_dir, import.folder)?;
+    fenced_import(import)
+}
+
+/// The import itself, without the statement check: the fence alone stands between the snapshot's SQL
+/// and the machine (tests call it so).
+pub(crate) fn fenced_import(import: &Import<'_>) -> Result<BTreeMap<String, u64>> {
+    let database = import.database;
+    let db = utf8(import.db)?;
+    // Absolute, so that the fence and the paths IMPORT rewrites load.sql's to are the same text.
+    let snapshot_dir =
+        std::path::absolute(import.snapshot_dir).map_err(|e| Error::io(import.snapshot_dir, e))?;
+    let source = utf8(&snapshot_dir)?;
+    // Spills go beside the new file (on the data disk), not into an in-memory database's default,
+    // `.tmp` under whatever directory the command was started from. Declared before the connection,
+    // so removed after DuckDB has closed.
+    let spill = Scratch(PathBuf::from(format!("{db}.spill")));
+    let conn =
+        Connection::open_in_memory().map_err(|e| Error::duckdb(database, "opening DuckDB", e))?;
+    import
+        .limits
+        .apply(&conn)
+        .map_err(|e| Error::duckdb(database, "setting DuckDB's limits", e))?;
+    conn.execute_batch(&format!(
+        "SET temp_directory = {}",
+        quote_literal(&spill.0.display().to_string())
+    ))
+    .map_err(|e| Error::duckdb(database, "setting DuckDB's spill directory", e))?;
+    // Attached before the fence: DuckDB opens the database's own files (the file, its WAL and
+    // checkpoint files, spills) itself, while the fence governs what SQL reaches.
+    conn.execute_batch(&format!(
+        "ATTACH {} AS {IMPORTED} (STORAGE_VERSION '{STORAGE_VERSION}'); USE {IMPORTED};",
+        quote_literal(db)
+    ))
+    .map_err(|e| Error::duckdb(database, "creating the new database", e))?;
+    fence(&conn, &[&snapshot_dir]).map_err(|e| Error::duckdb(database, "fencing the import", e))?;
+    conn.execute_batch(&format!(
+        "IMPORT DATABASE {}; CHECKPOINT;",
+        quote_literal(source)
+    ))
+    .map_err(|e| Error::duckdb_or_memory(database, "IMPORT DATABASE", import.memory_hint, e))?;
+    let tables = row_counts(&conn).map_err(|e| Error::duckdb(database, "counting rows", e))?;
+    conn.execute_batch(&format!("DETACH {IMPORTED};"))
+        .map_err(|e| Error::duckdb(database, "closing the new database", e))?;
+    drop(conn);
+    Ok(tables)
+}
+
+/// Opens a database restored from a snapshot read-only, fenced (reaching no file), to look at it.
+pub(crate) fn open_fenced(path: &Path) -> Result<Connection> {
+    let database = Database::Shared;
+    let text = utf8(path)?;
+    let conn =
+        Connection::open_in_memory().map_err(|e| Error::duckdb(database, "opening DuckDB", e))?;
+    conn.execute_batch(&format!(
+        "ATTACH {} AS {IMPORTED} (READ_ONLY); USE {IMPORTED};",
+        quote_literal(text)
+    ))
+    .map_err(|e| Error::duckdb(database, "opening the restored database", e))?;
+    fence(&conn, &[]).map_err(|e| Error::duckdb(database, "fencing the restored database", e))?;
+    Ok(conn)
+}
+
+/// Locks `conn` down to reading and writing files under `allowed` (through SQL): no other file, no
+/// `ATTACH` outside, no extension installed or loaded (those linked in are already loaded), and no
+/// setting changed afterwards. Attach databases, set limits and choose the database in use before:
+/// once `lock_configuration` is on, nothing can change. DuckDB refuses what crosses it with "Permission
+/// Error: … file system operations are disabled by configuration".
+pub(crate) fn fence(conn: &Connection, allowed: &[&Path]) -> duckdb::Result<()> {
+    let dirs: Vec<String> = allowed
+        .iter()
+        .map(|d| {
+            let mut dir = d.display().to_string();
+            if !dir.ends_with('/') {
+                dir.push('/'); // a prefix: `/a/b/` must not allow `/a/bc`
+            }
+            quote_literal(&dir)
+        })
+        .collect();
+    // allowed_directories first: it cannot be changed once external access is off.
+    conn.execute_batch(&format!(
+        "SET allowed_directories = [{}];
+         SET enable_external_access = false;
+         SET autoload_known_extensions = false;
+         SET autoinstall_known_extensions = false;
+         SET lock_configuration = true;",
+        dirs.join(", ")
+    ))
+}
+
+/// The row count of every table of the new database, keyed as manifests key them (`table`, or
+/// `schema.table` outside `main`). Asked from the in-memory database, with the tables' full names:
+/// inside the restored one, `count(*)` would call a snapshot's macro named `count_star`, and the
+/// snapshot's views and macros are never run by a restore. Only base tables are counted.
+fn row_counts(conn: &Connection) -> duckdb::Result<BTreeMap<String, u64>> {
+    conn.execute_batch("USE memory;")?;
+    let mut stmt = conn.prepare(
+        "SELECT schema_name, table_name FROM duckdb_tables() \
+         WHERE database_name = ? AND NOT internal AND NOT temporary \
+         ORDER BY schema_name, table_name",
+    )?;
+    let tables: Vec<(String, String)> = stmt
+        .query_map([IMPORTED], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<duckdb::Result<_>>()?;
+    let mut counts = BTreeMap::new();
+    for (schema, table) in tables {
+        let sql = format!(
+            "SELECT count(*) FROM {IMPORTED}.{}.{}",
+            quote_ident(&schema),
+            quote_ident(&table)
+        );
+        let n: i64 = conn.query_row(&sql, [], |r| r.get(0))?;
+        let name = if schema == "main" {
+            table
+        } else {
+            format!("{schema}.{table}")
+        };
+        counts.insert(name, u64::try_from(n).unwrap_or_default());
+    }
+    Ok(counts)
+}
+
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str()
+        .ok_or_else(|| Error::io(path, std::io::Error::other("path is not valid UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_HINT: &str = "";
+
+    /// A real export of a small database with a view and a macro, into `dir/snapshot`.
+    fn export(dir: &Path) -> PathBuf {
+        let snapshot = dir.join("snapshot");
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name VARCHAR);
+             INSERT INTO t SELECT range, 'n' || range FROM range(1000);
+             CREATE MACRO count_star() AS 42;
+             CREATE VIEW v AS SELECT count(*) AS n FROM t;
+             EXPORT DATABASE {} (FORMAT PARQUET);",
+            quote_literal(snapshot.to_str().unwrap())
+        ))
+        .unwrap();
+        snapshot
+    }
+
+    fn import<'a>(snapshot: &'a Path, db: &'a Path, limits: DuckDbLimits) -> Import<'a> {
+        Import {
+            snapshot_dir: snapshot,
+            db,
+            limits,
+            database: Database::Shared,
+            folder: "shared/2026-01-01T000000Z",
+            memory_hint: NO_HINT,
+        }
+    }
+
+    #[test]
+    fn the_fence_alone_refuses_a_write_outside_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = export(dir.path());
+        let pwned = dir.path().join("pwned");
+        let schema = snapshot.join("schema.sql");
+        let mut sql = std::fs::read_to_string(&schema).unwrap();
+        sql.push_str(&format!(
+            "COPY (SELECT 42) TO {};\n",
+            quote_literal(pwned.to_str().unwrap())
+        ));
+        std::fs::write(&schema, sql).unwrap();
+        let db = dir.path().join("new.db");
+
+        // The check refuses it first...
+        let e = import_snapshot(&import(&snapshot, &db, DuckDbLimits::default())).unwrap_err();
+        assert!(matches!(e, Error::ForeignStatement { .. }), "{e}");
+        assert!(!db.exists(), "refused before the new database is created");
+        // ...and without the check, DuckDB itself refuses it inside the fence.
+        let e = fenced_import(&import(&snapshot, &db, DuckDbLimits::default())).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("Permission Error") && text.contains("disabled by configuration"),
+            "{text}"
+        );
+        assert!(!pwned.exists(), "nothing written outside the snapshot");
+    }
+
+    #[test]
+    fn the_fence_refuses_attach_extensions_and_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        fence(&conn, &[&allowed]).unwrap();
+        let outside = dir.path().join("outside.db");
+        for sql in [
+            format!("ATTACH {} AS o", quote_literal(outside.to_str().unwrap())),
+            "INSTALL httpfs".to_owned(),
+            "LOAD httpfs".to_owned(),
+            "SET enable_external_access = true".to_owned(),
+            "SET allowed_directories = ['/']".to_owned(),
+            "SET autoinstall_known_extensions = true".to_owned(),
+            "SELECT * FROM read_text('/etc/hostname')".to_owned(),
+            "COPY (SELECT 1) TO '/tmp/../tmp/hitkeep-fence-test'".to_owned(),
+            format!(
+                "COPY (SELECT 1) TO {}",
+                quote_literal(&format!("{}/../escaped", allowed.display()))
+            ),
+        ] {
+            let e = conn.execute_batch(&sql).expect_err(&sql).to_string();
+            assert!(
+                e.contains("disabled") || e.contains("locked") || e.contains("Permission"),
+                "{sql}: {e}"
+            );
+        }
+        assert!(!outside.exists() && !dir.path().join("escaped").exists());
+        // Inside the allowed folder, files work.
+        let inside = allowed.join("inside.csv");
+        conn.execute_batch(&format!(
+            "COPY (SELECT 1) TO {}",
+            quote_literal(inside.to_str().unwrap())
+        ))
+        .unwrap();
+        assert!(inside.exists());
+    }
+
+    #[test]
+    fn a_fenced_import_restores_views_and_macros_without_running_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = export(dir.path());
+        let db = dir.path().join("new.db");
+        let tables = import_snapshot(&import(&snapshot, &db, DuckDbLimits::default())).unwrap();
+        // The snapshot's `count_star` macro would make every count 42 if restore's counting used it.
+        assert_eq!(tables, BTreeMap::from([("t".to_owned(), 1000)]));
+        let conn = open_fenced(&db).unwrap();
+        // From the in-memory database: inside the restored one, `count(*)` is the snapshot's macro.
+        conn.execute_batch("USE memory").unwrap();
+        let (view, macros): (String, i64) = conn
+            .query_row(
+                "SELECT (SELECT sql FROM duckdb_views() WHERE database_name = 'restored' AND view_name = 'v'),
+                        (SELECT count(*) FROM duckdb_functions() WHERE database_name = 'restored' AND function_name = 'count_star')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(view.contains("count"), "{view}");
+        assert_eq!(macros, 1);
+        let inside: i64 = conn
+            .query_row("SELECT count(*) FROM restored.main.t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(inside, 1000);
+        conn.execute_batch("USE restored").unwrap();
+        let shadowed: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            shadowed, 42,
+            "why restore counts from the in-memory database"
+        );
+        assert!(!PathBuf::from(format!("{}.wal", db.display())).exists());
+    }
+
+    /// Spilling still works inside the fence: DuckDB writes its spill files itself, not through SQL.
+    #[test]
+    fn a_fenced_connection_spills_under_a_small_memory_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = dir.path().join("spill");
+        let conn = Connection::open_in_memory().unwrap();
+        DuckDbLimits {
+            memory_limit: Some(64 * 1024 * 1024),
+            threads: Some(2),
+        }
+        .apply(&conn)
+        .unwrap();
+        conn.execute_batch(&format!(
+            "SET temp_directory = {}; ATTACH {} AS {IMPORTED}; USE {IMPORTED};",
+            quote_literal(spill.to_str().unwrap()),
+            quote_literal(dir.path().join("db").to_str().unwrap())
+        ))
+        .unwrap();
+        fence(&conn, &[&dir.path().join("staging")]).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE s AS SELECT range AS a, md5(range::VARCHAR) AS b FROM range(3000000) ORDER BY b;",
+        )
+        .unwrap();
+        let spilled: i64 = conn
+            .query_row("SELECT count(*) FROM duckdb_temporary_files()", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM s", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3_000_000);
+        assert!(
+            spilled > 0 || spill.exists(),
+            "the sort spilled to {}",
+            spill.display()
+        );
+    }
+}
