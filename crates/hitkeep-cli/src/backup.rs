@@ -126,31 +126,76 @@ async fn backup_once(settings: &Settings, location: &Location) -> Result<CycleRe
         options = options.with_progress(bars);
     }
     let report = hitkeep_backup::run_cycle(&storage, shared, tenants, &options).await?;
-    if !location.is_s3() || settings.backup.prune_s3 {
-        // The cycle is committed whatever happens here: a failed prune is a warning, not a failed backup.
-        if let Err(e) = prune_after_cycle(&storage, settings, report.id).await {
-            tracing::warn!(error = %format!("{e:#}"), "pruning old snapshots failed; the new snapshot is complete");
-        }
+    // The cycle is committed whatever happens here: a failed prune is a warning, not a failed backup.
+    let retention =
+        (!location.is_s3() || settings.backup.prune_s3).then_some(settings.backup.retention);
+    if let Err(e) = prune_after_cycle(&storage, &layout, retention, report.id).await {
+        tracing::warn!(error = %format!("{e:#}"), "pruning after the cycle failed; the new snapshot is complete");
     }
     Ok(report)
 }
 
+/// After a committed cycle (the lock is free again, but this process's cycles are the only ones of
+/// its source): retention when it applies, and in any case the leftovers of interrupted runs.
 async fn prune_after_cycle(
     storage: &Storage,
-    settings: &Settings,
+    layout: &DataLayout,
+    retention: Option<std::num::NonZeroU32>,
     id: hitkeep_backup::SnapshotId,
 ) -> Result<()> {
+    let source = layout
+        .source_id()?
+        .context("the cycle created the source id")?;
+    let _lock = hitkeep_backup::CycleLock::acquire(&BackupOptions::for_layout(layout).lock_file)?;
     let catalog = Catalog::load(storage).await?;
-    let plan = PrunePlan::new(&catalog, settings.backup.retention, Some(id));
+    let plan = match retention {
+        Some(keep) => PrunePlan::new(&catalog, keep, Some(id), Some(source)),
+        None => PrunePlan::leftovers(&catalog, id, source),
+    };
     let removed = plan.execute(storage).await?;
     if !plan.is_empty() {
         tracing::info!(
             snapshots = plan.deletions.len(),
             objects = removed,
-            "pruned old snapshots"
+            "pruned old snapshots and leftovers of interrupted runs"
         );
     }
+    sweep_partial_uploads(storage, false).await;
     Ok(())
+}
+
+/// How old an S3 multipart upload must be, by the server's clock, before it counts as a dead
+/// process's: another installation's cycle may be uploading to the same destination, and a large
+/// file on a slow link takes hours. Local partial uploads are told apart by their owner's lock instead.
+const PARTIAL_UPLOAD_AGE: Duration = Duration::from_secs(6 * 3600);
+
+/// Removes what killed processes left half-uploaded, saying what went (on stdout when `print`, in the
+/// log otherwise); a failure is a warning, never a failed backup or prune.
+async fn sweep_partial_uploads(storage: &Storage, print: bool) {
+    let report = match storage.sweep_partial_uploads(PARTIAL_UPLOAD_AGE).await {
+        Ok(r) => r,
+        Err(e) => {
+            let hint = e
+                .hint()
+                .map(|h| format!("\n  hint: {h}"))
+                .unwrap_or_default();
+            tracing::warn!("could not look for partial uploads of killed runs: {e}{hint}");
+            return;
+        }
+    };
+    for p in &report.removed {
+        tracing::info!(key = p.key, bytes = ?p.bytes, "removed a partial upload left by a killed run");
+    }
+    for (p, e) in &report.failed {
+        tracing::warn!(key = p.key, error = %e, "could not remove a partial upload left by a killed run");
+    }
+    if print && !report.removed.is_empty() {
+        println!(
+            "removed {} partial upload(s) left by killed runs ({} bytes)",
+            report.removed.len(),
+            report.bytes_removed()
+        );
+    }
 }
 
 fn print_report(report: &CycleReport) {
@@ -236,7 +281,7 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let latest = catalog.latest_committed().map(|s| s.id);
+    let latest = latest_per_source(&catalog);
     let rows: Vec<serde_json::Value> = catalog
         .databases
         .iter()
@@ -246,7 +291,10 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
                 "database": database.folder(),
                 "snapshot_id": s.id,
                 "state": s.state,
-                "latest": database == hitkeep_backup::Database::Shared && Some(s.id) == latest,
+                "latest": database == hitkeep_backup::Database::Shared && latest.contains(&s.id),
+                "source": s.source,
+                "sequence": s.sequence(),
+                "in_future": s.in_future(),
                 "size": s.size,
                 "objects": s.objects,
                 "rows": s.manifest.as_ref().map(|m| m.total_rows()),
@@ -264,8 +312,8 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<46} {:<20} {:<11} {:>12} {:>12}",
-        "DATABASE", "SNAPSHOT", "STATE", "BYTES", "ROWS"
+        "{:<46} {:<20} {:<11} {:<8} {:>12} {:>12}",
+        "DATABASE", "SNAPSHOT", "STATE", "SOURCE", "BYTES", "ROWS"
     );
     for (db, s) in catalog
         .databases
@@ -288,19 +336,43 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
             }
             _ => String::new(),
         };
-        if db.database == hitkeep_backup::Database::Shared && Some(s.id) == latest {
+        if db.database == hitkeep_backup::Database::Shared && latest.contains(&s.id) {
             mark.push_str("  <- latest");
         }
+        if s.in_future() {
+            mark.push_str("  (in the future: written by a clock set ahead?)");
+        }
+        let source = s.source.map_or_else(|| "-".to_owned(), |s| s.short());
         println!(
-            "{:<46} {:<20} {:<11} {:>12} {:>12}{mark}",
+            "{:<46} {:<20} {:<11} {:<8} {:>12} {:>12}{mark}",
             db.database.folder(),
             s.id.to_string(),
             state,
+            source,
             s.size,
             rows
         );
     }
     ExitCode::SUCCESS
+}
+
+/// The newest committed cycle of each source writing to the destination (one, usually).
+fn latest_per_source(catalog: &Catalog) -> Vec<hitkeep_backup::SnapshotId> {
+    let shared = catalog.snapshots(hitkeep_backup::Database::Shared);
+    let mut sources: Vec<_> = shared.iter().filter_map(|s| s.source).collect();
+    sources.sort();
+    sources.dedup();
+    if sources.is_empty() {
+        return catalog
+            .latest_committed()
+            .map(|s| s.id)
+            .into_iter()
+            .collect();
+    }
+    sources
+        .into_iter()
+        .filter_map(|source| catalog.latest_committed_of(source).map(|s| s.id))
+        .collect()
 }
 
 pub fn verify(settings: &Settings, snapshot: Option<&str>, deep: bool, json: bool) -> ExitCode {
@@ -311,10 +383,11 @@ pub fn verify(settings: &Settings, snapshot: Option<&str>, deep: bool, json: boo
     let outcome = runtime().block_on(async {
         let storage = Storage::open_existing(location, &settings.s3).await?;
         let catalog = Catalog::load(&storage).await?;
-        let id = catalog.resolve(snapshot)?.id;
-        let scratch = tempfile::Builder::new()
-            .prefix("hitkeep-verify-")
-            .tempdir_in(scratch_root(settings))?;
+        // "latest" is this installation's newest cycle when the destination holds several.
+        let source = layout(settings).source_id().ok().flatten();
+        let id = catalog.resolve_for(snapshot, source)?.id;
+        // Next to the data, where there is room for a snapshot, in a folder of this run's own.
+        let scratch = layout(settings).claim_staging(hitkeep_data::JobKind::Verify)?;
         anyhow::Ok(
             hitkeep_backup::verify_snapshot(&storage, &catalog, id, deep, scratch.path()).await?,
         )
@@ -369,14 +442,37 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
     };
     let outcome = runtime().block_on(async {
         let storage = Storage::open_existing(location, &settings.s3).await?;
+        // Holding the cycle lock, this source's unfinished snapshots are all leftovers.
+        let layout = layout(settings);
+        let _lock =
+            hitkeep_backup::CycleLock::acquire(&BackupOptions::for_layout(&layout).lock_file)?;
         let catalog = Catalog::load(&storage).await?;
-        let protect = catalog.latest_committed().map(|s| s.id);
-        let plan = PrunePlan::new(&catalog, settings.backup.retention, protect);
+        let source = layout.source_id()?;
+        let sourced = catalog
+            .databases
+            .iter()
+            .flat_map(|d| &d.snapshots)
+            .any(|s| s.source.is_some());
+        if source.is_none() && sourced {
+            anyhow::bail!(
+                "prune removes only this installation's snapshots, and {} has no source id (no backup ran from this data path)\n  hint: run prune where the backups are made (the same HITKEEP_DATA_PATH)",
+                layout.data_path.display()
+            );
+        }
+        let protect = match source {
+            Some(s) => catalog.latest_committed_of(s),
+            None => catalog.latest_committed(),
+        }
+        .map(|s| s.id);
+        let plan = PrunePlan::new(&catalog, settings.backup.retention, protect, source);
         if plan.is_empty() {
             println!(
                 "nothing to prune: every database has at most {} snapshots",
                 settings.backup.retention
             );
+            if !dry_run {
+                sweep_partial_uploads(&storage, true).await;
+            }
             return anyhow::Ok(ExitCode::SUCCESS);
         }
         println!(
@@ -404,6 +500,7 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
             "deleted {} snapshots ({objects} objects); a fresh listing confirms they are gone",
             plan.deletions.len()
         );
+        sweep_partial_uploads(&storage, true).await;
         Ok(ExitCode::SUCCESS)
     });
     outcome.unwrap_or_else(|e| fail(&e))
@@ -478,13 +575,6 @@ pub fn lifecycle(settings: &Settings) -> ExitCode {
         s3.bucket()
     );
     ExitCode::SUCCESS
-}
-
-/// Scratch space for downloads: next to the data, where there is room for a snapshot.
-fn scratch_root(settings: &Settings) -> PathBuf {
-    let root = settings.data_path.join(".hitkeep-staging");
-    let _ = std::fs::create_dir_all(&root);
-    root
 }
 
 /// The scheduler's last results, kept in a small JSON file under the data path.

@@ -199,6 +199,10 @@ pub enum RecoverCommand {
         /// The snapshot id (YYYY-MM-DDTHHMMSSZ); default: the newest committed cycle.
         #[arg(long, value_name = "ID", value_parser = snapshot_or_latest)]
         snapshot: Option<String>,
+        /// Whose newest cycle to restore, when several installations back up to -from (see the
+        /// SOURCE column of `hitkeep backup list`).
+        #[arg(long, value_name = "ID", value_parser = source_id)]
+        source: Option<String>,
         /// Restore only this tenant (repeatable).
         #[arg(long = "tenant", value_name = "UUID")]
         tenants: Vec<String>,
@@ -289,6 +293,15 @@ pub enum ArchiveCommand {
         #[arg(long, value_parser = date)]
         to: Option<String>,
     },
+}
+
+/// Source ids are checked while parsing, like snapshot ids: a bad one is a usage error (exit 2).
+fn source_id(s: &str) -> Result<String, String> {
+    s.parse::<hitkeep_data::SourceId>()
+        .map(|_| s.to_owned())
+        .map_err(|_| {
+            format!("{s:?} is not a source id: expected a UUID as `hitkeep backup list` shows")
+        })
 }
 
 /// Snapshot ids are checked while parsing, so a bad one is a usage error (exit 2) naming the flag.

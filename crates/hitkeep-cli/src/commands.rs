@@ -56,6 +56,7 @@ pub fn run(cli: &Cli) -> ExitCode {
         Some(Command::Recover(RecoverCommand::RestoreBackup {
             from,
             snapshot,
+            source,
             tenants,
             shared_only,
             dry_run,
@@ -66,6 +67,7 @@ pub fn run(cli: &Cli) -> ExitCode {
                 &restore::Args {
                     from,
                     snapshot: snapshot.as_deref(),
+                    source: source.as_deref(),
                     tenants,
                     shared_only: *shared_only,
                     dry_run: *dry_run,
@@ -105,7 +107,13 @@ pub fn run(cli: &Cli) -> ExitCode {
             clap_complete::generate(*shell, &mut cmd, "hitkeep", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Some(Command::Serve) | None => with_config(loaded, |c| backup::serve(&c.settings)),
+        Some(Command::Serve) | None => with_config(loaded, |c| {
+            // The scheduler's command line stays in `ps` for as long as it runs.
+            for warning in c.secrets_on_command_line() {
+                eprintln!("{warning}");
+            }
+            backup::serve(&c.settings)
+        }),
     }
 }
 
@@ -148,10 +156,33 @@ fn init_logging(config: &Config) {
 }
 
 fn config_show(config: &Config, json: bool) -> ExitCode {
+    // Not a setting but the installation's identity in every snapshot it writes: shown beside them.
+    let layout = crate::backup::layout(&config.settings);
+    let file = layout.source_file();
+    let source = layout.source_id();
     let out = if json {
-        format!("{:#}\n", config.render_json())
+        let mut value = config.render_json();
+        if let Some(object) = value.as_object_mut() {
+            object.insert(
+                "source_id".into(),
+                serde_json::json!({
+                    "file": file,
+                    "id": source.as_ref().ok().copied().flatten(),
+                    "error": source.as_ref().err().map(ToString::to_string),
+                }),
+            );
+        }
+        format!("{value:#}\n")
     } else {
-        config.render_text()
+        let line = match &source {
+            Ok(Some(id)) => format!("source id: {id} (from {})\n", file.display()),
+            Ok(None) => format!(
+                "source id: none yet (the first backup creates {})\n",
+                file.display()
+            ),
+            Err(e) => format!("source id: unreadable: {e}\n"),
+        };
+        format!("{}{line}", config.render_text())
     };
     print_stdout(&out)
 }

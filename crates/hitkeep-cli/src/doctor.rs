@@ -254,6 +254,7 @@ async fn exercise(
     )?;
 
     clock(storage, label, &small, report).await;
+    conditional_writes(storage, label, &format!("{run}/conditional"), report).await;
 
     let multipart = multipart(storage, run).await;
     step(
@@ -298,6 +299,29 @@ async fn exercise(
         report,
         "a deleted object is gone from a fresh listing",
     )
+}
+
+/// Whether the service refuses a second `If-None-Match: *` create, which is how a cycle claims its
+/// snapshot id. Without it, cycles claim by reading their marker back after a pause: still safe for
+/// the usual case, but two installations on one destination are then kept apart by timing alone.
+async fn conditional_writes(storage: &Storage, label: &str, key: &str, report: &mut Report) {
+    let name = format!("{label}: conditional writes");
+    match storage.honours_if_absent(key).await {
+        Ok(true) => report.ok(name, "a second If-None-Match: * create is refused (snapshot ids are claimed atomically)"),
+        Ok(false) => report.add(
+            name,
+            Status::Warning,
+            "the service ignores If-None-Match: * and overwrites",
+            Some("cycles claim snapshot ids by reading their marker back instead; give every installation its own HITKEEP_BACKUP_PATH".to_owned()),
+        ),
+        Err(e) => report.add(
+            name,
+            Status::Warning,
+            format!("the service rejects conditional writes: {}", e.to_string().lines().next().unwrap_or_default()),
+            Some("cycles claim snapshot ids by reading their marker back instead; give every installation its own HITKEEP_BACKUP_PATH".to_owned()),
+        ),
+    }
+    let _ = storage.delete(key).await;
 }
 
 /// Request signing tolerates 15 minutes of skew; warn well before that.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use hitkeep_archive::{ImportPlan, ImportSummary};
-use hitkeep_backup::{Bundle, BundleArtifact, SnapshotId, lock_holder};
+use hitkeep_backup::{Bundle, BundleArtifact, SnapshotId};
 use hitkeep_config::Settings;
 use hitkeep_data::TenantLayout;
 use hitkeep_storage::Storage;
@@ -17,17 +17,19 @@ use crate::backup::{EXIT_FAILURE, confirm, fail, layout};
 /// HitKeep's prompt for both commands.
 const PROMPT: &str = "Type \"yes\" to confirm: ";
 
-/// Refuses (exit 1) while another process, usually the HitKeep server, holds `db`.
+/// Refuses (exit 1) while another process, usually the HitKeep server, holds `db`, from this PID
+/// namespace or another (a container).
 fn refuse_if_in_use(db: &Path) -> Result<(), ExitCode> {
-    match lock_holder(db) {
-        Some(holder) => {
+    match hitkeep_data::lock_holder(db) {
+        Ok(None) => Ok(()),
+        Ok(Some(holder)) => {
             eprintln!(
-                "error: {} is in use by {holder}; stop the HitKeep server first: nothing was changed",
+                "error: {} is in use by another process ({holder}); stop the HitKeep server first: nothing was changed",
                 db.display()
             );
             Err(ExitCode::from(EXIT_FAILURE))
         }
-        None => Ok(()),
+        Err(e) => Err(fail(&e.into())),
     }
 }
 

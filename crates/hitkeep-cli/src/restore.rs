@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use hitkeep_backup::{Catalog, RestorePlan, RestoreSelection, SnapshotId, lock_holder};
+use hitkeep_backup::{Catalog, RestorePlan, RestoreSelection, SnapshotId};
 use hitkeep_config::{Location, Settings};
 use hitkeep_data::DataLayout;
 use hitkeep_storage::Storage;
@@ -16,6 +16,7 @@ use crate::backup::{EXIT_FAILURE, confirm, fail};
 pub struct Args<'a> {
     pub from: &'a str,
     pub snapshot: Option<&'a str>,
+    pub source: Option<&'a str>,
     pub tenants: &'a [String],
     pub shared_only: bool,
     pub dry_run: bool,
@@ -40,6 +41,10 @@ pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
             Err(e) => return usage_error(&format!("-snapshot: {e}")),
         },
     };
+    // Checked by the parser already; `None` means "the destination's only source".
+    let source = args
+        .source
+        .and_then(|s| s.parse::<hitkeep_data::SourceId>().ok());
     let mut tenants = Vec::new();
     for t in args.tenants {
         match Uuid::parse_str(t) {
@@ -63,7 +68,7 @@ pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
             Err(e) => return fail(&e.into()),
         };
         // One cycle's folders, not the whole history: finding it stays cheap with thousands of snapshots.
-        let plan = match Catalog::load_cycle(&storage, snapshot)
+        let plan = match Catalog::load_cycle(&storage, snapshot, source)
             .await
             .and_then(|c| RestorePlan::new(&c, snapshot, &layout, &selection))
         {
@@ -71,14 +76,19 @@ pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
             Err(e) => return fail(&e.into()),
         };
         print_plan(&from, &plan, &layout);
-        // A running server holds its databases; refuse before downloading anything.
+        // A running server holds its databases, maybe from another container; refuse before
+        // downloading anything.
         for item in &plan.items {
-            if let Some(holder) = lock_holder(&item.target) {
-                eprintln!(
-                    "error: {} is in use by {holder}; stop the HitKeep server before restoring",
-                    item.target.display()
-                );
-                return ExitCode::from(EXIT_FAILURE);
+            match hitkeep_data::lock_holder(&item.target) {
+                Ok(None) => {}
+                Ok(Some(holder)) => {
+                    eprintln!(
+                        "error: {} is in use by another process ({holder}); stop the HitKeep server before restoring",
+                        item.target.display()
+                    );
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+                Err(e) => return fail(&e.into()),
             }
         }
         if args.dry_run {
@@ -108,6 +118,14 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
             ""
         }
     );
+    if let Some(source) = plan.source {
+        let adopt = if layout.source_id().ok().flatten().is_none() && !plan.shared_only {
+            " (this data path has none yet: it takes this one over)"
+        } else {
+            ""
+        };
+        println!("Written by: source {source}{adopt}");
+    }
     println!("Target DB:  {}", layout.db_path.display());
     println!("Data Path:  {}", layout.data_path.display());
     let tenants: Vec<_> = plan
@@ -157,6 +175,18 @@ async fn execute(storage: &Storage, plan: &RestorePlan, concurrency: usize) -> E
         hitkeep_backup::Database::Shared => "Shared database".to_owned(),
         hitkeep_backup::Database::Tenant { tenant_id } => format!("Tenant {tenant_id}"),
     };
+    // Killed restores leave full-size downloads and databases beside the targets: gone before
+    // this one downloads anything, unless a running restore holds them.
+    let stale = plan.remove_stale_scratch();
+    for path in &stale.removed {
+        println!(
+            "Removed the scratch of an earlier restore: {}",
+            path.display()
+        );
+    }
+    for (path, why) in &stale.kept {
+        println!("Kept {} ({why})", path.display());
+    }
     // Every database is downloaded and imported before any is swapped in: a failure here (the
     // network, a damaged object) leaves all of them as they were, never a mix of old and new.
     let prepared = match plan.prepare_all(storage, stamp, concurrency).await {

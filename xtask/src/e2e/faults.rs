@@ -462,7 +462,7 @@ fn wait_until_usable(ctx: &Ctx) -> Result<()> {
 }
 
 /// Every file under `dir` with its bytes.
-fn tree(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
+pub(super) fn tree(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     let files = super::entries(dir)?.into_iter().filter(|p| !p.is_dir());
     files.map(|p| Ok((p.clone(), std::fs::read(&p)?))).collect()
 }

@@ -127,8 +127,16 @@ impl Hitkeep {
         self.transcript.borrow()
     }
 
-    fn command(&self, dir: &Path, env: &Env, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
+    /// `wrapper` goes before the binary (`unshare --pid --fork --mount-proc`), when not empty.
+    fn command(&self, wrapper: &[&str], dir: &Path, env: &Env, args: &[&str]) -> Command {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.current_dir(dir).env_clear().stdin(Stdio::null());
         cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
         cmd.env("HOME", &self.home);
@@ -149,7 +157,29 @@ impl Hitkeep {
         self.wait(running, Duration::from_secs(600))
     }
 
+    /// [`Hitkeep::run`] behind `wrapper`, a command that runs the binary (`unshare … hitkeep args`).
+    pub fn run_wrapped(
+        &self,
+        wrapper: &[&str],
+        dir: &Path,
+        env: &Env,
+        args: &[&str],
+    ) -> Result<Out> {
+        let running = self.spawn_wrapped(wrapper, dir, env, args)?;
+        self.wait(running, Duration::from_secs(600))
+    }
+
     pub fn spawn(&self, dir: &Path, env: &Env, args: &[&str]) -> Result<Running> {
+        self.spawn_wrapped(&[], dir, env, args)
+    }
+
+    fn spawn_wrapped(
+        &self,
+        wrapper: &[&str],
+        dir: &Path,
+        env: &Env,
+        args: &[&str],
+    ) -> Result<Running> {
         let n = {
             let mut runs = self.runs.borrow_mut();
             *runs += 1;
@@ -158,7 +188,7 @@ impl Hitkeep {
         let stdout = self.logs.join(format!("{n:05}.out"));
         let stderr = self.logs.join(format!("{n:05}.err"));
         let child = self
-            .command(dir, env, args)
+            .command(wrapper, dir, env, args)
             .stdout(fs::File::create(&stdout)?)
             .stderr(fs::File::create(&stderr)?)
             .spawn()

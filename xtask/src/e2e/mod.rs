@@ -9,11 +9,14 @@ mod bad_input;
 mod checksum;
 mod faults;
 mod hitkeep;
+mod namespaces;
 pub(crate) mod proxy;
 mod report;
 mod scenarios;
 pub(crate) mod server;
+mod tampered;
 pub(crate) mod tools;
+mod trust;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -230,6 +233,31 @@ pub fn run() -> Result<bool> {
         "archive interrupted after upload and during delete",
         faults::archive_interrupts,
     );
+    section(
+        &mut ctx,
+        "restore from another PID namespace",
+        namespaces::restore_across_namespaces,
+    );
+    section(
+        &mut ctx,
+        "two installations back up to one prefix in the same second",
+        trust::two_writers,
+    );
+    section(
+        &mut ctx,
+        "a clock behind, then a year ahead",
+        trust::wrong_clock,
+    );
+    section(
+        &mut ctx,
+        "kills, then cycles on a small disk",
+        trust::kills_on_a_small_disk,
+    );
+    section(
+        &mut ctx,
+        "tampered snapshots: restore and verify --deep refuse code",
+        tampered::run,
+    );
     section(&mut ctx, "bad input", bad_input::run);
     section(&mut ctx, "secrets", scan_secrets);
 
@@ -273,9 +301,10 @@ fn in_layout(ctx: &mut Ctx, layout: &'static str, f: impl FnOnce(&mut Ctx)) {
 }
 
 fn section(ctx: &mut Ctx, name: &str, f: fn(&mut Ctx) -> Result<()>) {
-    // HITKEEP_E2E_ONLY=word runs only the sections whose name holds it (the secret scan always runs).
+    // HITKEEP_E2E_ONLY=word runs only the sections whose name holds it, `a|b` those holding either
+    // (the secret scan always runs).
     if let Ok(only) = std::env::var("HITKEEP_E2E_ONLY")
-        && !name.contains(only.as_str())
+        && !only.split('|').any(|word| name.contains(word))
         && name != "secrets"
     {
         return;

@@ -352,6 +352,34 @@ impl Python {
         serde_json::from_str(&out).context("parse fingerprint")
     }
 
+    /// A DuckDB 1.5 connection holding `db` open for writing, as a running HitKeep server does,
+    /// from the moment this returns until the child's stdin is closed.
+    pub fn hold(&self, db: &Path) -> Result<std::process::Child> {
+        use std::io::BufRead as _;
+        let code = "import sys, duckdb\n\
+                    con = duckdb.connect(sys.argv[1])\n\
+                    con.execute('select 1').fetchall()\n\
+                    print('ready', flush=True)\n\
+                    sys.stdin.read()\n";
+        let mut child = Command::new("python3")
+            .env("PYTHONPATH", &self.site)
+            .args(["-c", code])
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start python3 holding a database")?;
+        let stdout = child.stdout.take().context("python3 stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("python3 did not open {}: {line:?}", db.display());
+        }
+        Ok(child)
+    }
+
     /// Adds one row to a marker table, so each backup in a loop captures a different state.
     pub fn mark(&self, db: &Path, n: usize) -> Result<()> {
         run(&mut self.cmd(&["mark", &db.to_string_lossy(), &n.to_string()]))?;

@@ -360,3 +360,48 @@ fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+/// The secret read from `HITKEEP_S3_SECRET_ACCESS_KEY_FILE` (as a container mounts it, newline and all)
+/// signs real requests: a backup commits and lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_the_secret_from_a_file() {
+    let server = S3Server::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("s3-secret");
+    std::fs::write(&secret, format!("{}\n", hitkeep_testkit::SECRET_ACCESS_KEY)).unwrap();
+    let mut env = s3_env(dir.path(), &server);
+    env.retain(|(k, _)| k != "HITKEEP_S3_SECRET_ACCESS_KEY");
+    env.push((
+        "HITKEEP_S3_SECRET_ACCESS_KEY_FILE".into(),
+        secret.display().to_string(),
+    ));
+    let path = dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        let demo = hk(&["demo", "--hits", "2000", "--tenants", "1"], &env, &path);
+        assert!(demo.starts_with("exit: 0"), "{demo}");
+        hk(&["backup", "run"], &env, &path) + &hk(&["backup", "list"], &env, &path)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.starts_with("exit: 0") && out.contains("committed") && out.contains("<- latest"),
+        "{out}"
+    );
+    assert!(!out.contains(hitkeep_testkit::SECRET_ACCESS_KEY));
+    // A wrong secret in the file is refused by the server: the file's content is what is sent.
+    std::fs::write(&secret, "not-the-secret\n").unwrap();
+    let env = {
+        let mut env = s3_env(dir.path(), &server);
+        env.retain(|(k, _)| k != "HITKEEP_S3_SECRET_ACCESS_KEY");
+        env.push((
+            "HITKEEP_S3_SECRET_ACCESS_KEY_FILE".into(),
+            secret.display().to_string(),
+        ));
+        env
+    };
+    let path = dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || hk(&["backup", "list"], &env, &path))
+        .await
+        .unwrap();
+    assert!(!out.starts_with("exit: 0"), "{out}");
+}

@@ -128,7 +128,7 @@ fn config_file_from_flag() {
     assert!(out.starts_with("exit: 0"), "{out}");
     assert!(
         out.contains(&format!(
-            "HITKEEP_BACKUP_RETENTION     = 3  (config file {})",
+            "HITKEEP_BACKUP_RETENTION          = 3  (config file {})",
             file.display()
         )),
         "{out}"
@@ -256,7 +256,7 @@ fn hitkeep_yaml_check_clean() {
     );
     assert!(out.starts_with("exit: 0"), "{out}");
     assert!(
-        out.contains("HITKEEP_BACKUP_RETENTION     = 12  (env HITKEEP_BACKUP_RETENTION)")
+        out.contains("HITKEEP_BACKUP_RETENTION          = 12  (env HITKEEP_BACKUP_RETENTION)")
             && out.contains("= us-east-1  (config file hitkeep.yml)"),
         "env beats the file, the file beats the default: {out}"
     );
@@ -301,5 +301,99 @@ fn check_near_miss_variables_warn() {
             && out.contains("----- stderr -----\nwarning: HITKEEP_BACKUP_RETENTON is set")
             && !out.contains("wJalrXUtnFEMI"),
         "other commands print the warning on stderr and run: {out}"
+    );
+}
+
+/// A secret comes from its variable or from the file `_FILE` names, never both: exit 2 naming both,
+/// and never the secret.
+#[test]
+fn a_secret_and_its_file_together_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s3-secret");
+    std::fs::write(&file, "minioadmin-secret\n").unwrap();
+    let file = file.display().to_string();
+    let mut env = MINIO.to_vec();
+    env.push(("HITKEEP_S3_SECRET_ACCESS_KEY_FILE", file.as_str()));
+    for args in [&["config", "check"][..], &["backup", "list"]] {
+        let out = crate::run(args, &env, dir.path());
+        assert!(
+            out.starts_with("exit: 2")
+                && out.contains("HITKEEP_S3_SECRET_ACCESS_KEY_FILE (--s3-secret-access-key-file)")
+                && out.contains(
+                    "HITKEEP_S3_SECRET_ACCESS_KEY (--s3-secret-access-key) is set as well"
+                )
+                && out.contains(&file),
+            "{args:?}: {out}"
+        );
+        assert!(!out.contains("minioadmin-secret"), "{out}");
+    }
+    // The file alone is the secret: shown redacted, from the file.
+    env.retain(|(k, _)| *k != "HITKEEP_S3_SECRET_ACCESS_KEY");
+    let out = crate::run(&["config", "show"], &env, dir.path());
+    assert!(
+        out.starts_with("exit: 0")
+            && out.contains(&format!(
+                "HITKEEP_S3_SECRET_ACCESS_KEY      = [redacted]  (file {file})"
+            ))
+            && !out.contains("minioadmin-secret"),
+        "{out}"
+    );
+}
+
+/// The scheduler runs for days with its command line in `ps`: a secret given as a flag is pointed
+/// out there, and only there.
+#[test]
+fn the_scheduler_warns_about_a_secret_given_as_a_flag() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "-s3-access-key-id",
+        "minioadmin",
+        "-s3-secret-access-key",
+        "minioadmin-secret",
+    ];
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_hitkeep"))
+        .arg("serve")
+        .args(flags)
+        .env_clear()
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read on a thread, so a scheduler that never warns fails the test instead of hanging it.
+    let stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        let done = line.starts_with("  fix: ");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert_eq!(
+        seen,
+        [
+            "warning: HITKEEP_S3_SECRET_ACCESS_KEY (--s3-secret-access-key): given as the flag --s3-secret-access-key, it is visible in `ps` for the scheduler's whole life",
+            "  fix: use HITKEEP_S3_SECRET_ACCESS_KEY_FILE (a file only this user can read), or the variable HITKEEP_S3_SECRET_ACCESS_KEY",
+        ]
+    );
+    let mut args = vec!["config", "check"];
+    args.extend(flags);
+    let out = crate::run(&args, &[], dir.path());
+    assert!(
+        out.starts_with("exit: 0") && !out.contains("visible in `ps`"),
+        "a command that ends soon is not warned: {out}"
     );
 }

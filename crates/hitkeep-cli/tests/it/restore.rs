@@ -248,11 +248,13 @@ fn an_import_that_fails_halfway_leaves_the_original_in_place() {
     let dir = s.dir.path().join("backups/shared/2026-03-08T120000Z");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("schema.sql"), "CREATE TABLE t (i INTEGER);\n").unwrap();
+    // As EXPORT writes it (anything else is refused before the import), with a file that is no Parquet.
     std::fs::write(
         dir.join("load.sql"),
-        "INSERT INTO t VALUES (1);\nINSERT INTO no_such_table VALUES (2);\n",
+        "COPY t FROM '/elsewhere/t.parquet' (FORMAT 'parquet');\n",
     )
     .unwrap();
+    std::fs::write(dir.join("t.parquet"), "not parquet").unwrap();
     let before = std::fs::read(s.db()).unwrap();
     let out = s.hk(&[
         "recover",
