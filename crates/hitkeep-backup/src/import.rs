@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
-use hitkeep_data::{DuckDbLimits, STORAGE_VERSION, quote_ident, quote_literal};
+use hitkeep_data::{DuckDbLimits, STORAGE_VERSION, quote_literal};
 
 use crate::error::{Error, Result};
 use crate::manifest::Database;
@@ -140,22 +140,7 @@ fn row_counts(conn: &Connection) -> duckdb::Result<BTreeMap<String, u64>> {
     let tables: Vec<(String, String)> = stmt
         .query_map([IMPORTED], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<duckdb::Result<_>>()?;
-    let mut counts = BTreeMap::new();
-    for (schema, table) in tables {
-        let sql = format!(
-            "SELECT count(*) FROM {IMPORTED}.{}.{}",
-            quote_ident(&schema),
-            quote_ident(&table)
-        );
-        let n: i64 = conn.query_row(&sql, [], |r| r.get(0))?;
-        let name = if schema == "main" {
-            table
-        } else {
-            format!("{schema}.{table}")
-        };
-        counts.insert(name, u64::try_from(n).unwrap_or_default());
-    }
-    Ok(counts)
+    hitkeep_data::count_rows(conn, Some(IMPORTED), tables)
 }
 
 fn utf8(path: &Path) -> Result<&str> {

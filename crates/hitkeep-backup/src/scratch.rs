@@ -202,7 +202,7 @@ mod tests {
             "a lock removes its file"
         );
         let report = sweep(&data, std::iter::once(target.as_path()));
-        assert_eq!(report.removed, [folder.clone()], "{report:?}");
+        assert_eq!(report.removed, std::slice::from_ref(&folder), "{report:?}");
         assert!(!folder.exists());
         // Another file's scratch is not this target's.
         std::fs::write(

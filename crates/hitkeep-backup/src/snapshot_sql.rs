@@ -473,7 +473,7 @@ fn schema_statement(sql: &str, t: &[Token]) -> Result<(), String> {
     match kind_word.as_str() {
         _ if kind.kind != Kind::Word => Err(SCHEMA_KINDS.into()),
         "SCHEMA" => match name(sql, rest) {
-            Some((1, after)) if after.is_empty() => Ok(()),
+            Some((1, [])) => Ok(()),
             _ => Err("EXPORT writes CREATE SCHEMA <name> and nothing more".into()),
         },
         "SEQUENCE" => {

@@ -308,17 +308,18 @@ async fn conditional_writes(storage: &Storage, label: &str, key: &str, report: &
     let name = format!("{label}: conditional writes");
     match storage.honours_if_absent(key).await {
         Ok(true) => report.ok(name, "a second If-None-Match: * create is refused (snapshot ids are claimed atomically)"),
-        Ok(false) => report.add(
+        // Not a fault: one installation per destination, the normal case, needs no atomic claim, and
+        // cycles fall back to reading their marker back. Said, so that sharing a destination is a choice.
+        Ok(false) => report.ok(
             name,
-            Status::Warning,
-            "the service ignores If-None-Match: * and overwrites",
-            Some("cycles claim snapshot ids by reading their marker back instead; give every installation its own HITKEEP_BACKUP_PATH".to_owned()),
+            "not honoured (the service overwrites): cycles claim snapshot ids by reading their marker back; keep one installation per HITKEEP_BACKUP_PATH",
         ),
-        Err(e) => report.add(
+        Err(e) => report.ok(
             name,
-            Status::Warning,
-            format!("the service rejects conditional writes: {}", e.to_string().lines().next().unwrap_or_default()),
-            Some("cycles claim snapshot ids by reading their marker back instead; give every installation its own HITKEEP_BACKUP_PATH".to_owned()),
+            format!(
+                "not supported ({}): cycles claim snapshot ids by reading their marker back; keep one installation per HITKEEP_BACKUP_PATH",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
         ),
     }
     let _ = storage.delete(key).await;

@@ -342,10 +342,23 @@ pub fn user_tables(conn: &Connection) -> Result<Vec<(String, String)>, duckdb::E
 pub fn row_counts(
     conn: &Connection,
 ) -> Result<std::collections::BTreeMap<String, u64>, duckdb::Error> {
+    count_rows(conn, None, user_tables(conn)?)
+}
+
+/// The row count of each `(schema, table)`, in `catalog` (an attached database) when given, keyed as
+/// [`row_counts`] keys them.
+pub fn count_rows(
+    conn: &Connection,
+    catalog: Option<&str>,
+    tables: impl IntoIterator<Item = (String, String)>,
+) -> Result<std::collections::BTreeMap<String, u64>, duckdb::Error> {
+    let prefix = catalog
+        .map(|c| format!("{}.", quote_ident(c)))
+        .unwrap_or_default();
     let mut counts = std::collections::BTreeMap::new();
-    for (schema, table) in user_tables(conn)? {
+    for (schema, table) in tables {
         let sql = format!(
-            "SELECT count(*) FROM {}.{}",
+            "SELECT count(*) FROM {prefix}{}.{}",
             quote_ident(&schema),
             quote_ident(&table)
         );

@@ -120,8 +120,9 @@ pub fn kill_loop(ctx: &mut Ctx) -> Result<()> {
     let (mut killed, mut finished, mut commits, mut checked) = (0, 0, 0, BTreeSet::new());
     let mut problems = Vec::new();
     // The second layout's loop exercises the same cycle code on other data: half the rounds keep the
-    // run within CI's budget (HITKEEP_E2E_KILLS sets both).
-    let n = rounds("HITKEEP_E2E_KILLS", if ctx.split() { 20 } else { 10 });
+    // run within CI's budget, and the small-disk section kills cycles too (HITKEEP_E2E_KILLS sets
+    // both; 20 or more for a deeper run).
+    let n = rounds("HITKEEP_E2E_KILLS", if ctx.split() { 12 } else { 6 });
     for round in 1..=n {
         // A new source state per round: which one a restore brings back shows which cycle is latest.
         ctx.py.mark(&dir.join("hitkeep.db"), round)?;

@@ -1,5 +1,20 @@
 //! Backup cycles against a local directory and the in-process S3 server, on real DuckDB demo data.
 
+/// Each named `async fn(Fixture)` as a test on a local directory and on the in-process S3 server (in
+/// the invoking module, whose `Fixture` it uses). Defined before the modules that use it.
+macro_rules! on_local_and_s3 {
+    ($($test:ident),* $(,)?) => {
+        mod local {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Fixture::new(false).await).await })*
+        }
+        mod s3 {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Fixture::new(true).await).await })*
+        }
+    };
+}
+
 mod bundle;
 mod restore;
 mod sources;
@@ -85,6 +100,15 @@ impl Fixture {
     }
 }
 
+/// The cycles (shared snapshots) a prune plan deletes.
+fn pruned_cycles(plan: &PrunePlan) -> Vec<SnapshotId> {
+    plan.deletions
+        .iter()
+        .filter(|d| d.database == Database::Shared)
+        .map(|d| d.id)
+        .collect()
+}
+
 /// Row counts and an order-independent fingerprint of every table, straight from DuckDB.
 fn fingerprint(db: &Path) -> BTreeMap<String, (i64, i128)> {
     let conn = open_database(db, OpenMode::Existing).unwrap();
@@ -103,14 +127,7 @@ fn fingerprint(db: &Path) -> BTreeMap<String, (i64, i128)> {
 
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
-        mod local {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Fixture::new(false).await).await })*
-        }
-        mod s3 {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Fixture::new(true).await).await })*
-        }
+        on_local_and_s3!($($test),*);
         /// HitKeep 2.12 and older: the default tenant's analytics in the shared database.
         mod pre_split {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,12 +595,7 @@ async fn retention_keeps_the_last_cycle_that_restores_whole() {
     }
     let catalog = Catalog::load(&f.storage).await.unwrap();
     let plan = PrunePlan::new(&catalog, NonZeroU32::new(1).unwrap(), None, None);
-    let pruned: Vec<_> = plan
-        .deletions
-        .iter()
-        .filter(|d| d.database == Database::Shared)
-        .map(|d| d.id)
-        .collect();
+    let pruned = pruned_cycles(&plan);
     assert!(
         pruned.is_empty(),
         "{pruned:?}: the whole cycle {whole} and the newer ones stay"
@@ -593,12 +605,7 @@ async fn retention_keeps_the_last_cycle_that_restores_whole() {
     let newest = f.cycle().await.id;
     let catalog = Catalog::load(&f.storage).await.unwrap();
     let plan = PrunePlan::new(&catalog, NonZeroU32::new(1).unwrap(), None, None);
-    let mut pruned: Vec<_> = plan
-        .deletions
-        .iter()
-        .filter(|d| d.database == Database::Shared)
-        .map(|d| d.id)
-        .collect();
+    let mut pruned: Vec<_> = pruned_cycles(&plan);
     pruned.sort();
     let mut expected = vec![whole];
     expected.extend(broken);

@@ -11,20 +11,7 @@ use hitkeep_data::demo::{DemoOptions, generate};
 use hitkeep_data::{DataLayout, OpenMode, SourceId, open_database};
 use hitkeep_storage::ListMode;
 
-use super::Fixture;
-
-macro_rules! on_local_and_s3 {
-    ($($test:ident),* $(,)?) => {
-        mod local {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Fixture::new(false).await).await })*
-        }
-        mod s3 {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Fixture::new(true).await).await })*
-        }
-    };
-}
+use super::{Fixture, pruned_cycles};
 
 /// A second installation (its own demo data and data path) writing to `f`'s destination.
 fn second_installation(f: &Fixture) -> DataLayout {
@@ -109,12 +96,7 @@ async fn two_installations_never_mix_latest_or_prune(f: Fixture) {
     // Prune keeps one of A's cycles and never touches B's, though B's is older than A's newest.
     let catalog = Catalog::load(&f.storage).await.unwrap();
     let plan = PrunePlan::new(&catalog, NonZeroU32::MIN, Some(a2), Some(a));
-    let shared: Vec<SnapshotId> = plan
-        .deletions
-        .iter()
-        .filter(|d| d.database == Database::Shared)
-        .map(|d| d.id)
-        .collect();
+    let shared = pruned_cycles(&plan);
     assert_eq!(shared, vec![a1], "{plan:?}");
     plan.execute(&f.storage).await.unwrap();
     let after = Catalog::load(&f.storage).await.unwrap();
@@ -178,12 +160,7 @@ async fn a_cycle_dated_in_the_future_does_not_pin_latest_or_retention(f: Fixture
 
     let me = Some(source(&f.layout));
     let plan = PrunePlan::new(&catalog, NonZeroU32::new(2).unwrap(), Some(third.id), me);
-    let gone: Vec<SnapshotId> = plan
-        .deletions
-        .iter()
-        .filter(|d| d.database == Database::Shared)
-        .map(|d| d.id)
-        .collect();
+    let gone = pruned_cycles(&plan);
     assert!(
         gone.contains(&future) && gone.contains(&first.id),
         "{plan:?}"

@@ -12,19 +12,6 @@ use hitkeep_storage::{ListMode, Sha256Digest};
 
 use crate::{Fixture, fingerprint};
 
-macro_rules! on_local_and_s3 {
-    ($($test:ident),* $(,)?) => {
-        mod local {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Fixture::new(false).await).await })*
-        }
-        mod s3 {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Fixture::new(true).await).await })*
-        }
-    };
-}
-
 on_local_and_s3!(
     code_in_a_legacy_snapshots_schema_is_refused_and_nothing_is_written,
     code_under_a_consistent_manifest_is_refused_by_restore_and_deep_verify,

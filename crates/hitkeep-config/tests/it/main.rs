@@ -1209,7 +1209,7 @@ fn an_unreadable_or_empty_secret_file_is_an_error_naming_the_setting_and_the_fil
         assert!(
             shown.starts_with(
                 "error: HITKEEP_S3_SECRET_ACCESS_KEY_FILE (--s3-secret-access-key-file) = "
-            ) && shown.contains(&format!("{path}"))
+            ) && shown.contains(&path.to_string())
                 && shown.contains(why),
             "{path}: {shown}"
         );
