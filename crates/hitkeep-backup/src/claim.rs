@@ -296,7 +296,7 @@ async fn create_marker(storage: &Storage, key: &str, marker: Vec<u8>) -> Result<
     }
     match storage.write_if_absent(key, marker.clone()).await {
         Ok(created) => Ok(created),
-        Err(e) if e.kind() == hitkeep_storage::ErrorKind::Other => {
+        Err(e) if rejects_condition(&e) => {
             tracing::warn!(error = %e, "this storage rejects conditional writes (If-None-Match); claiming snapshot ids by reading markers back");
             remember(storage, false);
             storage.write(key, marker).await?;
@@ -304,6 +304,13 @@ async fn create_marker(storage: &Storage, key: &str, marker: Vec<u8>) -> Result<
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A refusal of the conditional request itself, not of access or reachability: some services answer
+/// `If-None-Match` with 501 NotImplemented, which the integrity layer also reads as a header refusal.
+fn rejects_condition(e: &hitkeep_storage::Error) -> bool {
+    use hitkeep_storage::ErrorKind::{ChecksumRefused, Other, Unsupported};
+    matches!(e.kind(), Other | ChecksumRefused | Unsupported)
 }
 
 /// Records (or refreshes) this source in the destination.
@@ -345,7 +352,7 @@ async fn honours_if_absent(storage: &Storage) -> Result<bool> {
     let probe = format!("{SOURCES_FOLDER}/.probe-{:016x}", fastrand_u64());
     let honours = match storage.honours_if_absent(&probe).await {
         Ok(h) => h,
-        Err(e) if e.kind() == hitkeep_storage::ErrorKind::Other => false,
+        Err(e) if rejects_condition(&e) => false,
         Err(e) => return Err(e.into()),
     };
     if !honours {
