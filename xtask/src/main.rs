@@ -25,7 +25,11 @@ tasks:
           rclone upload and download, IMPORT, COPY + DELETE), tenants one at a time and at
           once, and LIST requests with 1,000 snapshots; writes bench/results/latest.md and
           latest.png. HITKEEP_BENCH_SIZES (1000000,4000000,16000000), HITKEEP_BENCH_TENANTS
-          (10,50,200), HITKEEP_BENCH_RUNS (3), HITKEEP_BENCH_MEMORY_LIMIT_MIB (1024).";
+          (10,50,200), HITKEEP_BENCH_RUNS (3), HITKEEP_BENCH_MEMORY_LIMIT_MIB (1024).
+          The online panel (ingest in hitkeep-service's example embedded_server, with and
+          without backups; needs `cargo build --workspace --all-targets`):
+          HITKEEP_BENCH_ONLINE_HITS (1000000), HITKEEP_BENCH_ONLINE_SECS (60);
+          HITKEEP_BENCH_PANELS=online runs it alone and merges it into latest.md.";
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {

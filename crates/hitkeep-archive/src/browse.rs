@@ -18,8 +18,7 @@ pub async fn ledgers(storage: &Storage) -> Result<Vec<(String, Ledger)>> {
         if !entry.key.ends_with("ledger.json") {
             continue;
         }
-        let ledger: Ledger = serde_json::from_slice(&storage.read(&entry.key).await?)
-            .map_err(|e| Error::Ledger(format!("{}: {e}", entry.key)))?;
+        let ledger = Ledger::parse(&entry.key, &storage.read(&entry.key).await?)?;
         let dir = entry
             .key
             .rsplit_once('/')
@@ -106,9 +105,7 @@ pub async fn mark_restored(storage: &Storage, site: Uuid) -> Result<usize> {
 /// Creates the view `archive` over `paths` (every table's rows, `_source` naming the table).
 pub fn create_view(conn: &Connection, paths: &[PathBuf]) -> Result<()> {
     if paths.is_empty() {
-        return Err(Error::Ledger(
-            "the archive holds no files for this selection".into(),
-        ));
+        return Err(Error::NothingArchived);
     }
     let list = paths
         .iter()

@@ -76,21 +76,14 @@ impl ImportPlan {
                 .map_err(|e| Error::duckdb("reading the data layout", e))?;
             (default, tenant_layout)
         };
-        let tenant = tenant.or(default).ok_or_else(|| Error::Import {
-            problem: format!(
-                "{} has no default tenant (no tenants row with is_default = TRUE)",
-                layout.db_path.display()
-            ),
-            hint: "name the tenant to import into with -tenant UUID",
+        let tenant = tenant.or(default).ok_or_else(|| Error::NoDefaultTenant {
+            db: layout.db_path.clone(),
         })?;
         let target = layout.analytics_db(tenant_layout, default, Some(tenant));
         if !target.is_file() {
-            return Err(Error::Import {
-                problem: format!(
-                    "tenant {tenant} has no database at {}; import-archives never creates one",
-                    target.display()
-                ),
-                hint: "restore it first (`hitkeep recover restore-backup -tenant UUID`), or start HitKeep once so that it creates the tenant's database",
+            return Err(Error::NoTenantDatabase {
+                tenant,
+                path: target,
             });
         }
         let is_default = Some(tenant) == default;
@@ -298,10 +291,7 @@ fn import_file(
         r.get::<_, String>(0)
     })?;
     if !file_columns.iter().any(|c| c == "_source") {
-        return Err(Error::Import {
-            problem: "no _source column: not a HitKeep retention archive".into(),
-            hint: "move files that are not archives out of the archive location",
-        });
+        return Err(Error::NotAnArchive);
     }
     let sources_sql =
         format!("SELECT _source, count(*) FROM read_parquet({file}) GROUP BY 1 ORDER BY 1");

@@ -23,6 +23,25 @@ pub struct Ledger {
     pub entries: Vec<LedgerEntry>,
 }
 
+impl Ledger {
+    /// The ledger stored at `key`; one a newer hitkeep wrote is refused, since its entries may mean
+    /// what this build does not know.
+    pub(crate) fn parse(key: &str, bytes: &[u8]) -> crate::Result<Ledger> {
+        let ledger: Ledger =
+            serde_json::from_slice(bytes).map_err(|e| crate::Error::LedgerCorrupt {
+                key: key.to_owned(),
+                why: e.to_string(),
+            })?;
+        if ledger.format_version > LEDGER_VERSION {
+            return Err(crate::Error::LedgerTooNew {
+                key: key.to_owned(),
+                version: ledger.format_version,
+            });
+        }
+        Ok(ledger)
+    }
+}
+
 /// One archive file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {

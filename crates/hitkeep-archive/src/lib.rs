@@ -24,7 +24,7 @@ mod tables;
 
 pub use crate::{
     browse::{create_view, files, ledgers, local_copies, mark_restored, restore_rows},
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     import::{ImportPlan, ImportSummary, TableCounts},
     ledger::{EntryState, LEDGER_VERSION, Ledger, LedgerEntry},
     run::{

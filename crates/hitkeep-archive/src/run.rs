@@ -80,6 +80,12 @@ pub trait ArchiveEvents: Send + Sync {
     /// The archive object `key` holds `counts` rows per table of `site`, uploaded, read back and
     /// recorded as verified in the ledger; the delete of those rows starts next.
     fn verified(&self, _site: Uuid, _key: &str, _counts: &BTreeMap<String, u64>) {}
+    /// Asked before each site: `true` ends the run there (a shutdown), the site in progress done.
+    fn should_stop(&self) -> bool {
+        false
+    }
+    /// A site the run did not start because it was asked to stop; the next run archives it.
+    fn not_started(&self, _site: Uuid) {}
 }
 
 /// Hears nothing.
@@ -206,6 +212,11 @@ pub async fn run(
     let mut default_conn: Option<Connection> = None;
     let mut reports = Vec::new();
     for policy in policies {
+        if options.events.should_stop() {
+            tracing::warn!(site = %policy.site_id, "not archived in this run: stopping for shutdown; the next run archives it");
+            options.events.not_started(policy.site_id);
+            continue;
+        }
         let conn = match (policy.tenant_id, &default_db) {
             (None, None) => shared
                 .try_clone()
@@ -391,9 +402,11 @@ async fn recover(
             }
             EntryState::Deleted | EntryState::Restored => i += 1,
             EntryState::Verified => {
-                let instant: Timestamp = entry.cutoff.parse().map_err(|_| {
-                    Error::Ledger(format!("{ledger_key}: bad cutoff {:?}", entry.cutoff))
-                })?;
+                let instant: Timestamp =
+                    entry.cutoff.parse().map_err(|_| Error::LedgerCorrupt {
+                        key: ledger_key.to_owned(),
+                        why: format!("bad cutoff {:?}", entry.cutoff),
+                    })?;
                 let cutoff = Cutoff::at(instant);
                 let scratch =
                     tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
@@ -439,15 +452,7 @@ async fn load_ledger(
             entries: Vec::new(),
         });
     }
-    let ledger: Ledger = serde_json::from_slice(&storage.read(key).await?)
-        .map_err(|e| Error::Ledger(format!("{key}: {e}")))?;
-    if ledger.format_version > LEDGER_VERSION {
-        return Err(Error::Ledger(format!(
-            "{key}: ledger format {} is newer than this hitkeep; upgrade it",
-            ledger.format_version
-        )));
-    }
-    Ok(ledger)
+    Ledger::parse(key, &storage.read(key).await?)
 }
 
 pub(crate) async fn save_ledger(storage: &Storage, key: &str, ledger: &Ledger) -> Result<()> {
@@ -665,9 +670,11 @@ async fn verify_object(
         .collect();
     if found != expected {
         storage.delete(key).await?;
-        return Err(Error::Ledger(format!(
-            "{key}: read back {found:?}, expected {expected:?}; the object was removed and nothing deleted"
-        )));
+        return Err(Error::ReadBackMismatch {
+            key: key.to_owned(),
+            found,
+            expected,
+        });
     }
     Ok(local)
 }
@@ -769,11 +776,13 @@ fn delete_archived(
                 .execute(&sql, [])
                 .map_err(|e| Error::duckdb("deleting archived rows", e))?;
             // The snapshot compared is the snapshot deleted from; a difference is a bug, not a race.
-            if u64::try_from(got).ok() != Some(want) {
-                return Err(Error::Ledger(format!(
-                    "{}: deleting would remove {got} rows but {want} were compared with the archive; rolled back",
-                    table.name
-                )));
+            let deleting = u64::try_from(got).unwrap_or(u64::MAX);
+            if deleting != want {
+                return Err(Error::DeleteCountMismatch {
+                    table: table.name,
+                    deleting,
+                    compared: want,
+                });
             }
         }
         Ok(())

@@ -203,22 +203,25 @@ impl Catalog {
                 .or_else(|| self.latest_committed())
         };
         match which {
-            None | Some("latest") => latest().ok_or_else(|| {
-                Error::NotFound(
-                    "no complete snapshot in this location (run `hitkeep backup run` first)".into(),
-                )
-            }),
+            None | Some("latest") => latest().ok_or(Error::NoCompleteSnapshot),
             Some(text) => {
-                let id: SnapshotId =
-                    text.parse()
-                        .map_err(|e: crate::snapshot_id::SnapshotIdError| {
-                            Error::NotFound(e.to_string())
-                        })?;
-                self.find(Database::Shared, id).ok_or_else(|| {
-                    Error::NotFound(format!("no shared snapshot {id} in this location"))
-                })
+                let id: SnapshotId = text.parse()?;
+                self.find(Database::Shared, id)
+                    .ok_or_else(|| self.unknown(id))
             }
         }
+    }
+
+    /// The error for a shared snapshot `id` that is not here, naming the newest that are.
+    pub(crate) fn unknown(&self, id: SnapshotId) -> Error {
+        let newest = self
+            .snapshots(Database::Shared)
+            .iter()
+            .rev()
+            .take(5)
+            .map(|s| s.id)
+            .collect();
+        Error::SnapshotNotFound { id, newest }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use duckdb::Connection;
 use futures::{StreamExt as _, TryStreamExt as _};
 use hitkeep_data::{
-    DataError, DataLayout, DuckDbLimits, OpenMode, SourceId, TenantLayout, open_database,
+    DataError, DataLayout, DuckDbLimits, OpenMode, SourceId, TenantLayout,
 };
 use hitkeep_storage::{ErrorKind, Sha256Digest, Storage, TransferOptions};
 use jiff::Timestamp;
@@ -45,6 +45,9 @@ pub struct BackupOptions {
     pub concurrency: usize,
     /// DuckDB's limits, split between the tenants open at once.
     pub limits: DuckDbLimits,
+    /// Whether the cycle sets those limits on the databases it backs up: not when they are a
+    /// server's own instances ([`DataLayout::holds_databases`]), whose budget is the server's.
+    pub apply_limits: bool,
     /// Where progress goes.
     pub progress: Arc<dyn Progress>,
 }
@@ -59,6 +62,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("file_concurrency", &self.file_concurrency)
             .field("concurrency", &self.concurrency)
             .field("limits", &self.limits)
+            .field("apply_limits", &self.apply_limits)
             .finish_non_exhaustive()
     }
 }
@@ -69,12 +73,13 @@ impl BackupOptions {
     pub fn for_layout(layout: &DataLayout) -> Self {
         BackupOptions {
             staging_dir: layout.staging_root(),
-            lock_file: layout.data_path.join(".hitkeep-backup.lock"),
+            lock_file: layout.backup_lock_file(),
             source_file: layout.source_file(),
             transfer: TransferOptions::new(8 * 1024 * 1024, 3),
             file_concurrency: 4,
             concurrency: 2,
             limits: layout.duckdb,
+            apply_limits: !layout.holds_databases(),
             progress: Arc::new(NoProgress),
         }
     }
@@ -137,9 +142,9 @@ impl TenantSource {
     /// it is never created just to be backed up (HitKeep Go creates an empty one).
     pub fn from_layout(layout: &DataLayout, id: Uuid) -> Self {
         let path = layout.tenant_db(id);
-        let opened = path.clone();
+        let (opened, layout) = (path.clone(), layout.clone());
         let mut source = TenantSource::new(id, move || {
-            match open_database(&opened, OpenMode::Existing) {
+            match layout.open(&opened, OpenMode::Existing) {
                 Ok(conn) => Ok(Some(conn)),
                 Err(DataError::Missing { .. }) => Ok(None),
                 Err(e) => Err(e),
@@ -304,6 +309,16 @@ pub async fn run_cycle(
         threads: options.limits.threads,
         ..limits
     };
+    let shared_limits = if options.apply_limits {
+        shared_limits
+    } else {
+        DuckDbLimits::default()
+    };
+    let limits = if options.apply_limits {
+        limits
+    } else {
+        DuckDbLimits::default()
+    };
     shared_limits
         .apply(&shared)
         .map_err(|e| Error::duckdb(Database::Shared, "setting DuckDB's limits", e))?;
@@ -391,7 +406,7 @@ async fn backup_tenant(
     let tenant_id = tenant.id;
     // Opening replays the WAL, which can take a while: not on the async workers.
     let opened = tokio::task::spawn_blocking(move || {
-        let conn = (tenant.open)().map_err(|e| e.to_string())?;
+        let conn = (tenant.open)().map_err(|e| Error::from(e).describe())?;
         if let Some(conn) = &conn {
             limits
                 .apply(conn)
@@ -414,7 +429,7 @@ async fn backup_tenant(
                     }
                 }
                 Err(e) => TenantState::Failed {
-                    error: e.to_string(),
+                    error: e.describe(),
                 },
             }
         }

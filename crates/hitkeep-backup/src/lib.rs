@@ -37,7 +37,7 @@ pub use crate::{
     catalog::{Catalog, DatabaseSnapshots, SnapshotInfo, SnapshotState},
     claim::{FUTURE_BOUND, SOURCES_FOLDER, SourceRecord, sources},
     cycle::{BackupOptions, CycleReport, CycleTenants, TenantSource, run_cycle},
-    error::{Error, Result},
+    error::{CountMismatch, Error, ErrorKind, Result},
     lock::CycleLock,
     manifest::{Database, Manifest},
     progress::{NoProgress, Progress},

@@ -150,6 +150,12 @@ pub enum ManifestError {
         "manifest format version {0} is newer than this hitkeep understands ({FORMAT_VERSION}); upgrade hitkeep"
     )]
     TooNew(u32),
+    /// A file's recorded SHA-256 is not 64 hex digits.
+    #[error("malformed SHA-256 for {file}")]
+    MalformedSha256 {
+        /// The file the manifest lists.
+        file: String,
+    },
 }
 
 impl Manifest {

@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use crate::SnapshotId;
 use crate::catalog::{Catalog, SnapshotState};
-use crate::error::{Error, Result};
+use crate::error::{CountMismatch, Error, Result};
 use crate::manifest::{
-    Database, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantState,
+    Database, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, ManifestError, TenantState,
 };
 use crate::scratch::{ScratchLock, StaleScratch, scratch_prefix};
 use crate::swap::{Scratch, swap_into_place};
@@ -63,7 +63,7 @@ pub struct RestoreItem {
     pub manifest_sha256: Option<String>,
 }
 
-/// What a restore will do. Nothing is changed until [`PreparedRestore::commit`], and
+/// What a restore will do. Nothing is changed until [`RestorePlan::commit_all`], and
 /// [`RestorePlan::prepare_all`] prepares every database (and checks them together) before any commits.
 #[derive(Clone, Debug, Serialize)]
 #[non_exhaustive]
@@ -124,19 +124,15 @@ impl RestorePlan {
                 SnapshotState::Complete => (s.id, false, s.manifest.clone()),
                 SnapshotState::Legacy => (s.id, true, None),
                 other => {
-                    return Err(Error::NotFound(format!(
-                        "snapshot {} is {other:?}, not a usable backup; choose another (see `hitkeep backup list`)",
-                        s.id
-                    )));
+                    return Err(Error::SnapshotUnusable {
+                        id: s.id,
+                        state: other.clone(),
+                    });
                 }
             },
             (None, Some(id)) if tenant_only => (id, false, None),
-            (None, Some(id)) => return Err(unknown_snapshot(catalog, id)),
-            (None, None) => {
-                return Err(Error::NotFound(
-                    "no complete snapshot in this location".into(),
-                ));
-            }
+            (None, Some(id)) => return Err(catalog.unknown(id)),
+            (None, None) => return Err(Error::NoCompleteSnapshot),
         };
         let mut items = Vec::new();
         if let (false, Some(shared)) = (tenant_only, shared) {
@@ -202,23 +198,23 @@ impl RestorePlan {
             // Every tenant the cycle committed must be there: a whole restore never silently drops one.
             for (tenant, state) in &listed {
                 if matches!(state, TenantState::Complete { .. }) && wanted(tenant) && !has(tenant) {
-                    return Err(Error::NotFound(format!(
-                        "the cycle {id} lists tenant {tenant} as complete, but its snapshot is missing or unfinished; run `hitkeep backup verify -snapshot {id}`"
-                    )));
+                    return Err(Error::TenantSnapshotMissing {
+                        snapshot: id,
+                        tenant: *tenant,
+                    });
                 }
             }
             for tenant in &selection.tenants {
                 if !has(tenant) {
-                    return Err(Error::NotFound(format!(
-                        "tenant {tenant} has no usable snapshot {id}"
-                    )));
+                    return Err(Error::NoTenantSnapshot {
+                        snapshot: id,
+                        tenant: *tenant,
+                    });
                 }
             }
         }
         if items.is_empty() {
-            return Err(Error::NotFound(format!(
-                "nothing to restore from snapshot {id}"
-            )));
+            return Err(Error::NothingToRestore { snapshot: id });
         }
         let plan = RestorePlan {
             snapshot: id,
@@ -302,10 +298,10 @@ impl RestorePlan {
     }
 
     /// The slow, fallible half of a restore: downloads and imports one database beside its target
-    /// without touching the target. Prepare every item first and commit only when all are ready,
-    /// so that a network failure part-way leaves every database as it was; dropping a prepared
-    /// item removes its files. Imports of one plan take turns, whoever calls.
-    pub async fn prepare_item(
+    /// without touching the target; dropping a prepared item removes its files. Not public: only
+    /// [`RestorePlan::prepare_all`] prepares, every item before any commits, so that a network
+    /// failure part-way leaves every database as it was. Imports of one plan take turns.
+    async fn prepare_item(
         &self,
         storage: &Storage,
         item: &RestoreItem,
@@ -340,9 +336,11 @@ impl RestorePlan {
             )
             .to_string();
             if &actual != expected {
-                return Err(Error::NotFound(format!(
-                    "{folder}/{MANIFEST_NAME}: SHA-256 {actual} differs from {expected} recorded by the cycle; the tenant snapshot was altered"
-                )));
+                return Err(Error::ManifestAltered {
+                    key: format!("{folder}/{MANIFEST_NAME}"),
+                    actual,
+                    expected: expected.clone(),
+                });
             }
         }
         download(storage, &folder, item.manifest.as_ref(), &staging.0).await?;
@@ -647,26 +645,6 @@ pub struct RestoreOutcome {
     pub tables: BTreeMap<String, u64>,
 }
 
-fn unknown_snapshot(catalog: &Catalog, id: SnapshotId) -> Error {
-    let newest: Vec<String> = catalog
-        .snapshots(Database::Shared)
-        .iter()
-        .rev()
-        .take(5)
-        .map(|s| s.id.to_string())
-        .collect();
-    if newest.is_empty() {
-        Error::NotFound(format!(
-            "no snapshot {id}: this location has no snapshots at all"
-        ))
-    } else {
-        Error::NotFound(format!(
-            "no snapshot {id}; the newest are: {}",
-            newest.join(", ")
-        ))
-    }
-}
-
 /// One file of a snapshot, checked against its manifest entry.
 async fn download_one(
     storage: &Storage,
@@ -675,11 +653,11 @@ async fn download_one(
     dir: &Path,
     transfer: &TransferOptions,
 ) -> Result<ObjectInfo> {
-    let sha256 = file.sha256.parse().map_err(|_| {
-        Error::NotFound(format!(
-            "{folder}/{MANIFEST_NAME}: malformed SHA-256 for {}",
-            file.name
-        ))
+    let sha256 = file.sha256.parse().map_err(|_| Error::Manifest {
+        key: format!("{folder}/{MANIFEST_NAME}"),
+        source: ManifestError::MalformedSha256 {
+            file: file.name.clone(),
+        },
     })?;
     let expected = ObjectInfo {
         size: file.size,
@@ -772,28 +750,21 @@ fn import(
     let temp = temp_db.display();
     let wal = PathBuf::from(format!("{temp}.wal"));
     if wal.exists() {
-        return Err(Error::NotFound(format!(
-            "the restored database left a WAL file {}; aborting rather than keep a partly replayable state",
-            wal.display()
-        )));
+        return Err(Error::WalLeft { path: wal });
     }
     if let Some(m) = manifest {
-        let mismatched: Vec<String> = m
+        let mismatched: Vec<CountMismatch> = m
             .tables
             .iter()
             .filter(|(t, want)| tables.get(*t) != Some(want))
-            .map(|(t, want)| {
-                format!(
-                    "{t}: {} rows restored, manifest says {want}",
-                    tables.get(t).map_or("no".to_owned(), u64::to_string)
-                )
+            .map(|(t, want)| CountMismatch {
+                table: t.clone(),
+                restored: tables.get(t).copied(),
+                recorded: *want,
             })
             .collect();
         if !mismatched.is_empty() {
-            return Err(Error::NotFound(format!(
-                "row counts differ from the manifest: {}",
-                mismatched.join("; ")
-            )));
+            return Err(Error::RowCountsDiffer { tables: mismatched });
         }
     }
     Ok(tables)

@@ -163,10 +163,10 @@ impl PrunePlan {
                 .list(&folder, hitkeep_storage::ListMode::Recursive)
                 .await?;
             if !left.is_empty() {
-                return Err(Error::NotFound(format!(
-                    "{folder}: {} object(s) still listed after deleting; the storage did not delete them",
-                    left.len()
-                )));
+                return Err(Error::NotDeleted {
+                    folder,
+                    left: left.len(),
+                });
             }
             tracing::info!(database = %d.database, snapshot = %d.id, reason = d.reason, "pruned snapshot");
         }

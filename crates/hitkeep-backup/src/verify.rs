@@ -60,12 +60,12 @@ pub async fn verify_snapshot(
 ) -> Result<VerifyReport> {
     let shared = catalog
         .find(Database::Shared, id)
-        .ok_or_else(|| Error::NotFound(format!("no shared snapshot {id}")))?;
+        .ok_or_else(|| catalog.unknown(id))?;
     let Some(manifest) = shared.manifest.clone() else {
-        return Err(Error::NotFound(format!(
-            "shared snapshot {id} is {:?}: only complete snapshots can be verified",
-            shared.state
-        )));
+        return Err(Error::NotVerifiable {
+            id,
+            state: shared.state.clone(),
+        });
     };
     let mut first = check_database(storage, &manifest, deep, scratch).await?;
     first.problems.extend(split_default_missing(&manifest));
@@ -192,8 +192,10 @@ async fn check_database(
                 check.problems.extend(problems);
             }
             // Refused before anything was imported: the message says why.
-            Err(e @ Error::ForeignStatement { .. }) => check.problems.push(e.to_string()),
-            Err(e) => check.problems.push(format!("IMPORT DATABASE failed: {e}")),
+            Err(e @ Error::ForeignStatement { .. }) => check.problems.push(e.describe()),
+            Err(e) => check
+                .problems
+                .push(format!("IMPORT DATABASE failed: {}", e.describe())),
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

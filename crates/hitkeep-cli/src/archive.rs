@@ -1,16 +1,15 @@
-//! `hitkeep archive …`: wiring settings to hitkeep-archive.
+//! `hitkeep archive …`: flags in, hitkeep-service's archive operations
+//! ([`hitkeep_service::Engine::archive`] and [`hitkeep_service::archives`]), their results printed.
 
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
-use hitkeep_archive::{ArchiveOptions, files, ledgers, local_copies, restore_rows};
+use hitkeep_archive::SiteReport;
 use hitkeep_config::Settings;
-use hitkeep_data::OpenMode;
-use hitkeep_storage::Storage;
+use hitkeep_service::archives::{self, ArchiveFile};
 use uuid::Uuid;
 
 use crate::EXIT_USAGE;
-use crate::backup::{EXIT_FAILURE, fail, layout};
+use crate::backup::{EXIT_FAILURE, engine, fail};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -30,59 +29,18 @@ fn parse_site(site: Option<&str>) -> Result<Option<Uuid>, ExitCode> {
 }
 
 pub fn run(settings: &Settings, dry_run: bool) -> ExitCode {
-    let outcome = runtime().block_on(async {
-        let storage = Storage::open(&settings.archive, &settings.s3).await?;
-        let options = ArchiveOptions::for_layout(&layout(settings), dry_run);
-        anyhow::Ok(hitkeep_archive::run(&storage, &layout(settings), &options).await?)
-    });
-    let reports = match outcome {
-        Ok(r) => r,
-        Err(e) => return fail(&e),
+    let engine = engine(settings);
+    let run = match runtime().block_on(engine.archive(dry_run, None)) {
+        Ok(run) => run,
+        Err(e) => return fail(&e.into()),
     };
     let mut failed = 0;
-    for report in &reports {
-        match report {
-            Ok(r) => {
-                let rows: u64 = r.counts.values().sum();
-                let tenant = r
-                    .policy
-                    .tenant_id
-                    .map_or_else(|| "default".to_owned(), |t| t.to_string());
-                for note in &r.recovered {
-                    println!(
-                        "site {} (tenant {tenant}): recovered: {note}",
-                        r.policy.site_id
-                    );
-                }
-                match (&r.file, dry_run) {
-                    (_, true) => {
-                        println!(
-                            "site {} (tenant {tenant}), {} days, before {}: {rows} rows would be archived",
-                            r.policy.site_id, r.policy.days, r.cutoff
-                        );
-                        for (table, n) in r.counts.iter().filter(|(_, n)| **n > 0) {
-                            println!("  {table:<34} {n:>10}");
-                        }
-                    }
-                    (Some(file), false) => println!(
-                        "site {} (tenant {tenant}): {rows} rows archived to {file} (before {})",
-                        r.policy.site_id, r.cutoff
-                    ),
-                    (None, false) => println!(
-                        "site {} (tenant {tenant}): nothing expired",
-                        r.policy.site_id
-                    ),
-                }
-                if r.dirty_buckets_pruned > 0 {
-                    println!(
-                        "site {} (tenant {tenant}): {} expired rollup_dirty_buckets markers deleted (HitKeep deletes them, it does not archive them)",
-                        r.policy.site_id, r.dirty_buckets_pruned
-                    );
-                }
-            }
+    for site in &run.sites {
+        match site {
+            Ok(report) => print_site(report, dry_run),
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::report::render(e));
             }
         }
     }
@@ -93,37 +51,56 @@ pub fn run(settings: &Settings, dry_run: bool) -> ExitCode {
     }
 }
 
+fn print_site(r: &SiteReport, dry_run: bool) {
+    let rows: u64 = r.counts.values().sum();
+    let tenant = r
+        .policy
+        .tenant_id
+        .map_or_else(|| "default".to_owned(), |t| t.to_string());
+    for note in &r.recovered {
+        println!(
+            "site {} (tenant {tenant}): recovered: {note}",
+            r.policy.site_id
+        );
+    }
+    match (&r.file, dry_run) {
+        (_, true) => {
+            println!(
+                "site {} (tenant {tenant}), {} days, before {}: {rows} rows would be archived",
+                r.policy.site_id, r.policy.days, r.cutoff
+            );
+            for (table, n) in r.counts.iter().filter(|(_, n)| **n > 0) {
+                println!("  {table:<34} {n:>10}");
+            }
+        }
+        (Some(file), false) => println!(
+            "site {} (tenant {tenant}): {rows} rows archived to {file} (before {})",
+            r.policy.site_id, r.cutoff
+        ),
+        (None, false) => println!(
+            "site {} (tenant {tenant}): nothing expired",
+            r.policy.site_id
+        ),
+    }
+    if r.dirty_buckets_pruned > 0 {
+        println!(
+            "site {} (tenant {tenant}): {} expired rollup_dirty_buckets markers deleted (HitKeep deletes them, it does not archive them)",
+            r.policy.site_id, r.dirty_buckets_pruned
+        );
+    }
+}
+
 pub fn list(settings: &Settings, site: Option<&str>, json: bool) -> ExitCode {
     let site = match parse_site(site) {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let outcome = runtime().block_on(async {
-        let storage = Storage::open_existing(&settings.archive, &settings.s3).await?;
-        anyhow::Ok(ledgers(&storage).await?)
-    });
-    let ledgers = match outcome {
-        Ok(l) => l,
-        Err(e) => return fail(&e),
+    let engine = engine(settings);
+    let files = match runtime().block_on(archives::list(&engine, site)) {
+        Ok(files) => files,
+        Err(e) => return fail(&e.into()),
     };
-    let mut rows = Vec::new();
-    for (dir, ledger) in ledgers
-        .iter()
-        .filter(|(_, l)| site.is_none_or(|s| s == l.site_id))
-    {
-        for e in &ledger.entries {
-            let key = if dir.is_empty() {
-                e.file.clone()
-            } else {
-                format!("{dir}/{}", e.file)
-            };
-            rows.push(serde_json::json!({
-                "site_id": ledger.site_id, "tenant_id": ledger.tenant_id, "file": key, "state": e.state,
-                "cutoff": e.cutoff, "oldest": e.oldest, "newest": e.newest, "size": e.size,
-                "rows": e.rows(), "tables": e.counts.iter().filter(|(_, n)| **n > 0).collect::<std::collections::BTreeMap<_, _>>(),
-            }));
-        }
-    }
+    let rows: Vec<serde_json::Value> = files.iter().map(file_json).collect();
     if json {
         println!("{:#}", serde_json::Value::Array(rows));
         return ExitCode::SUCCESS;
@@ -155,16 +132,16 @@ pub fn list(settings: &Settings, site: Option<&str>, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Local copies of the committed files for `site` (all sites when `None`).
-async fn archive_paths(settings: &Settings, site: Option<Uuid>) -> Result<Vec<std::path::PathBuf>> {
-    let storage = Storage::open_existing(&settings.archive, &settings.s3).await?;
-    let keys: Vec<String> = files(&storage, site)
-        .await?
-        .into_iter()
-        .map(|(k, _, _)| k)
-        .collect();
-    let cache = settings.data_path.join(".hitkeep-archive-cache");
-    Ok(local_copies(&storage, &keys, &cache).await?)
+/// One file as `archive list --json` shows it; the text output is read from the same object.
+fn file_json(f: &ArchiveFile) -> serde_json::Value {
+    let e = &f.entry;
+    let tables: std::collections::BTreeMap<_, _> =
+        e.counts.iter().filter(|(_, n)| **n > 0).collect();
+    serde_json::json!({
+        "site_id": f.site_id, "tenant_id": f.tenant_id, "file": f.key, "state": e.state,
+        "cutoff": e.cutoff, "oldest": e.oldest, "newest": e.newest, "size": e.size,
+        "rows": e.rows(), "tables": tables,
+    })
 }
 
 pub fn query(settings: &Settings, site: Option<&str>, sql: &str) -> ExitCode {
@@ -172,49 +149,22 @@ pub fn query(settings: &Settings, site: Option<&str>, sql: &str) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let outcome = runtime().block_on(archive_paths(settings, site)).and_then(|paths| {
-        let conn = duckdb::Connection::open_in_memory()?;
-        hitkeep_archive::create_view(&conn, &paths)?;
-        if let Some(site) = site {
-            // Several sites can share files on older layouts: the view shows only the one asked for.
-            conn.execute_batch(&format!("CREATE OR REPLACE TEMP VIEW archive AS SELECT * FROM read_parquet([{}], union_by_name = true) WHERE site_id = '{site}'", paths.iter().map(|p| format!("'{}'", p.display().to_string().replace('\'', "''"))).collect::<Vec<_>>().join(", ")))?;
-        }
-        let mut stmt = conn.prepare(sql).context("the query")?;
-        let mut rows = stmt.query([]).context("the query")?;
-        let mut out = String::new();
-        let mut header = false;
-        while let Some(row) = rows.next()? {
-            let stmt = row.as_ref();
-            if !header {
-                out.push_str(&stmt.column_names().join("\t"));
+    let engine = engine(settings);
+    match runtime().block_on(archives::query(&engine, site, sql)) {
+        Ok(result) => {
+            // No header for an empty result, as before.
+            if !result.rows.is_empty() {
+                let mut out = result.columns.join("\t");
                 out.push('\n');
-                header = true;
+                for row in &result.rows {
+                    out.push_str(&row.join("\t"));
+                    out.push('\n');
+                }
+                print!("{out}");
             }
-            let n = stmt.column_count();
-            let cells: Vec<String> = (0..n).map(|i| row.get::<_, duckdb::types::Value>(i).map(|v| show(&v)).unwrap_or_default()).collect();
-            out.push_str(&cells.join("\t"));
-            out.push('\n');
-        }
-        anyhow::Ok(out)
-    });
-    match outcome {
-        Ok(out) => {
-            print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
-    }
-}
-
-fn show(v: &duckdb::types::Value) -> String {
-    use duckdb::types::Value as V;
-    match v {
-        V::Null => "NULL".to_owned(),
-        V::Text(s) => s.clone(),
-        other => format!("{other:?}").split_once('(').map_or_else(
-            || format!("{other:?}"),
-            |(_, rest)| rest.trim_end_matches(')').to_owned(),
-        ),
+        Err(e) => fail(&e.into()),
     }
 }
 
@@ -224,58 +174,23 @@ pub fn restore(settings: &Settings, site: &str, from: Option<&str>, to: Option<&
         Ok(None) => unreachable!("a site was given"),
         Err(code) => return code,
     };
-    let layout = layout(settings);
-    let outcome = runtime()
-        .block_on(async {
-            let storage = Storage::open_existing(&settings.archive, &settings.s3).await?;
-            // The ledger knows whose database the rows came from, even if the site's retention is off now.
-            let tenant = ledgers(&storage)
-                .await?
-                .into_iter()
-                .find(|(_, l)| l.site_id == site)
-                .map(|(_, l)| l.tenant_id);
-            anyhow::Ok((tenant, archive_paths(settings, Some(site)).await?))
-        })
-        .and_then(|(tenant, paths)| {
-            // The same rule as archiving: the default tenant's rows go to the shared database before
-            // HitKeep's split and to its own database after; any other tenant must have its database,
-            // or the rows would land where the server never reads them.
-            let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
-            let default = hitkeep_archive::default_tenant(&shared);
-            let (split, _) = hitkeep_data::detect_layout(&shared)?;
-            let path = layout.analytics_db(split, default, tenant);
-            let conn = if path == layout.db_path {
-                shared
-            } else {
-                layout
-                    .open(&path, OpenMode::Existing)
-                    .with_context(|| format!("the analytics database {}", path.display()))?
-            };
-            if paths.is_empty() {
-                return anyhow::Ok(Vec::new());
+    let engine = engine(settings);
+    match runtime().block_on(archives::restore(&engine, site, from, to)) {
+        Ok(restored) => {
+            if restored.retired.is_none() {
+                println!(
+                    "note: a partial restore leaves the files listed as the archive of record; the next run archives these rows again into a new file"
+                );
             }
-            anyhow::Ok(restore_rows(&conn, &paths, from, to)?)
-        });
-    let outcome = outcome.and_then(|counts| {
-        if from.is_none() && to.is_none() {
-            runtime().block_on(async {
-                let storage = Storage::open_existing(&settings.archive, &settings.s3).await?;
-                anyhow::Ok(hitkeep_archive::mark_restored(&storage, site).await?)
-            })?;
-        } else {
-            println!("note: a partial restore leaves the files listed as the archive of record; the next run archives these rows again into a new file");
-        }
-        anyhow::Ok(counts)
-    });
-    match outcome {
-        Ok(counts) => {
-            let total: u64 = counts.iter().map(|(_, n)| n).sum();
-            for (table, n) in counts.iter().filter(|(_, n)| *n > 0) {
+            for (table, n) in restored.tables.iter().filter(|(_, n)| *n > 0) {
                 println!("  {table:<34} {n:>10} rows restored");
             }
-            println!("site {site}: {total} rows restored (rows already present were skipped)");
+            println!(
+                "site {site}: {} rows restored (rows already present were skipped)",
+                restored.total()
+            );
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&e.into()),
     }
 }

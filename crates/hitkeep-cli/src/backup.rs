@@ -1,36 +1,27 @@
 //! `hitkeep backup …`, `hitkeep serve` and `hitkeep demo`: wiring settings to hitkeep-backup.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context as _, Result};
-use hitkeep_backup::{BackupOptions, Catalog, CycleReport, CycleTenants, PrunePlan, SnapshotState};
-use hitkeep_config::{Location, Settings};
-use hitkeep_data::{DataLayout, DuckDbLimits, OpenMode};
-use hitkeep_storage::Storage;
+use anyhow::Context as _;
+use hitkeep_backup::{CycleReport, SnapshotState};
+use hitkeep_config::Settings;
+use hitkeep_data::DataLayout;
+use hitkeep_service::{Engine, ErrorKind, StatusBoard};
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 
 use crate::EXIT_USAGE;
 
 /// A runtime failure, already reported: exit 1.
 pub const EXIT_FAILURE: u8 = 1;
 
-/// The data layout, opening databases with the configured DuckDB limits.
-pub(crate) fn layout(settings: &Settings) -> DataLayout {
-    DataLayout::new(&settings.db_path, &settings.data_path).with_limits(DuckDbLimits {
-        memory_limit: settings.duckdb.memory_limit,
-        threads: settings.duckdb.threads.map(|t| t.get()),
-    })
+/// The engine for these settings: the binary opens the database files itself.
+pub(crate) fn engine(settings: &Settings) -> Engine {
+    Engine::new(settings.clone())
 }
 
-/// The backup location, or the usage error that explains how to set one.
-fn backup_location(settings: &Settings) -> Result<&Location, ExitCode> {
-    settings.backup.location.as_ref().ok_or_else(|| {
-        eprintln!("error: backups are disabled: HITKEEP_BACKUP_PATH (--backup-path) is not set\n  fix: set it to a directory or s3://bucket/prefix, e.g. HITKEEP_BACKUP_PATH=/var/lib/hitkeep/backups");
-        ExitCode::from(EXIT_USAGE)
-    })
+/// The data layout, opening databases with the configured DuckDB limits.
+pub(crate) fn layout(settings: &Settings) -> DataLayout {
+    engine(settings).layout().clone()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -40,10 +31,33 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime starts")
 }
 
-/// Prints an error with its causes and returns exit status 1.
+/// Prints an error with its causes and its hint, and returns exit status 1.
 pub fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    crate::report::print_error(e);
     ExitCode::from(EXIT_FAILURE)
+}
+
+/// Prints a service error; a configuration error exits 2, anything else 1.
+pub fn fail_service(e: &hitkeep_service::Error) -> ExitCode {
+    eprintln!("error: {}", hitkeep_service::describe(e));
+    print_hint(e);
+    match e.kind() {
+        ErrorKind::Config => ExitCode::from(EXIT_USAGE),
+        _ => ExitCode::from(EXIT_FAILURE),
+    }
+}
+
+/// A configuration error that stops a command before it starts: exit 2.
+fn usage(e: &hitkeep_service::Error) -> ExitCode {
+    eprintln!("error: {}", hitkeep_service::describe(e));
+    print_hint(e);
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn print_hint(e: &hitkeep_service::Error) {
+    if let Some(hint) = e.hint() {
+        eprintln!("  hint: {hint}");
+    }
 }
 
 pub fn demo(
@@ -54,7 +68,7 @@ pub fn demo(
 ) -> ExitCode {
     let started = std::time::Instant::now();
     let options = hitkeep_data::demo::DemoOptions::new(hits, tenants).with_layout(release);
-    match hitkeep_data::demo::generate(&layout(settings), &options) {
+    match engine(settings).create_demo(&options) {
         Ok(summary) => {
             println!(
                 "demo data created in {:.1}s (HitKeep {} layout: {})",
@@ -82,119 +96,6 @@ pub fn demo(
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e.into()),
-    }
-}
-
-/// One cycle plus local retention: what `backup run` and the scheduler do.
-/// The daily archive job: every site's expired rows, with a failing site logged and the others done.
-async fn archive_once(
-    settings: &Settings,
-    monitor: Option<&crate::monitor::Monitor>,
-) -> Result<()> {
-    let storage = Storage::open(&settings.archive, &settings.s3).await?;
-    let options = hitkeep_archive::ArchiveOptions::for_layout(&layout(settings), false);
-    let (mut rows, mut files, mut failures) = (0, 0, 0);
-    for report in hitkeep_archive::run(&storage, &layout(settings), &options).await? {
-        match report {
-            Ok(r) if r.file.is_some() => {
-                let n = r.counts.values().sum::<u64>();
-                (rows, files) = (rows + n, files + 1);
-                println!("archived {n} rows of site {}", r.policy.site_id);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                failures += 1;
-                eprintln!("error: archiving a site failed: {e}");
-            }
-        }
-    }
-    if let Some(m) = monitor {
-        m.archive(rows, files, failures);
-    }
-    Ok(())
-}
-
-async fn backup_once(settings: &Settings, location: &Location) -> Result<CycleReport> {
-    let storage = Storage::open(location, &settings.s3).await?;
-    let layout = layout(settings);
-    let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
-    let tenants = CycleTenants::discover(&layout, &shared)
-        .with_context(|| format!("listing tenants in {}", layout.db_path.display()))?;
-    let mut options = BackupOptions::for_layout(&layout)
-        .with_concurrency(settings.backup.concurrency.get() as usize);
-    if let Some(bars) = Bars::for_terminal() {
-        options = options.with_progress(bars);
-    }
-    let report = hitkeep_backup::run_cycle(&storage, shared, tenants, &options).await?;
-    // The cycle is committed whatever happens here: a failed prune is a warning, not a failed backup.
-    let retention =
-        (!location.is_s3() || settings.backup.prune_s3).then_some(settings.backup.retention);
-    if let Err(e) = prune_after_cycle(&storage, &layout, retention, report.id).await {
-        tracing::warn!(error = %format!("{e:#}"), "pruning after the cycle failed; the new snapshot is complete");
-    }
-    Ok(report)
-}
-
-/// After a committed cycle (the lock is free again, but this process's cycles are the only ones of
-/// its source): retention when it applies, and in any case the leftovers of interrupted runs.
-async fn prune_after_cycle(
-    storage: &Storage,
-    layout: &DataLayout,
-    retention: Option<std::num::NonZeroU32>,
-    id: hitkeep_backup::SnapshotId,
-) -> Result<()> {
-    let source = layout
-        .source_id()?
-        .context("the cycle created the source id")?;
-    let _lock = hitkeep_backup::CycleLock::acquire(&BackupOptions::for_layout(layout).lock_file)?;
-    let catalog = Catalog::load(storage).await?;
-    let plan = match retention {
-        Some(keep) => PrunePlan::new(&catalog, keep, Some(id), Some(source)),
-        None => PrunePlan::leftovers(&catalog, id, source),
-    };
-    let removed = plan.execute(storage).await?;
-    if !plan.is_empty() {
-        tracing::info!(
-            snapshots = plan.deletions.len(),
-            objects = removed,
-            "pruned old snapshots and leftovers of interrupted runs"
-        );
-    }
-    sweep_partial_uploads(storage, false).await;
-    Ok(())
-}
-
-/// How old an S3 multipart upload must be, by the server's clock, before it counts as a dead
-/// process's: another installation's cycle may be uploading to the same destination, and a large
-/// file on a slow link takes hours. Local partial uploads are told apart by their owner's lock instead.
-const PARTIAL_UPLOAD_AGE: Duration = Duration::from_secs(6 * 3600);
-
-/// Removes what killed processes left half-uploaded, saying what went (on stdout when `print`, in the
-/// log otherwise); a failure is a warning, never a failed backup or prune.
-async fn sweep_partial_uploads(storage: &Storage, print: bool) {
-    let report = match storage.sweep_partial_uploads(PARTIAL_UPLOAD_AGE).await {
-        Ok(r) => r,
-        Err(e) => {
-            let hint = e
-                .hint()
-                .map(|h| format!("\n  hint: {h}"))
-                .unwrap_or_default();
-            tracing::warn!("could not look for partial uploads of killed runs: {e}{hint}");
-            return;
-        }
-    };
-    for p in &report.removed {
-        tracing::info!(key = p.key, bytes = ?p.bytes, "removed a partial upload left by a killed run");
-    }
-    for (p, e) in &report.failed {
-        tracing::warn!(key = p.key, error = %e, "could not remove a partial upload left by a killed run");
-    }
-    if print && !report.removed.is_empty() {
-        println!(
-            "removed {} partial upload(s) left by killed runs ({} bytes)",
-            report.removed.len(),
-            report.bytes_removed()
-        );
     }
 }
 
@@ -240,13 +141,17 @@ pub(crate) fn layout_note(shared: &hitkeep_backup::Manifest) -> String {
 }
 
 pub fn run(settings: &Settings) -> ExitCode {
-    let location = match backup_location(settings) {
-        Ok(l) => l,
-        Err(code) => return code,
+    let engine = engine(settings);
+    if let Err(e) = engine.backup_location() {
+        return usage(&e);
+    }
+    let board = StatusBoard::load(&engine.layout().status_file(), settings);
+    let job = hitkeep_service::BackupJob {
+        engine,
+        board: std::sync::Arc::new(board),
+        progress: Bars::for_terminal().map(|b| b as std::sync::Arc<dyn hitkeep_backup::Progress>),
     };
-    let status = StatusFile::new(settings);
-    let outcome = runtime().block_on(backup_once(settings, location));
-    status.record(settings, &outcome, None);
+    let outcome = runtime().block_on(job.run_once());
     match outcome {
         Ok(report) => {
             print_report(&report);
@@ -265,23 +170,21 @@ pub fn run(settings: &Settings) -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         }
-        Err(e) => fail(&e),
+        Err(e) => fail_service(&e),
     }
 }
 
 pub fn list(settings: &Settings, json: bool) -> ExitCode {
-    let location = match backup_location(settings) {
+    let engine = engine(settings);
+    let location = match engine.backup_location() {
+        Ok(l) => l.clone(),
+        Err(e) => return usage(&e),
+    };
+    let listing = match runtime().block_on(engine.list()) {
         Ok(l) => l,
-        Err(code) => return code,
+        Err(e) => return fail_service(&e),
     };
-    let catalog = match runtime().block_on(async {
-        let storage = Storage::open_existing(location, &settings.s3).await?;
-        anyhow::Ok(Catalog::load(&storage).await?)
-    }) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let latest = latest_per_source(&catalog);
+    let (catalog, latest) = (&listing.catalog, &listing.latest);
     let rows: Vec<serde_json::Value> = catalog
         .databases
         .iter()
@@ -356,45 +259,14 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The newest committed cycle of each source writing to the destination (one, usually).
-fn latest_per_source(catalog: &Catalog) -> Vec<hitkeep_backup::SnapshotId> {
-    let shared = catalog.snapshots(hitkeep_backup::Database::Shared);
-    let mut sources: Vec<_> = shared.iter().filter_map(|s| s.source).collect();
-    sources.sort();
-    sources.dedup();
-    if sources.is_empty() {
-        return catalog
-            .latest_committed()
-            .map(|s| s.id)
-            .into_iter()
-            .collect();
-    }
-    sources
-        .into_iter()
-        .filter_map(|source| catalog.latest_committed_of(source).map(|s| s.id))
-        .collect()
-}
-
 pub fn verify(settings: &Settings, snapshot: Option<&str>, deep: bool, json: bool) -> ExitCode {
-    let location = match backup_location(settings) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let outcome = runtime().block_on(async {
-        let storage = Storage::open_existing(location, &settings.s3).await?;
-        let catalog = Catalog::load(&storage).await?;
-        // "latest" is this installation's newest cycle when the destination holds several.
-        let source = layout(settings).source_id().ok().flatten();
-        let id = catalog.resolve_for(snapshot, source)?.id;
-        // Next to the data, where there is room for a snapshot, in a folder of this run's own.
-        let scratch = layout(settings).claim_staging(hitkeep_data::JobKind::Verify)?;
-        anyhow::Ok(
-            hitkeep_backup::verify_snapshot(&storage, &catalog, id, deep, scratch.path()).await?,
-        )
-    });
-    let report = match outcome {
+    let engine = engine(settings);
+    if let Err(e) = engine.backup_location() {
+        return usage(&e);
+    }
+    let report = match runtime().block_on(engine.verify(snapshot, deep)) {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(e) => return fail_service(&e),
     };
     if json {
         println!(
@@ -436,50 +308,26 @@ pub fn verify(settings: &Settings, snapshot: Option<&str>, deep: bool, json: boo
 }
 
 pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
-    let location = match backup_location(settings) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
+    let engine = engine(settings);
+    if let Err(e) = engine.backup_location() {
+        return usage(&e);
+    }
     let outcome = runtime().block_on(async {
-        let storage = Storage::open_existing(location, &settings.s3).await?;
-        // Holding the cycle lock, this source's unfinished snapshots are all leftovers.
-        let layout = layout(settings);
-        let _lock =
-            hitkeep_backup::CycleLock::acquire(&BackupOptions::for_layout(&layout).lock_file)?;
-        let catalog = Catalog::load(&storage).await?;
-        let source = layout.source_id()?;
-        let sourced = catalog
-            .databases
-            .iter()
-            .flat_map(|d| &d.snapshots)
-            .any(|s| s.source.is_some());
-        if source.is_none() && sourced {
-            anyhow::bail!(
-                "prune removes only this installation's snapshots, and {} has no source id (no backup ran from this data path)\n  hint: run prune where the backups are made (the same HITKEEP_DATA_PATH)",
-                layout.data_path.display()
-            );
-        }
-        let protect = match source {
-            Some(s) => catalog.latest_committed_of(s),
-            None => catalog.latest_committed(),
-        }
-        .map(|s| s.id);
-        let plan = PrunePlan::new(&catalog, settings.backup.retention, protect, source);
-        if plan.is_empty() {
-            println!(
-                "nothing to prune: every database has at most {} snapshots",
-                settings.backup.retention
-            );
+        let job = engine.plan_prune().await?;
+        let retention = settings.backup.retention;
+        if job.plan.is_empty() {
+            println!("nothing to prune: every database has at most {retention} snapshots");
             if !dry_run {
-                sweep_partial_uploads(&storage, true).await;
+                let (_, swept) = job.execute().await?;
+                print_sweep(swept.as_ref());
             }
-            return anyhow::Ok(ExitCode::SUCCESS);
+            return Ok(ExitCode::SUCCESS);
         }
         println!(
-            "keeping the newest {} snapshots per database in {location}; deleting:",
-            settings.backup.retention
+            "keeping the newest {retention} snapshots per database in {}; deleting:",
+            job.location()
         );
-        for d in &plan.deletions {
+        for d in &job.plan.deletions {
             println!(
                 "  {:<46} {}  {:>12} bytes  ({})",
                 d.database.folder(),
@@ -495,15 +343,26 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
         if !yes && let Err(code) = confirm("Type \"yes\" to confirm prune: ", "prune") {
             return Ok(code);
         }
-        let objects = plan.execute(&storage).await?;
+        let snapshots = job.plan.deletions.len();
+        let (objects, swept) = job.execute().await?;
         println!(
-            "deleted {} snapshots ({objects} objects); a fresh listing confirms they are gone",
-            plan.deletions.len()
+            "deleted {snapshots} snapshots ({objects} objects); a fresh listing confirms they are gone"
         );
-        sweep_partial_uploads(&storage, true).await;
-        Ok(ExitCode::SUCCESS)
+        print_sweep(swept.as_ref());
+        hitkeep_service::Result::Ok(ExitCode::SUCCESS)
     });
-    outcome.unwrap_or_else(|e| fail(&e))
+    outcome.unwrap_or_else(|e| fail_service(&e))
+}
+
+/// Says what a prune removed of the partial uploads killed runs left.
+fn print_sweep(swept: Option<&hitkeep_storage::SweepReport>) {
+    if let Some(report) = swept.filter(|r| !r.removed.is_empty()) {
+        println!(
+            "removed {} partial upload(s) left by killed runs ({} bytes)",
+            report.removed.len(),
+            report.bytes_removed()
+        );
+    }
 }
 
 /// Asks on stdin before something destructive. Only the exact answer `yes` goes on; any other
@@ -531,181 +390,53 @@ pub fn confirm(prompt: &str, what: &str) -> std::result::Result<(), ExitCode> {
 }
 
 pub fn lifecycle(settings: &Settings) -> ExitCode {
-    let location = match backup_location(settings) {
-        Ok(l) => l,
-        Err(code) => return code,
+    let rules = match engine(settings).lifecycle_rules() {
+        Ok(r) => r,
+        Err(e) => return usage(&e),
     };
-    let Location::S3(s3) = location else {
-        eprintln!(
-            "error: lifecycle rules are an S3 feature; HITKEEP_BACKUP_PATH is the local directory {location}, which `hitkeep backup run` prunes itself"
-        );
-        return ExitCode::from(EXIT_USAGE);
-    };
-    if s3.prefix().is_empty() {
-        eprintln!(
-            "error: HITKEEP_BACKUP_PATH {location} is a whole bucket; a lifecycle rule for it would expire every object in the bucket\n  fix: keep backups under a prefix, e.g. s3://{}/hitkeep/backups",
-            s3.bucket()
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
-    // Lifecycle rules expire by age, not count: keep a day more than the retention covers, so the rule
-    // never removes one of the newest N.
-    let minutes =
-        settings.backup.interval.as_secs() / 60 * u64::from(settings.backup.retention.get());
-    let days = minutes.div_ceil(24 * 60) + 1;
-    let prefix = if s3.prefix().is_empty() {
-        String::new()
-    } else {
-        format!("{}/", s3.prefix())
-    };
-    let rules = serde_json::json!({
-        "Rules": [{
-            "ID": "hitkeep-backup-retention",
-            "Filter": { "Prefix": prefix },
-            "Status": "Enabled",
-            "Expiration": { "Days": days },
-            "AbortIncompleteMultipartUpload": { "DaysAfterInitiation": 1 }
-        }]
-    });
-    println!("{rules:#}");
+    println!("{:#}", rules.rules);
     eprintln!(
-        "# {} snapshots every {} min cover {minutes} min; objects expire after {days} days.\n# Caution: expiry goes by age, not count. If backups stop for {days} days, every snapshot expires; watch `hitkeep backup status`.\n# Apply with: aws s3api put-bucket-lifecycle-configuration --bucket {} --lifecycle-configuration file://lifecycle.json",
+        "# {} snapshots every {} min cover {} min; objects expire after {} days.\n# Caution: expiry goes by age, not count. If backups stop for {} days, every snapshot expires; watch `hitkeep backup status`.\n# Apply with: aws s3api put-bucket-lifecycle-configuration --bucket {} --lifecycle-configuration file://lifecycle.json",
         settings.backup.retention,
         settings.backup.interval.as_secs() / 60,
-        s3.bucket()
+        rules.covered_minutes,
+        rules.days,
+        rules.days,
+        rules.bucket
     );
     ExitCode::SUCCESS
 }
 
-/// The scheduler's last results, kept in a small JSON file under the data path.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Status {
-    enabled: bool,
-    destination: Option<String>,
-    interval_min: u64,
-    retention: u32,
-    last_backup: Option<String>,
-    last_snapshot: Option<String>,
-    next_backup: Option<String>,
-    last_failed_at: Option<String>,
-    last_error: Option<String>,
-    consecutive_failures: u32,
-    recent_failures: u32,
-    /// The last cycle's layout (`split` or `pre-split`).
-    #[serde(default)]
-    last_layout: Option<String>,
-    /// Tenants the last cycle could not back up because their database file is missing, with the path.
-    #[serde(default)]
-    last_skipped: Vec<String>,
-}
-
-struct StatusFile(PathBuf);
-
-impl StatusFile {
-    fn new(settings: &Settings) -> Self {
-        StatusFile(settings.data_path.join(".hitkeep-backup-status.json"))
-    }
-
-    fn load(&self) -> Status {
-        std::fs::read(&self.0)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-
-    fn record(&self, settings: &Settings, outcome: &Result<CycleReport>, next: Option<Timestamp>) {
-        let mut status = self.load();
-        let now = Timestamp::now().to_string();
-        status.enabled = settings.backup.location.is_some();
-        status.destination = settings.backup.location.as_ref().map(ToString::to_string);
-        status.interval_min = settings.backup.interval.as_secs() / 60;
-        status.retention = settings.backup.retention.get();
-        status.next_backup = next.map(|t| t.to_string());
-        let error = match outcome {
-            Ok(report) if report.is_success() => None,
-            Ok(report) => Some(format!(
-                "tenant backups failed: {}",
-                report
-                    .failed_tenants()
-                    .map(|(id, e)| format!("{id}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
-            Err(e) => Some(format!("{e:#}")),
-        };
-        if let Ok(report) = outcome {
-            status.last_snapshot = Some(report.id.to_string());
-            status.last_layout = report.shared.layout.map(|l| l.to_string());
-            status.last_skipped = report
-                .skipped_tenants()
-                .map(|(id, why)| format!("{id}: {why}"))
-                .collect();
-        }
-        match error {
-            None => {
-                status.last_backup = Some(now);
-                status.last_error = None;
-                status.consecutive_failures = 0;
-            }
-            Some(e) => {
-                status.last_failed_at = Some(now);
-                status.last_error = Some(e);
-                status.consecutive_failures += 1;
-                status.recent_failures += 1;
-            }
-        }
-        let write = std::fs::create_dir_all(&settings.data_path).and_then(|()| {
-            std::fs::write(
-                &self.0,
-                serde_json::to_vec_pretty(&status).unwrap_or_default(),
-            )
-        });
-        if let Err(e) = write {
-            tracing::warn!(path = %self.0.display(), error = %e, "could not write the backup status file");
-        }
-    }
-}
-
 pub fn status(settings: &Settings, json: bool) -> ExitCode {
-    let file = StatusFile::new(settings);
-    let status = file.load();
+    let engine = engine(settings);
+    let status = StatusBoard::load(&engine.layout().status_file(), settings).get();
     if json {
         println!("{:#}", serde_json::to_value(&status).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-    println!(
-        "enabled:              {}",
-        settings.backup.location.is_some()
-    );
-    println!(
-        "destination:          {}",
-        settings
-            .backup
-            .location
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), ToString::to_string)
-    );
+    let show = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let time = |t: Option<Timestamp>| show(t.map(|t| t.to_string()));
+    println!("enabled:              {}", status.enabled);
+    println!("destination:          {}", show(status.destination.clone()));
     println!(
         "last backup:          {} ({})",
-        show(&status.last_backup),
-        show(&status.last_snapshot)
+        time(status.last_backup),
+        show(status.last_snapshot.clone())
     );
-    println!("layout:               {}", show(&status.last_layout));
+    println!("layout:               {}", show(status.last_layout.clone()));
     for skipped in &status.last_skipped {
         println!("skipped tenant:       {skipped}");
     }
-    println!("next backup:          {}", show(&status.next_backup));
-    println!("last failure:         {}", show(&status.last_failed_at));
-    println!("last error:           {}", show(&status.last_error));
+    println!("next backup:          {}", time(status.next_backup));
+    println!("last failure:         {}", time(status.last_failed_at));
+    println!("last error:           {}", show(status.last_error.clone()));
     println!("consecutive failures: {}", status.consecutive_failures);
     ExitCode::SUCCESS
 }
 
-/// How long after start the first cycle runs: soon, but not in the middle of start-up.
-const FIRST_RUN_DELAY: Duration = Duration::from_secs(5);
-
-/// The scheduler: cycles one after another (never overlapping), until SIGINT or SIGTERM.
+/// The scheduler: jobs one after another (never overlapping), until SIGINT or SIGTERM. The first
+/// signal lets the running job end (a cycle finishes, an archive run stops after its site); a second
+/// exits at once, and what that interrupts lists as incomplete and is cleaned up by later cycles.
 pub fn serve(settings: &Settings) -> ExitCode {
     match &settings.backup.location {
         Some(location) => println!(
@@ -717,116 +448,84 @@ pub fn serve(settings: &Settings) -> ExitCode {
     }
     println!("retention archives: {} daily", settings.archive);
     match runtime().block_on(schedule(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            println!("backup scheduler stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(&e),
     }
 }
 
-/// When the daily archive job first runs after start.
-const ARCHIVE_FIRST_DELAY: Duration = Duration::from_secs(60);
-/// How often it runs.
-const ARCHIVE_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// The jobs the scheduler runs, one at a time so they never overlap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Job {
-    Backup,
-    Archive,
+async fn schedule(settings: &Settings) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let engine = engine(settings);
+    let clock: Arc<dyn hitkeep_service::Clock> = Arc::new(hitkeep_service::SystemClock);
+    let board = Arc::new(StatusBoard::load(&engine.layout().status_file(), settings));
+    if let Some(addr) = settings.http_addr {
+        hitkeep_service::monitor::serve(addr, board.clone(), clock.clone())
+            .await
+            .with_context(|| format!("serving HITKEEP_HTTP_ADDR {addr}"))?;
+    }
+    let shutdown = shutdown_on_signals()?;
+    engine
+        .scheduler(clock, board)
+        .run(shutdown, print_finished)
+        .await;
+    Ok(())
 }
 
-async fn schedule(settings: &Settings) -> Result<()> {
+/// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.
+fn shutdown_on_signals() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let status = StatusFile::new(settings);
-    let monitor = match settings.http_addr {
-        Some(addr) => {
-            let monitor = crate::monitor::Monitor::new(settings);
-            crate::monitor::serve(addr, monitor.clone())
-                .await
-                .with_context(|| format!("serving HITKEEP_HTTP_ADDR {addr}"))?;
-            Some(monitor)
-        }
-        None => None,
-    };
-    let start = tokio::time::Instant::now();
-    let mut next_backup = settings
-        .backup
-        .location
-        .as_ref()
-        .map(|_| start + FIRST_RUN_DELAY);
-    let mut next_archive = start + ARCHIVE_FIRST_DELAY;
-    loop {
-        let (job, at) = match next_backup {
-            Some(b) if b <= next_archive => (Job::Backup, b),
-            _ => (Job::Archive, next_archive),
-        };
-        tokio::select! {
-            _ = tokio::time::sleep_until(at) => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-        if job == Job::Archive {
-            next_archive = tokio::time::Instant::now() + ARCHIVE_INTERVAL;
-            let stop = tokio::select! {
-                r = archive_once(settings, monitor.as_deref()) => { if let Err(e) = r { eprintln!("error: archive run failed: {e:#}"); } false }
-                _ = term.recv() => true,
-                _ = int.recv() => true,
-            };
-            if stop {
-                break;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("stopping after the current job (signal again to stop now)");
+        let _ = tx.send(());
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    });
+    Ok(async move {
+        let _ = rx.await;
+    })
+}
+
+/// What the scheduler's log says about a finished job.
+fn print_finished(run: hitkeep_service::Finished) {
+    use hitkeep_service::{JobKind, JobReport};
+    match (run.kind, &run.outcome) {
+        (_, Ok(JobReport::Backup(report))) => print_report(report),
+        (_, Ok(JobReport::Archive(archive))) => {
+            for site in &archive.sites {
+                match site {
+                    Ok(r) if r.file.is_some() => println!(
+                        "archived {} rows of site {}",
+                        r.counts.values().sum::<u64>(),
+                        r.policy.site_id
+                    ),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("error: archiving a site failed: {e}"),
+                }
             }
-            continue;
-        }
-        let Some(location) = settings.backup.location.as_ref() else {
-            continue;
-        };
-        next_backup = Some(tokio::time::Instant::now() + settings.backup.interval);
-        // A signal during a cycle lets it finish: dropping it mid-way would leave multipart uploads
-        // unaborted and a blocking export writing into a deleted staging directory. A second signal
-        // exits at once; what that interrupts lists as incomplete and is cleaned up by later cycles.
-        let started = std::time::Instant::now();
-        let cycle = backup_once(settings, location);
-        tokio::pin!(cycle);
-        let mut stopping = false;
-        let outcome = loop {
-            tokio::select! {
-                r = &mut cycle => break r,
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if stopping {
-                std::process::exit(130);
-            }
-            stopping = true;
-            eprintln!("stopping after the current backup cycle (signal again to stop now)");
-        };
-        let next_at = Timestamp::now() + settings.backup.interval;
-        // Metrics first, then the status file: whoever sees the file finds the metrics current.
-        if let Some(m) = &monitor {
-            m.backup(
-                outcome.as_ref().map_err(|e| format!("{e:#}")),
-                started.elapsed(),
-                next_at,
-            );
-            if outcome.is_ok()
-                && let Ok(storage) = Storage::open_existing(location, &settings.s3).await
-                && let Ok(catalog) = Catalog::load(&storage).await
-            {
-                m.snapshots(&catalog);
+            if archive.not_started > 0 {
+                eprintln!(
+                    "{} site(s) not archived: stopped for shutdown; the next run archives them",
+                    archive.not_started
+                );
             }
         }
-        status.record(settings, &outcome, Some(next_at));
-        match &outcome {
-            Ok(report) => print_report(report),
-            Err(e) => eprintln!("error: backup cycle failed: {e:#}"),
+        (_, Ok(_)) => {}
+        (JobKind::Backup, Err(e)) => {
+            eprintln!("error: backup cycle failed: {}", hitkeep_service::describe(e));
+            print_hint(e);
         }
-        if stopping {
-            break;
+        (_, Err(e)) => {
+            eprintln!("error: {} run failed: {}", run.kind, hitkeep_service::describe(e));
+            print_hint(e);
         }
     }
-    println!("backup scheduler stopped");
-    Ok(())
 }
 
 /// Progress bars (files and bytes per database) for a person at a terminal.

@@ -7,8 +7,8 @@ mod cli;
 mod commands;
 mod doctor;
 mod flags;
-mod monitor;
 mod recover;
+mod report;
 mod restore;
 
 use std::process::ExitCode;

@@ -1,51 +1,86 @@
 //! `hitkeep recover restore-database-bundle` and `hitkeep recover import-archives`: HitKeep 2.13's
 //! offline recovery tools, with its flags and output, and the same safety as `restore-backup`.
+//! The work is hitkeep-service's ([`hitkeep_service::recover`]).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use hitkeep_archive::{ImportPlan, ImportSummary};
-use hitkeep_backup::{Bundle, BundleArtifact, SnapshotId};
+use hitkeep_backup::BundleArtifact;
 use hitkeep_config::Settings;
 use hitkeep_data::TenantLayout;
-use hitkeep_storage::Storage;
+use hitkeep_service::recover::BundleRestore;
 use uuid::Uuid;
 
 use crate::EXIT_USAGE;
-use crate::backup::{EXIT_FAILURE, confirm, fail, layout};
+use crate::backup::{EXIT_FAILURE, confirm, engine, fail};
 
 /// HitKeep's prompt for both commands.
 const PROMPT: &str = "Type \"yes\" to confirm: ";
 
-/// Refuses (exit 1) while another process, usually the HitKeep server, holds `db`, from this PID
-/// namespace or another (a container).
-fn refuse_if_in_use(db: &Path) -> Result<(), ExitCode> {
-    match hitkeep_data::lock_holder(db) {
-        Ok(None) => Ok(()),
-        Ok(Some(holder)) => {
+/// Refuses (exit 1) while another process, usually the HitKeep server, holds the database, from
+/// this PID namespace or another (a container): `check` is the service's answer.
+fn refuse_if_in_use(check: hitkeep_service::Result<()>) -> Result<(), ExitCode> {
+    let Err(e) = check else {
+        return Ok(());
+    };
+    match crate::restore::held(&e) {
+        Some((db, holder)) => {
             eprintln!(
                 "error: {} is in use by another process ({holder}); stop the HitKeep server first: nothing was changed",
                 db.display()
             );
             Err(ExitCode::from(EXIT_FAILURE))
         }
-        Err(e) => Err(fail(&e.into())),
+        None => Err(fail(&e.into())),
     }
 }
 
 pub fn restore_database_bundle(settings: &Settings, from: &Path, yes: bool) -> ExitCode {
-    let target = &settings.db_path;
-    let bundle = match Bundle::open(from) {
-        Ok(b) => b,
+    let job = match hitkeep_service::recover::plan_bundle(&engine(settings), from) {
+        Ok(job) => job,
         Err(e) => {
-            eprintln!("error: invalid recovery bundle: {e}");
+            eprintln!(
+                "error: invalid recovery bundle: {}",
+                crate::report::render(&e)
+            );
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    print_bundle(&job, from);
+    if let Err(code) = refuse_if_in_use(job.check_target_free()) {
+        return code;
+    }
+    if !yes {
+        if let Err(code) = confirm(PROMPT, "restore-database-bundle") {
+            return code;
+        }
+        println!();
+    }
+    match job.execute() {
+        Ok(outcome) => {
+            if let Some(aside) = &outcome.aside {
+                println!("  Existing DB renamed to {}", aside.display());
+            }
+            println!("Database recovery bundle restored successfully.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: restoring the database recovery bundle failed: {}",
+                crate::report::render(&e)
+            );
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn print_bundle(job: &BundleRestore, from: &Path) {
+    let bundle = job.bundle();
     println!("HitKeep Recovery — Restore Database Bundle");
     println!("{}", "=".repeat(42));
     println!("Source:    {}", from.display());
-    println!("Target DB: {}", target.display());
+    println!("Target DB: {}", job.target().display());
     let artifacts: Vec<&BundleArtifact> = std::iter::once(&bundle.database)
         .chain(&bundle.wal)
         .collect();
@@ -60,28 +95,6 @@ pub fn restore_database_bundle(settings: &Settings, from: &Path, yes: bool) -> E
         "It may intentionally restore the original DuckDB failure for rollback or forensic work."
     );
     println!();
-    if let Err(code) = refuse_if_in_use(target) {
-        return code;
-    }
-    if !yes {
-        if let Err(code) = confirm(PROMPT, "restore-database-bundle") {
-            return code;
-        }
-        println!();
-    }
-    match bundle.restore(target, SnapshotId::now()) {
-        Ok(outcome) => {
-            if let Some(aside) = &outcome.aside {
-                println!("  Existing DB renamed to {}", aside.display());
-            }
-            println!("Database recovery bundle restored successfully.");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: restoring the database recovery bundle failed: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
-    }
 }
 
 pub fn import_archives(settings: &Settings, tenant: Option<&str>, yes: bool) -> ExitCode {
@@ -95,30 +108,27 @@ pub fn import_archives(settings: &Settings, tenant: Option<&str>, yes: bool) -> 
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let layout = layout(settings);
+    let engine = engine(settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
     runtime.block_on(async {
-        let planned = async {
-            let storage = Storage::open_existing(&settings.archive, &settings.s3).await?;
-            let plan = ImportPlan::new(&storage, &layout, tenant).await?;
-            anyhow::Ok((storage, plan))
+        let job = match hitkeep_service::recover::plan_import(&engine, tenant).await {
+            Ok(job) => job,
+            Err(e) => return fail(&e.into()),
         };
-        let (storage, plan) = match planned.await {
-            Ok(p) => p,
-            Err(e) => return fail(&e),
-        };
+        let plan = job.plan();
         if plan.files.is_empty() {
             println!(
                 "No retention archives found for tenant {} under {}. Nothing to do.",
-                plan.tenant, settings.archive
+                plan.tenant,
+                job.location()
             );
             return ExitCode::SUCCESS;
         }
-        print_plan(&plan, &settings.archive);
-        if let Err(code) = refuse_if_in_use(&plan.target) {
+        print_plan(plan, job.location());
+        if let Err(code) = refuse_if_in_use(job.check_target_free()) {
             return code;
         }
         if !yes {
@@ -127,7 +137,7 @@ pub fn import_archives(settings: &Settings, tenant: Option<&str>, yes: bool) -> 
             }
             println!();
         }
-        match plan.execute(&storage, &layout).await {
+        match job.execute().await {
             Ok(summary) => {
                 print_summary(&summary);
                 ExitCode::SUCCESS

@@ -1,15 +1,17 @@
 //! `hitkeep recover restore-backup`: HitKeep's offline restore, with its flags and output, made safe.
+//! The work is hitkeep-service's ([`hitkeep_service::restore`]); this reads the flags, shows the plan,
+//! asks for confirmation and shows what was done.
 
 use std::process::ExitCode;
 
-use hitkeep_backup::{Catalog, RestorePlan, RestoreSelection, SnapshotId};
+use hitkeep_backup::{Database, RestorePlan, RestoreSelection, SnapshotId};
 use hitkeep_config::{Location, Settings};
-use hitkeep_data::DataLayout;
-use hitkeep_storage::Storage;
+use hitkeep_data::{DataError, DataLayout, LockHolder};
+use hitkeep_service::restore::{RestoreFailure, RestoreJob, RestoreReport, RestoreStage};
 use uuid::Uuid;
 
 use crate::EXIT_USAGE;
-use crate::backup::{EXIT_FAILURE, confirm, fail};
+use crate::backup::{EXIT_FAILURE, confirm, engine, fail};
 
 /// The command's own flags (the S3 flags, `-db` and `-data-path` are the global setting flags).
 #[derive(Debug)]
@@ -28,68 +30,86 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
-    // Everything the user typed is checked before any I/O.
-    let from: Location = match args.from.parse() {
-        Ok(l) => l,
-        Err(e) => return usage_error(&format!("-from {:?}: {e}", args.from)),
-    };
+/// The flags, checked before any I/O.
+struct Request {
+    from: Location,
+    snapshot: Option<SnapshotId>,
+    source: Option<hitkeep_data::SourceId>,
+    selection: RestoreSelection,
+}
+
+fn parse(args: &Args<'_>) -> Result<Request, ExitCode> {
+    let from: Location = args
+        .from
+        .parse()
+        .map_err(|e| usage_error(&format!("-from {:?}: {e}", args.from)))?;
     let snapshot = match args.snapshot.filter(|s| *s != "latest") {
         None => None,
-        Some(s) => match s.parse::<SnapshotId>() {
-            Ok(id) => Some(id),
-            Err(e) => return usage_error(&format!("-snapshot: {e}")),
-        },
+        Some(s) => Some(
+            s.parse::<SnapshotId>()
+                .map_err(|e| usage_error(&format!("-snapshot: {e}")))?,
+        ),
     };
     // Checked by the parser already; `None` means "the destination's only source".
     let source = args
         .source
         .and_then(|s| s.parse::<hitkeep_data::SourceId>().ok());
-    let mut tenants = Vec::new();
-    for t in args.tenants {
-        match Uuid::parse_str(t) {
-            Ok(id) => tenants.push(id),
-            Err(_) => {
-                return usage_error(&format!(
+    let tenants = args
+        .tenants
+        .iter()
+        .map(|t| {
+            Uuid::parse_str(t).map_err(|_| {
+                usage_error(&format!(
                     "-tenant {t:?} is not a UUID (e.g. 5c6644da-ef00-45e6-825d-c755d19d7f9f)"
-                ));
-            }
-        }
-    }
-    let layout = crate::backup::layout(settings);
-    let selection = RestoreSelection::new(args.shared_only, tenants);
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Request {
+        from,
+        snapshot,
+        source,
+        selection: RestoreSelection::new(args.shared_only, tenants),
+    })
+}
+
+pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
+    let request = match parse(args) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let engine = engine(settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
     runtime.block_on(async {
-        let storage = match Storage::open_existing(&from, &settings.s3).await {
-            Ok(s) => s,
-            Err(e) => return fail(&e.into()),
-        };
-        // One cycle's folders, not the whole history: finding it stays cheap with thousands of snapshots.
-        let plan = match Catalog::load_cycle(&storage, snapshot, source)
-            .await
-            .and_then(|c| RestorePlan::new(&c, snapshot, &layout, &selection))
+        let job = match hitkeep_service::restore::plan(
+            &engine,
+            &request.from,
+            request.snapshot,
+            request.source,
+            &request.selection,
+        )
+        .await
         {
-            Ok(p) => p,
+            Ok(job) => job,
             Err(e) => return fail(&e.into()),
         };
-        print_plan(&from, &plan, &layout);
+        print_plan(&request.from, &job, engine.layout());
         // A running server holds its databases, maybe from another container; refuse before
         // downloading anything.
-        for item in &plan.items {
-            match hitkeep_data::lock_holder(&item.target) {
-                Ok(None) => {}
-                Ok(Some(holder)) => {
+        if let Err(e) = job.check_targets_free() {
+            return match held(&e) {
+                Some((path, holder)) => {
                     eprintln!(
                         "error: {} is in use by another process ({holder}); stop the HitKeep server before restoring",
-                        item.target.display()
+                        path.display()
                     );
-                    return ExitCode::from(EXIT_FAILURE);
+                    ExitCode::from(EXIT_FAILURE)
                 }
-                Err(e) => return fail(&e.into()),
-            }
+                None => fail(&e.into()),
+            };
         }
         if args.dry_run {
             println!("Dry run: nothing changed.");
@@ -101,11 +121,32 @@ pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
             }
             println!();
         }
-        execute(&storage, &plan, settings.backup.concurrency.get() as usize).await
+        match job.execute(settings.backup.concurrency.get() as usize).await {
+            Ok(report) => {
+                print_report(&report);
+                ExitCode::SUCCESS
+            }
+            Err(failure) => {
+                print_failure(&failure);
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
     })
 }
 
-fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
+/// The file and its holder, when `e` is the refusal of a database another process holds.
+pub(crate) fn held(e: &hitkeep_service::Error) -> Option<(&std::path::Path, &LockHolder)> {
+    match e {
+        hitkeep_service::Error::Data(DataError::Locked {
+            path,
+            holder: Some(holder),
+        }) => Some((path, holder)),
+        _ => None,
+    }
+}
+
+fn print_plan(from: &Location, job: &RestoreJob, layout: &DataLayout) {
+    let plan = job.plan();
     println!("HitKeep Recovery — Restore Backup");
     println!("{}", "=".repeat(36));
     println!("Source:     {from}");
@@ -119,7 +160,7 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
         }
     );
     if let Some(source) = plan.source {
-        let adopt = if layout.source_id().ok().flatten().is_none() && !plan.shared_only {
+        let adopt = if job.takes_over_source() {
             " (this data path has none yet: it takes this one over)"
         } else {
             ""
@@ -128,11 +169,6 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
     }
     println!("Target DB:  {}", layout.db_path.display());
     println!("Data Path:  {}", layout.data_path.display());
-    let tenants: Vec<_> = plan
-        .items
-        .iter()
-        .filter(|i| i.database != hitkeep_backup::Database::Shared)
-        .collect();
     match plan.layout {
         Some(layout) => println!(
             "Layout:     {layout} (HitKeep {})",
@@ -142,23 +178,8 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
         // anything is swapped in.
         None => println!("Layout:     read from the shared database once imported (no manifest)"),
     }
-    println!("Tenants:    {} tenant database(s)", tenants.len());
-    for item in &tenants {
-        let default = match item.database {
-            hitkeep_backup::Database::Tenant { tenant_id }
-                if Some(tenant_id) == plan.default_tenant =>
-            {
-                ", default tenant"
-            }
-            _ => "",
-        };
-        println!(
-            "  - {} ({} bytes{default})",
-            item.database.folder().trim_start_matches("tenants/"),
-            item.bytes
-        );
-    }
-    for note in plan.notes() {
+    print_tenants(plan);
+    for note in job.notes() {
         println!("  note: {note}");
     }
     for (id, error) in &plan.unavailable {
@@ -169,15 +190,29 @@ fn print_plan(from: &Location, plan: &RestorePlan, layout: &DataLayout) {
     println!();
 }
 
-async fn execute(storage: &Storage, plan: &RestorePlan, concurrency: usize) -> ExitCode {
-    let stamp = SnapshotId::now();
-    let name_of = |database: hitkeep_backup::Database| match database {
-        hitkeep_backup::Database::Shared => "Shared database".to_owned(),
-        hitkeep_backup::Database::Tenant { tenant_id } => format!("Tenant {tenant_id}"),
-    };
-    // Killed restores leave full-size downloads and databases beside the targets: gone before
-    // this one downloads anything, unless a running restore holds them.
-    let stale = plan.remove_stale_scratch();
+fn print_tenants(plan: &RestorePlan) {
+    let tenants: Vec<_> = plan
+        .items
+        .iter()
+        .filter(|i| i.database != Database::Shared)
+        .collect();
+    println!("Tenants:    {} tenant database(s)", tenants.len());
+    for item in &tenants {
+        let default = match item.database {
+            Database::Tenant { tenant_id } if Some(tenant_id) == plan.default_tenant => {
+                ", default tenant"
+            }
+            _ => "",
+        };
+        println!(
+            "  - {} ({} bytes{default})",
+            item.database.folder().trim_start_matches("tenants/"),
+            item.bytes
+        );
+    }
+}
+
+fn print_stale_scratch(stale: &hitkeep_backup::StaleScratch) {
     for path in &stale.removed {
         println!(
             "Removed the scratch of an earlier restore: {}",
@@ -187,46 +222,50 @@ async fn execute(storage: &Storage, plan: &RestorePlan, concurrency: usize) -> E
     for (path, why) in &stale.kept {
         println!("Kept {} ({why})", path.display());
     }
-    // Every database is downloaded and imported before any is swapped in: a failure here (the
-    // network, a damaged object) leaves all of them as they were, never a mix of old and new.
-    let prepared = match plan.prepare_all(storage, stamp, concurrency).await {
-        Ok(prepared) => prepared,
-        Err((database, e)) => {
+}
+
+fn name_of(database: Database) -> String {
+    match database {
+        Database::Shared => "Shared database".to_owned(),
+        Database::Tenant { tenant_id } => format!("Tenant {tenant_id}"),
+    }
+}
+
+fn print_report(report: &RestoreReport) {
+    print_stale_scratch(&report.stale_scratch);
+    for (database, outcome) in &report.restored {
+        if let Some(aside) = &outcome.aside {
+            println!("  Existing DB renamed to {}", aside.display());
+        }
+        let rows: u64 = outcome.tables.values().sum();
+        println!(
+            "{} restored to {} ({} tables, {rows} rows)",
+            name_of(*database),
+            outcome.target.display(),
+            outcome.tables.len()
+        );
+    }
+    println!("\nRestore completed successfully.");
+}
+
+fn print_failure(failure: &RestoreFailure) {
+    print_stale_scratch(&failure.stale_scratch);
+    let database = failure.database;
+    let message = crate::report::render(&failure.error);
+    match failure.stage {
+        RestoreStage::Prepare => {
             // DuckDB's errors already start with the database's name; say it once.
-            let message = e.to_string();
             let message = message
                 .strip_prefix(&format!("{database}: "))
                 .unwrap_or(&message);
             eprintln!("Error restoring the {database}: {message}");
             eprintln!("\nRestore failed: nothing was changed; every database is as it was.");
-            return ExitCode::from(EXIT_FAILURE);
         }
-    };
-    // Tenants first, the shared database last; a failed swap puts back those already swapped.
-    match plan.commit_all(prepared, stamp) {
-        Ok(outcomes) => {
-            for (database, outcome) in outcomes {
-                if let Some(aside) = &outcome.aside {
-                    println!("  Existing DB renamed to {}", aside.display());
-                }
-                let rows: u64 = outcome.tables.values().sum();
-                println!(
-                    "{} restored to {} ({} tables, {rows} rows)",
-                    name_of(database),
-                    outcome.target.display(),
-                    outcome.tables.len()
-                );
-            }
-            println!("\nRestore completed successfully.");
-            ExitCode::SUCCESS
-        }
-        Err(failed) => {
-            let (database, e) = *failed;
-            eprintln!("Error restoring the {database}: {e}");
+        RestoreStage::Commit => {
+            eprintln!("Error restoring the {database}: {message}");
             eprintln!(
                 "\nRestore failed: the databases already swapped in were put back; every database is as it was."
             );
-            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

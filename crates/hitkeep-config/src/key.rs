@@ -61,6 +61,15 @@ keys! {
     BackupPruneS3 => "backup_prune_s3", "HITKEEP_BACKUP_PRUNE_S3", "backup-prune-s3", [], Plain;
     /// Databases backed up (or restored) at once.
     BackupConcurrency => "backup_concurrency", "HITKEEP_BACKUP_CONCURRENCY", "backup-concurrency", [], Plain;
+    /// Pinged with a GET after each successful backup cycle: a healthchecks.io, Uptime Kuma or Cronitor ping URL.
+    /// Its path or query holds a token, so it is shown as `https://host/…` only.
+    BackupHeartbeatUrl => "backup_heartbeat_url", "HITKEEP_BACKUP_HEARTBEAT_URL", "backup-heartbeat-url", [], Redact;
+    /// A file holding the heartbeat URL, instead of the URL itself.
+    BackupHeartbeatUrlFile => "backup_heartbeat_url_file", "HITKEEP_BACKUP_HEARTBEAT_URL_FILE", "backup-heartbeat-url-file", [], Plain;
+    /// Sent a POST with a short JSON body when a backup cycle fails (a monitor's failure URL or a webhook).
+    BackupFailureUrl => "backup_failure_url", "HITKEEP_BACKUP_FAILURE_URL", "backup-failure-url", [], Redact;
+    /// A file holding the failure URL, instead of the URL itself.
+    BackupFailureUrlFile => "backup_failure_url_file", "HITKEEP_BACKUP_FAILURE_URL_FILE", "backup-failure-url-file", [], Plain;
     /// DuckDB's memory limit for backups, restores and archive runs (`2GB`, `512MiB`); unset: DuckDB's 80% of RAM.
     DuckdbMemoryLimit => "duckdb_memory_limit", "HITKEEP_DUCKDB_MEMORY_LIMIT", "duckdb-memory-limit", [], Plain;
     /// DuckDB worker threads for the same; unset: one per core.
@@ -134,9 +143,11 @@ impl fmt::Display for Key {
 
 /// Secrets that may be given as a file that holds them, and the setting naming that file. Containers
 /// mount secrets as files, and a file keeps the secret out of `ps` and of the environment.
-const SECRET_FILES: [(Key, Key); 2] = [
+const SECRET_FILES: [(Key, Key); 4] = [
     (Key::S3SecretAccessKey, Key::S3SecretAccessKeyFile),
     (Key::S3SessionToken, Key::S3SessionTokenFile),
+    (Key::BackupHeartbeatUrl, Key::BackupHeartbeatUrlFile),
+    (Key::BackupFailureUrl, Key::BackupFailureUrlFile),
 ];
 
 /// `HITKEEP_CONFIG`: the config file to read (TOML, or HitKeep's YAML), when `--config` is not given.

@@ -24,7 +24,8 @@
 //!
 //! The S3 secret and session token may instead be given as files that hold them
 //! (`HITKEEP_S3_SECRET_ACCESS_KEY_FILE`, `HITKEEP_S3_SESSION_TOKEN_FILE`, as containers mount secrets),
-//! never both ways at once.
+//! never both ways at once. So may the notification URLs (`HITKEEP_BACKUP_HEARTBEAT_URL`,
+//! `HITKEEP_BACKUP_FAILURE_URL`), which hold a token too and are shown as [`SecretUrl`]s: `https://host/…`.
 //!
 //! What this crate will not do: read the process environment or argv (callers pass [`Sources`]), touch
 //! the network or the disk beyond reading the config file and those secret files, or know how settings
@@ -54,7 +55,7 @@ pub use crate::{
     location::{Location, LocationError, S3Location},
     problem::{ConfigError, Origin, Problem, Severity},
     s3::{Credentials, Endpoint, EndpointError, S3Checksum, S3Settings, Scheme, UrlStyle},
-    secret::{AccessKeyId, Secret},
+    secret::{AccessKeyId, Secret, SecretUrl, SecretUrlError},
     settings::{BackupSettings, LogFormat, LogLevel, LogSettings, Settings},
 };
 

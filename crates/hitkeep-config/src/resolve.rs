@@ -11,7 +11,7 @@ use crate::load::{Raw, RawValue, default_text};
 use crate::location::Location;
 use crate::problem::{Origin, Problem, Severity};
 use crate::s3::{Credentials, Endpoint, S3Checksum, S3Settings, Scheme, UrlStyle};
-use crate::secret::{AccessKeyId, Secret};
+use crate::secret::{AccessKeyId, Secret, SecretUrl};
 use crate::settings::{BackupSettings, DuckDbSettings, LogFormat, LogLevel, LogSettings, Settings};
 
 /// The outcome of resolving: settings when there were no errors, plus every problem found and each origin.
@@ -165,6 +165,14 @@ impl Resolver {
                     .map(|n| NonZeroU32::new(n).expect("range starts at 1"))
             },
         );
+        let heartbeat_url = self.secret_url(
+            Key::BackupHeartbeatUrl,
+            "write the whole ping URL the monitor gives, e.g. https://hc-ping.com/<uuid>",
+        );
+        let failure_url = self.secret_url(
+            Key::BackupFailureUrl,
+            "write the whole URL to POST to, e.g. https://hc-ping.com/<uuid>/fail or a webhook URL",
+        );
         let duckdb = self.duckdb();
         let http_addr = if self.is_set(Key::HttpAddr) {
             self.parse(
@@ -188,6 +196,9 @@ impl Resolver {
         let mut s3 = self.s3();
         let backup = backup_location.as_ref().and_then(Option::as_ref);
         self.check_paths(archive.as_ref(), backup);
+        if backup_location == Some(None) {
+            self.check_unused_notifications([&heartbeat_url, &failure_url]);
+        }
         if let Some(s3) = s3.as_mut() {
             self.check_dotted_buckets(s3, [archive.as_ref(), backup]);
         }
@@ -202,6 +213,8 @@ impl Resolver {
                 retention: retention?,
                 prune_s3: prune_s3?,
                 concurrency: concurrency?,
+                heartbeat_url: heartbeat_url?,
+                failure_url: failure_url?,
             },
             duckdb: duckdb?,
             s3: s3?,
@@ -307,6 +320,29 @@ impl Resolver {
                 "retention archives are configured but backups are disabled (HITKEEP_BACKUP_PATH is empty); archives hold only expired rows and are not backups",
                 "set HITKEEP_BACKUP_PATH, e.g. s3://my-bucket/hitkeep/backups, to take snapshots",
             );
+        }
+    }
+
+    /// The `_FILE` setting `key`'s secret was read from, if it came from a file: problems name that
+    /// setting, whose value (a path) can be shown.
+    fn holder(&self, key: Key) -> Option<Key> {
+        match self.inferred.get(&key) {
+            Some(Origin::SecretFile(_)) => key.file_key(),
+            _ => None,
+        }
+    }
+
+    /// Notification URLs are called after backup cycles: with backups disabled, never.
+    fn check_unused_notifications(&mut self, urls: [&Option<Option<SecretUrl>>; 2]) {
+        let keys = [Key::BackupHeartbeatUrl, Key::BackupFailureUrl];
+        for (key, url) in keys.into_iter().zip(urls) {
+            if matches!(url, Some(Some(_))) {
+                self.warn(
+                    self.holder(key).unwrap_or(key),
+                    "backups are disabled (HITKEEP_BACKUP_PATH is empty), so this URL is never called",
+                    "set HITKEEP_BACKUP_PATH, e.g. s3://my-bucket/hitkeep/backups, to take snapshots",
+                );
+            }
         }
     }
 
@@ -464,6 +500,26 @@ impl Resolver {
                     file_key.env()
                 );
                 self.error(file_key, why, fix);
+                None
+            }
+        }
+    }
+
+    /// A URL that holds a token, given as itself or through its `_FILE` setting ([`Self::secret`]).
+    /// A bad one is an error naming the setting that held it, and never quoting it.
+    fn secret_url(&mut self, key: Key, fix: &str) -> Option<Option<SecretUrl>> {
+        let Some(secret) = self.secret(key)? else {
+            return Some(None);
+        };
+        match secret.expose().parse::<SecretUrl>() {
+            Ok(url) => Some(Some(url)),
+            Err(why) => {
+                match self.holder(key) {
+                    Some(file_key) => {
+                        self.error(file_key, format!("the file's content is {why}"), fix);
+                    }
+                    None => self.error(key, why.to_string(), fix),
+                }
                 None
             }
         }

@@ -62,6 +62,64 @@ impl fmt::Display for AccessKeyId {
     }
 }
 
+/// A URL whose path or query is a secret: a healthchecks.io ping UUID, a Slack or Discord webhook path,
+/// a token parameter. `Debug` and `Display` show only where it points, `https://hc-ping.com/…` (scheme,
+/// host and any port; no user, path or query); the whole URL is reachable only through
+/// [`SecretUrl::expose`], for the request itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(url::Url);
+
+impl SecretUrl {
+    /// The whole URL, token included, for making the request. Never log or format the result (nor an
+    /// HTTP client's error that quotes it).
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// Why a URL setting was refused. The text never quotes the URL, which may hold a token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretUrlError {
+    /// Not a URL at all (often the scheme is missing).
+    #[error("not a URL ({0})")]
+    Parse(url::ParseError),
+    /// A URL, but not one an HTTP request can be sent to.
+    #[error("not an http:// or https:// URL")]
+    Scheme,
+}
+
+impl std::str::FromStr for SecretUrl {
+    type Err = SecretUrlError;
+
+    fn from_str(text: &str) -> Result<Self, SecretUrlError> {
+        let url = url::Url::parse(text.trim()).map_err(SecretUrlError::Parse)?;
+        // http and https are "special" schemes to the url crate, which already requires them to
+        // have a non-empty host.
+        match url.scheme() {
+            "http" | "https" => Ok(SecretUrl(url)),
+            _ => Err(SecretUrlError::Scheme),
+        }
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = self.0.host_str().unwrap_or_default();
+        write!(f, "{}://{host}", self.0.scheme())?;
+        if let Some(port) = self.0.port() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str("/…")
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 const REDACTED: &str = "[redacted]";
 
 /// HitKeep's mask: the first four characters then `****`; four or fewer give just `****`.
@@ -102,5 +160,44 @@ mod tests {
         );
         let k = AccessKeyId::new("AKIAIOSFODNN7EXAMPLE");
         assert_eq!(format!("{k} {k:?}"), "AKIA**** AKIA****");
+    }
+
+    #[test]
+    fn secret_urls_show_only_where_they_point() {
+        for (text, shown) in [
+            (
+                "https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f",
+                "https://hc-ping.com/…",
+            ),
+            (
+                "http://user:pw@kuma.lan:3001/api/push/Tok3n?status=up",
+                "http://kuma.lan:3001/…",
+            ),
+            (
+                "https://hooks.slack.com/services/T0/B0/xyz#frag",
+                "https://hooks.slack.com/…",
+            ),
+            ("http://[::1]:8080/ping/abc", "http://[::1]:8080/…"),
+        ] {
+            let url: SecretUrl = text.parse().unwrap();
+            assert_eq!(url.expose(), text);
+            assert_eq!(
+                format!("{url} {url:?} {url:#?}"),
+                format!("{shown} {shown} {shown}")
+            );
+        }
+        for bad in [
+            "hc-ping.com/abc",
+            "ftp://example.com/abc",
+            "https://",
+            "mailto:ops@example.com",
+            "http://exa mple.com/x",
+        ] {
+            let e = bad.parse::<SecretUrl>().unwrap_err();
+            assert!(
+                !e.to_string().contains("example") && !e.to_string().contains("abc"),
+                "{e}"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::key::Key;
 use crate::location::Location;
 use crate::s3::{Credentials, S3Settings};
+use crate::secret::SecretUrl;
 
 /// Every setting in scope, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +47,11 @@ pub struct BackupSettings {
     pub prune_s3: bool,
     /// Databases exported and uploaded (or downloaded and imported) at once.
     pub concurrency: NonZeroU32,
+    /// Pinged with a GET after each successful cycle (healthchecks.io, Uptime Kuma, Cronitor); `None`
+    /// when unset.
+    pub heartbeat_url: Option<SecretUrl>,
+    /// Sent a POST with a short JSON body when a cycle fails; `None` when unset.
+    pub failure_url: Option<SecretUrl>,
 }
 
 /// DuckDB's resources; `None` leaves DuckDB's own default.
@@ -130,6 +136,8 @@ impl Settings {
             Key::BackupRetention => Some(self.backup.retention.to_string()),
             Key::BackupPruneS3 => Some(self.backup.prune_s3.to_string()),
             Key::BackupConcurrency => Some(self.backup.concurrency.to_string()),
+            Key::BackupHeartbeatUrl => self.backup.heartbeat_url.as_ref().map(ToString::to_string),
+            Key::BackupFailureUrl => self.backup.failure_url.as_ref().map(ToString::to_string),
             Key::DuckdbMemoryLimit => self
                 .duckdb
                 .memory_limit
@@ -138,8 +146,11 @@ impl Settings {
             Key::S3AccessKeyId => access_key,
             Key::S3SecretAccessKey => secret,
             Key::S3SessionToken => token,
-            // Read into the secrets above; `Config::display_value` shows the file they came from.
-            Key::S3SecretAccessKeyFile | Key::S3SessionTokenFile => None,
+            // Read into the secrets and URLs above; `Config::display_value` shows the file they came from.
+            Key::S3SecretAccessKeyFile
+            | Key::S3SessionTokenFile
+            | Key::BackupHeartbeatUrlFile
+            | Key::BackupFailureUrlFile => None,
             Key::S3Region => Some(self.s3.region.clone()),
             Key::S3Endpoint => self.s3.endpoint_url(),
             Key::S3UrlStyle => Some(self.s3.url_style.to_string()),

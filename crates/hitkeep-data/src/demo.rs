@@ -152,12 +152,8 @@ impl Plan {
 
 fn refuse_existing(files: &[std::path::PathBuf]) -> Result<(), DataError> {
     match files.iter().find(|p| p.exists()) {
-        Some(existing) => Err(DataError::DuckDb {
+        Some(existing) => Err(DataError::Exists {
             path: existing.clone(),
-            source: duckdb::Error::InvalidParameterName(format!(
-                "{} already exists; demo data is only written to new paths (choose another HITKEEP_DB_PATH / HITKEEP_DATA_PATH)",
-                existing.display()
-            )),
         }),
         None => Ok(()),
     }

@@ -17,13 +17,19 @@
 #![deny(missing_docs)]
 
 pub mod demo;
+mod error;
+mod held;
 mod lock;
+mod paths;
 mod schema;
 mod source;
 mod staging;
 mod tenants;
 
+pub use error::{DataError, ErrorKind};
+pub use held::{Held, HeldDatabases};
 pub use lock::{Holder, LockHolder, LockMode, lock_holder};
+pub use paths::{ARCHIVE_CACHE_DIR, BACKUP_LOCK_FILE, STATUS_FILE};
 pub use source::{SOURCE_FILE, SourceId};
 pub use staging::{JobKind, STAGING_DIR, StagingDir};
 pub use tenants::{
@@ -45,6 +51,8 @@ pub struct DataLayout {
     pub data_path: PathBuf,
     /// Memory and threads for every database opened through [`DataLayout::open`].
     pub duckdb: DuckDbLimits,
+    /// Databases this process holds open (an embedding server), used instead of their files.
+    pub held: Option<Held>,
 }
 
 impl DataLayout {
@@ -54,6 +62,7 @@ impl DataLayout {
             db_path: db_path.into(),
             data_path: data_path.into(),
             duckdb: DuckDbLimits::default(),
+            held: None,
         }
     }
 
@@ -63,8 +72,24 @@ impl DataLayout {
         self
     }
 
-    /// [`open_database`] with this layout's limits applied.
+    /// [`open_database`] with this layout's limits applied, or a connection to the instance of the
+    /// server that holds the file ([`DataLayout::with_held`]).
     pub fn open(&self, path: &Path, mode: OpenMode) -> Result<Connection, DataError> {
+        if let Some(held) = self.held.as_ref().and_then(|h| h.0.connect(path)) {
+            return held.map_err(|e| DataError::from_duckdb(path, e));
+        }
+        // DuckDB's lock is a POSIX lock, which a second open in this same process does not conflict
+        // with: a server's own file would get a second DuckDB instance beside the server's, and two
+        // instances writing one file corrupt it. The kernel's OFD query counts this process's locks
+        // too, so a server that did not lend the file gets the "in use" error instead.
+        if path.is_file()
+            && let Some(holder) = lock_holder(path)?
+        {
+            return Err(DataError::Locked {
+                path: path.to_owned(),
+                holder: Some(holder),
+            });
+        }
         let conn = open_database(path, mode)?;
         self.duckdb
             .apply(&conn)
@@ -139,127 +164,6 @@ impl DuckDbLimits {
 /// The smallest memory limit a share is cut down to: below this DuckDB cannot export a table at all.
 pub const MIN_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
 
-/// Failures opening or reading HitKeep's databases.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DataError {
-    /// Another process (usually a running HitKeep server) has the file open.
-    #[error(
-        "{path} is in use by another process{}: DuckDB allows one writer per file\n  hint: stop the HitKeep server first, or let the server run the backups (set HITKEEP_BACKUP_PATH where it runs)",
-        holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
-    )]
-    Locked {
-        /// The database file.
-        path: PathBuf,
-        /// Who holds the lock, as the kernel names it (DuckDB's own words when the kernel no longer
-        /// sees it): `/usr/bin/hitkeep (PID 4242)`, or a process in another PID namespace.
-        holder: Option<LockHolder>,
-    },
-    /// Whether another process holds the file could not be found out.
-    #[error(
-        "{path}: cannot tell whether another process has it open: {source}\n  hint: run this as a user who can read the file"
-    )]
-    LockCheck {
-        /// The database file.
-        path: PathBuf,
-        /// Why the kernel could not be asked.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The database file does not exist.
-    #[error(
-        "{path} does not exist\n  hint: check HITKEEP_DB_PATH / HITKEEP_DATA_PATH (run `hitkeep demo` to create demo data)"
-    )]
-    Missing {
-        /// The database file.
-        path: PathBuf,
-    },
-    /// The installation's source id file (`{data}/.hitkeep-source`) cannot be read or written.
-    #[error(
-        "{path}: {reason}\n  hint: this file holds the id that marks this installation's snapshots; if it is damaged, remove it and a new id is made on the next backup (older snapshots then count as another source's: restore them with `-source`)"
-    )]
-    SourceFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A job's staging folder (`{data}/.hitkeep-staging/{kind}-{run}`) could not be set up.
-    #[error(
-        "{path}: {source}\n  hint: jobs stage their files under HITKEEP_DATA_PATH/.hitkeep-staging; check that this user can write there"
-    )]
-    Staging {
-        /// The folder or lock file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Any other DuckDB failure, with the file it concerned.
-    #[error("{path}: {source}")]
-    DuckDb {
-        /// The database file.
-        path: PathBuf,
-        /// DuckDB's error.
-        #[source]
-        source: duckdb::Error,
-    },
-}
-
-impl DataError {
-    /// Wraps a DuckDB error about `path`, recognising lock conflicts. The holder is named by the
-    /// kernel ([`lock_holder`]): DuckDB's own text says `PID 0` for a holder in another container.
-    pub fn from_duckdb(path: &Path, source: duckdb::Error) -> Self {
-        let text = source.to_string();
-        if text.contains("Could not set lock") || text.contains("Conflicting lock") {
-            let holder = match lock_holder(path) {
-                Ok(Some(holder)) => Some(holder),
-                // The holder let go in between, or the kernel cannot be asked: DuckDB's words.
-                _ => holder_from_duckdb(&text),
-            };
-            return DataError::Locked {
-                path: path.to_owned(),
-                holder,
-            };
-        }
-        DataError::DuckDb {
-            path: path.to_owned(),
-            source,
-        }
-    }
-}
-
-/// The holder in DuckDB's lock error: "… Conflicting lock is held in /usr/bin/hitkeep (PID 4242) by
-/// user root. See also …", or "… held in PID 0. …" when DuckDB cannot see the holder either. The
-/// program's path may itself hold parentheses (a replaced binary reads "… (deleted)").
-fn holder_from_duckdb(text: &str) -> Option<LockHolder> {
-    let (_, rest) = text.split_once("Conflicting lock is held in ")?;
-    let at = match rest.find("(PID ") {
-        Some(open) => open + 1,
-        None => rest.find("PID ").filter(|&at| at == 0)?,
-    };
-    let digits: String = rest[at + 4..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '-')
-        .collect();
-    let pid: i32 = digits.parse().ok()?;
-    let exe = rest[..at]
-        .strip_suffix('(')
-        .map(|p| PathBuf::from(p.trim_end()));
-    let who = match u32::try_from(pid) {
-        Ok(0) => Holder::OtherNamespace,
-        Ok(pid) => Holder::Process { pid, exe },
-        Err(_) => Holder::Unnamed,
-    };
-    // DuckDB adds this when the holder only reads, i.e. a read-only open would succeed.
-    let mode = if text.contains("would be able to open this database in read-only mode") {
-        LockMode::Read
-    } else {
-        LockMode::Write
-    };
-    Some(LockHolder { who, mode })
-}
-
 /// How to open a database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenMode {
@@ -278,9 +182,9 @@ pub fn open_database(path: &Path, mode: OpenMode) -> Result<Connection, DataErro
         });
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| DataError::DuckDb {
+        std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
             path: path.to_owned(),
-            source: duckdb::Error::ToSqlConversionFailure(Box::new(e)),
+            source,
         })?;
     }
     if mode == OpenMode::Create && !path.exists() {
@@ -309,8 +213,9 @@ pub fn open_read_only(path: &Path) -> Result<Connection, DataError> {
 pub const STORAGE_VERSION: &str = "v1.5.0";
 
 fn create_compatible(path: &Path) -> Result<(), DataError> {
-    let text = path.to_str().ok_or_else(|| DataError::Missing {
+    let text = path.to_str().ok_or_else(|| DataError::Io {
         path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not valid UTF-8"),
     })?;
     let conn = Connection::open_in_memory().map_err(|e| DataError::from_duckdb(path, e))?;
     conn.execute_batch(&format!(
@@ -439,48 +344,6 @@ mod tests {
             layout.analytics_db(TenantLayout::Split, None, None),
             layout.db_path,
             "no tenants table: everything is in the shared database"
-        );
-    }
-
-    #[test]
-    fn lock_conflicts_name_the_holder() {
-        let e = duckdb::Error::InvalidParameterName(
-            "IO Error: Could not set lock on file \"/x/hitkeep.db\": Conflicting lock is held in /usr/bin/hitkeep (PID 4242). See also https://duckdb.org".into(),
-        );
-        let err = DataError::from_duckdb(Path::new("/x/hitkeep.db"), e);
-        assert!(
-            matches!(&err, DataError::Locked { holder: Some(h), .. } if h.to_string() == "/usr/bin/hitkeep (PID 4242)"),
-            "{err:?}"
-        );
-        let replaced = duckdb::Error::InvalidParameterName(
-            "IO Error: Could not set lock on file \"/x/hitkeep.db\": Conflicting lock is held in /usr/bin/hitkeep (deleted) (PID 7). See also https://duckdb.org".into(),
-        );
-        let err = DataError::from_duckdb(Path::new("/x/hitkeep.db"), replaced);
-        assert!(
-            matches!(&err, DataError::Locked { holder: Some(h), .. } if h.to_string() == "/usr/bin/hitkeep (deleted) (PID 7)"),
-            "a replaced binary keeps its PID: {err:?}"
-        );
-        // DuckDB's words for a holder it cannot see either, and for a reader.
-        let hidden = duckdb::Error::InvalidParameterName(
-            "IO Error: Could not set lock on file \"/x/hitkeep.db\": Conflicting lock is held in PID 0. However, you would be able to open this database in read-only mode, e.g. by using the -readonly parameter in the CLI. See also https://duckdb.org".into(),
-        );
-        let err = DataError::from_duckdb(Path::new("/x/hitkeep.db"), hidden);
-        assert!(
-            matches!(
-                &err,
-                DataError::Locked {
-                    holder: Some(LockHolder {
-                        who: Holder::OtherNamespace,
-                        mode: LockMode::Read
-                    }),
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert!(
-            err.to_string().starts_with("/x/hitkeep.db is in use by another process (in another PID namespace, e.g. another container, read-only): "),
-            "{err}"
         );
     }
 }

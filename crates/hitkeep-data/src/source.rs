@@ -67,9 +67,9 @@ impl SourceId {
             Ok(()) => Ok(id),
             // Another process created it first: its id is the one.
             Err(_) if file.exists() => {
-                read_source(file)?.ok_or_else(|| source_error(file, "empty file"))
+                read_source(file)?.ok_or_else(|| DataError::source_corrupt(file, "empty file"))
             }
-            Err(e) => Err(source_error(file, &e.to_string())),
+            Err(e) => Err(source_error(file, e)),
         }
     }
 }
@@ -102,7 +102,7 @@ impl DataLayout {
         match write_new(&self.source_file(), id) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(source_error(&self.source_file(), &e.to_string())),
+            Err(e) => Err(source_error(&self.source_file(), e)),
         }
     }
 }
@@ -112,9 +112,9 @@ fn read_source(path: &Path) -> Result<Option<SourceId>, DataError> {
         Ok(text) => text
             .parse()
             .map(Some)
-            .map_err(|_| source_error(path, "not a UUID")),
+            .map_err(|_| DataError::source_corrupt(path, "not a UUID")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(source_error(path, &e.to_string())),
+        Err(e) => Err(source_error(path, e)),
     }
 }
 
@@ -136,10 +136,10 @@ fn write_new(path: &Path, id: SourceId) -> std::io::Result<()> {
     result
 }
 
-fn source_error(path: &Path, reason: &str) -> DataError {
+fn source_error(path: &Path, source: std::io::Error) -> DataError {
     DataError::SourceFile {
         path: path.to_owned(),
-        reason: reason.to_owned(),
+        source,
     }
 }
 

@@ -44,6 +44,7 @@ mod durable;
 mod error;
 mod integrity;
 mod partial;
+pub mod report;
 mod storage;
 
 pub use crate::{

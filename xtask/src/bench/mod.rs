@@ -7,6 +7,9 @@
 //! - Archiving a site with 90% of its rows expired against a bare `COPY … TO parquet` plus `DELETE`.
 //! - Tenants: one backup cycle of 10, 50 and 200 small tenant databases, one at a time and concurrently.
 //! - Finding latest with 1,000 snapshots present: ListObjectsV2 requests counted by a relaying proxy.
+//! - Online: ingest into a server that embeds the engine, with no backups and with cycles back to
+//!   back to local disk and to S3 (`online.rs`; `HITKEEP_BENCH_PANELS=online` runs it alone and
+//!   merges its section into the existing latest.md).
 //!
 //! Every operation is run `HITKEEP_BENCH_RUNS` times (3) and its median kept. Results go to
 //! `bench/results/latest.md` and `latest.png`. Sizes: `HITKEEP_BENCH_SIZES` (1000000,4000000,16000000),
@@ -15,6 +18,7 @@
 
 mod chart;
 mod measure;
+mod online;
 mod results;
 
 use std::path::{Path, PathBuf};
@@ -95,6 +99,14 @@ pub fn run() -> Result<()> {
         memory_limit_mib: list_env("HITKEEP_BENCH_MEMORY_LIMIT_MIB", "1024")?[0],
     };
     println!("bench: S3 server: {}", bench.s3.describe());
+    let panels = std::env::var("HITKEEP_BENCH_PANELS").unwrap_or_else(|_| "all".into());
+    match panels.trim() {
+        "all" => {}
+        "online" => return online_only(&bench, root),
+        other => {
+            anyhow::bail!("HITKEEP_BENCH_PANELS is `all` (the default) or `online`, not {other:?}")
+        }
+    }
     println!("bench: {runs} runs each, sizes {sizes:?}, tenants {tenant_counts:?}");
 
     let mut results = Results::new(&bench.s3.describe(), runs, bench.memory_limit_mib);
@@ -105,6 +117,7 @@ pub fn run() -> Result<()> {
         results.tenants.push(bench.tenants(tenants)?);
     }
     results.listing = Some(bench.listing()?);
+    results.online = Some(bench.online(root)?);
     results.total = started.elapsed();
 
     let out = root.join("bench/results");
@@ -123,6 +136,21 @@ pub fn run() -> Result<()> {
         "bench: wrote {} and latest.png",
         out.join("latest.md").display()
     );
+    if bench.s3.kind == Kind::Endpoint {
+        bench.rclone.purge(&bench.s3.key(""))?;
+    }
+    Ok(())
+}
+
+/// `HITKEEP_BENCH_PANELS=online`: the online panel alone, its section merged into the existing
+/// latest.md so the other panels' numbers stay (the chart and the README follow full runs only).
+fn online_only(bench: &Bench, root: &Path) -> Result<()> {
+    let section = bench.online(root)?.section();
+    let out = root.join("bench/results");
+    std::fs::create_dir_all(&out)?;
+    let latest = online::merge(&out.join("latest.md"), &section)?;
+    println!("{section}");
+    println!("bench: merged the online panel into {}", latest.display());
     if bench.s3.kind == Kind::Endpoint {
         bench.rclone.purge(&bench.s3.key(""))?;
     }

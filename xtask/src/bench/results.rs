@@ -77,6 +77,8 @@ pub struct Results {
     pub sizes: Vec<SizeResult>,
     pub tenants: Vec<TenantResult>,
     pub listing: Option<Listing>,
+    /// The online panel (`online.rs`).
+    pub online: Option<super::online::Online>,
     pub total: Duration,
 }
 
@@ -148,6 +150,7 @@ impl Results {
             sizes: Vec::new(),
             tenants: Vec::new(),
             listing: None,
+            online: None,
             total: Duration::ZERO,
         }
     }
@@ -174,6 +177,10 @@ impl Results {
         self.memory_table(&mut md);
         self.tenant_table(&mut md);
         self.listing_table(&mut md);
+        if let Some(online) = &self.online {
+            md.push('\n');
+            md.push_str(&online.section());
+        }
         self.why(&mut md);
         self.cpu_table(&mut md);
         md

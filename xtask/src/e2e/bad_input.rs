@@ -618,7 +618,8 @@ fn runtime_cases(ctx: &Ctx, file: &Path, ws: &str) -> Vec<Case> {
             "doctor with a wrong secret",
             &["doctor"],
             &[("HITKEEP_S3_SECRET_ACCESS_KEY", ws)],
-            2,
+            // A failed check, not a usage error.
+            1,
             &["HITKEEP_S3_SECRET_ACCESS_KEY"],
         ),
     ]

@@ -255,9 +255,12 @@ async fn a_missing_tenant_database_is_refused_and_never_created() {
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, Error::Import { .. })
+        matches!(err, Error::NoTenantDatabase { .. })
+            && err.kind() == hitkeep_archive::ErrorKind::NotFound
             && text.contains("never creates")
-            && text.contains("hint: "),
+            && err
+                .hint()
+                .is_some_and(|h| h.contains("hitkeep recover restore-backup")),
         "{text}"
     );
     assert!(!db.exists());

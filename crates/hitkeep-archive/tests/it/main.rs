@@ -1,5 +1,6 @@
 //! Retention archives on real DuckDB demo data, to a local directory and the in-process S3 server.
 
+mod errors;
 mod import;
 
 use std::collections::BTreeMap;
@@ -653,8 +654,13 @@ async fn a_row_rewritten_between_export_and_delete_is_never_deleted() {
         "{err}"
     );
     assert!(
-        err.to_string().contains("hits") && err.to_string().contains("hint:"),
-        "{err}"
+        err.to_string().contains("hits")
+            && err.kind() == hitkeep_archive::ErrorKind::Conflict
+            && err
+                .hint()
+                .is_some_and(|h| h.contains("the next run discards this file")),
+        "{err}: {:?}",
+        err.hint()
     );
     let id = server.rewritten.lock().unwrap().clone().unwrap();
     let path: String = conn

@@ -16,6 +16,7 @@ macro_rules! on_local_and_s3 {
 }
 
 mod bundle;
+mod errors;
 mod restore;
 mod sources;
 mod tampered;
@@ -71,9 +72,12 @@ impl Fixture {
         BackupOptions::for_layout(&self.layout)
     }
 
-    fn tenants(&self) -> CycleTenants {
+    /// The shared database, and the tenants a cycle of it backs up (read from that connection: a
+    /// second open of a file this process holds is refused).
+    fn shared_and_tenants(&self) -> (duckdb::Connection, CycleTenants) {
         let shared = open_database(&self.layout.db_path, OpenMode::Existing).unwrap();
-        CycleTenants::discover(&self.layout, &shared).unwrap()
+        let tenants = CycleTenants::discover(&self.layout, &shared).unwrap();
+        (shared, tenants)
     }
 
     /// The tenants a cycle backs up: on a split install the default one too, oldest first.
@@ -93,8 +97,8 @@ impl Fixture {
     }
 
     async fn cycle(&self) -> hitkeep_backup::CycleReport {
-        let shared = open_database(&self.layout.db_path, OpenMode::Existing).unwrap();
-        run_cycle(&self.storage, shared, self.tenants(), &self.options())
+        let (shared, tenants) = self.shared_and_tenants();
+        run_cycle(&self.storage, shared, tenants, &self.options())
             .await
             .unwrap()
     }

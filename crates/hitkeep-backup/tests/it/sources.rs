@@ -81,7 +81,11 @@ async fn two_installations_never_mix_latest_or_prune(f: Fixture) {
         text.contains(&a.to_string()) && text.contains(&b.to_string()),
         "{text}"
     );
-    assert!(text.contains("-source"), "{text}");
+    assert!(
+        err.hint().is_some_and(|h| h.contains("-source")),
+        "{:?}",
+        err.hint()
+    );
     // Each source's own newest cycle.
     let of = |c: &Catalog| c.latest_committed().unwrap().id;
     let mine = Catalog::load_cycle(&f.storage, None, Some(a))
@@ -274,8 +278,8 @@ async fn a_cycle_whose_claim_was_taken_over_does_not_commit() {
     let options = f.options().with_progress(Arc::new(Usurper {
         backups: f.dir.path().join("backups"),
     }));
-    let shared = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
-    let err = run_cycle(&f.storage, shared, f.tenants(), &options)
+    let (shared, tenants) = f.shared_and_tenants();
+    let err = run_cycle(&f.storage, shared, tenants, &options)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::ClaimLost { .. }), "{err}");

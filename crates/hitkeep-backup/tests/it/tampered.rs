@@ -102,10 +102,15 @@ fn assert_refusal(e: &Error, file: &str, needle: &str) {
     );
     let text = e.to_string();
     assert!(
-        text.contains("holds a statement EXPORT DATABASE never writes")
-            && text.contains(needle)
-            && text.contains("hint: the snapshot was changed after it was written"),
+        text.contains("holds a statement EXPORT DATABASE never writes") && text.contains(needle),
         "{text}"
+    );
+    assert_eq!(e.kind(), hitkeep_backup::ErrorKind::Foreign);
+    assert!(
+        e.hint()
+            .is_some_and(|h| h.starts_with("the snapshot was changed after it was written")),
+        "{:?}",
+        e.hint()
     );
 }
 

@@ -159,3 +159,56 @@ async fn archive_round_trip_on_s3() {
         .await
         .unwrap();
 }
+
+/// `archive list` as printed, over the files of a run on local disk: the default tenant's at the
+/// root, another tenant's under `tenants/`. Ids, times, sizes and counts are masked; the files come
+/// in the order of their (random) site ids, so they are shown here root files first.
+#[test]
+fn the_list_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = local_env(dir.path());
+    let out = hk(
+        &["demo", "--hits", "2000", "--tenants", "1"],
+        &env,
+        dir.path(),
+    );
+    assert!(out.starts_with("exit: 0"), "{out}");
+    let out = hk(&["archive", "run"], &env, dir.path());
+    assert!(out.matches("rows archived to").count() == 4, "{out}");
+    let out = hk(&["archive", "list"], &env, dir.path());
+    assert!(out.starts_with("exit: 0"), "{out}");
+    let (head, rest) = out.split_once("----- stdout -----\n").unwrap();
+    let (listing, stderr) = rest.split_once("----- stderr -----").unwrap();
+    // One block per file: its line, then its indented lines.
+    let mut blocks: Vec<String> = Vec::new();
+    for line in listing.lines() {
+        match blocks.last_mut() {
+            Some(block) if line.starts_with(' ') => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            _ => blocks.push(format!("{line}\n")),
+        }
+    }
+    assert_eq!(blocks.len(), 4, "{listing}");
+    blocks.sort_by_key(|b| b.starts_with("tenants/"));
+    let shown = format!(
+        "{head}----- stdout -----\n{}----- stderr -----{stderr}",
+        blocks.concat()
+    );
+    let tmp = crate::regex_escape(&dir.path().display().to_string());
+    insta::with_settings!({
+        filters => vec![
+            (tmp.as_str(), "[TMP]"),
+            (crate::restore::UUID, "[UUID]"),
+            (r"_\d+\.parquet", "_[UNIX].parquet"),
+            (r"\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2}(\.\d+)?\+\d{2})?", "[TIME]"),
+            (r"\b\d+ rows", "[N] rows"),
+            (r"\b\d+ bytes", "[N] bytes"),
+            (r"(?m)^(    \S+ +)\d+$", "${1}[N]"),
+        ],
+        prepend_module_to_snapshot => false,
+    }, {
+        insta::assert_snapshot!("archive_list", shown);
+    });
+}

@@ -1,5 +1,7 @@
 //! `hitkeep doctor` against the in-process S3 server: passing, and failing with a hint for each of a wrong
-//! secret, a missing bucket, an https endpoint that speaks HTTP, and a server that refuses deletes.
+//! secret, a missing bucket, an https endpoint that speaks HTTP, and a server that refuses deletes; its
+//! text on a local destination, pinned by a snapshot; and its exit status: 1 for a failed check, 0 for
+//! warnings, 2 only for a configuration it cannot run with.
 
 use std::path::Path;
 
@@ -82,7 +84,7 @@ async fn a_wrong_secret_fails_with_a_hint() {
     )
     .await;
     assert!(
-        out.starts_with("exit: 2")
+        out.starts_with("exit: 1")
             && out.contains("rejected the credentials")
             && out.contains("check HITKEEP_S3_SECRET_ACCESS_KEY"),
         "{out}"
@@ -94,7 +96,7 @@ async fn a_wrong_secret_fails_with_a_hint() {
 async fn a_missing_bucket_fails_with_a_hint() {
     let out = case(ServerOptions::default(), "no-such-bucket", &[]).await;
     assert!(
-        out.starts_with("exit: 2")
+        out.starts_with("exit: 1")
             && out.contains("\"no-such-bucket\" does not exist")
             && out.contains("hint: create the bucket"),
         "{out}"
@@ -113,7 +115,7 @@ async fn https_against_plain_http_fails_with_a_hint() {
     )
     .await;
     assert!(
-        out.starts_with("exit: 2") && out.contains("HITKEEP_S3_USE_SSL=false"),
+        out.starts_with("exit: 1") && out.contains("HITKEEP_S3_USE_SSL=false"),
         "{out}"
     );
 }
@@ -122,7 +124,7 @@ async fn https_against_plain_http_fails_with_a_hint() {
 async fn a_server_that_refuses_deletes_fails_with_a_hint() {
     let out = case(ServerOptions::refusing_deletes(), BUCKET, &[]).await;
     assert!(
-        out.starts_with("exit: 2")
+        out.starts_with("exit: 1")
             && out.contains("FAILURE backup: delete")
             && out.contains("s3:DeleteObject"),
         "{out}"
@@ -130,12 +132,13 @@ async fn a_server_that_refuses_deletes_fails_with_a_hint() {
 }
 
 /// A provider that refuses `x-amz-checksum-*` headers, as Backblaze B2 does: every step still passes
-/// (auto switches to Content-MD5), and doctor prints the assignment to pin.
+/// (auto switches to Content-MD5), and doctor prints the assignment to pin. A warning is not a failure:
+/// the exit status is 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_refuses_checksum_headers_gets_the_md5_assignment() {
     let out = case(ServerOptions::refusing_checksum_headers(), BUCKET, &[]).await;
     assert!(
-        out.starts_with("exit: 1")
+        out.starts_with("exit: 0")
             && out.contains("warning backup: integrity headers")
             && out.contains("InvalidArgument")
             && out.contains("use HITKEEP_S3_CHECKSUM=md5")
@@ -197,9 +200,50 @@ fn the_tenant_layout_is_checked_locally() {
     }
     let out = doctor(dir.path(), &env);
     assert!(
-        out.starts_with("exit: 2")
+        out.starts_with("exit: 1")
             && out.contains("1 missing")
             && out.contains("HITKEEP_DATA_PATH"),
+        "{out}"
+    );
+}
+
+/// Every check on a local destination and local demo data, as printed. Paths, sizes, free space and
+/// the clock's skew differ between runs and are masked.
+#[test]
+fn the_text_on_a_local_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = crate::local_env(dir.path());
+    let out = crate::hk(
+        &["demo", "--hits", "500", "--tenants", "1"],
+        &env,
+        dir.path(),
+    );
+    assert!(out.starts_with("exit: 0"), "{out}");
+    let out = doctor(dir.path(), &env);
+    let tmp = crate::regex_escape(&dir.path().display().to_string());
+    insta::with_settings!({
+        filters => vec![
+            (tmp.as_str(), "[TMP]"),
+            (r"\b\d+ bytes", "[N] bytes"),
+            (r"within \d+ s of", "within [N] s of"),
+            (r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "[UUID]"),
+            (r"\d{4}-\d{2}-\d{2}T\d{2}:?\d{2}:?\d{2}(\.\d+)?Z", "[TIME]"),
+        ],
+        prepend_module_to_snapshot => false,
+    }, {
+        insta::assert_snapshot!("doctor_local", out);
+    });
+}
+
+/// A setting that does not parse is a configuration error: exit 2, before any check runs.
+#[test]
+fn a_bad_setting_exits_2_before_any_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::local_env(dir.path());
+    env.push(("HITKEEP_S3_CHECKSUM".into(), "sha1".into()));
+    let out = doctor(dir.path(), &env);
+    assert!(
+        out.starts_with("exit: 2") && out.contains("HITKEEP_S3_CHECKSUM") && !out.contains("ok "),
         "{out}"
     );
 }

@@ -752,3 +752,66 @@ fn walk(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
     }
     files.into_iter()
 }
+
+/// A UUID: tenant, site and source ids, random in every demo.
+pub(crate) const UUID: &str = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}";
+
+/// Pins `output` as snapshot `name`, with what differs between runs masked: the temp dir, snapshot
+/// ids and stamps, UUIDs, byte sizes and row counts.
+fn snapshot_masked(name: &str, output: &str, dir: &Path) {
+    let tmp = crate::regex_escape(&dir.display().to_string());
+    insta::with_settings!({
+        filters => vec![
+            (tmp.as_str(), "[TMP]"),
+            (r"\d{4}-\d{2}-\d{2}T\d{6}Z", "[SNAPSHOT]"),
+            (UUID, "[UUID]"),
+            (r"\b\d+ bytes", "[N] bytes"),
+            (r"\b\d+ rows", "[N] rows"),
+        ],
+        prepend_module_to_snapshot => false,
+    }, {
+        insta::assert_snapshot!(name, output);
+    });
+}
+
+/// The plan lists tenants in the order of their (random) ids; the default tenant's line goes first
+/// here so that the masked text is the same in every run.
+fn default_tenant_first(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    let mut out = Vec::with_capacity(lines.len());
+    let mut block: Vec<&str> = Vec::new();
+    for line in lines {
+        if line.starts_with("  - ") {
+            block.push(line);
+            continue;
+        }
+        block.sort_by_key(|l| !l.contains(", default tenant)"));
+        out.append(&mut block);
+        out.push(line);
+    }
+    out.append(&mut block);
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+/// What `restore-backup` prints: the plan of a dry run, then the plan and report of a whole restore
+/// over the live databases (each kept aside).
+#[test]
+fn the_plan_and_the_report_as_printed() {
+    let s = local_setup();
+    assert!(s.hk(&["backup", "run"]).starts_with("exit: 0"));
+    let from = from_local(&s);
+    let plan = s.hk(&["recover", "restore-backup", "-from", &from, "-dry-run"]);
+    assert!(plan.starts_with("exit: 0"), "{plan}");
+    snapshot_masked("restore_plan", &default_tenant_first(&plan), s.dir.path());
+    let before = s.all_fingerprints();
+    let report = s.hk(&["recover", "restore-backup", "-from", &from, "-yes"]);
+    assert!(report.starts_with("exit: 0"), "{report}");
+    snapshot_masked(
+        "restore_report",
+        &default_tenant_first(&report),
+        s.dir.path(),
+    );
+    assert_eq!(s.all_fingerprints(), before);
+}

@@ -54,6 +54,8 @@ fn defaults_match_hitkeep() {
     assert_eq!(s.s3.url_style, UrlStyle::VirtualHost);
     assert!(s.s3.use_ssl);
     assert_eq!(s.s3.checksum, hitkeep_config::S3Checksum::Auto);
+    assert_eq!(s.backup.heartbeat_url, None, "no notifications");
+    assert_eq!(s.backup.failure_url, None);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     assert!(Key::ALL.iter().all(|&k| *c.origin(k) == Origin::Default));
 }
@@ -70,6 +72,14 @@ fn every_variable_is_read() {
         ("HITKEEP_BACKUP_RETENTION", "48"),
         ("HITKEEP_BACKUP_PRUNE_S3", "yes"),
         ("HITKEEP_BACKUP_CONCURRENCY", "4"),
+        (
+            "HITKEEP_BACKUP_HEARTBEAT_URL",
+            "https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f",
+        ),
+        (
+            "HITKEEP_BACKUP_FAILURE_URL",
+            "https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f/fail",
+        ),
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "1.5GiB"),
         ("HITKEEP_DUCKDB_THREADS", "2"),
         ("HITKEEP_S3_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE"),
@@ -100,6 +110,14 @@ fn every_variable_is_read() {
     assert_eq!(s.backup.retention.get(), 48);
     assert!(s.backup.prune_s3);
     assert_eq!(s.backup.concurrency.get(), 4);
+    assert_eq!(
+        s.backup.heartbeat_url.as_ref().map(|u| u.expose()),
+        Some("https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f")
+    );
+    assert_eq!(
+        s.backup.failure_url.as_ref().map(|u| u.expose()),
+        Some("https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f/fail")
+    );
     assert_eq!(s.duckdb.memory_limit, Some(1536 * 1024 * 1024));
     assert_eq!(s.duckdb.threads.map(|t| t.get()), Some(2));
     assert_eq!(s.http_addr, Some("0.0.0.0:9090".parse().unwrap()));
@@ -132,7 +150,12 @@ fn every_variable_is_read() {
     assert_eq!(s.log.format, hitkeep_config::LogFormat::Json);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     // A secret's `_FILE` setting is the other way to give it (`secrets_from_files`).
-    let files = [Key::S3SecretAccessKeyFile, Key::S3SessionTokenFile];
+    let files = [
+        Key::S3SecretAccessKeyFile,
+        Key::S3SessionTokenFile,
+        Key::BackupHeartbeatUrlFile,
+        Key::BackupFailureUrlFile,
+    ];
     assert!(
         Key::ALL
             .iter()
@@ -1302,4 +1325,172 @@ fn secrets_given_as_flags_are_pointed_out_for_long_running_processes() {
         ("HITKEEP_S3_SECRET_ACCESS_KEY", SECRET),
     ]);
     assert!(from_env.secrets_on_command_line().is_empty());
+}
+
+// Heartbeat and failure notification URLs: secrets whose path or query is the token.
+
+const PING: &str = "https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f";
+const PING_TOKEN: &str = "5c6644da-ef00-45e6-825d-c755d19d7f9f";
+const WEBHOOK: &str = "http://user:pw@kuma.lan:3001/api/push/Tok3nXYZ?status=down&msg=x";
+
+#[test]
+fn notification_urls_show_only_scheme_and_host() {
+    let c = load(&[
+        ("HITKEEP_BACKUP_PATH", "/var/lib/hitkeep/backups"),
+        ("HITKEEP_BACKUP_HEARTBEAT_URL", PING),
+        ("HITKEEP_BACKUP_FAILURE_URL", WEBHOOK),
+    ]);
+    let backup = &c.settings.backup;
+    assert_eq!(backup.heartbeat_url.as_ref().unwrap().expose(), PING);
+    assert_eq!(backup.failure_url.as_ref().unwrap().expose(), WEBHOOK);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(
+        c.display_value(Key::BackupHeartbeatUrl).as_deref(),
+        Some("https://hc-ping.com/…")
+    );
+    assert_eq!(
+        c.display_value(Key::BackupFailureUrl).as_deref(),
+        Some("http://kuma.lan:3001/…")
+    );
+    let shown = format!(
+        "{c:?} {:#?} {} {}",
+        c.settings,
+        c.render_text(),
+        c.render_json()
+    );
+    for secret in [
+        PING_TOKEN,
+        "Tok3nXYZ",
+        "status=down",
+        "user:pw",
+        "/api/push",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(c.render_text().contains(
+        "HITKEEP_BACKUP_HEARTBEAT_URL      = https://hc-ping.com/…  (env HITKEEP_BACKUP_HEARTBEAT_URL)"
+    ));
+    // A secret like the S3 key: as a flag it is pointed out, the file setting offered instead.
+    let c = Config::load(&Sources {
+        flags: [(Key::BackupHeartbeatUrl, PING.to_owned())].into(),
+        ..env(&[("HITKEEP_BACKUP_PATH", "/var/lib/hitkeep/backups")])
+    })
+    .unwrap();
+    let warnings: Vec<String> = c
+        .secrets_on_command_line()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("fix: use HITKEEP_BACKUP_HEARTBEAT_URL_FILE"),
+        "{warnings:?}"
+    );
+    assert!(!warnings[0].contains(PING_TOKEN));
+}
+
+#[test]
+fn a_notification_url_that_is_not_an_http_url_is_an_error_naming_the_setting() {
+    let e = load_err(&[
+        ("HITKEEP_BACKUP_PATH", "/var/lib/hitkeep/backups"),
+        (
+            "HITKEEP_BACKUP_HEARTBEAT_URL",
+            "hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f",
+        ),
+        (
+            "HITKEEP_BACKUP_FAILURE_URL",
+            "ftp://hooks.example.com/Tok3nXYZ",
+        ),
+    ]);
+    let keys: Vec<_> = e.errors.iter().filter_map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [Key::BackupHeartbeatUrl, Key::BackupFailureUrl],
+        "{e}"
+    );
+    assert_eq!(
+        e.errors[0].to_string(),
+        "error: HITKEEP_BACKUP_HEARTBEAT_URL (--backup-heartbeat-url) = \"[redacted]\" (env HITKEEP_BACKUP_HEARTBEAT_URL): \
+         not a URL (relative URL without a base)\n  \
+         fix: write the whole ping URL the monitor gives, e.g. https://hc-ping.com/<uuid>"
+    );
+    assert!(
+        e.errors[1]
+            .to_string()
+            .contains("not an http:// or https:// URL"),
+        "{e}"
+    );
+    let text = format!("{e} {e:?}");
+    assert!(
+        !text.contains(PING_TOKEN) && !text.contains("Tok3nXYZ"),
+        "{text}"
+    );
+}
+
+#[test]
+fn notification_urls_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let ping = secret_file(dir.path(), "ping", &format!("{PING}\n"));
+    let c = load(&[
+        ("HITKEEP_BACKUP_PATH", "/var/lib/hitkeep/backups"),
+        ("HITKEEP_BACKUP_HEARTBEAT_URL_FILE", ping.as_str()),
+    ]);
+    assert_eq!(
+        c.settings.backup.heartbeat_url.as_ref().unwrap().expose(),
+        PING
+    );
+    assert_eq!(
+        *c.origin(Key::BackupHeartbeatUrl),
+        Origin::SecretFile(ping.clone().into())
+    );
+    assert!(c.render_text().contains(&format!(
+        "HITKEEP_BACKUP_HEARTBEAT_URL      = https://hc-ping.com/…  (file {ping})"
+    )));
+
+    // A file that does not hold a URL: the error names the file setting, never the content.
+    let bad = secret_file(dir.path(), "bad", "5c6644da-ef00-45e6-825d-c755d19d7f9f\n");
+    let e = load_err(&[
+        ("HITKEEP_BACKUP_PATH", "/var/lib/hitkeep/backups"),
+        ("HITKEEP_BACKUP_FAILURE_URL_FILE", bad.as_str()),
+    ]);
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!(e.errors[0].key, Some(Key::BackupFailureUrlFile));
+    let shown = e.errors[0].to_string();
+    assert!(
+        shown.contains(&bad) && shown.contains("the file's content is not a URL"),
+        "{shown}"
+    );
+    assert!(!format!("{e} {e:?}").contains(PING_TOKEN));
+
+    // Never both ways.
+    let e = load_err(&[
+        ("HITKEEP_BACKUP_PATH", "/var/lib/hitkeep/backups"),
+        ("HITKEEP_BACKUP_HEARTBEAT_URL", PING),
+        ("HITKEEP_BACKUP_HEARTBEAT_URL_FILE", ping.as_str()),
+    ]);
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!(e.errors[0].key, Some(Key::BackupHeartbeatUrlFile));
+    assert!(!format!("{e} {e:?}").contains(PING_TOKEN));
+}
+
+#[test]
+fn notification_urls_without_backups_warn() {
+    let dir = tempfile::tempdir().unwrap();
+    let ping = secret_file(dir.path(), "ping", PING);
+    let c = load(&[
+        ("HITKEEP_BACKUP_HEARTBEAT_URL_FILE", ping.as_str()),
+        ("HITKEEP_BACKUP_FAILURE_URL", WEBHOOK),
+    ]);
+    assert_eq!(
+        warning_keys(&c),
+        [Key::BackupHeartbeatUrlFile, Key::BackupFailureUrl]
+    );
+    assert!(
+        c.warnings
+            .iter()
+            .all(|w| w.message.contains("backups are disabled")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(!format!("{:?}", c.warnings).contains("Tok3nXYZ"));
 }

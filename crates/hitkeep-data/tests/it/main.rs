@@ -1,6 +1,7 @@
 //! The demo data set in both of HitKeep's layouts, read back with real DuckDB the way the backup,
 //! archive and restore code will read it.
 
+mod errors;
 mod lock;
 
 use std::path::Path;

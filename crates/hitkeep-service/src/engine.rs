@@ -1,0 +1,175 @@
+//! The engine: settings, the data layout and the two jobs, backup and archive.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hitkeep_backup::{BackupOptions, Catalog, CycleReport, CycleTenants, Progress, PrunePlan};
+use hitkeep_config::{Location, Settings};
+use hitkeep_data::{DataLayout, DuckDbLimits, HeldDatabases, OpenMode};
+use hitkeep_storage::{Storage, SweepReport};
+
+use crate::error::{Error, Result};
+use crate::notify::Notifier;
+
+/// How old an S3 multipart upload must be, by the server's clock, before it counts as a dead
+/// process's: another installation's cycle may be uploading to the same destination, and a large
+/// file on a slow link takes hours. Local partial uploads are told apart by their owner's lock instead.
+pub const PARTIAL_UPLOAD_AGE: Duration = Duration::from_secs(6 * 3600);
+
+/// The settings and data layout the jobs and operations work with.
+#[derive(Clone)]
+pub struct Engine {
+    settings: Arc<Settings>,
+    layout: DataLayout,
+    notifier: Arc<Notifier>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("settings", &self.settings)
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine that opens the database files itself: the `hitkeep` binary, the only process
+    /// opening them (HitKeep stopped, or a host where hitkeep owns the files).
+    pub fn new(settings: Settings) -> Self {
+        let layout = DataLayout::new(&settings.db_path, &settings.data_path).with_limits(
+            DuckDbLimits {
+                memory_limit: settings.duckdb.memory_limit,
+                threads: settings.duckdb.threads.map(|t| t.get()),
+            },
+        );
+        Engine {
+            notifier: Arc::new(Notifier::new(&settings)),
+            settings: Arc::new(settings),
+            layout,
+        }
+    }
+
+    /// An engine inside a server that holds the databases open: jobs use connections to the server's
+    /// instances ([`HeldDatabases`]) and leave their limits to the server.
+    pub fn embedded(settings: Settings, held: Arc<dyn HeldDatabases>) -> Self {
+        let mut engine = Engine::new(settings);
+        engine.layout = engine.layout.with_held(held);
+        engine
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Where the scheduled jobs send their heartbeat and failure notifications.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// The data layout: every local path and how databases are opened.
+    pub fn layout(&self) -> &DataLayout {
+        &self.layout
+    }
+
+    /// Creates HitKeep-shaped demo data at the configured paths (refusing to touch existing files).
+    pub fn create_demo(
+        &self,
+        options: &hitkeep_data::demo::DemoOptions,
+    ) -> Result<hitkeep_data::demo::DemoSummary> {
+        Ok(hitkeep_data::demo::generate(&self.layout, options)?)
+    }
+
+    /// The backup location, or the error that says how to set one.
+    pub fn backup_location(&self) -> Result<&Location> {
+        self.settings
+            .backup
+            .location
+            .as_ref()
+            .ok_or_else(Error::backups_disabled)
+    }
+
+    /// Opens the backup location, which must exist (for reading what is there).
+    pub async fn backup_storage(&self) -> Result<Storage> {
+        Ok(Storage::open_existing(self.backup_location()?, &self.settings.s3).await?)
+    }
+
+    /// The backup job: one cycle of every database, then retention (when it applies) and the
+    /// leftovers of interrupted runs. A failed clean-up after a committed cycle is a warning, never
+    /// a failed backup.
+    pub async fn backup(&self, progress: Option<Arc<dyn Progress>>) -> Result<CycleReport> {
+        let location = self.backup_location()?;
+        let storage = Storage::open(location, &self.settings.s3).await?;
+        let layout = &self.layout;
+        let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
+        let tenants = CycleTenants::discover(layout, &shared)?;
+        let mut options = BackupOptions::for_layout(layout)
+            .with_concurrency(self.settings.backup.concurrency.get() as usize);
+        if let Some(progress) = progress {
+            options = options.with_progress(progress);
+        }
+        let report = hitkeep_backup::run_cycle(&storage, shared, tenants, &options).await?;
+        let retention = (!location.is_s3() || self.settings.backup.prune_s3)
+            .then_some(self.settings.backup.retention);
+        if let Err(e) = self.prune_after_cycle(&storage, retention, &report).await {
+            tracing::warn!(error = %crate::describe(&e), "pruning after the cycle failed; the new snapshot is complete");
+        }
+        Ok(report)
+    }
+
+    /// After a committed cycle (its lock is free again, but this process's cycles are the only ones
+    /// of its source): retention when it applies, and in any case the leftovers of interrupted runs.
+    async fn prune_after_cycle(
+        &self,
+        storage: &Storage,
+        retention: Option<NonZeroU32>,
+        report: &CycleReport,
+    ) -> Result<()> {
+        let Some(source) = self.layout.source_id()? else {
+            // The cycle creates the source id before it claims anything; without one, nothing of
+            // this source can be a leftover.
+            return Ok(());
+        };
+        let _lock = hitkeep_backup::CycleLock::acquire(&self.layout.backup_lock_file())?;
+        let catalog = Catalog::load(storage).await?;
+        let plan = match retention {
+            Some(keep) => PrunePlan::new(&catalog, keep, Some(report.id), Some(source)),
+            None => PrunePlan::leftovers(&catalog, report.id, source),
+        };
+        let removed = plan.execute(storage).await?;
+        if !plan.is_empty() {
+            tracing::info!(
+                snapshots = plan.deletions.len(),
+                objects = removed,
+                "pruned old snapshots and leftovers of interrupted runs"
+            );
+        }
+        sweep_partial_uploads(storage).await;
+        Ok(())
+    }
+}
+
+/// Removes what killed processes left half-uploaded, logging what went; a failure is a warning,
+/// never a failed backup or prune. Returns the sweep, when there was one, for callers that show it.
+pub async fn sweep_partial_uploads(storage: &Storage) -> Option<SweepReport> {
+    let report = match storage.sweep_partial_uploads(PARTIAL_UPLOAD_AGE).await {
+        Ok(r) => r,
+        Err(e) => {
+            let hint = e
+                .hint()
+                .map(|h| format!("\n  hint: {h}"))
+                .unwrap_or_default();
+            tracing::warn!("could not look for partial uploads of killed runs: {e}{hint}");
+            return None;
+        }
+    };
+    for p in &report.removed {
+        tracing::info!(key = p.key, bytes = ?p.bytes, "removed a partial upload left by a killed run");
+    }
+    for (p, e) in &report.failed {
+        tracing::warn!(key = p.key, error = %e, "could not remove a partial upload left by a killed run");
+    }
+    Some(report)
+}

@@ -1,0 +1,183 @@
+//! The operator's snapshot operations: list, verify, prune (planned, then executed) and the S3
+//! lifecycle rule that matches the retention.
+
+use hitkeep_backup::{Catalog, CycleLock, PrunePlan, SnapshotId, VerifyReport};
+use hitkeep_config::Location;
+use hitkeep_data::{JobKind, SourceId};
+use hitkeep_storage::{Storage, SweepReport};
+
+use crate::engine::{Engine, sweep_partial_uploads};
+use crate::error::{Error, Result};
+
+/// What a backup location holds, and which snapshots are "latest".
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Listing {
+    /// Every database's snapshots.
+    pub catalog: Catalog,
+    /// The newest committed cycle of each source writing to the location (one, usually).
+    pub latest: Vec<SnapshotId>,
+}
+
+impl Engine {
+    /// Lists the backup location.
+    pub async fn list(&self) -> Result<Listing> {
+        let storage = self.backup_storage().await?;
+        let catalog = Catalog::load(&storage).await?;
+        let latest = latest_per_source(&catalog);
+        Ok(Listing { catalog, latest })
+    }
+
+    /// Re-reads a snapshot (`None` or "latest": this installation's newest) against its manifests;
+    /// `deep` also restores it into scratch DuckDB databases next to the data.
+    pub async fn verify(&self, snapshot: Option<&str>, deep: bool) -> Result<VerifyReport> {
+        let storage = self.backup_storage().await?;
+        let catalog = Catalog::load(&storage).await?;
+        // "latest" is this installation's newest cycle when the destination holds several.
+        let source = self.layout().source_id().ok().flatten();
+        let id = catalog.resolve_for(snapshot, source)?.id;
+        let scratch = self.layout().claim_staging(JobKind::Verify)?;
+        Ok(hitkeep_backup::verify_snapshot(&storage, &catalog, id, deep, scratch.path()).await?)
+    }
+
+    /// Plans a prune of this installation's snapshots beyond the retention, holding the cycle lock
+    /// until the plan is executed or dropped (so no cycle starts meanwhile).
+    pub async fn plan_prune(&self) -> Result<PruneJob> {
+        let storage = self.backup_storage().await?;
+        // Holding the cycle lock, this source's unfinished snapshots are all leftovers.
+        let lock = CycleLock::acquire(&self.layout().backup_lock_file())?;
+        let catalog = Catalog::load(&storage).await?;
+        let source = self.layout().source_id()?;
+        let sourced = catalog
+            .databases
+            .iter()
+            .flat_map(|d| &d.snapshots)
+            .any(|s| s.source.is_some());
+        if source.is_none() && sourced {
+            return Err(Error::Unsuitable {
+                message: format!(
+                    "prune removes only this installation's snapshots, and {} has no source id (no backup ran from this data path)",
+                    self.layout().data_path.display()
+                ),
+                hint: Some("run prune where the backups are made (the same HITKEEP_DATA_PATH)".into()),
+            });
+        }
+        let protect = match source {
+            Some(s) => catalog.latest_committed_of(s),
+            None => catalog.latest_committed(),
+        }
+        .map(|s| s.id);
+        let keep = self.settings().backup.retention;
+        let plan = PrunePlan::new(&catalog, keep, protect, source);
+        Ok(PruneJob {
+            storage,
+            plan,
+            _lock: lock,
+        })
+    }
+
+    /// The S3 lifecycle rule that expires snapshots a day after the retention stops covering them.
+    pub fn lifecycle_rules(&self) -> Result<LifecycleRules> {
+        let location = self.backup_location()?;
+        let Location::S3(s3) = location else {
+            return Err(Error::Unsuitable {
+                message: format!(
+                    "lifecycle rules are an S3 feature; HITKEEP_BACKUP_PATH is the local directory {location}, which `hitkeep backup run` prunes itself"
+                ),
+                hint: None,
+            });
+        };
+        if s3.prefix().is_empty() {
+            return Err(Error::Unsuitable {
+                message: format!(
+                    "HITKEEP_BACKUP_PATH {location} is a whole bucket; a lifecycle rule for it would expire every object in the bucket"
+                ),
+                hint: Some(format!(
+                    "keep backups under a prefix, e.g. s3://{}/hitkeep/backups",
+                    s3.bucket()
+                )),
+            });
+        }
+        let backup = &self.settings().backup;
+        // Lifecycle rules expire by age, not count: keep a day more than the retention covers, so
+        // the rule never removes one of the newest N.
+        let minutes = backup.interval.as_secs() / 60 * u64::from(backup.retention.get());
+        let days = minutes.div_ceil(24 * 60) + 1;
+        let rules = serde_json::json!({
+            "Rules": [{
+                "ID": "hitkeep-backup-retention",
+                "Filter": { "Prefix": format!("{}/", s3.prefix()) },
+                "Status": "Enabled",
+                "Expiration": { "Days": days },
+                "AbortIncompleteMultipartUpload": { "DaysAfterInitiation": 1 }
+            }]
+        });
+        Ok(LifecycleRules {
+            rules,
+            covered_minutes: minutes,
+            days,
+            bucket: s3.bucket().to_owned(),
+        })
+    }
+}
+
+/// A planned prune, holding the cycle lock.
+#[derive(Debug)]
+pub struct PruneJob {
+    storage: Storage,
+    /// What would be deleted, and why.
+    pub plan: PrunePlan,
+    _lock: CycleLock,
+}
+
+impl PruneJob {
+    /// Where it prunes.
+    pub fn location(&self) -> &Location {
+        self.storage.location()
+    }
+
+    /// Deletes the planned snapshots (a fresh listing confirms them gone), then partial uploads of
+    /// killed runs. Returns the objects deleted and the sweep.
+    pub async fn execute(self) -> Result<(usize, Option<SweepReport>)> {
+        let objects = if self.plan.is_empty() {
+            0
+        } else {
+            self.plan.execute(&self.storage).await?
+        };
+        let swept = sweep_partial_uploads(&self.storage).await;
+        Ok((objects, swept))
+    }
+}
+
+/// The lifecycle rule, and what it covers.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct LifecycleRules {
+    /// The JSON for `aws s3api put-bucket-lifecycle-configuration`.
+    pub rules: serde_json::Value,
+    /// Minutes the retention covers.
+    pub covered_minutes: u64,
+    /// Days after which the rule expires objects.
+    pub days: u64,
+    /// The bucket.
+    pub bucket: String,
+}
+
+/// The newest committed cycle of each source writing to the destination (one, usually).
+fn latest_per_source(catalog: &Catalog) -> Vec<SnapshotId> {
+    let shared = catalog.snapshots(hitkeep_backup::Database::Shared);
+    let mut sources: Vec<SourceId> = shared.iter().filter_map(|s| s.source).collect();
+    sources.sort();
+    sources.dedup();
+    if sources.is_empty() {
+        return catalog
+            .latest_committed()
+            .map(|s| s.id)
+            .into_iter()
+            .collect();
+    }
+    sources
+        .into_iter()
+        .filter_map(|source| catalog.latest_committed_of(source).map(|s| s.id))
+        .collect()
+}

@@ -1,0 +1,223 @@
+//! The engine's jobs on real DuckDB data and a real local destination, run by the scheduler and
+//! recorded in the one status record; and the same backup from inside a process that holds the
+//! databases, as an embedding server does.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use duckdb::Connection;
+use hitkeep_config::{Config, Settings, Sources};
+use hitkeep_data::HeldDatabases;
+use hitkeep_service::{
+    ArchiveJob, BackupJob, Engine, JobKind, JobReport, Scheduler, StatusBoard, SystemClock,
+};
+
+fn settings(dir: &Path, backup: &str) -> Settings {
+    settings_with(dir, backup, &[])
+}
+
+fn settings_with(dir: &Path, backup: &str, more: &[(&str, String)]) -> Settings {
+    let mut env = vec![
+        ("HITKEEP_DB_PATH", dir.join("hitkeep.db").display().to_string()),
+        ("HITKEEP_DATA_PATH", dir.join("data").display().to_string()),
+        ("HITKEEP_BACKUP_PATH", backup.to_owned()),
+        ("HITKEEP_ARCHIVE_PATH", dir.join("archive").display().to_string()),
+    ];
+    env.extend(more.iter().cloned());
+    let sources = Sources::with_env(env.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    Config::load(&sources).expect("valid settings").settings
+}
+
+fn demo(engine: &Engine) {
+    let options = hitkeep_data::demo::DemoOptions::new(3_000, 1);
+    hitkeep_data::demo::generate(engine.layout(), &options).expect("demo data");
+}
+
+/// Runs a backup and an archive run through the scheduler, then stops it.
+async fn run_both(engine: &Engine, board: Arc<StatusBoard>) -> Vec<(JobKind, bool)> {
+    let backup = BackupJob {
+        engine: engine.clone(),
+        board: board.clone(),
+        progress: None,
+    };
+    let archive = ArchiveJob {
+        engine: engine.clone(),
+        board,
+    };
+    let scheduler = Scheduler::new(Arc::new(SystemClock))
+        .add(Arc::new(backup), Duration::ZERO, Duration::from_secs(3600))
+        .add(Arc::new(archive), Duration::ZERO, Duration::from_secs(3600));
+    let (done, stop) = tokio::sync::oneshot::channel::<()>();
+    let mut done = Some(done);
+    let mut seen = Vec::new();
+    scheduler
+        .run(
+            async {
+                let _ = stop.await;
+            },
+            |f| {
+                if let Err(e) = &f.outcome {
+                    eprintln!("{} failed: {}", f.kind, hitkeep_service::describe(e));
+                }
+                let ok = matches!(
+                    (&f.kind, &f.outcome),
+                    (JobKind::Backup, Ok(JobReport::Backup(r))) if r.is_success()
+                ) || matches!((&f.kind, &f.outcome), (JobKind::Archive, Ok(JobReport::Archive(_))));
+                seen.push((f.kind, ok));
+                if seen.len() == 2 {
+                    let _ = done.take().map(|d| d.send(()));
+                }
+            },
+        )
+        .await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_jobs_record_one_status_that_every_reader_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let settings = settings(dir.path(), &backups.display().to_string());
+    let engine = Engine::new(settings.clone());
+    demo(&engine);
+    let status_file = engine.layout().status_file();
+    let board = Arc::new(StatusBoard::load(&status_file, &settings));
+
+    let seen = run_both(&engine, board.clone()).await;
+    assert_eq!(seen, vec![(JobKind::Backup, true), (JobKind::Archive, true)]);
+
+    let status = board.get();
+    let listing = engine.list().await.unwrap();
+    let latest = listing.latest.first().expect("a committed cycle").to_string();
+    assert_eq!(status.last_snapshot.as_deref(), Some(latest.as_str()));
+    assert!(status.last_backup.is_some() && status.last_error.is_none());
+    assert!(status.next_backup.is_some());
+    assert_eq!(status.snapshots.get("shared"), Some(&1));
+    assert!(status.totals.uploaded_bytes > 0 && status.totals.uploaded_files > 0);
+    assert!(status.last_archive.is_some());
+    // The file holds the same record the board serves.
+    assert_eq!(hitkeep_service::status::read(&status_file), Some(status.clone()));
+    let health = status.health(jiff::Timestamp::now());
+    assert!(health.ok, "{}", health.reason);
+    let json = status.hitkeep_json();
+    assert_eq!(json["enabled"], true);
+    assert_eq!(json["recent_failures"], 0);
+    assert!(json["last_backup"].is_string() && json["next_backup"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_cycle_is_recorded_once_with_its_reason_and_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    // A destination below a regular file cannot be created.
+    std::fs::write(dir.path().join("not-a-dir"), b"x").unwrap();
+    let backup = dir.path().join("not-a-dir/backups");
+    let (monitor, base) = crate::notify::Monitor::start(&[]).await;
+    let urls = [
+        ("HITKEEP_BACKUP_HEARTBEAT_URL", format!("{base}/ping/ok")),
+        ("HITKEEP_BACKUP_FAILURE_URL", format!("{base}/ping/fail")),
+    ];
+    let settings = settings_with(dir.path(), &backup.display().to_string(), &urls);
+    let engine = Engine::new(settings.clone());
+    demo(&engine);
+    let board = Arc::new(StatusBoard::load(&engine.layout().status_file(), &settings));
+    let job = BackupJob {
+        engine,
+        board: board.clone(),
+        progress: None,
+    };
+    let err = job.run_once().await.expect_err("the destination cannot be created");
+    let status = board.get();
+    assert_eq!(status.consecutive_failures, 1);
+    assert_eq!(status.recent_failures, 1);
+    assert_eq!(status.totals.backup_failures, 1);
+    let recorded = status.last_error.clone().unwrap();
+    assert_eq!(recorded, hitkeep_service::describe(&err));
+    assert!(recorded.contains("not-a-dir"), "{recorded}");
+    let health = status.health(jiff::Timestamp::now());
+    assert!(!health.ok);
+    assert!(health.reason.contains(&recorded), "{}", health.reason);
+    assert_eq!(status.hitkeep_json()["last_error"], recorded.as_str());
+    // The failure URL got the same reason; the heartbeat was not pinged.
+    let seen = monitor.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/ping/fail"));
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["job"], "backup");
+    assert_eq!(body["consecutive_failures"], 1);
+    assert!(recorded.starts_with(body["error"].as_str().unwrap()), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_cycle_pings_the_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (monitor, base) = crate::notify::Monitor::start(&[]).await;
+    let urls = [
+        ("HITKEEP_BACKUP_HEARTBEAT_URL", format!("{base}/ping/ok")),
+        ("HITKEEP_BACKUP_FAILURE_URL", format!("{base}/ping/fail")),
+    ];
+    let backups = dir.path().join("backups").display().to_string();
+    let settings = settings_with(dir.path(), &backups, &urls);
+    let engine = Engine::new(settings.clone());
+    demo(&engine);
+    let board = Arc::new(StatusBoard::load(&engine.layout().status_file(), &settings));
+    let job = BackupJob {
+        engine,
+        board,
+        progress: None,
+    };
+    job.run_once().await.expect("a committed cycle");
+    let seen = monitor.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("GET", "/ping/ok"));
+}
+
+/// A server's open databases, lent to the engine by path.
+struct Server {
+    open: Mutex<Vec<(PathBuf, Connection)>>,
+}
+
+impl HeldDatabases for Server {
+    fn connect(&self, path: &Path) -> Option<Result<Connection, duckdb::Error>> {
+        let open = self.open.lock().unwrap();
+        open.iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, conn)| conn.try_clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_engine_backs_up_the_databases_its_server_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let settings = settings(dir.path(), &backups.display().to_string());
+    let standalone = Engine::new(settings.clone());
+    demo(&standalone);
+    // The "server" opens every database for writing, as HitKeep does.
+    let layout = standalone.layout();
+    let mut paths = vec![layout.db_path.clone()];
+    paths.extend(layout.tenant_files().unwrap().into_iter().map(|(_, p)| p));
+    let open = paths
+        .iter()
+        .map(|p| (p.clone(), Connection::open(p).unwrap()))
+        .collect();
+    let server = Arc::new(Server {
+        open: Mutex::new(open),
+    });
+
+    // Opening the files beside the server is refused, naming this very process as the holder.
+    let err = standalone.backup(None).await.expect_err("the server holds the files");
+    assert_eq!(err.kind(), hitkeep_service::ErrorKind::InUse, "{err}");
+
+    let embedded = Engine::embedded(settings, server.clone());
+    let report = embedded.backup(None).await.expect("an embedded cycle");
+    assert!(report.is_success(), "{report:?}");
+    assert_eq!(report.shared.tenants.len(), paths.len() - 1);
+    // The server's connections still work and see their data.
+    let open = server.open.lock().unwrap();
+    let hits: i64 = open[0]
+        .1
+        .query_row("SELECT count(*) FROM sites", [], |r| r.get(0))
+        .unwrap();
+    assert!(hits > 0);
+}
