@@ -39,8 +39,7 @@ pub fn fail(e: &anyhow::Error) -> ExitCode {
 
 /// Prints a service error; a configuration error exits 2, anything else 1.
 pub fn fail_service(e: &hitkeep_service::Error) -> ExitCode {
-    eprintln!("error: {}", hitkeep_service::describe(e));
-    print_hint(e);
+    eprintln!("error: {}", crate::report::render(e));
     match e.kind() {
         ErrorKind::Config => ExitCode::from(EXIT_USAGE),
         _ => ExitCode::from(EXIT_FAILURE),
@@ -49,15 +48,8 @@ pub fn fail_service(e: &hitkeep_service::Error) -> ExitCode {
 
 /// A configuration error that stops a command before it starts: exit 2.
 fn usage(e: &hitkeep_service::Error) -> ExitCode {
-    eprintln!("error: {}", hitkeep_service::describe(e));
-    print_hint(e);
+    eprintln!("error: {}", crate::report::render(e));
     ExitCode::from(EXIT_USAGE)
-}
-
-fn print_hint(e: &hitkeep_service::Error) {
-    if let Some(hint) = e.hint() {
-        eprintln!("  hint: {hint}");
-    }
 }
 
 pub fn demo(
@@ -469,7 +461,7 @@ async fn schedule(settings: &Settings) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals()?;
     engine
         .scheduler(clock, board)
-        .run(shutdown, print_finished)
+        .run(shutdown, |run| print_finished(&run))
         .await;
     Ok(())
 }
@@ -493,7 +485,7 @@ fn shutdown_on_signals() -> std::io::Result<impl std::future::Future<Output = ()
 }
 
 /// What the scheduler's log says about a finished job.
-fn print_finished(run: hitkeep_service::Finished) {
+fn print_finished(run: &hitkeep_service::Finished) {
     use hitkeep_service::{JobKind, JobReport};
     match (run.kind, &run.outcome) {
         (_, Ok(JobReport::Backup(report))) => print_report(report),
@@ -506,7 +498,9 @@ fn print_finished(run: hitkeep_service::Finished) {
                         r.policy.site_id
                     ),
                     Ok(_) => {}
-                    Err(e) => eprintln!("error: archiving a site failed: {e}"),
+                    Err(e) => {
+                        eprintln!("error: archiving a site failed: {}", crate::report::render(e));
+                    }
                 }
             }
             if archive.not_started > 0 {
@@ -518,12 +512,10 @@ fn print_finished(run: hitkeep_service::Finished) {
         }
         (_, Ok(_)) => {}
         (JobKind::Backup, Err(e)) => {
-            eprintln!("error: backup cycle failed: {}", hitkeep_service::describe(e));
-            print_hint(e);
+            eprintln!("error: backup cycle failed: {}", crate::report::render(e));
         }
         (_, Err(e)) => {
-            eprintln!("error: {} run failed: {}", run.kind, hitkeep_service::describe(e));
-            print_hint(e);
+            eprintln!("error: {} run failed: {}", run.kind, crate::report::render(e));
         }
     }
 }

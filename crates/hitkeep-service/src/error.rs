@@ -178,6 +178,16 @@ impl Error {
         }
     }
 
+    /// One line for records that outlive the run (the status file, HitKeep's status JSON, a failure
+    /// notification): the message with its causes, then the hint, if the message does not hold it.
+    pub fn summary(&self) -> String {
+        let text = crate::describe(self);
+        match self.hint() {
+            Some(hint) if !text.contains(&hint) => format!("{text} (hint: {hint})"),
+            _ => text,
+        }
+    }
+
     /// The usage error for a missing backup location.
     pub fn backups_disabled() -> Self {
         Error::NotConfigured {

@@ -188,7 +188,7 @@ impl BackupJob {
                 return;
             }
             Ok(_) => self.board.get().last_error.unwrap_or_default(),
-            Err(e) => crate::describe(e),
+            Err(e) => e.summary(),
         };
         let failure = notify::Failure {
             job: "backup".into(),
@@ -245,7 +245,7 @@ impl Job for ArchiveJob {
             self.board
                 .update(|status| status.record_archive(&totals, now));
             let error = match &run {
-                Err(e) => Some(crate::describe(e)),
+                Err(e) => Some(e.summary()),
                 Ok(_) if totals.failures > 0 => {
                     Some(format!("archiving failed for {} site(s); see the log", totals.failures))
                 }

@@ -243,7 +243,7 @@ fn cycle_error(outcome: Result<&CycleReport, &Error>) -> Option<String> {
                 .collect::<Vec<_>>()
                 .join("; ")
         )),
-        Err(e) => Some(crate::describe(e)),
+        Err(e) => Some(e.summary()),
     }
 }
 

@@ -132,7 +132,7 @@ async fn a_failed_cycle_is_recorded_once_with_its_reason_and_notified() {
     assert_eq!(status.recent_failures, 1);
     assert_eq!(status.totals.backup_failures, 1);
     let recorded = status.last_error.clone().unwrap();
-    assert_eq!(recorded, hitkeep_service::describe(&err));
+    assert_eq!(recorded, err.summary());
     assert!(recorded.contains("not-a-dir"), "{recorded}");
     let health = status.health(jiff::Timestamp::now());
     assert!(!health.ok);
@@ -220,4 +220,108 @@ async fn an_embedded_engine_backs_up_the_databases_its_server_holds() {
         .query_row("SELECT count(*) FROM sites", [], |r| r.get(0))
         .unwrap();
     assert!(hits > 0);
+}
+
+fn count_hits(conn: &Connection) -> i64 {
+    conn.query_row("SELECT count(*) FROM main.hits", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A backup taken while the server ingests through its own connections: ingest goes on during the
+/// cycle, and the snapshot holds exactly the rows of one moment between the cycle's start and end,
+/// which a restore brings back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_under_live_ingest_is_consistent_and_ingest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let settings = settings(dir.path(), &backups.display().to_string());
+    let standalone = Engine::new(settings.clone());
+    demo(&standalone);
+    let layout = standalone.layout().clone();
+    let mut paths = vec![layout.db_path.clone()];
+    paths.extend(layout.tenant_files().unwrap().into_iter().map(|(_, p)| p));
+    let open: Vec<(PathBuf, Connection)> = paths
+        .iter()
+        .map(|p| (p.clone(), Connection::open(p).unwrap()))
+        .collect();
+    // Every tenant database ingests; the first one with hits is checked.
+    let (hot_path, hot) = open
+        .iter()
+        .find(|(_, c)| count_hits(c) > 0)
+        .map(|(p, c)| (p.clone(), c.try_clone().unwrap()))
+        .expect("a database with hits");
+    let server = Arc::new(Server {
+        open: Mutex::new(open),
+    });
+
+    // The ingest task: batches of 50 new hits, one transaction each, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ingest = {
+        let (conn, stop) = (hot.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            let mut batches = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                conn.execute_batch(
+                    "INSERT INTO hits SELECT * REPLACE (uuidv7() AS id, now() AS timestamp) FROM hits LIMIT 50",
+                )
+                .unwrap();
+                batches += 1;
+            }
+            batches
+        })
+    };
+    let before = count_hits(&hot);
+    let embedded = Engine::embedded(settings, server.clone());
+    let report = embedded.backup(None).await.expect("a cycle under ingest");
+    let after = count_hits(&hot);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let batches = ingest.join().unwrap();
+    assert!(report.is_success(), "{report:?}");
+    assert!(batches > 0 && after > before, "ingest went on during the cycle");
+
+    // The snapshot's count of the hot database is one moment's: between the counts around the cycle.
+    let tenant = layout
+        .tenant_files()
+        .unwrap()
+        .into_iter()
+        .find(|(_, p)| *p == hot_path)
+        .map(|(id, _)| id);
+    let listing = embedded.list().await.unwrap();
+    let database = match tenant {
+        Some(tenant_id) => hitkeep_backup::Database::Tenant { tenant_id },
+        None => hitkeep_backup::Database::Shared,
+    };
+    let snapshot = listing
+        .catalog
+        .snapshots(database)
+        .iter()
+        .find(|s| s.id == report.id)
+        .and_then(|s| s.manifest.clone())
+        .expect("the hot database's manifest");
+    let in_snapshot = i64::try_from(snapshot.tables["hits"]).unwrap();
+    assert!(
+        before <= in_snapshot && in_snapshot <= after,
+        "{before} <= {in_snapshot} <= {after}"
+    );
+
+    // Restored elsewhere, it holds exactly that many hits.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = Engine::new(settings_with(elsewhere.path(), &backups.display().to_string(), &[]));
+    let from: hitkeep_config::Location = backups.display().to_string().parse().unwrap();
+    let job = hitkeep_service::restore::plan(
+        &target,
+        &from,
+        Some(report.id),
+        None,
+        &hitkeep_backup::RestoreSelection::new(false, Vec::new()),
+    )
+    .await
+    .expect("a restore plan");
+    job.execute(1).await.expect("a restore");
+    let restored_path = match tenant {
+        Some(t) => target.layout().tenant_db(t),
+        None => target.layout().db_path.clone(),
+    };
+    let restored = Connection::open(&restored_path).unwrap();
+    assert_eq!(count_hits(&restored), in_snapshot);
 }
