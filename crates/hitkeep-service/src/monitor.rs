@@ -156,3 +156,30 @@ pub fn metrics(status: &BackupStatus) -> String {
     let _ = encode(&mut body, &registry);
     body
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_read_from_the_status_record() {
+        let mut status = BackupStatus::default();
+        status.last_backup = Some("2026-12-01T12:00:00Z".parse().unwrap());
+        status.last_cycle_seconds = Some(2.5);
+        status.snapshots.insert("shared".into(), 3);
+        status.totals.uploaded_bytes = 1234;
+        status.totals.archive_failures = 2;
+        let text = metrics(&status);
+        for line in [
+            "hitkeep_backup_last_success_timestamp_seconds 1796126400",
+            "hitkeep_backup_last_failure_timestamp_seconds 0",
+            "hitkeep_backup_cycle_duration_seconds 2.5",
+            "hitkeep_backup_uploaded_bytes_total 1234",
+            "hitkeep_backup_snapshots{database=\"shared\"} 3",
+            "hitkeep_errors_total{kind=\"archive\"} 2",
+            "hitkeep_errors_total{kind=\"backup\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+}

@@ -306,3 +306,34 @@ fn write(path: &Path, status: &BackupStatus) -> std::io::Result<()> {
     std::fs::write(&tmp, json)?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn health_goes_by_the_last_outcome_and_its_age() {
+        let mut status = BackupStatus {
+            enabled: true,
+            interval_min: 60,
+            ..BackupStatus::default()
+        };
+        let now = at("2026-12-01T12:00:00Z");
+        assert!(!status.health(now).ok, "no cycle yet");
+        status.last_backup = Some(at("2026-12-01T10:30:00Z"));
+        assert!(status.health(now).ok, "an hour and a half ago, within two intervals");
+        let later = at("2026-12-01T12:31:00Z");
+        let stale = status.health(later);
+        assert!(!stale.ok && stale.reason.contains("older than two intervals"));
+        status.last_failed_at = Some(at("2026-12-01T11:00:00Z"));
+        status.last_error = Some("the bucket is gone".into());
+        let failed = status.health(now);
+        assert!(!failed.ok && failed.reason.contains("the bucket is gone"));
+        status.enabled = false;
+        assert!(status.health(later).ok, "disabled backups are not a failure");
+    }
+}
