@@ -413,7 +413,11 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("2026-12-01T120000Z"), "{text}");
         assert!(text.contains("2026-12-01T100000Z"), "{text}");
-        assert!(err.hint().is_some_and(|h| h.contains("clock")), "{:?}", err.hint());
+        assert!(
+            err.hint().is_some_and(|h| h.contains("clock")),
+            "{:?}",
+            err.hint()
+        );
         // The same second is not newer either.
         assert!(history.check_clock(id("2026-12-01T120000Z")).is_err());
         assert!(history.check_clock(id("2026-12-01T120001Z")).is_ok());

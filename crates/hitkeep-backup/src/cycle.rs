@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use duckdb::Connection;
 use futures::{StreamExt as _, TryStreamExt as _};
-use hitkeep_data::{
-    DataError, DataLayout, DuckDbLimits, OpenMode, SourceId, TenantLayout,
-};
+use hitkeep_data::{DataError, DataLayout, DuckDbLimits, OpenMode, SourceId, TenantLayout};
 use hitkeep_storage::{ErrorKind, Sha256Digest, Storage, TransferOptions};
 use jiff::Timestamp;
 use uuid::Uuid;
@@ -143,13 +141,12 @@ impl TenantSource {
     pub fn from_layout(layout: &DataLayout, id: Uuid) -> Self {
         let path = layout.tenant_db(id);
         let (opened, layout) = (path.clone(), layout.clone());
-        let mut source = TenantSource::new(id, move || {
-            match layout.open(&opened, OpenMode::Existing) {
+        let mut source =
+            TenantSource::new(id, move || match layout.open(&opened, OpenMode::Existing) {
                 Ok(conn) => Ok(Some(conn)),
                 Err(DataError::Missing { .. }) => Ok(None),
                 Err(e) => Err(e),
-            }
-        });
+            });
         source.path = Some(path);
         source
     }

@@ -499,7 +499,10 @@ fn print_finished(run: &hitkeep_service::Finished) {
                     ),
                     Ok(_) => {}
                     Err(e) => {
-                        eprintln!("error: archiving a site failed: {}", crate::report::render(e));
+                        eprintln!(
+                            "error: archiving a site failed: {}",
+                            crate::report::render(e)
+                        );
                     }
                 }
             }
@@ -515,7 +518,11 @@ fn print_finished(run: &hitkeep_service::Finished) {
             eprintln!("error: backup cycle failed: {}", crate::report::render(e));
         }
         (_, Err(e)) => {
-            eprintln!("error: {} run failed: {}", run.kind, crate::report::render(e));
+            eprintln!(
+                "error: {} run failed: {}",
+                run.kind,
+                crate::report::render(e)
+            );
         }
     }
 }

@@ -78,7 +78,10 @@ mod tests {
         }
         std::fs::write(layout.tenant_db(a), b"x").unwrap();
         std::fs::create_dir_all(layout.tenants_dir().join("not-a-tenant")).unwrap();
-        assert_eq!(layout.tenant_files().unwrap(), vec![(a, layout.tenant_db(a))]);
+        assert_eq!(
+            layout.tenant_files().unwrap(),
+            vec![(a, layout.tenant_db(a))]
+        );
         assert_eq!(
             layout.status_file(),
             dir.path().join("data/.hitkeep-backup-status.json")

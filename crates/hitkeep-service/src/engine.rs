@@ -38,12 +38,11 @@ impl Engine {
     /// An engine that opens the database files itself: the `hitkeep` binary, the only process
     /// opening them (HitKeep stopped, or a host where hitkeep owns the files).
     pub fn new(settings: Settings) -> Self {
-        let layout = DataLayout::new(&settings.db_path, &settings.data_path).with_limits(
-            DuckDbLimits {
+        let layout =
+            DataLayout::new(&settings.db_path, &settings.data_path).with_limits(DuckDbLimits {
                 memory_limit: settings.duckdb.memory_limit,
                 threads: settings.duckdb.threads.map(|t| t.get()),
-            },
-        );
+            });
         Engine {
             notifier: Arc::new(Notifier::new(&settings)),
             settings: Arc::new(settings),

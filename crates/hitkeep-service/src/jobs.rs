@@ -10,8 +10,8 @@ use hitkeep_archive::{ArchiveEvents, ArchiveOptions, SiteReport};
 use hitkeep_storage::Storage;
 
 use crate::engine::Engine;
-use crate::notify;
 use crate::error::{Error, Result};
+use crate::notify;
 use crate::scheduler::{Job, JobKind, JobReport, RunContext, Scheduler, Stop};
 use crate::status::{ArchiveTotals, StatusBoard};
 
@@ -56,7 +56,10 @@ impl Engine {
     pub async fn archive(&self, dry_run: bool, stop: Option<Stop>) -> Result<ArchiveRun> {
         let storage = Storage::open(&self.settings().archive, &self.settings().s3).await?;
         let mut options = ArchiveOptions::for_layout(self.layout(), dry_run);
-        let stopper = Arc::new(StopBetweenSites(stop.unwrap_or_default(), AtomicUsize::new(0)));
+        let stopper = Arc::new(StopBetweenSites(
+            stop.unwrap_or_default(),
+            AtomicUsize::new(0),
+        ));
         options.events = stopper.clone();
         let sites = hitkeep_archive::run(&storage, self.layout(), &options).await?;
         let not_started = stopper.1.load(Ordering::SeqCst);
@@ -233,7 +236,12 @@ impl Job for ArchiveJob {
                 handle.block_on(engine.archive(false, Some(stop)))
             })
             .await
-            .unwrap_or_else(|e| Err(Error::Panicked { job: "archive", why: e.to_string() }));
+            .unwrap_or_else(|e| {
+                Err(Error::Panicked {
+                    job: "archive",
+                    why: e.to_string(),
+                })
+            });
             let totals = match &run {
                 Ok(run) => run.totals(),
                 Err(_) => ArchiveTotals {
@@ -246,9 +254,10 @@ impl Job for ArchiveJob {
                 .update(|status| status.record_archive(&totals, now));
             let error = match &run {
                 Err(e) => Some(e.summary()),
-                Ok(_) if totals.failures > 0 => {
-                    Some(format!("archiving failed for {} site(s); see the log", totals.failures))
-                }
+                Ok(_) if totals.failures > 0 => Some(format!(
+                    "archiving failed for {} site(s); see the log",
+                    totals.failures
+                )),
                 Ok(_) => None,
             };
             if let Some(error) = error {

@@ -163,9 +163,11 @@ mod tests {
 
     #[test]
     fn metrics_are_read_from_the_status_record() {
-        let mut status = BackupStatus::default();
-        status.last_backup = Some("2026-12-01T12:00:00Z".parse().unwrap());
-        status.last_cycle_seconds = Some(2.5);
+        let mut status = BackupStatus {
+            last_backup: Some("2026-12-01T12:00:00Z".parse().unwrap()),
+            last_cycle_seconds: Some(2.5),
+            ..BackupStatus::default()
+        };
         status.snapshots.insert("shared".into(), 3);
         status.totals.uploaded_bytes = 1234;
         status.totals.archive_failures = 2;

@@ -55,7 +55,9 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> Timestamp {
         let elapsed = jiff::SignedDuration::try_from(self.start.elapsed()).unwrap_or_default();
-        self.at_start.saturating_add(elapsed).unwrap_or(self.at_start)
+        self.at_start
+            .saturating_add(elapsed)
+            .unwrap_or(self.at_start)
     }
 }
 

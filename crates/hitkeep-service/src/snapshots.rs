@@ -59,7 +59,9 @@ impl Engine {
                     "prune removes only this installation's snapshots, and {} has no source id (no backup ran from this data path)",
                     self.layout().data_path.display()
                 ),
-                hint: Some("run prune where the backups are made (the same HITKEEP_DATA_PATH)".into()),
+                hint: Some(
+                    "run prune where the backups are made (the same HITKEEP_DATA_PATH)".into(),
+                ),
             });
         }
         let protect = match source {

@@ -183,9 +183,8 @@ impl BackupStatus {
                 reason: "ok: backups are disabled".into(),
             };
         }
-        let stale = |t: Timestamp| {
-            now.as_second() - t.as_second() > 2 * (self.interval_min as i64) * 60
-        };
+        let stale =
+            |t: Timestamp| now.as_second() - t.as_second() > 2 * (self.interval_min as i64) * 60;
         match (self.last_backup, self.last_failed_at) {
             (_, Some(failed)) if self.last_backup.is_none_or(|ok| failed > ok) => {
                 unhealthy(format!(
@@ -325,7 +324,10 @@ mod tests {
         let now = at("2026-12-01T12:00:00Z");
         assert!(!status.health(now).ok, "no cycle yet");
         status.last_backup = Some(at("2026-12-01T10:30:00Z"));
-        assert!(status.health(now).ok, "an hour and a half ago, within two intervals");
+        assert!(
+            status.health(now).ok,
+            "an hour and a half ago, within two intervals"
+        );
         let later = at("2026-12-01T12:31:00Z");
         let stale = status.health(later);
         assert!(!stale.ok && stale.reason.contains("older than two intervals"));
@@ -334,6 +336,9 @@ mod tests {
         let failed = status.health(now);
         assert!(!failed.ok && failed.reason.contains("the bucket is gone"));
         status.enabled = false;
-        assert!(status.health(later).ok, "disabled backups are not a failure");
+        assert!(
+            status.health(later).ok,
+            "disabled backups are not a failure"
+        );
     }
 }

@@ -433,16 +433,32 @@ fn backup_outputs_are_pinned() {
     let mut env = local_env(dir.path());
     // The log's progress lines are not what is pinned here; warnings still show.
     env.push(("HITKEEP_LOG_LEVEL".into(), "warn".into()));
-    let demo = hk(&["demo", "--hits", "2000", "--tenants", "1"], &env, dir.path());
+    let demo = hk(
+        &["demo", "--hits", "2000", "--tenants", "1"],
+        &env,
+        dir.path(),
+    );
     assert!(demo.starts_with("exit: 0"), "{demo}");
-    pin("backup_run", &hk(&["backup", "run"], &env, dir.path()), dir.path());
-    pin("backup_list", &hk(&["backup", "list"], &env, dir.path()), dir.path());
+    pin(
+        "backup_run",
+        &hk(&["backup", "run"], &env, dir.path()),
+        dir.path(),
+    );
+    pin(
+        "backup_list",
+        &hk(&["backup", "list"], &env, dir.path()),
+        dir.path(),
+    );
     pin(
         "backup_verify",
         &hk(&["backup", "verify", "--deep"], &env, dir.path()),
         dir.path(),
     );
-    pin("backup_status", &hk(&["backup", "status"], &env, dir.path()), dir.path());
+    pin(
+        "backup_status",
+        &hk(&["backup", "status"], &env, dir.path()),
+        dir.path(),
+    );
     pin(
         "backup_verify_unknown",
         &hk(

@@ -19,10 +19,16 @@ fn settings(dir: &Path, backup: &str) -> Settings {
 
 fn settings_with(dir: &Path, backup: &str, more: &[(&str, String)]) -> Settings {
     let mut env = vec![
-        ("HITKEEP_DB_PATH", dir.join("hitkeep.db").display().to_string()),
+        (
+            "HITKEEP_DB_PATH",
+            dir.join("hitkeep.db").display().to_string(),
+        ),
         ("HITKEEP_DATA_PATH", dir.join("data").display().to_string()),
         ("HITKEEP_BACKUP_PATH", backup.to_owned()),
-        ("HITKEEP_ARCHIVE_PATH", dir.join("archive").display().to_string()),
+        (
+            "HITKEEP_ARCHIVE_PATH",
+            dir.join("archive").display().to_string(),
+        ),
     ];
     env.extend(more.iter().cloned());
     let sources = Sources::with_env(env.into_iter().map(|(k, v)| (k.to_owned(), v)));
@@ -63,7 +69,10 @@ async fn run_both(engine: &Engine, board: Arc<StatusBoard>) -> Vec<(JobKind, boo
                 let ok = matches!(
                     (&f.kind, &f.outcome),
                     (JobKind::Backup, Ok(JobReport::Backup(r))) if r.is_success()
-                ) || matches!((&f.kind, &f.outcome), (JobKind::Archive, Ok(JobReport::Archive(_))));
+                ) || matches!(
+                    (&f.kind, &f.outcome),
+                    (JobKind::Archive, Ok(JobReport::Archive(_)))
+                );
                 seen.push((f.kind, ok));
                 if seen.len() == 2 {
                     let _ = done.take().map(|d| d.send(()));
@@ -85,11 +94,18 @@ async fn scheduled_jobs_record_one_status_that_every_reader_shares() {
     let board = Arc::new(StatusBoard::load(&status_file, &settings));
 
     let seen = run_both(&engine, board.clone()).await;
-    assert_eq!(seen, vec![(JobKind::Backup, true), (JobKind::Archive, true)]);
+    assert_eq!(
+        seen,
+        vec![(JobKind::Backup, true), (JobKind::Archive, true)]
+    );
 
     let status = board.get();
     let listing = engine.list().await.unwrap();
-    let latest = listing.latest.first().expect("a committed cycle").to_string();
+    let latest = listing
+        .latest
+        .first()
+        .expect("a committed cycle")
+        .to_string();
     assert_eq!(status.last_snapshot.as_deref(), Some(latest.as_str()));
     assert!(status.last_backup.is_some() && status.last_error.is_none());
     assert!(status.next_backup.is_some());
@@ -97,7 +113,10 @@ async fn scheduled_jobs_record_one_status_that_every_reader_shares() {
     assert!(status.totals.uploaded_bytes > 0 && status.totals.uploaded_files > 0);
     assert!(status.last_archive.is_some());
     // The file holds the same record the board serves.
-    assert_eq!(hitkeep_service::status::read(&status_file), Some(status.clone()));
+    assert_eq!(
+        hitkeep_service::status::read(&status_file),
+        Some(status.clone())
+    );
     let health = status.health(jiff::Timestamp::now());
     assert!(health.ok, "{}", health.reason);
     let json = status.hitkeep_json();
@@ -126,7 +145,10 @@ async fn a_failed_cycle_is_recorded_once_with_its_reason_and_notified() {
         board: board.clone(),
         progress: None,
     };
-    let err = job.run_once().await.expect_err("the destination cannot be created");
+    let err = job
+        .run_once()
+        .await
+        .expect_err("the destination cannot be created");
     let status = board.get();
     assert_eq!(status.consecutive_failures, 1);
     assert_eq!(status.recent_failures, 1);
@@ -141,11 +163,17 @@ async fn a_failed_cycle_is_recorded_once_with_its_reason_and_notified() {
     // The failure URL got the same reason; the heartbeat was not pinged.
     let seen = monitor.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/ping/fail"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/ping/fail")
+    );
     let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(body["job"], "backup");
     assert_eq!(body["consecutive_failures"], 1);
-    assert!(recorded.starts_with(body["error"].as_str().unwrap()), "{body}");
+    assert!(
+        recorded.starts_with(body["error"].as_str().unwrap()),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +197,10 @@ async fn a_committed_cycle_pings_the_heartbeat() {
     job.run_once().await.expect("a committed cycle");
     let seen = monitor.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
-    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("GET", "/ping/ok"));
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("GET", "/ping/ok")
+    );
 }
 
 /// A server's open databases, lent to the engine by path.
@@ -206,7 +237,10 @@ async fn an_embedded_engine_backs_up_the_databases_its_server_holds() {
     });
 
     // Opening the files beside the server is refused, naming this very process as the holder.
-    let err = standalone.backup(None).await.expect_err("the server holds the files");
+    let err = standalone
+        .backup(None)
+        .await
+        .expect_err("the server holds the files");
     assert_eq!(err.kind(), hitkeep_service::ErrorKind::InUse, "{err}");
 
     let embedded = Engine::embedded(settings, server.clone());
@@ -277,7 +311,10 @@ async fn a_cycle_under_live_ingest_is_consistent_and_ingest_goes_on() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let batches = ingest.join().unwrap();
     assert!(report.is_success(), "{report:?}");
-    assert!(batches > 0 && after > before, "ingest went on during the cycle");
+    assert!(
+        batches > 0 && after > before,
+        "ingest went on during the cycle"
+    );
 
     // The snapshot's count of the hot database is one moment's: between the counts around the cycle.
     let tenant = layout
@@ -306,7 +343,11 @@ async fn a_cycle_under_live_ingest_is_consistent_and_ingest_goes_on() {
 
     // Restored elsewhere, it holds exactly that many hits.
     let elsewhere = tempfile::tempdir().unwrap();
-    let target = Engine::new(settings_with(elsewhere.path(), &backups.display().to_string(), &[]));
+    let target = Engine::new(settings_with(
+        elsewhere.path(),
+        &backups.display().to_string(),
+        &[],
+    ));
     let from: hitkeep_config::Location = backups.display().to_string().parse().unwrap();
     let job = hitkeep_service::restore::plan(
         &target,

@@ -1,7 +1,7 @@
 //! hitkeep-service through its public API.
 
 mod doctor;
+mod jobs;
 mod notify;
 mod restore;
-mod jobs;
 mod scheduler;

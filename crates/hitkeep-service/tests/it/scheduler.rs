@@ -4,9 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use hitkeep_service::{
-    Finished, Job, JobKind, JobReport, RunContext, Scheduler, TokioClock,
-};
+use hitkeep_service::{Finished, Job, JobKind, JobReport, RunContext, Scheduler, TokioClock};
 use jiff::Timestamp;
 use tokio::time::Instant;
 
@@ -89,10 +87,13 @@ async fn jobs_run_on_their_intervals_one_at_a_time() {
         );
     let wall = std::time::Instant::now();
     scheduler
-        .run(tokio::time::sleep(Duration::from_secs(40 * MIN)), move |f: Finished| {
-            assert!(f.outcome.is_ok());
-            seen.lock().unwrap().push((f.kind, f.started, f.next));
-        })
+        .run(
+            tokio::time::sleep(Duration::from_secs(40 * MIN)),
+            move |f: Finished| {
+                assert!(f.outcome.is_ok());
+                seen.lock().unwrap().push((f.kind, f.started, f.next));
+            },
+        )
         .await;
     use JobKind::{Archive, Backup};
     assert_eq!(
@@ -115,7 +116,11 @@ async fn jobs_run_on_their_intervals_one_at_a_time() {
     assert_eq!(started.to_string(), "2026-12-01T00:17:05Z");
     assert_eq!(next.to_string(), "2026-12-01T00:27:05Z");
     // Paused time: forty minutes of schedule take no real minutes.
-    assert!(wall.elapsed() < Duration::from_secs(10), "{:?}", wall.elapsed());
+    assert!(
+        wall.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        wall.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]
