@@ -40,6 +40,29 @@ fn demo(engine: &Engine) {
     hitkeep_data::demo::generate(engine.layout(), &options).expect("demo data");
 }
 
+/// Demo data under a new temp dir, backed up to its `backups/` folder.
+fn local_setup() -> (tempfile::TempDir, PathBuf, Settings, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let settings = settings(dir.path(), &backups.display().to_string());
+    let engine = Engine::new(settings.clone());
+    demo(&engine);
+    (dir, backups, settings, engine)
+}
+
+/// Every database of `layout` opened for writing, as a HitKeep server holds them.
+fn open_all(layout: &hitkeep_data::DataLayout) -> Vec<(PathBuf, Connection)> {
+    let mut paths = vec![layout.db_path.clone()];
+    paths.extend(layout.tenant_files().unwrap().into_iter().map(|(_, p)| p));
+    paths
+        .into_iter()
+        .map(|p| {
+            let conn = Connection::open(&p).unwrap();
+            (p, conn)
+        })
+        .collect()
+}
+
 /// Runs a backup and an archive run through the scheduler, then stops it.
 async fn run_both(engine: &Engine, board: Arc<StatusBoard>) -> Vec<(JobKind, bool)> {
     let backup = BackupJob {
@@ -85,11 +108,7 @@ async fn run_both(engine: &Engine, board: Arc<StatusBoard>) -> Vec<(JobKind, boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_jobs_record_one_status_that_every_reader_shares() {
-    let dir = tempfile::tempdir().unwrap();
-    let backups = dir.path().join("backups");
-    let settings = settings(dir.path(), &backups.display().to_string());
-    let engine = Engine::new(settings.clone());
-    demo(&engine);
+    let (_dir, _, settings, engine) = local_setup();
     let status_file = engine.layout().status_file();
     let board = Arc::new(StatusBoard::load(&status_file, &settings));
 
@@ -219,19 +238,10 @@ impl HeldDatabases for Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_engine_backs_up_the_databases_its_server_holds() {
-    let dir = tempfile::tempdir().unwrap();
-    let backups = dir.path().join("backups");
-    let settings = settings(dir.path(), &backups.display().to_string());
-    let standalone = Engine::new(settings.clone());
-    demo(&standalone);
+    let (_dir, _, settings, standalone) = local_setup();
     // The "server" opens every database for writing, as HitKeep does.
-    let layout = standalone.layout();
-    let mut paths = vec![layout.db_path.clone()];
-    paths.extend(layout.tenant_files().unwrap().into_iter().map(|(_, p)| p));
-    let open = paths
-        .iter()
-        .map(|p| (p.clone(), Connection::open(p).unwrap()))
-        .collect();
+    let open = open_all(standalone.layout());
+    let databases = open.len();
     let server = Arc::new(Server {
         open: Mutex::new(open),
     });
@@ -246,7 +256,7 @@ async fn an_embedded_engine_backs_up_the_databases_its_server_holds() {
     let embedded = Engine::embedded(settings, server.clone());
     let report = embedded.backup(None).await.expect("an embedded cycle");
     assert!(report.is_success(), "{report:?}");
-    assert_eq!(report.shared.tenants.len(), paths.len() - 1);
+    assert_eq!(report.shared.tenants.len(), databases - 1);
     // The server's connections still work and see their data.
     let open = server.open.lock().unwrap();
     let hits: i64 = open[0]
@@ -266,18 +276,9 @@ fn count_hits(conn: &Connection) -> i64 {
 /// which a restore brings back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cycle_under_live_ingest_is_consistent_and_ingest_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let backups = dir.path().join("backups");
-    let settings = settings(dir.path(), &backups.display().to_string());
-    let standalone = Engine::new(settings.clone());
-    demo(&standalone);
+    let (_dir, backups, settings, standalone) = local_setup();
     let layout = standalone.layout().clone();
-    let mut paths = vec![layout.db_path.clone()];
-    paths.extend(layout.tenant_files().unwrap().into_iter().map(|(_, p)| p));
-    let open: Vec<(PathBuf, Connection)> = paths
-        .iter()
-        .map(|p| (p.clone(), Connection::open(p).unwrap()))
-        .collect();
+    let open = open_all(&layout);
     // Every tenant database ingests; the first one with hits is checked.
     let (hot_path, hot) = open
         .iter()
