@@ -354,18 +354,7 @@ mod tests {
                 Some("move files that are not archives"),
             ),
         ];
-        for (err, kind, message, hint) in cases {
-            assert_eq!(err.kind(), kind, "{err}");
-            assert_eq!(err.to_string(), message);
-            match hint {
-                Some(h) => assert!(
-                    err.hint().is_some_and(|got| got.contains(h)),
-                    "{err}: {:?}",
-                    err.hint()
-                ),
-                None => assert_eq!(err.hint(), None, "{err}"),
-            }
-        }
+        hitkeep_testkit::assert_error_contract(cases, Error::kind, Error::hint);
     }
 
     /// A failed file's import has the kind of why it failed, and its hint says what to do about that

@@ -731,18 +731,7 @@ mod tests {
                 Some("give each its own HITKEEP_BACKUP_PATH"),
             ),
         ];
-        for (err, kind, message, hint) in cases {
-            assert_eq!(err.kind(), kind, "{err}");
-            assert_eq!(err.to_string(), message);
-            match hint {
-                Some(h) => assert!(
-                    err.hint().is_some_and(|got| got.contains(h)),
-                    "{err}: {:?}",
-                    err.hint()
-                ),
-                None => assert_eq!(err.hint(), None, "{err}"),
-            }
-        }
+        hitkeep_testkit::assert_error_contract(cases, Error::kind, Error::hint);
     }
 
     /// A wrapped storage or data error keeps its kind and its hint.

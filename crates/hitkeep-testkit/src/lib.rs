@@ -435,3 +435,30 @@ fn s3_settings(env: Vec<(String, String)>) -> S3Settings {
         .settings
         .s3
 }
+
+/// Checks a table of errors against the contract every library error keeps: its kind, its message
+/// (which never holds the hint), and a hint that says the expected words, or no hint.
+///
+/// # Panics
+/// On the first case that breaks the contract, naming it.
+pub fn assert_error_contract<E, K>(
+    cases: Vec<(E, K, &str, Option<&str>)>,
+    kind: impl Fn(&E) -> K,
+    hint: impl Fn(&E) -> Option<String>,
+) where
+    E: std::fmt::Display,
+    K: PartialEq + std::fmt::Debug,
+{
+    for (err, expected_kind, message, expected_hint) in cases {
+        assert_eq!(kind(&err), expected_kind, "{err}");
+        assert_eq!(err.to_string(), message);
+        let got = hint(&err);
+        match expected_hint {
+            Some(words) => assert!(
+                got.as_deref().is_some_and(|h| h.contains(words)),
+                "{err}: {got:?}"
+            ),
+            None => assert_eq!(got, None, "{err}"),
+        }
+    }
+}
