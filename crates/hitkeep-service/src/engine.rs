@@ -156,11 +156,8 @@ pub async fn sweep_partial_uploads(storage: &Storage) -> Option<SweepReport> {
     let report = match storage.sweep_partial_uploads(PARTIAL_UPLOAD_AGE).await {
         Ok(r) => r,
         Err(e) => {
-            let hint = e
-                .hint()
-                .map(|h| format!("\n  hint: {h}"))
-                .unwrap_or_default();
-            tracing::warn!("could not look for partial uploads of killed runs: {e}{hint}");
+            // A storage error's message already ends with its hint.
+            tracing::warn!("could not look for partial uploads of killed runs: {e}");
             return None;
         }
     };
