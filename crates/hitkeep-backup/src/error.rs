@@ -86,6 +86,18 @@ pub enum Error {
         #[source]
         source: Box<duckdb::Error>,
     },
+    /// Building a restored table's key or index failed after its data loaded: a key the snapshot's
+    /// rows violate (`Constraint Error`), or another DuckDB failure.
+    #[error("{database}: building the key and indexes of table {table}: {source}")]
+    TableBuild {
+        /// Which database.
+        database: Database,
+        /// The table, as the snapshot's schema names it.
+        table: String,
+        /// DuckDB's error.
+        #[source]
+        source: duckdb::Error,
+    },
     /// A local file or directory operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -321,6 +333,10 @@ impl Error {
             Error::Storage(e) => from_storage(e.kind()),
             Error::Data(e) => from_data(e.kind()),
             Error::DuckDb { .. } | Error::WalLeft { .. } => ErrorKind::DuckDb,
+            Error::TableBuild { source, .. } if is_constraint_violation(source) => {
+                ErrorKind::Integrity
+            }
+            Error::TableBuild { .. } => ErrorKind::DuckDb,
             Error::OutOfMemory { .. } => ErrorKind::OutOfMemory,
             Error::Io { .. } => ErrorKind::Io,
             Error::Busy(_) => ErrorKind::InUse,
@@ -371,6 +387,7 @@ impl Error {
             | Error::SnapshotNotFound { .. }
             | Error::NoTenantSnapshot { .. }
             | Error::RowCountsDiffer { .. } => CHOOSE_ANOTHER,
+            Error::TableBuild { source, .. } if is_constraint_violation(source) => CHOOSE_ANOTHER,
             Error::NoCompleteSnapshot => {
                 "run `hitkeep backup run` first, or check that this is where the backups go (`hitkeep backup list` shows what a location holds)"
             }
@@ -404,6 +421,7 @@ impl Error {
                 "choose one with -source ID (or restore one snapshot by id with -snapshot)"
             }
             Error::DuckDb { .. }
+            | Error::TableBuild { .. }
             | Error::Io { .. }
             | Error::Manifest { .. }
             | Error::InvalidSnapshotId(_)
@@ -494,6 +512,29 @@ impl Error {
             Error::duckdb(database, context, source)
         }
     }
+
+    /// A restored table's key or index failed to build (see [`Error::TableBuild`]); out of memory, it
+    /// is [`Error::OutOfMemory`] with `hint`.
+    pub(crate) fn table_build(
+        database: Database,
+        table: &str,
+        hint: &'static str,
+        source: duckdb::Error,
+    ) -> Self {
+        if is_out_of_memory(&source) {
+            return Error::duckdb_or_memory(database, "building keys and indexes", hint, source);
+        }
+        Error::TableBuild {
+            database,
+            table: table.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Whether DuckDB refused rows for a key: the snapshot's data, not the machine, is at fault.
+fn is_constraint_violation(e: &duckdb::Error) -> bool {
+    e.to_string().contains("Constraint Error")
 }
 
 /// Whether DuckDB failed for want of memory: its out-of-memory errors, also when rewrapped as a

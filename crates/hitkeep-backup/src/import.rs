@@ -1,4 +1,4 @@
-//! Every `IMPORT DATABASE` of a downloaded snapshot (a restore, `backup verify --deep`) goes through
+//! Every import of a downloaded snapshot (a restore, `backup verify --deep`) goes through
 //! [`import_snapshot`]: its SQL is checked against what EXPORT writes ([`crate::snapshot_sql`]), then it is
 //! imported on a connection [`fence`]d to the snapshot's folder, so that what the check did not foresee
 //! still cannot reach a file outside it, attach a database, load an extension or change a setting.
@@ -11,7 +11,10 @@ use hitkeep_data::{DuckDbLimits, STORAGE_VERSION, quote_literal};
 
 use crate::error::{Error, Result};
 use crate::manifest::Database;
+use crate::snapshot_sql::ImportPlan;
 use crate::swap::Scratch;
+
+mod build;
 
 /// The name the new database is attached under.
 const IMPORTED: &str = "restored";
@@ -41,14 +44,15 @@ pub(crate) fn import_snapshot(import: &Import<'_>) -> Result<BTreeMap<String, u6
 }
 
 /// The import itself, without the statement check: the fence alone stands between the snapshot's SQL
-/// and the machine (tests call it so).
+/// and the machine (tests call it so). Not `IMPORT DATABASE` but the same statements rearranged
+/// ([`crate::snapshot_sql::ImportPlan`]): tables, then their data, then keys and indexes.
 pub(crate) fn fenced_import(import: &Import<'_>) -> Result<BTreeMap<String, u64>> {
     let database = import.database;
     let db = utf8(import.db)?;
-    // Absolute, so that the fence and the paths IMPORT rewrites load.sql's to are the same text.
+    // Absolute, so that the fence and the paths the load reads are the same text.
     let snapshot_dir =
         std::path::absolute(import.snapshot_dir).map_err(|e| Error::io(import.snapshot_dir, e))?;
-    let source = utf8(&snapshot_dir)?;
+    let plan = crate::snapshot_sql::import_plan(&snapshot_dir)?;
     // Spills go beside the new file (on the data disk), not into an in-memory database's default,
     // `.tmp` under whatever directory the command was started from. Declared before the connection,
     // so removed after DuckDB has closed.
@@ -71,17 +75,57 @@ pub(crate) fn fenced_import(import: &Import<'_>) -> Result<BTreeMap<String, u64>
         quote_literal(db)
     ))
     .map_err(|e| Error::duckdb(database, "creating the new database", e))?;
+    // The builders' connections choose the new database before the fence locks the settings; the
+    // fence is the instance's, so it holds for them too.
+    let builders = builders(&conn, import.limits, plan.builds.len())
+        .map_err(|e| Error::duckdb(database, "opening connections to build indexes", e))?;
     fence(&conn, &[&snapshot_dir]).map_err(|e| Error::duckdb(database, "fencing the import", e))?;
-    conn.execute_batch(&format!(
-        "IMPORT DATABASE {}; CHECKPOINT;",
-        quote_literal(source)
-    ))
-    .map_err(|e| Error::duckdb_or_memory(database, "IMPORT DATABASE", import.memory_hint, e))?;
+    load(&conn, &plan, import)?;
+    build::build_all(builders, &plan, import)?;
+    conn.execute_batch("CHECKPOINT;")
+        .map_err(|e| Error::duckdb_or_memory(database, "CHECKPOINT", import.memory_hint, e))?;
     let tables = row_counts(&conn).map_err(|e| Error::duckdb(database, "counting rows", e))?;
     conn.execute_batch(&format!("DETACH {IMPORTED};"))
         .map_err(|e| Error::duckdb(database, "closing the new database", e))?;
     drop(conn);
     Ok(tables)
+}
+
+/// Creates the tables (keys deferred, no indexes) and loads them, in the snapshot's order.
+fn load(conn: &Connection, plan: &ImportPlan, import: &Import<'_>) -> Result<()> {
+    let database = import.database;
+    let create: String = plan.create.iter().map(|s| format!("{s};\n")).collect();
+    conn.execute_batch(&create)
+        .map_err(|e| Error::duckdb(database, "creating the snapshot's tables", e))?;
+    for load in &plan.load {
+        conn.execute_batch(&load.sql).map_err(|e| {
+            Error::duckdb_or_memory(
+                database,
+                "loading the snapshot's tables",
+                import.memory_hint,
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// One connection per index build that may run at once: as many as DuckDB has threads (each build
+/// is partly single-threaded, so two keep two cores busier than one), no more than there are tables.
+fn builders(
+    conn: &Connection,
+    limits: DuckDbLimits,
+    tables: usize,
+) -> duckdb::Result<Vec<Connection>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = limits.threads.map_or(cores, |t| t as usize);
+    (0..threads.min(tables).max(1))
+        .map(|_| {
+            let c = conn.try_clone()?;
+            c.execute_batch(&format!("USE {IMPORTED};"))?;
+            Ok(c)
+        })
+        .collect()
 }
 
 /// Opens a database restored from a snapshot read-only, fenced (reaching no file), to look at it.
@@ -179,6 +223,134 @@ mod tests {
             folder: "shared/2026-01-01T000000Z",
             memory_hint: NO_HINT,
         }
+    }
+
+    /// What DuckDB's catalog says of a database's tables: constraints, indexes, columns. A key
+    /// added after the load is listed after its table's NOT NULLs instead of before them, so
+    /// constraints are compared as a set per table, without DuckDB's running index.
+    fn catalog_of(db: &Path) -> Vec<String> {
+        let conn = Connection::open(db).unwrap();
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT table_name, constraint_type, constraint_text, constraint_column_names::VARCHAR, \
+             constraint_name, expression FROM duckdb_constraints() ORDER BY ALL",
+            "SELECT table_name, index_name, is_unique::VARCHAR, is_primary::VARCHAR, expressions, \
+             sql FROM duckdb_indexes() ORDER BY ALL",
+            "SELECT table_name, column_name, column_index::VARCHAR, is_nullable::VARCHAR, \
+             column_default, data_type FROM duckdb_columns() WHERE NOT internal ORDER BY ALL",
+        ] {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..6)
+                        .map(|i| r.get::<_, Option<String>>(i))
+                        .collect::<duckdb::Result<Vec<_>>>()
+                })
+                .unwrap();
+            out.extend(rows.map(|r| format!("{:?}", r.unwrap())));
+        }
+        out
+    }
+
+    /// The same snapshot through a plain `IMPORT DATABASE`: what a restore must equal.
+    fn plain_import(snapshot: &Path, db: &Path) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "ATTACH {} AS r (STORAGE_VERSION '{STORAGE_VERSION}'); USE r; IMPORT DATABASE {}; CHECKPOINT;",
+            quote_literal(db.to_str().unwrap()),
+            quote_literal(snapshot.to_str().unwrap())
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn keys_built_after_the_load_equal_a_plain_import_in_both_layouts() {
+        use hitkeep_data::demo::{DemoOptions, generate};
+        use hitkeep_data::{DataLayout, OpenMode, TenantLayout, open_database};
+        for tenants in [TenantLayout::PreSplit, TenantLayout::Split] {
+            let dir = tempfile::tempdir().unwrap();
+            let layout = DataLayout::new(dir.path().join("hitkeep.db"), dir.path().join("data"));
+            let demo =
+                generate(&layout, &DemoOptions::new(20_000, 1).with_layout(tenants)).unwrap();
+            // The shared database and the default tenant's analytics (one file before the split).
+            let mut sources = vec![layout.db_path.clone()];
+            if tenants == TenantLayout::Split {
+                sources.push(layout.tenant_db(demo.default_tenant));
+            }
+            for (i, source) in sources.iter().enumerate() {
+                let snapshot = dir.path().join(format!("snapshot{i}"));
+                open_database(source, OpenMode::Existing)
+                    .unwrap()
+                    .execute_batch(&format!(
+                        "EXPORT DATABASE {} (FORMAT PARQUET)",
+                        quote_literal(snapshot.to_str().unwrap())
+                    ))
+                    .unwrap();
+                let plan = crate::snapshot_sql::import_plan(&snapshot).unwrap();
+                assert!(
+                    plan.builds.iter().any(|b| b.key.is_some()),
+                    "{tenants:?} {i}: some key is deferred"
+                );
+                let (ours, plain) = (dir.path().join("ours.db"), dir.path().join("plain.db"));
+                let limits = DuckDbLimits {
+                    memory_limit: None,
+                    threads: Some(2),
+                };
+                let counts = import_snapshot(&import(&snapshot, &ours, limits)).unwrap();
+                plain_import(&snapshot, &plain);
+                assert_eq!(catalog_of(&ours), catalog_of(&plain), "{tenants:?} {i}");
+                let conn = Connection::open(&plain).unwrap();
+                let want = hitkeep_data::count_rows(
+                    &conn,
+                    None,
+                    hitkeep_data::user_tables(&conn).unwrap(),
+                )
+                .unwrap();
+                assert_eq!(counts, want, "{tenants:?} {i}");
+                std::fs::remove_file(&ours).unwrap();
+                std::fs::remove_file(&plain).unwrap();
+            }
+        }
+    }
+
+    /// Rows a key forbids fail the restore as they fail `IMPORT`, naming the table, and as the
+    /// snapshot's fault (choose another), not the machine's.
+    #[test]
+    fn a_duplicate_key_fails_the_restore_naming_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("snapshot");
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE big (id INTEGER, v VARCHAR);
+             INSERT INTO big SELECT range % 999, 'x' FROM range(1000);
+             CREATE INDEX big_v ON big (v);
+             EXPORT DATABASE {} (FORMAT PARQUET);",
+            quote_literal(snapshot.to_str().unwrap())
+        ))
+        .unwrap();
+        // The snapshot says `id` is a key; its rows say otherwise (one id twice).
+        let schema = snapshot.join("schema.sql");
+        let sql = std::fs::read_to_string(&schema).unwrap();
+        std::fs::write(&schema, sql.replace("id INTEGER", "id INTEGER PRIMARY KEY")).unwrap();
+
+        let db = dir.path().join("new.db");
+        let e = import_snapshot(&import(&snapshot, &db, DuckDbLimits::default())).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("building the key and indexes of table big")
+                && text.contains("Constraint Error"),
+            "{text}"
+        );
+        assert_eq!(e.kind(), crate::ErrorKind::Integrity);
+        assert!(e.hint().is_some_and(|h| h.contains("another snapshot")));
+        let plain = Connection::open_in_memory()
+            .unwrap()
+            .execute_batch(&format!(
+                "IMPORT DATABASE {}",
+                quote_literal(snapshot.to_str().unwrap())
+            ))
+            .unwrap_err();
+        assert!(plain.to_string().contains("Constraint Error"), "{plain}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Restore, planned then executed, and safe per database: download and verify into staging beside the
-//! target, `IMPORT DATABASE` into a temporary file, check it, and only then move the old database aside
+//! target, import into a temporary file (what `IMPORT DATABASE` would make, keys built after the data), check it, and only then move the old database aside
 //! and the new one into place. Until that final rename the original database and WAL are untouched.
 
 use std::collections::BTreeMap;
@@ -726,9 +726,9 @@ async fn download(
     Ok(())
 }
 
-const IMPORT_MEMORY_HINT: &str = "DuckDB holds each table's indexes in memory while it imports them; the server is stopped during a restore, so give this command more with HITKEEP_DUCKDB_MEMORY_LIMIT (e.g. 4GiB), or unset it to let DuckDB use 80% of RAM";
+const IMPORT_MEMORY_HINT: &str = "DuckDB holds each table's indexes in memory while it builds them; the server is stopped during a restore, so give this command more with HITKEEP_DUCKDB_MEMORY_LIMIT (e.g. 4GiB), or unset it to let DuckDB use 80% of RAM";
 
-/// `IMPORT DATABASE` into a new file at a storage version DuckDB 1.5 reads (its SQL checked first, the
+/// Imports (as `IMPORT DATABASE` would, keys and indexes built after the load) into a new file at a storage version DuckDB 1.5 reads (its SQL checked first, the
 /// import fenced: [`crate::import`]), `CHECKPOINT`, close, require that no WAL is left, and compare row
 /// counts with the manifest.
 fn import(

@@ -27,6 +27,10 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+mod plan;
+
+pub(crate) use plan::{ImportPlan, TableBuild, import_plan};
+
 /// Why a snapshot's SQL is refused: the file, the statement (shortened) and the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
@@ -671,7 +675,7 @@ fn load_statement(sql: &str, t: &[Token], dir: &Path) -> Result<(), String> {
 
 /// Checks the file a COPY reads as IMPORT will read it: `<import dir>/<last path component>`.
 fn copy_file(path: &str, dir: &Path) -> Result<(), String> {
-    let last = path.split('/').rfind(|p| !p.is_empty()).unwrap_or_default();
+    let last = last_component(path);
     let reads = |what: &str| format!("it reads `{last}` from the snapshot folder, {what}");
     if last.is_empty() || last == "." || last == ".." {
         return Err(format!("`{path}` names no file of the snapshot"));
@@ -686,6 +690,11 @@ fn copy_file(path: &str, dir: &Path) -> Result<(), String> {
         Ok(meta) if meta.is_file() => Ok(()),
         _ => Err(reads("which the snapshot does not have")),
     }
+}
+
+/// The file name IMPORT reads a COPY's file under, in the snapshot's folder.
+fn last_component(path: &str) -> &str {
+    path.split('/').rfind(|p| !p.is_empty()).unwrap_or_default()
 }
 
 /// `name`, `name <literal>` or `name (<literal>, …)`.

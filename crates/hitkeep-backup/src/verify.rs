@@ -1,5 +1,5 @@
 //! Re-reading a snapshot: every object's size and SHA-256 against its manifest, and with `deep`, an
-//! `IMPORT DATABASE` into a scratch DuckDB file whose row counts must match the manifest.
+//! import (as a restore imports) into a scratch DuckDB file whose row counts must match the manifest.
 
 use std::path::Path;
 
@@ -195,14 +195,14 @@ async fn check_database(
             Err(e @ Error::ForeignStatement { .. }) => check.problems.push(e.describe()),
             Err(e) => check
                 .problems
-                .push(format!("IMPORT DATABASE failed: {}", e.describe())),
+                .push(format!("import failed: {}", e.describe())),
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(check)
 }
 
-const VERIFY_MEMORY_HINT: &str = "DuckDB holds each table's indexes in memory while it imports them; give this command more with HITKEEP_DUCKDB_MEMORY_LIMIT (e.g. 4GiB), or unset it to let DuckDB use 80% of RAM";
+const VERIFY_MEMORY_HINT: &str = "DuckDB holds each table's indexes in memory while it builds them; give this command more with HITKEEP_DUCKDB_MEMORY_LIMIT (e.g. 4GiB), or unset it to let DuckDB use 80% of RAM";
 
 fn import_and_count(
     dir: &Path,

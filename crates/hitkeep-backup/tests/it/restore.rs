@@ -9,8 +9,9 @@ use crate::{Fixture, fingerprint};
 
 const MIB: u64 = 1024 * 1024;
 
-/// Adds to the shared database and to one tenant's a table whose two indexes need more than 64 MiB
-/// and less than 128 MiB to import (600,000 rows; calibrated on DuckDB, where 64 MiB fails).
+/// Adds to the shared database and to one tenant's a table whose key and index need more than 96 MiB
+/// and less than 128 MiB to build (1,500,000 rows; calibrated on DuckDB 2.0 building them after the
+/// load, one at a time: 96 MiB fails, 128 MiB passes).
 fn add_indexed_tables(f: &Fixture) {
     let tenant = f.layout.tenant_db(f.demo.tenants[0]);
     for db in [f.layout.db_path.clone(), tenant] {
@@ -18,7 +19,7 @@ fn add_indexed_tables(f: &Fixture) {
         conn.execute_batch(
             "CREATE TABLE visits (id UUID PRIMARY KEY, site_id UUID NOT NULL, ts TIMESTAMPTZ NOT NULL);
              CREATE INDEX idx_visits_site_ts ON visits (site_id, ts);
-             INSERT INTO visits SELECT uuid(), uuid(), to_timestamp(1767225600 + range) FROM range(600000);",
+             INSERT INTO visits SELECT uuid(), uuid(), to_timestamp(1767225600 + range) FROM range(1500000);",
         )
         .unwrap();
     }
@@ -46,8 +47,7 @@ async fn imports_side_by_side_each_get_the_whole_memory_limit() {
     add_indexed_tables(&f);
     f.cycle().await;
     let before = fingerprint(&f.layout.db_path);
-    // `visits` alone needs more than 64 MiB; HitKeep's other indexes (about forty, each with buffers
-    // of its own) add some 30 MiB to every import.
+    // `visits` alone needs more than 96 MiB.
     let plan = plan(&f, 160 * MIB).await;
 
     // Two databases at once: with the limit split, each import would have 80 MiB and fail.
@@ -73,7 +73,7 @@ async fn imports_side_by_side_each_get_the_whole_memory_limit() {
     }
     assert_eq!(fingerprint(&f.layout.db_path), before);
     let tenant = f.layout.tenant_db(f.demo.tenants[0]);
-    assert_eq!(fingerprint(&tenant)["visits"].0, 600_000);
+    assert_eq!(fingerprint(&tenant)["visits"].0, 1_500_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +91,7 @@ async fn an_import_out_of_memory_names_the_setting_to_raise() {
     assert!(matches!(e, Error::OutOfMemory { .. }), "{e:?}");
     let message = e.to_string();
     assert!(
-        message.contains("IMPORT DATABASE: DuckDB ran out of memory")
+        message.contains("building keys and indexes: DuckDB ran out of memory")
             && e.kind() == hitkeep_backup::ErrorKind::OutOfMemory
             && e.hint()
                 .is_some_and(|h| h.contains("HITKEEP_DUCKDB_MEMORY_LIMIT")),

@@ -270,7 +270,7 @@ fn an_import_that_fails_halfway_leaves_the_original_in_place() {
         "{out}"
     );
     assert!(
-        out.contains("Error restoring the shared database: IMPORT DATABASE: "),
+        out.contains("Error restoring the shared database: loading the snapshot's tables: "),
         "the database is named once: {out}"
     );
     assert_eq!(std::fs::read(s.db()).unwrap(), before);
