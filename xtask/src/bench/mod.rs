@@ -228,6 +228,14 @@ impl Bench {
                 &["backup", "run"],
             )?;
             samples[0].push(s);
+            // The same backup into a local directory.
+            let local = self.fresh("local-backup")?;
+            let (s, _) = self.hk(
+                &src,
+                &[("HITKEEP_BACKUP_PATH", local.display().to_string())],
+                &["backup", "run"],
+            )?;
+            samples[8].push(s);
             // The same databases exported to local disk, bare.
             let dbs = self.backed_up_dbs(&src, &format!("{prefix}/backups"))?;
             let export = self.fresh("export")?;
@@ -283,6 +291,7 @@ impl Bench {
         let m: Vec<Sample> = samples.iter().map(|s| median(s)).collect();
         (r.backup, r.export, r.rclone_default, r.rclone_tuned) = (m[0], m[1], m[2], m[3]);
         (r.restore, r.rclone_import, r.archive, r.copy_delete) = (m[4], m[5], m[6], m[7]);
+        r.local_backup = m[8];
         Ok(r)
     }
 
