@@ -29,7 +29,8 @@ pub async fn ledgers(storage: &Storage) -> Result<Vec<(String, Ledger)>> {
     Ok(out)
 }
 
-/// The committed archive files (rows gone from the database) of one site, or of all.
+/// The committed archive objects (rows gone from the database) of one site, or of all: each with
+/// its site and its ledger entry (an entry stored as one file per table lists once per file).
 pub async fn files(
     storage: &Storage,
     site: Option<Uuid>,
@@ -44,12 +45,14 @@ pub async fn files(
             .into_iter()
             .filter(|e| e.state == EntryState::Deleted)
         {
-            let key = if dir.is_empty() {
-                e.file.clone()
-            } else {
-                format!("{dir}/{}", e.file)
-            };
-            out.push((key, ledger.site_id, e));
+            for object in e.objects() {
+                let key = if dir.is_empty() {
+                    object.to_owned()
+                } else {
+                    format!("{dir}/{object}")
+                };
+                out.push((key, ledger.site_id, e.clone()));
+            }
         }
     }
     Ok(out)
@@ -102,7 +105,8 @@ pub async fn mark_restored(storage: &Storage, site: Uuid) -> Result<usize> {
     Ok(marked)
 }
 
-/// Creates the view `archive` over `paths` (every table's rows, `_source` naming the table).
+/// Creates the view `archive` over `paths` (every table's rows, `_source` naming the table), files of
+/// either format together: `union_by_name` gives one column per name over all of them.
 pub fn create_view(conn: &Connection, paths: &[PathBuf]) -> Result<()> {
     if paths.is_empty() {
         return Err(Error::NothingArchived);

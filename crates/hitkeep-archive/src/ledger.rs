@@ -1,6 +1,10 @@
 //! The ledger: a small JSON object per site, next to its archive files, recording which (cutoff, file)
 //! was written, verified and deleted. It is what makes a crash at any point recoverable without losing
 //! or duplicating rows: a rerun finishes a verified file's pending delete, or discards an unverified file.
+//!
+//! Format 1 (hitkeep before per-table files) has one Parquet file per entry, every table's rows in it.
+//! Format 2 says per entry how its rows are stored ([`EntryFormat`], the `format` field, which format 2
+//! requires): still one file, or one file per table. An entry is never read by guessing from its names.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The ledger format this build writes.
-pub const LEDGER_VERSION: u32 = 1;
+pub const LEDGER_VERSION: u32 = 2;
+
+/// The last format whose entries carry no `format` field: each is one file ([`EntryFormat::OneFile`]).
+const ONE_FILE_VERSION: u32 = 1;
 
 /// One site's archive history.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,25 +34,48 @@ impl Ledger {
     /// The ledger stored at `key`; one a newer hitkeep wrote is refused, since its entries may mean
     /// what this build does not know.
     pub(crate) fn parse(key: &str, bytes: &[u8]) -> crate::Result<Ledger> {
-        let ledger: Ledger =
-            serde_json::from_slice(bytes).map_err(|e| crate::Error::LedgerCorrupt {
-                key: key.to_owned(),
-                why: e.to_string(),
-            })?;
-        if ledger.format_version > LEDGER_VERSION {
+        let corrupt = |why: String| crate::Error::LedgerCorrupt {
+            key: key.to_owned(),
+            why,
+        };
+        let mut raw: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let version = raw
+            .get("format_version")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| corrupt("no format_version".into()))?;
+        let version = u32::try_from(version).unwrap_or(u32::MAX);
+        if version > LEDGER_VERSION {
             return Err(crate::Error::LedgerTooNew {
                 key: key.to_owned(),
-                version: ledger.format_version,
+                version,
             });
         }
-        Ok(ledger)
+        // The version decides how an entry is stored: format 1 knew only one file per entry, and
+        // from format 2 on every entry says so itself (a missing `format` is corrupt, not a guess).
+        if version <= ONE_FILE_VERSION {
+            let entries = raw.get_mut("entries").and_then(serde_json::Value::as_array_mut);
+            for entry in entries.into_iter().flatten() {
+                if let Some(entry) = entry.as_object_mut() {
+                    if entry.contains_key("format") {
+                        return Err(corrupt(format!(
+                            "a format {version} ledger entry names a format"
+                        )));
+                    }
+                    entry.insert("format".into(), "one_file".into());
+                }
+            }
+        }
+        serde_json::from_value(raw).map_err(|e| corrupt(e.to_string()))
     }
 }
 
-/// One archive file.
+/// One run's archive of a site: one file, or one file per table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
-    /// The object name, `site_{site}_{unix}.parquet`.
+    /// The entry's name: for [`EntryFormat::OneFile`] the object name, `site_{site}_{unix}.parquet`;
+    /// for [`EntryFormat::PerTable`] the run's name (`site_{site}_{unix}` in the flat local root,
+    /// `site_{unix}` in a site's own folder), which its objects' names begin with.
     pub file: String,
     /// The cutoff instant (RFC 3339, microseconds) the file holds the rows before.
     pub cutoff: String,
@@ -59,6 +89,27 @@ pub struct LedgerEntry {
     pub size: u64,
     /// How far the file got.
     pub state: EntryState,
+    /// How the rows are stored.
+    #[serde(flatten)]
+    pub format: EntryFormat,
+}
+
+/// How an entry's rows are stored. Every file has the leading `_source` column naming each row's
+/// table, so readers that take the files together (`read_parquet([...], union_by_name = true)`)
+/// see the same rows either way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
+pub enum EntryFormat {
+    /// One file, [`LedgerEntry::file`], with every table's rows (`UNION ALL BY NAME`: each table's
+    /// columns NULL in other tables' rows, DATE columns widened where a TIMESTAMPTZ column has the
+    /// same name). Format 1 ledgers, HitKeep's own files.
+    OneFile,
+    /// One file per table with rows: each holds only its table's columns, in their own types,
+    /// which DuckDB writes as fast as a plain `COPY` of the table.
+    PerTable {
+        /// Table name to object name (in the entry's folder), `{file}.{table}.parquet`.
+        parts: BTreeMap<String, String>,
+    },
 }
 
 /// How far an archive file got.
@@ -81,5 +132,58 @@ impl LedgerEntry {
     /// Total rows.
     pub fn rows(&self) -> u64 {
         self.counts.values().sum()
+    }
+
+    /// The entry's objects, in the entry's folder: its one file, or its files per table.
+    pub fn objects(&self) -> Vec<&str> {
+        match &self.format {
+            EntryFormat::OneFile => vec![self.file.as_str()],
+            EntryFormat::PerTable { parts } => parts.values().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SITE: &str = "0197a000-0000-7000-8000-000000000001";
+
+    fn ledger(version: u32, entry: &str) -> String {
+        format!(
+            r#"{{"format_version":{version},"site_id":"{SITE}","tenant_id":"{SITE}","entries":[{{"file":"site_{SITE}_1.parquet","cutoff":"2026-01-01T00:00:00Z","counts":{{"hits":2}},"oldest":null,"newest":null,"size":9,"state":"deleted"{entry}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn a_format_1_entry_is_one_file_by_its_version() {
+        let parsed = Ledger::parse("k", ledger(1, "").as_bytes()).unwrap();
+        let entry = &parsed.entries[0];
+        assert_eq!(entry.format, EntryFormat::OneFile);
+        assert_eq!(entry.objects(), [format!("site_{SITE}_1.parquet")]);
+        let refused = Ledger::parse("k", ledger(1, r#","format":"one_file""#).as_bytes());
+        assert!(
+            matches!(refused, Err(crate::Error::LedgerCorrupt { .. })),
+            "format 1 had no format field: {refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_format_2_entry_says_how_it_is_stored() {
+        let missing = Ledger::parse("k", ledger(2, "").as_bytes());
+        assert!(
+            matches!(missing, Err(crate::Error::LedgerCorrupt { .. })),
+            "no guessing: {missing:?}"
+        );
+        let per_table = r#","format":"per_table","parts":{"events":"site_1.events.parquet","hits":"site_1.hits.parquet"}"#;
+        let parsed = Ledger::parse("k", ledger(2, per_table).as_bytes()).unwrap();
+        assert_eq!(
+            parsed.entries[0].objects(),
+            ["site_1.events.parquet", "site_1.hits.parquet"]
+        );
+        let again = serde_json::to_vec(&parsed).unwrap();
+        assert_eq!(Ledger::parse("k", &again).unwrap(), parsed, "round trip");
+        let one = Ledger::parse("k", ledger(2, r#","format":"one_file""#).as_bytes()).unwrap();
+        assert_eq!(one.entries[0].format, EntryFormat::OneFile);
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! [`run`] loads the policies (sites with `data_retention_days > 0`, mapped to their tenants), and per
 //! site: computes one [`Cutoff`] used for counting, exporting and deleting; exports the expired rows of the
-//! one table list ([`TABLES`]) to a Parquet file with a leading `_source` column; uploads it through
-//! hitkeep-storage; reads it back and checks the counts; and deletes the rows in one transaction that
-//! first compares them, by content, with the file read back: rows another connection changed in the
+//! one table list ([`TABLES`]) to Parquet, one file per table with a leading `_source` column
+//! ([`EntryFormat::PerTable`]); uploads each through hitkeep-storage as it is written; reads each back
+//! and checks its count; and deletes the rows in one transaction that first compares them, by
+//! content, with the files read back: rows another connection changed in the
 //! meantime stop the delete ([`Error::RowsChanged`]). A [`Ledger`] next to the files makes every crash
 //! recoverable on the next run; [`ArchiveEvents`] hears each step.
 //! [`ImportPlan`] puts a tenant's archived rows back (`recover import-archives`), idempotently.
@@ -26,7 +27,7 @@ pub use crate::{
     browse::{create_view, files, ledgers, local_copies, mark_restored, restore_rows},
     error::{Error, ErrorKind, Result},
     import::{ImportPlan, ImportSummary, TableCounts},
-    ledger::{EntryState, LEDGER_VERSION, Ledger, LedgerEntry},
+    ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry},
     run::{
         ArchiveEvents, ArchiveOptions, NoEvents, SitePolicy, SiteReport, archive_site,
         default_tenant, ledger_key, load_policies, run, site_dir,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::ledger::{EntryState, LEDGER_VERSION, Ledger, LedgerEntry};
+use crate::ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry};
 use crate::tables::{Cutoff, Grain, TABLES};
 
 /// A site with a retention window.
@@ -104,8 +104,10 @@ pub struct SiteReport {
     pub cutoff: String,
     /// Expired rows per table (those archived, or that would be in a dry run).
     pub counts: BTreeMap<String, u64>,
-    /// The archive object written, if any.
+    /// The archive written, if any: the pattern its objects' keys match, `{dir}/{run}.*.parquet`.
     pub file: Option<String>,
+    /// The archive objects written, one per table with rows.
+    pub files: Vec<String>,
     /// Unfinished work of an earlier run that this run completed or discarded.
     pub recovered: Vec<String>,
     /// `rollup_dirty_buckets` rows dropped: markers of expired buckets, which HitKeep deletes (not
@@ -184,6 +186,19 @@ pub(crate) fn ledger_key_for(dir: &str, site: Uuid) -> String {
         format!("site_{site}.ledger.json")
     } else {
         format!("{dir}/ledger.json")
+    }
+}
+
+/// A run's name, which its objects' names begin with (`{name}.{table}.parquet`, HitKeep's
+/// `site_*.parquet`): `site_{site}_{unix}` in the flat local root that several sites share, and
+/// `site_{unix}` in a site's own folder, which names the site already. Keys stay as short as
+/// HitKeep's one-file names: S3 allows 1024 bytes, but servers that keep a key in one file name
+/// (s3s-fs) have 255.
+fn run_name(dir: &str, site: Uuid, now: Timestamp) -> String {
+    if dir.is_empty() {
+        format!("site_{site}_{}", now.as_second())
+    } else {
+        format!("site_{}", now.as_second())
     }
 }
 
@@ -272,6 +287,7 @@ pub async fn archive_site(
             cutoff: "-".into(),
             counts: BTreeMap::new(),
             file: None,
+            files: Vec::new(),
             recovered: Vec::new(),
             dirty_buckets_pruned: 0,
         });
@@ -299,6 +315,7 @@ pub async fn archive_site(
         cutoff: cutoff.instant().to_string(),
         counts: counts.clone(),
         file: None,
+        files: Vec::new(),
         recovered,
         dirty_buckets_pruned: 0,
     };
@@ -310,48 +327,59 @@ pub async fn archive_site(
             tokio::task::block_in_place(|| prune_dirty_buckets(conn, policy.site_id, cutoff))?;
         return Ok(report);
     }
-    let mut file = format!(
-        "site_{}_{}.parquet",
-        policy.site_id,
-        options.now.as_second()
-    );
-    if ledger.entries.iter().any(|e| e.file == file) {
-        file = format!(
-            "site_{}_{}_{}.parquet",
-            policy.site_id,
-            options.now.as_second(),
-            ledger.entries.len()
-        );
+    let mut name = run_name(&dir, policy.site_id, options.now);
+    if ledger.entries.iter().any(|e| e.file == name) {
+        name = format!("{name}_{}", ledger.entries.len());
     }
-    let key = join(&dir, &file);
+    let parts: BTreeMap<String, String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(table, _)| (table.clone(), format!("{name}.{table}.parquet")))
+        .collect();
+    // What the run's objects' keys match, as a glob (DuckDB's `read_parquet` takes it too).
+    let pattern = format!("{}.*.parquet", join(&dir, &name));
     ledger.entries.push(LedgerEntry {
-        file: file.clone(),
+        file: name.clone(),
         cutoff: cutoff.instant().to_string(),
         counts: counts.clone(),
         oldest,
         newest,
         size: 0,
         state: EntryState::Pending,
+        format: EntryFormat::PerTable {
+            parts: parts.clone(),
+        },
     });
-    save_ledger(storage, &ledger_key, &ledger).await?;
 
     let staging =
         hitkeep_data::StagingDir::claim(&options.staging_dir, hitkeep_data::JobKind::Archive)?;
-    let local = staging.path().join(&file);
-    tokio::task::block_in_place(|| export(conn, policy.site_id, cutoff, &counts, &local))?;
-    let info = storage
-        .upload_file(&local, &key, &TransferOptions::default())
-        .await?;
-    let read_back = verify_object(storage, &key, &counts, staging.path()).await?;
+    let exported = export_and_verify(
+        storage,
+        conn,
+        ExportPlan {
+            site: policy.site_id,
+            cutoff,
+            dir: &dir,
+            parts: &parts,
+            counts: &counts,
+            scratch: staging.path(),
+        },
+        save_ledger(storage, &ledger_key, &ledger),
+    )
+    .await?;
     let entry = ledger.entries.last_mut().expect("just pushed");
-    entry.size = info.size;
+    entry.size = exported.size;
     entry.state = EntryState::Verified;
     save_ledger(storage, &ledger_key, &ledger).await?;
-    options.events.verified(policy.site_id, &key, &counts);
+    options.events.verified(policy.site_id, &pattern, &counts);
 
     let verified = VerifiedFile {
-        key: &key,
-        local: &read_back,
+        key: &pattern,
+        parts: parts
+            .iter()
+            .map(|(table, part)| (table.clone(), join(&dir, part)))
+            .collect(),
+        copies: &exported.copies,
         exact: true,
         hint: "another connection changed expired rows after they were exported (an embedding server rewriting old rows); the next run discards this file and archives the rows as they are then",
     };
@@ -371,8 +399,9 @@ pub async fn archive_site(
     save_ledger(storage, &ledger_key, &ledger).await?;
     report.dirty_buckets_pruned =
         tokio::task::block_in_place(|| prune_dirty_buckets(conn, policy.site_id, cutoff))?;
-    tracing::info!(site = %policy.site_id, file = key, rows = counts.values().sum::<u64>(), "archived expired rows");
-    report.file = Some(key);
+    tracing::info!(site = %policy.site_id, files = pattern, rows = counts.values().sum::<u64>(), "archived expired rows");
+    report.file = Some(pattern);
+    report.files = parts.values().map(|part| join(&dir, part)).collect();
     Ok(report)
 }
 
@@ -392,7 +421,9 @@ async fn recover(
         let entry = ledger.entries[i].clone();
         match entry.state {
             EntryState::Pending => {
-                storage.delete(&join(dir, &entry.file)).await?;
+                for object in entry.objects() {
+                    storage.delete(&join(dir, object)).await?;
+                }
                 ledger.entries.remove(i);
                 save_ledger(storage, ledger_key, ledger).await?;
                 recovered.push(format!(
@@ -410,17 +441,24 @@ async fn recover(
                 let cutoff = Cutoff::at(instant);
                 let scratch =
                     tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-                let local = scratch.path().join("verified.parquet");
-                let key = join(dir, &entry.file);
-                storage
-                    .download_file(&key, &local, None, &TransferOptions::default())
-                    .await?;
+                let key = match entry.format {
+                    EntryFormat::OneFile => join(dir, &entry.file),
+                    EntryFormat::PerTable { .. } => format!("{}.*.parquet", join(dir, &entry.file)),
+                };
+                let copies = download_copies(storage, dir, &entry, scratch.path()).await?;
                 // Not exact: the interrupted delete may have committed (its rows are gone, and the
                 // file holds more than is live). Every live row before the cutoff must still be in
                 // the file: rows replaced since, e.g. by a re-import, are in no archive.
                 let verified = VerifiedFile {
                     key: &key,
-                    local: &local,
+                    parts: match &entry.format {
+                        EntryFormat::OneFile => BTreeMap::new(),
+                        EntryFormat::PerTable { parts } => parts
+                            .iter()
+                            .map(|(table, part)| (table.clone(), join(dir, part)))
+                            .collect(),
+                    },
+                    copies: &copies,
                     exact: false,
                     hint: "these rows changed after an earlier run verified this file and stopped before its delete; nothing is deleted until they are looked into (archive them into a file of their own first, or put the file's rows back with `hitkeep archive restore`)",
                 };
@@ -455,8 +493,14 @@ async fn load_ledger(
     Ledger::parse(key, &storage.read(key).await?)
 }
 
+/// Writes `ledger` in this build's format: entries carry their `format` field, which a format 1
+/// ledger must not have, so one read in format 1 is written back as format [`LEDGER_VERSION`].
 pub(crate) async fn save_ledger(storage: &Storage, key: &str, ledger: &Ledger) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(ledger).expect("ledgers serialise");
+    let current = Ledger {
+        format_version: LEDGER_VERSION,
+        ..ledger.clone()
+    };
+    let bytes = serde_json::to_vec_pretty(&current).expect("ledgers serialise");
     storage.write(key, bytes).await?;
     Ok(())
 }
@@ -532,28 +576,126 @@ impl Comparison {
     }
 }
 
-/// Per table, the live rows before `cutoff` against the rows of the archive file at `path`, by content.
+/// Local copies of an entry's objects, as read back from storage.
+#[derive(Clone, Debug)]
+enum Copies {
+    /// One file with every table's rows, told apart by `_source` (format 1 entries, HitKeep's).
+    OneFile(PathBuf),
+    /// One file per table with rows.
+    PerTable(BTreeMap<String, PathBuf>),
+}
+
+impl Copies {
+    fn paths(&self) -> Vec<&Path> {
+        match self {
+            Copies::OneFile(path) => vec![path.as_path()],
+            Copies::PerTable(parts) => parts.values().map(PathBuf::as_path).collect(),
+        }
+    }
+
+    /// Rows per `_source` over all the copies.
+    fn counts(&self, conn: &Connection) -> Result<BTreeMap<String, u64>> {
+        let paths = self.paths();
+        if paths.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        source_counts(
+            conn,
+            &format!("read_parquet({}, union_by_name = true)", path_list(&paths)),
+        )
+    }
+
+    /// The SQL that reads `table`'s rows from the copies, or `None` when they hold none of its rows.
+    fn rows_of(&self, table: &str) -> Option<String> {
+        match self {
+            Copies::OneFile(path) => Some(format!(
+                "read_parquet({}) WHERE _source = {}",
+                quote_literal(&path.display().to_string()),
+                quote_literal(table)
+            )),
+            Copies::PerTable(parts) => parts.get(table).map(|path| {
+                format!(
+                    "read_parquet({}) WHERE _source = {}",
+                    quote_literal(&path.display().to_string()),
+                    quote_literal(table)
+                )
+            }),
+        }
+    }
+}
+
+/// `[ 'a', 'b' ]` for `read_parquet`.
+fn path_list(paths: &[&Path]) -> String {
+    let list = paths
+        .iter()
+        .map(|p| quote_literal(&p.display().to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("[{list}]")
+}
+
+/// `SELECT _source, count(*) FROM {from} GROUP BY 1` as a map.
+fn source_counts(conn: &Connection, from: &str) -> Result<BTreeMap<String, u64>> {
+    let failed = |e| Error::duckdb("reading the archive back", e);
+    let sql = format!("SELECT _source, count(*) FROM {from} GROUP BY 1");
+    let mut stmt = conn.prepare(&sql).map_err(failed)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(failed)?;
+    rows.map(|r| {
+        r.map(|(t, n)| (t, u64::try_from(n).unwrap_or_default()))
+            .map_err(failed)
+    })
+    .collect()
+}
+
+/// Downloads an entry's objects into `scratch`, for the delete to compare with.
+async fn download_copies(
+    storage: &Storage,
+    dir: &str,
+    entry: &LedgerEntry,
+    scratch: &Path,
+) -> Result<Copies> {
+    match &entry.format {
+        EntryFormat::OneFile => {
+            let local = scratch.join("verified.parquet");
+            storage
+                .download_file(
+                    &join(dir, &entry.file),
+                    &local,
+                    None,
+                    &TransferOptions::default(),
+                )
+                .await?;
+            Ok(Copies::OneFile(local))
+        }
+        EntryFormat::PerTable { parts } => {
+            let mut copies = BTreeMap::new();
+            for (table, object) in parts {
+                let local = scratch.join(format!("verified.{table}.parquet"));
+                storage
+                    .download_file(
+                        &join(dir, object),
+                        &local,
+                        None,
+                        &TransferOptions::default(),
+                    )
+                    .await?;
+                copies.insert(table.clone(), local);
+            }
+            Ok(Copies::PerTable(copies))
+        }
+    }
+}
+
+/// Per table, the live rows before `cutoff` against the rows of the archive's copies, by content.
 fn rows_not_in(
     conn: &Connection,
     site: Uuid,
     cutoff: Cutoff,
-    path: &Path,
+    copies: &Copies,
 ) -> Result<BTreeMap<String, Comparison>> {
-    let file = quote_literal(&path.display().to_string());
-    let sql = format!("SELECT _source, count(*) FROM read_parquet({file}) GROUP BY 1");
-    let archived: BTreeMap<String, u64> = {
-        let mut stmt = conn
-            .prepare(&sql)
-            .map_err(|e| Error::duckdb("reading the archive file", e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(|e| Error::duckdb("reading the archive file", e))?;
-        rows.map(|r| {
-            r.map(|(t, n)| (t, u64::try_from(n).unwrap_or_default()))
-                .map_err(|e| Error::duckdb("reading the archive file", e))
-        })
-        .collect::<Result<_>>()?
-    };
+    let archived = copies.counts(conn)?;
     let (live, _, _) = count(conn, site, cutoff)?;
     let mut out = BTreeMap::new();
     for table in present_tables(conn)? {
@@ -566,28 +708,16 @@ fn rows_not_in(
         };
         // The file is not asked about a table it holds no rows of: that table's columns may not be
         // in it at all, and every live row is "not archived" anyway.
-        if live == 0 || in_file == 0 {
+        let source = copies.rows_of(table.name);
+        let (Some(source), true) = (source, live > 0 && in_file > 0) else {
             out.insert(table.name.to_owned(), compared(live));
             continue;
-        }
-        let columns = crate::browse::table_columns(conn, table.name)?;
-        // DATE columns were widened to TIMESTAMPTZ in the archive: compare both sides as dates in text.
-        let exprs = columns
-            .iter()
-            .map(|(c, t)| {
-                if t == "DATE" {
-                    format!("left(CAST({} AS VARCHAR), 10)", quote_ident(c))
-                } else {
-                    format!("CAST({} AS VARCHAR)", quote_ident(c))
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        };
+        let exprs = comparable(conn, table.name, &source)?;
         let sql = format!(
-            "SELECT count(*) FROM (SELECT {exprs} FROM {} WHERE {} EXCEPT ALL SELECT {exprs} FROM read_parquet({file}, union_by_name = true) WHERE _source = '{}')",
+            "SELECT count(*) FROM (SELECT {exprs} FROM {} WHERE {} EXCEPT ALL SELECT {exprs} FROM {source})",
             quote_ident(table.name),
             predicate(site, table, cutoff),
-            table.name
         );
         let n: i64 = conn
             .query_row(&sql, [], |r| r.get(0))
@@ -600,74 +730,179 @@ fn rows_not_in(
     Ok(out)
 }
 
-/// One Parquet file, a leading `_source` column naming each row's table. `UNION ALL BY NAME`: identical
-/// rows (possible in tables without a key) must all be kept.
+/// The select list that compares `table`'s live rows with its rows in `source`: each column as
+/// itself where the file holds it in the table's own type (what a file per table holds, and cheap
+/// to hash), else both sides as text. A one-file archive widened DATE columns to TIMESTAMPTZ
+/// (midnight UTC), which has no way back without ICU: those compare as the date's text.
+fn comparable(conn: &Connection, table: &str, source: &str) -> Result<String> {
+    let columns = crate::browse::table_columns(conn, table)?;
+    let in_file: BTreeMap<String, String> = {
+        let sql = format!("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})");
+        let mut stmt = conn
+            .prepare(&sql)
+            .map_err(|e| Error::duckdb("reading the archive's columns", e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| Error::duckdb("reading the archive's columns", e))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::duckdb("reading the archive's columns", e))?
+    };
+    Ok(columns
+        .iter()
+        .map(|(c, t)| match in_file.get(c) {
+            Some(file_type) if file_type == t => quote_ident(c),
+            _ if t == "DATE" => format!("left(CAST({} AS VARCHAR), 10)", quote_ident(c)),
+            _ => format!("CAST({} AS VARCHAR)", quote_ident(c)),
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// What [`export_and_verify`] writes: one file per table with rows, into the site's folder.
+struct ExportPlan<'a> {
+    site: Uuid,
+    cutoff: Cutoff,
+    /// The site's folder in the archive location.
+    dir: &'a str,
+    /// Table to object name.
+    parts: &'a BTreeMap<String, String>,
+    /// Rows per table counted before the export; every part must read back with its table's.
+    counts: &'a BTreeMap<String, u64>,
+    /// The site's staging folder: the exports and their read-back copies.
+    scratch: &'a Path,
+}
+
+/// The verified objects of an entry.
+struct Exported {
+    /// Their read-back copies.
+    copies: Copies,
+    /// Bytes over all of them.
+    size: u64,
+}
+
+/// Exports the site's expired rows, one file per table, on a blocking thread, while `pending` (the
+/// ledger's pending entry) is saved; then uploads each file as soon as DuckDB has written it, and
+/// reads it back and counts it, while the next table is exported. Nothing is uploaded before the
+/// pending entry is saved, so a crash leaves no object the ledger does not name. On a failure, the
+/// objects uploaded so far are removed (the pending entry would have the next run remove them).
+async fn export_and_verify(
+    storage: &Storage,
+    conn: &Connection,
+    plan: ExportPlan<'_>,
+    pending: impl std::future::Future<Output = Result<()>>,
+) -> Result<Exported> {
+    let exporter = conn
+        .try_clone()
+        .map_err(|e| Error::duckdb("opening a connection for the export", e))?;
+    let tables: Vec<(&'static crate::tables::ArchiveTable, PathBuf)> = present_tables(conn)?
+        .into_iter()
+        .filter_map(|t| {
+            let object = plan.parts.get(t.name)?;
+            Some((t, plan.scratch.join(object)))
+        })
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (site, cutoff) = (plan.site, plan.cutoff);
+    let job = tokio::task::spawn_blocking(move || export(&exporter, site, cutoff, &tables, &tx));
+    let mut uploaded = Vec::new();
+    let outcome = async {
+        pending.await?;
+        let mut copies = BTreeMap::new();
+        let mut size = 0;
+        while let Some((table, local)) = rx.recv().await {
+            let object = &plan.parts[table];
+            let key = join(plan.dir, object);
+            uploaded.push(key.clone());
+            let info = storage
+                .upload_file(&local, &key, &TransferOptions::default())
+                .await?;
+            // The export is not read again: its space is the next table's.
+            let _ = std::fs::remove_file(&local);
+            size += info.size;
+            let expected = plan.counts.get(table).copied().unwrap_or(0);
+            let copy = plan.scratch.join(format!("readback.{object}"));
+            verify_object(storage, &key, table, expected, &copy).await?;
+            copies.insert(table.to_owned(), copy);
+        }
+        Ok(Exported {
+            copies: Copies::PerTable(copies),
+            size,
+        })
+    }
+    .await;
+    // The export thread stops at its next table once nobody receives; it is always waited for.
+    drop(rx);
+    // A panic in the export is a bug, and goes on as one (as it did when the export ran inline).
+    let exported = job
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    // The uploads' failure says why first; when they all went well, the export's own outcome.
+    let outcome = outcome.and_then(|done| exported.map(|()| done));
+    if outcome.is_err() {
+        for key in &uploaded {
+            if let Err(e) = storage.delete(key).await {
+                tracing::warn!(key, error = %e, "removing an unverified archive object failed; the next run removes it");
+            }
+        }
+    }
+    outcome
+}
+
+/// One `COPY` per table, `_source` first (the contract every reader of an archive relies on), all in
+/// one transaction: the files are one snapshot. Each file is sent to `done` once written; a closed
+/// channel (the uploads failed) ends the export.
 fn export(
     conn: &Connection,
     site: Uuid,
     cutoff: Cutoff,
-    counts: &BTreeMap<String, u64>,
-    path: &Path,
+    tables: &[(&'static crate::tables::ArchiveTable, PathBuf)],
+    done: &tokio::sync::mpsc::UnboundedSender<(&'static str, PathBuf)>,
 ) -> Result<()> {
-    let parts: Vec<String> = present_tables(conn)?
-        .into_iter()
-        .filter(|t| counts.get(t.name).is_some_and(|n| *n > 0))
-        .map(|t| {
-            format!(
-                "SELECT '{}' AS _source, * FROM {} WHERE {}",
-                t.name,
-                quote_ident(t.name),
-                predicate(site, t, cutoff)
-            )
-        })
-        .collect();
-    let target = path
-        .to_str()
-        .ok_or_else(|| Error::io(path, std::io::Error::other("path is not valid UTF-8")))?;
-    let sql = format!(
-        "COPY ({}) TO {} (FORMAT PARQUET, COMPRESSION ZSTD)",
-        parts.join(" UNION ALL BY NAME "),
-        quote_literal(target)
-    );
-    conn.execute_batch(&sql)
-        .map_err(|e| Error::duckdb("exporting expired rows", e))
+    conn.execute_batch("BEGIN TRANSACTION")
+        .map_err(|e| Error::duckdb("starting the export", e))?;
+    // A closed channel: the uploads failed (and say why); the rest is not exported.
+    let outcome = tables.iter().take_while(|_| !done.is_closed()).try_for_each(|(table, path)| {
+        let target = path
+            .to_str()
+            .ok_or_else(|| Error::io(path, std::io::Error::other("path is not valid UTF-8")))?;
+        let sql = format!(
+            "COPY (SELECT {} AS _source, * FROM {} WHERE {}) TO {} (FORMAT PARQUET, COMPRESSION ZSTD)",
+            quote_literal(table.name),
+            quote_ident(table.name),
+            predicate(site, table, cutoff),
+            quote_literal(target)
+        );
+        conn.execute_batch(&sql)
+            .map_err(|e| Error::duckdb("exporting expired rows", e))?;
+        let _ = done.send((table.name, path.clone()));
+        Ok(())
+    });
+    end_transaction(conn, outcome, "ending the export")
 }
 
-/// Reads the uploaded object back and checks its rows per `_source` against the counts; returns the
-/// local copy read back, which the delete compares the live rows with.
+/// Reads the uploaded object back into `local` and checks that it holds `expected` rows of `table`
+/// and nothing else.
 async fn verify_object(
     storage: &Storage,
     key: &str,
-    counts: &BTreeMap<String, u64>,
-    scratch: &Path,
-) -> Result<PathBuf> {
-    let local = scratch.join("readback.parquet");
+    table: &str,
+    expected: u64,
+    local: &Path,
+) -> Result<()> {
     storage
-        .download_file(key, &local, None, &TransferOptions::default())
+        .download_file(key, local, None, &TransferOptions::default())
         .await?;
     let found = tokio::task::block_in_place(|| -> Result<BTreeMap<String, u64>> {
         let conn = Connection::open_in_memory().map_err(|e| Error::duckdb("opening DuckDB", e))?;
-        let sql = format!(
-            "SELECT _source, count(*) FROM read_parquet({}) GROUP BY 1",
-            quote_literal(&local.display().to_string())
-        );
-        let mut stmt = conn
-            .prepare(&sql)
-            .map_err(|e| Error::duckdb("reading the archive back", e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(|e| Error::duckdb("reading the archive back", e))?;
-        rows.map(|r| {
-            r.map(|(t, n)| (t, u64::try_from(n).unwrap_or_default()))
-                .map_err(|e| Error::duckdb("reading the archive back", e))
-        })
-        .collect()
+        source_counts(
+            &conn,
+            &format!(
+                "read_parquet({})",
+                quote_literal(&local.display().to_string())
+            ),
+        )
     })?;
-    let expected: BTreeMap<String, u64> = counts
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(k, v)| (k.clone(), *v))
-        .collect();
+    let expected = BTreeMap::from([(table.to_owned(), expected)]);
     if found != expected {
         storage.delete(key).await?;
         return Err(Error::ReadBackMismatch {
@@ -676,7 +911,7 @@ async fn verify_object(
             expected,
         });
     }
-    Ok(local)
+    Ok(())
 }
 
 /// Deletes the site's `rollup_dirty_buckets` markers whose whole bucket has expired, as HitKeep's
@@ -706,12 +941,15 @@ fn prune_dirty_buckets(conn: &Connection, site: Uuid, cutoff: Cutoff) -> Result<
     Ok(u64::try_from(n).unwrap_or_default())
 }
 
-/// An archive object verified as holding a site's rows before a cutoff, about to have them deleted.
+/// An archive (one object, or one per table) verified as holding a site's rows before a cutoff,
+/// about to have them deleted.
 struct VerifiedFile<'a> {
-    /// The object's key.
+    /// The entry's key: its one object, or the pattern of its objects per table.
     key: &'a str,
-    /// A local copy of the object as read back from storage.
-    local: &'a Path,
+    /// Per table, the key of the object that holds its rows, where there is one per table.
+    parts: BTreeMap<String, String>,
+    /// Local copies of its objects as read back from storage.
+    copies: &'a Copies,
     /// The live rows must be exactly the file's (the run that wrote it); otherwise a subset (a
     /// recovery, whose earlier delete may have committed).
     exact: bool,
@@ -750,7 +988,7 @@ fn delete_archived(
     conn.execute_batch("BEGIN TRANSACTION")
         .map_err(|e| DeleteFailure::RolledBack(Error::duckdb("starting the delete", e)))?;
     let outcome = (|| {
-        let compared = rows_not_in(conn, site, cutoff, file.local)?;
+        let compared = rows_not_in(conn, site, cutoff, file.copies)?;
         let differs = |c: &Comparison| c.not_archived > 0 || (file.exact && c.gone() > 0);
         if let Some((table, c)) = compared.iter().find(|(_, c)| differs(c)) {
             return Err(Error::RowsChanged {
@@ -758,7 +996,7 @@ fn delete_archived(
                 table: table.clone(),
                 not_archived: c.not_archived,
                 gone: c.gone(),
-                file: file.key.to_owned(),
+                file: file.parts.get(table).map_or(file.key, String::as_str).to_owned(),
                 hint: file.hint,
             });
         }

@@ -1,6 +1,7 @@
 //! Retention archives on real DuckDB demo data, to a local directory and the in-process S3 server.
 
 mod errors;
+mod formats;
 mod import;
 
 use std::collections::BTreeMap;
@@ -260,14 +261,19 @@ async fn a_crash_after_upload_or_in_the_delete_is_recovered_without_duplicates(f
         hitkeep_archive::archive_site(&f.storage, &conn, &policy, default, &f.options(now))
             .await
             .unwrap();
-    let key = report.file.clone().unwrap();
-    let local = f.dir.path().join("put-back.parquet");
-    f.storage
-        .download_file(&key, &local, None, &Default::default())
-        .await
-        .unwrap();
+    let key = report.files[0].clone();
     for (table, n) in &report.counts {
         if *n > 0 {
+            let part = report
+                .files
+                .iter()
+                .find(|k| k.ends_with(&format!(".{table}.parquet")))
+                .unwrap();
+            let local = f.dir.path().join(format!("put-back.{table}.parquet"));
+            f.storage
+                .download_file(part, &local, None, &Default::default())
+                .await
+                .unwrap();
             let mut stmt = conn
                 .prepare(&format!("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = '{table}' ORDER BY column_index"))
                 .unwrap();
@@ -281,18 +287,8 @@ async fn a_crash_after_upload_or_in_the_delete_is_recovered_without_duplicates(f
                 .map(|(c, _)| format!("\"{c}\""))
                 .collect::<Vec<_>>()
                 .join(", ");
-            // The archive's UNION BY NAME widened DATE buckets to TIMESTAMPTZ (midnight UTC); take the date back.
-            let values = cols
-                .iter()
-                .map(|(c, t)| {
-                    if t == "DATE" {
-                        format!("CAST(left(CAST(\"{c}\" AS VARCHAR), 10) AS DATE)")
-                    } else {
-                        format!("\"{c}\"")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            // A file per table holds the table's own types: the rows go back as they are.
+            let values = &names;
             conn.execute_batch(&format!("INSERT INTO {table} ({names}) SELECT {values} FROM read_parquet('{}') WHERE _source = '{table}'", local.display()))
                 .unwrap_or_else(|e| panic!("{table}: {e}"));
         }
@@ -316,6 +312,7 @@ async fn a_crash_after_upload_or_in_the_delete_is_recovered_without_duplicates(f
         newest: None,
         size: 0,
         state: EntryState::Pending,
+        format: hitkeep_archive::EntryFormat::OneFile,
     });
     f.storage
         .write(&ledger_key, serde_json::to_vec(&ledger).unwrap())
@@ -362,9 +359,14 @@ async fn the_layout_is_hitkeeps(f: Fixture) {
         .collect();
     let is_s3 = f.storage.location().is_s3();
     for p in f.policies().iter().filter(|p| p.days > 0) {
-        let file = keys
-            .iter()
-            .find(|k| k.contains(&format!("site_{}_", p.site_id)) && k.ends_with(".parquet"));
+        // The flat root names the site in each file; a site's folder names it for its files.
+        let file = keys.iter().find(|k| {
+            let name = k.rsplit('/').next().unwrap();
+            k.ends_with(".parquet")
+                && name.starts_with("site_")
+                && (k.contains(&format!("site_{}_", p.site_id))
+                    || k.contains(&format!("/sites/{}/", p.site_id)))
+        });
         let Some(file) = file else { continue };
         match (p.tenant_id, is_s3) {
             (None, false) => assert!(
@@ -477,7 +479,12 @@ async fn an_interrupted_delete_never_removes_rows_that_changed_since() {
     let report = hitkeep_archive::archive_site(&f.storage, &conn, &policy, None, &f.options(now))
         .await
         .unwrap();
-    let key = report.file.unwrap();
+    let key = report
+        .files
+        .iter()
+        .find(|k| k.ends_with(".hits.parquet"))
+        .unwrap()
+        .clone();
     let local = f.dir.path().join("put-back.parquet");
     f.storage
         .download_file(&key, &local, None, &Default::default())
@@ -703,12 +710,14 @@ async fn a_row_rewritten_between_export_and_delete_is_never_deleted() {
         .unwrap()
         .into_iter()
         .map(|e| e.key)
-        .filter(|k| k.contains(&format!("site_{}_", policy.site_id)) && k.ends_with(".parquet"))
+        .filter(|k| k.contains(&format!("/sites/{}/", policy.site_id)) && k.ends_with(".parquet"))
         .collect();
+    let (mut site_files, mut files) = (site_files, this.files.clone());
+    site_files.sort();
+    files.sort();
     assert_eq!(
-        site_files,
-        [this.file.clone().unwrap()],
-        "the stale file was replaced, not kept beside the new one"
+        site_files, files,
+        "the stale files were replaced, not kept beside the new ones"
     );
     let mut before_nonzero = before.clone();
     before_nonzero.retain(|_, v| *v != 0);
@@ -720,7 +729,10 @@ async fn a_row_rewritten_between_export_and_delete_is_never_deleted() {
     let local = f.dir.path().join("rearchived.parquet");
     f.storage
         .download_file(
-            this.file.as_ref().unwrap(),
+            this.files
+                .iter()
+                .find(|k| k.ends_with(".hits.parquet"))
+                .unwrap(),
             &local,
             None,
             &Default::default(),

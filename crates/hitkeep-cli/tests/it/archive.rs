@@ -202,6 +202,8 @@ fn the_list_as_printed() {
             (tmp.as_str(), "[TMP]"),
             (crate::restore::UUID, "[UUID]"),
             (r"_\d+\.parquet", "_[UNIX].parquet"),
+            // A run's files per table are listed by the run's name.
+            (r"(site_(?:\[UUID\]_)?)\d+\b", "${1}[UNIX]"),
             (r"\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2}(\.\d+)?\+\d{2})?", "[TIME]"),
             (r"\b\d+ rows", "[N] rows"),
             (r"\b\d+ bytes", "[N] bytes"),
