@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use duckdb::Connection;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use hitkeep_data::{DataError, DataLayout, DuckDbLimits, OpenMode, SourceId, TenantLayout};
 use hitkeep_storage::{ErrorKind, Sha256Digest, Storage, TransferOptions};
 use jiff::Timestamp;
@@ -16,7 +17,7 @@ use crate::SnapshotId;
 use crate::claim::{Claim, History, SourceRecord, record_source};
 use crate::error::{Error, Result};
 use crate::export::{Export, export_database};
-use crate::follow::{ExportFile, ExportState, ExportWatch, POLL, follow};
+use crate::follow::{ExportFile, ExportState, ExportWatch, Fingerprint, POLL, Tapped, follow};
 use crate::lock::CycleLock;
 use crate::manifest::{
     Database, FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantEntry,
@@ -283,44 +284,48 @@ pub async fn run_cycle(
     } = tenants;
     let _lock = CycleLock::acquire(&options.lock_file)?;
     let source = SourceId::read_or_create(&options.source_file)?;
-    let history = History::read(storage, source).await?;
-    history.wait_for_clock().await?;
-    let data_path = options.source_file.parent().unwrap_or(Path::new("."));
-    record_source(storage, &SourceRecord::here(source, data_path)).await?;
-    let mut claim = Claim::take(storage, source).await?;
-    claim.sequence = history.next_sequence;
-    let (id, claim) = (claim.id, &claim);
     // A folder of this cycle's own: a concurrent `verify --deep` or archive run keeps its files, and
     // what killed cycles left is swept.
     let staging =
         hitkeep_data::StagingDir::claim(&options.staging_dir, hitkeep_data::JobKind::Backup)?;
-    tracing::info!(snapshot = %id, location = %storage.location(), tenants = tenants.len(), %layout, "backup cycle started");
+    // The snapshot id is claimed while the first exports run: its requests (the history's listing,
+    // the source record, the marker and its read-back, and on a service that ignores If-None-Match
+    // a two-second pause) are independent of an export, which writes only into local staging. No
+    // database uploads or writes a marker before the claim is taken (`snapshot_database`).
+    let failed_claim = std::sync::Mutex::new(None);
+    let claim: PendingClaim<'_> = async {
+        claim_id(storage, source, &options.source_file)
+            .await
+            .map_err(|e| {
+                *failed_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            })
+            .ok()
+    }
+    .boxed()
+    .shared();
+    tracing::info!(location = %storage.location(), tenants = tenants.len(), %layout, "backup cycle started");
 
     // Databases side by side, the shared one first: while one exports (CPU) another uploads (network),
     // and tenants' fixed costs (open, checkpoint, a few requests) overlap. Each DuckDB instance gets its
-    // share of the limits; `buffered` keeps the tenants in order for the manifest.
-    let limits = options.limits.share(options.concurrency);
-    // The shared database is usually the big one and outlives the tenants' exports: it keeps every
-    // thread it was given (oversubscription costs a little time, never memory).
-    let shared_limits = DuckDbLimits {
-        threads: options.limits.threads,
-        ..limits
-    };
-    let shared_limits = if options.apply_limits {
-        shared_limits
-    } else {
-        DuckDbLimits::default()
-    };
+    // share of the limits, the shared one too; `buffered` keeps the tenants in order for the manifest.
+    // A cycle of one database gives it the whole budget. The shared database used to keep every
+    // thread, but oversubscription under a memory limit is not cheap: DuckDB's ordered Parquet copy
+    // blocks its tasks when its buffered row groups reach the limit, and its threads then spin in the
+    // task scheduler. Measured on 2 cores (16M hits, the shared database alone): with 512 MiB and 2
+    // threads the export took 6.2 to 12.2 s (twice the CPU in the slow runs), with 512 MiB and 1
+    // thread 5.8 to 6.6 s, without any limit on 2 threads 5.5 to 5.8 s.
+    let ways = options.concurrency.clamp(1, 1 + tenants.len());
     let limits = if options.apply_limits {
-        limits
+        options.limits.share(ways)
     } else {
         DuckDbLimits::default()
     };
-    shared_limits
+    limits
         .apply(&shared)
         .map_err(|e| Error::duckdb(Database::Shared, "setting DuckDB's limits", e))?;
     let jobs = std::iter::once(Job::Shared(shared)).chain(tenants.into_iter().map(Job::Tenant));
     let staging_path = staging.path();
+    let pending = &claim;
     let mut done = futures::stream::iter(jobs)
         .map(|job| async move {
             match job {
@@ -329,7 +334,7 @@ pub async fn run_cycle(
                         storage,
                         conn,
                         Database::Shared,
-                        claim,
+                        pending,
                         staging_path,
                         options,
                     )
@@ -337,7 +342,7 @@ pub async fn run_cycle(
                 ),
                 Job::Tenant(t) => {
                     let (entry, counted) =
-                        backup_tenant(storage, t, claim, staging_path, options, limits).await;
+                        backup_tenant(storage, t, pending, staging_path, options, limits).await;
                     Done::Tenant(entry, counted)
                 }
             }
@@ -356,6 +361,16 @@ pub async fn run_cycle(
             }
         }
     }
+    drop(done);
+    // A failed claim fails the cycle with its own error, whatever the jobs made of it.
+    let Some(claim) = claim.await else {
+        let failed = failed_claim
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        return Err(failed.unwrap_or_else(|| Error::Internal("no snapshot id was claimed".into())));
+    };
+    let (id, claim) = (claim.id, &claim);
     let mut shared_manifest = shared_result
         .ok_or_else(|| Error::Internal("the shared database's job did not run".into()))??;
     files += shared_manifest.files.len();
@@ -375,6 +390,33 @@ pub async fn run_cycle(
     })
 }
 
+/// The snapshot id being claimed, shared by the jobs, which export while it is taken and await it
+/// before their first write to the destination. `None`: the claim failed (its error is kept for
+/// `run_cycle` to return).
+type PendingClaim<'a> = Shared<BoxFuture<'a, Option<Claim>>>;
+
+/// Reads the source's history, checks the clock against it, records the source and claims the
+/// snapshot id, numbered one above the source's newest cycle.
+async fn claim_id(storage: &Storage, source: SourceId, source_file: &Path) -> Result<Claim> {
+    let history = History::read(storage, source).await?;
+    history.wait_for_clock().await?;
+    let data_path = source_file.parent().unwrap_or(Path::new("."));
+    record_source(storage, &SourceRecord::here(source, data_path)).await?;
+    let mut claim = Claim::take(storage, source).await?;
+    claim.sequence = history.next_sequence;
+    tracing::info!(snapshot = %claim.id, sequence = claim.sequence, "snapshot id claimed");
+    Ok(claim)
+}
+
+/// The claimed id, once the claim is over; a failed claim is an error here (and its own error is
+/// what the cycle returns).
+async fn claimed(claim: &PendingClaim<'_>) -> Result<Claim> {
+    claim
+        .clone()
+        .await
+        .ok_or_else(|| Error::Internal("no snapshot id was claimed".into()))
+}
+
 /// What a cycle backs up: the shared database, open, or a tenant to open.
 enum Job {
     Shared(Connection),
@@ -391,7 +433,7 @@ enum Done {
 async fn backup_tenant(
     storage: &Storage,
     tenant: TenantSource,
-    claim: &Claim,
+    claim: &PendingClaim<'_>,
     staging: &Path,
     options: &BackupOptions,
     limits: DuckDbLimits,
@@ -402,6 +444,17 @@ async fn backup_tenant(
     let missing = tenant.missing();
     let tenant_id = tenant.id;
     // Opening replays the WAL, which can take a while: not on the async workers.
+    // A claim already failed: the cycle fails, so nothing more is opened or exported.
+    if matches!(claim.peek(), Some(None)) {
+        let error = "no snapshot id was claimed".to_owned();
+        return (
+            TenantEntry {
+                tenant_id,
+                state: TenantState::Failed { error },
+            },
+            (0, 0),
+        );
+    }
     let opened = tokio::task::spawn_blocking(move || {
         let conn = (tenant.open)().map_err(|e| Error::from(e).describe())?;
         if let Some(conn) = &conn {
@@ -449,43 +502,56 @@ async fn snapshot_and_commit(
     storage: &Storage,
     conn: Connection,
     database: Database,
-    claim: &Claim,
+    claim: &PendingClaim<'_>,
     staging: &Path,
     options: &BackupOptions,
 ) -> Result<(Manifest, Sha256Digest)> {
     let manifest = snapshot_database(storage, conn, database, claim, staging, options).await?;
-    claim.check(storage).await?;
+    claimed(claim).await?.check(storage).await?;
     let sha = commit(storage, &manifest).await?;
     Ok((manifest, sha))
 }
 
-/// Exports one database and uploads its files; returns its manifest, not yet written.
+/// Exports one database and uploads its files; returns its manifest, not yet written. The export
+/// starts at once, into local staging; the uploads, and before them the folder's in-progress marker,
+/// wait for the claim.
 async fn snapshot_database(
     storage: &Storage,
     conn: Connection,
     database: Database,
-    claim: &Claim,
+    claim: &PendingClaim<'_>,
     staging: &Path,
     options: &BackupOptions,
 ) -> Result<Manifest> {
-    let id = claim.id;
-    let folder = format!("{}/{id}", database.folder());
     let created_at = Timestamp::now();
-    // The shared folder's marker is the claim itself, written before any database starts.
-    if database != Database::Shared {
-        storage
-            .write(&format!("{folder}/{IN_PROGRESS_NAME}"), claim.marker())
-            .await?;
-    }
-
     let dir = staging.join(database.folder());
     // Removed as soon as this database is done, so exports of many tenants never pile up on the data disk.
     let _export_dir = StagingDir(dir.clone());
     std::fs::create_dir_all(dir.parent().unwrap_or(staging)).map_err(|e| Error::io(&dir, e))?;
     let watch = ExportWatch::new(&dir).map_err(|e| Error::io(&dir, e))?;
     let export_dir = watch.dir().to_owned();
-    let exporting =
+    let interrupt = conn.interrupt_handle();
+    let mut exporting =
         tokio::task::spawn_blocking(move || export_database(&conn, database, &export_dir));
+    let claimed = async {
+        let claim = claimed(claim).await?;
+        let folder = format!("{}/{}", database.folder(), claim.id);
+        // The shared folder's marker is the claim itself.
+        if database != Database::Shared {
+            storage
+                .write(&format!("{folder}/{IN_PROGRESS_NAME}"), claim.marker())
+                .await?;
+        }
+        Ok::<_, Error>((claim, folder))
+    };
+    let (claim, folder) = match claimed.await {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            abandon(&mut exporting, &interrupt, &watch).await;
+            return Err(e);
+        }
+    };
+    let id = claim.id;
     let (export, mut files, followed) =
         upload_while_exporting(storage, database, &folder, exporting, &watch, options).await?;
     tracing::debug!(%database, files = files.len(), followed, "uploaded while exporting");
@@ -507,6 +573,23 @@ async fn snapshot_database(
         source: Some(claim.source),
         sequence: Some(claim.sequence),
     })
+}
+
+/// Stops an export that nothing will upload, and waits for its end: it must not go on writing into a
+/// staging folder about to be removed. DuckDB's interrupt stops the statement running when it
+/// comes, so it is repeated until the export has returned.
+async fn abandon(
+    exporting: &mut tokio::task::JoinHandle<Result<Export>>,
+    interrupt: &duckdb::InterruptHandle,
+    watch: &ExportWatch,
+) {
+    watch.set(ExportState::Failed);
+    loop {
+        interrupt.interrupt();
+        if tokio::time::timeout(POLL, &mut *exporting).await.is_ok() {
+            return;
+        }
+    }
 }
 
 /// Uploads the files of an export as DuckDB writes them (see `follow.rs`), and returns the export's
@@ -627,12 +710,22 @@ fn next_files(
     Ok((files, waiting))
 }
 
-/// A file as uploaded, and whether it must be checked against the file at rest.
+/// A file as uploaded.
 struct Uploaded {
     path: PathBuf,
     entry: FileEntry,
-    /// Its upload began while the export was running (or must be sent again).
-    check: bool,
+    sent: Sent,
+}
+
+/// What the check at rest must do with an uploaded file.
+enum Sent {
+    /// Its upload began after the export ended: the file was at rest already, nothing to check.
+    AtRest,
+    /// Its upload began while the export ran: these bytes were sent, and the file at rest must hold
+    /// exactly them.
+    WhileExporting(Fingerprint),
+    /// The server refused it as damaged; a stream cannot be replayed, so it is sent again at rest.
+    Refused,
 }
 
 async fn upload_export_file(
@@ -645,27 +738,41 @@ async fn upload_export_file(
 ) -> Result<Uploaded> {
     let name = file_name(&file.path);
     let key = format!("{folder}/{name}");
-    let info = if file.open {
-        let bytes = follow(
-            file.path.clone(),
-            options.transfer.chunk_size,
-            watch.clone(),
-        );
-        storage
-            .upload_stream(&file.path, &key, bytes, &options.transfer)
-            .await
-    } else {
-        storage
+    if !during_export && !file.open {
+        let info = storage
             .upload_file(&file.path, &key, &options.transfer)
-            .await
-    };
-    let (size, sha256) = match info {
-        Ok(info) => (info.size, info.sha256.to_string()),
-        // Damaged on the way and refused by the server; a stream cannot be replayed, so the check
-        // at rest, which no empty digest passes, sends the finished file again.
-        Err(e) if e.kind() == ErrorKind::Integrity && file.open => {
+            .await?;
+        tracing::debug!(file = name, size = info.size, "uploaded at rest");
+        return Ok(Uploaded {
+            path: file.path,
+            entry: FileEntry {
+                name,
+                size: info.size,
+                sha256: info.sha256.to_string(),
+            },
+            sent: Sent::AtRest,
+        });
+    }
+    // While the export runs, even a closed file is read through the tap: the check at rest compares
+    // the file with what was sent, fingerprinted on the way, never with a second SHA-256 pass.
+    let mut bytes = Tapped::new(follow(
+        file.path.clone(),
+        options.transfer.chunk_size,
+        watch.clone(),
+        !file.open,
+    ));
+    let info = storage
+        .upload_stream(&file.path, &key, &mut bytes, &options.transfer)
+        .await;
+    let (size, sha256, sent) = match info {
+        Ok(info) => (
+            info.size,
+            info.sha256.to_string(),
+            Sent::WhileExporting(bytes.fingerprint()),
+        ),
+        Err(e) if e.kind() == ErrorKind::Integrity => {
             tracing::warn!(key, error = %e, "the server refused a damaged upload; it is sent again once the export ends");
-            (0, String::new())
+            (0, String::new(), Sent::Refused)
         }
         Err(e) => return Err(e.into()),
     };
@@ -673,12 +780,12 @@ async fn upload_export_file(
     Ok(Uploaded {
         path: file.path,
         entry: FileEntry { name, size, sha256 },
-        check: during_export || file.open,
+        sent,
     })
 }
 
-/// Hashes again, once the export is over, every file whose upload began while it ran, and uploads
-/// again whole any that differs from what was sent.
+/// Fingerprints again, once the export is over, every file whose upload began while it ran, and
+/// uploads again whole any whose bytes at rest differ from what was sent.
 async fn check_at_rest(
     storage: &Storage,
     folder: &str,
@@ -687,24 +794,26 @@ async fn check_at_rest(
 ) -> Result<Vec<FileEntry>> {
     futures::stream::iter(uploaded)
         .map(|file| async move {
-            if !file.check {
-                return Ok(file.entry);
+            match file.sent {
+                Sent::AtRest => return Ok(file.entry),
+                Sent::Refused => {}
+                Sent::WhileExporting(sent) => {
+                    let path = file.path.clone();
+                    let at_rest = tokio::task::spawn_blocking(move || Fingerprint::of_file(&path))
+                        .await
+                        .map_err(|e| Error::Internal(format!("fingerprint task: {e}")))?
+                        .map_err(|e| Error::io(&file.path, e))?;
+                    if at_rest == sent {
+                        return Ok(file.entry);
+                    }
+                    tracing::warn!(
+                        file = file.entry.name,
+                        sent = sent.size(),
+                        at_rest = at_rest.size(),
+                        "the file changed after its upload began; sending it again"
+                    );
+                }
             }
-            let path = file.path.clone();
-            let at_rest = tokio::task::spawn_blocking(move || Sha256Digest::of_file(&path))
-                .await
-                .map_err(|e| Error::Internal(format!("hash task: {e}")))?
-                .map_err(|e| Error::io(&file.path, e))?;
-            if at_rest.to_string() == file.entry.sha256 {
-                return Ok(file.entry);
-            }
-            let at_rest_size = std::fs::metadata(&file.path).map_or(0, |m| m.len());
-            tracing::warn!(
-                file = file.entry.name,
-                sent = file.entry.size,
-                at_rest = at_rest_size,
-                "the file changed after its upload began; sending it again"
-            );
             let key = format!("{folder}/{}", file.entry.name);
             let info = storage
                 .upload_file(&file.path, &key, &options.transfer)
@@ -945,6 +1054,47 @@ mod tests {
         assert!(local.starts_with(b"rewritten"));
         assert_eq!(files[0].sha256, Sha256Digest::of(&local).to_string());
         assert!(setup.stored("r/t.parquet").await == local);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_file_changed_after_its_upload_while_the_export_runs_is_sent_again() {
+        let setup = Setup::new().await;
+        let (storage, runtime) = (setup.storage.clone(), tokio::runtime::Handle::current());
+        let (_, files, followed) = setup
+            .upload("c", move |dir| {
+                std::fs::create_dir(&dir).unwrap();
+                let path = dir.join("t.parquet");
+                // Written whole and closed before the uploader sees it: uploaded as a closed file.
+                let original = vec![3u8; 300 * 1024];
+                std::fs::write(&path, &original).unwrap();
+                // Once it is stored, the export (still running) changes it in place, same size.
+                runtime.block_on(async {
+                    while storage.stat("c/t.parquet").await.unwrap().is_none() {
+                        tokio::time::sleep(POLL).await;
+                    }
+                });
+                let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                file.seek(std::io::SeekFrom::Start(100 * 1024)).unwrap();
+                file.write_all(b"changed in place").unwrap();
+                drop(file);
+                Ok(Export {
+                    tables: BTreeMap::new(),
+                    files: vec![path],
+                    duckdb_version: "test".into(),
+                })
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(followed, 0, "uploaded as a closed file, not followed");
+        let local = std::fs::read(setup.export_dir().join("t.parquet")).unwrap();
+        assert_eq!(local.len(), 300 * 1024);
+        assert_eq!(files[0].size, local.len() as u64);
+        assert_eq!(files[0].sha256, Sha256Digest::of(&local).to_string());
+        assert!(
+            setup.stored("c/t.parquet").await == local,
+            "the stored object is the file at rest, not what was first sent"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

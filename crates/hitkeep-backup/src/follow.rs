@@ -14,17 +14,23 @@
 //! Following a file assumes it is only appended to, bytes in order. DuckDB 2.0's asynchronous
 //! writes break that (a file can read as zeros below its end for a moment), so exports run with them
 //! off (`export.rs`). Still, it is checked, not trusted: every file whose upload began while the
-//! export ran is hashed again at rest, and one that differs from what was sent is uploaded again
-//! whole, so a manifest never describes bytes the file does not hold.
+//! export ran is fingerprinted as it is sent ([`Tapped`]) and again at rest ([`Fingerprint`]), and one
+//! that differs from what was sent is uploaded again whole, so a manifest never describes bytes the
+//! file does not hold. The manifest's SHA-256 is computed once, by the upload; the check only has to
+//! tell whether the file changed under us, not resist tampering, so it uses xxh3, which costs a
+//! small fraction of a second SHA-256 pass over every byte.
 
 use std::collections::HashSet;
 use std::io::Read as _;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
+use xxhash_rust::xxh3::Xxh3Default;
 
 /// How often a follower looks for new bytes, and the scheduler for new or closed files.
 pub(crate) const POLL: Duration = Duration::from_millis(20);
@@ -138,15 +144,17 @@ fn fd_targets(except: Option<i32>) -> Option<impl Iterator<Item = PathBuf>> {
 }
 
 /// The bytes of `path` in chunks of `chunk_size` as they are written, ending when its writer is done
-/// and every byte was read. Reads on a blocking thread; at most one chunk waits for the uploader.
+/// and every byte was read; a file already `closed` is read to its end once. Reads on a blocking
+/// thread; at most one chunk waits for the uploader.
 pub(crate) fn follow(
     path: PathBuf,
     chunk_size: usize,
     watch: ExportWatch,
+    closed: bool,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Unpin {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = follow_blocking(&path, chunk_size, &watch, &tx) {
+        if let Err(e) = follow_blocking(&path, chunk_size, &watch, closed, &tx) {
             let _ = tx.blocking_send(Err(e));
         }
     });
@@ -159,6 +167,7 @@ fn follow_blocking(
     path: &Path,
     chunk_size: usize,
     watch: &ExportWatch,
+    closed: bool,
     tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
 ) -> std::io::Result<()> {
     let mut file = std::fs::File::open(path)?;
@@ -174,7 +183,7 @@ fn follow_blocking(
         let done = match watch.state() {
             ExportState::Failed => return Err(std::io::Error::other("the export failed")),
             ExportState::Finished => true,
-            ExportState::Running => idle && is_open(path, own) == Some(false),
+            ExportState::Running => closed || (idle && is_open(path, own) == Some(false)),
         };
         idle = true;
         loop {
@@ -203,6 +212,85 @@ fn follow_blocking(
     }
 }
 
+/// What the check at rest compares: a file's size and xxh3-128 of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fingerprint {
+    size: u64,
+    hash: u128,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a local file's content as it is now, read in blocks (blocking).
+    pub fn of_file(path: &Path) -> std::io::Result<Self> {
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Xxh3Default::new();
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(Fingerprint {
+            size,
+            hash: hasher.digest128(),
+        })
+    }
+
+    /// Bytes fingerprinted.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// A stream of chunks that fingerprints every byte it yields: what an upload of it sent. (An upload
+/// sending kept chunks again does so without pulling them through here twice.)
+pub(crate) struct Tapped<S> {
+    inner: S,
+    hasher: Xxh3Default,
+    size: u64,
+}
+
+impl<S> Tapped<S> {
+    pub fn new(inner: S) -> Self {
+        Tapped {
+            inner,
+            hasher: Xxh3Default::new(),
+            size: 0,
+        }
+    }
+
+    /// The fingerprint of the bytes yielded so far.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            size: self.size,
+            hash: self.hasher.digest128(),
+        }
+    }
+}
+
+impl<S> futures::Stream for Tapped<S>
+where
+    S: futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
+{
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &polled {
+            this.hasher.update(chunk);
+            this.size += chunk.len() as u64;
+        }
+        polled
+    }
+}
+
 /// Whether a descriptor of this process other than `except` points at `path`; `None` where
 /// `/proc/self/fd` cannot be read (not Linux), meaning "unknown". Stops at the first match.
 fn is_open(path: &Path, except: i32) -> Option<bool> {
@@ -228,7 +316,7 @@ mod tests {
         let path = watch.dir().join("t.parquet");
         let writer = std::fs::File::create(&path).unwrap();
         let follower = tokio::spawn(
-            follow(path, 1000, watch.clone())
+            follow(path, 1000, watch.clone(), false)
                 .map_ok(|b| b.to_vec())
                 .try_concat(),
         );
@@ -275,6 +363,39 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(outcome.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_tap_passes_on_fingerprints_like_the_file_and_a_change_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = dir.path().join("export");
+        let watch = ExportWatch::new(&export).unwrap();
+        std::fs::create_dir(&export).unwrap();
+        let path = watch.dir().join("t.parquet");
+        let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        // Read as a file already closed while the export still runs: to its end, once.
+        let mut tapped = Tapped::new(follow(path.clone(), 64 * 1024, watch.clone(), true));
+        let mut sent = Vec::new();
+        while let Some(chunk) = tapped.try_next().await.unwrap() {
+            sent.extend_from_slice(&chunk);
+        }
+        assert!(sent == data, "a closed file is read whole, in order");
+        assert_eq!(watch.state(), ExportState::Running);
+        let at_rest = Fingerprint::of_file(&path).unwrap();
+        assert_eq!(tapped.fingerprint(), at_rest);
+        assert_eq!(at_rest.size(), data.len() as u64);
+
+        // One byte changed in place, same size: a different fingerprint.
+        let mut changed = data.clone();
+        changed[1_234_567] ^= 1;
+        std::fs::write(&path, &changed).unwrap();
+        assert_ne!(Fingerprint::of_file(&path).unwrap(), at_rest);
+        // Only the size changed (zeros appended): different too.
+        let mut longer = data;
+        longer.extend_from_slice(&[0; 16]);
+        std::fs::write(&path, &longer).unwrap();
+        assert_ne!(Fingerprint::of_file(&path).unwrap(), at_rest);
     }
 
     #[test]

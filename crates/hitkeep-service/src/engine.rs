@@ -100,10 +100,21 @@ impl Engine {
     /// a failed backup.
     pub async fn backup(&self, progress: Option<Arc<dyn Progress>>) -> Result<CycleReport> {
         let location = self.backup_location()?;
-        let storage = Storage::open(location, &self.settings.s3).await?;
+        // Opening the location (a request on S3) and the shared database with its tenant list (local
+        // reads, and a WAL replay) are independent: side by side.
+        let layout = self.layout.clone();
+        let opening = tokio::task::spawn_blocking(move || -> Result<_> {
+            let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
+            let tenants = CycleTenants::discover(&layout, &shared)?;
+            Ok((shared, tenants))
+        });
+        let (storage, opened) = tokio::join!(Storage::open(location, &self.settings.s3), opening);
+        let storage = storage?;
+        let (shared, tenants) = opened.map_err(|e| Error::Panicked {
+            job: "backup",
+            why: e.to_string(),
+        })??;
         let layout = &self.layout;
-        let shared = layout.open(&layout.db_path, OpenMode::Existing)?;
-        let tenants = CycleTenants::discover(layout, &shared)?;
         let mut options = BackupOptions::for_layout(layout)
             .with_concurrency(self.settings.backup.concurrency.get() as usize);
         if let Some(progress) = progress {
@@ -132,21 +143,26 @@ impl Engine {
             return Ok(());
         };
         let _lock = hitkeep_backup::CycleLock::acquire(&self.layout.backup_lock_file())?;
-        let catalog = Catalog::load(storage).await?;
-        let plan = match retention {
-            Some(keep) => PrunePlan::new(&catalog, keep, Some(report.id), Some(source)),
-            None => PrunePlan::leftovers(&catalog, report.id, source),
+        let prune = async {
+            let catalog = Catalog::load(storage).await?;
+            let plan = match retention {
+                Some(keep) => PrunePlan::new(&catalog, keep, Some(report.id), Some(source)),
+                None => PrunePlan::leftovers(&catalog, report.id, source),
+            };
+            let removed = plan.execute(storage).await?;
+            if !plan.is_empty() {
+                tracing::info!(
+                    snapshots = plan.deletions.len(),
+                    objects = removed,
+                    "pruned old snapshots and leftovers of interrupted runs"
+                );
+            }
+            Ok(())
         };
-        let removed = plan.execute(storage).await?;
-        if !plan.is_empty() {
-            tracing::info!(
-                snapshots = plan.deletions.len(),
-                objects = removed,
-                "pruned old snapshots and leftovers of interrupted runs"
-            );
-        }
-        sweep_partial_uploads(storage).await;
-        Ok(())
+        // Partial uploads are told apart by age (S3) or lock (local), not by snapshot: the sweep is
+        // independent of the pruning and runs beside it.
+        let (pruned, _) = tokio::join!(prune, sweep_partial_uploads(storage));
+        pruned
     }
 }
 

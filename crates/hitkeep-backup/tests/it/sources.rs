@@ -290,3 +290,52 @@ async fn a_cycle_whose_claim_was_taken_over_does_not_commit() {
         "a cycle was committed"
     );
 }
+
+/// The claim runs beside the first exports; a cycle whose clock is behind the newest cycle (dated an
+/// hour ahead) is refused with the claim's own error, writes nothing to the destination (no marker,
+/// no data, not even the source record) and leaves no export behind in staging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_refused_by_the_clock_writes_nothing_and_stops_its_exports() {
+    let f = Fixture::new(true).await;
+    let first = f.cycle().await;
+    let ahead = SnapshotId::at(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1));
+    for entry in f
+        .storage
+        .list(&format!("shared/{}", first.id), ListMode::Recursive)
+        .await
+        .unwrap()
+    {
+        let mut bytes = f.storage.read(&entry.key).await.unwrap().to_vec();
+        if entry.name() == "manifest.json" {
+            let mut m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            m["snapshot_id"] = serde_json::json!(ahead.to_string());
+            bytes = serde_json::to_vec(&m).unwrap();
+        }
+        f.storage
+            .write(&format!("shared/{ahead}/{}", entry.name()), bytes)
+            .await
+            .unwrap();
+    }
+    let keys = |entries: Vec<hitkeep_storage::Entry>| -> Vec<(String, u64)> {
+        entries.into_iter().map(|e| (e.key, e.size)).collect()
+    };
+    let before = keys(f.storage.list("", ListMode::Recursive).await.unwrap());
+
+    let (shared, tenants) = f.shared_and_tenants();
+    let err = run_cycle(&f.storage, shared, tenants, &f.options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ClockBehind { .. }), "{err}");
+    let after = keys(f.storage.list("", ListMode::Recursive).await.unwrap());
+    assert_eq!(before, after, "the refused cycle wrote to the destination");
+    let staging = f.layout.staging_root();
+    let left: Vec<_> = std::fs::read_dir(&staging)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "exports left in staging: {left:?}");
+}
