@@ -54,7 +54,9 @@ impl Ledger {
         // The version decides how an entry is stored: format 1 knew only one file per entry, and
         // from format 2 on every entry says so itself (a missing `format` is corrupt, not a guess).
         if version <= ONE_FILE_VERSION {
-            let entries = raw.get_mut("entries").and_then(serde_json::Value::as_array_mut);
+            let entries = raw
+                .get_mut("entries")
+                .and_then(serde_json::Value::as_array_mut);
             for entry in entries.into_iter().flatten() {
                 if let Some(entry) = entry.as_object_mut() {
                     if entry.contains_key("format") {

@@ -996,7 +996,11 @@ fn delete_archived(
                 table: table.clone(),
                 not_archived: c.not_archived,
                 gone: c.gone(),
-                file: file.parts.get(table).map_or(file.key, String::as_str).to_owned(),
+                file: file
+                    .parts
+                    .get(table)
+                    .map_or(file.key, String::as_str)
+                    .to_owned(),
                 hint: file.hint,
             });
         }

@@ -40,10 +40,12 @@ fn in_view(paths: &[std::path::PathBuf]) -> BTreeMap<String, u64> {
     let mut stmt = conn
         .prepare("SELECT _source, count(*) FROM archive GROUP BY 1")
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
 }
 
 /// A run writes one file per table: each holds `_source` and its table's own columns in their own
@@ -59,7 +61,12 @@ async fn a_run_writes_one_narrow_file_per_table_and_lists_them() {
         .map(Result::unwrap)
         .find(|r| r.policy.tenant_id.is_some() && r.file.is_some())
         .unwrap();
-    let tables: Vec<&String> = report.counts.iter().filter(|(_, n)| **n > 0).map(|(t, _)| t).collect();
+    let tables: Vec<&String> = report
+        .counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(t, _)| t)
+        .collect();
     assert_eq!(report.files.len(), tables.len(), "{report:?}");
     let dir = report.files[0].rsplit_once('/').unwrap().0.to_owned();
     let ledger: Ledger =
@@ -72,7 +79,9 @@ async fn a_run_writes_one_narrow_file_per_table_and_lists_them() {
     };
     assert_eq!(parts.keys().collect::<Vec<_>>(), tables);
     let conn = open_database(&f.db_of(&report.policy), OpenMode::Existing).unwrap();
-    let copies = local_copies(&f.storage, &report.files, &f.dir.path().join("c")).await.unwrap();
+    let copies = local_copies(&f.storage, &report.files, &f.dir.path().join("c"))
+        .await
+        .unwrap();
     for (path, (table, object)) in copies.iter().zip(parts) {
         assert!(path.ends_with(object), "{path:?} {object}");
         let describe = |sql: &str| -> Vec<(String, String)> {
@@ -90,7 +99,11 @@ async fn a_run_writes_one_narrow_file_per_table_and_lists_them() {
             "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = '{table}' ORDER BY column_index"
         ));
         assert_eq!(file[0], ("_source".to_owned(), "VARCHAR".to_owned()));
-        assert_eq!(file[1..], live[..], "{table}: its own columns, in its own types");
+        assert_eq!(
+            file[1..],
+            live[..],
+            "{table}: its own columns, in its own types"
+        );
     }
 }
 
@@ -165,7 +178,10 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
         .find(|r| r.policy.site_id == site)
         .unwrap();
     assert!(
-        this.recovered.iter().any(|n| n.contains("finished the delete")) && this.file.is_none(),
+        this.recovered
+            .iter()
+            .any(|n| n.contains("finished the delete"))
+            && this.file.is_none(),
         "{this:?}"
     );
     let conn = open_database(&f.db_of(&policy), OpenMode::Existing).unwrap();
@@ -187,7 +203,9 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
         .map(|(k, _, _)| k)
         .collect();
     assert_eq!(keys, [key.clone()]);
-    let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache")).await.unwrap();
+    let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache"))
+        .await
+        .unwrap();
     assert_eq!(in_view(&paths), archived);
     let restored: BTreeMap<String, u64> = restore_rows(&conn, &paths, None, None)
         .unwrap()
@@ -220,7 +238,11 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
     // The next run, a year on, writes per table into the same ledger; the view reads both kinds.
     let later = now + (24 * 365).hours();
     let conn = open_database(&f.db_of(&policy), OpenMode::Existing).unwrap();
-    let next = expired(&conn, site, Cutoff::days_before(later, policy.days).unwrap());
+    let next = expired(
+        &conn,
+        site,
+        Cutoff::days_before(later, policy.days).unwrap(),
+    );
     drop(conn);
     let reports = run(&f.storage, &f.layout, &f.options(later)).await.unwrap();
     let this = reports
@@ -231,7 +253,10 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
     assert!(this.file.is_some(), "{this:?}");
     let stored: Ledger =
         serde_json::from_slice(&f.storage.read(&ledger_key).await.unwrap()).unwrap();
-    assert!(matches!(stored.entries[1].format, EntryFormat::PerTable { .. }));
+    assert!(matches!(
+        stored.entries[1].format,
+        EntryFormat::PerTable { .. }
+    ));
     let keys: Vec<String> = files(&f.storage, Some(site))
         .await
         .unwrap()
@@ -239,7 +264,9 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
         .map(|(k, _, _)| k)
         .collect();
     assert_eq!(keys.len(), 1 + this.files.len());
-    let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache")).await.unwrap();
+    let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache"))
+        .await
+        .unwrap();
     let mut counted = this.counts.clone();
     counted.retain(|_, n| *n > 0);
     assert_eq!(counted, next);
