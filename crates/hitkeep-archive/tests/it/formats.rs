@@ -24,10 +24,10 @@ fn expired(conn: &duckdb::Connection, site: uuid::Uuid, cutoff: Cutoff) -> BTree
             t.column,
             cutoff.bound(t.grain)
         );
-        if let Ok(n) = conn.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
-            if n > 0 {
-                out.insert(t.name.to_owned(), n as u64);
-            }
+        if let Ok(n) = conn.query_row(&sql, [], |r| r.get::<_, i64>(0))
+            && n > 0
+        {
+            out.insert(t.name.to_owned(), n as u64);
         }
     }
     out
@@ -202,7 +202,7 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
         .into_iter()
         .map(|(k, _, _)| k)
         .collect();
-    assert_eq!(keys, [key.clone()]);
+    assert_eq!(keys, std::slice::from_ref(&key));
     let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache"))
         .await
         .unwrap();
