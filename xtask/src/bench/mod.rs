@@ -11,6 +11,9 @@
 //!   back to local disk and to S3 (`online.rs`; `HITKEEP_BENCH_PANELS=online` runs it alone and
 //!   merges its section into the existing latest.md).
 //!
+//! `HITKEEP_BENCH_PANELS=sizes` runs backup, restore and archive at each size only and writes
+//! `bench/results/sizes.md`, leaving latest.md, the chart and the README to full runs.
+//!
 //! Every operation is run `HITKEEP_BENCH_RUNS` times (3) and its median kept. Results go to
 //! `bench/results/latest.md` and `latest.png`. Sizes: `HITKEEP_BENCH_SIZES` (1000000,4000000,16000000),
 //! tenant counts: `HITKEEP_BENCH_TENANTS` (10,50,200), DuckDB's memory limit for hitkeep:
@@ -100,12 +103,17 @@ pub fn run() -> Result<()> {
     };
     println!("bench: S3 server: {}", bench.s3.describe());
     let panels = std::env::var("HITKEEP_BENCH_PANELS").unwrap_or_else(|_| "all".into());
-    match panels.trim() {
-        "all" => {}
+    let all = match panels.trim() {
+        "all" => true,
+        "sizes" => false,
         "online" => return online_only(&bench, root),
-        other => {
-            anyhow::bail!("HITKEEP_BENCH_PANELS is `all` (the default) or `online`, not {other:?}")
-        }
+        other => anyhow::bail!(
+            "HITKEEP_BENCH_PANELS is `all` (the default), `sizes` or `online`, not {other:?}"
+        ),
+    };
+    if all {
+        // Refused now, not after the other panels' forty minutes.
+        tools::built(root, "examples/embedded_server")?;
     }
     println!("bench: {runs} runs each, sizes {sizes:?}, tenants {tenant_counts:?}");
 
@@ -113,15 +121,25 @@ pub fn run() -> Result<()> {
     for &hits in &sizes {
         results.sizes.push(bench.size(hits)?);
     }
+    let out = root.join("bench/results");
+    std::fs::create_dir_all(&out)?;
+    if !all {
+        return sizes_only(&bench, results, started, &out);
+    }
     for &tenants in &tenant_counts {
         results.tenants.push(bench.tenants(tenants)?);
     }
     results.listing = Some(bench.listing()?);
-    results.online = Some(bench.online(root)?);
+    // A failed online panel still leaves the other panels' figures written.
+    let online_failed = match bench.online(root) {
+        Ok(online) => {
+            results.online = Some(online);
+            None
+        }
+        Err(e) => Some(e),
+    };
     results.total = started.elapsed();
 
-    let out = root.join("bench/results");
-    std::fs::create_dir_all(&out)?;
     // The profile behind the numbers, written by hand after a run, goes with them.
     let mut md = results.markdown();
     if let Ok(analysis) = std::fs::read_to_string(root.join("bench/analysis.md")) {
@@ -136,6 +154,20 @@ pub fn run() -> Result<()> {
         "bench: wrote {} and latest.png",
         out.join("latest.md").display()
     );
+    if bench.s3.kind == Kind::Endpoint {
+        bench.rclone.purge(&bench.s3.key(""))?;
+    }
+    online_failed.map_or(Ok(()), Err)
+}
+
+/// `HITKEEP_BENCH_PANELS=sizes`: backup, restore and archive at each size, written to `sizes.md`
+/// (latest.md, the chart and the README keep the last full run).
+fn sizes_only(bench: &Bench, mut results: Results, started: Instant, out: &Path) -> Result<()> {
+    results.total = started.elapsed();
+    let md = results.markdown();
+    std::fs::write(out.join("sizes.md"), &md)?;
+    println!("{md}");
+    println!("bench: wrote {}", out.join("sizes.md").display());
     if bench.s3.kind == Kind::Endpoint {
         bench.rclone.purge(&bench.s3.key(""))?;
     }

@@ -463,6 +463,9 @@ impl Results {
     }
 
     fn tenant_table(&self, md: &mut String) {
+        if self.tenants.is_empty() {
+            return;
+        }
         let _ = writeln!(
             md,
             "\n## Many teams: one backup cycle\n\nTargets: time grows linearly with the tenant count (each \
