@@ -97,6 +97,18 @@ impl Catalog {
         Ok(Catalog { databases })
     }
 
+    /// The catalog as it is once `deletions` (a prune just executed) are gone, without listing again.
+    pub fn without(mut self, deletions: &[crate::retention::Deletion]) -> Catalog {
+        for db in &mut self.databases {
+            db.snapshots.retain(|s| {
+                !deletions
+                    .iter()
+                    .any(|d| d.database == db.database && d.id == s.id)
+            });
+        }
+        self
+    }
+
     /// The shared database's snapshots only: what a new cycle needs to know of the ones before it.
     pub async fn load_shared(storage: &Storage) -> Result<Catalog> {
         Ok(Catalog {

@@ -99,6 +99,15 @@ impl Engine {
     /// leftovers of interrupted runs. A failed clean-up after a committed cycle is a warning, never
     /// a failed backup.
     pub async fn backup(&self, progress: Option<Arc<dyn Progress>>) -> Result<CycleReport> {
+        self.backup_and_list(progress).await.map(|(report, _)| report)
+    }
+
+    /// [`Engine::backup`], and the location's snapshots as the clean-up left them (what the status
+    /// counts), when it ran: the clean-up lists them anyway, so a caller need not list again.
+    pub async fn backup_and_list(
+        &self,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> Result<(CycleReport, Option<Catalog>)> {
         let location = self.backup_location()?;
         // Opening the location (a request on S3) and the shared database with its tenant list (local
         // reads, and a WAL replay) are independent: side by side.
@@ -123,24 +132,29 @@ impl Engine {
         let report = hitkeep_backup::run_cycle(&storage, shared, tenants, &options).await?;
         let retention = (!location.is_s3() || self.settings.backup.prune_s3)
             .then_some(self.settings.backup.retention);
-        if let Err(e) = self.prune_after_cycle(&storage, retention, &report).await {
-            tracing::warn!(error = %crate::describe(&e), "pruning after the cycle failed; the new snapshot is complete");
-        }
-        Ok(report)
+        let catalog = match self.prune_after_cycle(&storage, retention, &report).await {
+            Ok(catalog) => catalog,
+            Err(e) => {
+                tracing::warn!(error = %crate::describe(&e), "pruning after the cycle failed; the new snapshot is complete");
+                None
+            }
+        };
+        Ok((report, catalog))
     }
 
     /// After a committed cycle (its lock is free again, but this process's cycles are the only ones
     /// of its source): retention when it applies, and in any case the leftovers of interrupted runs.
+    /// Returns the snapshots left.
     async fn prune_after_cycle(
         &self,
         storage: &Storage,
         retention: Option<NonZeroU32>,
         report: &CycleReport,
-    ) -> Result<()> {
+    ) -> Result<Option<Catalog>> {
         let Some(source) = self.layout.source_id()? else {
             // The cycle creates the source id before it claims anything; without one, nothing of
             // this source can be a leftover.
-            return Ok(());
+            return Ok(None);
         };
         let _lock = hitkeep_backup::CycleLock::acquire(&self.layout.backup_lock_file())?;
         let prune = async {
@@ -157,7 +171,7 @@ impl Engine {
                     "pruned old snapshots and leftovers of interrupted runs"
                 );
             }
-            Ok(())
+            Ok(Some(catalog.without(&plan.deletions)))
         };
         // Partial uploads are told apart by age (S3) or lock (local), not by snapshot: the sweep is
         // independent of the pruning and runs beside it.

@@ -144,13 +144,11 @@ impl BackupJob {
     ) -> Result<hitkeep_backup::CycleReport> {
         {
             let began = tokio::time::Instant::now();
-            let outcome = self.engine.backup(self.progress.clone()).await;
-            let catalog = match &outcome {
-                Ok(_) => match self.engine.backup_storage().await {
-                    Ok(storage) => hitkeep_backup::Catalog::load(&storage).await.ok(),
-                    Err(_) => None,
-                },
-                Err(_) => None,
+            let (outcome, catalog) = match self.engine.backup_and_list(self.progress.clone()).await {
+                Ok((report, Some(catalog))) => (Ok(report), Some(catalog)),
+                // The clean-up did not run or failed: list for the status.
+                Ok((report, None)) => (Ok(report), self.list_snapshots().await),
+                Err(e) => (Err(e), None),
             };
             let now = started + began.elapsed();
             let mut failures = 0;
@@ -168,6 +166,11 @@ impl BackupJob {
 }
 
 impl BackupJob {
+    async fn list_snapshots(&self) -> Option<hitkeep_backup::Catalog> {
+        let storage = self.engine.backup_storage().await.ok()?;
+        hitkeep_backup::Catalog::load(&storage).await.ok()
+    }
+
     /// The heartbeat after a cycle that backed up everything, the failure notification otherwise
     /// (a cycle with failed tenants is committed, and still a failure to be told about). Awaited, so
     /// `backup run` from cron delivers before it exits; never fails the job.

@@ -171,12 +171,7 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
     drop(conn);
 
     // Recovery compares the live rows with the wide file (DATE columns widened in it) and deletes.
-    let reports = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
-    let this = reports
-        .into_iter()
-        .map(Result::unwrap)
-        .find(|r| r.policy.site_id == site)
-        .unwrap();
+    let this = f.run_for(now, site).await;
     assert!(
         this.recovered
             .iter()
@@ -244,12 +239,7 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
         Cutoff::days_before(later, policy.days).unwrap(),
     );
     drop(conn);
-    let reports = run(&f.storage, &f.layout, &f.options(later)).await.unwrap();
-    let this = reports
-        .into_iter()
-        .map(Result::unwrap)
-        .find(|r| r.policy.site_id == site)
-        .unwrap();
+    let this = f.run_for(later, site).await;
     assert!(this.file.is_some(), "{this:?}");
     let stored: Ledger =
         serde_json::from_slice(&f.storage.read(&ledger_key).await.unwrap()).unwrap();

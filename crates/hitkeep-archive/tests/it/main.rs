@@ -6,7 +6,9 @@ mod import;
 
 use std::collections::BTreeMap;
 
-use hitkeep_archive::{ArchiveOptions, EntryState, Ledger, SitePolicy, load_policies, run};
+use hitkeep_archive::{
+    ArchiveOptions, EntryState, Ledger, SitePolicy, SiteReport, load_policies, run,
+};
 use hitkeep_data::demo::{DemoOptions, DemoSummary, generate};
 use hitkeep_data::{DataLayout, OpenMode, TenantLayout, open_database};
 use hitkeep_storage::{ListMode, Storage};
@@ -61,6 +63,17 @@ impl Fixture {
         let mut o = ArchiveOptions::for_layout(&self.layout, false);
         o.now = now;
         o
+    }
+
+    /// An archive run at `now`, and what it did for `site` (every site's run must have succeeded).
+    async fn run_for(&self, now: Timestamp, site: uuid::Uuid) -> SiteReport {
+        run(&self.storage, &self.layout, &self.options(now))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .find(|r| r.policy.site_id == site)
+            .unwrap()
     }
 
     fn policies(&self) -> Vec<SitePolicy> {
@@ -320,12 +333,7 @@ async fn a_crash_after_upload_or_in_the_delete_is_recovered_without_duplicates(f
         .unwrap();
     drop(conn);
 
-    let reports = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
-    let this = reports
-        .iter()
-        .flatten()
-        .find(|r| r.policy.site_id == policy.site_id)
-        .unwrap();
+    let this = f.run_for(now, policy.site_id).await;
     assert_eq!(this.recovered.len(), 2, "{this:?}");
     assert!(
         this.file.is_none(),
@@ -695,12 +703,7 @@ async fn a_row_rewritten_between_export_and_delete_is_never_deleted() {
     drop((conn, server, options));
     assert_eq!(f.live_rows(), before, "nothing was deleted");
 
-    let reports = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
-    let reports: Vec<_> = reports.into_iter().map(Result::unwrap).collect();
-    let this = reports
-        .iter()
-        .find(|r| r.policy.site_id == policy.site_id)
-        .unwrap();
+    let this = f.run_for(now, policy.site_id).await;
     assert_eq!(this.recovered.len(), 1, "{this:?}");
     assert!(this.file.is_some(), "{this:?}");
     let site_files: Vec<String> = f

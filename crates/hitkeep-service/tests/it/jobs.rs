@@ -144,6 +144,39 @@ async fn scheduled_jobs_record_one_status_that_every_reader_shares() {
     assert!(json["last_backup"].is_string() && json["next_backup"].is_string());
 }
 
+/// The status counts the snapshots retention left: the clean-up's own listing, less what it pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_counts_what_retention_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups").display().to_string();
+    let settings = settings_with(
+        dir.path(),
+        &backups,
+        &[("HITKEEP_BACKUP_RETENTION", "2".to_owned())],
+    );
+    let engine = Engine::new(settings.clone());
+    demo(&engine);
+    let board = Arc::new(StatusBoard::load(&engine.layout().status_file(), &settings));
+    let job = BackupJob {
+        engine: engine.clone(),
+        board: board.clone(),
+        progress: None,
+    };
+    for _ in 0..3 {
+        job.run_once().await.unwrap();
+    }
+    let listed = engine.list().await.unwrap();
+    assert_eq!(listed.latest.len(), 1);
+    let status = board.get();
+    assert_eq!(status.snapshots.get("shared"), Some(&2), "{:?}", status.snapshots);
+    let tenants: Vec<_> = status
+        .snapshots
+        .iter()
+        .filter(|(folder, _)| folder.starts_with("tenants/"))
+        .collect();
+    assert!(!tenants.is_empty() && tenants.iter().all(|(_, n)| **n == 2), "{tenants:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_cycle_is_recorded_once_with_its_reason_and_notified() {
     let dir = tempfile::tempdir().unwrap();
