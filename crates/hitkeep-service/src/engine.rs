@@ -99,7 +99,9 @@ impl Engine {
     /// leftovers of interrupted runs. A failed clean-up after a committed cycle is a warning, never
     /// a failed backup.
     pub async fn backup(&self, progress: Option<Arc<dyn Progress>>) -> Result<CycleReport> {
-        self.backup_and_list(progress).await.map(|(report, _)| report)
+        self.backup_and_list(progress)
+            .await
+            .map(|(report, _)| report)
     }
 
     /// [`Engine::backup`], and the location's snapshots as the clean-up left them (what the status

@@ -144,7 +144,8 @@ impl BackupJob {
     ) -> Result<hitkeep_backup::CycleReport> {
         {
             let began = tokio::time::Instant::now();
-            let (outcome, catalog) = match self.engine.backup_and_list(self.progress.clone()).await {
+            let (outcome, catalog) = match self.engine.backup_and_list(self.progress.clone()).await
+            {
                 Ok((report, Some(catalog))) => (Ok(report), Some(catalog)),
                 // The clean-up did not run or failed: list for the status.
                 Ok((report, None)) => (Ok(report), self.list_snapshots().await),

@@ -168,13 +168,21 @@ async fn the_status_counts_what_retention_left() {
     let listed = engine.list().await.unwrap();
     assert_eq!(listed.latest.len(), 1);
     let status = board.get();
-    assert_eq!(status.snapshots.get("shared"), Some(&2), "{:?}", status.snapshots);
+    assert_eq!(
+        status.snapshots.get("shared"),
+        Some(&2),
+        "{:?}",
+        status.snapshots
+    );
     let tenants: Vec<_> = status
         .snapshots
         .iter()
         .filter(|(folder, _)| folder.starts_with("tenants/"))
         .collect();
-    assert!(!tenants.is_empty() && tenants.iter().all(|(_, n)| **n == 2), "{tenants:?}");
+    assert!(
+        !tenants.is_empty() && tenants.iter().all(|(_, n)| **n == 2),
+        "{tenants:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
