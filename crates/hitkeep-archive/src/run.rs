@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use duckdb::Connection;
+use futures::{StreamExt, TryStreamExt};
 use hitkeep_data::{DataLayout, OpenMode, is_missing_schema, quote_ident, quote_literal};
 use hitkeep_storage::{Storage, TransferOptions};
 use jiff::Timestamp;
@@ -782,9 +783,11 @@ struct Exported {
 
 /// Exports the site's expired rows, one file per table, on a blocking thread, while `pending` (the
 /// ledger's pending entry) is saved; then uploads each file as soon as DuckDB has written it, and
-/// reads it back and counts it, while the next table is exported. Nothing is uploaded before the
-/// pending entry is saved, so a crash leaves no object the ledger does not name. On a failure, the
-/// objects uploaded so far are removed (the pending entry would have the next run remove them).
+/// reads it back and counts it, several tables side by side while the next ones are exported: each
+/// object is a few round trips, and one after the other they left the run waiting on the network
+/// (23 tables per site). Nothing is uploaded before the pending entry is saved, so a crash leaves no
+/// object the ledger does not name. On a failure, the objects uploaded so far are removed (the
+/// pending entry would have the next run remove them).
 async fn export_and_verify(
     storage: &Storage,
     conn: &Connection,
@@ -801,37 +804,29 @@ async fn export_and_verify(
             Some((t, plan.scratch.join(object)))
         })
         .collect();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (site, cutoff) = (plan.site, plan.cutoff);
     let job = tokio::task::spawn_blocking(move || export(&exporter, site, cutoff, &tables, &tx));
-    let mut uploaded = Vec::new();
+    // Every key an upload was started for, finished or not: all are removed on a failure.
+    let uploaded = std::sync::Mutex::new(Vec::new());
     let outcome = async {
         pending.await?;
-        let mut copies = BTreeMap::new();
-        let mut size = 0;
-        while let Some((table, local)) = rx.recv().await {
-            let object = &plan.parts[table];
-            let key = join(plan.dir, object);
-            uploaded.push(key.clone());
-            let info = storage
-                .upload_file(&local, &key, &TransferOptions::default())
-                .await?;
-            // The export is not read again: its space is the next table's.
-            let _ = std::fs::remove_file(&local);
-            size += info.size;
-            let expected = plan.counts.get(table).copied().unwrap_or(0);
-            let copy = plan.scratch.join(format!("readback.{object}"));
-            verify_object(storage, &key, table, expected, &copy).await?;
-            copies.insert(table.to_owned(), copy);
-        }
+        let sent = tokio_stream_of(rx)
+            .map(|(table, local)| send_and_check(storage, &plan, table, local, &uploaded))
+            .buffer_unordered(TABLES_AT_ONCE)
+            .try_collect::<Vec<_>>()
+            .await?;
         Ok(Exported {
-            copies: Copies::PerTable(copies),
-            size,
+            size: sent.iter().map(|(_, _, size)| size).sum(),
+            copies: Copies::PerTable(
+                sent.into_iter()
+                    .map(|(table, copy, _)| (table.to_owned(), copy))
+                    .collect(),
+            ),
         })
     }
     .await;
     // The export thread stops at its next table once nobody receives; it is always waited for.
-    drop(rx);
     // A panic in the export is a bug, and goes on as one (as it did when the export ran inline).
     let exported = job
         .await
@@ -839,6 +834,7 @@ async fn export_and_verify(
     // The uploads' failure says why first; when they all went well, the export's own outcome.
     let outcome = outcome.and_then(|done| exported.map(|()| done));
     if outcome.is_err() {
+        let uploaded = uploaded.into_inner().unwrap_or_else(|e| e.into_inner());
         for key in &uploaded {
             if let Err(e) = storage.delete(key).await {
                 tracing::warn!(key, error = %e, "removing an unverified archive object failed; the next run removes it");
@@ -846,6 +842,42 @@ async fn export_and_verify(
         }
     }
     outcome
+}
+
+/// Tables sent and read back at once: enough to hide the round trips of the small ones behind the
+/// large ones, few enough that their scratch copies stay a small part of the site's rows.
+const TABLES_AT_ONCE: usize = 4;
+
+/// The export's files as a stream, ended when the export thread drops its sender (or stops early).
+fn tokio_stream_of<T>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Uploads one table's file, removes the local export (its space is the next table's) and reads the
+/// object back into a copy that must hold exactly the table's expected rows.
+async fn send_and_check(
+    storage: &Storage,
+    plan: &ExportPlan<'_>,
+    table: &'static str,
+    local: PathBuf,
+    uploaded: &std::sync::Mutex<Vec<String>>,
+) -> Result<(&'static str, PathBuf, u64)> {
+    let object = &plan.parts[table];
+    let key = join(plan.dir, object);
+    uploaded
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(key.clone());
+    let info = storage
+        .upload_file(&local, &key, &TransferOptions::default())
+        .await?;
+    let _ = std::fs::remove_file(&local);
+    let expected = plan.counts.get(table).copied().unwrap_or(0);
+    let copy = plan.scratch.join(format!("readback.{object}"));
+    verify_object(storage, &key, table, expected, &copy).await?;
+    Ok((table, copy, info.size))
 }
 
 /// One `COPY` per table, `_source` first (the contract every reader of an archive relies on), all in
@@ -892,16 +924,17 @@ async fn verify_object(
     storage
         .download_file(key, local, None, &TransferOptions::default())
         .await?;
-    let found = tokio::task::block_in_place(|| -> Result<BTreeMap<String, u64>> {
+    // On a blocking thread of its own, so that other tables' transfers go on meanwhile.
+    let from = format!(
+        "read_parquet({})",
+        quote_literal(&local.display().to_string())
+    );
+    let found = tokio::task::spawn_blocking(move || -> Result<BTreeMap<String, u64>> {
         let conn = Connection::open_in_memory().map_err(|e| Error::duckdb("opening DuckDB", e))?;
-        source_counts(
-            &conn,
-            &format!(
-                "read_parquet({})",
-                quote_literal(&local.display().to_string())
-            ),
-        )
-    })?;
+        source_counts(&conn, &from)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     let expected = BTreeMap::from([(table.to_owned(), expected)]);
     if found != expected {
         storage.delete(key).await?;
