@@ -80,10 +80,21 @@ pub(crate) fn fenced_import(import: &Import<'_>) -> Result<BTreeMap<String, u64>
     let builders = builders(&conn, import.limits, plan.builds.len())
         .map_err(|e| Error::duckdb(database, "opening connections to build indexes", e))?;
     fence(&conn, &[&snapshot_dir]).map_err(|e| Error::duckdb(database, "fencing the import", e))?;
+    let started = std::time::Instant::now();
     load(&conn, &plan, import)?;
+    let loaded = started.elapsed();
     build::build_all(builders, &plan, import)?;
+    let built = started.elapsed();
     conn.execute_batch("CHECKPOINT;")
         .map_err(|e| Error::duckdb_or_memory(database, "CHECKPOINT", import.memory_hint, e))?;
+    // Where a restore's time goes, for `HITKEEP_LOG_LEVEL=debug` and the bench's analysis.
+    tracing::debug!(
+        %database,
+        load_s = loaded.as_secs_f64(),
+        build_s = (built - loaded).as_secs_f64(),
+        checkpoint_s = (started.elapsed() - built).as_secs_f64(),
+        "imported"
+    );
     let tables = row_counts(&conn).map_err(|e| Error::duckdb(database, "counting rows", e))?;
     conn.execute_batch(&format!("DETACH {IMPORTED};"))
         .map_err(|e| Error::duckdb(database, "closing the new database", e))?;

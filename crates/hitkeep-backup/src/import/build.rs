@@ -39,8 +39,17 @@ pub(super) fn build_all(
         .iter()
         .flat_map(|t| t.indexes.iter().map(|sql| Step { table: t, sql }))
         .collect();
+    let started = std::time::Instant::now();
     let builders = phase(builders, &keys, import)?;
-    phase(builders, &indexes, import).map(drop)
+    let keyed = started.elapsed();
+    phase(builders, &indexes, import)?;
+    tracing::debug!(
+        database = %import.database,
+        keys_s = keyed.as_secs_f64(),
+        indexes_s = (started.elapsed() - keyed).as_secs_f64(),
+        "built keys and indexes"
+    );
+    Ok(())
 }
 
 /// Writes what is built to the file, so DuckDB may evict it.
