@@ -58,3 +58,16 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The clone this xtask runs from. `cargo run` sets `CARGO_MANIFEST_DIR` for the process, and that is
+/// read first: the build-time value is where the binary was compiled, and a target directory shared
+/// between clones (CI's and a developer's, in `~/.cache/hitkeep`) can hand one clone's xtask to another.
+fn workspace_root() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), Into::into);
+    manifest_dir
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .context("workspace root")
+}

@@ -68,9 +68,8 @@ fn list_env(name: &str, default: &str) -> Result<Vec<u64>> {
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?;
+    let root = crate::workspace_root()?;
+    let root = root.as_path();
     let cache = std::env::var_os("HITKEEP_CACHE").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hitkeep"),
         PathBuf::from,

@@ -157,9 +157,8 @@ pub fn run() -> Result<bool> {
         Err(_) => fastrand::u64(..),
     };
     fastrand::seed(seed);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?;
+    let root = crate::workspace_root()?;
+    let root = root.as_path();
     let cache = std::env::var_os("HITKEEP_CACHE").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hitkeep"),
         PathBuf::from,
