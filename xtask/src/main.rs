@@ -64,8 +64,10 @@ fn main() -> ExitCode {
 /// between clones (CI's and a developer's, in `~/.cache/hitkeep`) can hand one clone's xtask to another.
 fn workspace_root() -> anyhow::Result<std::path::PathBuf> {
     use anyhow::Context as _;
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), Into::into);
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        Into::into,
+    );
     manifest_dir
         .parent()
         .map(std::path::Path::to_path_buf)

@@ -271,12 +271,26 @@ fn loads(load: &[u8], dir: &Path) -> Result<Vec<Load>, Refusal> {
     let tokens = lex(sql).map_err(|(at, why)| refusal_at(LOAD, sql, at, why))?;
     let mut out = Vec::new();
     for t in statement_tokens(&tokens) {
-        let Some((parts, after)) = t.get(1..).and_then(|rest| name(sql, rest)) else {
-            continue; // empty: `;;`
+        if t.is_empty() {
+            continue; // DuckDB 1.5's `;;`
+        }
+        // The check refuses both shapes first; the plan refuses them too rather than leave a table
+        // empty (tests and `verify --deep` reach it without the check).
+        let not_a_load = || {
+            refusal_at(
+                LOAD,
+                sql,
+                t[0].start,
+                "a statement that is not `COPY <table> FROM '<file>'`",
+            )
         };
+        let (parts, after) = t
+            .get(1..)
+            .and_then(|rest| name(sql, rest))
+            .ok_or_else(not_a_load)?;
         let table = &t[1..2 * parts];
         let [_from, file, options @ ..] = after else {
-            continue; // refused by the check before
+            return Err(not_a_load());
         };
         let file = dir.join(last_component(&unquote(file.text(sql))));
         let options = if options.is_empty() {
@@ -406,5 +420,20 @@ CREATE VIEW v AS SELECT 1 AS primary_key;
         assert_eq!(p.create, ["CREATE TABLE t(id INTEGER)"]);
         assert_eq!(p.builds[0].statements().count(), 2);
         assert_eq!(p.load.len(), 1);
+    }
+
+    /// Not reached past the check, but a load the plan cannot read is refused, never skipped.
+    #[test]
+    fn a_load_statement_that_is_not_a_copy_from_a_file_is_refused() {
+        for load in ["COPY t;\n", "SELECT 1;\n"] {
+            let refused = plan(
+                b"CREATE TABLE t(id INTEGER);\n",
+                load.as_bytes(),
+                Path::new("/snap"),
+            )
+            .map(|p| p.load.len())
+            .unwrap_err();
+            assert_eq!(refused.file, LOAD, "{load}");
+        }
     }
 }
