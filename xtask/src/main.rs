@@ -62,14 +62,18 @@ fn main() -> ExitCode {
 /// The clone this xtask runs from. `cargo run` sets `CARGO_MANIFEST_DIR` for the process, and that is
 /// read first: the build-time value is where the binary was compiled, and a target directory shared
 /// between clones (CI's and a developer's, in `~/.cache/hitkeep`) can hand one clone's xtask to another.
+/// Either counts only when it is this workspace's `xtask` folder.
 fn workspace_root() -> anyhow::Result<std::path::PathBuf> {
-    use anyhow::Context as _;
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
-        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-        Into::into,
-    );
-    manifest_dir
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .context("workspace root")
+    let at_run_time = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
+    let at_build_time = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    at_run_time
+        .into_iter()
+        .chain([at_build_time])
+        .filter_map(|xtask| xtask.parent().map(std::path::Path::to_path_buf))
+        .find(|root| root.join("xtask/Cargo.toml").is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot find the workspace: run this through `cargo xtask` from the clone"
+            )
+        })
 }

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use duckdb::Connection;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use hitkeep_data::{DataLayout, OpenMode, is_missing_schema, quote_ident, quote_literal};
 use hitkeep_storage::{Storage, TransferOptions};
 use jiff::Timestamp;
@@ -811,11 +812,23 @@ async fn export_and_verify(
     let uploaded = std::sync::Mutex::new(Vec::new());
     let outcome = async {
         pending.await?;
+        // After a failure no new table starts (the export then stops: nobody receives), but the
+        // transfers in flight run to their end: one dropped mid-way can leave a multipart upload
+        // open on the server or create a file after the scratch folder was removed.
+        let failed = AtomicBool::new(false);
+        let (failed, plan, uploaded) = (&failed, &plan, &uploaded);
         let sent = tokio_stream_of(rx)
-            .map(|(table, local)| send_and_check(storage, &plan, table, local, &uploaded))
+            .take_while(|_| std::future::ready(!failed.load(Ordering::Relaxed)))
+            .map(|(table, local)| async move {
+                let outcome = send_and_check(storage, plan, table, local, uploaded).await;
+                failed.fetch_or(outcome.is_err(), Ordering::Relaxed);
+                outcome
+            })
             .buffer_unordered(TABLES_AT_ONCE)
-            .try_collect::<Vec<_>>()
-            .await?;
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         Ok(Exported {
             size: sent.iter().map(|(_, _, size)| size).sum(),
             copies: Copies::PerTable(

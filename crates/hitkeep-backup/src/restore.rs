@@ -362,28 +362,29 @@ impl RestorePlan {
         })
     }
 
-    /// Imports two databases side by side, each on an instance with its share of DuckDB's limits
-    /// ([`side_by_side`]): the key and index builds are mostly single-threaded, so one database at a
-    /// time left a core idle (measured at 16M hits, five databases: 88 s one after the other, 64 s
-    /// two at once). Builds beside builds, not only beside loads: with one build at a time and the
-    /// next database loading beside it the same restore took 90 s. An import that runs out of memory
-    /// on its share runs again alone, with the whole limits, once the others are done: a restore
-    /// that fits the limit one database at a time never fails for having tried two.
+    /// Imports two databases side by side when the memory limit allows, each on an instance with its
+    /// share of DuckDB's limits ([`side_by_side`]): the key and index builds are mostly
+    /// single-threaded, so one database at a time left a core idle (measured at 16M hits, five
+    /// databases: 88 s one after the other, 57 s two at once). Builds beside builds, not only beside
+    /// loads: with one build at a time and the next database loading beside it the same restore took
+    /// 90 s. An import that runs out of memory on its share runs again alone, with the whole limits,
+    /// once the others are done: a restore that fits the limit one database at a time never fails for
+    /// having tried two. Otherwise imports run alone, one at a time, with the whole limits.
     async fn import_in_turn(&self, job: ImportJob, ways: usize) -> Result<BTreeMap<String, u64>> {
         let turn_failed = |e| Error::Internal(format!("import turn: {e}"));
-        let limits = side_by_side(self.limits, ways);
+        let alone = || self.import_turn.acquire_many(IMPORTS_AT_ONCE as u32);
+        let Some(share) = side_by_side(self.limits, ways) else {
+            let _alone = alone().await.map_err(turn_failed)?;
+            return job.run(self.limits).await;
+        };
         let beside = {
             let _turn = self.import_turn.acquire().await.map_err(turn_failed)?;
-            job.run(limits).await
+            job.run(share).await
         };
         match beside {
-            Err(e) if limits != self.limits && e.kind() == crate::error::ErrorKind::OutOfMemory => {
+            Err(e) if e.kind() == crate::error::ErrorKind::OutOfMemory => {
                 tracing::info!(database = %job.database, error = %e, "out of memory beside another import; importing it again alone, with the whole memory limit");
-                let _alone = self
-                    .import_turn
-                    .acquire_many(IMPORTS_AT_ONCE as u32)
-                    .await
-                    .map_err(turn_failed)?;
+                let _alone = alone().await.map_err(turn_failed)?;
                 job.run(self.limits).await
             }
             other => other,
@@ -758,23 +759,21 @@ const SIDE_BY_SIDE_HEADROOM: u64 = 160 << 20;
 /// Below this memory limit per instance a side-by-side import would mostly fail and run again alone.
 const SIDE_BY_SIDE_MIN: u64 = 256 << 20;
 
-/// The limits of each of `ways` imports side by side: one thread each, and a share of the memory limit
-/// less [`SIDE_BY_SIDE_HEADROOM`]; the whole limits (one import at a time) when that share would be
-/// below [`SIDE_BY_SIDE_MIN`]. Without a memory limit each instance keeps DuckDB's default, as the
-/// backup's tenants side by side do.
-fn side_by_side(limits: DuckDbLimits, ways: usize) -> DuckDbLimits {
-    let share = limits.share(ways);
-    match share
-        .memory_limit
-        .map(|m| m.saturating_sub(SIDE_BY_SIDE_HEADROOM))
-    {
-        None => share,
-        Some(each) if ways > 1 && each >= SIDE_BY_SIDE_MIN => DuckDbLimits {
-            memory_limit: Some(each),
-            ..share
-        },
-        Some(_) => limits,
+/// The limits of each of `ways` imports side by side: its share of the threads, and its share of the
+/// memory limit less [`SIDE_BY_SIDE_HEADROOM`]. `None` (one import at a time, with the whole limits)
+/// when that share would be below [`SIDE_BY_SIDE_MIN`], and without a memory limit: each instance
+/// would then take DuckDB's default, 80% of the machine's memory, and two would overcommit it.
+fn side_by_side(limits: DuckDbLimits, ways: usize) -> Option<DuckDbLimits> {
+    limits.memory_limit?;
+    if ways < 2 {
+        return None;
     }
+    let share = limits.share(ways);
+    let each = share.memory_limit?.saturating_sub(SIDE_BY_SIDE_HEADROOM);
+    (each >= SIDE_BY_SIDE_MIN).then_some(DuckDbLimits {
+        memory_limit: Some(each),
+        ..share
+    })
 }
 
 /// One database's import, from its checked download into a new file; may run twice.
@@ -866,18 +865,15 @@ mod tests {
 
     #[test]
     fn side_by_side_imports_share_the_limit_less_the_headroom() {
-        let each = side_by_side(limits(Some(1024)), 2);
+        let each = side_by_side(limits(Some(1024)), 2).unwrap();
         assert_eq!(each.memory_limit, Some(352 * MIB));
         assert_eq!(each.threads, Some(1));
         // The smallest limit that is shared, and the largest that is not.
-        assert_eq!(
-            side_by_side(limits(Some(832)), 2).memory_limit,
-            Some(256 * MIB)
-        );
-        assert_eq!(side_by_side(limits(Some(831)), 2), limits(Some(831)));
-        assert_eq!(side_by_side(limits(Some(4096)), 1), limits(Some(4096)));
-        // No limit: DuckDB's default per instance, the threads split.
-        let unlimited = side_by_side(limits(None), 2);
-        assert_eq!((unlimited.memory_limit, unlimited.threads), (None, Some(1)));
+        let smallest = side_by_side(limits(Some(832)), 2).unwrap();
+        assert_eq!(smallest.memory_limit, Some(256 * MIB));
+        assert_eq!(side_by_side(limits(Some(831)), 2), None);
+        // One at a time: a single database, or no memory limit to share.
+        assert_eq!(side_by_side(limits(Some(4096)), 1), None);
+        assert_eq!(side_by_side(limits(None), 2), None);
     }
 }

@@ -274,8 +274,8 @@ fn loads(load: &[u8], dir: &Path) -> Result<Vec<Load>, Refusal> {
         if t.is_empty() {
             continue; // DuckDB 1.5's `;;`
         }
-        // The check refuses both shapes first; the plan refuses them too rather than leave a table
-        // empty (tests and `verify --deep` reach it without the check).
+        // The check refuses anything else first; the plan refuses it too rather than skip or
+        // rewrite it (its own tests reach it without the check).
         let not_a_load = || {
             refusal_at(
                 LOAD,
@@ -284,14 +284,20 @@ fn loads(load: &[u8], dir: &Path) -> Result<Vec<Load>, Refusal> {
                 "a statement that is not `COPY <table> FROM '<file>'`",
             )
         };
+        if !t[0].is_word(sql, "COPY") {
+            return Err(not_a_load());
+        }
         let (parts, after) = t
             .get(1..)
             .and_then(|rest| name(sql, rest))
             .ok_or_else(not_a_load)?;
         let table = &t[1..2 * parts];
-        let [_from, file, options @ ..] = after else {
+        let [from, file, options @ ..] = after else {
             return Err(not_a_load());
         };
+        if !from.is_word(sql, "FROM") || file.kind != Kind::Str {
+            return Err(not_a_load());
+        }
         let file = dir.join(last_component(&unquote(file.text(sql))));
         let options = if options.is_empty() {
             ""
@@ -425,7 +431,12 @@ CREATE VIEW v AS SELECT 1 AS primary_key;
     /// Not reached past the check, but a load the plan cannot read is refused, never skipped.
     #[test]
     fn a_load_statement_that_is_not_a_copy_from_a_file_is_refused() {
-        for load in ["COPY t;\n", "SELECT 1;\n"] {
+        for load in [
+            "COPY t;\n",
+            "SELECT 1;\n",
+            "SELECT t FROM 'x';\n",
+            "COPY t TO 'x';\n",
+        ] {
             let refused = plan(
                 b"CREATE TABLE t(id INTEGER);\n",
                 load.as_bytes(),

@@ -42,6 +42,21 @@ async fn plan(f: &Fixture, memory_limit: u64) -> RestorePlan {
     .unwrap()
 }
 
+/// Prepares every database two at a time, all of which must succeed, and swaps them in.
+async fn prepare_and_commit(
+    f: &Fixture,
+    plan: &RestorePlan,
+) -> Vec<(Database, hitkeep_backup::RestoreOutcome)> {
+    let stamp = SnapshotId::now();
+    let prepared = plan
+        .prepare_all(&f.storage, stamp, 2)
+        .await
+        .map_err(|(database, e)| format!("{database}: {e}"))
+        .unwrap();
+    assert_eq!(prepared.len(), plan.items.len());
+    plan.commit_all(prepared, stamp).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_too_small_to_share_imports_one_database_at_a_time() {
     let f = Fixture::new(false).await;
@@ -52,14 +67,7 @@ async fn a_limit_too_small_to_share_imports_one_database_at_a_time() {
     let plan = plan(&f, 160 * MIB).await;
 
     // Two databases at once: with the limit split, each import would have 80 MiB and fail.
-    let stamp = SnapshotId::now();
-    let prepared = plan
-        .prepare_all(&f.storage, stamp, 2)
-        .await
-        .map_err(|(database, e)| format!("{database}: {e}"))
-        .unwrap();
-    assert_eq!(prepared.len(), plan.items.len());
-    let outcomes = plan.commit_all(prepared, stamp).unwrap();
+    let outcomes = prepare_and_commit(&f, &plan).await;
     let order: Vec<_> = outcomes.iter().map(|(d, _)| *d).collect();
     assert_eq!(
         order.last(),
@@ -99,13 +107,7 @@ async fn an_import_out_of_memory_beside_another_runs_again_alone_and_succeeds() 
         "the tenants import beside the shared database"
     );
 
-    let stamp = SnapshotId::now();
-    let prepared = plan
-        .prepare_all(&f.storage, stamp, 2)
-        .await
-        .map_err(|(database, e)| format!("{database}: {e}"))
-        .unwrap();
-    plan.commit_all(prepared, stamp).unwrap();
+    prepare_and_commit(&f, &plan).await;
     assert_eq!(fingerprint(&f.layout.db_path), before);
     assert_eq!(fingerprint(&f.layout.db_path)["visits"].0, 4_500_000);
 }
