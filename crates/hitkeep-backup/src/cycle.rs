@@ -674,10 +674,29 @@ async fn upload_while_exporting(
             () = tokio::time::sleep(POLL) => {}
         }
     }
-    let export = export.unwrap_or_else(|| Err(Error::Internal("the export did not run".into())))?;
-    if let Some(e) = failure {
-        return Err(e);
+    let stored: Vec<String> = uploaded
+        .iter()
+        .map(|f| format!("{folder}/{}", f.entry.name))
+        .collect();
+    let export = export.unwrap_or_else(|| Err(Error::Internal("the export did not run".into())));
+    let outcome = match (export, failure) {
+        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+        (Ok(export), None) => check_uploads(storage, folder, export, uploaded, options).await,
+    };
+    if outcome.is_err() {
+        remove_stored(storage, &stored).await;
     }
+    outcome.map(|(export, files)| (export, files, followed))
+}
+
+/// Checks the uploads of a finished export at rest, and that every exported file was uploaded.
+async fn check_uploads(
+    storage: &Storage,
+    folder: &str,
+    export: Export,
+    uploaded: Vec<Uploaded>,
+    options: &BackupOptions,
+) -> Result<(Export, Vec<FileEntry>)> {
     let files = check_at_rest(storage, folder, uploaded, options).await?;
     let names: HashSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
     if let Some(missed) = export
@@ -690,7 +709,19 @@ async fn upload_while_exporting(
             missed.display()
         )));
     }
-    Ok((export, files, followed))
+    Ok((export, files))
+}
+
+/// Removes what a failed database stored. A file can be uploaded whole before the failure shows
+/// (DuckDB closes it, and a closed file is complete to its follower), and nothing will ever list it
+/// in a manifest. Best effort: the folder keeps its in-progress marker, so retention clears what is
+/// left once the folder is abandoned.
+async fn remove_stored(storage: &Storage, keys: &[String]) {
+    for key in keys {
+        if let Err(e) = storage.delete(key).await {
+            tracing::warn!(key, error = %e, "could not remove an object of a failed snapshot");
+        }
+    }
 }
 
 /// The files to start uploading now, at most `free`: closed ones first (they finish fast), then growing
@@ -1113,5 +1144,32 @@ mod tests {
         assert!(err.to_string().contains("disk full"), "{err}");
         let left = setup.storage.list("f", ListMode::Recursive).await.unwrap();
         assert!(left.is_empty(), "no object of an aborted upload: {left:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_stored_whole_before_its_export_fails_is_removed() {
+        let setup = Setup::new().await;
+        let storage = setup.storage.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let err = setup
+            .upload("w", move |dir| {
+                std::fs::create_dir(&dir).unwrap();
+                std::fs::write(dir.join("t.parquet"), vec![2u8; 600 * 1024]).unwrap();
+                // Closed, so complete to the uploader: it is stored whole before the export fails.
+                runtime.block_on(async {
+                    while storage.stat("w/t.parquet").await.unwrap().is_none() {
+                        tokio::time::sleep(POLL).await;
+                    }
+                });
+                Err(Error::Internal("disk full".into()))
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let left = setup.storage.list("w", ListMode::Recursive).await.unwrap();
+        assert!(
+            left.is_empty(),
+            "a failed database leaves no object: {left:?}"
+        );
     }
 }
