@@ -716,20 +716,48 @@ fn rows_not_in(
             continue;
         };
         let exprs = comparable(conn, table.name, &source)?;
-        let sql = format!(
-            "SELECT count(*) FROM (SELECT {exprs} FROM {} WHERE {} EXCEPT ALL SELECT {exprs} FROM {source})",
+        let live_rows = format!(
+            "{} WHERE {}",
             quote_ident(table.name),
-            predicate(site, table, cutoff),
+            predicate(site, table, cutoff)
         );
-        let n: i64 = conn
-            .query_row(&sql, [], |r| r.get(0))
-            .map_err(|e| Error::duckdb("comparing with the archive", e))?;
-        out.insert(
-            table.name.to_owned(),
-            compared(u64::try_from(n).unwrap_or_default()),
-        );
+        let not_archived =
+            if live == in_file && same_fingerprint(conn, &exprs, &live_rows, &source)? {
+                0
+            } else {
+                rows_missing(conn, &exprs, &live_rows, &source)?
+            };
+        out.insert(table.name.to_owned(), compared(not_archived));
     }
     Ok(out)
+}
+
+/// Whether the rows `exprs` selects from `live` and from `archived` have the same order-independent
+/// fingerprint: the sum of a 64-bit hash per row. Equal counts and fingerprints mean the same rows,
+/// duplicates included, but for a chance of 2^-64; a scan of each side where [`rows_missing`] builds
+/// a hash table of every row (measured at 4M hits: 0.08 s against 1.07 s for the `hits` rows). Any
+/// difference, even one the content comparison would accept, goes to [`rows_missing`]: the
+/// fingerprint only ever takes the fast way to the answer the comparison would give.
+fn same_fingerprint(conn: &Connection, exprs: &str, live: &str, archived: &str) -> Result<bool> {
+    let fingerprint = |from: &str| format!("(SELECT sum(hash({exprs})::HUGEINT) FROM {from})");
+    let sql = format!(
+        "SELECT {} IS NOT DISTINCT FROM {}",
+        fingerprint(live),
+        fingerprint(archived)
+    );
+    conn.query_row(&sql, [], |r| r.get(0))
+        .map_err(|e| Error::duckdb("fingerprinting the archive's rows", e))
+}
+
+/// Live rows (`exprs` of `live`) that `archived` does not hold, by content, duplicates counted.
+fn rows_missing(conn: &Connection, exprs: &str, live: &str, archived: &str) -> Result<u64> {
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT {exprs} FROM {live} EXCEPT ALL SELECT {exprs} FROM {archived})"
+    );
+    let n: i64 = conn
+        .query_row(&sql, [], |r| r.get(0))
+        .map_err(|e| Error::duckdb("comparing with the archive", e))?;
+    Ok(u64::try_from(n).unwrap_or_default())
 }
 
 /// The select list that compares `table`'s live rows with its rows in `source`: each column as
@@ -1033,8 +1061,10 @@ fn delete_archived(
 ) -> std::result::Result<(), DeleteFailure> {
     conn.execute_batch("BEGIN TRANSACTION")
         .map_err(|e| DeleteFailure::RolledBack(Error::duckdb("starting the delete", e)))?;
+    let started = std::time::Instant::now();
     let outcome = (|| {
         let compared = rows_not_in(conn, site, cutoff, file.copies)?;
+        tracing::debug!(%site, compare_s = started.elapsed().as_secs_f64(), "compared with the archive");
         let differs = |c: &Comparison| c.not_archived > 0 || (file.exact && c.gone() > 0);
         if let Some((table, c)) = compared.iter().find(|(_, c)| differs(c)) {
             return Err(Error::RowsChanged {
@@ -1076,7 +1106,10 @@ fn delete_archived(
         Ok(())
     })();
     let rolled_back = outcome.is_err();
-    end_transaction(conn, outcome, "ending the delete").map_err(|e| {
+    let deleted = started.elapsed();
+    let ended = end_transaction(conn, outcome, "ending the delete");
+    tracing::debug!(%site, delete_s = deleted.as_secs_f64(), end_s = (started.elapsed() - deleted).as_secs_f64(), "deleted archived rows");
+    ended.map_err(|e| {
         if rolled_back {
             DeleteFailure::RolledBack(e)
         } else {
@@ -1099,4 +1132,55 @@ pub(crate) fn end_transaction<T>(
     conn.execute_batch(end)
         .map_err(|e| Error::duckdb(what, e))?;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two tables `a` and `b` of (x, y) rows, compared whole.
+    fn fingerprints_match(a: &str, b: &str) -> bool {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE a (x INTEGER, y VARCHAR); INSERT INTO a VALUES {a};
+             CREATE TABLE b (x INTEGER, y VARCHAR); INSERT INTO b VALUES {b};"
+        ))
+        .unwrap();
+        let (fast, exact) = (
+            same_fingerprint(&conn, "x, y", "a", "b").unwrap(),
+            rows_missing(&conn, "x, y", "a", "b").unwrap() == 0
+                && rows_missing(&conn, "x, y", "b", "a").unwrap() == 0,
+        );
+        assert!(
+            !fast || exact,
+            "the fingerprint took rows for equal that are not"
+        );
+        fast
+    }
+
+    #[test]
+    fn fingerprints_tell_the_same_rows_from_changed_ones() {
+        // The same rows in another order, NULLs included: equal.
+        assert!(fingerprints_match(
+            "(1, 'p'), (2, NULL), (2, NULL)",
+            "(2, NULL), (1, 'p'), (2, NULL)"
+        ));
+        // One value changed.
+        assert!(!fingerprints_match(
+            "(1, 'p'), (2, 'q')",
+            "(1, 'p'), (2, 'r')"
+        ));
+        // Same count, but a duplicate moved to another row.
+        assert!(!fingerprints_match(
+            "(1, 'p'), (1, 'p'), (2, 'q')",
+            "(1, 'p'), (2, 'q'), (2, 'q')"
+        ));
+        // Values swapped between rows: each column's multiset is the same, the rows are not.
+        assert!(!fingerprints_match(
+            "(1, 'p'), (2, 'q')",
+            "(1, 'q'), (2, 'p')"
+        ));
+        // A NULL where a value was.
+        assert!(!fingerprints_match("(1, 'p')", "(1, NULL)"));
+    }
 }
