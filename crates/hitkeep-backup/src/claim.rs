@@ -282,7 +282,7 @@ impl Claim {
         })
     }
 
-    fn marker_key(&self) -> String {
+    pub(crate) fn marker_key(&self) -> String {
         format!("shared/{}/{IN_PROGRESS_NAME}", self.id)
     }
 }

@@ -552,8 +552,10 @@ async fn snapshot_database(
         }
     };
     let id = claim.id;
-    let (export, mut files, followed) =
-        upload_while_exporting(storage, database, &folder, exporting, &watch, options).await?;
+    let (export, mut files, followed) = upload_while_exporting(
+        storage, database, &folder, &claim, exporting, &watch, options,
+    )
+    .await?;
     tracing::debug!(%database, files = files.len(), followed, "uploaded while exporting");
     files.sort_by(|a, b| a.name.cmp(&b.name));
     options.progress.upload_finished(database);
@@ -595,11 +597,12 @@ async fn abandon(
 /// Uploads the files of an export as DuckDB writes them (see `follow.rs`), and returns the export's
 /// outcome, an entry per file and how many files were followed while being written. Every upload runs
 /// to its end, or is aborted, before this returns: nothing keeps writing into a staging folder about
-/// to be removed.
+/// to be removed. On a failure, what was stored is removed while `owner` still holds the folder.
 async fn upload_while_exporting(
     storage: &Storage,
     database: Database,
     folder: &str,
+    owner: &Claim,
     mut exporting: tokio::task::JoinHandle<Result<Export>>,
     watch: &ExportWatch,
     options: &BackupOptions,
@@ -629,7 +632,9 @@ async fn upload_while_exporting(
                 (Vec::new(), 0)
             }
         };
-        if failure.is_none() {
+        // After a failure nothing new starts: a failed export's files would only be removed again.
+        let failed = failure.is_some() || matches!(export, Some(Err(_)));
+        if !failed {
             for file in next {
                 followed += usize::from(file.open);
                 started.insert(file.path.clone());
@@ -644,7 +649,7 @@ async fn upload_while_exporting(
                 ));
             }
         }
-        if export.is_some() && uploads.is_empty() && (failure.is_some() || waiting == 0) {
+        if export.is_some() && uploads.is_empty() && (failed || waiting == 0) {
             break;
         }
         tokio::select! {
@@ -655,8 +660,9 @@ async fn upload_while_exporting(
                 if watch.state() == ExportState::Running {
                     watch.set(if result.is_ok() { ExportState::Finished } else { ExportState::Failed });
                 }
-                if let Ok(export) = &result {
-                    progress.announce(export)?;
+                if let Some(Err(e)) = result.as_ref().ok().map(|export| progress.announce(export)) {
+                    watch.set(ExportState::Failed);
+                    failure.get_or_insert(e);
                 }
                 export = Some(result);
             }
@@ -674,9 +680,10 @@ async fn upload_while_exporting(
             () = tokio::time::sleep(POLL) => {}
         }
     }
-    let stored: Vec<String> = uploaded
+    // Every upload started, finished or not: one can be stored and still fail on its way back.
+    let stored: Vec<String> = started
         .iter()
-        .map(|f| format!("{folder}/{}", f.entry.name))
+        .map(|path| format!("{folder}/{}", file_name(path)))
         .collect();
     let export = export.unwrap_or_else(|| Err(Error::Internal("the export did not run".into())));
     let outcome = match (export, failure) {
@@ -684,7 +691,7 @@ async fn upload_while_exporting(
         (Ok(export), None) => check_uploads(storage, folder, export, uploaded, options).await,
     };
     if outcome.is_err() {
-        remove_stored(storage, &stored).await;
+        remove_stored(storage, folder, owner, &stored).await;
     }
     outcome.map(|(export, files)| (export, files, followed))
 }
@@ -714,9 +721,26 @@ async fn check_uploads(
 
 /// Removes what a failed database stored. A file can be uploaded whole before the failure shows
 /// (DuckDB closes it, and a closed file is complete to its follower), and nothing will ever list it
-/// in a manifest. Best effort: the folder keeps its in-progress marker, so retention clears what is
+/// in a manifest. Only while `owner` still holds the snapshot id and the folder has no manifest: on a
+/// service that ignores conditional writes a lost claim shows late, and the keys are then another
+/// writer's too. Best effort: the folder keeps its in-progress marker, so retention clears what is
 /// left once the folder is abandoned.
-async fn remove_stored(storage: &Storage, keys: &[String]) {
+async fn remove_stored(storage: &Storage, folder: &str, owner: &Claim, keys: &[String]) {
+    let committed = storage.stat(&format!("{folder}/{MANIFEST_NAME}")).await;
+    let ours = match (owner.check(storage).await, committed) {
+        (Ok(()), Ok(None)) => Ok(()),
+        (Ok(()), Ok(Some(_))) => Err("the folder has a manifest".to_owned()),
+        (Err(e), _) => Err(e.to_string()),
+        (_, Err(e)) => Err(e.to_string()),
+    };
+    if let Err(why) = ours {
+        tracing::warn!(
+            folder,
+            why,
+            "the objects of a failed snapshot are left in place: the folder may be another writer's"
+        );
+        return;
+    }
     for key in keys {
         if let Err(e) = storage.delete(key).await {
             tracing::warn!(key, error = %e, "could not remove an object of a failed snapshot");
@@ -960,6 +984,8 @@ mod tests {
         storage: Storage,
         dir: tempfile::TempDir,
         options: BackupOptions,
+        /// A real claim on the server: what a failed upload checks before it removes anything.
+        claim: Claim,
     }
 
     impl Setup {
@@ -970,11 +996,13 @@ mod tests {
             let layout = DataLayout::new(dir.path().join("hitkeep.db"), dir.path().join("data"));
             let mut options = BackupOptions::for_layout(&layout);
             options.transfer = TransferOptions::new(256 * 1024, 2);
+            let claim = Claim::take(&storage, SourceId::random()).await.unwrap();
             Setup {
                 _server: server,
                 storage,
                 dir,
                 options,
+                claim,
             }
         }
 
@@ -997,11 +1025,26 @@ mod tests {
                 storage,
                 Database::Shared,
                 folder,
+                &self.claim,
                 exporting,
                 &watch,
                 &self.options,
             )
             .await
+        }
+
+        /// Waits (from the export's thread) until `key` is stored; fails the test after a minute.
+        fn wait_until_stored(storage: &Storage, runtime: &tokio::runtime::Handle, key: &str) {
+            runtime.block_on(async {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+                while storage.stat(key).await.unwrap().is_none() {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{key} was never stored"
+                    );
+                    tokio::time::sleep(POLL).await;
+                }
+            });
         }
 
         /// The bytes stored under `key`.
@@ -1099,11 +1142,7 @@ mod tests {
                 let original = vec![3u8; 300 * 1024];
                 std::fs::write(&path, &original).unwrap();
                 // Once it is stored, the export (still running) changes it in place, same size.
-                runtime.block_on(async {
-                    while storage.stat("c/t.parquet").await.unwrap().is_none() {
-                        tokio::time::sleep(POLL).await;
-                    }
-                });
+                Setup::wait_until_stored(&storage, &runtime, "c/t.parquet");
                 let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
                 file.seek(std::io::SeekFrom::Start(100 * 1024)).unwrap();
                 file.write_all(b"changed in place").unwrap();
@@ -1156,11 +1195,7 @@ mod tests {
                 std::fs::create_dir(&dir).unwrap();
                 std::fs::write(dir.join("t.parquet"), vec![2u8; 600 * 1024]).unwrap();
                 // Closed, so complete to the uploader: it is stored whole before the export fails.
-                runtime.block_on(async {
-                    while storage.stat("w/t.parquet").await.unwrap().is_none() {
-                        tokio::time::sleep(POLL).await;
-                    }
-                });
+                Setup::wait_until_stored(&storage, &runtime, "w/t.parquet");
                 Err(Error::Internal("disk full".into()))
             })
             .await
@@ -1170,6 +1205,37 @@ mod tests {
         assert!(
             left.is_empty(),
             "a failed database leaves no object: {left:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_database_whose_claim_was_taken_over_removes_nothing() {
+        let setup = Setup::new().await;
+        let storage = setup.storage.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let marker = setup.claim.marker_key();
+        let err = setup
+            .upload("l", move |dir| {
+                std::fs::create_dir(&dir).unwrap();
+                std::fs::write(dir.join("t.parquet"), vec![2u8; 600 * 1024]).unwrap();
+                Setup::wait_until_stored(&storage, &runtime, "l/t.parquet");
+                // Another writer, on a service that ignores If-None-Match, took the id meanwhile:
+                // the keys are its files too.
+                let theirs =
+                    br#"{"tool":"hitkeep","started_at":"2026-12-01T00:00:00Z","run":"other"}"#;
+                runtime
+                    .block_on(storage.write(&marker, theirs.to_vec()))
+                    .unwrap();
+                Err(Error::Internal("disk full".into()))
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        let left = setup.storage.list("l", ListMode::Recursive).await.unwrap();
+        assert_eq!(
+            left.len(),
+            1,
+            "another writer's file is left alone: {left:?}"
         );
     }
 }
