@@ -1185,23 +1185,38 @@ mod tests {
         assert!(left.is_empty(), "no object of an aborted upload: {left:?}");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_file_stored_whole_before_its_export_fails_is_removed() {
-        let setup = Setup::new().await;
+    /// An export into `folder` that writes one closed file, waits until it is stored whole, runs
+    /// `meanwhile` and fails; returns the objects left under `folder`.
+    async fn fail_once_stored(
+        setup: &Setup,
+        folder: &'static str,
+        meanwhile: impl FnOnce(&Storage, &tokio::runtime::Handle) + Send + 'static,
+    ) -> Vec<hitkeep_storage::Entry> {
         let storage = setup.storage.clone();
         let runtime = tokio::runtime::Handle::current();
         let err = setup
-            .upload("w", move |dir| {
+            .upload(folder, move |dir| {
                 std::fs::create_dir(&dir).unwrap();
                 std::fs::write(dir.join("t.parquet"), vec![2u8; 600 * 1024]).unwrap();
                 // Closed, so complete to the uploader: it is stored whole before the export fails.
-                Setup::wait_until_stored(&storage, &runtime, "w/t.parquet");
+                Setup::wait_until_stored(&storage, &runtime, &format!("{folder}/t.parquet"));
+                meanwhile(&storage, &runtime);
                 Err(Error::Internal("disk full".into()))
             })
             .await
             .unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
-        let left = setup.storage.list("w", ListMode::Recursive).await.unwrap();
+        setup
+            .storage
+            .list(folder, ListMode::Recursive)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_stored_whole_before_its_export_fails_is_removed() {
+        let setup = Setup::new().await;
+        let left = fail_once_stored(&setup, "w", |_, _| {}).await;
         assert!(
             left.is_empty(),
             "a failed database leaves no object: {left:?}"
@@ -1211,27 +1226,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_database_whose_claim_was_taken_over_removes_nothing() {
         let setup = Setup::new().await;
-        let storage = setup.storage.clone();
-        let runtime = tokio::runtime::Handle::current();
         let marker = setup.claim.marker_key();
-        let err = setup
-            .upload("l", move |dir| {
-                std::fs::create_dir(&dir).unwrap();
-                std::fs::write(dir.join("t.parquet"), vec![2u8; 600 * 1024]).unwrap();
-                Setup::wait_until_stored(&storage, &runtime, "l/t.parquet");
-                // Another writer, on a service that ignores If-None-Match, took the id meanwhile:
-                // the keys are its files too.
-                let theirs =
-                    br#"{"tool":"hitkeep","started_at":"2026-12-01T00:00:00Z","run":"other"}"#;
-                runtime
-                    .block_on(storage.write(&marker, theirs.to_vec()))
-                    .unwrap();
-                Err(Error::Internal("disk full".into()))
-            })
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("disk full"), "{err}");
-        let left = setup.storage.list("l", ListMode::Recursive).await.unwrap();
+        let left = fail_once_stored(&setup, "l", move |storage, runtime| {
+            // Another writer, on a service that ignores If-None-Match, took the id meanwhile: the
+            // keys are its files too.
+            let theirs = br#"{"tool":"hitkeep","started_at":"2026-12-01T00:00:00Z","run":"other"}"#;
+            runtime
+                .block_on(storage.write(&marker, theirs.to_vec()))
+                .unwrap();
+        })
+        .await;
         assert_eq!(
             left.len(),
             1,

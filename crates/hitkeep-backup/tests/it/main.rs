@@ -654,3 +654,18 @@ async fn a_cycle_leaves_a_running_verifys_staging_alone_and_sweeps_a_dead_cycles
     drop(verify);
     assert!(!downloaded.exists());
 }
+
+/// Prepares every database two at a time, all of which must succeed, and swaps them in.
+pub(crate) async fn prepare_and_commit(
+    f: &Fixture,
+    plan: &hitkeep_backup::RestorePlan,
+) -> Vec<(Database, hitkeep_backup::RestoreOutcome)> {
+    let stamp = SnapshotId::now();
+    let prepared = plan
+        .prepare_all(&f.storage, stamp, 2)
+        .await
+        .map_err(|(database, e)| format!("{database}: {e}"))
+        .unwrap();
+    assert_eq!(prepared.len(), plan.items.len());
+    plan.commit_all(prepared, stamp).unwrap()
+}

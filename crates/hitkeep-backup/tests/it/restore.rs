@@ -6,7 +6,7 @@ use hitkeep_backup::{Catalog, Database, Error, RestorePlan, RestoreSelection, Sn
 use hitkeep_data::{DuckDbLimits, OpenMode, TenantLayout, open_database};
 use hitkeep_storage::ListMode;
 
-use crate::{Fixture, fingerprint};
+use crate::{Fixture, fingerprint, prepare_and_commit};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -40,21 +40,6 @@ async fn plan(f: &Fixture, memory_limit: u64) -> RestorePlan {
         &RestoreSelection::new(false, Vec::new()),
     )
     .unwrap()
-}
-
-/// Prepares every database two at a time, all of which must succeed, and swaps them in.
-async fn prepare_and_commit(
-    f: &Fixture,
-    plan: &RestorePlan,
-) -> Vec<(Database, hitkeep_backup::RestoreOutcome)> {
-    let stamp = SnapshotId::now();
-    let prepared = plan
-        .prepare_all(&f.storage, stamp, 2)
-        .await
-        .map_err(|(database, e)| format!("{database}: {e}"))
-        .unwrap();
-    assert_eq!(prepared.len(), plan.items.len());
-    plan.commit_all(prepared, stamp).unwrap()
 }
 
 /// Whether the imports then also run one at a time is not visible from here (DuckDB's limits are per

@@ -297,13 +297,7 @@ async fn a_view_and_a_macro_restore_and_are_not_run() {
         &RestoreSelection::new(false, Vec::new()),
     )
     .unwrap();
-    let stamp = SnapshotId::now();
-    let prepared = plan
-        .prepare_all(&f.storage, stamp, 2)
-        .await
-        .map_err(|(d, e)| format!("{d}: {e}"))
-        .unwrap();
-    plan.commit_all(prepared, stamp).unwrap();
+    crate::prepare_and_commit(&f, &plan).await;
     assert_eq!(fingerprint(&f.layout.db_path), before);
     let conn = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
     let (views, macros, labels): (i64, i64, i64) = conn
