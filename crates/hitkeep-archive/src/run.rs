@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use duckdb::Connection;
 use futures::StreamExt;
-use hitkeep_data::{DataLayout, OpenMode, is_missing_schema, quote_ident, quote_literal};
+use hitkeep_data::{
+    DataLayout, OpenMode, PARQUET_WRITE_SETTINGS, is_missing_schema, quote_ident, quote_literal,
+    with_settings,
+};
 use hitkeep_storage::{Storage, TransferOptions};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -930,6 +933,20 @@ async fn send_and_check(
 /// one transaction: the files are one snapshot. Each file is sent to `done` once written; a closed
 /// channel (the uploads failed) ends the export.
 fn export(
+    conn: &Connection,
+    site: Uuid,
+    cutoff: Cutoff,
+    tables: &[(&'static crate::tables::ArchiveTable, PathBuf)],
+    done: &tokio::sync::mpsc::UnboundedSender<(&'static str, PathBuf)>,
+) -> Result<()> {
+    // Rows in any order: every check of an archive compares rows as sets.
+    with_settings(conn, &PARQUET_WRITE_SETTINGS, || {
+        export_in_one_transaction(conn, site, cutoff, tables, done)
+    })
+    .map_err(|e| Error::duckdb("changing DuckDB's settings for the export", e))?
+}
+
+fn export_in_one_transaction(
     conn: &Connection,
     site: Uuid,
     cutoff: Cutoff,

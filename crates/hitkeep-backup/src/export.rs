@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
-use hitkeep_data::{quote_literal, row_counts};
+use hitkeep_data::{PARQUET_WRITE_SETTINGS, quote_literal, row_counts, with_settings};
 
 use crate::error::{Error, Result};
 use crate::manifest::Database;
@@ -36,7 +36,7 @@ pub(crate) fn export_database(conn: &Connection, database: Database, dir: &Path)
         .map_err(|e| Error::duckdb(database, "reading the version", e))?;
     conn.execute_batch("BEGIN TRANSACTION")
         .map_err(|e| Error::duckdb(database, "starting the export transaction", e))?;
-    let outcome = with_ordered_writes(conn, database, || count_and_export(conn, database, dir));
+    let outcome = with_export_settings(conn, database, || count_and_export(conn, database, dir));
     let end = if outcome.is_ok() {
         "COMMIT"
     } else {
@@ -59,31 +59,21 @@ pub(crate) fn export_database(conn: &Connection, database: Database, dir: &Path)
     })
 }
 
-/// Runs `export` with DuckDB writing each file from start to end. DuckDB 2.0 hands Parquet writes
-/// to asynchronous I/O threads that can finish out of order, so a file still being written can read
-/// as zeros below its end; backing up 16M hits, one backup in four or five read 3 KB to 2.4 MB of
-/// zeros that way and, caught by the check at rest, sent the whole file again. Uploads follow files
-/// as they grow (`follow.rs`), so they need the bytes in order. `async_threads = 0` makes the writes
-/// synchronous, measured no slower for an export; the caller's setting (a server's, when it backs
-/// itself up) is put back afterwards.
-fn with_ordered_writes<T>(
+/// The settings an export runs under ([`with_settings`]): Parquet's (rows in any order), and
+/// `async_threads = 0`, each file written from start to end. DuckDB 2.0 hands Parquet writes to
+/// asynchronous I/O threads that can finish out of order, so a file still being written can read as
+/// zeros below its end; backing up 16M hits, one backup in four or five read 3 KB to 2.4 MB of zeros
+/// that way and, caught by the check at rest, sent the whole file again. Uploads follow files as they
+/// grow (`follow.rs`), so they need the bytes in order. Measured no slower for an export.
+const EXPORT_SETTINGS: [(&str, &str); 2] = [PARQUET_WRITE_SETTINGS[0], ("async_threads", "0")];
+
+fn with_export_settings<T>(
     conn: &Connection,
     database: Database,
     export: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    // A DuckDB without the setting has no asynchronous writes to turn off.
-    let Ok(previous) = conn.query_row("SELECT current_setting('async_threads')", [], |r| {
-        r.get::<_, i64>(0)
-    }) else {
-        return export();
-    };
-    conn.execute_batch("SET async_threads = 0")
-        .map_err(|e| Error::duckdb(database, "setting async_threads", e))?;
-    let outcome = export();
-    if let Err(e) = conn.execute_batch(&format!("SET async_threads = {previous}")) {
-        tracing::warn!(%database, error = %e, "could not put async_threads back");
-    }
-    outcome
+    with_settings(conn, &EXPORT_SETTINGS, export)
+        .map_err(|e| Error::duckdb(database, "changing DuckDB's settings for the export", e))?
 }
 
 fn count_and_export(
@@ -110,21 +100,17 @@ fn count_and_export(
 mod tests {
     use super::*;
 
-    fn async_threads(conn: &Connection) -> i64 {
-        conn.query_row("SELECT current_setting('async_threads')", [], |r| r.get(0))
-            .unwrap()
-    }
-
     #[test]
-    fn writes_are_in_order_during_the_export_and_the_callers_setting_comes_back() {
+    fn an_export_writes_in_order_and_keeps_no_row_order() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("SET async_threads = 3").unwrap();
-        let during = with_ordered_writes(&conn, Database::Shared, || Ok(async_threads(&conn)));
-        assert_eq!(during.unwrap(), 0, "no asynchronous writes while exporting");
-        assert_eq!(async_threads(&conn), 3, "the caller's setting is put back");
-        let failed: Result<()> =
-            with_ordered_writes(&conn, Database::Shared, || Err(Error::Internal("x".into())));
-        assert!(failed.is_err());
-        assert_eq!(async_threads(&conn), 3, "put back after a failure too");
+        let setting = |name: &str| -> String {
+            let sql = format!("SELECT CAST(current_setting('{name}') AS VARCHAR)");
+            conn.query_row(&sql, [], |r| r.get(0)).unwrap()
+        };
+        let during = with_export_settings(&conn, Database::Shared, || {
+            Ok((setting("async_threads"), setting("preserve_insertion_order")))
+        });
+        assert_eq!(during.unwrap(), ("0".to_owned(), "false".to_owned()));
+        assert_eq!(setting("preserve_insertion_order"), "true", "put back");
     }
 }
