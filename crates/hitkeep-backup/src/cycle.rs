@@ -509,20 +509,40 @@ async fn snapshot_and_commit(
 
 /// One export's share of `limits` when `ways` run side by side. The memory limit is split: each
 /// DuckDB instance has its own. The threads are split only when they were configured; by default
-/// every export gets every core and the kernel shares them. An export's thread idles whenever it
+/// an export gets every core and the kernel shares them. An export's thread idles whenever it
 /// writes, and a lane idles between databases and after the last one, so one thread per lane left
 /// a core unused: backing up 16M hits in five databases on 2 cores, two lanes took 24 to 27 s with
 /// a thread each and 20 to 23 s with two (the bare exports, one after the other: 18 to 20 s). That
-/// holds since exports no longer keep insertion order (`export.rs`); with it, DuckDB's `COPY` under
-/// a memory limit made its threads wait on each other (16M hits in one database, 512 MiB: 6.2 to
-/// 12.2 s with 2 threads, 5.8 to 6.6 s with 1). A configured thread count is a budget beside a
-/// live server, and it is kept.
+/// holds since exports keep no row order (`export.rs`); with it, DuckDB's `COPY` under a memory
+/// limit made its threads wait on each other (16M hits in one database, 512 MiB: 6.2 to 12.2 s
+/// with 2 threads, 5.8 to 6.6 s with 1). A configured thread count is a budget beside a live
+/// server, and it is kept.
 fn export_share(limits: DuckDbLimits, ways: usize) -> DuckDbLimits {
     let share = limits.share(ways);
-    DuckDbLimits {
-        threads: limits.threads.and(share.threads),
-        ..share
-    }
+    let threads = match (limits.threads, share.memory_limit) {
+        (Some(_), _) => share.threads,
+        (None, Some(memory)) => Some(threads_within(memory)),
+        (None, None) => None,
+    };
+    DuckDbLimits { threads, ..share }
+}
+
+/// Memory an export thread is given at least. Without insertion order, each thread of a `COPY`
+/// fills a row group of its own, and nothing makes it wait for memory. Measured only on 2 cores: 2
+/// threads in 512 MiB stayed within the limit. On more cores this keeps a share of the limit from
+/// being cut into slices too small for a row group.
+const MEMORY_PER_EXPORT_THREAD: u64 = 128 * 1024 * 1024;
+
+/// Every core, or fewer when `memory` gives each less than [`MEMORY_PER_EXPORT_THREAD`].
+fn threads_within(memory: u64) -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    u32::try_from(cores.min(memory / MEMORY_PER_EXPORT_THREAD).max(1)).unwrap_or(1)
+}
+
+/// How an export's files are uploaded: they are never written again once their upload began, so a
+/// local location on the staging folder's filesystem may link them instead of copying them.
+fn staged(options: &BackupOptions) -> TransferOptions {
+    options.transfer.linking()
 }
 
 /// Exports one database and uploads its files; returns its manifest, not yet written. The export
@@ -808,7 +828,7 @@ async fn upload_export_file(
     let key = format!("{folder}/{name}");
     if !during_export && !file.open {
         let info = storage
-            .upload_file(&file.path, &key, &options.transfer)
+            .upload_file(&file.path, &key, &staged(options))
             .await?;
         tracing::debug!(file = name, size = info.size, "uploaded at rest");
         return Ok(Uploaded {
@@ -830,7 +850,7 @@ async fn upload_export_file(
         !file.open,
     ));
     let info = storage
-        .upload_stream(&file.path, &key, &mut bytes, &options.transfer)
+        .upload_stream(&file.path, &key, &mut bytes, &staged(options))
         .await;
     let (size, sha256, sent) = match info {
         Ok(info) => (
@@ -884,7 +904,7 @@ async fn check_at_rest(
             }
             let key = format!("{folder}/{}", file.entry.name);
             let info = storage
-                .upload_file(&file.path, &key, &options.transfer)
+                .upload_file(&file.path, &key, &staged(options))
                 .await?;
             Ok(FileEntry {
                 size: info.size,
@@ -992,25 +1012,37 @@ mod tests {
 
     #[test]
     fn exports_side_by_side_split_memory_and_only_configured_threads() {
-        let gib = 1024 * 1024 * 1024;
-        let default = DuckDbLimits {
-            memory_limit: Some(gib),
-            threads: None,
+        let mib = 1024 * 1024;
+        let cores = std::thread::available_parallelism().unwrap().get() as u32;
+        let share = |memory_limit, threads, ways| {
+            export_share(
+                DuckDbLimits {
+                    memory_limit,
+                    threads,
+                },
+                ways,
+            )
         };
         assert_eq!(
-            export_share(default, 2),
+            share(Some(1024 * mib), None, 2),
             DuckDbLimits {
-                memory_limit: Some(gib / 2),
-                threads: None,
+                memory_limit: Some(512 * mib),
+                threads: Some(cores.min(4)),
             },
-            "every export may use every core"
+            "every core, as long as each thread keeps 128 MiB"
         );
-        let budget = DuckDbLimits {
-            memory_limit: None,
-            threads: Some(4),
-        };
-        assert_eq!(export_share(budget, 2).threads, Some(2), "a configured budget is split");
-        assert_eq!(export_share(budget, 1), budget);
+        assert_eq!(share(Some(256 * mib), None, 4).threads, Some(1));
+        assert_eq!(
+            share(None, None, 2).threads,
+            None,
+            "no limit: DuckDB's default"
+        );
+        assert_eq!(
+            share(None, Some(4), 2).threads,
+            Some(2),
+            "a budget is split"
+        );
+        assert_eq!(share(None, Some(4), 1).threads, Some(4));
     }
 
     /// The in-process S3 server, a storage on it and a scratch directory, with parts small enough

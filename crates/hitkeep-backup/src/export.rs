@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
-use hitkeep_data::{PARQUET_WRITE_SETTINGS, quote_literal, row_counts, with_settings};
+use hitkeep_data::{
+    PARQUET_WRITE_SETTINGS, Scope, Setting, quote_literal, row_counts, with_settings,
+};
 
 use crate::error::{Error, Result};
 use crate::manifest::Database;
@@ -34,18 +36,10 @@ pub(crate) fn export_database(conn: &Connection, database: Database, dir: &Path)
     let duckdb_version: String = conn
         .query_row("SELECT version()", [], |r| r.get(0))
         .map_err(|e| Error::duckdb(database, "reading the version", e))?;
-    conn.execute_batch("BEGIN TRANSACTION")
-        .map_err(|e| Error::duckdb(database, "starting the export transaction", e))?;
-    let outcome = with_export_settings(conn, database, || count_and_export(conn, database, dir));
-    let end = if outcome.is_ok() {
-        "COMMIT"
-    } else {
-        "ROLLBACK"
-    };
-    if let Err(e) = conn.execute_batch(end) {
-        tracing::warn!(%database, error = %e, "could not end the export transaction");
-    }
-    let tables = outcome?;
+    // The settings around the transaction: inside one that failed, DuckDB refuses to put them back.
+    let tables = with_export_settings(conn, database, || {
+        export_in_transaction(conn, database, dir)
+    })?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .map(|entry| entry.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
@@ -65,7 +59,15 @@ pub(crate) fn export_database(conn: &Connection, database: Database, dir: &Path)
 /// zeros below its end; backing up 16M hits, one backup in four or five read 3 KB to 2.4 MB of zeros
 /// that way and, caught by the check at rest, sent the whole file again. Uploads follow files as they
 /// grow (`follow.rs`), so they need the bytes in order. Measured no slower for an export.
-const EXPORT_SETTINGS: [(&str, &str); 2] = [PARQUET_WRITE_SETTINGS[0], ("async_threads", "0")];
+/// `async_threads` has no narrower scope than the instance.
+const EXPORT_SETTINGS: [Setting; 2] = [
+    PARQUET_WRITE_SETTINGS[0],
+    Setting {
+        name: "async_threads",
+        value: "0",
+        scope: Scope::Instance,
+    },
+];
 
 fn with_export_settings<T>(
     conn: &Connection,
@@ -74,6 +76,25 @@ fn with_export_settings<T>(
 ) -> Result<T> {
     with_settings(conn, &EXPORT_SETTINGS, export)
         .map_err(|e| Error::duckdb(database, "changing DuckDB's settings for the export", e))?
+}
+
+fn export_in_transaction(
+    conn: &Connection,
+    database: Database,
+    dir: &Path,
+) -> Result<BTreeMap<String, u64>> {
+    conn.execute_batch("BEGIN TRANSACTION")
+        .map_err(|e| Error::duckdb(database, "starting the export transaction", e))?;
+    let outcome = count_and_export(conn, database, dir);
+    let end = if outcome.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    if let Err(e) = conn.execute_batch(end) {
+        tracing::warn!(%database, error = %e, "could not end the export transaction");
+    }
+    outcome
 }
 
 fn count_and_export(
@@ -100,17 +121,34 @@ fn count_and_export(
 mod tests {
     use super::*;
 
+    fn setting(conn: &Connection, name: &str) -> String {
+        let sql = format!("SELECT CAST(current_setting('{name}') AS VARCHAR)");
+        conn.query_row(&sql, [], |r| r.get(0)).unwrap()
+    }
+
     #[test]
     fn an_export_writes_in_order_and_keeps_no_row_order() {
         let conn = Connection::open_in_memory().unwrap();
-        let setting = |name: &str| -> String {
-            let sql = format!("SELECT CAST(current_setting('{name}') AS VARCHAR)");
-            conn.query_row(&sql, [], |r| r.get(0)).unwrap()
-        };
         let during = with_export_settings(&conn, Database::Shared, || {
-            Ok((setting("async_threads"), setting("preserve_insertion_order")))
+            Ok((
+                setting(&conn, "async_threads"),
+                setting(&conn, "preserve_insertion_order"),
+            ))
         });
         assert_eq!(during.unwrap(), ("0".to_owned(), "false".to_owned()));
-        assert_eq!(setting("preserve_insertion_order"), "true", "put back");
+    }
+
+    #[test]
+    fn an_export_that_fails_in_duckdb_puts_the_settings_back() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("SET async_threads = 3; CREATE TABLE t AS SELECT 1 AS x")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // A file where the export's folder should be: DuckDB fails inside the transaction.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, "not a folder").unwrap();
+        assert!(export_database(&conn, Database::Shared, &blocked).is_err());
+        assert_eq!(setting(&conn, "async_threads"), "3");
+        assert_eq!(setting(&conn, "preserve_insertion_order"), "true");
     }
 }

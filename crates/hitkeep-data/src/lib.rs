@@ -31,7 +31,7 @@ pub use error::{DataError, ErrorKind};
 pub use held::{Held, HeldDatabases};
 pub use lock::{Holder, LockHolder, LockMode, lock_holder};
 pub use paths::{ARCHIVE_CACHE_DIR, BACKUP_LOCK_FILE, STATUS_FILE};
-pub use settings::{PARQUET_WRITE_SETTINGS, with_settings};
+pub use settings::{PARQUET_WRITE_SETTINGS, Scope, Setting, with_settings};
 pub use source::{SOURCE_FILE, SourceId};
 pub use staging::{JobKind, STAGING_DIR, StagingDir};
 pub use tenants::{

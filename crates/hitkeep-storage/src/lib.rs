@@ -43,6 +43,7 @@ mod digest;
 mod durable;
 mod error;
 mod integrity;
+mod link;
 mod partial;
 pub mod report;
 mod storage;

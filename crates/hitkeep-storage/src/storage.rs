@@ -14,6 +14,7 @@ use crate::digest::{ObjectInfo, Sha256Digest};
 use crate::durable;
 use crate::error::{Error, ErrorKind, Result, Service};
 use crate::integrity::{self, Header, Integrity, Refusal};
+use crate::link;
 use crate::partial::{SweepReport, Sweeper};
 
 /// Whole-file attempts when the server refuses an upload as damaged (checksum mismatch).
@@ -32,6 +33,8 @@ pub struct TransferOptions {
     pub chunk_size: usize,
     /// Parts in flight at once.
     pub concurrency: usize,
+    /// Whether a local location may link the source file instead of copying it ([`Self::linking`]).
+    pub link: bool,
 }
 
 impl Default for TransferOptions {
@@ -39,6 +42,7 @@ impl Default for TransferOptions {
         TransferOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             concurrency: DEFAULT_CONCURRENCY,
+            link: false,
         }
     }
 }
@@ -49,7 +53,16 @@ impl TransferOptions {
         TransferOptions {
             chunk_size: chunk_size.max(1),
             concurrency: concurrency.max(1),
+            link: false,
         }
+    }
+
+    /// These options, allowing a local location on the source file's filesystem to store the file by
+    /// hard link instead of a copy (`link.rs`). Only for a file that is never written again once its
+    /// upload began, other than by appending what the upload goes on to read (a file still being
+    /// exported): the stored object is then that very file. Nothing changes on S3.
+    pub fn linking(self) -> Self {
+        TransferOptions { link: true, ..self }
     }
 }
 
@@ -332,6 +345,11 @@ impl Storage {
         mut chunks: impl futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
         options: &TransferOptions,
     ) -> Result<ObjectInfo, Failed> {
+        if let Some((linked, dest)) = self.link_source(source, key, options) {
+            return adopt(linked, &dest, source, chunks)
+                .await
+                .map_err(|e| Failed::from((Error::local("upload", source, e), None)));
+        }
         let mut writer = self
             .ops
             .writing(header)
@@ -636,6 +654,25 @@ impl Storage {
         Ok(first && !second)
     }
 
+    /// `source` linked into this local location's staging folder, and where it is to go, when
+    /// `options` allow it and the filesystem does (`link.rs`).
+    fn link_source(
+        &self,
+        source: &Path,
+        key: &str,
+        options: &TransferOptions,
+    ) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        let (Location::Local(root), Sweeper::Local(staging)) = (&self.location, &self.partial)
+        else {
+            return None;
+        };
+        if !options.link {
+            return None;
+        }
+        let linked = link::link_into(staging.dir(), source)?;
+        Some((linked, root.join(key)))
+    }
+
     /// Makes a completed write of `key` durable on a local directory: the folders its rename into
     /// place changed are fsynced ([`crate::durable`]). Nothing to do on S3, where a write that
     /// returned is stored.
@@ -764,6 +801,38 @@ impl Sent {
         }
         writer.close().await.map(drop).map_err(Stop::Remote)
     }
+}
+
+/// Stores the linked file `linked` as `dest` once `chunks`, its bytes as its uploader reads them,
+/// are all read: their size and SHA-256 describe the object, as for a copy.
+async fn adopt(
+    linked: std::path::PathBuf,
+    dest: &Path,
+    source: &Path,
+    mut chunks: impl futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
+) -> std::io::Result<ObjectInfo> {
+    let (mut hasher, mut size) = (sha2::Sha256::new(), 0u64);
+    let read = async {
+        while let Some(chunk) = chunks.try_next().await? {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+        }
+        Ok::<_, std::io::Error>(())
+    }
+    .await;
+    if let Err(e) = read {
+        let _ = std::fs::remove_file(&linked);
+        return Err(e);
+    }
+    let dest = dest.to_owned();
+    tokio::task::spawn_blocking(move || link::place(&linked, &dest, size))
+        .await
+        .map_err(std::io::Error::other)??;
+    tracing::debug!(source = %source.display(), size, "stored by link");
+    Ok(ObjectInfo {
+        size,
+        sha256: Sha256Digest::from_hasher(hasher),
+    })
 }
 
 /// Fills a buffer up to `size` bytes (fewer only at the end of the file), so every part but the last

@@ -2,6 +2,7 @@
 //! (s3s-fs over HTTP on 127.0.0.1, SigV4 on), plus the S3-only failure cases.
 
 mod checksums;
+mod link;
 mod partial;
 mod s3_failures;
 mod suite;
