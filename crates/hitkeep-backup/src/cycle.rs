@@ -539,8 +539,10 @@ fn threads_within(memory: u64) -> u32 {
     u32::try_from(cores.min(memory / MEMORY_PER_EXPORT_THREAD).max(1)).unwrap_or(1)
 }
 
-/// How an export's files are uploaded: they are never written again once their upload began, so a
-/// local location on the staging folder's filesystem may link them instead of copying them.
+/// How an export's files are uploaded. DuckDB only appends to a file while its upload reads it, and
+/// nothing writes it after, so a local location on the staging folder's filesystem may link it
+/// instead of copying it. Should a file change all the same, the check at rest reads it again and
+/// stores it again, as for a copy.
 fn staged(options: &BackupOptions) -> TransferOptions {
     options.transfer.linking()
 }
@@ -859,7 +861,7 @@ async fn upload_export_file(
             Sent::WhileExporting(bytes.fingerprint()),
         ),
         Err(e) if e.kind() == ErrorKind::Integrity => {
-            tracing::warn!(key, error = %e, "the server refused a damaged upload; it is sent again once the export ends");
+            tracing::warn!(key, error = %e, "the upload did not store what was read; it is sent again once the export ends");
             (0, String::new(), Sent::Refused)
         }
         Err(e) => return Err(e.into()),

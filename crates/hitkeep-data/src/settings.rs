@@ -88,6 +88,12 @@ struct PutBack<'a> {
 
 impl Drop for PutBack<'_> {
     fn drop(&mut self) {
+        // A job that panicked mid-transaction left it open, and DuckDB would refuse the `SET`s. (The
+        // job's own transaction: `with_settings` is called outside any. With none open, DuckDB
+        // refuses the `ROLLBACK` and nothing happens.)
+        if std::thread::panicking() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
         for (setting, before) in self.settings.iter().rev() {
             let name = setting.name;
             let sql = match setting.scope {
@@ -164,7 +170,9 @@ mod tests {
         assert_eq!(setting(&conn, "preserve_insertion_order"), "true");
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             with_settings(&conn, &wanted, || -> Result<(), ()> {
-                panic!("job panicked")
+                conn.execute_batch("BEGIN TRANSACTION").unwrap();
+                let _ = conn.execute_batch("SELECT * FROM no_such_table");
+                panic!("job panicked in a failed transaction")
             })
         }));
         assert!(panicked.is_err());

@@ -9,7 +9,7 @@
 //! small reads and writes. Failures are [`Error`]s with a [`ErrorKind`] to branch on and a hint for people.
 //!
 //! A write that returned on a local location is durable: the file is fsynced before its rename into
-//! place (OpenDAL does that), and the folders the rename changed are fsynced after it (we do), so a
+//! place (OpenDAL does that, and `link.rs` for a file stored by hard link), and the folders the rename changed are fsynced after it (we do), so a
 //! power loss never forgets an object that a later step relied on. [`sync_dir`] is that folder fsync,
 //! for callers that rename local files themselves.
 //!

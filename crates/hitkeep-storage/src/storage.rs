@@ -258,6 +258,8 @@ impl Storage {
 
     /// Uploads a local file as `key`, streaming it in chunks (multipart on S3), and returns its size and
     /// SHA-256. On failure the partial upload is aborted, so no object that looks complete is left.
+    /// With [`TransferOptions::linking`], a local location may store the file itself (a hard link):
+    /// writing into `local` afterwards then changes the object.
     pub async fn upload_file(
         &self,
         local: &Path,
@@ -299,7 +301,8 @@ impl Storage {
 
     /// Uploads the bytes `chunks` yields as `key`, as they come (multipart on S3), and returns their
     /// size and SHA-256: for data whose end is not known yet, such as a file another thread is still
-    /// writing. `source` names the data in errors. A failing stream aborts the upload, so no object
+    /// writing. `source` names the data in errors; with [`TransferOptions::linking`] it must be the file
+    /// `chunks` reads from its start, which a local location may then store itself. A failing stream aborts the upload, so no object
     /// that looks complete is left; unlike [`Storage::upload_file`] nothing is sent again after a
     /// damaged request, since the stream cannot be replayed. Until the service is known to take the
     /// CRC32C header, the chunks sent are kept, so that `auto` can send them again with Content-MD5.
@@ -346,9 +349,19 @@ impl Storage {
         options: &TransferOptions,
     ) -> Result<ObjectInfo, Failed> {
         if let Some((linked, dest)) = self.link_source(source, key, options) {
-            return adopt(linked, &dest, source, chunks)
-                .await
-                .map_err(|e| Failed::from((Error::local("upload", source, e), None)));
+            return adopt(linked, &dest, source, chunks).await.map_err(|e| {
+                let error = match e {
+                    Adopt::Read(e) => Error::local("upload", source, e),
+                    Adopt::Placed(link::NotPlaced::Io(e)) => Error::local("upload", &dest, e),
+                    Adopt::Placed(link::NotPlaced::Changed { found, read }) => Error::new(
+                        ErrorKind::Integrity,
+                        "upload",
+                        source.display().to_string(),
+                        format!("the file holds {found} bytes where {read} were read: it changed while it was stored"),
+                    ),
+                };
+                Failed::from((error, None))
+            });
         }
         let mut writer = self
             .ops
@@ -803,14 +816,20 @@ impl Sent {
     }
 }
 
-/// Stores the linked file `linked` as `dest` once `chunks`, its bytes as its uploader reads them,
-/// are all read: their size and SHA-256 describe the object, as for a copy.
+/// Why storing a linked file failed: reading its bytes, or putting it in place.
+enum Adopt {
+    Read(std::io::Error),
+    Placed(link::NotPlaced),
+}
+
+/// Stores the linked file `linked` as `dest` once `chunks`, its bytes from the start as its uploader
+/// reads them, are all read: their size and SHA-256 describe the object, as for a copy.
 async fn adopt(
     linked: std::path::PathBuf,
     dest: &Path,
     source: &Path,
     mut chunks: impl futures::Stream<Item = std::io::Result<Bytes>> + Unpin,
-) -> std::io::Result<ObjectInfo> {
+) -> Result<ObjectInfo, Adopt> {
     let (mut hasher, mut size) = (sha2::Sha256::new(), 0u64);
     let read = async {
         while let Some(chunk) = chunks.try_next().await? {
@@ -822,12 +841,13 @@ async fn adopt(
     .await;
     if let Err(e) = read {
         let _ = std::fs::remove_file(&linked);
-        return Err(e);
+        return Err(Adopt::Read(e));
     }
     let dest = dest.to_owned();
     tokio::task::spawn_blocking(move || link::place(&linked, &dest, size))
         .await
-        .map_err(std::io::Error::other)??;
+        .map_err(|e| Adopt::Read(std::io::Error::other(e)))?
+        .map_err(Adopt::Placed)?;
     tracing::debug!(source = %source.display(), size, "stored by link");
     Ok(ObjectInfo {
         size,

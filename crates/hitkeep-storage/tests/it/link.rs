@@ -143,11 +143,39 @@ async fn a_file_longer_than_what_was_read_is_not_stored() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::LocalIo, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Integrity, "{err}");
     assert!(
         err.to_string().contains("changed while it was stored"),
         "{err}"
     );
     assert!(!root.join("shared/a/hits.parquet").exists());
     assert_eq!(leftover_links(&root), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn storing_the_same_file_again_under_its_key_leaves_no_link_behind() {
+    // A backup stores a file again when its check at rest finds it changed: the second link is a
+    // name of the very file already in place, and renaming it onto that name changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("backups");
+    let storage = local(&root).await;
+    let (src, data) = source(dir.path(), 64 * 1024);
+    let linking = TransferOptions::default().linking();
+    for _ in 0..2 {
+        let info = storage
+            .upload_file(&src, "shared/a/hits.parquet", &linking)
+            .await
+            .unwrap();
+        assert_eq!(info.sha256.to_string(), sha256_hex(&data));
+    }
+    assert_eq!(
+        std::fs::read(root.join("shared/a/hits.parquet")).unwrap(),
+        data
+    );
+    assert_eq!(leftover_links(&root), Vec::<String>::new());
+    assert_eq!(
+        src.metadata().unwrap().nlink(),
+        2,
+        "the source and the object"
+    );
 }
