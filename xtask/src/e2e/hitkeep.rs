@@ -54,10 +54,19 @@ impl Out {
                 .unwrap_or("")
                 .to_owned()
         };
+        // A panic's message is two lines above the backtrace note that ends stderr.
+        let panic = self
+            .stderr
+            .lines()
+            .skip_while(|l| !l.contains("panicked at"))
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
         format!(
-            "exit {:?}; stdout: {}; stderr: {}",
+            "exit {:?}; stdout: {}; stderr: {}{}",
             self.code,
             last(&self.stdout),
+            if panic.is_empty() { String::new() } else { format!("{panic} … ") },
             last(&self.stderr)
         )
     }
