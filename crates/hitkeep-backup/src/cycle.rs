@@ -311,7 +311,7 @@ pub async fn run_cycle(
     // for the manifest. A cycle of one database gives it the whole budget.
     let ways = options.concurrency.clamp(1, 1 + tenants.len());
     let limits = if options.apply_limits {
-        export_share(options.limits, ways)
+        export_share(options.limits, ways, storage.location().is_s3())
     } else {
         DuckDbLimits::default()
     };
@@ -516,11 +516,14 @@ async fn snapshot_and_commit(
 /// holds since exports keep no row order (`export.rs`); with it, DuckDB's `COPY` under a memory
 /// limit made its threads wait on each other (16M hits in one database, 512 MiB: 6.2 to 12.2 s
 /// with 2 threads, 5.8 to 6.6 s with 1). A configured thread count is a budget beside a live
-/// server, and it is kept.
-fn export_share(limits: DuckDbLimits, ways: usize) -> DuckDbLimits {
+/// server, and it is kept. Uploads to S3 (`uploads_use_cpu`) hash and send every byte and need the
+/// cores DuckDB would take: with every core per export, a bench run of backups to S3 took 1.57× the
+/// bare export at 4M hits where a thread per lane had taken 1.30×, so there the threads are split.
+fn export_share(limits: DuckDbLimits, ways: usize, uploads_use_cpu: bool) -> DuckDbLimits {
     let share = limits.share(ways);
     let threads = match (limits.threads, share.memory_limit) {
         (Some(_), _) => share.threads,
+        _ if uploads_use_cpu => share.threads,
         (None, Some(memory)) => Some(threads_within(memory)),
         (None, None) => None,
     };
@@ -1013,7 +1016,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exports_side_by_side_split_memory_and_only_configured_threads() {
+    fn exports_side_by_side_split_memory_and_threads_when_configured_or_uploading_to_s3() {
         let mib = 1024 * 1024;
         let cores = std::thread::available_parallelism().unwrap().get() as u32;
         let share = |memory_limit, threads, ways| {
@@ -1023,6 +1026,7 @@ mod tests {
                     threads,
                 },
                 ways,
+                false,
             )
         };
         assert_eq!(
@@ -1045,6 +1049,12 @@ mod tests {
             "a budget is split"
         );
         assert_eq!(share(None, Some(4), 1).threads, Some(4));
+        let to_s3 = export_share(DuckDbLimits::default(), 2, true);
+        assert_eq!(
+            to_s3.threads,
+            Some((cores / 2).max(1)),
+            "uploads to S3 need cores too"
+        );
     }
 
     /// The in-process S3 server, a storage on it and a scratch directory, with parts small enough

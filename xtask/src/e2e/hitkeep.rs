@@ -66,7 +66,11 @@ impl Out {
             "exit {:?}; stdout: {}; stderr: {}{}",
             self.code,
             last(&self.stdout),
-            if panic.is_empty() { String::new() } else { format!("{panic} … ") },
+            if panic.is_empty() {
+                String::new()
+            } else {
+                format!("{panic} … ")
+            },
             last(&self.stderr)
         )
     }
