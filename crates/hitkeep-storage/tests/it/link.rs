@@ -6,21 +6,10 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use bytes::Bytes;
-use hitkeep_config::Location;
-use hitkeep_storage::{ErrorKind, Storage, TransferOptions};
+use hitkeep_storage::{ErrorKind, TransferOptions};
 use sha2::Digest as _;
 
-use crate::{fast_options, s3_settings};
-
-async fn local(root: &Path) -> Storage {
-    Storage::open_with(
-        &Location::Local(root.to_owned()),
-        &s3_settings(&[]),
-        &fast_options(),
-    )
-    .await
-    .unwrap()
-}
+use crate::local;
 
 fn source(dir: &Path, bytes: usize) -> (std::path::PathBuf, Vec<u8>) {
     let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();

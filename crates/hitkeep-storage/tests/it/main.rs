@@ -107,3 +107,14 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A storage on the local directory `root`, with the suite's fast options.
+pub async fn local(root: &std::path::Path) -> Storage {
+    Storage::open_with(
+        &Location::Local(root.to_owned()),
+        &s3_settings(&[]),
+        &fast_options(),
+    )
+    .await
+    .unwrap()
+}

@@ -10,19 +10,9 @@ use hitkeep_config::Location;
 use hitkeep_storage::{ErrorKind, ListMode, PartialKind, Storage, TransferOptions};
 use hitkeep_testkit::{BUCKET, S3Server, SECRET_ACCESS_KEY, ServerOptions};
 
-use crate::{fast_options, s3_settings, server_settings};
+use crate::{fast_options, local, server_settings};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
-
-async fn local(root: &Path) -> Storage {
-    Storage::open_with(
-        &Location::Local(root.to_owned()),
-        &s3_settings(&[]),
-        &fast_options(),
-    )
-    .await
-    .unwrap()
-}
 
 /// The folders in `.hitkeep-tmp/`, sorted.
 fn staging_folders(root: &Path) -> Vec<String> {
