@@ -289,9 +289,9 @@ pub async fn run_cycle(
     let staging =
         hitkeep_data::StagingDir::claim(&options.staging_dir, hitkeep_data::JobKind::Backup)?;
     // The snapshot id is claimed while the first exports run: its requests (the history's listing,
-    // the source record, the marker and its read-back, and on a service that ignores If-None-Match
-    // a two-second pause) are independent of an export, which writes only into local staging. No
-    // database uploads or writes a marker before the claim is taken (`snapshot_database`).
+    // the source record, the marker, or on a service that ignores If-None-Match an announcement and a
+    // listing) are independent of an export, which writes only into local staging. No database
+    // uploads or writes a marker before the claim is taken (`snapshot_database`).
     let failed_claim = std::sync::Mutex::new(None);
     let claim: PendingClaim<'_> = async {
         claim_id(storage, source, &options.source_file)
@@ -307,8 +307,10 @@ pub async fn run_cycle(
 
     // Databases side by side, the shared one first: while one exports (CPU) another uploads (network),
     // and tenants' fixed costs (open, checkpoint, a few requests) overlap. Each DuckDB instance gets its
-    // share of the limits (`export_share`), the shared one too; `buffered` keeps the tenants in order
-    // for the manifest. A cycle of one database gives it the whole budget.
+    // share of the limits (`export_share`), the shared one too. A lane takes the next database as
+    // soon as its own is done (`buffer_unordered`: with `buffered`, a finished tenant waiting behind a
+    // slow one keeps its lane); the tenants are put back in order for the manifest below. A cycle of
+    // one database gives it the whole budget.
     let ways = options.concurrency.clamp(1, 1 + tenants.len());
     let limits = if options.apply_limits {
         export_share(options.limits, ways, storage.location().is_s3())
@@ -318,7 +320,12 @@ pub async fn run_cycle(
     limits
         .apply(&shared)
         .map_err(|e| Error::duckdb(Database::Shared, "setting DuckDB's limits", e))?;
-    let jobs = std::iter::once(Job::Shared(shared)).chain(tenants.into_iter().map(Job::Tenant));
+    let jobs = std::iter::once(Job::Shared(shared)).chain(
+        tenants
+            .into_iter()
+            .enumerate()
+            .map(|(order, t)| Job::Tenant(order, t)),
+    );
     let staging_path = staging.path();
     let pending = &claim;
     let mut done = futures::stream::iter(jobs)
@@ -335,28 +342,30 @@ pub async fn run_cycle(
                     )
                     .await,
                 ),
-                Job::Tenant(t) => {
+                Job::Tenant(order, t) => {
                     let (entry, counted) =
                         backup_tenant(storage, t, pending, staging_path, options, limits).await;
-                    Done::Tenant(entry, counted)
+                    Done::Tenant(order, entry, counted)
                 }
             }
         })
-        .buffered(options.concurrency.max(1));
+        .buffer_unordered(options.concurrency.max(1));
     // Every job runs to its end even when the shared one fails: an export abandoned mid-way would go
     // on writing into a staging folder already removed.
     let (mut shared_result, mut entries, mut files, mut bytes) = (None, Vec::new(), 0, 0);
     while let Some(outcome) = done.next().await {
         match outcome {
             Done::Shared(result) => shared_result = Some(result),
-            Done::Tenant(entry, counted) => {
+            Done::Tenant(order, entry, counted) => {
                 files += counted.0;
                 bytes += counted.1;
-                entries.push(entry);
+                entries.push((order, entry));
             }
         }
     }
     drop(done);
+    entries.sort_by_key(|(order, _)| *order);
+    let entries: Vec<TenantEntry> = entries.into_iter().map(|(_, entry)| entry).collect();
     // A failed claim fails the cycle with its own error, whatever the jobs made of it.
     let Some(claim) = claim.await else {
         let failed = failed_claim
@@ -415,12 +424,13 @@ async fn claimed(claim: &PendingClaim<'_>) -> Result<Claim> {
 /// What a cycle backs up: the shared database, open, or a tenant to open.
 enum Job {
     Shared(Connection),
-    Tenant(TenantSource),
+    /// A tenant and its place in the cycle's order.
+    Tenant(usize, TenantSource),
 }
 
 enum Done {
     Shared(Result<Manifest>),
-    Tenant(TenantEntry, (usize, u64)),
+    Tenant(usize, TenantEntry, (usize, u64)),
 }
 
 /// One tenant's snapshot, committed on its own; a failure is recorded, never raised. Also returns the

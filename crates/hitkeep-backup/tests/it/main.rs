@@ -583,6 +583,63 @@ async fn a_second_cycle_is_refused_while_one_holds_the_lock() {
     );
 }
 
+/// Side by side, a lane takes the next tenant as soon as its own is done: a slow tenant does not hold
+/// up the ones queued behind a tenant that already finished. The manifest keeps the cycle's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tenant_does_not_hold_up_the_lane_beside_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let f = Fixture::new(false).await;
+    let opened = Arc::new(AtomicUsize::new(0));
+    let counted = |id: uuid::Uuid| {
+        let (layout, opened) = (f.layout.clone(), opened.clone());
+        TenantSource::new(id, move || {
+            opened.fetch_add(1, Ordering::SeqCst);
+            layout
+                .open(&layout.tenant_db(id), OpenMode::Existing)
+                .map(Some)
+        })
+    };
+    let (slow, fast) = (
+        f.demo.tenants[0],
+        [f.demo.default_tenant, f.demo.tenants[1]],
+    );
+    // The slow tenant opens only once both others have been opened (or after 20 s): with the two
+    // lanes held by it and the first fast tenant, the second fast one must start in the lane the
+    // first one freed.
+    let saw_both = Arc::new(AtomicUsize::new(0));
+    let (layout, seen, waited) = (f.layout.clone(), opened.clone(), saw_both.clone());
+    let slow_source = TenantSource::new(slow, move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while seen.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        waited.store(seen.load(Ordering::SeqCst), Ordering::SeqCst);
+        layout
+            .open(&layout.tenant_db(slow), OpenMode::Existing)
+            .map(Some)
+    });
+    let sources = vec![slow_source, counted(fast[0]), counted(fast[1])];
+    let tenants = CycleTenants::new(f.demo.layout, Some(f.demo.default_tenant), sources);
+    let shared = open_database(&f.layout.db_path, OpenMode::Existing).unwrap();
+    let options = f.options().with_concurrency(2);
+    let report = run_cycle(&f.storage, shared, tenants, &options)
+        .await
+        .unwrap();
+    assert!(report.is_success(), "{:?}", report.shared.tenants);
+    assert_eq!(
+        saw_both.load(Ordering::SeqCst),
+        2,
+        "both fast tenants were opened while the slow one was still opening"
+    );
+    let order: Vec<_> = report.shared.tenants.iter().map(|t| t.tenant_id).collect();
+    assert_eq!(
+        order,
+        [slow, fast[0], fast[1]],
+        "the manifest keeps the cycle's order"
+    );
+}
+
 /// Retention counts cycles that restore whole: split cycles whose default tenant failed (a wrong data
 /// path for a while) never push the last whole cycle out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
