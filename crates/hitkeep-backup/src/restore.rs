@@ -306,7 +306,7 @@ impl RestorePlan {
         storage: &Storage,
         item: &RestoreItem,
         stamp: SnapshotId,
-        ways: usize,
+        turns: &Turns,
     ) -> Result<PreparedRestore> {
         let target = item.target.clone();
         refuse_if_locked(&target)?;
@@ -344,7 +344,14 @@ impl RestorePlan {
                 });
             }
         }
-        download(storage, &folder, item.manifest.as_ref(), &staging.0).await?;
+        {
+            let _turn = turns
+                .download
+                .acquire()
+                .await
+                .map_err(|e| Error::Internal(format!("download turn: {e}")))?;
+            download(storage, &folder, item.manifest.as_ref(), &staging.0).await?;
+        }
         let job = ImportJob {
             staging: staging.0.clone(),
             temp_db: temp_db.0.clone(),
@@ -352,7 +359,7 @@ impl RestorePlan {
             database: item.database,
             folder,
         };
-        let tables = self.import_in_turn(job, ways).await?;
+        let tables = self.import_in_turn(job, turns.imports).await?;
         Ok(PreparedRestore {
             target,
             temp_db,
@@ -399,11 +406,12 @@ impl RestorePlan {
         crate::scratch::sweep(&self.data, self.items.iter().map(|i| i.target.as_path()))
     }
 
-    /// Prepares every item in plan order: `concurrency` at a time, up to two of them importing side by
-    /// side with a share of DuckDB's limits each, and one that runs out of memory on its share again
-    /// alone with the whole of them ([`RestorePlan::import_in_turn`]). On a failure, waits for the items already started, drops every
-    /// prepared one (removing its files) and returns the failing database with its error: nothing has
-    /// been changed.
+    /// Prepares every item, started in plan order: `concurrency` downloading at a time and one item
+    /// more in flight (it downloads while others import), up to two of them importing side by side
+    /// with a share of DuckDB's limits each, and one that runs out of memory on its share again alone
+    /// with the whole of them ([`RestorePlan::import_in_turn`]). On a failure, waits for the items
+    /// already started, drops every prepared one (removing its files) and returns the failing
+    /// database with its error: nothing has been changed.
     pub async fn prepare_all(
         &self,
         storage: &Storage,
@@ -435,17 +443,28 @@ impl RestorePlan {
             .min(concurrency)
             .min(self.items.len())
             .max(1);
-        let outcomes: Vec<_> = futures::stream::iter(&self.items)
-            .map(|item| async move {
-                let prepared = self.prepare_item(storage, item, stamp, ways).await;
-                prepared.map_err(|e| (item.database, e))
+        // `concurrency` downloads at a time, and one database more in flight: it downloads while the
+        // others import, so a lane that finishes an import finds the next one on disk. A lane takes
+        // the next database as soon as its own is ready (with `buffered`, one that finished behind a
+        // slower one kept its lane idle); the outcomes go back into plan order.
+        let turns = Turns {
+            download: tokio::sync::Semaphore::new(concurrency.max(1)),
+            imports: ways,
+        };
+        let turns = &turns;
+        let mut outcomes: Vec<_> = futures::stream::iter(self.items.iter().enumerate())
+            .map(|(order, item)| async move {
+                let prepared = self.prepare_item(storage, item, stamp, turns).await;
+                (order, prepared.map_err(|e| (item.database, e)))
             })
-            .buffered(concurrency.max(1))
+            .buffer_unordered(concurrency.max(1) + 1)
             .collect()
             .await;
-        let prepared: Vec<PreparedRestore> = outcomes
-            .into_iter()
-            .collect::<std::result::Result<_, _>>()?;
+        outcomes.sort_by_key(|(order, _)| *order);
+        let mut prepared = Vec::with_capacity(outcomes.len());
+        for (_, outcome) in outcomes {
+            prepared.push(outcome?);
+        }
         self.check_prepared(&prepared)
             .map_err(|e| (Database::Shared, e))?;
         Ok(prepared)
@@ -749,6 +768,13 @@ async fn download(
 
 /// Databases imported at once (see [`RestorePlan::import_in_turn`]).
 const IMPORTS_AT_ONCE: usize = 2;
+
+/// What a restore's items take turns at: downloads (the configured concurrency) and imports (how many
+/// may run side by side, [`RestorePlan::import_in_turn`]).
+struct Turns {
+    download: tokio::sync::Semaphore,
+    imports: usize,
+}
 
 /// Taken off each side-by-side import's half of the memory limit. An instance holds more than its
 /// limit while it builds keys (peak RSS of one 3M-hit database: 441 MiB under a 256 MiB limit, 549
