@@ -846,17 +846,18 @@ async fn export_and_verify(
     let job = tokio::task::spawn_blocking(move || export(&exporter, site, cutoff, &tables, &tx));
     // Every key an upload was started for, finished or not: all are removed on a failure.
     let uploaded = std::sync::Mutex::new(Vec::new());
+    let reader = ReadBack::open()?;
     let outcome = async {
         pending.await?;
         // After a failure no new table starts (the export then stops: nobody receives), but the
         // transfers in flight run to their end: one dropped mid-way can leave a multipart upload
         // open on the server or create a file after the scratch folder was removed.
         let failed = AtomicBool::new(false);
-        let (failed, plan, uploaded) = (&failed, &plan, &uploaded);
+        let (failed, plan, uploaded, reader) = (&failed, &plan, &uploaded, &reader);
         let sent = tokio_stream_of(rx)
             .take_while(|_| std::future::ready(!failed.load(Ordering::Relaxed)))
             .map(|(table, local)| async move {
-                let outcome = send_and_check(storage, plan, table, local, uploaded).await;
+                let outcome = send_and_check(storage, plan, (table, local), uploaded, reader).await;
                 failed.fetch_or(outcome.is_err(), Ordering::Relaxed);
                 outcome
             })
@@ -909,9 +910,9 @@ fn tokio_stream_of<T>(
 async fn send_and_check(
     storage: &Storage,
     plan: &ExportPlan<'_>,
-    table: &'static str,
-    local: PathBuf,
+    (table, local): (&'static str, PathBuf),
     uploaded: &std::sync::Mutex<Vec<String>>,
+    reader: &ReadBack,
 ) -> Result<(&'static str, PathBuf, u64)> {
     let object = &plan.parts[table];
     let key = join(plan.dir, object);
@@ -925,7 +926,7 @@ async fn send_and_check(
     let _ = std::fs::remove_file(&local);
     let expected = plan.counts.get(table).copied().unwrap_or(0);
     let copy = plan.scratch.join(format!("readback.{object}"));
-    verify_object(storage, &key, table, expected, &copy).await?;
+    verify_object(storage, &key, (table, expected), &copy, reader).await?;
     Ok((table, copy, info.size))
 }
 
@@ -980,9 +981,9 @@ fn export_in_one_transaction(
 async fn verify_object(
     storage: &Storage,
     key: &str,
-    table: &str,
-    expected: u64,
+    (table, expected): (&str, u64),
     local: &Path,
+    reader: &ReadBack,
 ) -> Result<()> {
     storage
         .download_file(key, local, None, &TransferOptions::default())
@@ -992,12 +993,10 @@ async fn verify_object(
         "read_parquet({})",
         quote_literal(&local.display().to_string())
     );
-    let found = tokio::task::spawn_blocking(move || -> Result<BTreeMap<String, u64>> {
-        let conn = Connection::open_in_memory().map_err(|e| Error::duckdb("opening DuckDB", e))?;
-        source_counts(&conn, &from)
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let conn = reader.connection()?;
+    let found = tokio::task::spawn_blocking(move || source_counts(&conn, &from))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     let expected = BTreeMap::from([(table.to_owned(), expected)]);
     if found != expected {
         storage.delete(key).await?;
@@ -1008,6 +1007,24 @@ async fn verify_object(
         });
     }
     Ok(())
+}
+
+/// The in-memory DuckDB instance that counts what every object of a run read back holds, one
+/// connection per table: opening an instance costs tens of milliseconds, which a run paid per
+/// table (up to 23) before.
+struct ReadBack(std::sync::Mutex<Connection>);
+
+impl ReadBack {
+    fn open() -> Result<ReadBack> {
+        let conn = Connection::open_in_memory().map_err(|e| Error::duckdb("opening DuckDB", e))?;
+        Ok(ReadBack(std::sync::Mutex::new(conn)))
+    }
+
+    fn connection(&self) -> Result<Connection> {
+        let conn = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        conn.try_clone()
+            .map_err(|e| Error::duckdb("opening a connection for the read-back", e))
+    }
 }
 
 /// Deletes the site's `rollup_dirty_buckets` markers whose whole bucket has expired, as HitKeep's
