@@ -389,8 +389,17 @@ async fn inspect(
     } else if !has(IN_PROGRESS_NAME) && has("schema.sql") && has("load.sql") {
         (SnapshotState::Legacy, None)
     } else {
-        if has(IN_PROGRESS_NAME) {
-            source = marker_source(storage, database, id).await;
+        // The marker, or the claim announcement a run killed while claiming left (same content).
+        let marker = entries
+            .iter()
+            .find(|e| e.name() == IN_PROGRESS_NAME)
+            .or_else(|| {
+                entries
+                    .iter()
+                    .find(|e| crate::claim::is_announcement(e.name()))
+            });
+        if let Some(marker) = marker {
+            source = marker_source(storage, &marker.key).await;
         }
         (SnapshotState::Incomplete, None)
     };
@@ -404,10 +413,10 @@ async fn inspect(
     })
 }
 
-/// The source an unfinished snapshot's marker names; `None` when unreadable or from an older version.
-async fn marker_source(storage: &Storage, database: Database, id: SnapshotId) -> Option<SourceId> {
-    let key = format!("{}/{id}/{IN_PROGRESS_NAME}", database.folder());
-    let bytes = storage.read(&key).await.ok()?;
+/// The source an unfinished snapshot's marker (at `key`) names; `None` when unreadable or from an
+/// older version.
+async fn marker_source(storage: &Storage, key: &str) -> Option<SourceId> {
+    let bytes = storage.read(key).await.ok()?;
     serde_json::from_slice::<crate::claim::Marker>(&bytes)
         .ok()?
         .source

@@ -5,8 +5,9 @@
 //! - numbers its cycles (`sequence`, one more than the source's highest), so "latest" and retention
 //!   follow the order cycles really ran in, whatever the clock said when they ran;
 //! - refuses to run when its id would sort before the newest cycle and the clock may be what is wrong;
-//! - claims its snapshot id with a conditional create of `shared/{id}/in-progress.json`, reads the
-//!   marker back (some services ignore the condition), and checks it again before committing.
+//! - claims its snapshot id with a conditional create of `shared/{id}/in-progress.json` where the
+//!   service honours `If-None-Match`, and elsewhere by announcing itself under a name of its own and
+//!   listing the folder (see [`Claim::take`]); it checks the marker again before committing.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -217,9 +218,14 @@ impl Claim {
         serde_json::to_vec(&marker).unwrap_or_default()
     }
 
-    /// Claims the newest free id: a conditional create of the shared marker, read back; on a service
-    /// that ignores the condition, read back again after a pause longer than the time between another
-    /// writer's listing and its write. A taken id moves the claim to the next second.
+    /// Claims the newest free id. Where the service honours `If-None-Match`, by a conditional create
+    /// of the shared marker. Elsewhere (Garage, some Ceph setups), by announcing: the run writes an
+    /// object no other run writes (`claim-{run}.json`), then lists the folder, and holds the id only
+    /// when its own announcement is all it finds. Of two runs, at least one lists after the other's
+    /// announcement is stored, so at most one holds the id whatever the timing (two that see each
+    /// other both step aside); this needs only the list-after-write consistency S3 services give,
+    /// where a read-back after a pause needed a guess at how slow another writer could be. A taken id
+    /// moves the claim to the next second.
     pub async fn take(storage: &Storage, source: SourceId) -> Result<Claim> {
         let run = format!("{:016x}", fastrand_u64());
         loop {
@@ -230,21 +236,91 @@ impl Claim {
                 run: run.clone(),
                 sequence: 0,
             };
-            let key = claim.marker_key();
-            let free = storage
-                .list(&format!("shared/{id}"), ListMode::Recursive)
-                .await?
-                .is_empty();
-            if free && create_marker(storage, &key, claim.marker()).await? {
-                if claim.holds(storage).await?.is_ok() && !honours_if_absent(storage).await? {
-                    tokio::time::sleep(SETTLE).await;
-                }
-                if claim.holds(storage).await?.is_ok() {
+            let folder = format!("shared/{id}");
+            let free = storage.list(&folder, ListMode::Recursive).await?.is_empty();
+            if free {
+                let taken = if honours_if_absent(storage).await? {
+                    claim.create_marker(storage).await?
+                } else {
+                    claim.announce(storage).await?;
+                    claim.settle(storage).await?
+                };
+                if taken {
                     return Ok(claim);
                 }
-                tracing::warn!(snapshot = %id, "another writer took this snapshot id at the same moment; taking the next one");
+                tracing::warn!(snapshot = %id, "another writer claimed this snapshot id at the same moment; taking the next one");
+                // Two runs that stepped aside for each other would meet again at the next second's
+                // start: a random delay lets one of them come first.
+                sleep_to_next_second().await;
+                tokio::time::sleep(Duration::from_millis(fastrand_u64() % 400)).await;
+                continue;
             }
             sleep_to_next_second().await;
+        }
+    }
+
+    /// The conditional create of the marker, read back: `false` when the id is taken.
+    async fn create_marker(&self, storage: &Storage) -> Result<bool> {
+        match storage
+            .write_if_absent(&self.marker_key(), self.marker())
+            .await
+        {
+            Ok(created) => Ok(created && self.holds(storage).await?.is_ok()),
+            // Refused as a request (not because the marker exists), though the probe passed:
+            // announce this time. Not remembered: a passing failure must not change how every
+            // later cycle of a long-running server claims.
+            Err(e) if rejects_condition(&e) => {
+                tracing::warn!(error = %e, "a conditional create of the snapshot marker was refused; claiming by announcement instead");
+                self.announce(storage).await?;
+                self.settle(storage).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes this run's announcement into the id's folder: a name no other run writes.
+    async fn announce(&self, storage: &Storage) -> Result<()> {
+        storage
+            .write(&self.announcement_key(), self.marker())
+            .await?;
+        Ok(())
+    }
+
+    /// Lists the id's folder after [`Claim::announce`]: with nothing but this run's announcement
+    /// there, the id is this run's, and its marker replaces the announcement. Otherwise the
+    /// announcement is withdrawn and the id left to whoever else is there.
+    async fn settle(&self, storage: &Storage) -> Result<bool> {
+        let mine = self.announcement_key();
+        let held = self.decide(storage).await;
+        // The marker (when held) is written before this: the folder is never without an object that
+        // shows it is taken. A leftover announcement only keeps others off this id, and names its
+        // source (`catalog.rs`), so a failed removal is reported, not fatal.
+        if let Err(e) = storage.delete(&mine).await {
+            tracing::warn!(key = mine, error = %e, "removing this run's claim announcement failed; it is removed with the snapshot's folder");
+        }
+        held
+    }
+
+    /// Whether the listing holds nothing but this run's announcement; if so, writes the marker.
+    async fn decide(&self, storage: &Storage) -> Result<bool> {
+        let listed = storage
+            .list(&format!("shared/{}", self.id), ListMode::Recursive)
+            .await?;
+        if !(listed.len() == 1 && listed[0].key == self.announcement_key()) {
+            return Ok(false);
+        }
+        // Conditional where the service allows it: a process that creates markers conditionally
+        // (the probe passed for it) may have created this one since the listing.
+        match storage
+            .write_if_absent(&self.marker_key(), self.marker())
+            .await
+        {
+            Ok(created) => Ok(created),
+            Err(e) if rejects_condition(&e) => {
+                storage.write(&self.marker_key(), self.marker()).await?;
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -285,25 +361,18 @@ impl Claim {
     pub(crate) fn marker_key(&self) -> String {
         format!("shared/{}/{IN_PROGRESS_NAME}", self.id)
     }
+
+    fn announcement_key(&self) -> String {
+        format!("shared/{}/{ANNOUNCEMENT_PREFIX}{}.json", self.id, self.run)
+    }
 }
 
-/// The conditional create of a claim's marker. A service that rejects the condition itself (rather than
-/// refusing because the object exists) gets a plain write, remembered as not honouring it.
-async fn create_marker(storage: &Storage, key: &str, marker: Vec<u8>) -> Result<bool> {
-    if known(storage) == Some(false) {
-        storage.write(key, marker).await?;
-        return Ok(true);
-    }
-    match storage.write_if_absent(key, marker.clone()).await {
-        Ok(created) => Ok(created),
-        Err(e) if rejects_condition(&e) => {
-            tracing::warn!(error = %e, "this storage rejects conditional writes (If-None-Match); claiming snapshot ids by reading markers back");
-            remember(storage, false);
-            storage.write(key, marker).await?;
-            Ok(true)
-        }
-        Err(e) => Err(e.into()),
-    }
+/// How a claim announcement's name starts (`claim-{run}.json`).
+const ANNOUNCEMENT_PREFIX: &str = "claim-";
+
+/// Whether an object in a snapshot folder is a claim announcement: it holds a [`Marker`].
+pub(crate) fn is_announcement(name: &str) -> bool {
+    name.starts_with(ANNOUNCEMENT_PREFIX) && name.ends_with(".json")
 }
 
 /// A refusal of the conditional request itself, not of access or reachability: some services answer
@@ -321,9 +390,6 @@ pub(crate) async fn record_source(storage: &Storage, record: &SourceRecord) -> R
     storage.write(&key, bytes).await?;
     Ok(())
 }
-
-/// A pause longer than another writer's listing-to-write gap, on services that ignore `If-None-Match`.
-const SETTLE: Duration = Duration::from_secs(2);
 
 /// Whether each location honours conditional creates, as probed by this process.
 fn probed() -> &'static Mutex<Vec<(String, bool)>> {
@@ -356,7 +422,7 @@ async fn honours_if_absent(storage: &Storage) -> Result<bool> {
         Err(e) => return Err(e.into()),
     };
     if !honours {
-        tracing::info!(location = %storage.location(), "this storage ignores conditional writes (If-None-Match); claiming snapshot ids by reading markers back");
+        tracing::info!(location = %storage.location(), "this storage ignores conditional writes (If-None-Match); claiming snapshot ids by announcement and listing");
     }
     remember(storage, honours);
     Ok(honours)
@@ -435,6 +501,102 @@ mod tests {
             next_sequence: 1,
         };
         assert!(none.check_clock(id("2026-12-01T100000Z")).is_ok());
+    }
+
+    /// Both orders two announcing runs can take: one lists before the other announces (it holds the
+    /// id, the other sees it and steps aside), or both announce before either lists (both step
+    /// aside). Never both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_two_announcing_runs_at_most_one_holds_the_id() {
+        let server = hitkeep_testkit::S3Server::start().await.unwrap();
+        let storage = server.storage("claims").await;
+        let run = |id: SnapshotId, run: &str| Claim {
+            id,
+            source: SourceId::random(),
+            run: run.into(),
+            sequence: 0,
+        };
+        let listed = |id: SnapshotId| {
+            let storage = storage.clone();
+            async move {
+                let entries = storage
+                    .list(&format!("shared/{id}"), ListMode::Recursive)
+                    .await
+                    .unwrap();
+                entries
+                    .into_iter()
+                    .map(|e| e.name().to_owned())
+                    .collect::<Vec<_>>()
+            }
+        };
+
+        let first = id("2026-12-01T100000Z");
+        let (a, b) = (run(first, "a"), run(first, "b"));
+        a.announce(&storage).await.unwrap();
+        assert!(a.settle(&storage).await.unwrap(), "alone in the folder");
+        b.announce(&storage).await.unwrap();
+        assert!(!b.settle(&storage).await.unwrap(), "a holds the id");
+        assert_eq!(
+            listed(first).await,
+            [IN_PROGRESS_NAME],
+            "a's marker, no announcement left"
+        );
+        assert!(a.holds(&storage).await.unwrap().is_ok());
+        assert!(b.holds(&storage).await.unwrap().is_err());
+
+        let second = id("2026-12-01T100001Z");
+        let (a, b) = (run(second, "a"), run(second, "b"));
+        a.announce(&storage).await.unwrap();
+        b.announce(&storage).await.unwrap();
+        // Both list before either withdraws.
+        assert!(!a.decide(&storage).await.unwrap(), "a sees b");
+        assert!(!b.decide(&storage).await.unwrap(), "b sees a");
+        let announcements = listed(second).await;
+        assert_eq!(announcements.len(), 2, "no marker: {announcements:?}");
+    }
+
+    /// On a service taken for one that ignores `If-None-Match`, three runs started together claim
+    /// three ids and leave no announcement behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_that_announce_together_claim_different_ids() {
+        let server = hitkeep_testkit::S3Server::start().await.unwrap();
+        let storage = server.storage("announcing").await;
+        remember(&storage, false);
+        let take = || Claim::take(&storage, SourceId::random());
+        let (a, b, c) = tokio::join!(take(), take(), take());
+        let ids: std::collections::BTreeSet<_> =
+            [a.unwrap().id, b.unwrap().id, c.unwrap().id].into();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        let left = storage.list("shared", ListMode::Recursive).await.unwrap();
+        assert!(
+            left.iter().all(|e| e.name() == IN_PROGRESS_NAME),
+            "{left:?}"
+        );
+        assert_eq!(left.len(), 3);
+    }
+
+    /// A run killed while claiming leaves its announcement: the folder lists as unfinished, with the
+    /// source that left it (so that source's next cycle removes it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_announcement_left_behind_names_its_source() {
+        let server = hitkeep_testkit::S3Server::start().await.unwrap();
+        let storage = server.storage("left").await;
+        let claim = Claim {
+            id: id("2026-12-01T100000Z"),
+            source: SourceId::random(),
+            run: "killed".into(),
+            sequence: 0,
+        };
+        claim.announce(&storage).await.unwrap();
+        let catalog = Catalog::load(&storage).await.unwrap();
+        let shared = catalog
+            .databases
+            .iter()
+            .find(|d| d.database == Database::Shared)
+            .unwrap();
+        assert_eq!(shared.snapshots.len(), 1);
+        assert_eq!(shared.snapshots[0].state, SnapshotState::Incomplete);
+        assert_eq!(shared.snapshots[0].source, Some(claim.source));
     }
 
     #[test]

@@ -201,22 +201,23 @@ async fn deleting(storage: &Storage, run: &str, small: &str) -> Result<(), hitke
 }
 
 /// Whether the service refuses a second `If-None-Match: *` create, which is how a cycle claims its
-/// snapshot id. Without it, cycles claim by reading their marker back after a pause: still safe for
-/// the usual case, but two installations on one destination are then kept apart by timing alone.
+/// snapshot id. Without it, cycles claim by writing an announcement of their own and listing the
+/// folder: safe between installations of this version where listings are consistent (as on S3, R2,
+/// Ceph and single-node Garage), but not against older versions, which claimed by timing.
 async fn conditional_writes(storage: &Storage, label: &str, key: &str, report: &mut Report) {
     let name = format!("{label}: conditional writes");
     match storage.honours_if_absent(key).await {
         Ok(true) => report.ok(name, "a second If-None-Match: * create is refused (snapshot ids are claimed atomically)"),
         // Not a fault: one installation per destination, the normal case, needs no atomic claim, and
-        // cycles fall back to reading their marker back. Said, so that sharing a destination is a choice.
+        // cycles fall back to announcing. Said, so that sharing a destination is a choice.
         Ok(false) => report.ok(
             name,
-            "not honoured (the service overwrites): cycles claim snapshot ids by reading their marker back; keep one installation per HITKEEP_BACKUP_PATH",
+            "not honoured (the service overwrites): cycles claim snapshot ids by announcement and listing; keep one installation per HITKEEP_BACKUP_PATH",
         ),
         Err(e) => report.ok(
             name,
             format!(
-                "not supported ({}): cycles claim snapshot ids by reading their marker back; keep one installation per HITKEEP_BACKUP_PATH",
+                "not supported ({}): cycles claim snapshot ids by announcement and listing; keep one installation per HITKEEP_BACKUP_PATH",
                 first_line(&e.to_string())
             ),
         ),
