@@ -242,8 +242,7 @@ impl Claim {
                 let taken = if honours_if_absent(storage).await? {
                     claim.create_marker(storage).await?
                 } else {
-                    claim.announce(storage).await?;
-                    claim.settle(storage).await?
+                    claim.by_announcement(storage).await?
                 };
                 if taken {
                     return Ok(claim);
@@ -271,11 +270,16 @@ impl Claim {
             // later cycle of a long-running server claims.
             Err(e) if rejects_condition(&e) => {
                 tracing::warn!(error = %e, "a conditional create of the snapshot marker was refused; claiming by announcement instead");
-                self.announce(storage).await?;
-                self.settle(storage).await
+                self.by_announcement(storage).await
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The claim on a service that ignores `If-None-Match`: announce, then settle.
+    async fn by_announcement(&self, storage: &Storage) -> Result<bool> {
+        self.announce(storage).await?;
+        self.settle(storage).await
     }
 
     /// Writes this run's announcement into the id's folder: a name no other run writes.
