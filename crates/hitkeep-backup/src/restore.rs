@@ -20,6 +20,9 @@ use crate::manifest::{
 use crate::scratch::{ScratchLock, StaleScratch, scratch_prefix};
 use crate::swap::{Scratch, swap_into_place};
 use futures::StreamExt as _;
+use lanes::{Lanes, Way};
+
+mod lanes;
 
 /// DuckDB storage version written by restores: HitKeep Go ships DuckDB 1.5, which cannot read files
 /// created at DuckDB 2.0's default.
@@ -306,7 +309,7 @@ impl RestorePlan {
         storage: &Storage,
         item: &RestoreItem,
         stamp: SnapshotId,
-        turns: &Turns,
+        (order, turns): (usize, &Turns),
     ) -> Result<PreparedRestore> {
         let target = item.target.clone();
         refuse_if_locked(&target)?;
@@ -359,7 +362,7 @@ impl RestorePlan {
             database: item.database,
             folder,
         };
-        let tables = self.import_in_turn(job, turns.imports).await?;
+        let tables = self.import_in_turn(job, turns, order, item.bytes).await?;
         Ok(PreparedRestore {
             target,
             temp_db,
@@ -376,18 +379,32 @@ impl RestorePlan {
     /// loads: with one build at a time and the next database loading beside it the same restore took
     /// 90 s. An import that runs out of memory on its share runs again alone, with the whole limits,
     /// once the others are done: a restore that fits the limit one database at a time never fails for
-    /// having tried two. Otherwise imports run alone, one at a time, with the whole limits.
-    async fn import_in_turn(&self, job: ImportJob, ways: usize) -> Result<BTreeMap<String, u64>> {
+    /// having tried two. The last import to start runs alone with the whole limits when the others
+    /// are done or nearly ([`lanes`]). Otherwise imports run alone, one at a time, with the whole
+    /// limits.
+    async fn import_in_turn(
+        &self,
+        job: ImportJob,
+        turns: &Turns,
+        id: usize,
+        bytes: u64,
+    ) -> Result<BTreeMap<String, u64>> {
         let turn_failed = |e| Error::Internal(format!("import turn: {e}"));
         let alone = || self.import_turn.acquire_many(IMPORTS_AT_ONCE as u32);
-        let Some(share) = side_by_side(self.limits, ways) else {
+        let Some(share) = side_by_side(self.limits, turns.imports) else {
             let _alone = alone().await.map_err(turn_failed)?;
             return job.run(self.limits).await;
         };
-        let beside = {
-            let _turn = self.import_turn.acquire().await.map_err(turn_failed)?;
-            job.run(share).await
-        };
+        let turn = self.import_turn.acquire().await.map_err(turn_failed)?;
+        if turns.lanes.start(id, bytes) == Way::Alone {
+            drop(turn);
+            let _alone = alone().await.map_err(turn_failed)?;
+            tracing::debug!(database = %job.database, "the last import: alone, with the whole limits");
+            return job.run(self.limits).await;
+        }
+        let beside = job.run(share).await;
+        turns.lanes.end(id, beside.is_ok());
+        drop(turn);
         match beside {
             Err(e) if e.kind() == crate::error::ErrorKind::OutOfMemory => {
                 tracing::info!(database = %job.database, error = %e, "out of memory beside another import; importing it again alone, with the whole memory limit");
@@ -450,11 +467,18 @@ impl RestorePlan {
         let turns = Turns {
             download: tokio::sync::Semaphore::new(concurrency.max(1)),
             imports: ways,
+            lanes: Lanes::new(self.items.len()),
         };
         let turns = &turns;
-        let mut outcomes: Vec<_> = futures::stream::iter(self.items.iter().enumerate())
+        // Largest first: the lanes end closer together than in plan order, and the last to start,
+        // the one that may run alone, is the smallest.
+        let mut started: Vec<_> = self.items.iter().enumerate().collect();
+        started.sort_by_key(|(_, item)| std::cmp::Reverse(item.bytes));
+        let mut outcomes: Vec<_> = futures::stream::iter(started)
             .map(|(order, item)| async move {
-                let prepared = self.prepare_item(storage, item, stamp, turns).await;
+                let prepared = self
+                    .prepare_item(storage, item, stamp, (order, turns))
+                    .await;
                 (order, prepared.map_err(|e| (item.database, e)))
             })
             .buffer_unordered(concurrency.max(1) + 1)
@@ -774,6 +798,7 @@ const IMPORTS_AT_ONCE: usize = 2;
 struct Turns {
     download: tokio::sync::Semaphore,
     imports: usize,
+    lanes: Lanes,
 }
 
 /// Taken off each side-by-side import's half of the memory limit. An instance holds more than its
