@@ -99,6 +99,10 @@ pub struct RestorePlan {
     /// (see [`RestorePlan::import_in_turn`]). Clones of the plan share them.
     #[serde(skip)]
     import_turn: Arc<tokio::sync::Semaphore>,
+    /// Whether the last import to start may run alone ([`lanes`]); off only where a test needs
+    /// imports side by side.
+    #[serde(skip)]
+    last_alone: bool,
 }
 
 impl RestorePlan {
@@ -231,6 +235,7 @@ impl RestorePlan {
             data: layout.clone(),
             limits: layout.duckdb,
             import_turn: Arc::new(tokio::sync::Semaphore::new(IMPORTS_AT_ONCE)),
+            last_alone: true,
         };
         if let (Some(TenantLayout::Split), Some(tenant)) = (plan.layout, plan.default_tenant) {
             plan.check_default_tenant(tenant)?;
@@ -309,7 +314,8 @@ impl RestorePlan {
         storage: &Storage,
         item: &RestoreItem,
         stamp: SnapshotId,
-        (order, turns): (usize, &Turns),
+        order: usize,
+        turns: &Turns,
     ) -> Result<PreparedRestore> {
         let target = item.target.clone();
         refuse_if_locked(&target)?;
@@ -362,12 +368,13 @@ impl RestorePlan {
             database: item.database,
             folder,
         };
-        let tables = self.import_in_turn(job, turns, order, item.bytes).await?;
+        let (tables, ran_again_alone) = self.import_in_turn(job, turns, order, item.bytes).await?;
         Ok(PreparedRestore {
             target,
             temp_db,
             _scratch_lock: scratch_lock,
             tables,
+            ran_again_alone,
             created,
         })
     }
@@ -379,28 +386,28 @@ impl RestorePlan {
     /// loads: with one build at a time and the next database loading beside it the same restore took
     /// 90 s. An import that runs out of memory on its share runs again alone, with the whole limits,
     /// once the others are done: a restore that fits the limit one database at a time never fails for
-    /// having tried two. The last import to start runs alone with the whole limits when the others
-    /// are done or nearly ([`lanes`]). Otherwise imports run alone, one at a time, with the whole
-    /// limits.
+    /// having tried two (the second value says it did). The last import to start runs alone with the
+    /// whole limits when the others are done or nearly ([`lanes`]). When the limits cannot be shared
+    /// ([`side_by_side`] is `None`), imports run alone, one at a time, with the whole limits.
     async fn import_in_turn(
         &self,
         job: ImportJob,
         turns: &Turns,
         id: usize,
         bytes: u64,
-    ) -> Result<BTreeMap<String, u64>> {
+    ) -> Result<(BTreeMap<String, u64>, bool)> {
         let turn_failed = |e| Error::Internal(format!("import turn: {e}"));
         let alone = || self.import_turn.acquire_many(IMPORTS_AT_ONCE as u32);
         let Some(share) = side_by_side(self.limits, turns.imports) else {
             let _alone = alone().await.map_err(turn_failed)?;
-            return job.run(self.limits).await;
+            return Ok((job.run(self.limits).await?, false));
         };
         let turn = self.import_turn.acquire().await.map_err(turn_failed)?;
         if turns.lanes.start(id, bytes) == Way::Alone {
             drop(turn);
             let _alone = alone().await.map_err(turn_failed)?;
             tracing::debug!(database = %job.database, "the last import: alone, with the whole limits");
-            return job.run(self.limits).await;
+            return Ok((job.run(self.limits).await?, false));
         }
         let beside = job.run(share).await;
         turns.lanes.end(id, beside.is_ok());
@@ -409,10 +416,18 @@ impl RestorePlan {
             Err(e) if e.kind() == crate::error::ErrorKind::OutOfMemory => {
                 tracing::info!(database = %job.database, error = %e, "out of memory beside another import; importing it again alone, with the whole memory limit");
                 let _alone = alone().await.map_err(turn_failed)?;
-                job.run(self.limits).await
+                Ok((job.run(self.limits).await?, true))
             }
-            other => other,
+            other => Ok((other?, false)),
         }
+    }
+
+    /// Keeps every import side by side, the last one too, where a test needs one to run out of
+    /// memory beside another.
+    #[doc(hidden)]
+    pub fn never_last_alone(mut self) -> Self {
+        self.last_alone = false;
+        self
     }
 
     /// Removes what killed restores left beside the targets and beside every tenant database (their
@@ -423,10 +438,11 @@ impl RestorePlan {
         crate::scratch::sweep(&self.data, self.items.iter().map(|i| i.target.as_path()))
     }
 
-    /// Prepares every item, started in plan order: `concurrency` downloading at a time and one item
-    /// more in flight (it downloads while others import), up to two of them importing side by side
-    /// with a share of DuckDB's limits each, and one that runs out of memory on its share again alone
-    /// with the whole of them ([`RestorePlan::import_in_turn`]). On a failure, waits for the items
+    /// Prepares every item, downloads started largest first: `concurrency` downloading at a time and
+    /// one item more in flight (it downloads while others import), up to two of them importing side
+    /// by side with a share of DuckDB's limits each (in the order their downloads finish), one that
+    /// runs out of memory on its share again alone with the whole of them, and the last to start
+    /// alone when the others are nearly done ([`RestorePlan::import_in_turn`]). On a failure, waits for the items
     /// already started, drops every prepared one (removing its files) and returns the failing
     /// database with its error: nothing has been changed.
     pub async fn prepare_all(
@@ -467,18 +483,16 @@ impl RestorePlan {
         let turns = Turns {
             download: tokio::sync::Semaphore::new(concurrency.max(1)),
             imports: ways,
-            lanes: Lanes::new(self.items.len()),
+            lanes: Lanes::new(self.items.len(), self.last_alone),
         };
         let turns = &turns;
-        // Largest first: the lanes end closer together than in plan order, and the last to start,
-        // the one that may run alone, is the smallest.
+        // Downloads start largest first, so that the big imports start early and the lanes end
+        // closer together than in plan order (imports start as their downloads finish).
         let mut started: Vec<_> = self.items.iter().enumerate().collect();
         started.sort_by_key(|(_, item)| std::cmp::Reverse(item.bytes));
         let mut outcomes: Vec<_> = futures::stream::iter(started)
             .map(|(order, item)| async move {
-                let prepared = self
-                    .prepare_item(storage, item, stamp, (order, turns))
-                    .await;
+                let prepared = self.prepare_item(storage, item, stamp, order, turns).await;
                 (order, prepared.map_err(|e| (item.database, e)))
             })
             .buffer_unordered(concurrency.max(1) + 1)
@@ -626,6 +640,8 @@ pub struct PreparedRestore {
     /// After `temp_db`, so let go once the temporary database is gone.
     _scratch_lock: ScratchLock,
     tables: BTreeMap<String, u64>,
+    /// Whether its import ran out of memory beside another and was imported again alone.
+    ran_again_alone: bool,
     /// Last, so removed after the scratch files in it.
     created: CreatedDirs,
 }
@@ -672,6 +688,12 @@ impl Drop for CreatedDirs {
 }
 
 impl PreparedRestore {
+    /// Whether its import ran out of memory beside another and was imported again alone, with the
+    /// whole memory limit.
+    pub fn ran_again_alone(&self) -> bool {
+        self.ran_again_alone
+    }
+
     /// The layout and tenants the imported (not yet swapped in) database records.
     fn tenant_set(&self) -> Result<hitkeep_data::TenantSet> {
         let database = Database::Shared;
@@ -794,7 +816,7 @@ async fn download(
 const IMPORTS_AT_ONCE: usize = 2;
 
 /// What a restore's items take turns at: downloads (the configured concurrency) and imports (how many
-/// may run side by side, [`RestorePlan::import_in_turn`]).
+/// may run side by side, and which runs alone: [`RestorePlan::import_in_turn`]).
 struct Turns {
     download: tokio::sync::Semaphore,
     imports: usize,
