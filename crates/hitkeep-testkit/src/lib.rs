@@ -323,6 +323,7 @@ fn serve(
         root: root.to_owned(),
         refuse: options.refuse_list_uploads,
         page: options.uploads_page,
+        conditional: tokio::sync::Mutex::new(()),
     });
     builder.set_auth(SimpleAuth::from_single(ACCESS_KEY_ID, SECRET_ACCESS_KEY));
     builder.set_access(Access {

@@ -5,7 +5,12 @@
 //! s3s-fs keeps in its root, for every open upload, `.upload-{id}.json` (removed by complete and
 //! abort; its modification time is when the upload was initiated) and
 //! `.bucket-{b64 bucket}.object-{b64 key}.upload-{id}.metadata.json` (base64 URL-safe without
-//! padding), which names its bucket and key. Every other request goes to s3s-fs unchanged.
+//! padding), which names its bucket and key.
+//!
+//! A PUT with `If-None-Match: *` is made atomic, as AWS S3, R2 and MinIO make it: s3s-fs checks that
+//! the key is free and then writes, so two such PUTs at once could both succeed (a flaky
+//! `two_cycles_started_together_claim_different_ids`: both cycles held the id, and the commit-time
+//! check refused one). Every other request goes to s3s-fs unchanged.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,8 @@ pub(crate) struct WithUploads {
     pub refuse: bool,
     /// The most uploads one page holds, whatever the client asks.
     pub page: Option<usize>,
+    /// Held by every conditional PUT, from its check to its write.
+    pub conditional: tokio::sync::Mutex<()>,
 }
 
 /// An upload s3s-fs has open.
@@ -146,6 +153,17 @@ macro_rules! to_s3s_fs {
             ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
                 self.list_uploads(req).await
             }
+
+            async fn put_object(
+                &self,
+                req: S3Request<PutObjectInput>,
+            ) -> S3Result<S3Response<PutObjectOutput>> {
+                let _atomic = match req.input.if_none_match {
+                    Some(_) => Some(self.conditional.lock().await),
+                    None => None,
+                };
+                self.fs.put_object(req).await
+            }
         }
     };
 }
@@ -163,7 +181,6 @@ to_s3s_fs!(
     list_buckets: ListBucketsInput => ListBucketsOutput,
     list_objects: ListObjectsInput => ListObjectsOutput,
     list_objects_v2: ListObjectsV2Input => ListObjectsV2Output,
-    put_object: PutObjectInput => PutObjectOutput,
     create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput,
     upload_part: UploadPartInput => UploadPartOutput,
     upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput,
