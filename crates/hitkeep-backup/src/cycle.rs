@@ -364,8 +364,7 @@ pub async fn run_cycle(
         }
     }
     drop(done);
-    entries.sort_by_key(|(order, _)| *order);
-    let entries: Vec<TenantEntry> = entries.into_iter().map(|(_, entry)| entry).collect();
+    let entries: Vec<TenantEntry> = crate::in_order(entries);
     // A failed claim fails the cycle with its own error, whatever the jobs made of it.
     let Some(claim) = claim.await else {
         let failed = failed_claim

@@ -50,3 +50,9 @@ pub use crate::{
     snapshot_id::{SnapshotId, SnapshotIdError},
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},
 };
+
+/// Outcomes of work run out of order (`buffer_unordered`), each with its place, put back in order.
+pub(crate) fn in_order<T>(mut placed: Vec<(usize, T)>) -> Vec<T> {
+    placed.sort_by_key(|(place, _)| *place);
+    placed.into_iter().map(|(_, item)| item).collect()
+}

@@ -490,7 +490,7 @@ impl RestorePlan {
         // closer together than in plan order (imports start as their downloads finish).
         let mut started: Vec<_> = self.items.iter().enumerate().collect();
         started.sort_by_key(|(_, item)| std::cmp::Reverse(item.bytes));
-        let mut outcomes: Vec<_> = futures::stream::iter(started)
+        let outcomes: Vec<_> = futures::stream::iter(started)
             .map(|(order, item)| async move {
                 let prepared = self.prepare_item(storage, item, stamp, order, turns).await;
                 (order, prepared.map_err(|e| (item.database, e)))
@@ -498,9 +498,8 @@ impl RestorePlan {
             .buffer_unordered(concurrency.max(1) + 1)
             .collect()
             .await;
-        outcomes.sort_by_key(|(order, _)| *order);
         let mut prepared = Vec::with_capacity(outcomes.len());
-        for (_, outcome) in outcomes {
+        for outcome in crate::in_order(outcomes) {
             prepared.push(outcome?);
         }
         self.check_prepared(&prepared)
