@@ -834,6 +834,8 @@ async fn export_and_verify(
     let exporter = conn
         .try_clone()
         .map_err(|e| Error::duckdb("opening a connection for the export", e))?;
+    // Before the export starts: past that point every return waits for it.
+    let reader = ReadBack::open()?;
     let tables: Vec<(&'static crate::tables::ArchiveTable, PathBuf)> = present_tables(conn)?
         .into_iter()
         .filter_map(|t| {
@@ -846,7 +848,6 @@ async fn export_and_verify(
     let job = tokio::task::spawn_blocking(move || export(&exporter, site, cutoff, &tables, &tx));
     // Every key an upload was started for, finished or not: all are removed on a failure.
     let uploaded = std::sync::Mutex::new(Vec::new());
-    let reader = ReadBack::open()?;
     let outcome = async {
         pending.await?;
         // After a failure no new table starts (the export then stops: nobody receives), but the
@@ -1009,7 +1010,7 @@ async fn verify_object(
     Ok(())
 }
 
-/// The in-memory DuckDB instance that counts what every object of a run read back holds, one
+/// The in-memory DuckDB instance that counts what every object of a site's run read back holds, one
 /// connection per table: opening an instance costs tens of milliseconds, which a run paid per
 /// table (up to 23) before.
 struct ReadBack(std::sync::Mutex<Connection>);
