@@ -313,8 +313,13 @@ impl Claim {
         if !(listed.len() == 1 && listed[0].key == self.announcement_key()) {
             return Ok(false);
         }
-        // Conditional where the service allows it: a process that creates markers conditionally
-        // (the probe passed for it) may have created this one since the listing.
+        // Conditional where the service honours it (this run came here because one conditional
+        // create was refused in passing): another process may have created the marker since the
+        // listing. Elsewhere a plain write: the condition would be ignored, or refused again.
+        if known(storage) != Some(true) {
+            storage.write(&self.marker_key(), self.marker()).await?;
+            return Ok(true);
+        }
         match storage
             .write_if_absent(&self.marker_key(), self.marker())
             .await
@@ -577,6 +582,38 @@ mod tests {
             "{left:?}"
         );
         assert_eq!(left.len(), 3);
+    }
+
+    /// A service that refuses `If-None-Match` outright (501) instead of ignoring it: runs claim by
+    /// announcement, the marker's conditional create falls back to a plain write, and two runs
+    /// started together still claim different ids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_service_that_refuses_the_condition_still_keeps_ids_apart() {
+        let server = hitkeep_testkit::S3Server::start_with(
+            hitkeep_testkit::ServerOptions::refusing_conditional_writes(),
+        )
+        .await
+        .unwrap();
+        let storage = server.storage("refusing").await;
+        let checksum = storage.checksum_in_use();
+        assert!(!honours_if_absent(&storage).await.unwrap());
+        let take = || Claim::take(&storage, SourceId::random());
+        let (a, b) = tokio::join!(take(), take());
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_ne!(a.id, b.id);
+        for claim in [&a, &b] {
+            assert!(claim.holds(&storage).await.unwrap().is_ok(), "{}", claim.id);
+        }
+        let left = storage.list("shared", ListMode::Recursive).await.unwrap();
+        assert!(
+            left.iter().all(|e| e.name() == IN_PROGRESS_NAME),
+            "{left:?}"
+        );
+        assert_eq!(
+            storage.checksum_in_use(),
+            checksum,
+            "a refused condition is not a refused checksum header"
+        );
     }
 
     /// A run killed while claiming leaves its announcement: the folder lists as unfinished, with the

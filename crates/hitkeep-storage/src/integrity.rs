@@ -168,6 +168,15 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// Whether the provider named a checksum header (`x-amz-checksum-*`, `Content-MD5`), rather than
+    /// answering 501 NotImplemented to some header of the request.
+    pub(crate) fn names_checksum(&self) -> bool {
+        let lower = format!("{} {}", self.code, self.message).to_ascii_lowercase();
+        lower.contains("checksum") || lower.contains("content-md5")
+    }
+}
+
 impl fmt::Display for Refusal {
     /// `400 InvalidArgument: Unsupported header 'x-amz-checksum-crc32c' received for this API call.`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -650,6 +650,17 @@ impl Storage {
                 Err(e) => e,
             };
             let (error, refusal) = self.write_err(e, "write", key, header);
+            // A 501 that names no checksum header answers `If-None-Match`: the condition is what
+            // the service does not implement, and switching the checksum would change every later
+            // upload for nothing.
+            if let Some(refusal) = refusal.as_ref().filter(|r| !r.names_checksum()) {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "write",
+                    self.describe(key),
+                    format!("conditional writes (If-None-Match) are not implemented: {refusal}"),
+                ));
+            }
             if !self.switched(header, refusal.as_ref()) {
                 return Err(error);
             }

@@ -66,6 +66,9 @@ pub struct ServerOptions {
     pub refuse_checksum_headers: bool,
     /// Flip a bit of every PutObject and UploadPart body after the signature check.
     pub damage_uploads: bool,
+    /// Answer every PUT carrying `If-None-Match` with 501 NotImplemented, as S3-compatible services
+    /// without conditional writes do, instead of ignoring the header.
+    pub refuse_conditional_writes: bool,
     /// Answer ListMultipartUploads with 501 NotImplemented, as s3s-fs alone (and some providers) do.
     pub refuse_list_uploads: bool,
     /// Put at most this many uploads in a ListMultipartUploads page, whatever the client asks for
@@ -86,6 +89,14 @@ impl ServerOptions {
     pub fn refusing_checksum_headers() -> Self {
         ServerOptions {
             refuse_checksum_headers: true,
+            ..ServerOptions::default()
+        }
+    }
+
+    /// A server that refuses `If-None-Match` on a PUT with 501 NotImplemented.
+    pub fn refusing_conditional_writes() -> Self {
+        ServerOptions {
+            refuse_conditional_writes: true,
             ..ServerOptions::default()
         }
     }
@@ -354,6 +365,25 @@ fn serve(
     }))
 }
 
+/// Answers `req` with `status` and an S3 error document, once its body is read: a client still
+/// sending it would see a reset, not the answer.
+async fn refuse(
+    req: http::Request<s3s::Body>,
+    status: http::StatusCode,
+    error: &str,
+) -> http::Response<s3s::Body> {
+    let _ = req.into_body().store_all_limited(usize::MAX).await;
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "application/xml")
+        .body(s3s::Body::from(error.to_owned()))
+        .expect("a static response")
+}
+
+/// AWS S3's answer to a header it does not implement, as S3-compatible services give it for
+/// `If-None-Match`.
+const CONDITION_REFUSAL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message><Header>If-None-Match</Header></Error>";
+
 /// Backblaze B2's answer to a checksum header, verbatim.
 const B2_REFUSAL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n<Error>\n    <Code>InvalidArgument</Code>\n    <Message>Unsupported header 'x-amz-checksum-crc32c' received for this API call.</Message>\n</Error>";
 
@@ -392,13 +422,11 @@ impl Front {
             self.counters
                 .refused_checksums
                 .fetch_add(1, Ordering::Relaxed);
-            // Read the body first: a client still sending it would see a reset, not the answer.
-            let _ = req.into_body().store_all_limited(usize::MAX).await;
-            return Ok(http::Response::builder()
-                .status(http::StatusCode::BAD_REQUEST)
-                .header("content-type", "application/xml")
-                .body(s3s::Body::from(B2_REFUSAL.to_owned()))
-                .expect("a static response"));
+            return Ok(refuse(req, http::StatusCode::BAD_REQUEST, B2_REFUSAL).await);
+        }
+        if self.options.refuse_conditional_writes && upload && headers.contains_key("if-none-match")
+        {
+            return Ok(refuse(req, http::StatusCode::NOT_IMPLEMENTED, CONDITION_REFUSAL).await);
         }
         if self.options.damage_uploads && upload {
             let (parts, mut body) = req.into_parts();
