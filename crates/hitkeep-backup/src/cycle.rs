@@ -18,6 +18,7 @@ use crate::claim::{Claim, History, SourceRecord, record_source};
 use crate::error::{Error, Result};
 use crate::export::{Export, export_database};
 use crate::follow::{ExportFile, ExportState, ExportWatch, Fingerprint, POLL, Tapped, follow};
+use crate::lanes::{Lanes, Way};
 use crate::lock::CycleLock;
 use crate::manifest::{
     Database, FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantEntry,
@@ -307,19 +308,19 @@ pub async fn run_cycle(
 
     // Databases side by side, the shared one first: while one exports (CPU) another uploads (network),
     // and tenants' fixed costs (open, checkpoint, a few requests) overlap. Each DuckDB instance gets its
-    // share of the limits (`export_share`), the shared one too. A lane takes the next database as
+    // share of the limits (`export_share`), the shared one too, and the last database the whole
+    // limits once the others are done or nearly (`ExportLanes`). A lane takes the next database as
     // soon as its own is done (`buffer_unordered`: with `buffered`, a finished tenant waiting behind a
     // slow one keeps its lane); the tenants are put back in order for the manifest below. A cycle of
     // one database gives it the whole budget.
     let ways = options.concurrency.clamp(1, 1 + tenants.len());
-    let limits = if options.apply_limits {
-        export_share(options.limits, ways, storage.location().is_s3())
-    } else {
-        DuckDbLimits::default()
-    };
-    limits
-        .apply(&shared)
-        .map_err(|e| Error::duckdb(Database::Shared, "setting DuckDB's limits", e))?;
+    let lanes = ExportLanes::new(
+        1 + tenants.len(),
+        ways,
+        options.apply_limits.then_some(options.limits),
+        storage.location().is_s3(),
+    );
+    let lanes = &lanes;
     let jobs = std::iter::once(Job::Shared(shared)).chain(
         tenants
             .into_iter()
@@ -332,24 +333,38 @@ pub async fn run_cycle(
         .map(|job| async move {
             match job {
                 Job::Shared(conn) => Done::Shared(
-                    snapshot_database(
-                        storage,
-                        conn,
-                        Database::Shared,
-                        pending,
-                        staging_path,
-                        options,
-                    )
+                    async {
+                        let database = Database::Shared;
+                        let (lane, conn) = lanes.enter_with(0, database, conn).await?;
+                        let snapshot = snapshot_database(
+                            storage,
+                            conn,
+                            database,
+                            pending,
+                            staging_path,
+                            options,
+                        )
+                        .await;
+                        lane.end(snapshot.is_ok());
+                        snapshot
+                    }
                     .await,
                 ),
                 Job::Tenant(order, t) => {
-                    let (entry, counted) =
-                        backup_tenant(storage, t, pending, staging_path, options, limits).await;
+                    let (entry, counted) = backup_tenant(
+                        storage,
+                        t,
+                        pending,
+                        staging_path,
+                        options,
+                        (lanes, order + 1),
+                    )
+                    .await;
                     Done::Tenant(order, entry, counted)
                 }
             }
         })
-        .buffer_unordered(options.concurrency.max(1));
+        .buffer_unordered(ways);
     // Every job runs to its end even when the shared one fails: an export abandoned mid-way would go
     // on writing into a staging folder already removed.
     let (mut shared_result, mut entries, mut files, mut bytes) = (None, Vec::new(), 0, 0);
@@ -440,7 +455,7 @@ async fn backup_tenant(
     claim: &PendingClaim<'_>,
     staging: &Path,
     options: &BackupOptions,
-    limits: DuckDbLimits,
+    (lanes, lane_id): (&ExportLanes, usize),
 ) -> (TenantEntry, (usize, u64)) {
     let database = Database::Tenant {
         tenant_id: tenant.id,
@@ -450,6 +465,7 @@ async fn backup_tenant(
     // Opening replays the WAL, which can take a while: not on the async workers.
     // A claim already failed: the cycle fails, so nothing more is opened or exported.
     if matches!(claim.peek(), Some(None)) {
+        lanes.forgo();
         let error = "no snapshot id was claimed".to_owned();
         return (
             TenantEntry {
@@ -459,23 +475,26 @@ async fn backup_tenant(
             (0, 0),
         );
     }
-    let opened = tokio::task::spawn_blocking(move || {
-        let conn = (tenant.open)().map_err(|e| Error::from(e).describe())?;
-        if let Some(conn) = &conn {
-            limits
-                .apply(conn)
-                .map_err(|e| format!("setting DuckDB's limits: {e}"))?;
-        }
-        Ok(conn)
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("opening the database: {e}")));
+    let opened =
+        tokio::task::spawn_blocking(move || (tenant.open)().map_err(|e| Error::from(e).describe()))
+            .await
+            .unwrap_or_else(|e| Err(format!("opening the database: {e}")));
     let mut counted = (0, 0);
+    if !matches!(opened, Ok(Some(_))) {
+        lanes.forgo();
+    }
     let state = match opened {
         Ok(None) => missing,
         Err(error) => TenantState::Failed { error },
         Ok(Some(conn)) => {
-            match snapshot_and_commit(storage, conn, database, claim, staging, options).await {
+            let snapshot = async {
+                let (lane, conn) = lanes.enter_with(lane_id, database, conn).await?;
+                let done =
+                    snapshot_and_commit(storage, conn, database, claim, staging, options).await;
+                lane.end(done.is_ok());
+                done
+            };
+            match snapshot.await {
                 Ok((manifest, sha)) => {
                     counted = (manifest.files.len(), manifest.total_size());
                     TenantState::Complete {
@@ -549,6 +568,118 @@ const MEMORY_PER_EXPORT_THREAD: u64 = 128 * 1024 * 1024;
 fn threads_within(memory: u64) -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     u32::try_from(cores.min(memory / MEMORY_PER_EXPORT_THREAD).max(1)).unwrap_or(1)
+}
+
+/// Which database of a cycle exports beside another, with its share of the limits, and which alone
+/// with the whole limits ([`crate::lanes`]): with a thread per lane for uploads to S3, the last of
+/// five databases exported on one thread while the other core idled, a quarter of a cycle at 1M and
+/// 4M hits.
+struct ExportLanes {
+    lanes: Lanes,
+    /// A turn per lane; a database that runs alone takes them all.
+    turns: tokio::sync::Semaphore,
+    ways: usize,
+    /// A database's limits beside others and alone; `None` where the limits are not ours to set (a
+    /// server that holds the databases), and then no database waits to run alone either.
+    limits: Option<(DuckDbLimits, DuckDbLimits)>,
+}
+
+/// A database's lane, held while it exports and commits.
+struct ExportLane<'a> {
+    lanes: &'a Lanes,
+    id: usize,
+    way: Way,
+    _turns: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl ExportLanes {
+    fn new(databases: usize, ways: usize, limits: Option<DuckDbLimits>, to_s3: bool) -> Self {
+        let limits = limits.map(|l| (export_share(l, ways, to_s3), export_share(l, 1, to_s3)));
+        // Waiting to run alone only pays when alone means more threads or memory.
+        let alone_gains = limits.is_some_and(|(beside, alone)| beside != alone);
+        ExportLanes {
+            lanes: Lanes::new(databases, ways > 1 && alone_gains),
+            turns: tokio::sync::Semaphore::new(ways),
+            ways,
+            limits,
+        }
+    }
+
+    /// Database `id` (of `bytes`) starts: how it runs (alone once the others are done), and the
+    /// limits to set on its instance for that way (`None`: leave them). Takes no connection: a
+    /// `&Connection` held across the wait would make the cycle's future not `Send`.
+    async fn enter(
+        &self,
+        id: usize,
+        database: Database,
+        bytes: u64,
+    ) -> Result<(ExportLane<'_>, Option<DuckDbLimits>)> {
+        let turn_failed = |e| Error::Internal(format!("export turn: {e}"));
+        let turn = self.turns.acquire().await.map_err(turn_failed)?;
+        let (way, turns) = match self.lanes.start(id, bytes) {
+            Way::Beside => (Way::Beside, turn),
+            Way::Alone => {
+                drop(turn);
+                let all = u32::try_from(self.ways).unwrap_or(u32::MAX);
+                let turns = self.turns.acquire_many(all).await.map_err(turn_failed)?;
+                tracing::debug!(%database, "the last export: alone, with the whole limits");
+                (Way::Alone, turns)
+            }
+        };
+        let limits = self
+            .limits
+            .map(|(beside, alone)| if way == Way::Alone { alone } else { beside });
+        let lane = ExportLane {
+            lanes: &self.lanes,
+            id,
+            way,
+            _turns: turns,
+        };
+        Ok((lane, limits))
+    }
+
+    /// Database `id`, open on `conn`, enters its lane with its limits set.
+    async fn enter_with(
+        &self,
+        id: usize,
+        database: Database,
+        conn: Connection,
+    ) -> Result<(ExportLane<'_>, Connection)> {
+        let bytes = database_bytes(&conn);
+        let (lane, limits) = self.enter(id, database, bytes).await?;
+        if let Some(limits) = limits
+            && let Err(e) = limits.apply(&conn)
+        {
+            lane.end(false);
+            return Err(Error::duckdb(database, "setting DuckDB's limits", e));
+        }
+        Ok((lane, conn))
+    }
+
+    /// A database that will not export after all.
+    fn forgo(&self) {
+        self.lanes.forgo();
+    }
+}
+
+impl ExportLane<'_> {
+    /// The export and commit ended; one that `succeeded` beside others sets the pace.
+    fn end(self, succeeded: bool) {
+        if self.way == Way::Beside {
+            self.lanes.end(self.id, succeeded);
+        }
+    }
+}
+
+/// The size of the data in the database open on `conn`, the measure of its export; 0 when DuckDB
+/// cannot say.
+fn database_bytes(conn: &Connection) -> u64 {
+    conn.query_row(
+        "SELECT used_blocks * block_size FROM pragma_database_size() WHERE database_name = current_database()",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map_or(0, |bytes| u64::try_from(bytes).unwrap_or(0))
 }
 
 /// How an export's files are uploaded. DuckDB only appends to a file while its upload reads it, and
@@ -1064,6 +1195,82 @@ mod tests {
             Some((cores / 2).max(1)),
             "uploads to S3 need cores too"
         );
+    }
+
+    #[tokio::test]
+    async fn the_last_export_runs_alone_with_the_whole_limits_once_the_others_are_done() {
+        let mib = 1024 * 1024;
+        let cores = std::thread::available_parallelism().unwrap().get() as u32;
+        let limits = DuckDbLimits {
+            memory_limit: Some(1024 * mib),
+            threads: None,
+        };
+        let (mb, shared) = (1 << 20, Database::Shared);
+        let tenant = Database::Tenant {
+            tenant_id: Uuid::nil(),
+        };
+        let lanes = ExportLanes::new(3, 2, Some(limits), true);
+        let beside = DuckDbLimits {
+            memory_limit: Some(512 * mib),
+            threads: Some((cores / 2).max(1)),
+        };
+        // The second starts first and is smaller: once the first has finished, the pace it set
+        // says the second is overdue, whatever the timing.
+        let (two, two_limits) = lanes.enter(1, tenant, 50 * mb).await.unwrap();
+        let (one, one_limits) = lanes.enter(0, shared, 100 * mb).await.unwrap();
+        assert_eq!((one.way, one_limits), (Way::Beside, Some(beside)));
+        assert_eq!((two.way, two_limits), (Way::Beside, Some(beside)));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        one.end(true);
+        let third_enters = lanes.enter(2, tenant, 100 * mb);
+        tokio::pin!(third_enters);
+        assert!(
+            futures::poll!(third_enters.as_mut()).is_pending(),
+            "the last waits for the second to end"
+        );
+        two.end(true);
+        let (three, three_limits) = third_enters.await.unwrap();
+        let whole = DuckDbLimits {
+            memory_limit: Some(1024 * mib),
+            threads: None,
+        };
+        assert_eq!((three.way, three_limits), (Way::Alone, Some(whole)));
+
+        // Limits that are not ours to set, or that alone would not raise: nobody waits.
+        for limits in [None, Some(DuckDbLimits::default())] {
+            let lanes = ExportLanes::new(2, 2, limits, false);
+            let (one, _) = lanes.enter(0, shared, mb).await.unwrap();
+            one.end(true);
+            let (two, set) = lanes.enter(1, tenant, mb).await.unwrap();
+            assert_eq!(two.way, Way::Beside);
+            assert_eq!(set, limits.map(|_| DuckDbLimits::default()));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_export_lane_sets_its_limits_on_the_instance() {
+        let lanes = ExportLanes::new(
+            1,
+            1,
+            Some(DuckDbLimits {
+                memory_limit: Some(300 << 20),
+                threads: Some(1),
+            }),
+            true,
+        );
+        let conn = Connection::open_in_memory().unwrap();
+        let (lane, conn) = lanes.enter_with(0, Database::Shared, conn).await.unwrap();
+        let setting = |name: &str| -> String {
+            conn.query_row(
+                &format!("SELECT current_setting('{name}')::VARCHAR"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(setting("memory_limit"), "300.0 MiB");
+        assert_eq!(setting("threads"), "1");
+        lane.end(true);
     }
 
     /// The in-process S3 server, a storage on it and a scratch directory, with parts small enough

@@ -21,6 +21,7 @@ mod error;
 mod export;
 mod follow;
 mod import;
+mod lanes;
 mod lock;
 pub mod manifest;
 mod progress;

@@ -14,15 +14,13 @@ use uuid::Uuid;
 use crate::SnapshotId;
 use crate::catalog::{Catalog, SnapshotState};
 use crate::error::{CountMismatch, Error, Result};
+use crate::lanes::{Lanes, Way};
 use crate::manifest::{
     Database, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, ManifestError, TenantState,
 };
 use crate::scratch::{ScratchLock, StaleScratch, scratch_prefix};
 use crate::swap::{Scratch, swap_into_place};
 use futures::StreamExt as _;
-use lanes::{Lanes, Way};
-
-mod lanes;
 
 /// DuckDB storage version written by restores: HitKeep Go ships DuckDB 1.5, which cannot read files
 /// created at DuckDB 2.0's default.
@@ -99,7 +97,7 @@ pub struct RestorePlan {
     /// (see [`RestorePlan::import_in_turn`]). Clones of the plan share them.
     #[serde(skip)]
     import_turn: Arc<tokio::sync::Semaphore>,
-    /// Whether the last import to start may run alone ([`lanes`]); off only where a test needs
+    /// Whether the last import to start may run alone ([`crate::lanes`]); off only where a test needs
     /// imports side by side.
     #[serde(skip)]
     last_alone: bool,
@@ -387,7 +385,7 @@ impl RestorePlan {
     /// 90 s. An import that runs out of memory on its share runs again alone, with the whole limits,
     /// once the others are done: a restore that fits the limit one database at a time never fails for
     /// having tried two (the second value says it did). The last import to start runs alone with the
-    /// whole limits when the others are done or nearly ([`lanes`]). When the limits cannot be shared
+    /// whole limits when the others are done or nearly ([`crate::lanes`]). When the limits cannot be shared
     /// ([`side_by_side`] is `None`), imports run alone, one at a time, with the whole limits.
     async fn import_in_turn(
         &self,

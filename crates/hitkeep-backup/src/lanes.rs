@@ -1,47 +1,51 @@
-//! Which import of a restore runs beside another and which runs alone.
+//! Which database of a restore or a backup cycle runs beside another and which runs alone.
 //!
-//! Two imports side by side keep two cores busy, since most of an import is single-threaded DuckDB
-//! work (a table's load at one thread, its key, its index). With an odd number of databases the last
-//! one used to run by itself on one thread and half the memory limit: at 16M hits in five databases
-//! a fifth of the restore, one core idle. Alone with the whole limits its load runs on every thread
-//! (measured on one 3.2M-hit database: load 7.8 s on one thread, 4.0 s on two; key and index about the
-//! same either way), so the last import to start waits for the others when they are nearly done and
-//! then runs alone. "Nearly" is judged from the pace of the imports already finished in this restore;
+//! Both run databases two at a time, each DuckDB instance with its share of the limits. With an odd
+//! number of databases the last one used to run by itself on its share: one core idle for the tail.
+//! - A restore's imports are mostly single-threaded DuckDB work (a table's load at one thread, its
+//!   key, its index). Alone with the whole limits a load runs on every thread (measured on one
+//!   3.2M-hit database: load 7.8 s on one thread, 4.0 s on two; key and index about the same).
+//! - A cycle's exports to S3 get a thread each, since uploads need the other cores; the last of five
+//!   databases exported alone on one thread for a quarter of a backup at 1M and 4M hits.
+//!
+//! So the last database to start waits for the others when they are nearly done and then runs alone.
+//! "Nearly" is judged from the pace of the databases already finished beside others in the same run;
 //! without one, or with the others far from done, it runs beside them as before.
 //!
-//! Nothing here decides correctness: every import still runs within the limits it is given, and one
-//! that runs out of memory beside another runs again alone ([`super::RestorePlan`]).
+//! Nothing here decides correctness: every database still runs within the limits it is given, and an
+//! import that runs out of memory beside another runs again alone ([`crate::RestorePlan`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The last import waits for the ones still running when what is left of them is below this share
-/// of its own time beside them. Measured at 16M hits (five databases): the last one took 17.6 s
-/// beside the others' tails and 12.1 s alone (0.69: the load halves, the key and index builds do not
-/// shorten), so waiting breaks even near 0.3; a quarter leaves a margin for a wrong guess.
+/// The last database waits for the ones still running when what is left of them is below this share
+/// of its own time beside them. Measured on imports at 16M hits (five databases): the last one took
+/// 17.6 s beside the others' tails and 12.1 s alone (0.69: the load halves, the key and index builds
+/// do not shorten), so waiting breaks even near 0.3; a quarter leaves a margin for a wrong guess. An
+/// export alone gains at least as much (every step of it is multi-threaded).
 const WAIT_SHARE: f64 = 0.25;
 
-/// What one restore's imports know of each other. No `Default`: lanes with nothing pending would
-/// take every import for the last.
+/// What the databases of one run know of each other. No `Default`: lanes with nothing pending would
+/// take every database for the last.
 #[derive(Debug)]
-pub(super) struct Lanes(Mutex<State>);
+pub(crate) struct Lanes(Mutex<State>);
 
 #[derive(Debug, Default)]
 struct State {
-    /// Whether the last import may run alone at all.
+    /// Whether the last database may run alone at all.
     last_alone: bool,
-    /// Imports that have not called [`Lanes::start`]; one that fails before its import never does,
-    /// and then no import runs alone (the restore fails anyway).
+    /// Databases that have called neither [`Lanes::start`] nor [`Lanes::forgo`]. While one that
+    /// failed early calls neither, no database runs alone.
     pending: usize,
-    /// Imports running beside others: their bytes and when they started.
+    /// Databases running beside others: their bytes and when they started.
     running: Vec<(usize, u64, Instant)>,
-    /// Bytes and seconds of the imports that finished beside others: their pace.
+    /// Bytes and seconds of the databases that finished beside others: their pace.
     done: (u64, f64),
 }
 
-/// How an import runs.
+/// How a database's import or export runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Way {
+pub(crate) enum Way {
     /// Beside others, with a share of the limits.
     Beside,
     /// Alone with the whole limits, once the others are done.
@@ -49,11 +53,11 @@ pub(super) enum Way {
 }
 
 impl Lanes {
-    /// Lanes for `imports` imports still to start; without `last_alone`, every import runs beside.
-    pub(super) fn new(imports: usize, last_alone: bool) -> Lanes {
+    /// Lanes for `databases` still to start; without `last_alone`, every one runs beside.
+    pub(crate) fn new(databases: usize, last_alone: bool) -> Lanes {
         Lanes(Mutex::new(State {
             last_alone,
-            pending: imports,
+            pending: databases,
             ..State::default()
         }))
     }
@@ -62,10 +66,10 @@ impl Lanes {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Import `id` (of `bytes`) starts: how it should run. Call once per import, with its turn held.
-    /// On [`Way::Alone`], release the turn and take all of them; on [`Way::Beside`], call
+    /// Database `id` (of `bytes`) starts: how it should run. Call once per database, with its turn
+    /// held. On [`Way::Alone`], release the turn and take all of them; on [`Way::Beside`], call
     /// [`Lanes::end`] when the attempt ends, whatever its outcome.
-    pub(super) fn start(&self, id: usize, bytes: u64) -> Way {
+    pub(crate) fn start(&self, id: usize, bytes: u64) -> Way {
         self.start_at(id, bytes, Instant::now())
     }
 
@@ -89,8 +93,15 @@ impl Lanes {
         way
     }
 
-    /// Import `id` ended; `succeeded` imports beside others set the pace.
-    pub(super) fn end(&self, id: usize, succeeded: bool) {
+    /// A database that will not run after all (skipped, or failed before it started): it no longer
+    /// keeps the last one from running alone.
+    pub(crate) fn forgo(&self) {
+        let mut state = self.state();
+        state.pending = state.pending.saturating_sub(1);
+    }
+
+    /// Database `id` ended; those that `succeeded` beside others set the pace.
+    pub(crate) fn end(&self, id: usize, succeeded: bool) {
         self.end_at(id, succeeded, Instant::now());
     }
 
@@ -108,14 +119,14 @@ impl Lanes {
 }
 
 impl State {
-    /// Bytes per second of one import beside others, once one has finished.
+    /// Bytes per second of one database beside others, once one has finished.
     fn pace(&self) -> Option<f64> {
         let (bytes, secs) = self.done;
         (bytes > 0 && secs > 0.0).then(|| bytes as f64 / secs)
     }
 }
 
-/// Whether the last import to start (of `bytes`) should wait for the `running` ones (bytes, time so
+/// Whether the last database to start (of `bytes`) should wait for the `running` ones (bytes, time so
 /// far) and run alone: at once when none runs; when they are expected, at `pace`, to be done within
 /// [`WAIT_SHARE`] of its own time beside them; never without a pace to judge by.
 fn wait_to_run_alone(bytes: u64, running: &[(u64, Duration)], pace: Option<f64>) -> bool {
@@ -139,11 +150,11 @@ mod tests {
     const MB: u64 = 1 << 20;
 
     #[test]
-    fn the_last_import_waits_only_for_imports_nearly_done() {
+    fn the_last_database_waits_only_for_databases_nearly_done() {
         let secs = Duration::from_secs;
         // Alone already: no wait.
         assert!(wait_to_run_alone(100 * MB, &[], None));
-        // No import has finished: no pace, no guess.
+        // No database has finished: no pace, no guess.
         assert!(!wait_to_run_alone(100 * MB, &[(100 * MB, secs(9))], None));
         let pace = Some(10.0 * MB as f64); // 10 s per 100 MiB
         // The other started with it: 10 s left of its 10 s.
@@ -154,19 +165,19 @@ mod tests {
             &[(100 * MB, Duration::from_millis(9500))],
             pace
         ));
-        // A small last import is not worth waiting 2 s for.
+        // A small last database is not worth waiting 2 s for.
         assert!(!wait_to_run_alone(10 * MB, &[(100 * MB, secs(8))], pace));
         // Running past its expected end counts as nearly done.
         assert!(wait_to_run_alone(100 * MB, &[(100 * MB, secs(30))], pace));
     }
 
     #[test]
-    fn only_the_last_import_runs_alone_and_only_finished_ones_set_the_pace() {
+    fn only_the_last_database_runs_alone_and_only_finished_ones_set_the_pace() {
         let lanes = Lanes::new(3, true);
         assert_eq!(lanes.start(0, 100 * MB), Way::Beside);
         assert_eq!(lanes.start(1, 100 * MB), Way::Beside);
         lanes.end(0, false); // failed: it sets no pace
-        // The last one, beside import 1, with no pace to judge how near it is to done.
+        // The last one, beside database 1, with no pace to judge how near it is to done.
         assert_eq!(lanes.start(2, 100 * MB), Way::Beside);
         lanes.end(1, true);
         lanes.end(2, true);
@@ -182,7 +193,22 @@ mod tests {
     }
 
     #[test]
-    fn the_pace_of_finished_imports_says_when_the_others_are_nearly_done() {
+    fn a_database_forgone_no_longer_keeps_the_last_from_running_alone() {
+        let lanes = Lanes::new(3, true);
+        assert_eq!(lanes.start(0, MB), Way::Beside);
+        lanes.end(0, true);
+        // The second never starts (a tenant with no file): until it says so, the third is not last.
+        assert_eq!(lanes.start(2, MB), Way::Beside);
+        lanes.end(2, true);
+        let lanes = Lanes::new(3, true);
+        assert_eq!(lanes.start(0, MB), Way::Beside);
+        lanes.end(0, true);
+        lanes.forgo();
+        assert_eq!(lanes.start(2, MB), Way::Alone);
+    }
+
+    #[test]
+    fn the_pace_of_finished_databases_says_when_the_others_are_nearly_done() {
         let t0 = Instant::now();
         let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
         let lanes = Lanes::new(4, true);
@@ -193,14 +219,14 @@ mod tests {
         // The third is not the last: beside, whatever the pace.
         assert_eq!(lanes.start_at(2, 100 * MB, at(10.0)), Way::Beside);
         lanes.end_at(1, true, at(10.0));
-        // The last starts at 19.5 s: import 2 should end at 20 s, a twentieth of its own 10 s.
+        // The last starts at 19.5 s: database 2 should end at 20 s, a twentieth of its own 10 s.
         assert_eq!(lanes.start_at(3, 100 * MB, at(19.5)), Way::Alone);
 
         let lanes = Lanes::new(3, true);
         assert_eq!(lanes.start_at(0, 100 * MB, at(0.0)), Way::Beside);
         assert_eq!(lanes.start_at(1, 100 * MB, at(5.0)), Way::Beside);
         lanes.end_at(0, true, at(10.0));
-        // Import 1 has 5 s left of its 10, half the last one's own time: beside.
+        // Database 1 has 5 s left of its 10, half the last one's own time: beside.
         assert_eq!(lanes.start_at(2, 100 * MB, at(10.0)), Way::Beside);
     }
 }
