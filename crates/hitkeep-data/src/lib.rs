@@ -26,6 +26,7 @@ mod settings;
 mod source;
 mod staging;
 mod tenants;
+mod timed;
 
 pub use error::{DataError, ErrorKind};
 pub use held::{Held, HeldDatabases};
@@ -38,6 +39,7 @@ pub use tenants::{
     SPLIT_COMPACTED_MARKER, SPLIT_MARKER, TenantLayout, TenantSet, default_tenant, detect_layout,
     tenant_set,
 };
+pub use timed::{Grain, TIMED_TABLES, TimedTable, rows_fingerprint, timed_table};
 
 use std::path::{Path, PathBuf};
 
