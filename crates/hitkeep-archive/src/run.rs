@@ -831,6 +831,9 @@ fn rows_missing(conn: &Connection, exprs: &str, live: &str, archived: &str) -> R
 /// to hash), else both sides as text. A one-file archive widened DATE columns to TIMESTAMPTZ
 /// (midnight UTC), which has no way back without ICU: those compare as the date's text.
 fn comparable(conn: &Connection, tables: &[(&str, String, String)]) -> Result<Vec<String>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut columns = crate::browse::tables_columns(conn)?;
     tables
         .iter()
