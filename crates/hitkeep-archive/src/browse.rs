@@ -194,31 +194,14 @@ pub fn restore_rows(
 }
 
 pub(crate) fn table_columns(conn: &Connection, table: &str) -> Result<Vec<(String, String)>> {
-    let mut stmt = conn
-        .prepare("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() AND schema_name = 'main' AND table_name = ? ORDER BY column_index")
+    let mut tables = hitkeep_data::table_columns(conn, "main", Some(table))
         .map_err(|e| Error::duckdb("reading columns", e))?;
-    let rows = stmt
-        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(|e| Error::duckdb("reading columns", e))?;
-    rows.collect::<Result<_, _>>()
-        .map_err(|e| Error::duckdb("reading columns", e))
+    Ok(tables.remove(table).unwrap_or_default())
 }
 
 /// Every table's columns and their types, in order, in one query.
 pub(crate) fn tables_columns(conn: &Connection) -> Result<BTreeMap<String, Vec<(String, String)>>> {
-    let failed = |e| Error::duckdb("reading columns", e);
-    let mut stmt = conn
-        .prepare("SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() AND schema_name = 'main' ORDER BY table_name, column_index")
-        .map_err(failed)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))
-        .map_err(failed)?;
-    let mut tables: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for row in rows {
-        let (table, column, data_type) = row.map_err(failed)?;
-        tables.entry(table).or_default().push((column, data_type));
-    }
-    Ok(tables)
+    hitkeep_data::table_columns(conn, "main", None).map_err(|e| Error::duckdb("reading columns", e))
 }
 
 fn has_primary_key(conn: &Connection, table: &str) -> Result<bool> {

@@ -664,17 +664,26 @@ fn path_list(paths: &[&Path]) -> String {
 
 /// `SELECT _source, count(*) FROM {from} GROUP BY 1` as a map.
 fn source_counts(conn: &Connection, from: &str) -> Result<BTreeMap<String, u64>> {
-    let failed = |e| Error::duckdb("reading the archive back", e);
     let sql = format!("SELECT _source, count(*) FROM {from} GROUP BY 1");
-    let mut stmt = conn.prepare(&sql).map_err(failed)?;
+    let counts: BTreeMap<String, i64> = named_values(conn, &sql, "reading the archive back")?;
+    Ok(counts
+        .into_iter()
+        .map(|(t, n)| (t, u64::try_from(n).unwrap_or_default()))
+        .collect())
+}
+
+/// The rows of `sql`, a name and a value each, as a map.
+fn named_values<T: duckdb::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    context: &'static str,
+) -> Result<BTreeMap<String, T>> {
+    let failed = |e| Error::duckdb(context, e);
+    let mut stmt = conn.prepare(sql).map_err(failed)?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, T>(1)?)))
         .map_err(failed)?;
-    rows.map(|r| {
-        r.map(|(t, n)| (t, u64::try_from(n).unwrap_or_default()))
-            .map_err(failed)
-    })
-    .collect()
+    rows.collect::<std::result::Result<_, _>>().map_err(failed)
 }
 
 /// Downloads an entry's objects into `scratch`, for the delete to compare with.
@@ -755,21 +764,31 @@ fn rows_not_in(
         }
     }
     let exprs = comparable(conn, &compared_by_content)?;
-    // Only equal counts can be the same rows: the others are compared row by row at once.
-    let (equal_counts, unequal): (Vec<_>, Vec<_>) = compared_by_content
+    // Only equal counts can be the same rows: the fingerprints clear those they can, in one query,
+    // and every other table is compared row by row.
+    let equal_counts: Vec<usize> = (0..compared_by_content.len())
+        .filter(|&i| {
+            let c = &out[compared_by_content[i].0];
+            c.live == c.archived
+        })
+        .collect();
+    let fingerprinted: Vec<_> = equal_counts
         .iter()
-        .zip(exprs)
-        .partition(|((table, ..), _)| out[*table].live == out[*table].archived);
-    let (tables, exprs): (Vec<_>, Vec<_>) = equal_counts.into_iter().unzip();
-    let same = same_fingerprints(conn, &exprs, &tables)?;
-    let checked = tables.into_iter().zip(exprs).zip(same);
-    for (((table, live_rows, source), exprs), same) in
-        checked.chain(unequal.into_iter().map(|(t, e)| ((t, e), false)))
+        .map(|&i| (exprs[i].as_str(), &compared_by_content[i]))
+        .collect();
+    let same = same_fingerprints(conn, &fingerprinted)?;
+    let cleared: Vec<usize> = equal_counts
+        .into_iter()
+        .zip(same)
+        .filter_map(|(i, same)| same.then_some(i))
+        .collect();
+    for (i, ((table, live_rows, source), exprs)) in
+        compared_by_content.iter().zip(&exprs).enumerate()
     {
-        out.get_mut(*table).expect("inserted above").not_archived = if same {
+        out.get_mut(*table).expect("inserted above").not_archived = if cleared.contains(&i) {
             0
         } else {
-            rows_missing(conn, &exprs, live_rows, source)?
+            rows_missing(conn, exprs, live_rows, source)?
         };
     }
     Ok(out)
@@ -785,8 +804,7 @@ fn rows_not_in(
 /// fingerprint and why it hashes twice: [`hitkeep_data::rows_fingerprint`].
 fn same_fingerprints(
     conn: &Connection,
-    exprs: &[String],
-    tables: &[&(&str, String, String)],
+    tables: &[(&str, &(&str, String, String))],
 ) -> Result<Vec<bool>> {
     if tables.is_empty() {
         return Ok(Vec::new());
@@ -799,8 +817,7 @@ fn same_fingerprints(
     };
     let checks = tables
         .iter()
-        .zip(exprs)
-        .map(|((_, live, archived), exprs)| {
+        .map(|(exprs, (_, live, archived))| {
             format!(
                 "{} IS NOT DISTINCT FROM {}",
                 fingerprint(exprs, live),
@@ -856,13 +873,8 @@ fn comparable(conn: &Connection, tables: &[(&str, String, String)]) -> Result<Ve
 
 /// The columns `source` reads from an archive file, and their types.
 fn file_columns(conn: &Connection, source: &str) -> Result<BTreeMap<String, String>> {
-    let failed = |e| Error::duckdb("reading the archive's columns", e);
     let sql = format!("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})");
-    let mut stmt = conn.prepare(&sql).map_err(failed)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .map_err(failed)?;
-    rows.collect::<std::result::Result<_, _>>().map_err(failed)
+    named_values(conn, &sql, "reading the archive's columns")
 }
 
 /// What [`export_and_verify`] writes: one file per table with rows, into the site's folder.
@@ -1261,12 +1273,7 @@ mod tests {
             .collect();
         let exprs = names.join(", ");
         let (fast, exact) = (
-            same_fingerprints(
-                &conn,
-                std::slice::from_ref(&exprs),
-                &[&("a", "a".into(), "b".into())],
-            )
-            .unwrap()
+            same_fingerprints(&conn, &[(exprs.as_str(), &("a", "a".into(), "b".into()))]).unwrap()
                 == [true],
             rows_missing(&conn, &exprs, "a", "b").unwrap() == 0
                 && rows_missing(&conn, &exprs, "b", "a").unwrap() == 0,

@@ -200,12 +200,9 @@ pub(crate) fn table_columns(
     conn: &Connection,
     table: TableName<'_>,
 ) -> duckdb::Result<Vec<String>> {
-    let mut stmt = conn.prepare(
-        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() \
-         AND schema_name = ? AND table_name = ? ORDER BY column_index",
-    )?;
-    let columns = stmt.query_map([table.schema, table.name], |r| r.get(0))?;
-    columns.collect()
+    let mut tables = hitkeep_data::table_columns(conn, table.schema, Some(table.name))?;
+    let columns = tables.remove(table.name).unwrap_or_default();
+    Ok(columns.into_iter().map(|(name, _)| name).collect())
 }
 
 /// Every partition of `table` under `rule`, by key, with its rows and fingerprint: one aggregate over

@@ -282,6 +282,29 @@ pub fn count_rows(
     Ok(counts)
 }
 
+/// The columns of every user table in `schema` (or of `table` alone), with their types, in order: one
+/// query, for every crate that reads a table's shape.
+pub fn table_columns(
+    conn: &Connection,
+    schema: &str,
+    table: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, Vec<(String, String)>>, duckdb::Error> {
+    let mut stmt = conn.prepare(
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() \
+         WHERE database_name = current_database() AND schema_name = ? \
+         AND table_name = coalesce(?, table_name) ORDER BY table_name, column_index",
+    )?;
+    let rows = stmt.query_map(duckdb::params![schema, table], |r| {
+        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    let mut tables: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    for row in rows {
+        let (table, column, data_type) = row?;
+        tables.entry(table).or_default().push((column, data_type));
+    }
+    Ok(tables)
+}
+
 /// Quotes an identifier for DuckDB SQL.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
