@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use hitkeep_data::SourceId;
 use hitkeep_storage::{Entry, ListMode, Storage};
 use jiff::{SignedDuration, Timestamp};
@@ -51,6 +52,14 @@ pub struct SnapshotInfo {
 }
 
 impl SnapshotInfo {
+    /// Bytes a restore downloads: its manifest's files (an incremental snapshot's are mostly in the
+    /// pool, not its folder), or what its folder holds when it has no manifest.
+    pub fn data_size(&self) -> u64 {
+        self.manifest
+            .as_ref()
+            .map_or(self.size, Manifest::total_size)
+    }
+
     /// The cycle's sequence number, when its manifest records one.
     pub fn sequence(&self) -> Option<u64> {
         self.manifest.as_ref().and_then(|m| m.sequence)
@@ -88,12 +97,21 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Lists `storage`.
+    /// Lists `storage`. Folders are listed and manifests read [`READS_AT_ONCE`] at a time: one after
+    /// another, a destination of 50 tenants keeping 24 cycles took over a thousand round trips in a
+    /// row, and a cycle waits for this one after its commit (leftovers, the status).
     pub async fn load(storage: &Storage) -> Result<Catalog> {
-        let mut databases = vec![load_database(storage, Database::Shared).await?];
-        for tenant_id in tenant_ids(storage).await? {
-            databases.push(load_database(storage, Database::Tenant { tenant_id }).await?);
-        }
+        let (shared, tenants) = futures::try_join!(
+            load_database(storage, Database::Shared),
+            tenant_ids(storage)
+        )?;
+        let tenants: Vec<DatabaseSnapshots> = futures::stream::iter(tenants)
+            .map(|tenant_id| load_database(storage, Database::Tenant { tenant_id }))
+            .buffered(READS_AT_ONCE)
+            .try_collect()
+            .await?;
+        let mut databases = vec![shared];
+        databases.extend(tenants);
         Ok(Catalog { databases })
     }
 
@@ -237,6 +255,10 @@ impl Catalog {
     }
 }
 
+/// Listings and manifest reads a catalog keeps in flight, in order: enough to hide a round trip,
+/// few enough for any service's request limits.
+const READS_AT_ONCE: usize = 8;
+
 async fn tenant_ids(storage: &Storage) -> Result<Vec<Uuid>> {
     let mut ids: Vec<Uuid> = storage
         .list("tenants", ListMode::OneLevel)
@@ -355,10 +377,13 @@ async fn load_database(storage: &Storage, database: Database) -> Result<Database
             ),
         }
     }
-    let mut snapshots = Vec::with_capacity(by_id.len());
-    for (id, entries) in by_id {
-        snapshots.push(inspect(storage, database, id, &entries).await?);
-    }
+    // Owned items: a closure over borrowed ones is not general enough for the `Send` futures that
+    // a cycle's claim boxes.
+    let snapshots = futures::stream::iter(by_id)
+        .map(|(id, entries)| async move { inspect(storage, database, id, &entries).await })
+        .buffered(READS_AT_ONCE)
+        .try_collect()
+        .await?;
     Ok(DatabaseSnapshots {
         database,
         snapshots,
