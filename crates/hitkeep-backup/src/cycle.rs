@@ -21,10 +21,12 @@ use crate::follow::{ExportFile, ExportState, ExportWatch, Fingerprint, POLL, Tap
 use crate::lanes::{Lanes, Way};
 use crate::lock::CycleLock;
 use crate::manifest::{
-    Database, FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantEntry,
-    TenantState,
+    Database, FULL_FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest,
+    TenantEntry, TenantState,
 };
 use crate::progress::{NoProgress, Progress};
+
+mod incremental;
 
 /// Where a cycle stages its exports and keeps its lock, and how it uploads.
 #[derive(Clone)]
@@ -50,6 +52,22 @@ pub struct BackupOptions {
     pub apply_limits: bool,
     /// Where progress goes.
     pub progress: Arc<dyn Progress>,
+    /// Full snapshots (the default) or incremental ones.
+    pub mode: BackupMode,
+}
+
+/// What a cycle's snapshots hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackupMode {
+    /// Every database exported whole into its snapshot's folder, as `EXPORT DATABASE` writes it
+    /// (manifest format 1): what HitKeep's own `IMPORT DATABASE` reads.
+    #[default]
+    Full,
+    /// Only the partitions that changed since the previous snapshot of the same database exported,
+    /// stored once in the location's pool and shared by the snapshots that hold them (manifest
+    /// format 2). Each snapshot still restores on its own.
+    Incremental,
 }
 
 impl std::fmt::Debug for BackupOptions {
@@ -63,6 +81,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("concurrency", &self.concurrency)
             .field("limits", &self.limits)
             .field("apply_limits", &self.apply_limits)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
@@ -81,7 +100,14 @@ impl BackupOptions {
             limits: layout.duckdb,
             apply_limits: !layout.holds_databases(),
             progress: Arc::new(NoProgress),
+            mode: BackupMode::Full,
         }
+    }
+
+    /// The same options, writing snapshots of `mode`.
+    pub fn with_mode(mut self, mode: BackupMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// The same options, backing up `n` databases at once (at least one).
@@ -304,7 +330,17 @@ pub async fn run_cycle(
     }
     .boxed()
     .shared();
-    tracing::info!(location = %storage.location(), tenants = tenants.len(), %layout, "backup cycle started");
+    // What an incremental cycle's databases reuse: read while the first exports open, once.
+    let incremental = options.mode == BackupMode::Incremental;
+    let previous: incremental::PreviousCycle<'_> = async move {
+        match incremental {
+            true => incremental::previous_cycle(storage, source).await,
+            false => None,
+        }
+    }
+    .boxed()
+    .shared();
+    tracing::info!(location = %storage.location(), tenants = tenants.len(), %layout, mode = ?options.mode, "backup cycle started");
 
     // Databases side by side, the shared one first: while one exports (CPU) another uploads (network),
     // and tenants' fixed costs (open, checkpoint, a few requests) overlap. Each DuckDB instance gets its
@@ -328,11 +364,14 @@ pub async fn run_cycle(
             .map(|(order, t)| Job::Tenant(order, t)),
     );
     let staging_path = staging.path();
-    let pending = &claim;
+    let pending = &Pending {
+        claim: claim.clone(),
+        previous,
+    };
     let mut done = futures::stream::iter(jobs)
         .map(|job| async move {
             match job {
-                Job::Shared(conn) => Done::Shared(
+                Job::Shared(conn) => Done::Shared(Box::new(
                     async {
                         let database = Database::Shared;
                         let (lane, conn) = lanes.enter_with(0, database, conn).await?;
@@ -349,7 +388,7 @@ pub async fn run_cycle(
                         snapshot
                     }
                     .await,
-                ),
+                )),
                 Job::Tenant(order, t) => {
                     let (entry, counted) = backup_tenant(
                         storage,
@@ -370,7 +409,7 @@ pub async fn run_cycle(
     let (mut shared_result, mut entries, mut files, mut bytes) = (None, Vec::new(), 0, 0);
     while let Some(outcome) = done.next().await {
         match outcome {
-            Done::Shared(result) => shared_result = Some(result),
+            Done::Shared(result) => shared_result = Some(*result),
             Done::Tenant(order, entry, counted) => {
                 files += counted.0;
                 bytes += counted.1;
@@ -389,10 +428,10 @@ pub async fn run_cycle(
         return Err(failed.unwrap_or_else(|| Error::Internal("no snapshot id was claimed".into())));
     };
     let (id, claim) = (claim.id, &claim);
-    let mut shared_manifest = shared_result
+    let (mut shared_manifest, uploaded) = shared_result
         .ok_or_else(|| Error::Internal("the shared database's job did not run".into()))??;
-    files += shared_manifest.files.len();
-    bytes += shared_manifest.total_size();
+    files += uploaded.0;
+    bytes += uploaded.1;
     shared_manifest.tenants = entries;
     shared_manifest.layout = Some(layout);
     shared_manifest.default_tenant = default_tenant;
@@ -412,6 +451,12 @@ pub async fn run_cycle(
 /// before their first write to the destination. `None`: the claim failed (its error is kept for
 /// `run_cycle` to return).
 type PendingClaim<'a> = Shared<BoxFuture<'a, Option<Claim>>>;
+
+/// What the jobs of a cycle wait on together: the claim, and in incremental mode the previous cycle.
+struct Pending<'a> {
+    claim: PendingClaim<'a>,
+    previous: incremental::PreviousCycle<'a>,
+}
 
 /// Reads the source's history, checks the clock against it, records the source and claims the
 /// snapshot id, numbered one above the source's newest cycle.
@@ -443,7 +488,7 @@ enum Job {
 }
 
 enum Done {
-    Shared(Result<Manifest>),
+    Shared(Box<Result<(Manifest, (usize, u64))>>),
     Tenant(usize, TenantEntry, (usize, u64)),
 }
 
@@ -452,7 +497,7 @@ enum Done {
 async fn backup_tenant(
     storage: &Storage,
     tenant: TenantSource,
-    claim: &PendingClaim<'_>,
+    pending: &Pending<'_>,
     staging: &Path,
     options: &BackupOptions,
     (lanes, lane_id): (&ExportLanes, usize),
@@ -464,7 +509,7 @@ async fn backup_tenant(
     let tenant_id = tenant.id;
     // Opening replays the WAL, which can take a while: not on the async workers.
     // A claim already failed: the cycle fails, so nothing more is opened or exported.
-    if matches!(claim.peek(), Some(None)) {
+    if matches!(pending.claim.peek(), Some(None)) {
         lanes.forgo();
         let error = "no snapshot id was claimed".to_owned();
         return (
@@ -490,13 +535,13 @@ async fn backup_tenant(
             let snapshot = async {
                 let (lane, conn) = lanes.enter_with(lane_id, database, conn).await?;
                 let done =
-                    snapshot_and_commit(storage, conn, database, claim, staging, options).await;
+                    snapshot_and_commit(storage, conn, database, pending, staging, options).await;
                 lane.end(done.is_ok());
                 done
             };
             match snapshot.await {
-                Ok((manifest, sha)) => {
-                    counted = (manifest.files.len(), manifest.total_size());
+                Ok((sha, uploaded)) => {
+                    counted = uploaded;
                     TenantState::Complete {
                         manifest_sha256: sha.to_string(),
                     }
@@ -521,18 +566,20 @@ async fn backup_tenant(
     (entry, counted)
 }
 
+/// A tenant's snapshot, committed: its manifest's SHA-256, and the files and bytes uploaded.
 async fn snapshot_and_commit(
     storage: &Storage,
     conn: Connection,
     database: Database,
-    claim: &PendingClaim<'_>,
+    pending: &Pending<'_>,
     staging: &Path,
     options: &BackupOptions,
-) -> Result<(Manifest, Sha256Digest)> {
-    let manifest = snapshot_database(storage, conn, database, claim, staging, options).await?;
-    claimed(claim).await?.check(storage).await?;
+) -> Result<(Sha256Digest, (usize, u64))> {
+    let (manifest, uploaded) =
+        snapshot_database(storage, conn, database, pending, staging, options).await?;
+    claimed(&pending.claim).await?.check(storage).await?;
     let sha = commit(storage, &manifest).await?;
-    Ok((manifest, sha))
+    Ok((sha, uploaded))
 }
 
 /// One export's share of `limits` when `ways` run side by side. The memory limit is split: each
@@ -690,17 +737,22 @@ fn staged(options: &BackupOptions) -> TransferOptions {
     options.transfer.linking()
 }
 
-/// Exports one database and uploads its files; returns its manifest, not yet written. The export
-/// starts at once, into local staging; the uploads, and before them the folder's in-progress marker,
-/// wait for the claim.
+/// Exports one database and uploads its files; returns its manifest, not yet written, and the files
+/// and bytes uploaded (an incremental snapshot names files stored before). The export starts at once,
+/// into local staging; the uploads, and before them the folder's in-progress marker, wait for the
+/// claim.
 async fn snapshot_database(
     storage: &Storage,
     conn: Connection,
     database: Database,
-    claim: &PendingClaim<'_>,
+    pending: &Pending<'_>,
     staging: &Path,
     options: &BackupOptions,
-) -> Result<Manifest> {
+) -> Result<(Manifest, (usize, u64))> {
+    if options.mode == BackupMode::Incremental {
+        return incremental::snapshot_parts(storage, conn, database, pending, staging, options)
+            .await;
+    }
     let created_at = Timestamp::now();
     let dir = staging.join(database.folder());
     // Removed as soon as this database is done, so exports of many tenants never pile up on the data disk.
@@ -711,25 +763,14 @@ async fn snapshot_database(
     let interrupt = conn.interrupt_handle();
     let mut exporting =
         tokio::task::spawn_blocking(move || export_database(&conn, database, &export_dir));
-    let claimed = async {
-        let claim = claimed(claim).await?;
-        let folder = format!("{}/{}", database.folder(), claim.id);
-        // The shared folder's marker is the claim itself.
-        if database != Database::Shared {
-            storage
-                .write(&format!("{folder}/{IN_PROGRESS_NAME}"), claim.marker())
-                .await?;
-        }
-        Ok::<_, Error>((claim, folder))
-    };
-    let (claim, folder) = match claimed.await {
+    let (claim, folder) = match claim_folder(storage, &pending.claim, database).await {
         Ok(claimed) => claimed,
         Err(e) => {
-            abandon(&mut exporting, &interrupt, &watch).await;
+            watch.set(ExportState::Failed);
+            abandon(&mut exporting, &interrupt).await;
             return Err(e);
         }
     };
-    let id = claim.id;
     let (export, mut files, followed) = upload_while_exporting(
         storage, database, &folder, &claim, exporting, &watch, options,
     )
@@ -737,33 +778,63 @@ async fn snapshot_database(
     tracing::debug!(%database, files = files.len(), followed, "uploaded while exporting");
     files.sort_by(|a, b| a.name.cmp(&b.name));
     options.progress.upload_finished(database);
-    Ok(Manifest {
+    let mut manifest = new_manifest(database, created_at, &claim, export.duckdb_version, files);
+    manifest.tables = export.tables;
+    let uploaded = (manifest.files.len(), manifest.total_size());
+    Ok((manifest, uploaded))
+}
+
+/// The claimed id and the database's snapshot folder, once the claim is over; for a tenant, with the
+/// folder's in-progress marker written (the shared folder's marker is the claim itself).
+async fn claim_folder(
+    storage: &Storage,
+    claim: &PendingClaim<'_>,
+    database: Database,
+) -> Result<(Claim, String)> {
+    let claim = claimed(claim).await?;
+    let folder = format!("{}/{}", database.folder(), claim.id);
+    if database != Database::Shared {
+        storage
+            .write(&format!("{folder}/{IN_PROGRESS_NAME}"), claim.marker())
+            .await?;
+    }
+    Ok((claim, folder))
+}
+
+/// A full snapshot's manifest of `files` (sorted by name), before its tables are counted in.
+fn new_manifest(
+    database: Database,
+    created_at: Timestamp,
+    claim: &Claim,
+    duckdb_version: String,
+    files: Vec<FileEntry>,
+) -> Manifest {
+    Manifest {
         format: "hitkeep-snapshot".to_owned(),
-        format_version: FORMAT_VERSION,
-        snapshot_id: id,
+        format_version: FULL_FORMAT_VERSION,
+        snapshot_id: claim.id,
         database,
         created_at,
         tool: tool(),
-        duckdb_version: export.duckdb_version,
+        duckdb_version,
         files,
-        tables: export.tables,
+        tables: Default::default(),
         tenants: Vec::new(),
         layout: None,
         default_tenant: None,
         source: Some(claim.source),
         sequence: Some(claim.sequence),
-    })
+        partitions: Vec::new(),
+    }
 }
 
 /// Stops an export that nothing will upload, and waits for its end: it must not go on writing into a
 /// staging folder about to be removed. DuckDB's interrupt stops the statement running when it
 /// comes, so it is repeated until the export has returned.
-async fn abandon(
-    exporting: &mut tokio::task::JoinHandle<Result<Export>>,
+async fn abandon<T>(
+    exporting: &mut tokio::task::JoinHandle<Result<T>>,
     interrupt: &duckdb::InterruptHandle,
-    watch: &ExportWatch,
 ) {
-    watch.set(ExportState::Failed);
     loop {
         interrupt.interrupt();
         if tokio::time::timeout(POLL, &mut *exporting).await.is_ok() {
@@ -982,6 +1053,7 @@ async fn upload_export_file(
                 name,
                 size: info.size,
                 sha256: info.sha256.to_string(),
+                object: None,
             },
             sent: Sent::AtRest,
         });
@@ -1012,7 +1084,12 @@ async fn upload_export_file(
     tracing::debug!(file = name, size, followed = file.open, "uploaded");
     Ok(Uploaded {
         path: file.path,
-        entry: FileEntry { name, size, sha256 },
+        entry: FileEntry {
+            name,
+            size,
+            sha256,
+            object: None,
+        },
         sent,
     })
 }

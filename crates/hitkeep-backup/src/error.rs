@@ -379,7 +379,10 @@ impl Error {
             Error::Busy(_) => "wait for it to finish",
             Error::ManifestAltered { .. }
             | Error::Manifest {
-                source: ManifestError::Invalid(_) | ManifestError::MalformedSha256 { .. },
+                source:
+                    ManifestError::Invalid(_)
+                    | ManifestError::MalformedSha256 { .. }
+                    | ManifestError::ForeignFile { .. },
                 ..
             }
             | Error::SnapshotUnusable { .. }

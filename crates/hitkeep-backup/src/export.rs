@@ -12,6 +12,10 @@ use hitkeep_data::{
 use crate::error::{Error, Result};
 use crate::manifest::Database;
 
+mod parts;
+
+pub(crate) use parts::{PartedExport, export_parts};
+
 /// What an export produced.
 #[derive(Debug)]
 pub(crate) struct Export {
@@ -28,17 +32,10 @@ const EXPORT_MEMORY_HINT: &str = "give backups more memory with HITKEEP_DUCKDB_M
 /// `CHECKPOINT`, then in one transaction: count every table and `EXPORT DATABASE` (Parquet, zstd) into
 /// `dir`. Counting inside the transaction makes the counts describe exactly the exported rows.
 pub(crate) fn export_database(conn: &Connection, database: Database, dir: &Path) -> Result<Export> {
-    // A failed checkpoint (another connection mid-transaction) only means a bigger WAL; the export is
-    // still consistent, so it warns, as HitKeep does.
-    if let Err(e) = conn.execute_batch("CHECKPOINT") {
-        tracing::warn!(%database, error = %e, "CHECKPOINT failed; exporting anyway");
-    }
-    let duckdb_version: String = conn
-        .query_row("SELECT version()", [], |r| r.get(0))
-        .map_err(|e| Error::duckdb(database, "reading the version", e))?;
+    let duckdb_version = before_export(conn, database)?;
     // The settings around the transaction: inside one that failed, DuckDB refuses to put them back.
     let tables = with_export_settings(conn, database, || {
-        export_in_transaction(conn, database, dir)
+        in_transaction(conn, database, || count_and_export(conn, database, dir))
     })?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
@@ -51,6 +48,16 @@ pub(crate) fn export_database(conn: &Connection, database: Database, dir: &Path)
         files,
         duckdb_version,
     })
+}
+
+/// `CHECKPOINT` (a failed one, with another connection mid-transaction, only means a bigger WAL: the
+/// export is still consistent, so it warns, as HitKeep does), then DuckDB's version.
+fn before_export(conn: &Connection, database: Database) -> Result<String> {
+    if let Err(e) = conn.execute_batch("CHECKPOINT") {
+        tracing::warn!(%database, error = %e, "CHECKPOINT failed; exporting anyway");
+    }
+    conn.query_row("SELECT version()", [], |r| r.get(0))
+        .map_err(|e| Error::duckdb(database, "reading the version", e))
 }
 
 /// The settings an export runs under ([`with_settings`]): Parquet's (rows in any order), and
@@ -78,14 +85,15 @@ fn with_export_settings<T>(
         .map_err(|e| Error::duckdb(database, "changing DuckDB's settings for the export", e))?
 }
 
-fn export_in_transaction(
+/// Runs `work` in one transaction: everything it reads sees the same rows.
+fn in_transaction<T>(
     conn: &Connection,
     database: Database,
-    dir: &Path,
-) -> Result<BTreeMap<String, u64>> {
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     conn.execute_batch("BEGIN TRANSACTION")
         .map_err(|e| Error::duckdb(database, "starting the export transaction", e))?;
-    let outcome = count_and_export(conn, database, dir);
+    let outcome = work();
     let end = if outcome.is_ok() {
         "COMMIT"
     } else {

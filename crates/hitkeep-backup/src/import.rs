@@ -204,7 +204,7 @@ fn utf8(path: &Path) -> Result<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const NO_HINT: &str = "";
@@ -225,7 +225,7 @@ mod tests {
         snapshot
     }
 
-    fn import<'a>(snapshot: &'a Path, db: &'a Path, limits: DuckDbLimits) -> Import<'a> {
+    pub(crate) fn import<'a>(snapshot: &'a Path, db: &'a Path, limits: DuckDbLimits) -> Import<'a> {
         Import {
             snapshot_dir: snapshot,
             db,
@@ -239,7 +239,7 @@ mod tests {
     /// What DuckDB's catalog says of a database's tables: constraints, indexes, columns. A key
     /// added after the load is listed after its table's NOT NULLs instead of before them, so
     /// constraints are compared as a set per table, without DuckDB's running index.
-    fn catalog_of(db: &Path) -> Vec<String> {
+    pub(crate) fn catalog_of(db: &Path) -> Vec<String> {
         let conn = Connection::open(db).unwrap();
         let mut out = Vec::new();
         for sql in [
@@ -264,7 +264,7 @@ mod tests {
     }
 
     /// The same snapshot through a plain `IMPORT DATABASE`: what a restore must equal.
-    fn plain_import(snapshot: &Path, db: &Path) {
+    pub(crate) fn plain_import(snapshot: &Path, db: &Path) {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(&format!(
             "ATTACH {} AS r (STORAGE_VERSION '{STORAGE_VERSION}'); USE r; IMPORT DATABASE {}; CHECKPOINT;",

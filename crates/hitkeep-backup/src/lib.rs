@@ -24,8 +24,6 @@ mod import;
 mod lanes;
 mod lock;
 pub mod manifest;
-// Issue 19's first step, tested on its own; the cycle's incremental mode is its first caller.
-#[allow(dead_code)]
 mod partition;
 mod progress;
 mod restore;
@@ -40,7 +38,7 @@ pub use crate::{
     bundle::{BUNDLE_MANIFEST, Bundle, BundleArtifact, BundleOutcome},
     catalog::{Catalog, DatabaseSnapshots, SnapshotInfo, SnapshotState},
     claim::{FUTURE_BOUND, SOURCES_FOLDER, SourceRecord, sources},
-    cycle::{BackupOptions, CycleReport, CycleTenants, TenantSource, run_cycle},
+    cycle::{BackupMode, BackupOptions, CycleReport, CycleTenants, TenantSource, run_cycle},
     error::{CountMismatch, Error, ErrorKind, Result},
     lock::CycleLock,
     manifest::{Database, Manifest},

@@ -10,9 +10,19 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::SnapshotId;
+pub use crate::partition::PartitionRule;
 
-/// The manifest format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest manifest format this build reads.
+pub const FORMAT_VERSION: u32 = INCREMENTAL_FORMAT_VERSION;
+/// The format of a full snapshot's manifest: every file in the snapshot's folder. Still written for
+/// full snapshots, so that older hitkeeps keep reading them.
+pub const FULL_FORMAT_VERSION: u32 = 1;
+/// The format of an incremental snapshot's manifest: files may be stored in the location's pool
+/// ([`FileEntry::object`]), and [`Manifest::partitions`] records how each table was cut. Older
+/// hitkeeps refuse it ("upgrade hitkeep") instead of misreading it.
+pub const INCREMENTAL_FORMAT_VERSION: u32 = 2;
+/// The folder, beside `shared/` and `tenants/`, of the objects incremental snapshots share.
+pub const POOL_FOLDER: &str = "pool";
 /// The object name of a manifest inside a snapshot folder.
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// Written first into a snapshot folder and removed after the manifest: tells our unfinished snapshots
@@ -61,6 +71,37 @@ pub struct Manifest {
     /// older manifests, which sort before every numbered one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<u64>,
+    /// In an incremental snapshot (format 2): every table in load order, how it was cut into
+    /// partitions and what each holds, so that the next cycle can reuse the unchanged ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<TablePartitions>,
+}
+
+/// How an incremental snapshot cut one table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablePartitions {
+    /// The table's schema.
+    pub schema: String,
+    /// The table.
+    pub table: String,
+    /// Its columns' names and DuckDB types, in order: a table whose columns differ (renamed, retyped,
+    /// added) starts its chain again, since its rows' fingerprints hash values alone.
+    pub columns: Vec<(String, String)>,
+    /// The rule its keys follow; recorded so that a later rule never reinterprets them.
+    pub rule: PartitionRule,
+    /// Its partitions by key (an empty table has none).
+    pub partitions: BTreeMap<String, PartitionEntry>,
+}
+
+/// One partition of a table in an incremental snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionEntry {
+    /// Rows.
+    pub rows: u64,
+    /// The sum of its rows' hashes, as a decimal integer: equal rows and fingerprint mean equal rows.
+    pub fingerprint: String,
+    /// Its files, by their names in [`Manifest::files`].
+    pub files: Vec<String>,
 }
 
 /// The database a snapshot is of.
@@ -104,6 +145,28 @@ pub struct FileEntry {
     pub size: u64,
     /// SHA-256, lowercase hex.
     pub sha256: String,
+    /// Where the bytes are stored when not in the snapshot's folder: in an incremental snapshot, the
+    /// pool object `pool/{sha256[..2]}/{sha256}.parquet` that snapshots share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+impl FileEntry {
+    /// The object that holds the file's bytes, for a snapshot stored in `folder`.
+    pub fn key(&self, folder: &str) -> String {
+        match &self.object {
+            Some(object) => object.clone(),
+            None => format!("{folder}/{}", self.name),
+        }
+    }
+}
+
+/// The pool object of a file with this SHA-256 (lowercase hex).
+pub fn pool_key(sha256: &str) -> String {
+    format!(
+        "{POOL_FOLDER}/{}/{sha256}.parquet",
+        &sha256[..2.min(sha256.len())]
+    )
 }
 
 /// A tenant's part in a cycle, as the shared manifest records it.
@@ -156,6 +219,15 @@ pub enum ManifestError {
         /// The file the manifest lists.
         file: String,
     },
+    /// A file's name or object is not one a snapshot can have: a name is one plain path component,
+    /// and an object is the pool object its SHA-256 names, in format 2 only.
+    #[error("the manifest lists {file:?}, {why}")]
+    ForeignFile {
+        /// The file's name as the manifest gives it.
+        file: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 impl Manifest {
@@ -164,6 +236,9 @@ impl Manifest {
         let manifest: Manifest = serde_json::from_slice(bytes)?;
         if manifest.format_version > FORMAT_VERSION {
             return Err(ManifestError::TooNew(manifest.format_version));
+        }
+        for file in &manifest.files {
+            check_file(file, manifest.format_version)?;
         }
         Ok(manifest)
     }
@@ -180,8 +255,137 @@ impl Manifest {
         self.files.iter().map(|f| f.size).sum()
     }
 
+    /// Whether it is an incremental snapshot (format 2), whose files may live in the pool.
+    pub fn is_incremental(&self) -> bool {
+        self.format_version >= INCREMENTAL_FORMAT_VERSION
+    }
+
     /// Total rows over all tables.
     pub fn total_rows(&self) -> u64 {
         self.tables.values().sum()
+    }
+}
+
+/// A manifest comes from the location, which is untrusted: a file name becomes a path in staging
+/// (`../x` or `/etc/x` would write outside it), and an object a key to read. Names are one plain path
+/// component; an object is the pool object of the file's own SHA-256, and only in format 2.
+fn check_file(file: &FileEntry, format_version: u32) -> Result<(), ManifestError> {
+    let refuse = |why| {
+        Err(ManifestError::ForeignFile {
+            file: file.name.clone(),
+            why,
+        })
+    };
+    let name = file.name.as_str();
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return refuse("which is not a plain file name");
+    }
+    let Some(object) = &file.object else {
+        return Ok(());
+    };
+    if format_version < INCREMENTAL_FORMAT_VERSION {
+        return refuse("stored outside its snapshot, which only an incremental manifest may say");
+    }
+    let is_hex = file.sha256.len() == 64
+        && file
+            .sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !is_hex || *object != pool_key(&file.sha256) {
+        return refuse("stored as an object that is not the pool object of its SHA-256");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(format_version: u32, files: Vec<FileEntry>) -> Vec<u8> {
+        let m = Manifest {
+            format: "hitkeep-snapshot".into(),
+            format_version,
+            snapshot_id: "2026-01-01T000000Z".parse().unwrap(),
+            database: Database::Shared,
+            created_at: Timestamp::UNIX_EPOCH,
+            tool: "test".into(),
+            duckdb_version: "v2.0.0".into(),
+            files,
+            tables: BTreeMap::new(),
+            tenants: Vec::new(),
+            layout: None,
+            default_tenant: None,
+            source: None,
+            sequence: None,
+            partitions: Vec::new(),
+        };
+        m.to_bytes()
+    }
+
+    fn file(name: &str, object: Option<String>) -> FileEntry {
+        FileEntry {
+            name: name.into(),
+            size: 1,
+            sha256: "ab".repeat(32),
+            object,
+        }
+    }
+
+    /// A name becomes a path in staging: one that climbs out of it, or is absolute, is refused
+    /// before anything is downloaded.
+    #[test]
+    fn a_file_name_that_is_not_a_plain_name_is_refused() {
+        for name in [
+            "../../etc/cron.d/x",
+            "/etc/passwd",
+            "a/b.parquet",
+            "..",
+            ".",
+            "",
+            "a\\b",
+        ] {
+            let bytes = manifest(FULL_FORMAT_VERSION, vec![file(name, None)]);
+            assert!(
+                matches!(
+                    Manifest::from_slice(&bytes),
+                    Err(ManifestError::ForeignFile { .. })
+                ),
+                "{name:?}"
+            );
+        }
+        let plain = manifest(FULL_FORMAT_VERSION, vec![file("hits.parquet", None)]);
+        assert!(Manifest::from_slice(&plain).is_ok());
+    }
+
+    /// An object is the pool object of the file's own digest, and only an incremental manifest
+    /// names one: a manifest cannot point a restore at another snapshot's or another tenant's key.
+    #[test]
+    fn an_object_must_be_the_pool_object_of_its_digest() {
+        let sha = "ab".repeat(32);
+        let good = file("t.all.0.parquet", Some(pool_key(&sha)));
+        assert_eq!(
+            good.object.as_deref(),
+            Some(&*format!("pool/ab/{sha}.parquet"))
+        );
+        let ok = manifest(INCREMENTAL_FORMAT_VERSION, vec![good.clone()]);
+        assert!(Manifest::from_slice(&ok).unwrap().is_incremental());
+        let in_full = manifest(FULL_FORMAT_VERSION, vec![good]);
+        let elsewhere = |object: &str| {
+            manifest(
+                INCREMENTAL_FORMAT_VERSION,
+                vec![file("t.all.0.parquet", Some(object.into()))],
+            )
+        };
+        for bytes in [
+            in_full,
+            elsewhere("tenants/x/2026-01-01T000000Z/hits.parquet"),
+            elsewhere(&format!("pool/cd/{sha}.parquet")),
+            elsewhere(&format!("pool/ab/{}.parquet", "cd".repeat(32))),
+        ] {
+            assert!(matches!(
+                Manifest::from_slice(&bytes),
+                Err(ManifestError::ForeignFile { .. })
+            ));
+        }
     }
 }

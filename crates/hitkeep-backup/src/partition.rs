@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 /// How a table is cut into partitions. Chosen when a table's chain starts and recorded with each of
 /// its snapshots, so that a later rule never reinterprets an older snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "rule", rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) enum PartitionRule {
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PartitionRule {
     /// Months of `column` (UTC), then ranges of `rows` rows in write order within each month.
     MonthRows {
         /// The time column.
@@ -58,8 +58,8 @@ const MIN_RANGE_ROWS: u64 = 1 << 17;
 
 /// The key's columns in the rows [`PartitionRule::keyed_rows`] selects: the month (`yyyymm`, -1
 /// without a time, 0 for a rule without months) and the range in it.
-const MONTH: &str = "__hitkeep_month";
-const RANGE: &str = "__hitkeep_range";
+pub(crate) const MONTH: &str = "__hitkeep_month";
+pub(crate) const RANGE: &str = "__hitkeep_range";
 
 /// A table, by schema and name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,9 +136,12 @@ impl PartitionRule {
             // The months' first rows in a join (a few dozen rows, from an aggregate over two
             // columns), not a window over every row; joined on an integer month.
             PartitionRule::MonthRows { column, rows } => {
+                // Years a key can write (0 to 9999); any other time, like none, is -1.
                 let month = |of: &str| {
                     let at = format!("CAST({of}{} AS TIMESTAMP)", quote_ident(column));
-                    format!("coalesce(year({at}) * 100 + month({at}), -1)")
+                    format!(
+                        "coalesce(CASE WHEN year({at}) BETWEEN 0 AND 9999 THEN year({at}) * 100 + month({at}) END, -1)"
+                    )
                 };
                 format!(
                     "SELECT {}, f.month AS {MONTH}, (t.rowid - f.first_rowid) // {rows} AS {RANGE} \
@@ -154,7 +157,7 @@ impl PartitionRule {
 }
 
 /// A partition's key as text, from its month (`yyyymm`, -1, or 0) and range.
-fn key_text(rule: &PartitionRule, month: i64, range: i64) -> String {
+pub(crate) fn key_text(rule: &PartitionRule, month: i64, range: i64) -> String {
     match rule {
         PartitionRule::Whole => "all".to_owned(),
         PartitionRule::Rows { .. } => format!("rows.{range}"),
@@ -166,7 +169,7 @@ fn key_text(rule: &PartitionRule, month: i64, range: i64) -> String {
 }
 
 /// The month and range of a key [`key_text`] wrote under `rule`; `None` for any other text.
-fn key_parts(rule: &PartitionRule, key: &str) -> Option<(i64, i64)> {
+pub(crate) fn key_parts(rule: &PartitionRule, key: &str) -> Option<(i64, i64)> {
     let number = |s: &str| s.parse::<i64>().ok().filter(|n| *n >= 0);
     match rule {
         PartitionRule::Whole => (key == "all").then_some((0, 0)),
@@ -213,11 +216,17 @@ pub(crate) fn partition_prints(
     rule: &PartitionRule,
 ) -> duckdb::Result<BTreeMap<String, PartitionPrint>> {
     let columns = table_columns(conn, table)?;
-    let sql = format!(
-        "SELECT {MONTH}, {RANGE}, count(*), CAST({} AS VARCHAR) FROM ({}) GROUP BY ALL",
-        rows_fingerprint(&quoted(&columns)),
-        rule.keyed_rows(table, &columns)
-    );
+    let fingerprint = rows_fingerprint(&quoted(&columns));
+    // A whole table is read as it is: its own columns may be named like our key's.
+    let sql = match rule {
+        PartitionRule::Whole => format!(
+            "SELECT 0, 0, count(*), CAST({fingerprint} AS VARCHAR) FROM {table} HAVING count(*) > 0"
+        ),
+        _ => format!(
+            "SELECT {MONTH}, {RANGE}, count(*), CAST({fingerprint} AS VARCHAR) FROM ({}) GROUP BY ALL",
+            rule.keyed_rows(table, &columns)
+        ),
+    };
     let mut stmt = conn.prepare(&sql)?;
     let prints = stmt.query_map([], |r| {
         Ok((
@@ -365,7 +374,7 @@ mod tests {
         let recorded = serde_json::to_string(&small_ranges()).unwrap();
         assert_eq!(
             recorded,
-            r#"{"rule":"month-rows","column":"timestamp","rows":1000}"#
+            r#"{"kind":"month-rows","column":"timestamp","rows":1000}"#
         );
     }
 
@@ -393,6 +402,29 @@ mod tests {
         assert_eq!(key_parts(&PartitionRule::Whole, "all"), Some((0, 0)));
         assert_eq!(rows_in(HITS, &[], &rule, &[], false), None);
         assert_eq!(rows_in(HITS, &[], &rule, &["rows.1"], false), None);
+    }
+
+    /// Times a key cannot write (before year 0, after 9999, infinite) go with the rows without one:
+    /// a key per partition, and every row read back by its key.
+    #[test]
+    fn times_a_key_cannot_write_go_with_the_rows_without_one() {
+        let conn = Connection::open_in_memory().unwrap();
+        hits(&conn, 1, 10);
+        conn.execute_batch(
+            "INSERT INTO hits (id, \"timestamp\", path) SELECT gen_random_uuid(), CAST(t AS TIMESTAMPTZ), '/odd' \
+             FROM (VALUES (TIMESTAMP '0044-03-15 (BC)'), (TIMESTAMP '12000-01-01'), ('infinity'::TIMESTAMP), (NULL)) v(t)",
+        )
+        .unwrap();
+        let rule = small_ranges();
+        let prints = partition_prints(&conn, HITS, &rule).unwrap();
+        let keys: Vec<&str> = prints.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["2026-01.0", "none.0"]);
+        assert_eq!(prints["none.0"].rows, 4);
+        let columns = table_columns(&conn, HITS).unwrap();
+        for (key, print) in &prints {
+            let sql = rows_in(HITS, &columns, &rule, &[key], false).unwrap();
+            assert_eq!(count(&conn, &sql), print.rows as i64, "{key}");
+        }
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl RestorePlan {
             items.push(RestoreItem {
                 database: Database::Shared,
                 target: layout.db_path.clone(),
-                bytes: shared.size,
+                bytes: shared.data_size(),
                 manifest: shared.manifest.clone(),
                 manifest_sha256: None,
             });
@@ -190,7 +190,7 @@ impl RestorePlan {
                 items.push(RestoreItem {
                     database: db.database,
                     target: layout.tenant_db(tenant_id),
-                    bytes: snap.size,
+                    bytes: snap.data_size(),
                     manifest: snap.manifest.clone(),
                     manifest_sha256,
                 });
@@ -746,7 +746,7 @@ async fn download_one(
         size: file.size,
         sha256,
     };
-    let key = format!("{folder}/{}", file.name);
+    let key = file.key(folder);
     Ok(storage
         .download_file(&key, &dir.join(&file.name), Some(&expected), transfer)
         .await?)

@@ -164,7 +164,7 @@ async fn check_database(
         };
         match storage
             .download_file(
-                &format!("{folder}/{}", file.name),
+                &file.key(&folder),
                 &dir.join(&file.name),
                 Some(&expected),
                 &TransferOptions::default(),

@@ -193,6 +193,7 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
                 "size": s.size,
                 "objects": s.objects,
                 "rows": s.manifest.as_ref().map(|m| m.total_rows()),
+                "mode": s.manifest.as_ref().map(snapshot_mode),
                 "layout": s.manifest.as_ref().and_then(|m| m.layout),
                 "created_at": s.manifest.as_ref().map(|m| m.created_at.to_string()),
             })
@@ -207,8 +208,8 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<46} {:<20} {:<11} {:<8} {:>12} {:>12}",
-        "DATABASE", "SNAPSHOT", "STATE", "SOURCE", "BYTES", "ROWS"
+        "{:<46} {:<20} {:<11} {:<11} {:<8} {:>12} {:>12}",
+        "DATABASE", "SNAPSHOT", "STATE", "MODE", "SOURCE", "BYTES", "ROWS"
     );
     for (db, s) in catalog
         .databases
@@ -238,17 +239,29 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
             mark.push_str("  (in the future: written by a clock set ahead?)");
         }
         let source = s.source.map_or_else(|| "-".to_owned(), |s| s.short());
+        let mode = s.manifest.as_ref().map_or("-", snapshot_mode);
         println!(
-            "{:<46} {:<20} {:<11} {:<8} {:>12} {:>12}{mark}",
+            "{:<46} {:<20} {:<11} {:<11} {:<8} {:>12} {:>12}{mark}",
             db.database.folder(),
             s.id.to_string(),
             state,
+            mode,
             source,
             s.size,
             rows
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `full` or `incremental`: what restoring it needs (an incremental snapshot's table files are in
+/// the pool, shared with other snapshots).
+fn snapshot_mode(manifest: &hitkeep_backup::Manifest) -> &'static str {
+    if manifest.is_incremental() {
+        "incremental"
+    } else {
+        "full"
+    }
 }
 
 pub fn verify(settings: &Settings, snapshot: Option<&str>, deep: bool, json: bool) -> ExitCode {
@@ -326,6 +339,11 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
                 d.id,
                 d.size,
                 d.reason
+            );
+        }
+        if job.plan.pool_kept {
+            println!(
+                "note: the table files of incremental snapshots are shared objects in pool/ and stay there; this hitkeep does not remove them yet"
             );
         }
         if dry_run {

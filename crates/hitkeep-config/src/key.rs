@@ -61,6 +61,8 @@ keys! {
     BackupPruneS3 => "backup_prune_s3", "HITKEEP_BACKUP_PRUNE_S3", "backup-prune-s3", [], Plain;
     /// Databases backed up (or restored) at once.
     BackupConcurrency => "backup_concurrency", "HITKEEP_BACKUP_CONCURRENCY", "backup-concurrency", [], Plain;
+    /// `full` snapshots (what HitKeep's `IMPORT DATABASE` reads) or `incremental` ones (only what changed).
+    BackupMode => "backup_mode", "HITKEEP_BACKUP_MODE", "backup-mode", [], Plain;
     /// Pinged with a GET after each successful backup cycle: a healthchecks.io, Uptime Kuma or Cronitor ping URL.
     /// Its path or query holds a token, so it is shown as `https://host/…` only.
     BackupHeartbeatUrl => "backup_heartbeat_url", "HITKEEP_BACKUP_HEARTBEAT_URL", "backup-heartbeat-url", [], Redact;

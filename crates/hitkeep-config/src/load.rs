@@ -61,6 +61,7 @@ pub(crate) fn default_text(key: Key) -> Option<&'static str> {
         Key::BackupRetention => "24",
         Key::BackupPruneS3 => "false",
         Key::BackupConcurrency => "2",
+        Key::BackupMode => "full",
         Key::S3Region => "us-east-1",
         Key::S3UseSsl => "true",
         Key::S3Checksum => "auto",

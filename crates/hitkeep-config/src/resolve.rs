@@ -12,7 +12,9 @@ use crate::location::Location;
 use crate::problem::{Origin, Problem, Severity};
 use crate::s3::{Credentials, Endpoint, S3Checksum, S3Settings, Scheme, UrlStyle};
 use crate::secret::{AccessKeyId, Secret, SecretUrl};
-use crate::settings::{BackupSettings, DuckDbSettings, LogFormat, LogLevel, LogSettings, Settings};
+use crate::settings::{
+    BackupMode, BackupSettings, DuckDbSettings, LogFormat, LogLevel, LogSettings, Settings,
+};
 
 /// The outcome of resolving: settings when there were no errors, plus every problem found and each origin.
 pub(crate) struct Resolved {
@@ -165,6 +167,15 @@ impl Resolver {
                     .map(|n| NonZeroU32::new(n).expect("range starts at 1"))
             },
         );
+        let mode = self.parse(
+            Key::BackupMode,
+            "use full (the default: every database whole, what HitKeep's IMPORT DATABASE reads) or incremental (only what changed since the last snapshot)",
+            |t| match t.trim().to_ascii_lowercase().as_str() {
+                "full" => Ok(BackupMode::Full),
+                "incremental" => Ok(BackupMode::Incremental),
+                _ => Err("not full or incremental".to_owned()),
+            },
+        );
         let heartbeat_url = self.secret_url(
             Key::BackupHeartbeatUrl,
             "write the whole ping URL the monitor gives, e.g. https://hc-ping.com/<uuid>",
@@ -213,6 +224,7 @@ impl Resolver {
                 retention: retention?,
                 prune_s3: prune_s3?,
                 concurrency: concurrency?,
+                mode: mode?,
                 heartbeat_url: heartbeat_url?,
                 failure_url: failure_url?,
             },

@@ -47,6 +47,8 @@ pub struct BackupSettings {
     pub prune_s3: bool,
     /// Databases exported and uploaded (or downloaded and imported) at once.
     pub concurrency: NonZeroU32,
+    /// Full snapshots (the default) or incremental ones.
+    pub mode: BackupMode,
     /// Pinged with a GET after each successful cycle (healthchecks.io, Uptime Kuma, Cronitor); `None`
     /// when unset.
     pub heartbeat_url: Option<SecretUrl>,
@@ -102,6 +104,26 @@ impl LogLevel {
     }
 }
 
+/// What a backup cycle's snapshots hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackupMode {
+    /// Every database exported whole, as `EXPORT DATABASE` writes it: what HitKeep's own
+    /// `IMPORT DATABASE` reads.
+    #[default]
+    Full,
+    /// Only the partitions that changed since the previous snapshot, stored once and shared.
+    Incremental,
+}
+
+impl std::fmt::Display for BackupMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackupMode::Full => "full",
+            BackupMode::Incremental => "incremental",
+        })
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -136,6 +158,7 @@ impl Settings {
             Key::BackupRetention => Some(self.backup.retention.to_string()),
             Key::BackupPruneS3 => Some(self.backup.prune_s3.to_string()),
             Key::BackupConcurrency => Some(self.backup.concurrency.to_string()),
+            Key::BackupMode => Some(self.backup.mode.to_string()),
             Key::BackupHeartbeatUrl => self.backup.heartbeat_url.as_ref().map(ToString::to_string),
             Key::BackupFailureUrl => self.backup.failure_url.as_ref().map(ToString::to_string),
             Key::DuckdbMemoryLimit => self

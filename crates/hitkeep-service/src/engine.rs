@@ -126,8 +126,13 @@ impl Engine {
             why: e.to_string(),
         })??;
         let layout = &self.layout;
+        let mode = match self.settings.backup.mode {
+            hitkeep_config::BackupMode::Full => hitkeep_backup::BackupMode::Full,
+            hitkeep_config::BackupMode::Incremental => hitkeep_backup::BackupMode::Incremental,
+        };
         let mut options = BackupOptions::for_layout(layout)
-            .with_concurrency(self.settings.backup.concurrency.get() as usize);
+            .with_concurrency(self.settings.backup.concurrency.get() as usize)
+            .with_mode(mode);
         if let Some(progress) = progress {
             options = options.with_progress(progress);
         }

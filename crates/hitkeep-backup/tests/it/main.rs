@@ -17,6 +17,7 @@ macro_rules! on_local_and_s3 {
 
 mod bundle;
 mod errors;
+mod incremental;
 mod restore;
 mod sources;
 mod tampered;

@@ -72,6 +72,7 @@ fn every_variable_is_read() {
         ("HITKEEP_BACKUP_RETENTION", "48"),
         ("HITKEEP_BACKUP_PRUNE_S3", "yes"),
         ("HITKEEP_BACKUP_CONCURRENCY", "4"),
+        ("HITKEEP_BACKUP_MODE", "Incremental"),
         (
             "HITKEEP_BACKUP_HEARTBEAT_URL",
             "https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f",
@@ -435,6 +436,7 @@ fn malformed_values_are_errors() {
         ("HITKEEP_LOG_FORMAT", "xml"),
         ("HITKEEP_BACKUP_CONCURRENCY", "0"),
         ("HITKEEP_BACKUP_CONCURRENCY", "all"),
+        ("HITKEEP_BACKUP_MODE", "differential"),
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "2048"),
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "2 gigs"),
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "1MB"),
