@@ -704,7 +704,7 @@ mod tests {
                     source: ManifestError::TooNew(9),
                 },
                 ErrorKind::Unsupported,
-                "shared/x/manifest.json: manifest format version 9 is newer than this hitkeep understands (1); upgrade hitkeep",
+                "shared/x/manifest.json: manifest format version 9 is newer than this hitkeep understands (2); upgrade hitkeep",
                 None,
             ),
             (
