@@ -37,10 +37,7 @@ pub(crate) fn export_database(conn: &Connection, database: Database, dir: &Path)
     let tables = with_export_settings(conn, database, || {
         in_transaction(conn, database, || count_and_export(conn, database, dir))
     })?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .map(|entry| entry.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
-        .collect::<Result<_>>()?;
+    let mut files = files_in(dir)?;
     files.retain(|p| p.is_file());
     files.sort();
     Ok(Export {
@@ -85,6 +82,25 @@ fn with_export_settings<T>(
         .map_err(|e| Error::duckdb(database, "changing DuckDB's settings for the export", e))?
 }
 
+/// Every entry of `dir`.
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .map(|entry| entry.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect()
+}
+
+/// `path` as a SQL string literal; a staging path that is not UTF-8 cannot be one.
+fn literal_path(path: &Path) -> Result<String> {
+    let text = path.to_str().ok_or_else(|| {
+        Error::io(
+            path,
+            std::io::Error::other("the staging path is not valid UTF-8"),
+        )
+    })?;
+    Ok(quote_literal(text))
+}
+
 /// Runs `work` in one transaction: everything it reads sees the same rows.
 fn in_transaction<T>(
     conn: &Connection,
@@ -111,15 +127,9 @@ fn count_and_export(
     dir: &Path,
 ) -> Result<BTreeMap<String, u64>> {
     let tables = row_counts(conn).map_err(|e| Error::duckdb(database, "counting rows", e))?;
-    let target = dir.to_str().ok_or_else(|| {
-        Error::io(
-            dir,
-            std::io::Error::other("the staging path is not valid UTF-8"),
-        )
-    })?;
     conn.execute_batch(&format!(
         "EXPORT DATABASE {} (FORMAT PARQUET, COMPRESSION ZSTD)",
-        quote_literal(target)
+        literal_path(dir)?
     ))
     .map_err(|e| Error::duckdb_or_memory(database, "EXPORT DATABASE", EXPORT_MEMORY_HINT, e))?;
     Ok(tables)

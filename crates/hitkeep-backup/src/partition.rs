@@ -199,6 +199,7 @@ pub(crate) struct PartitionPrint {
 }
 
 /// The columns of `table`, in order.
+#[cfg(test)]
 pub(crate) fn table_columns(
     conn: &Connection,
     table: TableName<'_>,
@@ -208,15 +209,26 @@ pub(crate) fn table_columns(
     Ok(columns.into_iter().map(|(name, _)| name).collect())
 }
 
-/// Every partition of `table` under `rule`, by key, with its rows and fingerprint: one aggregate over
-/// the time column and `rowid` (the months' first rows), then one scan.
+/// [`partition_prints_of`] of every column `table` has.
+#[cfg(test)]
 pub(crate) fn partition_prints(
     conn: &Connection,
     table: TableName<'_>,
     rule: &PartitionRule,
 ) -> duckdb::Result<BTreeMap<String, PartitionPrint>> {
-    let columns = table_columns(conn, table)?;
-    let fingerprint = rows_fingerprint(&quoted(&columns));
+    partition_prints_of(conn, table, &table_columns(conn, table)?, rule)
+}
+
+/// Every partition of `table` (of these `columns`, all of its own) under `rule`, by key, with its
+/// rows and fingerprint: one aggregate over the time column and `rowid` (the months' first rows),
+/// then one scan.
+pub(crate) fn partition_prints_of(
+    conn: &Connection,
+    table: TableName<'_>,
+    columns: &[String],
+    rule: &PartitionRule,
+) -> duckdb::Result<BTreeMap<String, PartitionPrint>> {
+    let fingerprint = rows_fingerprint(&quoted(columns));
     // A whole table is read as it is: its own columns may be named like our key's.
     let sql = match rule {
         PartitionRule::Whole => format!(
@@ -224,7 +236,7 @@ pub(crate) fn partition_prints(
         ),
         _ => format!(
             "SELECT {MONTH}, {RANGE}, count(*), CAST({fingerprint} AS VARCHAR) FROM ({}) GROUP BY ALL",
-            rule.keyed_rows(table, &columns)
+            rule.keyed_rows(table, columns)
         ),
     };
     let mut stmt = conn.prepare(&sql)?;
@@ -277,7 +289,8 @@ pub(crate) fn rows_in(
     ))
 }
 
-fn quoted(columns: &[String]) -> String {
+/// The quoted names, comma-separated.
+pub(crate) fn quoted(columns: &[String]) -> String {
     columns
         .iter()
         .map(|c| quote_ident(c))

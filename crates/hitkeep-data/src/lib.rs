@@ -254,6 +254,15 @@ pub fn row_counts(
     count_rows(conn, None, user_tables(conn)?)
 }
 
+/// How manifests and row counts name a table: `table` in `main`, `schema.table` elsewhere.
+pub fn table_key(schema: &str, table: &str) -> String {
+    if schema == "main" {
+        table.to_owned()
+    } else {
+        format!("{schema}.{table}")
+    }
+}
+
 /// The row count of each `(schema, table)`, in `catalog` (an attached database) when given, keyed as
 /// [`row_counts`] keys them.
 pub fn count_rows(
@@ -272,12 +281,10 @@ pub fn count_rows(
             quote_ident(&table)
         );
         let n: i64 = conn.query_row(&sql, [], |r| r.get(0))?;
-        let name = if schema == "main" {
-            table
-        } else {
-            format!("{schema}.{table}")
-        };
-        counts.insert(name, u64::try_from(n).unwrap_or_default());
+        counts.insert(
+            table_key(&schema, &table),
+            u64::try_from(n).unwrap_or_default(),
+        );
     }
     Ok(counts)
 }

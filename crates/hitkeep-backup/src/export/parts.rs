@@ -13,14 +13,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
-use hitkeep_data::{quote_ident, quote_literal, row_counts, user_tables};
+use hitkeep_data::{quote_ident, quote_literal, row_counts, table_key, user_tables};
 
-use super::{EXPORT_MEMORY_HINT, before_export, in_transaction, with_export_settings};
+use super::{
+    EXPORT_MEMORY_HINT, before_export, files_in, in_transaction, literal_path, with_export_settings,
+};
 use crate::error::{Error, Result};
 use crate::manifest::{Database, FileEntry, Manifest, PartitionEntry, TablePartitions};
 use crate::partition::{
-    MONTH, PartitionPrint, PartitionRule, RANGE, TableName, key_parts, key_text, partition_prints,
-    rows_in,
+    MONTH, PartitionPrint, PartitionRule, RANGE, TableName, key_parts, key_text,
+    partition_prints_of, quoted, rows_in,
 };
 
 /// What an incremental export produced.
@@ -109,6 +111,11 @@ fn cut_tables(
 ) -> Result<Vec<Cut>> {
     let fail = |context| move |e| Error::duckdb(database, context, e);
     let order = load_order(conn).map_err(fail("listing the tables"))?;
+    let files: HashMap<&str, &FileEntry> = previous
+        .iter()
+        .flat_map(|m| &m.files)
+        .map(|f| (f.name.as_str(), f))
+        .collect();
     let mut columns: HashMap<String, BTreeMap<String, Vec<(String, String)>>> = HashMap::new();
     let mut cuts = Vec::with_capacity(order.len());
     for (n, (schema, name)) in order.into_iter().enumerate() {
@@ -123,22 +130,23 @@ fn cut_tables(
             schema: &schema,
             name: &name,
         };
-        let rows = counts.get(&count_key(&schema, &name)).copied();
+        let rows = counts.get(&table_key(&schema, &name)).copied();
         let before = previous
             .and_then(|m| recorded(m, &schema, &name))
-            .filter(|(t, _)| t.columns == typed);
+            .filter(|t| t.columns == typed);
         let rule = match before {
-            Some((t, _)) if t.rule.applies_to(&names) => t.rule.clone(),
+            Some(t) if t.rule.applies_to(&names) => t.rule.clone(),
             _ => PartitionRule::starting(table, rows.unwrap_or(0), &names),
         };
-        let prints = partition_prints(conn, table, &rule).map_err(fail("fingerprinting"))?;
+        let prints =
+            partition_prints_of(conn, table, &names, &rule).map_err(fail("fingerprinting"))?;
         let in_prints: u64 = prints.values().map(|p| p.rows).sum();
         if rows != Some(in_prints) {
             return Err(Error::Internal(format!(
                 "{database}: {table} counts {rows:?} rows but its partitions {in_prints}"
             )));
         }
-        let reused = unchanged(before.filter(|(t, _)| t.rule == rule), &prints);
+        let reused = unchanged(before.filter(|t| t.rule == rule), &files, &prints);
         let changed: Vec<&str> = prints
             .keys()
             .filter(|k| !reused.contains_key(*k))
@@ -164,41 +172,23 @@ fn cut_tables(
     Ok(cuts)
 }
 
-/// How [`row_counts`] names a table.
-fn count_key(schema: &str, table: &str) -> String {
-    if schema == "main" {
-        table.to_owned()
-    } else {
-        format!("{schema}.{table}")
-    }
-}
-
-/// The table as `manifest` recorded it, with the manifest's files by name.
-fn recorded<'m>(
-    manifest: &'m Manifest,
-    schema: &str,
-    table: &str,
-) -> Option<(&'m TablePartitions, HashMap<&'m str, &'m FileEntry>)> {
-    let t = manifest
+/// The table as `manifest` recorded it.
+fn recorded<'m>(manifest: &'m Manifest, schema: &str, table: &str) -> Option<&'m TablePartitions> {
+    manifest
         .partitions
         .iter()
-        .find(|t| t.schema == schema && t.table == table)?;
-    let files = manifest
-        .files
-        .iter()
-        .map(|f| (f.name.as_str(), f))
-        .collect();
-    Some((t, files))
+        .find(|t| t.schema == schema && t.table == table)
 }
 
 /// The partitions of `prints` that `before` (same rule) holds with the same rows and fingerprint,
-/// with its entries for their files. Only pool objects are reused: a file in the previous snapshot's
-/// own folder goes with that snapshot.
+/// with its entries for their files (`files`: the previous manifest's, by name). Only pool objects are
+/// reused: a file in the previous snapshot's own folder goes with that snapshot.
 fn unchanged(
-    before: Option<(&TablePartitions, HashMap<&str, &FileEntry>)>,
+    before: Option<&TablePartitions>,
+    files: &HashMap<&str, &FileEntry>,
     prints: &BTreeMap<String, PartitionPrint>,
 ) -> BTreeMap<String, Vec<FileEntry>> {
-    let Some((table, files)) = before else {
+    let Some(table) = before else {
         return BTreeMap::new();
     };
     let mut reused = BTreeMap::new();
@@ -256,21 +246,6 @@ fn write_rows(
     };
     conn.execute_batch(&sql)
         .map_err(|e| Error::duckdb_or_memory(database, "writing partitions", EXPORT_MEMORY_HINT, e))
-}
-
-fn quoted(columns: &[String]) -> String {
-    let quoted: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-    quoted.join(", ")
-}
-
-fn literal_path(path: &Path) -> Result<String> {
-    let text = path.to_str().ok_or_else(|| {
-        Error::io(
-            path,
-            std::io::Error::other("the staging path is not valid UTF-8"),
-        )
-    })?;
-    Ok(quote_literal(text))
 }
 
 /// `schema.sql`, as `EXPORT DATABASE` writes it, from an empty copy of the database made in the
@@ -463,7 +438,7 @@ fn written_files(out: &Path, rule: &PartitionRule) -> Result<BTreeMap<String, Ve
                 key_text(rule, month, range)
             }
         };
-        let mut files = read_dir(&range_dir)?;
+        let mut files = files_in(&range_dir)?;
         files.sort();
         found.entry(key).or_default().extend(files);
     }
@@ -477,19 +452,12 @@ fn partition_dirs(out: &Path, rule: &PartitionRule) -> Result<Vec<(PathBuf, Path
         return Ok(vec![(all.clone(), all)]);
     }
     let mut dirs = Vec::new();
-    for month in read_dir(out)? {
-        for range in read_dir(&month)? {
+    for month in files_in(out)? {
+        for range in files_in(&month)? {
             dirs.push((month.clone(), range));
         }
     }
     Ok(dirs)
-}
-
-fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
-    std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .map(|entry| entry.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
-        .collect()
 }
 
 /// `load.sql`: a `COPY` per file, tables in load order, each table's partitions by month and range
@@ -536,7 +504,7 @@ mod tests {
                 quote_ident(&table)
             );
             let read = conn.query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)));
-            out.insert(count_key(&schema, &table), read.unwrap());
+            out.insert(table_key(&schema, &table), read.unwrap());
         }
         out
     }
