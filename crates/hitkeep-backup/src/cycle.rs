@@ -1187,8 +1187,12 @@ impl<'a> DeferredProgress<'a> {
     }
 }
 
-/// Writes the manifest (the snapshot now exists), then removes the in-progress marker.
+/// Writes the manifest (the snapshot now exists; an incremental one once its pool objects are
+/// confirmed), then removes the in-progress marker.
 async fn commit(storage: &Storage, manifest: &Manifest) -> Result<Sha256Digest> {
+    if manifest.is_incremental() {
+        incremental::check_pool(storage, manifest).await?;
+    }
     let folder = format!("{}/{}", manifest.database.folder(), manifest.snapshot_id);
     let bytes = manifest.to_bytes();
     let sha = Sha256Digest::of(&bytes);

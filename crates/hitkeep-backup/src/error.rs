@@ -212,6 +212,35 @@ pub enum Error {
         /// How many objects are still listed.
         left: usize,
     },
+    /// A manifest in the location cannot be read, so the pool objects it names cannot be told from
+    /// unused ones: the pool was not swept.
+    #[error(
+        "the pool was not swept: the manifest of {folder} cannot be read ({why}), and the objects it names must not be taken for unused ones"
+    )]
+    PoolNotSwept {
+        /// The snapshot's folder.
+        folder: String,
+        /// Why it cannot be read.
+        why: String,
+    },
+    /// The storage gave no modification time to the object a sweep wrote: ages cannot be told.
+    #[error(
+        "the pool was not swept: the storage reported no modification time for {key}, so the age of unused objects cannot be told"
+    )]
+    NoStorageClock {
+        /// The object written.
+        key: String,
+    },
+    /// A pool object a snapshot is about to name is gone: removed while the cycle ran.
+    #[error(
+        "{object}, which the snapshot of {database} names, is no longer in the pool (or not at the size recorded); the snapshot was not committed"
+    )]
+    PoolObjectMissing {
+        /// The database.
+        database: Database,
+        /// The object's key.
+        object: String,
+    },
     /// A whole restore of a split cycle (HitKeep 2.13) without its default tenant's snapshot: the shared
     /// database would say the analytics are in a file the restore does not bring back.
     #[error(
@@ -360,7 +389,9 @@ impl Error {
                     _ => ErrorKind::NotFound,
                 }
             }
-            Error::NotDeleted { .. } => ErrorKind::Storage,
+            Error::NotDeleted { .. } | Error::NoStorageClock { .. } => ErrorKind::Storage,
+            Error::PoolNotSwept { .. } => ErrorKind::Refused,
+            Error::PoolObjectMissing { .. } => ErrorKind::Integrity,
             Error::SplitWithoutDefault { .. } | Error::SeveralSources(_) => ErrorKind::Refused,
             Error::ForeignStatement { .. } => ErrorKind::Foreign,
             Error::ClockBehind { .. } => ErrorKind::Clock,
@@ -399,6 +430,15 @@ impl Error {
             }
             Error::NotDeleted { .. } => {
                 "the storage acknowledged deletes it did not perform; check the bucket's object lock and retention settings, then prune again"
+            }
+            Error::PoolNotSwept { .. } => {
+                "if a newer hitkeep wrote it, run the sweep with that version; otherwise check it with `hitkeep backup verify` and remove the folder by hand if it is damaged"
+            }
+            Error::NoStorageClock { .. } => {
+                "this storage does not report modification times; pool objects stay until one that does sweeps them"
+            }
+            Error::PoolObjectMissing { .. } => {
+                "the next cycle exports the partition again; check that no lifecycle rule covers pool/ (`hitkeep backup lifecycle` writes rules that do not) and that only hitkeep prunes this location"
             }
             Error::SplitWithoutDefault { .. } => {
                 "restore an earlier cycle that has the default tenant (see `hitkeep backup list`), or pass -shared-only to restore the shared database alone and keep the default tenant database on disk"

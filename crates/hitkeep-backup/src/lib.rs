@@ -5,7 +5,8 @@
 //! SHA-256, and writes each database's [`Manifest`] last. Tenants are committed first; the shared
 //! manifest, which lists every tenant's outcome and manifest digest, is written last and commits the
 //! cycle. A [`Catalog`] lists what a location holds, [`verify_snapshot`] re-reads a cycle, and a
-//! [`PrunePlan`] keeps the newest N. The layout is HitKeep's (`shared/{id}/`, `tenants/{uuid}/{id}/`), so
+//! [`PrunePlan`] keeps the newest N;
+//! [`sweep_pool`] then removes the shared table files (incremental snapshots) no snapshot names. The layout is HitKeep's (`shared/{id}/`, `tenants/{uuid}/{id}/`), so
 //! HitKeep Go's plain `IMPORT DATABASE` restores our snapshots, and we read its manifest-less ones.
 //!
 //! What this crate will not do: talk to object storage except through hitkeep-storage, read settings
@@ -32,6 +33,7 @@ mod scratch;
 mod snapshot_id;
 mod snapshot_sql;
 mod swap;
+mod sweep;
 mod verify;
 
 pub use crate::{
@@ -50,6 +52,7 @@ pub use crate::{
     retention::{Deletion, PrunePlan},
     scratch::StaleScratch,
     snapshot_id::{SnapshotId, SnapshotIdError},
+    sweep::{CLOCK_KEY, POOL_GRACE, PoolSweep, sweep_pool},
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},
 };
 

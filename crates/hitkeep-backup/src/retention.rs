@@ -36,9 +36,9 @@ pub struct PrunePlan {
     /// The snapshots to delete.
     pub deletions: Vec<Deletion>,
     /// The location holds incremental snapshots, whose table files are shared objects in its pool:
-    /// deleting a snapshot leaves them, and this build removes none (that needs a sweep over every
-    /// manifest, not built yet). Callers say so.
-    pub pool_kept: bool,
+    /// deleting a snapshot leaves them, and [`crate::sweep_pool`] removes those no snapshot left
+    /// names, once the deletions are done.
+    pub sweeps_pool: bool,
 }
 
 /// Whether a cycle restores whole: not a split cycle (HitKeep 2.13) whose default tenant has no
@@ -138,14 +138,9 @@ impl PrunePlan {
                 });
             }
         }
-        let pool_kept = catalog
-            .databases
-            .iter()
-            .flat_map(|d| d.snapshots.iter())
-            .any(|s| s.manifest.as_ref().is_some_and(|m| m.is_incremental()));
         PrunePlan {
             deletions,
-            pool_kept,
+            sweeps_pool: crate::sweep::has_pool(catalog),
         }
     }
 
@@ -181,11 +176,6 @@ impl PrunePlan {
                 });
             }
             tracing::info!(database = %d.database, snapshot = %d.id, reason = d.reason, "pruned snapshot");
-        }
-        if self.pool_kept && !self.deletions.is_empty() {
-            tracing::warn!(
-                "the pruned incremental snapshots' table files stay in the pool: this hitkeep does not remove shared objects yet"
-            );
         }
         Ok(objects)
     }

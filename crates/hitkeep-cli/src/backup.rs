@@ -322,9 +322,10 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
         let retention = settings.backup.retention;
         if job.plan.is_empty() {
             println!("nothing to prune: every database has at most {retention} snapshots");
-            if !dry_run {
-                let (_, swept) = job.execute().await?;
-                print_sweep(swept.as_ref());
+            if dry_run {
+                print_pool_plan(&job);
+            } else {
+                print_sweeps(&job.execute().await?);
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -341,12 +342,8 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
                 d.reason
             );
         }
-        if job.plan.pool_kept {
-            println!(
-                "note: the table files of incremental snapshots are shared objects in pool/ and stay there; this hitkeep does not remove them yet"
-            );
-        }
         if dry_run {
+            print_pool_plan(&job);
             println!("dry run: nothing deleted");
             return Ok(ExitCode::SUCCESS);
         }
@@ -354,19 +351,41 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
             return Ok(code);
         }
         let snapshots = job.plan.deletions.len();
-        let (objects, swept) = job.execute().await?;
+        let pruned = job.execute().await?;
         println!(
-            "deleted {snapshots} snapshots ({objects} objects); a fresh listing confirms they are gone"
+            "deleted {snapshots} snapshots ({} objects); a fresh listing confirms they are gone",
+            pruned.objects
         );
-        print_sweep(swept.as_ref());
+        print_sweeps(&pruned);
         hitkeep_service::Result::Ok(ExitCode::SUCCESS)
     });
     outcome.unwrap_or_else(|e| fail_service(&e))
 }
 
-/// Says what a prune removed of the partial uploads killed runs left.
-fn print_sweep(swept: Option<&hitkeep_storage::SweepReport>) {
-    if let Some(report) = swept.filter(|r| !r.removed.is_empty()) {
+/// Says what a dry run leaves out: the pool is swept only once the snapshots are gone.
+fn print_pool_plan(job: &hitkeep_service::PruneJob) {
+    if job.plan.sweeps_pool {
+        println!(
+            "the pool (table files of incremental snapshots) is swept after the deletions: objects no remaining snapshot names and older than {} h go",
+            hitkeep_backup::POOL_GRACE.as_hours()
+        );
+    }
+}
+
+/// Says what a prune removed from the pool and of the partial uploads killed runs left.
+fn print_sweeps(pruned: &hitkeep_service::Pruned) {
+    if let Some(pool) = &pruned.pool {
+        println!(
+            "pool: {} objects, {} named by snapshots; removed {} unused ({} bytes); {} unused but younger than {} h kept (a running cycle may name them)",
+            pool.objects,
+            pool.referenced,
+            pool.removed,
+            pool.removed_bytes,
+            pool.young,
+            hitkeep_backup::POOL_GRACE.as_hours()
+        );
+    }
+    if let Some(report) = pruned.partial.as_ref().filter(|r| !r.removed.is_empty()) {
         println!(
             "removed {} partial upload(s) left by killed runs ({} bytes)",
             report.removed.len(),
@@ -406,7 +425,7 @@ pub fn lifecycle(settings: &Settings) -> ExitCode {
     };
     println!("{:#}", rules.rules);
     eprintln!(
-        "# {} snapshots every {} min cover {} min; objects expire after {} days.\n# Caution: expiry goes by age, not count. If backups stop for {} days, every snapshot expires; watch `hitkeep backup status`.\n# Apply with: aws s3api put-bucket-lifecycle-configuration --bucket {} --lifecycle-configuration file://lifecycle.json",
+        "# {} snapshots every {} min cover {} min; objects expire after {} days.\n# Caution: expiry goes by age, not count. If backups stop for {} days, every snapshot expires; watch `hitkeep backup status`.\n# pool/ (the table files incremental snapshots share) must never expire by age: the rules leave it out, and each cycle removes the objects no snapshot names.\n# Apply with: aws s3api put-bucket-lifecycle-configuration --bucket {} --lifecycle-configuration file://lifecycle.json",
         settings.backup.retention,
         settings.backup.interval.as_secs() / 60,
         rules.covered_minutes,

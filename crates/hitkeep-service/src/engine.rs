@@ -4,7 +4,9 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hitkeep_backup::{BackupOptions, Catalog, CycleReport, CycleTenants, Progress, PrunePlan};
+use hitkeep_backup::{
+    BackupOptions, Catalog, CycleReport, CycleTenants, PoolSweep, Progress, PrunePlan,
+};
 use hitkeep_config::{Location, Settings};
 use hitkeep_data::{DataLayout, DuckDbLimits, HeldDatabases, OpenMode};
 use hitkeep_storage::{Storage, SweepReport};
@@ -178,12 +180,34 @@ impl Engine {
                     "pruned old snapshots and leftovers of interrupted runs"
                 );
             }
-            Ok(Some(catalog.without(&plan.deletions)))
+            let remaining = catalog.without(&plan.deletions);
+            self.sweep_pool(storage, &plan, &remaining).await?;
+            Ok(Some(remaining))
         };
         // Partial uploads are told apart by age (S3) or lock (local), not by snapshot: the sweep is
         // independent of the pruning and runs beside it.
         let (pruned, _) = tokio::join!(prune, sweep_partial_uploads(storage));
         pruned
+    }
+}
+
+impl Engine {
+    /// Sweeps the pool after a prune, when the location holds incremental snapshots or this
+    /// installation writes them (a killed first cycle leaves pool objects and no manifest).
+    /// `remaining` is the location once the plan's deletions are done.
+    pub(crate) async fn sweep_pool(
+        &self,
+        storage: &Storage,
+        plan: &PrunePlan,
+        remaining: &Catalog,
+    ) -> Result<Option<PoolSweep>> {
+        let incremental = self.settings.backup.mode == hitkeep_config::BackupMode::Incremental;
+        if !plan.sweeps_pool && !incremental {
+            return Ok(None);
+        }
+        let sweep =
+            hitkeep_backup::sweep_pool(storage, remaining, hitkeep_backup::POOL_GRACE).await?;
+        Ok(Some(sweep))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The operator's snapshot operations: list, verify, prune (planned, then executed) and the S3
 //! lifecycle rule that matches the retention.
 
-use hitkeep_backup::{Catalog, CycleLock, PrunePlan, SnapshotId, VerifyReport};
+use hitkeep_backup::{Catalog, CycleLock, PoolSweep, PrunePlan, SnapshotId, VerifyReport};
 use hitkeep_config::Location;
 use hitkeep_data::{JobKind, SourceId};
 use hitkeep_storage::{Storage, SweepReport};
@@ -72,13 +72,15 @@ impl Engine {
         let keep = self.settings().backup.retention;
         let plan = PrunePlan::new(&catalog, keep, protect, source);
         Ok(PruneJob {
+            engine: self.clone(),
             storage,
             plan,
             _lock: lock,
         })
     }
 
-    /// The S3 lifecycle rule that expires snapshots a day after the retention stops covering them.
+    /// The S3 lifecycle rules that expire snapshots a day after the retention stops covering them
+    /// (never the pool of shared table files), and abort multipart uploads left for a day.
     pub fn lifecycle_rules(&self) -> Result<LifecycleRules> {
         let location = self.backup_location()?;
         let Location::S3(s3) = location else {
@@ -105,14 +107,29 @@ impl Engine {
         // the rule never removes one of the newest N.
         let minutes = backup.interval.as_secs() / 60 * u64::from(backup.retention.get());
         let days = minutes.div_ceil(24 * 60) + 1;
-        let rules = serde_json::json!({
-            "Rules": [{
-                "ID": "hitkeep-backup-retention",
-                "Filter": { "Prefix": format!("{}/", s3.prefix()) },
+        // Snapshot folders expire by age; `pool/` never does: its objects are shared by snapshots of
+        // every age (incremental mode), and each cycle sweeps the ones no snapshot names any more.
+        // `sources/` records are rewritten by every cycle and stay out of the rules too.
+        let p = s3.prefix();
+        let expire = |id: &str, folder: &str| {
+            serde_json::json!({
+                "ID": id,
+                "Filter": { "Prefix": format!("{p}/{folder}/") },
                 "Status": "Enabled",
                 "Expiration": { "Days": days },
-                "AbortIncompleteMultipartUpload": { "DaysAfterInitiation": 1 }
-            }]
+            })
+        };
+        let rules = serde_json::json!({
+            "Rules": [
+                expire("hitkeep-backup-retention-shared", "shared"),
+                expire("hitkeep-backup-retention-tenants", "tenants"),
+                {
+                    "ID": "hitkeep-backup-partial-uploads",
+                    "Filter": { "Prefix": format!("{p}/") },
+                    "Status": "Enabled",
+                    "AbortIncompleteMultipartUpload": { "DaysAfterInitiation": 1 }
+                }
+            ]
         });
         Ok(LifecycleRules {
             rules,
@@ -126,10 +143,23 @@ impl Engine {
 /// A planned prune, holding the cycle lock.
 #[derive(Debug)]
 pub struct PruneJob {
+    engine: Engine,
     storage: Storage,
     /// What would be deleted, and why.
     pub plan: PrunePlan,
     _lock: CycleLock,
+}
+
+/// What a prune did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Pruned {
+    /// Objects deleted with the planned snapshots.
+    pub objects: usize,
+    /// Partial uploads of killed runs removed, when that sweep ran.
+    pub partial: Option<SweepReport>,
+    /// The pool's mark and sweep, when the location has a pool.
+    pub pool: Option<PoolSweep>,
 }
 
 impl PruneJob {
@@ -138,16 +168,27 @@ impl PruneJob {
         self.storage.location()
     }
 
-    /// Deletes the planned snapshots (a fresh listing confirms them gone), then partial uploads of
-    /// killed runs. Returns the objects deleted and the sweep.
-    pub async fn execute(self) -> Result<(usize, Option<SweepReport>)> {
+    /// Deletes the planned snapshots (a fresh listing confirms them gone), then the pool objects no
+    /// remaining snapshot names (past the grace period), then partial uploads of killed runs.
+    pub async fn execute(self) -> Result<Pruned> {
         let objects = if self.plan.is_empty() {
             0
         } else {
             self.plan.execute(&self.storage).await?
         };
-        let swept = sweep_partial_uploads(&self.storage).await;
-        Ok((objects, swept))
+        // Listed again: the operator may have taken long to confirm, and marks must be as new as
+        // the sweep (see `hitkeep_backup::sweep_pool`).
+        let remaining = Catalog::load(&self.storage).await?;
+        let pool = self
+            .engine
+            .sweep_pool(&self.storage, &self.plan, &remaining)
+            .await?;
+        let partial = sweep_partial_uploads(&self.storage).await;
+        Ok(Pruned {
+            objects,
+            partial,
+            pool,
+        })
     }
 }
 

@@ -135,6 +135,33 @@ async fn tenant_manifest(
     None
 }
 
+/// Confirms that every pool object `manifest` names is stored at its recorded size, just before the
+/// manifest is written: reused objects belong to a manifest only this source's prune deletes, and new
+/// ones are young, so the sweep leaves both; this catches a person, a lifecycle rule, or a cycle that
+/// took longer than the grace period.
+pub(super) async fn check_pool(storage: &Storage, manifest: &Manifest) -> Result<()> {
+    let database = manifest.database;
+    // Owned items: see `store`.
+    let named: Vec<(String, u64)> = manifest
+        .files
+        .iter()
+        .filter_map(|f| Some((f.object.clone()?, f.size)))
+        .collect();
+    futures::stream::iter(named)
+        .map(|(object, size)| async move {
+            match storage.stat(&object).await? {
+                Some(stored) if stored == size => Ok(()),
+                _ => Err(Error::PoolObjectMissing { database, object }),
+            }
+        })
+        .buffer_unordered(CHECKS_AT_ONCE)
+        .try_collect::<()>()
+        .await
+}
+
+/// Pool objects checked at once before a manifest.
+const CHECKS_AT_ONCE: usize = 16;
+
 /// [`super::snapshot_database`] in incremental mode: the export (which compares with the previous
 /// snapshot) starts at once; the uploads wait for the claim. New table files go to the pool,
 /// `schema.sql` and `load.sql` to the snapshot's folder.
@@ -259,18 +286,15 @@ async fn store_one(
     let size = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
         .len();
-    // The same bytes are stored already (a partition that changed and changed back): an object is
-    // never written twice, so one another snapshot names is never replaced.
-    if storage.stat(&object).await? == Some(size) {
-        tracing::debug!(file = name, object, "already in the pool");
-    } else {
-        let info = storage.upload_file(path, &object, &staged(options)).await?;
-        if info.sha256.to_string() != sha256 || info.size != size {
-            // Nothing writes a closed partition file; if something did, its key no longer names it.
-            return Err(hitkeep_storage::Error::integrity(&object).into());
-        }
-        tracing::debug!(file = name, object, size, "stored in the pool");
+    // Bytes already stored (a partition that changed and changed back) are written again all the
+    // same: an object no manifest names may be about to be swept, and a fresh write makes it young.
+    // Its content key means it is the same bytes, so a snapshot naming it reads what it recorded.
+    let info = storage.upload_file(path, &object, &staged(options)).await?;
+    if info.sha256.to_string() != sha256 || info.size != size {
+        // Nothing writes a closed partition file; if something did, its key no longer names it.
+        return Err(hitkeep_storage::Error::integrity(&object).into());
     }
+    tracing::debug!(file = name, object, size, "stored in the pool");
     Ok(FileEntry {
         name,
         size,

@@ -208,6 +208,47 @@ async fn s3_prune_is_explicit_and_confirmed() {
     .unwrap();
 }
 
+/// Incremental snapshots share table files in `pool/`: a prune says what it swept there, and the
+/// objects the newest cycle names stay.
+#[test]
+fn an_incremental_prune_sweeps_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::local_env(dir.path());
+    env.push(("HITKEEP_BACKUP_MODE".into(), "incremental".into()));
+    env.push(("HITKEEP_BACKUP_RETENTION".into(), "1".into()));
+    let path = dir.path();
+    let out = hk(&["demo", "--hits", "1000", "--tenants", "1"], &env, path);
+    assert!(out.starts_with("exit: 0"), "{out}");
+    for _ in 0..2 {
+        let out = hk(&["backup", "run"], &env, path);
+        assert!(out.starts_with("exit: 0"), "{out}");
+    }
+    let listed = hk(&["backup", "list"], &env, path);
+    assert_eq!(listed.matches(" incremental ").count(), 3, "{listed}");
+    let dry = hk(&["backup", "prune", "--dry-run"], &env, path);
+    assert!(
+        dry.contains(
+            "the pool (table files of incremental snapshots) is swept after the deletions"
+        ),
+        "{dry}"
+    );
+    let pruned = hk(&["backup", "prune", "-yes"], &env, path);
+    let pool = pruned
+        .lines()
+        .find(|l| l.starts_with("pool: "))
+        .unwrap_or_else(|| panic!("{pruned}"));
+    // Nothing changed between the cycles: every object is named, none goes.
+    let objects = pool.split(' ').nth(1).unwrap();
+    assert!(
+        pool.contains(&format!(
+            "{objects} objects, {objects} named by snapshots; removed 0 unused"
+        )),
+        "{pruned}"
+    );
+    let verified = hk(&["backup", "verify", "-deep"], &env, path);
+    assert!(verified.starts_with("exit: 0"), "{verified}");
+}
+
 #[test]
 fn lifecycle_rule_for_the_guide_example() {
     let dir = tempfile::tempdir().unwrap();

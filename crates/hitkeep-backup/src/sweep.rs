@@ -1,0 +1,193 @@
+//! Mark and sweep of the pool, where incremental snapshots keep their table files once for all the
+//! snapshots that name them. An object goes only when no manifest in the location names it and it
+//! is older than a grace period by the storage's own clock.
+//!
+//! Why that is safe with a cycle in flight, a killed run and a wrong clock (see also
+//! `cycle/incremental.rs`):
+//! - A cycle names two kinds of objects: ones it uploads now (young: the grace period keeps them
+//!   until its manifest names them; an upload of bytes already stored writes them again, which makes
+//!   them young too), and ones it reuses from its own source's newest committed cycle, whose manifest
+//!   only a prune of that same source deletes, under the cycle lock it holds.
+//! - A manifest listed but gone when read (another source pruned it meanwhile) fails the catalog and
+//!   with it the sweep; one that cannot be read (corrupt, or a newer format) stops the sweep: the
+//!   objects it names cannot be told from unused ones.
+//! - Ages compare the objects' modification times with that of an object the sweep writes, both by
+//!   the storage's clock, never this machine's.
+//! - Each step can be killed: what is left is objects no manifest names, which the next sweep removes.
+//!
+//! A cycle still checks, before each manifest, that every object it names is there (`commit`): a
+//! person or a lifecycle rule may have removed one.
+
+use std::collections::HashSet;
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use hitkeep_storage::{ListMode, Sha256Digest, Storage};
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, SnapshotState};
+use crate::error::{Error, Result};
+use crate::manifest::{POOL_FOLDER, pool_key};
+
+/// How long an object no manifest names stays in the pool: a cycle in flight names its new objects
+/// only when it commits, so this bounds how long a cycle may take between an upload and its
+/// manifest. A day, far above any cycle; the cost is a day's unused objects.
+pub const POOL_GRACE: SignedDuration = SignedDuration::from_hours(24);
+
+/// The object whose modification time tells the storage's "now"; written by each sweep.
+pub const CLOCK_KEY: &str = "pool/clock.json";
+
+/// Deletions and checks kept in flight.
+const AT_ONCE: usize = 8;
+
+/// What a sweep found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PoolSweep {
+    /// Objects in the pool.
+    pub objects: usize,
+    /// Of those, named by a manifest.
+    pub referenced: usize,
+    /// Removed: named by none, and older than the grace period.
+    pub removed: usize,
+    /// Their bytes.
+    pub removed_bytes: u64,
+    /// Named by none but younger than the grace period: a cycle in flight may name them yet.
+    pub young: usize,
+}
+
+/// Whether `catalog` holds any incremental snapshot, so that there is a pool to sweep.
+pub fn has_pool(catalog: &Catalog) -> bool {
+    catalog
+        .databases
+        .iter()
+        .flat_map(|d| &d.snapshots)
+        .any(|s| s.manifest.as_ref().is_some_and(|m| m.is_incremental()))
+}
+
+/// Sweeps the pool of `storage`, marking what `catalog` (the location as it is now: listed after
+/// any snapshot was deleted) names. Objects named by no manifest and last modified at least `grace`
+/// before the storage's clock are deleted.
+pub async fn sweep_pool(
+    storage: &Storage,
+    catalog: &Catalog,
+    grace: SignedDuration,
+) -> Result<PoolSweep> {
+    let marked = marks(catalog)?;
+    let now = storage_now(storage).await?;
+    let listed = storage.list(POOL_FOLDER, ListMode::Recursive).await?;
+    let pooled: Vec<(String, u64)> = listed
+        .into_iter()
+        .filter(|e| !e.is_dir && is_pool_object(&e.key))
+        .map(|e| (e.key, e.size))
+        .collect();
+    let mut sweep = PoolSweep {
+        objects: pooled.len(),
+        ..PoolSweep::default()
+    };
+    let unmarked: Vec<(String, u64)> = pooled
+        .into_iter()
+        .filter(|(key, _)| !marked.contains(key))
+        .collect();
+    sweep.referenced = sweep.objects - unmarked.len();
+    let cutoff = now - grace;
+    let outcomes: Vec<Option<u64>> = futures::stream::iter(unmarked)
+        .map(|(key, size)| async move { sweep_one(storage, &key, size, cutoff).await })
+        .buffer_unordered(AT_ONCE)
+        .try_collect()
+        .await?;
+    for outcome in outcomes {
+        match outcome {
+            Some(bytes) => {
+                sweep.removed += 1;
+                sweep.removed_bytes += bytes;
+            }
+            None => sweep.young += 1,
+        }
+    }
+    tracing::info!(
+        objects = sweep.objects,
+        removed = sweep.removed,
+        bytes = sweep.removed_bytes,
+        young = sweep.young,
+        "swept the pool"
+    );
+    Ok(sweep)
+}
+
+/// Every pool object a manifest in `catalog` names, or the first manifest that cannot be read.
+fn marks(catalog: &Catalog) -> Result<HashSet<String>> {
+    let mut marked = HashSet::new();
+    for db in &catalog.databases {
+        for snap in &db.snapshots {
+            if let SnapshotState::Corrupt(why) = &snap.state {
+                return Err(Error::PoolNotSwept {
+                    folder: format!("{}/{}", db.database.folder(), snap.id),
+                    why: why.clone(),
+                });
+            }
+            let objects = snap.manifest.iter().flat_map(|m| &m.files);
+            marked.extend(objects.filter_map(|f| f.object.clone()));
+        }
+    }
+    Ok(marked)
+}
+
+/// Deletes `key` when it was last modified before `cutoff`; the time is read now, not from the
+/// listing, so an object a cycle wrote again since is kept. Returns the bytes removed.
+async fn sweep_one(
+    storage: &Storage,
+    key: &str,
+    size: u64,
+    cutoff: Timestamp,
+) -> Result<Option<u64>> {
+    let Some(modified) = storage.modified_at(key).await? else {
+        // Gone already (another sweep), or the storage does not say: leave it.
+        return Ok(None);
+    };
+    if modified.parse::<Timestamp>().map_or(true, |t| t > cutoff) {
+        return Ok(None);
+    }
+    storage.delete(key).await?;
+    tracing::debug!(key, size, "removed an object no snapshot names");
+    Ok(Some(size))
+}
+
+/// The storage's clock: the modification time it gives an object written now.
+async fn storage_now(storage: &Storage) -> Result<Timestamp> {
+    let note = serde_json::json!({
+        "format": "hitkeep-pool-clock",
+        "written_by": crate::cycle::tool(),
+        "host_time": Timestamp::now(),
+    });
+    storage.write(CLOCK_KEY, note.to_string()).await?;
+    let modified = storage.modified_at(CLOCK_KEY).await?;
+    modified
+        .and_then(|m| m.parse::<Timestamp>().ok())
+        .ok_or(Error::NoStorageClock {
+            key: CLOCK_KEY.to_owned(),
+        })
+}
+
+/// Whether `key` is a pool object (`pool/ab/ab….parquet`), not anything else stored under `pool/`.
+fn is_pool_object(key: &str) -> bool {
+    key.strip_prefix(&format!("{POOL_FOLDER}/"))
+        .and_then(|rest| rest.rsplit_once('/'))
+        .and_then(|(_, name)| name.strip_suffix(".parquet"))
+        .is_some_and(|sha| sha.parse::<Sha256Digest>().is_ok() && pool_key(sha) == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_content_keys_count_as_pool_objects() {
+        let sha = "ab".repeat(32);
+        assert!(is_pool_object(&pool_key(&sha)));
+        assert!(!is_pool_object(CLOCK_KEY));
+        assert!(!is_pool_object(&format!("pool/cd/{sha}.parquet")));
+        assert!(!is_pool_object(&format!("pool/ab/{sha}.csv")));
+        assert!(!is_pool_object("pool/ab/notahash.parquet"));
+    }
+}
