@@ -94,6 +94,8 @@ pub struct DatabaseSnapshots {
 pub struct Catalog {
     /// The shared database first, then tenants by id.
     pub databases: Vec<DatabaseSnapshots>,
+    /// The pinned cycles ([`crate::pin`]); only [`Catalog::load`] reads them.
+    pub pins: std::collections::BTreeSet<SnapshotId>,
 }
 
 impl Catalog {
@@ -101,9 +103,10 @@ impl Catalog {
     /// another, a destination of 50 tenants keeping 24 cycles took over a thousand round trips in a
     /// row, and a cycle waits for this one after its commit (leftovers, the status).
     pub async fn load(storage: &Storage) -> Result<Catalog> {
-        let (shared, tenants) = futures::try_join!(
+        let (shared, tenants, pins) = futures::try_join!(
             load_database(storage, Database::Shared),
-            tenant_ids(storage)
+            tenant_ids(storage),
+            crate::keep::pinned(storage)
         )?;
         let tenants: Vec<DatabaseSnapshots> = futures::stream::iter(tenants)
             .map(|tenant_id| load_database(storage, Database::Tenant { tenant_id }))
@@ -112,7 +115,7 @@ impl Catalog {
             .await?;
         let mut databases = vec![shared];
         databases.extend(tenants);
-        Ok(Catalog { databases })
+        Ok(Catalog { databases, pins })
     }
 
     /// The catalog as it is once `deletions` (a prune just executed) are gone, without listing again.
@@ -131,6 +134,7 @@ impl Catalog {
     pub async fn load_shared(storage: &Storage) -> Result<Catalog> {
         Ok(Catalog {
             databases: vec![load_database(storage, Database::Shared).await?],
+            ..Catalog::default()
         })
     }
 
@@ -177,7 +181,10 @@ impl Catalog {
                 snapshots,
             });
         }
-        Ok(Catalog { databases })
+        Ok(Catalog {
+            databases,
+            ..Catalog::default()
+        })
     }
 
     /// The snapshots of `database` (empty when it has none).

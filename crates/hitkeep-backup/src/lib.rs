@@ -22,6 +22,7 @@ mod error;
 mod export;
 mod follow;
 mod import;
+mod keep;
 mod lanes;
 mod lock;
 pub mod manifest;
@@ -42,6 +43,7 @@ pub use crate::{
     claim::{FUTURE_BOUND, SOURCES_FOLDER, SourceRecord, sources},
     cycle::{BackupMode, BackupOptions, CycleReport, CycleTenants, TenantSource, run_cycle},
     error::{CountMismatch, Error, ErrorKind, Result},
+    keep::{Keep, PINS_FOLDER, pin, unpin},
     lock::CycleLock,
     manifest::{Database, Manifest},
     progress::{NoProgress, Progress},
@@ -49,7 +51,7 @@ pub use crate::{
         CommitFailure, PreparedRestore, RESTORE_STORAGE_VERSION, RestoreItem, RestoreOutcome,
         RestorePlan, RestoreSelection,
     },
-    retention::{Deletion, PrunePlan},
+    retention::{Deletion, PrunePlan, Retention},
     scratch::StaleScratch,
     snapshot_id::{SnapshotId, SnapshotIdError},
     sweep::{CLOCK_KEY, POOL_GRACE, PoolSweep, sweep_pool},

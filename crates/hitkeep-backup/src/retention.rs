@@ -1,5 +1,6 @@
-//! Pruning, planned first and executed second: keep the newest N usable snapshots of each database, and
-//! remove unfinished leftovers older than the newest usable one.
+//! Pruning, planned first and executed second: keep the newest N usable snapshots of each database
+//! (and what the period rules and pins of `keep.rs` keep), and remove unfinished leftovers older than
+//! the newest usable one.
 
 use std::num::NonZeroU32;
 
@@ -10,6 +11,7 @@ use crate::SnapshotId;
 use crate::catalog::{Catalog, SnapshotInfo, SnapshotState};
 use crate::claim::is_mine;
 use crate::error::{Error, Result};
+use crate::keep::Keep;
 use crate::manifest::Database;
 use hitkeep_data::SourceId;
 
@@ -56,8 +58,38 @@ fn restores_whole(cycle: &crate::catalog::SnapshotInfo) -> bool {
     }
 }
 
+/// What a prune keeps: the newest N cycles that restore whole (`HITKEEP_BACKUP_RETENTION`), and
+/// whatever the period rules keep besides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retention {
+    /// The newest cycles kept.
+    pub newest: NonZeroU32,
+    /// Restic's rules, kept on top.
+    pub keep: Keep,
+}
+
+impl Retention {
+    /// The newest `newest` cycles, and what `keep` keeps.
+    pub fn new(newest: NonZeroU32, keep: Keep) -> Retention {
+        Retention { newest, keep }
+    }
+}
+
 impl PrunePlan {
-    /// Plans for keeping the newest `keep` committed cycles. Retention follows cycles, not folders: a
+    /// [`PrunePlan::with_retention`] of the newest `keep` cycles and no period rules.
+    pub fn new(
+        catalog: &Catalog,
+        keep: NonZeroU32,
+        protect: Option<SnapshotId>,
+        source: Option<SourceId>,
+    ) -> PrunePlan {
+        let retention = Retention::new(keep, Keep::default());
+        PrunePlan::with_retention(catalog, &retention, protect, source)
+    }
+
+    /// Plans for keeping the newest `retention.newest` committed cycles, the cycles its period rules
+    /// keep (chosen among the cycles that restore whole), and every pinned cycle. Retention follows cycles, not folders: a
     /// tenant's snapshot stays while its cycle does, so every kept cycle restores whole. Also kept: each
     /// tenant's newest complete snapshot (its last good copy, even if its cycles failed since), anything
     /// newer than the newest committed cycle (it may still be running), `protect` (the snapshot just
@@ -68,13 +100,13 @@ impl PrunePlan {
     /// unfinished snapshots other than `protect` are leftovers of interrupted runs and go at once,
     /// since the caller holds the cycle lock. Snapshots with no source recorded (older manifests,
     /// HitKeep Go's) count as its own only while no other source writes to the destination.
-    pub fn new(
+    pub fn with_retention(
         catalog: &Catalog,
-        keep: NonZeroU32,
+        retention: &Retention,
         protect: Option<SnapshotId>,
         source: Option<SourceId>,
     ) -> PrunePlan {
-        let keep = usize::try_from(keep.get()).unwrap_or(usize::MAX);
+        let keep = usize::try_from(retention.newest.get()).unwrap_or(usize::MAX);
         let usable =
             |s: &SnapshotState| matches!(s, SnapshotState::Complete | SnapshotState::Legacy);
         let all = catalog.databases.iter().flat_map(|d| d.snapshots.iter());
@@ -91,7 +123,7 @@ impl PrunePlan {
         // HITKEEP_DATA_PATH for a day of hourly cycles) must not push the last whole one out. Those
         // newer than it are kept too.
         let mut whole = 0;
-        let kept: Vec<SnapshotId> = usable_cycles
+        let mut kept: Vec<SnapshotId> = usable_cycles
             .iter()
             .take_while(|s| {
                 let more = whole < keep;
@@ -100,6 +132,13 @@ impl PrunePlan {
             })
             .map(|s| s.id)
             .collect();
+        let wholes: Vec<SnapshotId> = usable_cycles
+            .iter()
+            .filter(|s| restores_whole(s))
+            .map(|s| s.id)
+            .collect();
+        kept.extend(retention.keep.select(&wholes));
+        kept.extend(catalog.pins.iter().copied());
         let Some(newest) = cycles.iter().max().copied() else {
             return PrunePlan::default();
         };
@@ -178,5 +217,68 @@ impl PrunePlan {
             tracing::info!(database = %d.database, snapshot = %d.id, reason = d.reason, "pruned snapshot");
         }
         Ok(objects)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::DatabaseSnapshots;
+
+    /// HitKeep Go's snapshots (usable, whole) every hour of ten days from 2026-03-01 00:00 UTC.
+    fn hourly_catalog() -> Catalog {
+        let start: jiff::Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+        let snapshots = (0..240)
+            .map(|h| SnapshotInfo {
+                id: SnapshotId::at(start + jiff::SignedDuration::from_hours(h)),
+                state: SnapshotState::Legacy,
+                size: 1,
+                objects: 1,
+                manifest: None,
+                source: None,
+            })
+            .collect();
+        Catalog {
+            databases: vec![DatabaseSnapshots {
+                database: Database::Shared,
+                snapshots,
+            }],
+            ..Catalog::default()
+        }
+    }
+
+    fn kept(catalog: &Catalog, plan: &PrunePlan) -> Vec<String> {
+        let all = catalog.snapshots(Database::Shared).iter().map(|s| s.id);
+        all.filter(|id| !plan.deletions.iter().any(|d| d.id == *id))
+            .map(|id| id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn period_rules_and_pins_keep_cycles_beside_the_newest_n() {
+        let mut catalog = hourly_catalog();
+        let newest = NonZeroU32::new(2).unwrap();
+        let plan = PrunePlan::new(&catalog, newest, None, None);
+        assert_eq!(
+            kept(&catalog, &plan),
+            ["2026-03-10T220000Z", "2026-03-10T230000Z"]
+        );
+
+        // Three days and two ISO weeks (2026-03-08 is a Sunday) beside the newest two, and a pin.
+        catalog.pins.insert("2026-03-01T050000Z".parse().unwrap());
+        let retention = Retention::new(newest, Keep::new(0, 0, 3, 2, 0));
+        let plan = PrunePlan::with_retention(&catalog, &retention, None, None);
+        assert_eq!(
+            kept(&catalog, &plan),
+            [
+                "2026-03-01T050000Z",
+                "2026-03-08T230000Z",
+                "2026-03-09T230000Z",
+                "2026-03-10T220000Z",
+                "2026-03-10T230000Z",
+            ]
+        );
+        assert_eq!(plan.deletions.len(), 240 - 5);
+        assert!(plan.deletions.iter().all(|d| d.reason == OLDER));
     }
 }

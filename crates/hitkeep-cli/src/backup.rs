@@ -190,6 +190,7 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
                 "source": s.source,
                 "sequence": s.sequence(),
                 "in_future": s.in_future(),
+                "pinned": catalog.pins.contains(&s.id),
                 "size": s.size,
                 "objects": s.objects,
                 "rows": s.manifest.as_ref().map(|m| m.total_rows()),
@@ -235,6 +236,9 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
         if db.database == hitkeep_backup::Database::Shared && latest.contains(&s.id) {
             mark.push_str("  <- latest");
         }
+        if catalog.pins.contains(&s.id) {
+            mark.push_str("  (pinned)");
+        }
         if s.in_future() {
             mark.push_str("  (in the future: written by a clock set ahead?)");
         }
@@ -261,6 +265,44 @@ fn snapshot_mode(manifest: &hitkeep_backup::Manifest) -> &'static str {
         "incremental"
     } else {
         "full"
+    }
+}
+
+/// `backup pin`: keeps a cycle whatever the retention says.
+pub fn pin(settings: &Settings, snapshot: Option<&str>) -> ExitCode {
+    let engine = engine(settings);
+    if let Err(e) = engine.backup_location() {
+        return usage(&e);
+    }
+    match runtime().block_on(engine.pin(snapshot)) {
+        Ok(id) => {
+            println!(
+                "pinned {id}: no prune deletes it (lifecycle rules expire by age and do not read pins) until `hitkeep backup unpin -snapshot {id}`"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail_service(&e),
+    }
+}
+
+/// `backup unpin`: hands a cycle back to the retention.
+pub fn unpin(settings: &Settings, snapshot: &str) -> ExitCode {
+    let engine = engine(settings);
+    if let Err(e) = engine.backup_location() {
+        return usage(&e);
+    }
+    match runtime().block_on(engine.unpin(snapshot)) {
+        Ok(true) => {
+            println!("unpinned {snapshot}: the retention decides again whether it stays");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!(
+                "error: {snapshot} is not pinned\n  fix: `hitkeep backup list` marks pinned snapshots"
+            );
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(e) => fail_service(&e),
     }
 }
 
@@ -330,7 +372,8 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
             return Ok(ExitCode::SUCCESS);
         }
         println!(
-            "keeping the newest {retention} snapshots per database in {}; deleting:",
+            "keeping the newest {retention} snapshots per database{} in {}; deleting:",
+            kept_besides(settings, !job.pins().is_empty()),
             job.location()
         );
         for d in &job.plan.deletions {
@@ -360,6 +403,30 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
         hitkeep_service::Result::Ok(ExitCode::SUCCESS)
     });
     outcome.unwrap_or_else(|e| fail_service(&e))
+}
+
+/// What the retention keeps besides the newest N: the period rules set, and pins.
+fn kept_besides(settings: &Settings, pins: bool) -> String {
+    let k = &settings.backup.keep;
+    let rules = [
+        ("last", k.last),
+        ("hourly", k.hourly),
+        ("daily", k.daily),
+        ("weekly", k.weekly),
+        ("monthly", k.monthly),
+    ];
+    let mut parts: Vec<String> = rules
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(rule, n)| format!("keep-{rule} {n}"))
+        .collect();
+    if pins {
+        parts.push("pinned cycles".into());
+    }
+    match parts.is_empty() {
+        true => String::new(),
+        false => format!(" (and {})", parts.join(", ")),
+    }
 }
 
 /// Says what a dry run leaves out: the pool is swept only once the snapshots are gone.
@@ -433,6 +500,11 @@ pub fn lifecycle(settings: &Settings) -> ExitCode {
         rules.days,
         rules.bucket
     );
+    if !settings.backup.keep.is_empty() {
+        eprintln!(
+            "# HITKEEP_BACKUP_KEEP_* rules and pins are not lifecycle rules: expiry by age would delete the daily, weekly and monthly cycles they keep. With them, skip these rules and set HITKEEP_BACKUP_PRUNE_S3=true."
+        );
+    }
     ExitCode::SUCCESS
 }
 

@@ -149,6 +149,20 @@ pub enum BackupCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Pin a committed cycle so that no prune deletes it (nor the pool objects it names).
+    #[command(after_help = "Example:\n  hitkeep backup pin -snapshot 2026-03-08T120000Z")]
+    Pin {
+        /// The snapshot id, or `latest` (this installation's newest committed cycle).
+        #[arg(long, value_name = "ID|latest", value_parser = snapshot_or_latest)]
+        snapshot: Option<String>,
+    },
+    /// Remove a pin: the retention decides again whether the cycle stays.
+    #[command(after_help = "Example:\n  hitkeep backup unpin -snapshot 2026-03-08T120000Z")]
+    Unpin {
+        /// The pinned snapshot's id.
+        #[arg(long, value_name = "ID", value_parser = snapshot_or_latest)]
+        snapshot: String,
+    },
     /// Print an S3 lifecycle configuration for the backup prefix (JSON, as `aws s3api
     /// put-bucket-lifecycle-configuration` takes it).
     #[command(

@@ -50,6 +50,12 @@ pub fn run(cli: &Cli) -> ExitCode {
         Some(Command::Backup(BackupCommand::Prune { yes, dry_run })) => {
             with_config(loaded, |c| backup::prune(&c.settings, *yes, *dry_run))
         }
+        Some(Command::Backup(BackupCommand::Pin { snapshot })) => {
+            with_config(loaded, |c| backup::pin(&c.settings, snapshot.as_deref()))
+        }
+        Some(Command::Backup(BackupCommand::Unpin { snapshot })) => {
+            with_config(loaded, |c| backup::unpin(&c.settings, snapshot))
+        }
         Some(Command::Backup(BackupCommand::Lifecycle)) => {
             with_config(loaded, |c| backup::lifecycle(&c.settings))
         }

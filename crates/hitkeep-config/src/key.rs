@@ -57,6 +57,16 @@ keys! {
     BackupInterval => "backup_interval", "HITKEEP_BACKUP_INTERVAL", "backup-interval", [], Plain;
     /// Snapshots kept per database.
     BackupRetention => "backup_retention", "HITKEEP_BACKUP_RETENTION", "backup-retention", [], Plain;
+    /// Also keep the newest N cycles, whatever their age (restic's keep-last); 0: off.
+    BackupKeepLast => "backup_keep_last", "HITKEEP_BACKUP_KEEP_LAST", "backup-keep-last", [], Plain;
+    /// Also keep the newest cycle of each of the last N hours that have one; 0: off.
+    BackupKeepHourly => "backup_keep_hourly", "HITKEEP_BACKUP_KEEP_HOURLY", "backup-keep-hourly", [], Plain;
+    /// Also keep the newest cycle of each of the last N days (UTC) that have one; 0: off.
+    BackupKeepDaily => "backup_keep_daily", "HITKEEP_BACKUP_KEEP_DAILY", "backup-keep-daily", [], Plain;
+    /// Also keep the newest cycle of each of the last N ISO weeks that have one; 0: off.
+    BackupKeepWeekly => "backup_keep_weekly", "HITKEEP_BACKUP_KEEP_WEEKLY", "backup-keep-weekly", [], Plain;
+    /// Also keep the newest cycle of each of the last N months that have one; 0: off.
+    BackupKeepMonthly => "backup_keep_monthly", "HITKEEP_BACKUP_KEEP_MONTHLY", "backup-keep-monthly", [], Plain;
     /// Also prune S3 snapshots after each scheduled cycle (off: S3 lifecycle rules are preferred).
     BackupPruneS3 => "backup_prune_s3", "HITKEEP_BACKUP_PRUNE_S3", "backup-prune-s3", [], Plain;
     /// Databases backed up (or restored) at once.

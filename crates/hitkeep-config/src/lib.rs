@@ -56,7 +56,9 @@ pub use crate::{
     problem::{ConfigError, Origin, Problem, Severity},
     s3::{Credentials, Endpoint, EndpointError, S3Checksum, S3Settings, Scheme, UrlStyle},
     secret::{AccessKeyId, Secret, SecretUrl, SecretUrlError},
-    settings::{BackupMode, BackupSettings, LogFormat, LogLevel, LogSettings, Settings},
+    settings::{
+        BackupKeep, BackupMode, BackupSettings, LogFormat, LogLevel, LogSettings, Settings,
+    },
 };
 
 /// Loaded and validated configuration: the settings, the warnings, and where each value came from.

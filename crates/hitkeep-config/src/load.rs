@@ -59,6 +59,11 @@ pub(crate) fn default_text(key: Key) -> Option<&'static str> {
         Key::DataRetentionDays => "365",
         Key::BackupInterval => "60",
         Key::BackupRetention => "24",
+        Key::BackupKeepLast
+        | Key::BackupKeepHourly
+        | Key::BackupKeepDaily
+        | Key::BackupKeepWeekly
+        | Key::BackupKeepMonthly => "0",
         Key::BackupPruneS3 => "false",
         Key::BackupConcurrency => "2",
         Key::BackupMode => "full",

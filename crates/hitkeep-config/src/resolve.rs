@@ -13,7 +13,8 @@ use crate::problem::{Origin, Problem, Severity};
 use crate::s3::{Credentials, Endpoint, S3Checksum, S3Settings, Scheme, UrlStyle};
 use crate::secret::{AccessKeyId, Secret, SecretUrl};
 use crate::settings::{
-    BackupMode, BackupSettings, DuckDbSettings, LogFormat, LogLevel, LogSettings, Settings,
+    BackupKeep, BackupMode, BackupSettings, DuckDbSettings, LogFormat, LogLevel, LogSettings,
+    Settings,
 };
 
 /// The outcome of resolving: settings when there were no errors, plus every problem found and each origin.
@@ -154,6 +155,7 @@ impl Resolver {
                     .map(|n| NonZeroU32::new(n).expect("range starts at 1"))
             },
         );
+        let keep = self.keep();
         let prune_s3 = self.parse(
             Key::BackupPruneS3,
             "use true or false (also 1/0, yes/no, on/off)",
@@ -222,6 +224,7 @@ impl Resolver {
                 location: backup_location?,
                 interval: interval?,
                 retention: retention?,
+                keep: keep?,
                 prune_s3: prune_s3?,
                 concurrency: concurrency?,
                 mode: mode?,
@@ -232,6 +235,29 @@ impl Resolver {
             s3: s3?,
             log: log?,
             http_addr: http_addr?,
+        })
+    }
+
+    /// The period rules; every one is read, so that each bad value is reported.
+    fn keep(&mut self) -> Option<BackupKeep> {
+        let mut rule = |key, unit| {
+            self.parse(
+                key,
+                "set a whole number, 0 (off) to 100000, e.g. {env}=7",
+                move |t| int_in(t, 0, 100_000, unit),
+            )
+        };
+        let last = rule(Key::BackupKeepLast, "cycles");
+        let hourly = rule(Key::BackupKeepHourly, "hours");
+        let daily = rule(Key::BackupKeepDaily, "days");
+        let weekly = rule(Key::BackupKeepWeekly, "weeks");
+        let monthly = rule(Key::BackupKeepMonthly, "months");
+        Some(BackupKeep {
+            last: last?,
+            hourly: hourly?,
+            daily: daily?,
+            weekly: weekly?,
+            monthly: monthly?,
         })
     }
 

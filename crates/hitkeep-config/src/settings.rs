@@ -43,6 +43,8 @@ pub struct BackupSettings {
     pub interval: Duration,
     /// Snapshots kept per database.
     pub retention: NonZeroU32,
+    /// Period rules kept on top of `retention`.
+    pub keep: BackupKeep,
     /// Prune S3 destinations after scheduled cycles too (local ones always are).
     pub prune_s3: bool,
     /// Databases exported and uploaded (or downloaded and imported) at once.
@@ -54,6 +56,29 @@ pub struct BackupSettings {
     pub heartbeat_url: Option<SecretUrl>,
     /// Sent a POST with a short JSON body when a cycle fails; `None` when unset.
     pub failure_url: Option<SecretUrl>,
+}
+
+/// Restic's period rules, kept on top of the newest `retention` cycles; 0 turns a rule off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupKeep {
+    /// The newest N cycles.
+    pub last: u32,
+    /// The newest cycle of each of the last N hours that have one.
+    pub hourly: u32,
+    /// Of each of the last N days (UTC).
+    pub daily: u32,
+    /// Of each of the last N ISO weeks.
+    pub weekly: u32,
+    /// Of each of the last N months.
+    pub monthly: u32,
+}
+
+impl BackupKeep {
+    /// Whether every rule is off.
+    pub fn is_empty(&self) -> bool {
+        *self == BackupKeep::default()
+    }
 }
 
 /// DuckDB's resources; `None` leaves DuckDB's own default.
@@ -156,6 +181,11 @@ impl Settings {
             Key::BackupPath => self.backup.location.as_ref().map(ToString::to_string),
             Key::BackupInterval => Some((self.backup.interval.as_secs() / 60).to_string()),
             Key::BackupRetention => Some(self.backup.retention.to_string()),
+            Key::BackupKeepLast => Some(self.backup.keep.last.to_string()),
+            Key::BackupKeepHourly => Some(self.backup.keep.hourly.to_string()),
+            Key::BackupKeepDaily => Some(self.backup.keep.daily.to_string()),
+            Key::BackupKeepWeekly => Some(self.backup.keep.weekly.to_string()),
+            Key::BackupKeepMonthly => Some(self.backup.keep.monthly.to_string()),
             Key::BackupPruneS3 => Some(self.backup.prune_s3.to_string()),
             Key::BackupConcurrency => Some(self.backup.concurrency.to_string()),
             Key::BackupMode => Some(self.backup.mode.to_string()),

@@ -169,7 +169,12 @@ impl Engine {
         let prune = async {
             let catalog = Catalog::load(storage).await?;
             let plan = match retention {
-                Some(keep) => PrunePlan::new(&catalog, keep, Some(report.id), Some(source)),
+                Some(keep) => PrunePlan::with_retention(
+                    &catalog,
+                    &self.retention(keep),
+                    Some(report.id),
+                    Some(source),
+                ),
                 None => PrunePlan::leftovers(&catalog, report.id, source),
             };
             let removed = plan.execute(storage).await?;
@@ -192,6 +197,13 @@ impl Engine {
 }
 
 impl Engine {
+    /// The retention policy of the settings, keeping the newest `newest` cycles.
+    pub(crate) fn retention(&self, newest: NonZeroU32) -> hitkeep_backup::Retention {
+        let k = &self.settings.backup.keep;
+        let keep = hitkeep_backup::Keep::new(k.last, k.hourly, k.daily, k.weekly, k.monthly);
+        hitkeep_backup::Retention::new(newest, keep)
+    }
+
     /// Sweeps the pool after a prune, when the location holds incremental snapshots or this
     /// installation writes them (a killed first cycle leaves pool objects and no manifest).
     /// `remaining` is the location once the plan's deletions are done.

@@ -69,14 +69,42 @@ impl Engine {
             None => catalog.latest_committed(),
         }
         .map(|s| s.id);
-        let keep = self.settings().backup.retention;
-        let plan = PrunePlan::new(&catalog, keep, protect, source);
+        let retention = self.retention(self.settings().backup.retention);
+        let plan = PrunePlan::with_retention(&catalog, &retention, protect, source);
         Ok(PruneJob {
             engine: self.clone(),
             storage,
             plan,
+            pins: catalog.pins.clone(),
             _lock: lock,
         })
+    }
+
+    /// Pins a committed cycle (`None` or "latest": this installation's newest) so that no prune
+    /// deletes it; returns its id.
+    pub async fn pin(&self, snapshot: Option<&str>) -> Result<SnapshotId> {
+        let storage = self.backup_storage().await?;
+        let catalog = Catalog::load(&storage).await?;
+        let source = self.layout().source_id().ok().flatten();
+        let cycle = catalog.resolve_for(snapshot, source)?;
+        if cycle.state != hitkeep_backup::SnapshotState::Complete {
+            return Err(Error::Unsuitable {
+                message: format!(
+                    "snapshot {} is not a committed cycle, so there is nothing a pin would keep whole",
+                    cycle.id
+                ),
+                hint: Some("pin a complete snapshot (see `hitkeep backup list`)".into()),
+            });
+        }
+        hitkeep_backup::pin(&storage, cycle.id).await?;
+        Ok(cycle.id)
+    }
+
+    /// Removes the pin of `snapshot`; `false` when it was not pinned.
+    pub async fn unpin(&self, snapshot: &str) -> Result<bool> {
+        let storage = self.backup_storage().await?;
+        let id: SnapshotId = snapshot.parse().map_err(hitkeep_backup::Error::from)?;
+        Ok(hitkeep_backup::unpin(&storage, id).await?)
     }
 
     /// The S3 lifecycle rules that expire snapshots a day after the retention stops covering them
@@ -147,6 +175,7 @@ pub struct PruneJob {
     storage: Storage,
     /// What would be deleted, and why.
     pub plan: PrunePlan,
+    pins: std::collections::BTreeSet<SnapshotId>,
     _lock: CycleLock,
 }
 
@@ -163,6 +192,11 @@ pub struct Pruned {
 }
 
 impl PruneJob {
+    /// The pinned cycles the plan spared.
+    pub fn pins(&self) -> &std::collections::BTreeSet<SnapshotId> {
+        &self.pins
+    }
+
     /// Where it prunes.
     pub fn location(&self) -> &Location {
         self.storage.location()

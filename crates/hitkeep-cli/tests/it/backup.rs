@@ -249,6 +249,56 @@ fn an_incremental_prune_sweeps_the_pool() {
     assert!(verified.starts_with("exit: 0"), "{verified}");
 }
 
+/// A pinned cycle outlives the retention until it is unpinned.
+#[test]
+fn a_pinned_cycle_outlives_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = crate::local_env(dir.path());
+    env.push(("HITKEEP_BACKUP_RETENTION".into(), "1".into()));
+    let path = dir.path();
+    let ok = |args: &[&str]| {
+        let out = hk(args, &env, path);
+        assert!(out.starts_with("exit: 0"), "{args:?}: {out}");
+        out
+    };
+    ok(&["demo", "--hits", "300", "--tenants", "0"]);
+    ok(&["backup", "run"]);
+    let pinned = ok(&["backup", "pin", "-snapshot", "latest"]);
+    let id = pinned
+        .lines()
+        .find_map(|l| l.strip_prefix("pinned "))
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("{pinned}"));
+    assert!(
+        pinned.contains(&format!("pinned {id}: no prune deletes it")),
+        "{pinned}"
+    );
+    ok(&["backup", "run"]);
+    let listed = ok(&["backup", "list"]);
+    let line = |listed: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with("shared ") && l.contains(id))
+            .map(str::to_owned)
+    };
+    assert!(
+        line(&listed).is_some_and(|l| l.contains("(pinned)")),
+        "retention 1 keeps the pinned cycle: {listed}"
+    );
+    let dry = ok(&["backup", "prune", "--dry-run"]);
+    assert!(!dry.contains(id), "{dry}");
+
+    ok(&["backup", "unpin", "-snapshot", id]);
+    let again = hk(&["backup", "unpin", "-snapshot", id], &env, path);
+    assert!(
+        again.starts_with("exit: 1") && again.contains("is not pinned"),
+        "{again}"
+    );
+    ok(&["backup", "run"]);
+    let listed = ok(&["backup", "list"]);
+    assert!(line(&listed).is_none(), "unpinned, it goes: {listed}");
+}
+
 #[test]
 fn lifecycle_rule_for_the_guide_example() {
     let dir = tempfile::tempdir().unwrap();
