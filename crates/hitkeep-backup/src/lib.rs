@@ -27,6 +27,7 @@ mod lanes;
 mod lock;
 pub mod manifest;
 mod partition;
+mod plain;
 mod progress;
 mod restore;
 mod retention;
@@ -46,6 +47,7 @@ pub use crate::{
     keep::{Keep, PINS_FOLDER, pin, unpin},
     lock::CycleLock,
     manifest::{Database, Manifest},
+    plain::{PlainExport, export_plain},
     progress::{NoProgress, Progress},
     restore::{
         CommitFailure, PreparedRestore, RESTORE_STORAGE_VERSION, RestoreItem, RestoreOutcome,

@@ -756,7 +756,7 @@ async fn download_one(
 const DOWNLOAD_CONCURRENCY: usize = 4;
 
 /// Downloads the snapshot's files, each checked against the manifest; a legacy snapshot's files as listed.
-async fn download(
+pub(crate) async fn download(
     storage: &Storage,
     folder: &str,
     manifest: Option<&Manifest>,

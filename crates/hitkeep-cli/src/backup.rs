@@ -268,6 +268,41 @@ fn snapshot_mode(manifest: &hitkeep_backup::Manifest) -> &'static str {
     }
 }
 
+/// `backup export-plain`: a cycle as plain folders.
+pub fn export_plain(
+    settings: &Settings,
+    snapshot: Option<&str>,
+    dir: &std::path::Path,
+) -> ExitCode {
+    let engine = engine(settings);
+    if let Err(e) = engine.backup_location() {
+        return usage(&e);
+    }
+    let export = match runtime().block_on(engine.export_plain(snapshot, dir)) {
+        Ok(export) => export,
+        Err(e) => return fail_service(&e),
+    };
+    println!(
+        "wrote cycle {} to {}: {} databases, {} files, {} bytes, each checked against its manifest",
+        export.snapshot,
+        export.dir.display(),
+        export.databases.len(),
+        export.files,
+        export.bytes
+    );
+    for database in &export.databases {
+        println!("  {}/{}", database.folder(), export.snapshot);
+    }
+    for (tenant, why) in &export.missing {
+        println!("  not in this cycle: tenant {tenant} ({why})");
+    }
+    println!(
+        "each folder is read by a bare IMPORT DATABASE; the whole is also a destination (HITKEEP_BACKUP_PATH={}) of full snapshots",
+        export.dir.display()
+    );
+    ExitCode::SUCCESS
+}
+
 /// `backup pin`: keeps a cycle whatever the retention says.
 pub fn pin(settings: &Settings, snapshot: Option<&str>) -> ExitCode {
     let engine = engine(settings);

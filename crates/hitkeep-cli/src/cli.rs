@@ -149,6 +149,19 @@ pub enum BackupCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write a cycle (full or incremental) as plain folders that HitKeep's restore and a bare
+    /// `IMPORT DATABASE` read.
+    #[command(
+        name = "export-plain",
+        after_help = "Example:\n  hitkeep backup export-plain -snapshot 2026-03-08T120000Z /srv/restore/plain"
+    )]
+    ExportPlain {
+        /// The snapshot id, or `latest` (this installation's newest committed cycle).
+        #[arg(long, value_name = "ID|latest", value_parser = snapshot_or_latest)]
+        snapshot: Option<String>,
+        /// A folder that does not exist yet.
+        dir: std::path::PathBuf,
+    },
     /// Pin a committed cycle so that no prune deletes it (nor the pool objects it names).
     #[command(after_help = "Example:\n  hitkeep backup pin -snapshot 2026-03-08T120000Z")]
     Pin {

@@ -50,6 +50,11 @@ pub fn run(cli: &Cli) -> ExitCode {
         Some(Command::Backup(BackupCommand::Prune { yes, dry_run })) => {
             with_config(loaded, |c| backup::prune(&c.settings, *yes, *dry_run))
         }
+        Some(Command::Backup(BackupCommand::ExportPlain { snapshot, dir })) => {
+            with_config(loaded, |c| {
+                backup::export_plain(&c.settings, snapshot.as_deref(), dir)
+            })
+        }
         Some(Command::Backup(BackupCommand::Pin { snapshot })) => {
             with_config(loaded, |c| backup::pin(&c.settings, snapshot.as_deref()))
         }

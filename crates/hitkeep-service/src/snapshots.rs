@@ -80,6 +80,21 @@ impl Engine {
         })
     }
 
+    /// Writes a committed cycle (`None` or "latest": this installation's newest) as plain folders
+    /// under `dir` (which must not exist): HitKeep's layout, each folder read by a bare
+    /// `IMPORT DATABASE`, whatever the mode it was written in.
+    pub async fn export_plain(
+        &self,
+        snapshot: Option<&str>,
+        dir: &std::path::Path,
+    ) -> Result<hitkeep_backup::PlainExport> {
+        let storage = self.backup_storage().await?;
+        let catalog = Catalog::load(&storage).await?;
+        let source = self.layout().source_id().ok().flatten();
+        let id = catalog.resolve_for(snapshot, source)?.id;
+        Ok(hitkeep_backup::export_plain(&storage, &catalog, id, dir).await?)
+    }
+
     /// Pins a committed cycle (`None` or "latest": this installation's newest) so that no prune
     /// deletes it; returns its id.
     pub async fn pin(&self, snapshot: Option<&str>) -> Result<SnapshotId> {

@@ -43,6 +43,14 @@ def main():
         print(json.dumps(out))
     elif cmd == "fingerprint-file":
         print(json.dumps(fingerprint_file(sys.argv[2])))
+    elif cmd == "import-fingerprint":
+        # A bare IMPORT DATABASE, as HitKeep's own restore runs it, then the fingerprint.
+        folder, db = sys.argv[2], sys.argv[3]
+        con = duckdb.connect(db)
+        con.execute("IMPORT DATABASE '" + folder.replace("'", "''") + "'")
+        con.execute("checkpoint")
+        con.close()
+        print(json.dumps(fingerprint_file(db)))
     elif cmd == "mark":
         con = duckdb.connect(sys.argv[2])
         con.execute("create table if not exists e2e_marker (n integer)")

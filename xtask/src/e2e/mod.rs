@@ -45,6 +45,8 @@ pub struct Ctx {
     pub secrets: Vec<String>,
     /// The HitKeep data layout `hitkeep demo` makes: `2.13` (split) or `2.8` (pre-split).
     pub layout: &'static str,
+    /// `HITKEEP_BACKUP_MODE` of every run: `full` or `incremental`.
+    pub mode: &'static str,
 }
 
 impl Ctx {
@@ -60,6 +62,12 @@ impl Ctx {
                 if self.s3.use_ssl { "true" } else { "false" },
             )
             .set("HITKEEP_S3_REGION", &self.s3.region)
+            .set("HITKEEP_BACKUP_MODE", self.mode)
+    }
+
+    /// Whether cycles write incremental snapshots (table files in `pool/`).
+    pub fn incremental(&self) -> bool {
+        self.mode == "incremental"
     }
 
     /// S3 settings plus backups under `<name>/backups` and archives under `<name>/archive`.
@@ -186,14 +194,17 @@ pub fn run() -> Result<bool> {
         work,
         secrets,
         layout: "2.13",
+        mode: "full",
     };
     ctx.report.figure("S3 server", ctx.s3.describe());
 
     // Backup, restore, archive and kill on both of HitKeep's layouts: today's split one (2.13) and
-    // the one older installs and their snapshots still have (2.8), each in its own folder and prefix.
-    for layout in LAYOUTS {
-        in_layout(&mut ctx, layout, |ctx| {
-            let tag = format!(" [{}]", ctx.layout);
+    // the one older installs and their snapshots still have (2.8), each in its own folder and prefix;
+    // and in both backup modes, paired so that each layout and each mode runs once within the
+    // budget (HITKEEP_E2E_MODES=all runs every layout in both).
+    for (layout, mode) in variants() {
+        in_layout(&mut ctx, layout, mode, |ctx| {
+            let tag = format!(" [{} {}]", ctx.layout, ctx.mode);
             section(
                 ctx,
                 &format!("guide: MinIO example, scheduler, list, verify, restore, prune{tag}"),
@@ -286,17 +297,31 @@ pub fn run() -> Result<bool> {
 /// HitKeep's layouts the layout-sensitive sections run on.
 const LAYOUTS: [&str; 2] = ["2.13", "2.8"];
 
-/// Runs `f` with `layout`'s demo data, in a work folder and S3 prefix of its own (the first layout
-/// keeps the plain ones, so its paths are the guide's).
-fn in_layout(ctx: &mut Ctx, layout: &'static str, f: impl FnOnce(&mut Ctx)) {
-    let (work, prefix) = (ctx.work.clone(), ctx.s3.prefix.clone());
-    if layout != LAYOUTS[0] {
-        ctx.work = work.join(format!("layout-{layout}"));
-        ctx.s3.prefix = format!("{prefix}layout-{layout}/");
+/// The (layout, backup mode) pairs the layout-sensitive sections run in: each layout once, the
+/// newest in full mode (the default) and the older in incremental mode; every pair with
+/// HITKEEP_E2E_MODES=all.
+fn variants() -> Vec<(&'static str, &'static str)> {
+    if std::env::var("HITKEEP_E2E_MODES").is_ok_and(|m| m == "all") {
+        let modes = ["full", "incremental"];
+        return LAYOUTS
+            .iter()
+            .flat_map(|l| modes.iter().map(move |m| (*l, *m)))
+            .collect();
     }
-    ctx.layout = layout;
+    vec![(LAYOUTS[0], "full"), (LAYOUTS[1], "incremental")]
+}
+
+/// Runs `f` with `layout`'s demo data and backups in `mode`, in a work folder and S3 prefix of its
+/// own (the first layout in full mode keeps the plain ones, so its paths are the guide's).
+fn in_layout(ctx: &mut Ctx, layout: &'static str, mode: &'static str, f: impl FnOnce(&mut Ctx)) {
+    let (work, prefix) = (ctx.work.clone(), ctx.s3.prefix.clone());
+    if (layout, mode) != (LAYOUTS[0], "full") {
+        ctx.work = work.join(format!("layout-{layout}-{mode}"));
+        ctx.s3.prefix = format!("{prefix}layout-{layout}-{mode}/");
+    }
+    (ctx.layout, ctx.mode) = (layout, mode);
     f(ctx);
-    (ctx.work, ctx.s3.prefix, ctx.layout) = (work, prefix, LAYOUTS[0]);
+    (ctx.work, ctx.s3.prefix, ctx.layout, ctx.mode) = (work, prefix, LAYOUTS[0], "full");
 }
 
 fn section(ctx: &mut Ctx, name: &str, f: fn(&mut Ctx) -> Result<()>) {

@@ -71,25 +71,30 @@ pub fn guide(ctx: &mut Ctx) -> Result<()> {
     );
 
     restores(ctx, &dir, first, &before, &after)?;
-    legacy_restore(ctx, &after)?;
+    legacy_restore(ctx, &dir, &env, &after)?;
     prune(ctx, &dir, &env, second, &before)
 }
 
 /// The latest cycle as HitKeep Go writes it (no manifests, no markers), under a prefix of its own:
 /// restored without -snapshot, every database comes back, the default tenant's included.
-fn legacy_restore(ctx: &mut Ctx, after: &super::Fingerprint) -> Result<()> {
+fn legacy_restore(
+    ctx: &mut Ctx,
+    dir: &Path,
+    env: &super::Env,
+    after: &super::Fingerprint,
+) -> Result<()> {
     let local = ctx.dir("legacy-copy")?;
-    ctx.rclone.copy(
-        &local,
-        &ctx.s3.key("backups"),
-        false,
-        &[
-            "--exclude",
-            "manifest.json",
-            "--exclude",
-            "in-progress.json",
-        ],
-    )?;
+    if ctx.incremental() {
+        // Incremental snapshots keep their table files in the pool: `export-plain` writes the
+        // plain folders HitKeep Go reads.
+        plain_for_hitkeep(ctx, dir, env, &local, after)?;
+    } else {
+        ctx.rclone
+            .copy(&local, &ctx.s3.key("backups"), false, &[])?;
+    }
+    for name in ["manifest.json", "in-progress.json"] {
+        remove_named(&local, name)?;
+    }
     // Only the latest cycle: HitKeep Go's restore picks the newest folder; so do we for legacy ones.
     ctx.rclone
         .copy(&local, &ctx.s3.key("legacy-backups"), true, &[])?;
@@ -104,6 +109,69 @@ fn legacy_restore(ctx: &mut Ctx, after: &super::Fingerprint) -> Result<()> {
         out.ok() && out.stdout.contains("legacy") && got == *after,
         format!("{}\n{}", out.brief(), diff(&got, after)),
     );
+    Ok(())
+}
+
+/// `backup export-plain` of the latest cycle into `local`; each folder a bare `IMPORT DATABASE`
+/// in DuckDB 1.5 reads back to the rows of its database (`after`, the state the cycle saw).
+fn plain_for_hitkeep(
+    ctx: &mut Ctx,
+    dir: &Path,
+    env: &super::Env,
+    local: &Path,
+    after: &super::Fingerprint,
+) -> Result<()> {
+    std::fs::remove_dir(local)?;
+    let out = ctx.hk(
+        dir,
+        env,
+        &[
+            "backup",
+            "export-plain",
+            "-snapshot",
+            "latest",
+            &local.to_string_lossy(),
+        ],
+    )?;
+    ctx.report.check(
+        "backup export-plain of the latest incremental cycle",
+        out.ok(),
+        out.brief(),
+    );
+    let mut wrong = Vec::new();
+    for (db, tables) in after {
+        let id = std::fs::read_dir(local.join(db))?
+            .next()
+            .context("an exported database without a snapshot folder")??;
+        let imported = ctx
+            .dir(&format!("plain-{}", db.replace('/', "-")))?
+            .join("hitkeep.db");
+        let got = ctx.py.import_fingerprint(&id.path(), &imported)?;
+        if &got != tables {
+            wrong.push(format!("{db}: {got:?}"));
+        }
+    }
+    ctx.report.check(
+        format!(
+            "DuckDB 1.5's bare IMPORT DATABASE reads every exported folder back to its database's rows ({} databases)",
+            after.len()
+        ),
+        wrong.is_empty() && !after.is_empty(),
+        wrong.join("\n"),
+    );
+    Ok(())
+}
+
+/// Removes every file called `name` under `dir`.
+fn remove_named(dir: &Path, name: &str) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            remove_named(&path, name)?;
+        } else if path.file_name().is_some_and(|n| n == name) {
+            std::fs::remove_file(&path)?;
+        }
+    }
     Ok(())
 }
 
@@ -175,6 +243,9 @@ fn readable_by_rclone(ctx: &mut Ctx, ids: &[&String], fp: &super::Fingerprint) -
     let databases: Vec<&String> = fp.keys().collect();
     let mut objects = 0;
     let mut problems = Vec::new();
+    // Incremental snapshots name table files in the pool, shared between snapshots.
+    let pool_prefix = ctx.s3.key("backups/pool");
+    let pool = ctx.rclone.objects(&pool_prefix)?;
     for id in ids {
         for db in &databases {
             let prefix = ctx.s3.key(&format!("backups/{db}/{id}"));
@@ -185,10 +256,13 @@ fn readable_by_rclone(ctx: &mut Ctx, ids: &[&String], fp: &super::Fingerprint) -
             let files = manifest["files"].as_array().cloned().unwrap_or_default();
             for f in &files {
                 let (name, size) = (f["name"].as_str().unwrap_or(""), f["size"].as_u64());
-                if listed.get(name).copied() != size {
+                let stored = match pooled(f) {
+                    Some(key) => pool.get(key).copied(),
+                    None => listed.get(name).copied(),
+                };
+                if stored != size {
                     problems.push(format!(
-                        "{prefix}/{name}: listed {:?}, manifest {size:?}",
-                        listed.get(name)
+                        "{prefix}/{name}: stored {stored:?}, manifest {size:?}"
                     ));
                 }
             }
@@ -214,15 +288,20 @@ fn readable_by_rclone(ctx: &mut Ctx, ids: &[&String], fp: &super::Fingerprint) -
     let manifest: Value =
         serde_json::from_slice(&ctx.rclone.cat(&format!("{prefix}/manifest.json"))?)?;
     let hashes = ctx.rclone.sha256(&prefix)?;
+    let pool_hashes = match ctx.incremental() {
+        true => ctx.rclone.sha256(&pool_prefix)?,
+        false => Default::default(),
+    };
     let mismatched: Vec<String> = manifest["files"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|f| {
-            hashes
-                .get(f["name"].as_str().unwrap_or(""))
-                .map(String::as_str)
-                != f["sha256"].as_str()
+            let hash = match pooled(f) {
+                Some(key) => pool_hashes.get(key),
+                None => hashes.get(f["name"].as_str().unwrap_or("")),
+            };
+            hash.map(String::as_str) != f["sha256"].as_str()
         })
         .map(|f| f["name"].to_string())
         .collect();
@@ -232,6 +311,11 @@ fn readable_by_rclone(ctx: &mut Ctx, ids: &[&String], fp: &super::Fingerprint) -
         format!("mismatched: {mismatched:?}"),
     );
     Ok(())
+}
+
+/// A manifest file's key under `pool/`, when it is a pool object (an incremental snapshot's).
+pub fn pooled(file: &Value) -> Option<&str> {
+    file["object"].as_str()?.strip_prefix("pool/")
 }
 
 /// The guide's restore command (with -snapshot), again without it, and in place over live data.

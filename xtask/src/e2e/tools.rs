@@ -352,6 +352,20 @@ impl Python {
         serde_json::from_str(&out).context("parse fingerprint")
     }
 
+    /// A bare `IMPORT DATABASE` of `folder` into a new `db` in DuckDB 1.5, then its fingerprint.
+    pub fn import_fingerprint(
+        &self,
+        folder: &Path,
+        db: &Path,
+    ) -> Result<BTreeMap<String, (u64, String)>> {
+        let out = run(&mut self.cmd(&[
+            "import-fingerprint",
+            &folder.to_string_lossy(),
+            &db.to_string_lossy(),
+        ]))?;
+        serde_json::from_str(&out).context("parse fingerprint")
+    }
+
     /// A DuckDB 1.5 connection holding `db` open for writing, as a running HitKeep server does,
     /// from the moment this returns until the child's stdin is closed.
     pub fn hold(&self, db: &Path) -> Result<std::process::Child> {

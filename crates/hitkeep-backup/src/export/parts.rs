@@ -135,7 +135,9 @@ fn cut_tables(
             .and_then(|m| recorded(m, &schema, &name))
             .filter(|t| t.columns == typed);
         let rule = match before {
-            Some(t) if t.rule.applies_to(&names) => t.rule.clone(),
+            Some(t) if t.rule.applies_to(&names) && t.rule.fits(rows.unwrap_or(0)) => {
+                t.rule.clone()
+            }
             _ => PartitionRule::starting(table, rows.unwrap_or(0), &names),
         };
         let prints =

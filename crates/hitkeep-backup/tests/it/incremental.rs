@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hitkeep_backup::manifest::pool_key;
 use hitkeep_backup::{
     BackupMode, Catalog, CycleReport, Database, Error, POOL_GRACE, Progress, PrunePlan,
-    RestorePlan, RestoreSelection, run_cycle, sweep_pool, verify_snapshot,
+    RestorePlan, RestoreSelection, export_plain, run_cycle, sweep_pool, verify_snapshot,
 };
 use hitkeep_data::{OpenMode, TenantLayout, open_database};
 use hitkeep_storage::{ListMode, Storage};
@@ -217,6 +217,56 @@ async fn a_sweep_removes_only_old_objects_no_snapshot_names(f: Fixture) {
         .await
         .unwrap();
     assert!(report.is_ok(), "{report:?}");
+    exports_plain(&f, &remaining, second.id).await;
+}
+
+/// `export-plain` of the cycle `id` (the databases have not changed since): every folder a bare
+/// `IMPORT DATABASE` reads back to the rows of its database, and the copy is itself a destination of
+/// full snapshots that verifies deep.
+async fn exports_plain(f: &Fixture, catalog: &Catalog, id: hitkeep_backup::SnapshotId) {
+    let dir = f.dir.path().join("plain");
+    let export = export_plain(&f.storage, catalog, id, &dir).await.unwrap();
+    assert_eq!(export.databases.len(), databases(f).len());
+    assert_eq!(export.databases[0], Database::Shared);
+    assert!(export.missing.is_empty());
+    let folders = std::iter::once(format!("shared/{id}")).chain(
+        f.backed_up()
+            .into_iter()
+            .map(|t| format!("tenants/{t}/{id}")),
+    );
+    for (folder, db) in folders.zip(databases(f)) {
+        let imported = f
+            .dir
+            .path()
+            .join(format!("{}.imported.db", folder.replace('/', "_")));
+        let conn = open_database(&imported, OpenMode::Create).unwrap();
+        conn.execute_batch(&format!(
+            "IMPORT DATABASE '{}'",
+            dir.join(&folder).display()
+        ))
+        .unwrap();
+        drop(conn);
+        assert_eq!(fingerprint(&imported), fingerprint(&db), "{folder}");
+    }
+    let copy = hitkeep_testkit::local_storage(&dir).await;
+    let copied = Catalog::load(&copy).await.unwrap();
+    assert!(
+        copied
+            .databases
+            .iter()
+            .flat_map(|d| &d.snapshots)
+            .all(|s| s.manifest.as_ref().is_some_and(|m| !m.is_incremental()))
+    );
+    let scratch = f.dir.path().join("plain-scratch");
+    let report = verify_snapshot(&copy, &copied, id, true, &scratch)
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    // The folder exists now: a second export into it is refused, and leaves it as it was.
+    let err = export_plain(&f.storage, catalog, id, &dir)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("exists already"), "{err}");
 }
 
 /// Deletes one pool object when the shared database's uploads end: after the cycle chose to reuse
