@@ -18,7 +18,9 @@ const USAGE: &str = "usage:
   hk-baseline archive DB SITE CUTOFF OUT_DIR
                                             COPY the site's rows before CUTOFF (RFC 3339, the instant
                                             `hitkeep archive run` printed) to Parquet, then DELETE them;
-                                            prints rows";
+                                            prints rows
+  hk-baseline append DB PERCENT             copy PERCENT% of the hits of DB as new hits (new ids) spread
+                                            over the current month up to now";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +29,7 @@ fn main() -> Result<()> {
         ["export", out, dbs @ ..] if !dbs.is_empty() => export(Path::new(out), dbs),
         ["import", dir, db] => import(dir, db),
         ["expire", db, days] => expire(db, days.parse().context("DAYS")?),
+        ["append", db, percent] => append(db, percent.parse().context("PERCENT")?),
         ["archive", db, site, cutoff, out] => {
             let cutoff = Cutoff::at(cutoff.parse().context("CUTOFF (RFC 3339)")?);
             archive(db, site, cutoff, out)
@@ -58,6 +61,23 @@ fn import(dir: &str, db: &str) -> Result<()> {
         quote_literal(dir)
     ))
     .with_context(|| format!("import {dir}"))?;
+    Ok(())
+}
+
+/// New hits, as a live site writes them between two cycles: a sample of the existing ones with new
+/// ids and times spread over the current month, up to now.
+fn append(db: &str, percent: f64) -> Result<()> {
+    let conn = Connection::open(db)?;
+    conn.execute_batch(&format!(
+        "INSERT INTO hits SELECT * REPLACE (
+             uuid() AS id,
+             date_trunc('month', now()::TIMESTAMP)
+                 + to_microseconds(CAST(random() * (epoch_us(now()::TIMESTAMP) - epoch_us(date_trunc('month', now()::TIMESTAMP))) AS BIGINT))
+                 AS \"timestamp\")
+         FROM hits USING SAMPLE {percent} PERCENT (bernoulli);
+         CHECKPOINT;"
+    ))
+    .context("append hits")?;
     Ok(())
 }
 

@@ -11,6 +11,10 @@
 //!   back to local disk and to S3 (`online.rs`; `HITKEEP_BENCH_PANELS=online` runs it alone and
 //!   merges its section into the existing latest.md).
 //!
+//! - Incremental: full backups against incremental cycles after 1% new hits, what they store, and
+//!   restores of both (`incremental.rs`; `HITKEEP_BENCH_PANELS=incremental` runs it alone and writes
+//!   `bench/results/incremental.md`).
+//!
 //! `HITKEEP_BENCH_PANELS=sizes` runs backup, restore and archive at each size only and writes
 //! `bench/results/sizes.md`, leaving latest.md, the chart and the README to full runs.
 //!
@@ -20,6 +24,7 @@
 //! `HITKEEP_BENCH_MEMORY_LIMIT_MIB` (1024).
 
 mod chart;
+mod incremental;
 mod measure;
 mod online;
 mod results;
@@ -106,8 +111,9 @@ pub fn run() -> Result<()> {
         "all" => true,
         "sizes" => false,
         "online" => return online_only(&bench, root),
+        "incremental" => return incremental_only(&bench, root, &cache),
         other => anyhow::bail!(
-            "HITKEEP_BENCH_PANELS is `all` (the default), `sizes` or `online`, not {other:?}"
+            "HITKEEP_BENCH_PANELS is `all` (the default), `sizes`, `online` or `incremental`, not {other:?}"
         ),
     };
     if all {
@@ -129,6 +135,8 @@ pub fn run() -> Result<()> {
         results.tenants.push(bench.tenants(tenants)?);
     }
     results.listing = Some(bench.listing()?);
+    let (hits, cycles) = incremental_settings()?;
+    let incremental = bench.incremental(hits, cycles, &cache)?;
     // A failed online panel still leaves the other panels' figures written.
     let online_failed = match bench.online(root) {
         Ok(online) => {
@@ -141,6 +149,8 @@ pub fn run() -> Result<()> {
 
     // The profile behind the numbers, written by hand after a run, goes with them.
     let mut md = results.markdown();
+    md.push('\n');
+    md.push_str(&incremental.section());
     if let Ok(analysis) = std::fs::read_to_string(root.join("bench/analysis.md")) {
         md.push('\n');
         md.push_str(&analysis);
@@ -167,6 +177,29 @@ fn sizes_only(bench: &Bench, mut results: Results, started: Instant, out: &Path)
     std::fs::write(out.join("sizes.md"), &md)?;
     println!("{md}");
     println!("bench: wrote {}", out.join("sizes.md").display());
+    if bench.s3.kind == Kind::Endpoint {
+        bench.rclone.purge(&bench.s3.key(""))?;
+    }
+    Ok(())
+}
+
+/// The incremental panel's size (`HITKEEP_BENCH_INCREMENTAL_HITS`, 16M) and cycles
+/// (`HITKEEP_BENCH_CYCLES`, 24).
+fn incremental_settings() -> Result<(u64, usize)> {
+    let hits = list_env("HITKEEP_BENCH_INCREMENTAL_HITS", "16000000")?[0];
+    let cycles = list_env("HITKEEP_BENCH_CYCLES", "24")?[0];
+    Ok((hits, usize::try_from(cycles)?))
+}
+
+/// `HITKEEP_BENCH_PANELS=incremental`: the incremental panel alone, written to `incremental.md`.
+fn incremental_only(bench: &Bench, root: &Path, cache: &Path) -> Result<()> {
+    let (hits, cycles) = incremental_settings()?;
+    let section = bench.incremental(hits, cycles, cache)?.section();
+    let out = root.join("bench/results");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("incremental.md"), &section)?;
+    println!("{section}");
+    println!("bench: wrote {}", out.join("incremental.md").display());
     if bench.s3.kind == Kind::Endpoint {
         bench.rclone.purge(&bench.s3.key(""))?;
     }

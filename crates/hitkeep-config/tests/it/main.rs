@@ -73,6 +73,11 @@ fn every_variable_is_read() {
         ("HITKEEP_BACKUP_PRUNE_S3", "yes"),
         ("HITKEEP_BACKUP_CONCURRENCY", "4"),
         ("HITKEEP_BACKUP_MODE", "Incremental"),
+        ("HITKEEP_BACKUP_KEEP_LAST", "3"),
+        ("HITKEEP_BACKUP_KEEP_HOURLY", "24"),
+        ("HITKEEP_BACKUP_KEEP_DAILY", "7"),
+        ("HITKEEP_BACKUP_KEEP_WEEKLY", "4"),
+        ("HITKEEP_BACKUP_KEEP_MONTHLY", "12"),
         (
             "HITKEEP_BACKUP_HEARTBEAT_URL",
             "https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f",
@@ -111,6 +116,11 @@ fn every_variable_is_read() {
     assert_eq!(s.backup.retention.get(), 48);
     assert!(s.backup.prune_s3);
     assert_eq!(s.backup.concurrency.get(), 4);
+    let k = s.backup.keep;
+    assert_eq!(
+        (k.last, k.hourly, k.daily, k.weekly, k.monthly),
+        (3, 24, 7, 4, 12)
+    );
     assert_eq!(
         s.backup.heartbeat_url.as_ref().map(|u| u.expose()),
         Some("https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f")
@@ -437,6 +447,9 @@ fn malformed_values_are_errors() {
         ("HITKEEP_BACKUP_CONCURRENCY", "0"),
         ("HITKEEP_BACKUP_CONCURRENCY", "all"),
         ("HITKEEP_BACKUP_MODE", "differential"),
+        ("HITKEEP_BACKUP_KEEP_DAILY", "-1"),
+        ("HITKEEP_BACKUP_KEEP_WEEKLY", "a few"),
+        ("HITKEEP_BACKUP_KEEP_MONTHLY", "1000000"),
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "2048"),
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "2 gigs"),
         ("HITKEEP_DUCKDB_MEMORY_LIMIT", "1MB"),
