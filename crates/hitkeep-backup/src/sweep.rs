@@ -76,23 +76,30 @@ pub async fn sweep_pool(
     let marked = marks(catalog)?;
     let now = storage_now(storage).await?;
     let listed = storage.list(POOL_FOLDER, ListMode::Recursive).await?;
-    let pooled: Vec<(String, u64)> = listed
+    let pooled: Vec<Pooled> = listed
         .into_iter()
         .filter(|e| !e.is_dir && is_pool_object(&e.key))
-        .map(|e| (e.key, e.size))
+        .map(|e| (e.key, e.size, e.modified))
         .collect();
     let mut sweep = PoolSweep {
         objects: pooled.len(),
         ..PoolSweep::default()
     };
-    let unmarked: Vec<(String, u64)> = pooled
+    let unmarked: Vec<Pooled> = pooled
         .into_iter()
-        .filter(|(key, _)| !marked.contains(key))
+        .filter(|(key, ..)| !marked.contains(key))
         .collect();
     sweep.referenced = sweep.objects - unmarked.len();
     let cutoff = now - grace;
     let outcomes: Vec<Option<u64>> = futures::stream::iter(unmarked)
-        .map(|(key, size)| async move { sweep_one(storage, &key, size, cutoff).await })
+        .map(|(key, size, listed)| async move {
+            // Young by the listing (S3 says): no request. The time that decides a delete is read
+            // again just before it, though: the object may have been written since.
+            if listed.is_some_and(|t| t > cutoff) {
+                return Ok(None);
+            }
+            sweep_one(storage, &key, size, cutoff).await
+        })
         .buffer_unordered(AT_ONCE)
         .try_collect()
         .await?;
@@ -114,6 +121,9 @@ pub async fn sweep_pool(
     );
     Ok(sweep)
 }
+
+/// A pool object as listed: key, size, and modification time where the listing gives it.
+type Pooled = (String, u64, Option<Timestamp>);
 
 /// Every pool object a manifest in `catalog` names, or the first manifest that cannot be read.
 fn marks(catalog: &Catalog) -> Result<HashSet<String>> {

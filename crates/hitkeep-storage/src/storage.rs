@@ -84,6 +84,9 @@ pub struct Entry {
     pub is_dir: bool,
     /// Size in bytes; 0 for directories.
     pub size: u64,
+    /// When it was last modified, by the service's clock, where the listing says (S3 does; a
+    /// local directory's listing does not, and [`Storage::modified_at`] asks).
+    pub modified: Option<jiff::Timestamp>,
 }
 
 impl Entry {
@@ -552,6 +555,9 @@ impl Storage {
                     key,
                     is_dir,
                     size: if is_dir { 0 } else { meta.content_length() },
+                    modified: meta
+                        .last_modified()
+                        .and_then(|t| t.to_string().parse().ok()),
                 })
             })
             .collect();
