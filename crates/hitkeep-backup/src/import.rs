@@ -68,6 +68,17 @@ pub(crate) fn fenced_import(import: &Import<'_>) -> Result<BTreeMap<String, u64>
         quote_literal(&spill.0.display().to_string())
     ))
     .map_err(|e| Error::duckdb(database, "setting DuckDB's spill directory", e))?;
+    if plan.load.iter().any(|l| l.files.len() > 1) {
+        // An incremental snapshot's tables come in many files, and read in order DuckDB loads them
+        // at half the speed of one file (4M hits, 25 files of `hits`: 8.3–13.6 s against 3.7–4.3 s;
+        // without the order 4.0 s). The rows' order is not data: every row arrives, each DuckDB
+        // thread appends whole row groups as it reads them, so rows stay in runs of about a row
+        // group (HitKeep's time-range scans keep their zone maps); only the order of the runs may
+        // change. The next incremental cycle pays for it: its keys follow the write order, so it
+        // exports once what it would otherwise reuse.
+        conn.execute_batch("SET preserve_insertion_order = false")
+            .map_err(|e| Error::duckdb(database, "setting DuckDB's insertion order", e))?;
+    }
     // Attached before the fence: DuckDB opens the database's own files (the file, its WAL and
     // checkpoint files, spills) itself, while the fence governs what SQL reaches.
     conn.execute_batch(&format!(

@@ -138,7 +138,8 @@ fn largest_first(plan: &ImportPlan) -> Vec<&TableBuild> {
         plan.load
             .iter()
             .filter(|l| l.table == b.table)
-            .map(|l| std::fs::metadata(&l.file).map_or(0, |m| m.len()))
+            .flat_map(|l| &l.files)
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
             .sum()
     };
     let mut order: Vec<(u64, &TableBuild)> = plan.builds.iter().map(|b| (bytes(b), b)).collect();

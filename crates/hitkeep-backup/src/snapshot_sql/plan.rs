@@ -33,20 +33,21 @@ pub(crate) struct ImportPlan {
     /// `schema.sql` in its order, without indexes and without the primary keys of the tables whose
     /// [`TableBuild::key`] holds them.
     pub(crate) create: Vec<String>,
-    /// `load.sql`'s `COPY`s, each reading its file from the snapshot's folder, as `IMPORT` rewrites
-    /// them.
+    /// `load.sql`'s `COPY`s in its order, each reading its files from the snapshot's folder as `IMPORT`
+    /// rewrites them; consecutive Parquet `COPY`s of one table as one statement.
     pub(crate) load: Vec<Load>,
     /// Per table, what is built once every table is loaded.
     pub(crate) builds: Vec<TableBuild>,
 }
 
-/// One `COPY` of `load.sql`.
+/// One statement of the load: a `COPY` of `load.sql`, or one read of every file of a table that
+/// `load.sql` copies in consecutive Parquet `COPY`s (an incremental snapshot's partitions).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Load {
     /// The table ([`TableId`]).
     pub(crate) table: TableId,
-    /// The file it reads.
-    pub(crate) file: PathBuf,
+    /// The files it reads, in `load.sql`'s order.
+    pub(crate) files: Vec<PathBuf>,
     /// The statement.
     pub(crate) sql: String,
 }
@@ -269,52 +270,102 @@ fn referenced_tables(sql: &str, statements: &[&[Token]]) -> Vec<TableId> {
 fn loads(load: &[u8], dir: &Path) -> Result<Vec<Load>, Refusal> {
     let sql = text_of(LOAD, load)?;
     let tokens = lex(sql).map_err(|(at, why)| refusal_at(LOAD, sql, at, why))?;
-    let mut out = Vec::new();
+    let mut copies: Vec<CopyFrom> = Vec::new();
     for t in statement_tokens(&tokens) {
         if t.is_empty() {
             continue; // DuckDB 1.5's `;;`
         }
-        // The check refuses anything else first; the plan refuses it too rather than skip or
-        // rewrite it (its own tests reach it without the check).
-        let not_a_load = || {
-            refusal_at(
-                LOAD,
-                sql,
-                t[0].start,
-                "a statement that is not `COPY <table> FROM '<file>'`",
-            )
-        };
-        if !t[0].is_word(sql, "COPY") {
-            return Err(not_a_load());
+        let copy = copy_of(sql, t, dir)?;
+        match copies.last_mut() {
+            Some(last) if last.joins(&copy) => last.files.extend(copy.files),
+            _ => copies.push(copy),
         }
-        let (parts, after) = t
-            .get(1..)
-            .and_then(|rest| name(sql, rest))
-            .ok_or_else(not_a_load)?;
-        let table = &t[1..2 * parts];
-        let [from, file, options @ ..] = after else {
-            return Err(not_a_load());
-        };
-        if !from.is_word(sql, "FROM") || file.kind != Kind::Str {
-            return Err(not_a_load());
-        }
-        let file = dir.join(last_component(&unquote(file.text(sql))));
-        let options = if options.is_empty() {
-            ""
-        } else {
-            span(sql, options)
-        };
-        out.push(Load {
-            table: TableId::of(sql, table),
-            sql: format!(
-                "COPY {} FROM {} {options}",
-                span(sql, table),
-                quote_literal(&file.display().to_string())
-            ),
-            file,
-        });
     }
-    Ok(out)
+    Ok(copies.into_iter().map(CopyFrom::into_load).collect())
+}
+
+/// A `COPY` of `load.sql` as read, or consecutive ones of a table joined.
+struct CopyFrom {
+    table: TableId,
+    written: String,
+    files: Vec<PathBuf>,
+    /// The options as written (`(FORMAT 'parquet')`), or empty.
+    options: String,
+}
+
+impl CopyFrom {
+    /// Whether `next` reads into the same table, both Parquet with no other option: then one
+    /// statement reads both. One `COPY` per file committed each on its own, and at 4M hits the
+    /// ~1,000 partitions of an incremental snapshot loaded in 47 s; read as one list per table, in
+    /// 15 s (DuckDB 1.5, measured).
+    fn joins(&self, next: &CopyFrom) -> bool {
+        let parquet_only = |options: &str| {
+            let bare: String = options.chars().filter(|c| !c.is_whitespace()).collect();
+            ["(format'parquet')", "(formatparquet)"]
+                .iter()
+                .any(|o| bare.eq_ignore_ascii_case(o))
+        };
+        self.table == next.table && self.options == next.options && parquet_only(&self.options)
+    }
+
+    /// One file: the `COPY` as `IMPORT` rewrites it. Several: one `INSERT` reading them in order
+    /// (`COPY … FROM` takes a pattern, not a list); columns by position as `COPY` matches them, and
+    /// no `key=value` folder in the path read as a column.
+    fn into_load(self) -> Load {
+        let quoted = |f: &PathBuf| quote_literal(&f.display().to_string());
+        let sql = match self.files.as_slice() {
+            [one] => format!(
+                "COPY {} FROM {} {}",
+                self.written,
+                quoted(one),
+                self.options
+            ),
+            many => format!(
+                "INSERT INTO {} SELECT * FROM read_parquet([{}], hive_partitioning = false)",
+                self.written,
+                many.iter().map(quoted).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        Load {
+            table: self.table,
+            files: self.files,
+            sql,
+        }
+    }
+}
+
+/// `COPY <table> FROM '<file>' [(<options>)]`, its file in `dir`.
+fn copy_of(sql: &str, t: &[Token], dir: &Path) -> Result<CopyFrom, Refusal> {
+    // The check refuses anything else first; the plan refuses it too rather than skip or
+    // rewrite it (its own tests reach it without the check).
+    let not_a_load = || {
+        refusal_at(
+            LOAD,
+            sql,
+            t[0].start,
+            "a statement that is not `COPY <table> FROM '<file>'`",
+        )
+    };
+    if !t[0].is_word(sql, "COPY") {
+        return Err(not_a_load());
+    }
+    let (parts, after) = t
+        .get(1..)
+        .and_then(|rest| name(sql, rest))
+        .ok_or_else(not_a_load)?;
+    let table = &t[1..2 * parts];
+    let [from, file, options @ ..] = after else {
+        return Err(not_a_load());
+    };
+    if !from.is_word(sql, "FROM") || file.kind != Kind::Str {
+        return Err(not_a_load());
+    }
+    Ok(CopyFrom {
+        table: TableId::of(sql, table),
+        written: span(sql, table).to_owned(),
+        files: vec![dir.join(last_component(&unquote(file.text(sql))))],
+        options: span(sql, options).to_owned(),
+    })
 }
 
 /// The text from the first token to the last.
@@ -378,7 +429,7 @@ CREATE UNIQUE INDEX r_n ON main.r(n);
             p.load[0].sql,
             "COPY hits FROM '/snap/hits.parquet' (FORMAT 'PARQUET', compression 'ZSTD')"
         );
-        assert_eq!(p.load[1].file, Path::new("/snap/r.parquet"));
+        assert_eq!(p.load[1].files, [Path::new("/snap/r.parquet")]);
         assert_eq!(p.load[1].table, TableId("main.r".into()));
     }
 
@@ -426,6 +477,36 @@ CREATE VIEW v AS SELECT 1 AS primary_key;
         assert_eq!(p.create, ["CREATE TABLE t(id INTEGER)"]);
         assert_eq!(p.builds[0].statements().count(), 2);
         assert_eq!(p.load.len(), 1);
+    }
+
+    #[test]
+    fn consecutive_parquet_copies_of_a_table_load_as_one_statement() {
+        let p = plan_of(
+            "CREATE TABLE t(a INTEGER);\nCREATE TABLE u(a INTEGER);\n",
+            "COPY t FROM 't.1.parquet' (FORMAT 'parquet');\nCOPY t FROM 'x/t.2.parquet' (FORMAT 'parquet');\n\
+             COPY t FROM 't.3.parquet' ( format  PARQUET );\nCOPY t FROM 't.4.parquet' ( format  PARQUET );\n\
+             COPY u FROM 'u.1.parquet' (FORMAT 'parquet');\nCOPY t FROM 't.5.parquet' (FORMAT 'parquet');\n\
+             COPY u FROM 'u.2.csv' (FORMAT 'csv');\nCOPY u FROM 'u.3.csv' (FORMAT 'csv');\n",
+        );
+        let sql: Vec<&str> = p.load.iter().map(|l| l.sql.as_str()).collect();
+        let read = |files: &str| {
+            format!(
+                "INSERT INTO t SELECT * FROM read_parquet([{files}], hive_partitioning = false)"
+            )
+        };
+        assert_eq!(
+            sql,
+            [
+                read("'/snap/t.1.parquet', '/snap/t.2.parquet'").as_str(),
+                read("'/snap/t.3.parquet', '/snap/t.4.parquet'").as_str(),
+                "COPY u FROM '/snap/u.1.parquet' (FORMAT 'parquet')",
+                "COPY t FROM '/snap/t.5.parquet' (FORMAT 'parquet')",
+                "COPY u FROM '/snap/u.2.csv' (FORMAT 'csv')",
+                "COPY u FROM '/snap/u.3.csv' (FORMAT 'csv')",
+            ],
+            "only consecutive Parquet copies of one table, written alike, are joined"
+        );
+        assert_eq!(p.load[1].files.len(), 2);
     }
 
     /// Not reached past the check, but a load the plan cannot read is refused, never skipped.
