@@ -5,21 +5,21 @@
 //! its key, row count and fingerprint are the same. The key follows the order rows were written in, so
 //! that new rows land in partitions of their own whatever their event time: HitKeep's tables with a
 //! time column are cut by month of that column (UTC), then into ranges of rows in write order within
-//! each month (`rowid` less the month's first `rowid`, in steps scaled to how densely the month's
-//! rows lie among the table's); other tables into ranges of `rowid` alone.
+//! each month (by how many of the month's rows come before a row); other tables into ranges of
+//! `rowid` alone.
 //! Keys read `2026-11.3` (the fourth range of November 2026), `none.0` (rows without a time),
 //! `rows.12` or `all`: one path component each.
 //!
 //! - **Why not event time alone:** new hits spread over the current month would change every day of
 //!   it, and a month is ~8% of a year of rows.
-//! - **Why scaled:** a month whose rows are spread among other months' (rows not written in time
-//!   order: HitKeep's demo data, an import) spans far more rowids than it has rows, and ranges of
-//!   `rows` rowids cut it into dozens of slivers: 775 files for 4M hits, against ~45 for the same rows
-//!   in time order, each a request and a manifest entry, and hundreds of partitions open at once in
-//!   the export. A month's step is `rows` times the power of two nearest its rowids per row (span /
-//!   rows, from the same aggregate as its first rowid), so ranges hold about `rows` rows either way.
-//!   Rows written in time order have a ratio near 1: a step of `rows`, and appends keep it. A far
-//!   late row or a delete inside a month can change the power, which re-exports that month once.
+//! - **Why counted, not measured in rowids:** a month whose rows are spread among other months'
+//!   (rows not written in time order: HitKeep's demo data, an import) spans far more rowids than it
+//!   has rows, and ranges of `rows` rowids cut it into dozens of slivers (775 files for 4M demo hits,
+//!   against ~45 for the same rows in time order). Scaling the step to a month's average density
+//!   (tried) made each range of appended rows, which are dense, dozens of times too big, rewritten
+//!   whole by every cycle. Counting the month's rows before a row (per bucket of 1/16 of a range's
+//!   rowids) gives ranges of about `rows` rows whatever the order, and appended rows, however late
+//!   their time, only ever extend their month's last ranges.
 //! - **Why not `rowid` alone:** DuckDB may renumber the rows after a `DELETE` and a `CHECKPOINT`
 //!   (measured with DuckDB 1.5 in a table without an index, such as HitKeep 2.13's big tables; an
 //!   archive run deletes old rows near the start), which would move every range of the table. Within
@@ -77,6 +77,10 @@ const WHOLE_BELOW: u64 = 64;
 /// A one-partition table that grows past this many rows starts a new chain, cut as its size asks
 /// (once: the margin above [`WHOLE_BELOW`] keeps a table near the limit from switching back and forth).
 const WHOLE_OUTGROWN: u64 = 4 * WHOLE_BELOW;
+
+/// A range's rows are counted in buckets of this fraction of its rowids: coarse enough that the
+/// counts are a few thousand groups, fine enough that ranges hold about their rows.
+const BUCKET_OF_RANGE: u64 = 16;
 
 /// The key's columns in the rows [`PartitionRule::keyed_rows`] selects: the month (`yyyymm`, -1
 /// without a time, 0 for a rule without months) and the range in it.
@@ -164,9 +168,12 @@ impl PartitionRule {
                 "SELECT {}, 0 AS {MONTH}, rowid // {rows} AS {RANGE} FROM {table}",
                 listed("")
             ),
-            // The months' first rows and steps in a join (a few dozen rows, from an aggregate over
-            // two columns), not a window over every row; joined on an integer month. The step's
-            // power is an integer from a rounded `log2`: the same rows give the same keys.
+            // A row's range is how many of its month's rows come before it, divided by `rows`,
+            // counted per bucket of [`BUCKET_OF_RANGE`]th of a range's rowids (from the month's
+            // first rowid): a bucket's rows share its range. One aggregate over two columns
+            // finds the months' first rowids, a second counts rows per bucket (a few thousand
+            // groups), a running sum over those gives each bucket the rows before it; the rows
+            // join the result on integers. No window over every row.
             PartitionRule::MonthRows { column, rows } => {
                 // Years a key can write (0 to 9999); any other time, like none, is -1.
                 let month = |of: &str| {
@@ -175,14 +182,30 @@ impl PartitionRule {
                         "coalesce(CASE WHEN year({at}) BETWEEN 0 AND 9999 THEN year({at}) * 100 + month({at}) END, -1)"
                     )
                 };
-                format!(
-                    "SELECT {}, f.month AS {MONTH}, (t.rowid - f.first_rowid) // f.step AS {RANGE} \
-                     FROM {table} t JOIN (SELECT {} AS month, min(rowid) AS first_rowid, \
-                     {rows} * CAST(pow(2, round(log2((max(rowid) - min(rowid) + 1) / count(*)))) AS BIGINT) AS step \
-                     FROM {table} GROUP BY 1) f ON {} = f.month",
+                let bucket = (rows / BUCKET_OF_RANGE).max(1);
+                let firsts = format!(
+                    "SELECT {} AS month, min(rowid) AS first_rowid FROM {table} GROUP BY 1",
+                    month("")
+                );
+                let counts = format!(
+                    "SELECT f.month, (c.rowid - f.first_rowid) // {bucket} AS bucket, count(*) AS n \
+                     FROM {table} c JOIN ({firsts}) f ON {} = f.month GROUP BY ALL",
+                    month("c.")
+                );
+                // The rows with their month and bucket (in the key's columns for now), then their
+                // bucket's count before: both joins on integers of the row's own, so hash joins.
+                let bucketed = format!(
+                    "SELECT {}, f.month AS {MONTH}, (t.rowid - f.first_rowid) // {bucket} AS {RANGE} \
+                     FROM {table} t JOIN ({firsts}) f ON {} = f.month",
                     listed("t."),
-                    month(""),
                     month("t.")
+                );
+                format!(
+                    "SELECT {}, k.{MONTH}, b.before // {rows} AS {RANGE} FROM ({bucketed}) k JOIN \
+                     (SELECT month, bucket, \
+                     CAST(sum(n) OVER (PARTITION BY month ORDER BY bucket) - n AS BIGINT) AS before FROM ({counts})) b \
+                     ON k.{MONTH} = b.month AND k.{RANGE} = b.bucket",
+                    listed("k.")
                 )
             }
         }
@@ -361,7 +384,7 @@ mod tests {
     fn small_ranges() -> PartitionRule {
         PartitionRule::MonthRows {
             column: "timestamp".into(),
-            rows: 1000,
+            rows: 1024, // buckets of 64 rowids: ranges of rows written in order are exact
         }
     }
 
@@ -425,7 +448,7 @@ mod tests {
         let recorded = serde_json::to_string(&small_ranges()).unwrap();
         assert_eq!(
             recorded,
-            r#"{"kind":"month-rows","column":"timestamp","rows":1000}"#
+            r#"{"kind":"month-rows","column":"timestamp","rows":1024}"#
         );
     }
 
@@ -503,7 +526,7 @@ mod tests {
             ]
         );
         let rows: Vec<u64> = prints.values().map(|p| p.rows).collect();
-        assert_eq!(rows, [1000, 1000, 500, 1000, 1000, 500, 1000, 1000, 500, 1]);
+        assert_eq!(rows, [1024, 1024, 452, 1024, 1024, 452, 1024, 1024, 452, 1]);
         // Read back by key, every partition holds exactly its rows, and all of them the table.
         let columns = table_columns(&conn, HITS).unwrap();
         let rule = small_ranges();
@@ -638,7 +661,11 @@ mod tests {
             keys(&in_order),
             "the same ranges per month"
         );
-        assert_eq!(keys(&in_order).len(), 8, "4 ranges of 1,000 rows a month");
+        assert_eq!(
+            keys(&in_order).len(),
+            8,
+            "4 ranges of up to 1,024 rows a month"
+        );
 
         // Appending to one month keeps the step: earlier ranges stay as they were.
         let before = partition_prints(&shuffled, HITS, &rule).unwrap();
