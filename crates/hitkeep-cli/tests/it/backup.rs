@@ -249,6 +249,157 @@ fn an_incremental_prune_sweeps_the_pool() {
     assert!(verified.starts_with("exit: 0"), "{verified}");
 }
 
+/// A prune killed part-way through its sweep, again and again, never leaves a manifest naming a
+/// missing pool object, and the one that runs to the end leaves exactly the named objects.
+#[test]
+fn a_prune_killed_mid_sweep_never_removes_a_named_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let mut env = crate::local_env(path);
+    env.push(("HITKEEP_BACKUP_MODE".into(), "incremental".into()));
+    env.push(("HITKEEP_BACKUP_RETENTION".into(), "3".into()));
+    for args in [
+        &["demo", "--hits", "1000", "--tenants", "1"][..],
+        &["backup", "run"],
+        &["backup", "run"],
+    ] {
+        let out = hk(args, &env, path);
+        assert!(out.starts_with("exit: 0"), "{args:?}: {out}");
+    }
+    let backups = path.join("backups");
+    let pool = backups.join("pool");
+    // What killed cycles leave: objects no manifest names, enough that a sweep takes a while.
+    for i in 0..2000u128 {
+        let sha = format!("{:064x}", i * 7919 + 1);
+        let folder = pool.join(&sha[..2]);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join(format!("{sha}.parquet")), b"orphan").unwrap();
+    }
+    // Two days old, named or not: from here only a name keeps an object.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+    for object in pool_files(&pool) {
+        let file = std::fs::File::options().write(true).open(&object).unwrap();
+        file.set_modified(old).unwrap();
+    }
+    let named = named_objects(&backups);
+    assert!(!named.is_empty());
+    env.retain(|(k, _)| k != "HITKEEP_BACKUP_RETENTION");
+    env.push(("HITKEEP_BACKUP_RETENTION".into(), "1".into()));
+    let mut killed = 0;
+    loop {
+        let before = pool_files(&pool).len();
+        let mut prune = std::process::Command::new(env!("CARGO_BIN_EXE_hitkeep"))
+            .args(["backup", "prune", "-yes"])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed (SIGKILL) as soon as it has removed something: in the middle of its sweep.
+        let finished = loop {
+            if let Some(status) = prune.try_wait().unwrap() {
+                break Some(status);
+            }
+            if pool_files(&pool).len() < before {
+                prune.kill().unwrap();
+                prune.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        for object in named_objects(&backups) {
+            assert!(
+                backups.join(&object).is_file(),
+                "{object} is named by a manifest but gone after {killed} killed prunes"
+            );
+        }
+        match finished {
+            Some(status) => {
+                assert!(status.success(), "the last prune: {status}");
+                break;
+            }
+            None => killed += 1,
+        }
+        assert!(killed < 1000, "the sweep makes no progress");
+    }
+    assert!(killed > 0, "no prune was stopped part-way");
+    eprintln!("{killed} prunes killed in their sweep");
+    let left: std::collections::BTreeSet<String> = pool_files(&pool)
+        .iter()
+        .map(|f| f.strip_prefix(&backups).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        left,
+        named_objects(&backups),
+        "after {killed} killed prunes"
+    );
+    let out = hk(
+        &["backup", "verify", "-snapshot", "latest", "--deep"],
+        &env,
+        path,
+    );
+    assert!(out.starts_with("exit: 0"), "{out}");
+}
+
+/// Every table file in the pool (not its clock).
+fn pool_files(pool: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(folders) = std::fs::read_dir(pool) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for folder in folders.flatten().filter(|e| e.path().is_dir()) {
+        for file in std::fs::read_dir(folder.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if file.path().extension().is_some_and(|x| x == "parquet") {
+                files.push(file.path());
+            }
+        }
+    }
+    files
+}
+
+/// Every pool object a manifest under `backups` names (its `object` fields).
+fn named_objects(backups: &Path) -> std::collections::BTreeSet<String> {
+    fn objects(value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match v {
+                        serde_json::Value::String(s) if key == "object" => {
+                            out.insert(s.clone());
+                        }
+                        _ => objects(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| objects(v, out)),
+            _ => {}
+        }
+    }
+    fn walk(dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.ends_with("pool") {
+                walk(&path, out);
+            } else if path.file_name().is_some_and(|n| n == "manifest.json") {
+                // A manifest half-deleted by a kill is gone or whole: the storage writes whole files.
+                if let Ok(bytes) = std::fs::read(&path) {
+                    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    objects(&value, out);
+                }
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(backups, &mut out);
+    out
+}
+
 /// A pinned cycle outlives the retention until it is unpinned.
 #[test]
 fn a_pinned_cycle_outlives_the_retention() {
