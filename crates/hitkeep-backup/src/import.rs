@@ -478,6 +478,51 @@ pub(crate) mod tests {
         assert!(!PathBuf::from(format!("{}.wal", db.display())).exists());
     }
 
+    /// A table in several files loads through DuckDB's own `read_parquet`, never a snapshot's macro of
+    /// that name (created before the load, in the database the load runs in).
+    #[test]
+    fn a_snapshot_macro_named_like_the_reader_is_not_run_by_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = export(dir.path());
+        let conn = Connection::open_in_memory().unwrap();
+        let file = |name: &str| quote_literal(snapshot.join(name).to_str().unwrap());
+        conn.execute_batch(&format!(
+            "COPY (SELECT * FROM {t} WHERE id < 500) TO {a} (FORMAT PARQUET);
+             COPY (SELECT * FROM {t} WHERE id >= 500) TO {b} (FORMAT PARQUET);",
+            t = file("t.parquet"),
+            a = file("t.1.parquet"),
+            b = file("t.2.parquet"),
+        ))
+        .unwrap();
+        std::fs::remove_file(snapshot.join("t.parquet")).unwrap();
+        std::fs::write(
+            snapshot.join("load.sql"),
+            "COPY t FROM 't.1.parquet' (FORMAT 'parquet');\nCOPY t FROM 't.2.parquet' (FORMAT 'parquet');\n",
+        )
+        .unwrap();
+        let mut schema = std::fs::read_to_string(snapshot.join("schema.sql")).unwrap();
+        schema.push_str(
+            "CREATE MACRO read_parquet(f, hive_partitioning := false) AS TABLE SELECT 42 AS id, 'macro' AS name;\n",
+        );
+        std::fs::write(snapshot.join("schema.sql"), schema).unwrap();
+        let plan = crate::snapshot_sql::import_plan(&snapshot).unwrap();
+        assert_eq!(plan.load.len(), 1, "the two files load in one statement");
+
+        let db = dir.path().join("new.db");
+        let tables = import_snapshot(&import(&snapshot, &db, DuckDbLimits::default())).unwrap();
+        assert_eq!(tables, BTreeMap::from([("t".to_owned(), 1000)]));
+        let conn = open_fenced(&db).unwrap();
+        conn.execute_batch("USE memory").unwrap(); // the snapshot's `count_star` shadows `count(*)`
+        let from_macro: i64 = conn
+            .query_row(
+                "SELECT count(*) FILTER (WHERE name = 'macro') FROM restored.main.t",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(from_macro, 0);
+    }
+
     /// Spilling still works inside the fence: DuckDB writes its spill files itself, not through SQL.
     #[test]
     fn a_fenced_connection_spills_under_a_small_memory_limit() {

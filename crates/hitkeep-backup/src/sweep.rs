@@ -93,7 +93,7 @@ pub async fn sweep_pool(
     let cutoff = now - grace;
     let outcomes: Vec<Option<u64>> = futures::stream::iter(unmarked)
         .map(|(key, size, listed)| async move {
-            // Young by the listing (S3 says): no request. The time that decides a delete is read
+            // Young by the listing: no request. The time that decides a delete is read
             // again just before it, though: the object may have been written since. Compared in
             // whole seconds: a listing's times have milliseconds, the clock's (a `Last-Modified`
             // header) not, and an object of the clock's own second is not younger than it.

@@ -84,8 +84,8 @@ pub struct Entry {
     pub is_dir: bool,
     /// Size in bytes; 0 for directories.
     pub size: u64,
-    /// When it was last modified, by the service's clock, where the listing says (S3 does; a
-    /// local directory's listing does not, and [`Storage::modified_at`] asks).
+    /// When it was last modified, by the service's clock, where the listing says (S3's and a local
+    /// directory's do; otherwise [`Storage::modified_at`] asks).
     pub modified: Option<jiff::Timestamp>,
 }
 

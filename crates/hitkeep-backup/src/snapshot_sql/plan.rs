@@ -310,7 +310,9 @@ impl CopyFrom {
 
     /// One file: the `COPY` as `IMPORT` rewrites it. Several: one `INSERT` reading them in order
     /// (`COPY … FROM` takes a pattern, not a list); columns by position as `COPY` matches them, and
-    /// no `key=value` folder in the path read as a column.
+    /// no `key=value` folder in the path read as a column. The reader is named in full: unqualified,
+    /// a macro `read_parquet` of the snapshot's `schema.sql`, created before the load in the database
+    /// it runs in, would be called instead (DuckDB resolves the current database first).
     fn into_load(self) -> Load {
         let quoted = |f: &PathBuf| quote_literal(&f.display().to_string());
         let sql = match self.files.as_slice() {
@@ -321,7 +323,7 @@ impl CopyFrom {
                 self.options
             ),
             many => format!(
-                "INSERT INTO {} SELECT * FROM read_parquet([{}], hive_partitioning = false)",
+                "INSERT INTO {} SELECT * FROM system.main.read_parquet([{}], hive_partitioning = false)",
                 self.written,
                 many.iter().map(quoted).collect::<Vec<_>>().join(", ")
             ),
@@ -491,7 +493,7 @@ CREATE VIEW v AS SELECT 1 AS primary_key;
         let sql: Vec<&str> = p.load.iter().map(|l| l.sql.as_str()).collect();
         let read = |files: &str| {
             format!(
-                "INSERT INTO t SELECT * FROM read_parquet([{files}], hive_partitioning = false)"
+                "INSERT INTO t SELECT * FROM system.main.read_parquet([{files}], hive_partitioning = false)"
             )
         };
         assert_eq!(

@@ -270,7 +270,8 @@ fn a_prune_killed_mid_sweep_never_removes_a_named_object() {
     let pool = backups.join("pool");
     // What killed cycles leave: objects no manifest names, enough that a sweep takes a while.
     for i in 0..2000u128 {
-        let sha = format!("{:064x}", i * 7919 + 1);
+        // Spread over the pool's folders as real names are (the first two hex digits vary).
+        let sha = format!("{:064x}", (i * 0x9E37_79B9_7F4A_7C15) << 64 | (i + 1));
         let folder = pool.join(&sha[..2]);
         std::fs::create_dir_all(&folder).unwrap();
         std::fs::write(folder.join(format!("{sha}.parquet")), b"orphan").unwrap();
