@@ -27,14 +27,14 @@
 //!
 //! Nothing here decides correctness: reuse is decided by content. Rows that move between ranges change
 //! those ranges' fingerprints, and they are exported again; only the cost depends on the key. Keys,
-//! counts and fingerprints must be read in the transaction that exports the rows (the months' first
-//! rowids are read again by every query). Months are UTC because the bundled DuckDB has no ICU: with
+//! counts and fingerprints must be read in the transaction that exports the rows: the export selects
+//! rows by the months' first rowids and the buckets a [`Cutting`] read. Months are UTC because the bundled DuckDB has no ICU: with
 //! ICU loaded they would follow its `TimeZone`, which moves keys (a cost, not an error).
 
 use std::collections::BTreeMap;
 
 use duckdb::Connection;
-use hitkeep_data::{quote_ident, rows_fingerprint, timed_table};
+use hitkeep_data::{quote_ident, row_hash, rows_fingerprint, timed_table};
 use serde::{Deserialize, Serialize};
 
 /// How a table is cut into partitions. Chosen when a table's chain starts and recorded with each of
@@ -141,75 +141,250 @@ impl PartitionRule {
         let has = |name: &str| columns.iter().any(|c| c.eq_ignore_ascii_case(name));
         match self {
             PartitionRule::Whole => true,
-            _ if has("rowid") || has(MONTH) || has(RANGE) => false,
+            _ if ["rowid", MONTH, RANGE, ROW, HASH, BUCKET]
+                .into_iter()
+                .any(has) =>
+            {
+                false
+            }
             PartitionRule::Rows { .. } => true,
             PartitionRule::MonthRows { column, .. } => columns.iter().any(|c| c == column),
         }
     }
 
     /// `SELECT` of `table`'s `columns` with each row's key in two integer columns, [`MONTH`] and
-    /// [`RANGE`], last (formatted as text only per partition, never per row).
-    pub(crate) fn keyed_rows(&self, table: TableName<'_>, columns: &[String]) -> String {
-        let listed = |prefix: &str| {
+    /// [`RANGE`], last: for the rules whose key is a row's own ([`PartitionRule::MonthRows`] needs
+    /// the counts a [`Cutting`] holds: [`Cutting::keyed_rows`]).
+    fn own_keyed_rows(&self, table: TableName<'_>, columns: &[String]) -> String {
+        let range = match self {
+            PartitionRule::Rows { rows } => format!("rowid // {rows}"),
+            _ => "0".to_owned(),
+        };
+        format!(
+            "SELECT {}, 0 AS {MONTH}, {range} AS {RANGE} FROM {table}",
+            quoted(columns)
+        )
+    }
+}
+
+/// SQL of the month key (`yyyymm`, UTC) of `column` in rows `of` (a table alias and a dot, or
+/// nothing). Years a key can write are 0 to 9999; any other time, like none, is -1.
+fn month_of(of: &str, column: &str) -> String {
+    let at = format!("CAST({of}{} AS TIMESTAMP)", quote_ident(column));
+    format!(
+        "coalesce(CASE WHEN year({at}) BETWEEN 0 AND 9999 THEN year({at}) * 100 + month({at}) END, -1)"
+    )
+}
+
+/// Rowids per bucket for ranges of `rows` rows.
+fn bucket_rowids(rows: u64) -> u64 {
+    (rows / BUCKET_OF_RANGE).max(1)
+}
+
+/// A table cut under its rule, read in the export's transaction: every partition's rows and
+/// fingerprint by key and, under [`PartitionRule::MonthRows`], which buckets of rowids make up each
+/// range. The export selects rows by these buckets, so it must read in the same transaction.
+#[derive(Debug, Default)]
+pub(crate) struct Cutting {
+    /// Every partition by key.
+    pub(crate) prints: BTreeMap<String, PartitionPrint>,
+    /// [`PartitionRule::MonthRows`] only: every bucket that holds rows, in month and bucket order.
+    buckets: Vec<Bucket>,
+}
+
+/// A bucket of a month's rowids: rows whose rowid less the month's first lies in
+/// `[bucket·b, (bucket+1)·b)` for `b` = [`bucket_rowids`], all of them in `range`.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    month: i64,
+    first_rowid: i64,
+    bucket: i64,
+    range: i64,
+}
+
+/// Names of the columns our queries add to a table's rows; a table with a column of one of these
+/// names (or `rowid`) is cut whole.
+const ROW: &str = "__hitkeep_row";
+const HASH: &str = "__hitkeep_hash";
+const BUCKET: &str = "__hitkeep_bucket";
+
+impl Cutting {
+    /// `table` (of these `columns`, all of its own) cut under `rule`.
+    ///
+    /// [`PartitionRule::MonthRows`]: a row's range is how many of its month's rows come before it,
+    /// divided by `rows`, counted per bucket of [`BUCKET_OF_RANGE`]th of a range's rowids from the
+    /// month's first rowid (a bucket's rows share its range). One aggregate over the time column
+    /// and `rowid` finds the months' first rowids; one scan groups each row's hash by month and
+    /// bucket (a few thousand groups), joined on an integer to the months (a list in the query);
+    /// the running sums over the buckets are ours. No window and no join over every column.
+    pub(crate) fn read(
+        conn: &Connection,
+        table: TableName<'_>,
+        columns: &[String],
+        rule: &PartitionRule,
+    ) -> duckdb::Result<Cutting> {
+        let fingerprint = rows_fingerprint(&quoted(columns));
+        let (column, rows) = match rule {
+            // A whole table is read as it is: its own columns may be named like our key's.
+            PartitionRule::Whole => {
+                let sql = format!(
+                    "SELECT 0, 0, count(*), CAST({fingerprint} AS VARCHAR) FROM {table} HAVING count(*) > 0"
+                );
+                return Cutting::of_keys(conn, rule, &sql);
+            }
+            PartitionRule::Rows { .. } => {
+                let sql = format!(
+                    "SELECT {MONTH}, {RANGE}, count(*), CAST({fingerprint} AS VARCHAR) FROM ({}) GROUP BY ALL",
+                    rule.own_keyed_rows(table, columns)
+                );
+                return Cutting::of_keys(conn, rule, &sql);
+            }
+            PartitionRule::MonthRows { column, rows } => (column, *rows),
+        };
+        let firsts = month_firsts(conn, table, column)?;
+        let Some(months) = firsts_list(firsts.iter().copied()) else {
+            return Ok(Cutting::default());
+        };
+        let sql = format!(
+            "SELECT f.month, (x.{ROW} - f.first_rowid) // {}, count(*), CAST(sum(x.{HASH}::HUGEINT) AS VARCHAR) \
+             FROM (SELECT rowid AS {ROW}, {} AS {MONTH}, {} AS {HASH} FROM {table}) x \
+             JOIN ({months}) f(month, first_rowid) ON x.{MONTH} = f.month GROUP BY ALL ORDER BY 1, 2",
+            bucket_rowids(rows),
+            month_of("", column),
+            row_hash(&quoted(columns)),
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let counted = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut cutting = Cutting::default();
+        let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+        let (mut month, mut before) = (None, 0u64);
+        for row in counted {
+            let (m, bucket, n, hashes) = row?;
+            if month != Some(m) {
+                (month, before) = (Some(m), 0);
+            }
+            let range = i64::try_from(before / rows).unwrap_or(i64::MAX);
+            let n = u64::try_from(n).unwrap_or_default();
+            before += n;
+            let sum = sums.entry(key_text(rule, m, range)).or_default();
+            sum.0 += n;
+            sum.1 += hashes.parse::<i128>().map_err(|e| {
+                duckdb::Error::FromSqlConversionFailure(3, duckdb::types::Type::Text, Box::new(e))
+            })?;
+            let first_rowid = firsts.iter().find(|f| f.0 == m).map_or(0, |f| f.1);
+            cutting.buckets.push(Bucket {
+                month: m,
+                first_rowid,
+                bucket,
+                range,
+            });
+        }
+        cutting.prints = sums
+            .into_iter()
+            .map(|(key, (rows, sum))| {
+                (
+                    key,
+                    PartitionPrint {
+                        rows,
+                        fingerprint: sum.to_string(),
+                    },
+                )
+            })
+            .collect();
+        Ok(cutting)
+    }
+
+    /// The partitions of a query that returns month, range, rows and fingerprint per partition.
+    fn of_keys(conn: &Connection, rule: &PartitionRule, sql: &str) -> duckdb::Result<Cutting> {
+        let mut stmt = conn.prepare(sql)?;
+        let prints = stmt.query_map([], |r| {
+            Ok((
+                key_text(rule, r.get(0)?, r.get(1)?),
+                PartitionPrint {
+                    rows: u64::try_from(r.get::<_, i64>(2)?).unwrap_or_default(),
+                    fingerprint: r.get(3)?,
+                },
+            ))
+        })?;
+        Ok(Cutting {
+            prints: prints.collect::<duckdb::Result<_>>()?,
+            buckets: Vec::new(),
+        })
+    }
+
+    /// `SELECT` of `table`'s `columns` in the buckets `wanted` (of this cutting, rule
+    /// [`PartitionRule::MonthRows`] of `column` and `rows`), each with its key in [`MONTH`] and
+    /// [`RANGE`] last. Two joins on integers to lists in the query: the months (their first rowid
+    /// gives a row's bucket), then the buckets wanted (which give its range).
+    fn keyed_rows(
+        table: TableName<'_>,
+        columns: &[String],
+        (column, rows): (&str, u64),
+        wanted: &[Bucket],
+    ) -> Option<String> {
+        let months = firsts_list(wanted.iter().map(|b| (b.month, b.first_rowid)))?;
+        let buckets = wanted
+            .iter()
+            .map(|b| {
+                format!(
+                    "({}::BIGINT, {}::BIGINT, {}::BIGINT)",
+                    b.month, b.bucket, b.range
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let listed = |of: &str| {
             columns
                 .iter()
-                .map(|c| format!("{prefix}{}", quote_ident(c)))
+                .map(|c| format!("{of}{}", quote_ident(c)))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        match self {
-            PartitionRule::Whole => {
-                format!(
-                    "SELECT {}, 0 AS {MONTH}, 0 AS {RANGE} FROM {table}",
-                    listed("")
-                )
-            }
-            PartitionRule::Rows { rows } => format!(
-                "SELECT {}, 0 AS {MONTH}, rowid // {rows} AS {RANGE} FROM {table}",
-                listed("")
-            ),
-            // A row's range is how many of its month's rows come before it, divided by `rows`,
-            // counted per bucket of [`BUCKET_OF_RANGE`]th of a range's rowids (from the month's
-            // first rowid): a bucket's rows share its range. One aggregate over two columns
-            // finds the months' first rowids, a second counts rows per bucket (a few thousand
-            // groups), a running sum over those gives each bucket the rows before it; the rows
-            // join the result on integers. No window over every row.
-            PartitionRule::MonthRows { column, rows } => {
-                // Years a key can write (0 to 9999); any other time, like none, is -1.
-                let month = |of: &str| {
-                    let at = format!("CAST({of}{} AS TIMESTAMP)", quote_ident(column));
-                    format!(
-                        "coalesce(CASE WHEN year({at}) BETWEEN 0 AND 9999 THEN year({at}) * 100 + month({at}) END, -1)"
-                    )
-                };
-                let bucket = (rows / BUCKET_OF_RANGE).max(1);
-                let firsts = format!(
-                    "SELECT {} AS month, min(rowid) AS first_rowid FROM {table} GROUP BY 1",
-                    month("")
-                );
-                let counts = format!(
-                    "SELECT f.month, (c.rowid - f.first_rowid) // {bucket} AS bucket, count(*) AS n \
-                     FROM {table} c JOIN ({firsts}) f ON {} = f.month GROUP BY ALL",
-                    month("c.")
-                );
-                // The rows with their month and bucket (in the key's columns for now), then their
-                // bucket's count before: both joins on integers of the row's own, so hash joins.
-                let bucketed = format!(
-                    "SELECT {}, f.month AS {MONTH}, (t.rowid - f.first_rowid) // {bucket} AS {RANGE} \
-                     FROM {table} t JOIN ({firsts}) f ON {} = f.month",
-                    listed("t."),
-                    month("t.")
-                );
-                format!(
-                    "SELECT {}, k.{MONTH}, b.before // {rows} AS {RANGE} FROM ({bucketed}) k JOIN \
-                     (SELECT month, bucket, \
-                     CAST(sum(n) OVER (PARTITION BY month ORDER BY bucket) - n AS BIGINT) AS before FROM ({counts})) b \
-                     ON k.{MONTH} = b.month AND k.{RANGE} = b.bucket",
-                    listed("k.")
-                )
-            }
-        }
+        Some(format!(
+            "SELECT {}, w.month AS {MONTH}, w.range AS {RANGE} FROM \
+             (SELECT {}, f.month AS {MONTH}, (t.rowid - f.first_rowid) // {} AS {BUCKET} FROM {table} t \
+             JOIN ({months}) f(month, first_rowid) ON {} = f.month) x \
+             JOIN (VALUES {buckets}) w(month, bucket, range) ON x.{MONTH} = w.month AND x.{BUCKET} = w.bucket",
+            listed("x."),
+            listed("t."),
+            bucket_rowids(rows),
+            month_of("t.", column),
+        ))
     }
+}
+
+/// Each month of `column` in `table` with its first rowid.
+fn month_firsts(
+    conn: &Connection,
+    table: TableName<'_>,
+    column: &str,
+) -> duckdb::Result<Vec<(i64, i64)>> {
+    let sql = format!(
+        "SELECT {} AS month, min(rowid) FROM {table} GROUP BY 1 ORDER BY 1",
+        month_of("", column)
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let firsts = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    firsts.collect()
+}
+
+/// `VALUES` of months and their first rowids, each once; `None` for none.
+fn firsts_list(firsts: impl Iterator<Item = (i64, i64)>) -> Option<String> {
+    let distinct: BTreeMap<i64, i64> = firsts.collect();
+    (!distinct.is_empty()).then(|| {
+        let rows: Vec<String> = distinct
+            .iter()
+            .map(|(m, r)| format!("({m}::BIGINT, {r}::BIGINT)"))
+            .collect();
+        format!("VALUES {}", rows.join(", "))
+    })
 }
 
 /// A partition's key as text, from its month (`yyyymm`, -1, or 0) and range.
@@ -265,84 +440,73 @@ pub(crate) fn table_columns(
     Ok(columns.into_iter().map(|(name, _)| name).collect())
 }
 
-/// [`partition_prints_of`] of every column `table` has.
+/// [`Cutting::read`] of every column `table` has.
+#[cfg(test)]
+pub(crate) fn cut(
+    conn: &Connection,
+    table: TableName<'_>,
+    rule: &PartitionRule,
+) -> duckdb::Result<Cutting> {
+    Cutting::read(conn, table, &table_columns(conn, table)?, rule)
+}
+
+/// The partitions of [`cut`].
 #[cfg(test)]
 pub(crate) fn partition_prints(
     conn: &Connection,
     table: TableName<'_>,
     rule: &PartitionRule,
 ) -> duckdb::Result<BTreeMap<String, PartitionPrint>> {
-    partition_prints_of(conn, table, &table_columns(conn, table)?, rule)
+    Ok(cut(conn, table, rule)?.prints)
 }
 
-/// Every partition of `table` (of these `columns`, all of its own) under `rule`, by key, with its
-/// rows and fingerprint: one aggregate over the time column and `rowid` (the months' first rows),
-/// then one scan.
-pub(crate) fn partition_prints_of(
-    conn: &Connection,
-    table: TableName<'_>,
-    columns: &[String],
-    rule: &PartitionRule,
-) -> duckdb::Result<BTreeMap<String, PartitionPrint>> {
-    let fingerprint = rows_fingerprint(&quoted(columns));
-    // A whole table is read as it is: its own columns may be named like our key's.
-    let sql = match rule {
-        PartitionRule::Whole => format!(
-            "SELECT 0, 0, count(*), CAST({fingerprint} AS VARCHAR) FROM {table} HAVING count(*) > 0"
-        ),
-        _ => format!(
-            "SELECT {MONTH}, {RANGE}, count(*), CAST({fingerprint} AS VARCHAR) FROM ({}) GROUP BY ALL",
-            rule.keyed_rows(table, columns)
-        ),
-    };
-    let mut stmt = conn.prepare(&sql)?;
-    let prints = stmt.query_map([], |r| {
-        Ok((
-            key_text(rule, r.get(0)?, r.get(1)?),
-            PartitionPrint {
-                rows: u64::try_from(r.get::<_, i64>(2)?).unwrap_or_default(),
-                fingerprint: r.get(3)?,
-            },
+impl Cutting {
+    /// `SELECT` of the rows of `table` in the partitions `keys` (keys of `rule`, the rule this
+    /// cutting was read under, in the same transaction), without their key columns unless
+    /// `with_key` (what `PARTITION_BY` needs); `None` when `keys` is empty or names a key `rule`
+    /// never writes.
+    pub(crate) fn rows_in(
+        &self,
+        table: TableName<'_>,
+        columns: &[String],
+        rule: &PartitionRule,
+        keys: &[&str],
+        with_key: bool,
+    ) -> Option<String> {
+        let mut months: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        for key in keys {
+            let (month, range) = key_parts(rule, key)?;
+            months.entry(month).or_default().push(range);
+        }
+        if months.is_empty() {
+            return None;
+        }
+        let selected = if with_key {
+            format!("{}, {MONTH}, {RANGE}", quoted(columns))
+        } else {
+            quoted(columns)
+        };
+        if let PartitionRule::MonthRows { column, rows } = rule {
+            let wanted: Vec<Bucket> = (self.buckets.iter())
+                .filter(|b| months.get(&b.month).is_some_and(|r| r.contains(&b.range)))
+                .copied()
+                .collect();
+            let keyed = Cutting::keyed_rows(table, columns, (column, *rows), &wanted)?;
+            return Some(format!("SELECT {selected} FROM ({keyed})"));
+        }
+        let wanted = months
+            .iter()
+            .map(|(month, ranges)| {
+                let ranges = ranges.iter().map(i64::to_string).collect::<Vec<_>>();
+                format!("({MONTH} = {month} AND {RANGE} IN ({}))", ranges.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        Some(format!(
+            "SELECT {selected} FROM ({}) WHERE {wanted}",
+            rule.own_keyed_rows(table, columns)
         ))
-    })?;
-    prints.collect()
-}
-
-/// `SELECT` of the rows of `table` in the partitions `keys` (keys of `rule`), without their key
-/// columns unless `with_key` (what `PARTITION_BY` needs); `None` when `keys` is empty or names a key
-/// `rule` never writes.
-pub(crate) fn rows_in(
-    table: TableName<'_>,
-    columns: &[String],
-    rule: &PartitionRule,
-    keys: &[&str],
-    with_key: bool,
-) -> Option<String> {
-    let mut months: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for key in keys {
-        let (month, range) = key_parts(rule, key)?;
-        months.entry(month).or_default().push(range);
     }
-    if months.is_empty() {
-        return None;
-    }
-    let wanted = months
-        .iter()
-        .map(|(month, ranges)| {
-            let ranges = ranges.iter().map(i64::to_string).collect::<Vec<_>>();
-            format!("({MONTH} = {month} AND {RANGE} IN ({}))", ranges.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let selected = if with_key {
-        format!("{}, {MONTH}, {RANGE}", quoted(columns))
-    } else {
-        quoted(columns)
-    };
-    Some(format!(
-        "SELECT {selected} FROM ({}) WHERE {wanted}",
-        rule.keyed_rows(table, columns)
-    ))
 }
 
 /// The quoted names, comma-separated.
@@ -474,8 +638,9 @@ mod tests {
         assert_eq!(key_parts(&rows, "rows.12"), Some((0, 12)));
         assert_eq!(key_parts(&rows, "2026-11.3"), None);
         assert_eq!(key_parts(&PartitionRule::Whole, "all"), Some((0, 0)));
-        assert_eq!(rows_in(HITS, &[], &rule, &[], false), None);
-        assert_eq!(rows_in(HITS, &[], &rule, &["rows.1"], false), None);
+        let none = Cutting::default();
+        assert_eq!(none.rows_in(HITS, &[], &rule, &[], false), None);
+        assert_eq!(none.rows_in(HITS, &[], &rule, &["rows.1"], false), None);
     }
 
     /// Times a key cannot write (before year 0, after 9999, infinite) go with the rows without one:
@@ -490,13 +655,16 @@ mod tests {
         )
         .unwrap();
         let rule = small_ranges();
-        let prints = partition_prints(&conn, HITS, &rule).unwrap();
+        let cutting = cut(&conn, HITS, &rule).unwrap();
+        let prints = &cutting.prints;
         let keys: Vec<&str> = prints.keys().map(String::as_str).collect();
         assert_eq!(keys, ["2026-01.0", "none.0"]);
         assert_eq!(prints["none.0"].rows, 4);
         let columns = table_columns(&conn, HITS).unwrap();
-        for (key, print) in &prints {
-            let sql = rows_in(HITS, &columns, &rule, &[key], false).unwrap();
+        for (key, print) in prints {
+            let sql = cutting
+                .rows_in(HITS, &columns, &rule, &[key], false)
+                .unwrap();
             assert_eq!(count(&conn, &sql), print.rows as i64, "{key}");
         }
     }
@@ -508,7 +676,8 @@ mod tests {
         // Rows without a time have a partition of their own.
         conn.execute_batch("INSERT INTO hits (id, path) VALUES (gen_random_uuid(), '/untimed')")
             .unwrap();
-        let prints = partition_prints(&conn, HITS, &small_ranges()).unwrap();
+        let cutting = cut(&conn, HITS, &small_ranges()).unwrap();
+        let prints = &cutting.prints;
         let keys: Vec<&str> = prints.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -530,8 +699,10 @@ mod tests {
         // Read back by key, every partition holds exactly its rows, and all of them the table.
         let columns = table_columns(&conn, HITS).unwrap();
         let rule = small_ranges();
-        for (key, print) in &prints {
-            let sql = rows_in(HITS, &columns, &rule, &[key], false).unwrap();
+        for (key, print) in prints {
+            let sql = cutting
+                .rows_in(HITS, &columns, &rule, &[key], false)
+                .unwrap();
             let fingerprint: String = conn
                 .query_row(
                     &format!(
@@ -549,7 +720,7 @@ mod tests {
             );
         }
         let all: Vec<&str> = prints.keys().map(String::as_str).collect();
-        let every = rows_in(HITS, &columns, &rule, &all, false).unwrap();
+        let every = cutting.rows_in(HITS, &columns, &rule, &all, false).unwrap();
         for sql in [
             format!("SELECT * FROM hits EXCEPT ALL {every}"),
             format!("{every} EXCEPT ALL SELECT * FROM hits"),
@@ -557,7 +728,7 @@ mod tests {
             assert_eq!(count(&conn, &sql), 0, "{sql}");
         }
         // With the key, for PARTITION_BY: the two key columns come last.
-        let keyed = rows_in(HITS, &columns, &rule, &["2026-02.2"], true).unwrap();
+        let keyed = (cutting.rows_in(HITS, &columns, &rule, &["2026-02.2"], true)).unwrap();
         let (month, range): (i64, i64) = conn
             .query_row(
                 &format!("SELECT DISTINCT __hitkeep_month, __hitkeep_range FROM ({keyed})"),

@@ -39,7 +39,7 @@ pub use tenants::{
     SPLIT_COMPACTED_MARKER, SPLIT_MARKER, TenantLayout, TenantSet, default_tenant, detect_layout,
     tenant_set,
 };
-pub use timed::{Grain, TIMED_TABLES, TimedTable, rows_fingerprint, timed_table};
+pub use timed::{Grain, TIMED_TABLES, TimedTable, row_hash, rows_fingerprint, timed_table};
 
 use std::path::{Path, PathBuf};
 

@@ -77,7 +77,13 @@ pub fn timed_table(name: &str) -> Option<&'static TimedTable> {
 /// final mix, and summed, such values can cancel for structured changes (a value swapped between two
 /// rows keeps the sum with a chance near 10^-8, not 2^-64). The second hash mixes every bit.
 pub fn rows_fingerprint(exprs: &str) -> String {
-    format!("sum(hash(hash({exprs}))::HUGEINT)")
+    format!("sum({}::HUGEINT)", row_hash(exprs))
+}
+
+/// The SQL of one row's hash in [`rows_fingerprint`], for a query that sums it later (per group, or
+/// after a join that should not carry every column).
+pub fn row_hash(exprs: &str) -> String {
+    format!("hash(hash({exprs}))")
 }
 
 #[cfg(test)]

@@ -21,8 +21,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::manifest::{Database, FileEntry, Manifest, PartitionEntry, TablePartitions};
 use crate::partition::{
-    MONTH, PartitionPrint, PartitionRule, RANGE, TableName, key_parts, key_text,
-    partition_prints_of, quoted, rows_in,
+    Cutting, MONTH, PartitionPrint, PartitionRule, RANGE, TableName, key_parts, key_text, quoted,
 };
 
 /// What an incremental export produced.
@@ -140,15 +139,15 @@ fn cut_tables(
             }
             _ => PartitionRule::starting(table, rows.unwrap_or(0), &names),
         };
-        let prints =
-            partition_prints_of(conn, table, &names, &rule).map_err(fail("fingerprinting"))?;
+        let cutting = Cutting::read(conn, table, &names, &rule).map_err(fail("fingerprinting"))?;
+        let prints = &cutting.prints;
         let in_prints: u64 = prints.values().map(|p| p.rows).sum();
         if rows != Some(in_prints) {
             return Err(Error::Internal(format!(
                 "{database}: {table} counts {rows:?} rows but its partitions {in_prints}"
             )));
         }
-        let reused = unchanged(before.filter(|t| t.rule == rule), &files, &prints);
+        let reused = unchanged(before.filter(|t| t.rule == rule), &files, prints);
         let changed: Vec<&str> = prints
             .keys()
             .filter(|k| !reused.contains_key(*k))
@@ -158,9 +157,17 @@ fn cut_tables(
             None
         } else {
             let out = writing.join(n.to_string());
-            write_rows(conn, database, table, &names, &rule, &changed, &out)?;
+            write_rows(
+                conn,
+                database,
+                (table, &names),
+                (&rule, &cutting),
+                &changed,
+                &out,
+            )?;
             Some(out)
         };
+        let prints = cutting.prints;
         cuts.push(Cut {
             schema,
             table: name,
@@ -219,9 +226,8 @@ fn unchanged(
 fn write_rows(
     conn: &Connection,
     database: Database,
-    table: TableName<'_>,
-    columns: &[String],
-    rule: &PartitionRule,
+    (table, columns): (TableName<'_>, &[String]),
+    (rule, cutting): (&PartitionRule, &Cutting),
     keys: &[&str],
     out: &Path,
 ) -> Result<()> {
@@ -236,9 +242,11 @@ fn write_rows(
             )
         }
         _ => {
-            let select = rows_in(table, columns, rule, keys, true).ok_or_else(|| {
-                Error::Internal(format!("{table}: no partition to write among {keys:?}"))
-            })?;
+            let select = cutting
+                .rows_in(table, columns, rule, keys, true)
+                .ok_or_else(|| {
+                    Error::Internal(format!("{table}: no partition to write among {keys:?}"))
+                })?;
             std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
             format!(
                 "COPY ({select}) TO {} (FORMAT PARQUET, COMPRESSION ZSTD, PARTITION_BY ({MONTH}, {RANGE}))",
