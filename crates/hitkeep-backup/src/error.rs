@@ -241,6 +241,16 @@ pub enum Error {
         /// The object's key.
         object: String,
     },
+    /// An object of an encrypted snapshot (or its sealed manifest part) did not open.
+    #[error("{object}: {}", open_failure(*failure))]
+    NotOpened {
+        /// The object.
+        object: String,
+        /// Why.
+        failure: crate::seal::OpenFailure,
+        /// The snapshot's recipients (public keys), to say which identity would open it.
+        recipients: Vec<String>,
+    },
     /// A whole restore of a split cycle (HitKeep 2.13) without its default tenant's snapshot: the shared
     /// database would say the analytics are in a file the restore does not bring back.
     #[error(
@@ -352,6 +362,37 @@ fn snapshot_not_found(id: &SnapshotId, newest: &[SnapshotId]) -> String {
     format!("no snapshot {id}; the newest are: {}", newest.join(", "))
 }
 
+fn open_failure(failure: crate::seal::OpenFailure) -> &'static str {
+    use crate::seal::OpenFailure;
+    match failure {
+        OpenFailure::NoIdentity => "the snapshot is encrypted and no identity was given to open it",
+        OpenFailure::WrongIdentity => {
+            "none of the identities in HITKEEP_BACKUP_IDENTITY_FILE is one of the snapshot's recipients"
+        }
+        OpenFailure::Unwritable => "its plaintext could not be written to local disk",
+        _ => "it does not open whole: the stored object is damaged or was replaced",
+    }
+}
+
+fn open_hint(failure: crate::seal::OpenFailure, recipients: &[String]) -> String {
+    use crate::seal::OpenFailure;
+    let to = recipients.join(", ");
+    match failure {
+        OpenFailure::NoIdentity => format!(
+            "set HITKEEP_BACKUP_IDENTITY_FILE to the age identity file (AGE-SECRET-KEY-1…) of one of its recipients: {to}"
+        ),
+        OpenFailure::WrongIdentity => {
+            format!("use the identity file of one of its recipients: {to}; nothing was changed")
+        }
+        OpenFailure::Unwritable => {
+            "check the free space and permissions of the restore's scratch folder".to_owned()
+        }
+        _ => format!(
+            "{CHOOSE_ANOTHER}; `hitkeep backup verify` checks every stored object's digest without a key"
+        ),
+    }
+}
+
 /// How to choose again, for the errors that name a snapshot that cannot be used.
 const CHOOSE_ANOTHER: &str = "choose another snapshot (see `hitkeep backup list`)";
 
@@ -392,6 +433,11 @@ impl Error {
             Error::NotDeleted { .. } | Error::NoStorageClock { .. } => ErrorKind::Storage,
             Error::PoolNotSwept { .. } => ErrorKind::Refused,
             Error::PoolObjectMissing { .. } => ErrorKind::Integrity,
+            Error::NotOpened { failure, .. } => match failure {
+                crate::seal::OpenFailure::Damaged => ErrorKind::Integrity,
+                crate::seal::OpenFailure::Unwritable => ErrorKind::Io,
+                _ => ErrorKind::Refused,
+            },
             Error::SplitWithoutDefault { .. } | Error::SeveralSources(_) => ErrorKind::Refused,
             Error::ForeignStatement { .. } => ErrorKind::Foreign,
             Error::ClockBehind { .. } => ErrorKind::Clock,
@@ -440,6 +486,11 @@ impl Error {
             Error::PoolObjectMissing { .. } => {
                 "the next cycle exports the partition again; check that no lifecycle rule covers pool/ (`hitkeep backup lifecycle` writes rules that do not) and that only hitkeep prunes this location"
             }
+            Error::NotOpened {
+                failure,
+                recipients,
+                ..
+            } => return Some(open_hint(*failure, recipients)),
             Error::SplitWithoutDefault { .. } => {
                 "restore an earlier cycle that has the default tenant (see `hitkeep backup list`), or pass -shared-only to restore the shared database alone and keep the default tenant database on disk"
             }
@@ -744,7 +795,7 @@ mod tests {
                     source: ManifestError::TooNew(9),
                 },
                 ErrorKind::Unsupported,
-                "shared/x/manifest.json: manifest format version 9 is newer than this hitkeep understands (2); upgrade hitkeep",
+                "shared/x/manifest.json: manifest format version 9 is newer than this hitkeep understands (3); upgrade hitkeep",
                 None,
             ),
             (

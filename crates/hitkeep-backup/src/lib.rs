@@ -32,6 +32,7 @@ mod progress;
 mod restore;
 mod retention;
 mod scratch;
+mod seal;
 mod snapshot_id;
 mod snapshot_sql;
 mod swap;
@@ -55,6 +56,7 @@ pub use crate::{
     },
     retention::{Deletion, PrunePlan, Retention},
     scratch::StaleScratch,
+    seal::{OpenFailure, Opener, Sealer},
     snapshot_id::{SnapshotId, SnapshotIdError},
     sweep::{CLOCK_KEY, POOL_GRACE, PoolSweep, sweep_pool},
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},

@@ -13,7 +13,7 @@ use crate::SnapshotId;
 pub use crate::partition::PartitionRule;
 
 /// The newest manifest format this build reads.
-pub const FORMAT_VERSION: u32 = INCREMENTAL_FORMAT_VERSION;
+pub const FORMAT_VERSION: u32 = ENCRYPTED_FORMAT_VERSION;
 /// The format of a full snapshot's manifest: every file in the snapshot's folder. Still written for
 /// full snapshots, so that older hitkeeps keep reading them.
 pub const FULL_FORMAT_VERSION: u32 = 1;
@@ -21,6 +21,17 @@ pub const FULL_FORMAT_VERSION: u32 = 1;
 /// ([`FileEntry::object`]), and [`Manifest::partitions`] records how each table was cut. Older
 /// hitkeeps refuse it ("upgrade hitkeep") instead of misreading it.
 pub const INCREMENTAL_FORMAT_VERSION: u32 = 2;
+/// The format of an encrypted full snapshot's manifest: every file in the snapshot's folder is an age
+/// file, [`Manifest::encryption`] says to whom, and the row counts are in its sealed part
+/// ([`Sealed`]). Older hitkeeps refuse it ("upgrade hitkeep"). Encrypted incremental snapshots, when
+/// they come, take a format number of their own.
+pub const ENCRYPTED_FORMAT_VERSION: u32 = 3;
+/// The object name, inside an encrypted snapshot's folder, of the manifest's sealed part.
+pub const SEALED_NAME: &str = "manifest.sealed";
+/// What an encrypted manifest records of a failed tenant's error, in place of its text.
+pub const WITHHELD_ERROR: &str = "failed; the error is in the log of the host that ran the cycle (encrypted snapshots keep error text out of the bucket)";
+/// [`Encryption::scheme`]: age, X25519 recipients.
+pub const AGE_X25519: &str = "age-x25519";
 /// The folder, beside `shared/` and `tenants/`, of the objects incremental snapshots share.
 pub const POOL_FOLDER: &str = "pool";
 /// The object name of a manifest inside a snapshot folder.
@@ -75,6 +86,31 @@ pub struct Manifest {
     /// partitions and what each holds, so that the next cycle can reuse the unchanged ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<TablePartitions>,
+    /// In an encrypted snapshot (format 3): to whom its objects are encrypted, and its sealed part.
+    /// [`Manifest::tables`] is then empty until [`Manifest::unseal`] fills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How a snapshot's objects are encrypted: in the clear, so that `backup list` and a plain `verify`
+/// need no key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// [`AGE_X25519`].
+    pub scheme: String,
+    /// The age recipients (`age1…` public keys) every object of the snapshot is encrypted to.
+    pub recipients: Vec<String>,
+    /// The sealed part ([`SEALED_NAME`], an age file of [`Sealed`] as JSON), with its stored size and
+    /// SHA-256: the clear part names it, so the two cannot be mixed.
+    pub sealed: FileEntry,
+}
+
+/// What an encrypted snapshot's manifest keeps sealed: what describes the data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sealed {
+    /// Row count of every table.
+    pub tables: BTreeMap<String, u64>,
 }
 
 /// How an incremental snapshot cut one table.
@@ -240,12 +276,45 @@ impl Manifest {
         for file in &manifest.files {
             check_file(file, manifest.format_version)?;
         }
+        match &manifest.encryption {
+            Some(encryption) => check_encryption(&manifest, encryption)?,
+            None if manifest.format_version == ENCRYPTED_FORMAT_VERSION => {
+                return Err(ManifestError::ForeignFile {
+                    file: MANIFEST_NAME.to_owned(),
+                    why: "of format 3 without its encryption, which format 3 always records",
+                });
+            }
+            None => {}
+        }
         Ok(manifest)
     }
 
-    /// The manifest as written: pretty JSON with a trailing newline.
+    /// The manifest as written: pretty JSON with a trailing newline. An encrypted manifest is
+    /// written without what its sealed part holds, whatever this value holds in memory, and
+    /// without the text of its failed tenants' errors (DuckDB's may quote values; the log has them).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).expect("manifests always serialise");
+        let clear;
+        let written = match &self.encryption {
+            Some(_) => {
+                let tenants = self.tenants.iter().map(|t| match &t.state {
+                    TenantState::Failed { .. } => TenantEntry {
+                        tenant_id: t.tenant_id,
+                        state: TenantState::Failed {
+                            error: WITHHELD_ERROR.to_owned(),
+                        },
+                    },
+                    _ => t.clone(),
+                });
+                clear = Manifest {
+                    tables: BTreeMap::new(),
+                    tenants: tenants.collect(),
+                    ..self.clone()
+                };
+                &clear
+            }
+            None => self,
+        };
+        let mut bytes = serde_json::to_vec_pretty(written).expect("manifests always serialise");
         bytes.push(b'\n');
         bytes
     }
@@ -257,13 +326,46 @@ impl Manifest {
 
     /// Whether it is an incremental snapshot (format 2), whose files may live in the pool.
     pub fn is_incremental(&self) -> bool {
-        self.format_version >= INCREMENTAL_FORMAT_VERSION
+        self.format_version == INCREMENTAL_FORMAT_VERSION
+    }
+
+    /// Whether its objects are encrypted (format 3).
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
+    }
+
+    /// Fills in what the sealed part holds.
+    pub fn unseal(&mut self, sealed: Sealed) {
+        self.tables = sealed.tables;
     }
 
     /// Total rows over all tables.
     pub fn total_rows(&self) -> u64 {
         self.tables.values().sum()
     }
+}
+
+/// An encrypted manifest is format 3, stores nothing in the pool, names its sealed part by its one
+/// name, and lists no row counts in the clear.
+fn check_encryption(manifest: &Manifest, encryption: &Encryption) -> Result<(), ManifestError> {
+    let refuse = |why| {
+        Err(ManifestError::ForeignFile {
+            file: encryption.sealed.name.clone(),
+            why,
+        })
+    };
+    if manifest.format_version != ENCRYPTED_FORMAT_VERSION || encryption.scheme != AGE_X25519 {
+        return refuse("in an encryption this hitkeep does not know");
+    }
+    if encryption.sealed.name != SEALED_NAME || encryption.sealed.object.is_some() {
+        return refuse("named as the sealed part, which is always manifest.sealed in its folder");
+    }
+    if manifest.files.iter().any(|f| f.object.is_some()) || !manifest.tables.is_empty() {
+        return refuse(
+            "beside pool objects or clear row counts, which an encrypted manifest never has",
+        );
+    }
+    Ok(())
 }
 
 /// A manifest comes from the location, which is untrusted: a file name becomes a path in staging
@@ -283,7 +385,7 @@ fn check_file(file: &FileEntry, format_version: u32) -> Result<(), ManifestError
     let Some(object) = &file.object else {
         return Ok(());
     };
-    if format_version < INCREMENTAL_FORMAT_VERSION {
+    if format_version != INCREMENTAL_FORMAT_VERSION {
         return refuse("stored outside its snapshot, which only an incremental manifest may say");
     }
     let is_hex = file.sha256.len() == 64
@@ -318,6 +420,7 @@ mod tests {
             source: None,
             sequence: None,
             partitions: Vec::new(),
+            encryption: None,
         };
         m.to_bytes()
     }

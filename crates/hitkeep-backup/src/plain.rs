@@ -17,6 +17,7 @@ use crate::SnapshotId;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::manifest::{Database, FULL_FORMAT_VERSION, MANIFEST_NAME, Manifest, TenantState};
+use crate::seal::Opener;
 
 /// What [`export_plain`] wrote.
 #[derive(Clone, Debug, Serialize)]
@@ -36,12 +37,14 @@ pub struct PlainExport {
     pub missing: Vec<(Uuid, String)>,
 }
 
-/// Writes the committed cycle `id` of `storage` as plain folders under `dir`, which must not exist.
+/// Writes the committed cycle `id` of `storage` as plain folders under `dir`, which must not exist;
+/// an encrypted cycle is opened with `opener` (and refused without one, before anything is written).
 pub async fn export_plain(
     storage: &Storage,
     catalog: &Catalog,
     id: SnapshotId,
     dir: &Path,
+    opener: Option<&Opener>,
 ) -> Result<PlainExport> {
     let shared = catalog
         .find(Database::Shared, id)
@@ -84,11 +87,11 @@ pub async fn export_plain(
             tenant_id: entry.tenant_id,
         };
         let manifest = tenant_manifest(storage, database, id, manifest_sha256).await?;
-        let digest = write_database(storage, &partial, manifest, &mut export).await?;
+        let digest = write_database(storage, &partial, manifest, opener, &mut export).await?;
         *manifest_sha256 = digest.to_string();
     }
     // The shared manifest last, naming the tenants' new manifests: as a cycle commits.
-    write_database(storage, &partial, shared_manifest, &mut export).await?;
+    write_database(storage, &partial, shared_manifest, opener, &mut export).await?;
     export.databases.rotate_right(1);
     std::fs::rename(&partial, dir).map_err(|e| Error::io(dir, e))?;
     Ok(export)
@@ -152,14 +155,23 @@ async fn tenant_manifest(
 async fn write_database(
     storage: &Storage,
     root: &Path,
-    mut manifest: Manifest,
+    manifest: Manifest,
+    opener: Option<&Opener>,
     export: &mut PlainExport,
 ) -> Result<Sha256Digest> {
     let database = manifest.database;
     let folder = format!("{}/{}", database.folder(), manifest.snapshot_id);
     let dir = root.join(&folder);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    crate::restore::download(storage, &folder, Some(&manifest), &dir).await?;
+    let mut manifest = crate::restore::unseal(storage, &folder, &manifest, opener).await?;
+    let on_disk = crate::restore::download(storage, &folder, Some(&manifest), &dir, opener).await?;
+    if manifest.encryption.take().is_some() {
+        // The plain copy's manifest describes the plaintext it holds.
+        for (file, plain) in manifest.files.iter_mut().zip(&on_disk) {
+            file.size = plain.size;
+            file.sha256 = plain.sha256.to_string();
+        }
+    }
     manifest.format_version = FULL_FORMAT_VERSION;
     manifest.partitions.clear();
     for file in &mut manifest.files {

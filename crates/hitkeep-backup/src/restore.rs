@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hitkeep_data::{DataLayout, DuckDbLimits, TenantLayout};
-use hitkeep_storage::{ListMode, ObjectInfo, Storage, TransferOptions};
+use hitkeep_storage::{ListMode, ObjectInfo, Sha256Digest, Storage, TransferOptions};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -16,9 +16,11 @@ use crate::catalog::{Catalog, SnapshotState};
 use crate::error::{CountMismatch, Error, Result};
 use crate::lanes::{Lanes, Way};
 use crate::manifest::{
-    Database, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, ManifestError, TenantState,
+    Database, FileEntry, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, ManifestError, SEALED_NAME,
+    Sealed, TenantState,
 };
 use crate::scratch::{ScratchLock, StaleScratch, scratch_prefix};
+use crate::seal::{OpenFailure, Opener};
 use crate::swap::{Scratch, swap_into_place};
 use futures::StreamExt as _;
 
@@ -101,6 +103,9 @@ pub struct RestorePlan {
     /// imports side by side.
     #[serde(skip)]
     last_alone: bool,
+    /// Opens encrypted snapshots; `None` refuses them (nothing is changed).
+    #[serde(skip)]
+    opener: Option<Arc<Opener>>,
 }
 
 impl RestorePlan {
@@ -234,11 +239,23 @@ impl RestorePlan {
             limits: layout.duckdb,
             import_turn: Arc::new(tokio::sync::Semaphore::new(IMPORTS_AT_ONCE)),
             last_alone: true,
+            opener: None,
         };
         if let (Some(TenantLayout::Split), Some(tenant)) = (plan.layout, plan.default_tenant) {
             plan.check_default_tenant(tenant)?;
         }
         Ok(plan)
+    }
+
+    /// The same plan, opening encrypted snapshots with `opener`'s identities.
+    pub fn with_opener(mut self, opener: Arc<Opener>) -> Self {
+        self.opener = Some(opener);
+        self
+    }
+
+    /// Whether some database of the plan is encrypted (its restore needs an identity).
+    pub fn is_encrypted(&self) -> bool {
+        (self.items.iter()).any(|i| i.manifest.as_ref().is_some_and(Manifest::is_encrypted))
     }
 
     /// A whole restore of a split cycle must bring back the default tenant. With `-shared-only` the
@@ -351,18 +368,23 @@ impl RestorePlan {
                 });
             }
         }
+        let opener = self.opener.as_deref();
+        let manifest = match &item.manifest {
+            Some(m) if m.is_encrypted() => Some(unseal(storage, &folder, m, opener).await?),
+            other => other.clone(),
+        };
         {
             let _turn = turns
                 .download
                 .acquire()
                 .await
                 .map_err(|e| Error::Internal(format!("download turn: {e}")))?;
-            download(storage, &folder, item.manifest.as_ref(), &staging.0).await?;
+            download(storage, &folder, manifest.as_ref(), &staging.0, opener).await?;
         }
         let job = ImportJob {
             staging: staging.0.clone(),
             temp_db: temp_db.0.clone(),
-            manifest: item.manifest.clone(),
+            manifest,
             database: item.database,
             folder,
         };
@@ -728,13 +750,15 @@ pub struct RestoreOutcome {
     pub tables: BTreeMap<String, u64>,
 }
 
-/// One file of a snapshot, checked against its manifest entry.
+/// One file of a snapshot, checked against its manifest entry; an encrypted one is opened into
+/// place (the stored bytes are checked first, then decrypted). Returns what is on disk.
 async fn download_one(
     storage: &Storage,
     folder: &str,
     file: &FileEntry,
     dir: &Path,
     transfer: &TransferOptions,
+    sealed: Option<(&Opener, &[String])>,
 ) -> Result<ObjectInfo> {
     let sha256 = file.sha256.parse().map_err(|_| Error::Manifest {
         key: format!("{folder}/{MANIFEST_NAME}"),
@@ -747,43 +771,124 @@ async fn download_one(
         sha256,
     };
     let key = file.key(folder);
-    Ok(storage
-        .download_file(&key, &dir.join(&file.name), Some(&expected), transfer)
-        .await?)
+    let dest = dir.join(&file.name);
+    let Some((opener, recipients)) = sealed else {
+        return Ok(storage
+            .download_file(&key, &dest, Some(&expected), transfer)
+            .await?);
+    };
+    let stored = dir.join(format!(".{}.age", file.name));
+    storage
+        .download_file(&key, &stored, Some(&expected), transfer)
+        .await?;
+    let opened = open_file(opener, &stored, &dest).await;
+    let _ = std::fs::remove_file(&stored);
+    opened.map_err(|failure| {
+        let _ = std::fs::remove_file(&dest);
+        Error::NotOpened {
+            object: storage.describe(&key),
+            failure,
+            recipients: recipients.to_vec(),
+        }
+    })
+}
+
+/// [`Opener::open_file`] off the async threads.
+pub(crate) async fn open_file(
+    opener: &Opener,
+    sealed: &Path,
+    plain: &Path,
+) -> std::result::Result<ObjectInfo, OpenFailure> {
+    let (opener, sealed, plain) = (opener.clone(), sealed.to_owned(), plain.to_owned());
+    tokio::task::spawn_blocking(move || opener.open_file(&sealed, &plain))
+        .await
+        .unwrap_or(Err(OpenFailure::Unwritable))
+}
+
+/// `manifest` (encrypted, of the snapshot in `folder`) with its sealed part read, checked against
+/// the digest the clear part records, and opened.
+pub(crate) async fn unseal(
+    storage: &Storage,
+    folder: &str,
+    manifest: &Manifest,
+    opener: Option<&Opener>,
+) -> Result<Manifest> {
+    let Some(encryption) = &manifest.encryption else {
+        return Ok(manifest.clone());
+    };
+    let key = format!("{folder}/{SEALED_NAME}");
+    let refuse = |failure| Error::NotOpened {
+        object: storage.describe(&key),
+        failure,
+        recipients: encryption.recipients.clone(),
+    };
+    let opener = opener.ok_or_else(|| refuse(OpenFailure::NoIdentity))?;
+    let bytes = storage.read(&key).await?;
+    if bytes.len() as u64 != encryption.sealed.size
+        || Sha256Digest::of(&bytes).to_string() != encryption.sealed.sha256
+    {
+        return Err(refuse(OpenFailure::Damaged));
+    }
+    let plain = opener.open_bytes(&bytes).map_err(refuse)?;
+    let sealed: Sealed =
+        serde_json::from_slice(&plain).map_err(|_| refuse(OpenFailure::Damaged))?;
+    let mut opened = manifest.clone();
+    opened.unseal(sealed);
+    Ok(opened)
 }
 
 /// Files downloaded at once per database.
 const DOWNLOAD_CONCURRENCY: usize = 4;
 
-/// Downloads the snapshot's files, each checked against the manifest; a legacy snapshot's files as listed.
+/// Downloads the snapshot's files, each checked against the manifest (and opened with `opener`
+/// when it is encrypted); a legacy snapshot's files as listed. Returns, for a manifest's files, what
+/// is on disk of each, in the manifest's order.
 pub(crate) async fn download(
     storage: &Storage,
     folder: &str,
     manifest: Option<&Manifest>,
     dir: &Path,
-) -> Result<()> {
+    opener: Option<&Opener>,
+) -> Result<Vec<ObjectInfo>> {
     let transfer = TransferOptions::default();
     match manifest {
         Some(m) => {
+            let sealed = match &m.encryption {
+                None => None,
+                Some(e) => Some((
+                    opener.ok_or_else(|| Error::NotOpened {
+                        object: storage.describe(folder),
+                        failure: OpenFailure::NoIdentity,
+                        recipients: e.recipients.clone(),
+                    })?,
+                    e.recipients.as_slice(),
+                )),
+            };
             // Several files at once: one stream per file leaves a fast link mostly idle. After a
             // failure no new file starts, but those in flight run to their end: a download dropped
             // mid-way can still create its partial file after the staging folder was removed (the
             // e2e run's corrupting network left one behind).
             let failed = std::sync::atomic::AtomicBool::new(false);
             let failed = &failed;
-            let outcomes: Vec<Result<Option<ObjectInfo>>> = futures::stream::iter(&m.files)
-                .map(|file| async move {
-                    if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                        return Ok(None); // skipped: another file already failed
-                    }
-                    let outcome = download_one(storage, folder, file, dir, &transfer).await;
-                    failed.fetch_or(outcome.is_err(), std::sync::atomic::Ordering::Relaxed);
-                    outcome.map(Some)
-                })
-                .buffer_unordered(DOWNLOAD_CONCURRENCY)
-                .collect()
-                .await;
-            outcomes.into_iter().collect::<Result<Vec<_>>>()?;
+            // Unordered, so that a large file never holds the other slots; put back in order after.
+            let outcomes: Vec<(usize, Result<Option<ObjectInfo>>)> =
+                futures::stream::iter(m.files.iter().enumerate())
+                    .map(|(place, file)| async move {
+                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            return (place, Ok(None)); // skipped: another file already failed
+                        }
+                        let outcome =
+                            download_one(storage, folder, file, dir, &transfer, sealed).await;
+                        failed.fetch_or(outcome.is_err(), std::sync::atomic::Ordering::Relaxed);
+                        (place, outcome.map(Some))
+                    })
+                    .buffer_unordered(DOWNLOAD_CONCURRENCY)
+                    .collect()
+                    .await;
+            let got = crate::in_order(outcomes)
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
+            Ok(got.into_iter().flatten().collect())
         }
         None => {
             tracing::warn!(
@@ -804,9 +909,9 @@ pub(crate) async fn download(
                     .download_file(&entry.key, &dir.join(&name), None, &transfer)
                     .await?;
             }
+            Ok(Vec::new())
         }
     }
-    Ok(())
 }
 
 /// Databases imported at once (see [`RestorePlan::import_in_turn`]).

@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::SnapshotId;
 use crate::catalog::{Catalog, SnapshotState};
 use crate::error::{Error, Result};
-use crate::manifest::{Database, MANIFEST_NAME, Manifest, TenantState};
+use crate::manifest::{Database, FileEntry, MANIFEST_NAME, Manifest, TenantState};
+use crate::seal::Opener;
 
 /// The result for one database.
 #[derive(Clone, Debug, Serialize)]
@@ -50,13 +51,15 @@ impl VerifyReport {
 }
 
 /// Verifies the committed cycle `id`: the shared snapshot and every tenant it lists as complete.
-/// `scratch` is a local directory for downloads (removed afterwards).
+/// `scratch` is a local directory for downloads (removed afterwards). An encrypted snapshot's stored
+/// objects are checked without a key; `deep` opens them with `opener`, and fails without one.
 pub async fn verify_snapshot(
     storage: &Storage,
     catalog: &Catalog,
     id: SnapshotId,
     deep: bool,
     scratch: &Path,
+    opener: Option<&Opener>,
 ) -> Result<VerifyReport> {
     let shared = catalog
         .find(Database::Shared, id)
@@ -67,6 +70,7 @@ pub async fn verify_snapshot(
             state: shared.state.clone(),
         });
     };
+    let deep = deep.then_some(opener);
     let mut first = check_database(storage, &manifest, deep, scratch).await?;
     first.problems.extend(split_default_missing(&manifest));
     let mut databases = vec![first];
@@ -107,7 +111,7 @@ pub async fn verify_snapshot(
     }
     Ok(VerifyReport {
         snapshot_id: id,
-        deep,
+        deep: deep.is_some(),
         layout: manifest.layout,
         databases,
     })
@@ -134,7 +138,7 @@ fn split_default_missing(shared: &Manifest) -> Option<String> {
 async fn check_database(
     storage: &Storage,
     manifest: &Manifest,
-    deep: bool,
+    deep: Option<Option<&Opener>>,
     scratch: &Path,
 ) -> Result<DatabaseCheck> {
     let database = manifest.database;
@@ -150,7 +154,33 @@ async fn check_database(
         tables: 0,
         problems: Vec::new(),
     };
-    for file in &manifest.files {
+    // A deep check of an encrypted snapshot opens it: with its sealed part's row counts, and each
+    // object decrypted after its stored bytes are checked.
+    // Without an identity that is an error for the whole check (the caller asked for a deep one);
+    // a sealed part that does not open is this database's problem, and its deep check is skipped.
+    let (manifest, opening, deep) = match (deep, manifest.is_encrypted()) {
+        (Some(None), true) => {
+            let refused = crate::restore::unseal(storage, &folder, manifest, None).await;
+            return Err(refused.err().unwrap_or_else(|| {
+                Error::Internal("an encrypted snapshot opened without an identity".into())
+            }));
+        }
+        (Some(Some(opener)), true) => {
+            match crate::restore::unseal(storage, &folder, manifest, Some(opener)).await {
+                Ok(opened) => (std::borrow::Cow::Owned(opened), Some(opener), true),
+                Err(e) => {
+                    check.problems.push(e.to_string());
+                    (std::borrow::Cow::Borrowed(manifest), None, false)
+                }
+            }
+        }
+        (deep, _) => (std::borrow::Cow::Borrowed(manifest), None, deep.is_some()),
+    };
+    let mut stored_files: Vec<&FileEntry> = manifest.files.iter().collect();
+    if let Some(encryption) = &manifest.encryption {
+        stored_files.push(&encryption.sealed);
+    }
+    for file in stored_files {
         let Ok(sha256) = file.sha256.parse() else {
             check.problems.push(format!(
                 "{folder}/{}: the manifest's SHA-256 is malformed",
@@ -162,21 +192,41 @@ async fn check_database(
             size: file.size,
             sha256,
         };
+        let key = file.key(&folder);
+        let plain = dir.join(&file.name);
+        let stored = match opening {
+            Some(_) => dir.join(format!(".{}.age", file.name)),
+            None => plain.clone(),
+        };
         match storage
-            .download_file(
-                &file.key(&folder),
-                &dir.join(&file.name),
-                Some(&expected),
-                &TransferOptions::default(),
-            )
+            .download_file(&key, &stored, Some(&expected), &TransferOptions::default())
             .await
         {
             Ok(info) => {
                 check.files += 1;
                 check.bytes += info.size;
             }
-            Err(e) => check.problems.push(e.to_string()),
+            Err(e) => {
+                check.problems.push(e.to_string());
+                continue;
+            }
         }
+        let Some(opener) = opening else { continue };
+        if let Err(failure) = crate::restore::open_file(opener, &stored, &plain).await {
+            let recipients = manifest
+                .encryption
+                .as_ref()
+                .map(|e| e.recipients.clone())
+                .unwrap_or_default();
+            let object = storage.describe(&key);
+            let e = Error::NotOpened {
+                object,
+                failure,
+                recipients,
+            };
+            check.problems.push(e.to_string());
+        }
+        let _ = std::fs::remove_file(&stored);
     }
     if deep && check.problems.is_empty() {
         let tables = manifest.tables.clone();

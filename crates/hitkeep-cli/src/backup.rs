@@ -193,8 +193,10 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
                 "pinned": catalog.pins.contains(&s.id),
                 "size": s.size,
                 "objects": s.objects,
-                "rows": s.manifest.as_ref().map(|m| m.total_rows()),
+                // Sealed with the data in an encrypted snapshot: unknown without its identity.
+                "rows": s.manifest.as_ref().filter(|m| !m.is_encrypted()).map(|m| m.total_rows()),
                 "mode": s.manifest.as_ref().map(snapshot_mode),
+                "encrypted_to": s.manifest.as_ref().and_then(|m| m.encryption.as_ref()).map(|e| &e.recipients),
                 "layout": s.manifest.as_ref().and_then(|m| m.layout),
                 "created_at": s.manifest.as_ref().map(|m| m.created_at.to_string()),
             })
@@ -223,10 +225,11 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
             SnapshotState::Legacy => "legacy".to_owned(),
             SnapshotState::Corrupt(why) => format!("corrupt ({why})"),
         };
-        let rows = s
-            .manifest
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |m| m.total_rows().to_string());
+        let rows = match &s.manifest {
+            Some(m) if m.is_encrypted() => "sealed".to_owned(),
+            Some(m) => m.total_rows().to_string(),
+            None => "-".to_owned(),
+        };
         let mut mark = match s.manifest.as_ref().and_then(|m| m.layout) {
             Some(layout) if db.database == hitkeep_backup::Database::Shared => {
                 format!("  {layout}")
@@ -235,6 +238,9 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
         };
         if db.database == hitkeep_backup::Database::Shared && latest.contains(&s.id) {
             mark.push_str("  <- latest");
+        }
+        if s.manifest.as_ref().is_some_and(|m| m.is_encrypted()) {
+            mark.push_str("  (encrypted)");
         }
         if catalog.pins.contains(&s.id) {
             mark.push_str("  (pinned)");

@@ -94,6 +94,10 @@ pub fn restore_backup(settings: &Settings, args: &Args<'_>) -> ExitCode {
         .await
         {
             Ok(job) => job,
+            // A setting the restore needs (the identity of an encrypted cycle): exit 2.
+            Err(e) if e.kind() == hitkeep_service::ErrorKind::Config => {
+                return crate::backup::fail_service(&e);
+            }
             Err(e) => return fail(&e.into()),
         };
         print_plan(&request.from, &job, engine.layout());

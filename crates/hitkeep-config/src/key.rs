@@ -73,6 +73,15 @@ keys! {
     BackupConcurrency => "backup_concurrency", "HITKEEP_BACKUP_CONCURRENCY", "backup-concurrency", [], Plain;
     /// `full` snapshots (what HitKeep's `IMPORT DATABASE` reads) or `incremental` ones (only what changed).
     BackupMode => "backup_mode", "HITKEEP_BACKUP_MODE", "backup-mode", [], Plain;
+    /// age X25519 public keys (`age1…`), separated by commas or spaces: every snapshot is encrypted to
+    /// them before it leaves the process. Public, so shown as it is.
+    BackupRecipients => "backup_recipients", "HITKEEP_BACKUP_RECIPIENTS", "backup-recipients", [], Plain;
+    /// A file of age recipients, one per line (`#` comments), as `age -R` reads it; added to the above.
+    BackupRecipientsFile => "backup_recipients_file", "HITKEEP_BACKUP_RECIPIENTS_FILE", "backup-recipients-file", [], Plain;
+    /// An age identity file (`AGE-SECRET-KEY-1…`) that opens encrypted snapshots: restore,
+    /// `verify -deep`, `export-plain`. A host that only backs up does not need one. Its path is shown,
+    /// its content never read into settings.
+    BackupIdentityFile => "backup_identity_file", "HITKEEP_BACKUP_IDENTITY_FILE", "backup-identity-file", [], Plain;
     /// Pinged with a GET after each successful backup cycle: a healthchecks.io, Uptime Kuma or Cronitor ping URL.
     /// Its path or query holds a token, so it is shown as `https://host/…` only.
     BackupHeartbeatUrl => "backup_heartbeat_url", "HITKEEP_BACKUP_HEARTBEAT_URL", "backup-heartbeat-url", [], Redact;

@@ -178,6 +178,7 @@ impl Resolver {
                 _ => Err("not full or incremental".to_owned()),
             },
         );
+        let encryption = self.encryption(mode);
         let heartbeat_url = self.secret_url(
             Key::BackupHeartbeatUrl,
             "write the whole ping URL the monitor gives, e.g. https://hc-ping.com/<uuid>",
@@ -228,6 +229,9 @@ impl Resolver {
                 prune_s3: prune_s3?,
                 concurrency: concurrency?,
                 mode: mode?,
+                recipients: encryption.0?,
+                recipients_file: encryption.1,
+                identity_file: encryption.2?,
                 heartbeat_url: heartbeat_url?,
                 failure_url: failure_url?,
             },
@@ -236,6 +240,157 @@ impl Resolver {
             log: log?,
             http_addr: http_addr?,
         })
+    }
+
+    /// The recipients (from the setting and its file, each checked to parse), the file they came
+    /// from, and the identity file (checked to exist; its content is a secret and stays unread).
+    /// A private key found in any of the three settings, or in the recipients file, is refused
+    /// without being echoed.
+    #[allow(clippy::type_complexity)]
+    fn encryption(
+        &mut self,
+        mode: Option<BackupMode>,
+    ) -> (
+        Option<Vec<String>>,
+        Option<PathBuf>,
+        Option<Option<PathBuf>>,
+    ) {
+        let mut recipients = Some(Vec::new());
+        let text = |r: &Self, key| {
+            r.is_set(key)
+                .then(|| r.text(key).unwrap_or_default().to_owned())
+        };
+        let (listed, file, identity) = (
+            text(self, Key::BackupRecipients),
+            text(self, Key::BackupRecipientsFile),
+            text(self, Key::BackupIdentityFile),
+        );
+        for (key, value) in [
+            (Key::BackupRecipients, &listed),
+            (Key::BackupRecipientsFile, &file),
+            (Key::BackupIdentityFile, &identity),
+        ] {
+            if value.as_deref().is_some_and(holds_private_key) {
+                self.private_key_given(key, "");
+                recipients = None;
+            }
+        }
+        if recipients.is_none() {
+            return (None, None, None);
+        }
+        if let Some(text) = &listed {
+            let entries = text.split(|c: char| c == ',' || c.is_whitespace());
+            self.add_recipients(
+                &mut recipients,
+                Key::BackupRecipients,
+                entries.map(|r| (r, None)),
+            );
+        }
+        let file = file.map(PathBuf::from);
+        if let Some(path) = &file {
+            match std::fs::read_to_string(path) {
+                Ok(text) if holds_private_key(&text) => {
+                    self.private_key_given(Key::BackupRecipientsFile, " in the file it names");
+                    recipients = None;
+                }
+                Ok(text) => {
+                    let lines = text.lines().enumerate();
+                    let entries = lines
+                        .filter(|(_, l)| !l.trim_start().starts_with('#'))
+                        .map(|(n, l)| (l, Some(n + 1)));
+                    self.add_recipients(&mut recipients, Key::BackupRecipientsFile, entries);
+                }
+                Err(e) => {
+                    self.error(
+                        Key::BackupRecipientsFile,
+                        format!("cannot read {}: {e}", path.display()),
+                        "name a readable file of age public keys (age1…), one per line",
+                    );
+                    recipients = None;
+                }
+            }
+        }
+        let encrypting = recipients.as_ref().is_some_and(|r| !r.is_empty());
+        if encrypting && mode == Some(BackupMode::Incremental) {
+            self.error(
+                Key::BackupRecipients,
+                "encrypting incremental snapshots is not built yet",
+                "use HITKEEP_BACKUP_MODE=full with recipients, or leave the recipients unset",
+            );
+            recipients = None;
+        }
+        let identity = match identity.map(PathBuf::from) {
+            Some(path) if path.is_file() => Some(Some(path)),
+            Some(path) => {
+                self.error(
+                    Key::BackupIdentityFile,
+                    format!("{} is not a readable file", path.display()),
+                    "name the age identity file (AGE-SECRET-KEY-1…, as age-keygen writes it) that opens the snapshots",
+                );
+                None
+            }
+            None => Some(None),
+        };
+        (recipients, file, identity)
+    }
+
+    /// The error for a private key given where it does not belong, with the value redacted.
+    fn private_key_given(&mut self, key: Key, place: &str) {
+        let fix = match key {
+            Key::BackupIdentityFile => {
+                "write the private key into a file (mode 0600) and give that file's path here"
+            }
+            _ => {
+                "give the public key (age-keygen -y FILE prints it) here, and keep the private key off this host, or in a file named by HITKEEP_BACKUP_IDENTITY_FILE where a restore needs it"
+            }
+        };
+        let mut p = self.problem(
+            Severity::Error,
+            key,
+            format!(
+                "an age private key (AGE-SECRET-KEY-1…) is given{place} where a {} belongs",
+                match key {
+                    Key::BackupIdentityFile => "file path",
+                    _ => "public key",
+                }
+            ),
+            fix,
+        );
+        p.value = Some("[redacted]".to_owned());
+        self.errors.push(p);
+    }
+
+    /// Parses each non-empty entry of `listed` (with its line, from a file) as an age X25519
+    /// recipient into `into`; a bad one is an error of `key`, and `into` becomes `None`. Private keys
+    /// were refused before, so an entry may be shown.
+    fn add_recipients<'t>(
+        &mut self,
+        into: &mut Option<Vec<String>>,
+        key: Key,
+        listed: impl Iterator<Item = (&'t str, Option<usize>)>,
+    ) {
+        for (entry, line) in listed {
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let at = line.map(|n| format!(" (line {n})")).unwrap_or_default();
+            match entry.parse::<age::x25519::Recipient>() {
+                Ok(r) => {
+                    if let Some(list) = into.as_mut() {
+                        list.push(r.to_string());
+                    }
+                }
+                Err(e) => {
+                    self.error(
+                        key,
+                        format!("`{entry}`{at} is not an age X25519 recipient: {e}"),
+                        "write the public keys age-keygen prints (age1…), separated by commas",
+                    );
+                    *into = None;
+                }
+            }
+        }
     }
 
     /// The period rules; every one is read, so that each bad value is reported.
@@ -658,6 +813,11 @@ fn read_secret(path: &Path) -> Result<Secret, String> {
 }
 
 /// Booleans as people write them: true/false, 1/0, yes/no, on/off, and Go's t/f, in any case.
+/// Whether `text` holds an age private key (`AGE-SECRET-KEY-1…`, any case, anywhere).
+fn holds_private_key(text: &str) -> bool {
+    text.to_ascii_uppercase().contains("AGE-SECRET-KEY-")
+}
+
 fn parse_bool(text: &str) -> Result<bool, String> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" | "t" | "y" => Ok(true),

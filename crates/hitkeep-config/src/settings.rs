@@ -51,6 +51,13 @@ pub struct BackupSettings {
     pub concurrency: NonZeroU32,
     /// Full snapshots (the default) or incremental ones.
     pub mode: BackupMode,
+    /// age X25519 recipients (`age1…`) every snapshot is encrypted to, each checked to parse; empty:
+    /// snapshots are not encrypted.
+    pub recipients: Vec<String>,
+    /// The file some of `recipients` came from.
+    pub recipients_file: Option<PathBuf>,
+    /// The age identity file that opens encrypted snapshots, when given (checked to exist, not read).
+    pub identity_file: Option<PathBuf>,
     /// Pinged with a GET after each successful cycle (healthchecks.io, Uptime Kuma, Cronitor); `None`
     /// when unset.
     pub heartbeat_url: Option<SecretUrl>,
@@ -189,6 +196,19 @@ impl Settings {
             Key::BackupPruneS3 => Some(self.backup.prune_s3.to_string()),
             Key::BackupConcurrency => Some(self.backup.concurrency.to_string()),
             Key::BackupMode => Some(self.backup.mode.to_string()),
+            Key::BackupRecipients => {
+                (!self.backup.recipients.is_empty()).then(|| self.backup.recipients.join(", "))
+            }
+            Key::BackupRecipientsFile => self
+                .backup
+                .recipients_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            Key::BackupIdentityFile => self
+                .backup
+                .identity_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
             Key::BackupHeartbeatUrl => self.backup.heartbeat_url.as_ref().map(ToString::to_string),
             Key::BackupFailureUrl => self.backup.failure_url.as_ref().map(ToString::to_string),
             Key::DuckdbMemoryLimit => self

@@ -97,6 +97,33 @@ impl Engine {
         Ok(Storage::open_existing(self.backup_location()?, &self.settings.s3).await?)
     }
 
+    /// What encrypts the cycles: the recipients of `HITKEEP_BACKUP_RECIPIENTS` (and its file), when
+    /// there are any. The settings checked each one already; a failure here is a bug, not plaintext.
+    pub fn sealer(&self) -> Result<Option<hitkeep_backup::Sealer>> {
+        hitkeep_backup::Sealer::new(&self.settings.backup.recipients).map_err(|why| {
+            Error::Unsuitable {
+                message: format!("HITKEEP_BACKUP_RECIPIENTS: {why}"),
+                hint: Some("give age X25519 public keys (age1…)".into()),
+            }
+        })
+    }
+
+    /// What opens encrypted snapshots: the identities of `HITKEEP_BACKUP_IDENTITY_FILE`, read now,
+    /// when it is set. The error names the setting and the file, never the content.
+    pub fn opener(&self) -> Result<Option<Arc<hitkeep_backup::Opener>>> {
+        let Some(path) = &self.settings.backup.identity_file else {
+            return Ok(None);
+        };
+        let opener = hitkeep_backup::Opener::from_file(path).map_err(|why| Error::Unsuitable {
+            message: format!("HITKEEP_BACKUP_IDENTITY_FILE ({}): {why}", path.display()),
+            hint: Some(
+                "name an age identity file as age-keygen writes it (AGE-SECRET-KEY-1… lines)"
+                    .into(),
+            ),
+        })?;
+        Ok(Some(Arc::new(opener)))
+    }
+
     /// The backup job: one cycle of every database, then retention (when it applies) and the
     /// leftovers of interrupted runs. A failed clean-up after a committed cycle is a warning, never
     /// a failed backup.
@@ -135,6 +162,9 @@ impl Engine {
         let mut options = BackupOptions::for_layout(layout)
             .with_concurrency(self.settings.backup.concurrency.get() as usize)
             .with_mode(mode);
+        if let Some(sealer) = self.sealer()? {
+            options = options.with_sealer(sealer);
+        }
         if let Some(progress) = progress {
             options = options.with_progress(progress);
         }

@@ -39,7 +39,25 @@ pub async fn plan(
 ) -> Result<RestoreJob> {
     let storage = Storage::open_existing(from, &engine.settings().s3).await?;
     let catalog = Catalog::load_cycle(&storage, snapshot, source).await?;
-    let plan = RestorePlan::new(&catalog, snapshot, engine.layout(), selection)?;
+    let mut plan = RestorePlan::new(&catalog, snapshot, engine.layout(), selection)?;
+    // Read now, so that a bad identity file, or none for an encrypted cycle, is refused before
+    // anything is downloaded.
+    let opener = if plan.is_encrypted() {
+        engine.opener()?
+    } else {
+        None
+    };
+    match opener {
+        Some(opener) => plan = plan.with_opener(opener),
+        None if plan.is_encrypted() => {
+            return Err(Error::NotConfigured {
+                what: "the snapshot is encrypted",
+                setting: "HITKEEP_BACKUP_IDENTITY_FILE",
+                hint: "set it to the age identity file (AGE-SECRET-KEY-1…) of one of the recipients `hitkeep backup list` shows for the snapshot",
+            });
+        }
+        None => {}
+    }
     // What the plan says about the data path as it is now, read once here so that showing the plan
     // touches no file.
     let notes = plan.notes();

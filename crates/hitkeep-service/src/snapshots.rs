@@ -37,7 +37,21 @@ impl Engine {
         let source = self.layout().source_id().ok().flatten();
         let id = catalog.resolve_for(snapshot, source)?.id;
         let scratch = self.layout().claim_staging(JobKind::Verify)?;
-        Ok(hitkeep_backup::verify_snapshot(&storage, &catalog, id, deep, scratch.path()).await?)
+        // Read only where it is needed: a bad identity file never stops a check that needs none.
+        let opener = if deep && encrypted(&catalog, id) {
+            self.opener()?
+        } else {
+            None
+        };
+        Ok(hitkeep_backup::verify_snapshot(
+            &storage,
+            &catalog,
+            id,
+            deep,
+            scratch.path(),
+            opener.as_deref(),
+        )
+        .await?)
     }
 
     /// Plans a prune of this installation's snapshots beyond the retention, holding the cycle lock
@@ -92,7 +106,12 @@ impl Engine {
         let catalog = Catalog::load(&storage).await?;
         let source = self.layout().source_id().ok().flatten();
         let id = catalog.resolve_for(snapshot, source)?.id;
-        Ok(hitkeep_backup::export_plain(&storage, &catalog, id, dir).await?)
+        let opener = if encrypted(&catalog, id) {
+            self.opener()?
+        } else {
+            None
+        };
+        Ok(hitkeep_backup::export_plain(&storage, &catalog, id, dir, opener.as_deref()).await?)
     }
 
     /// Pins a committed cycle (`None` or "latest": this installation's newest) so that no prune
@@ -272,4 +291,14 @@ fn latest_per_source(catalog: &Catalog) -> Vec<SnapshotId> {
         .into_iter()
         .filter_map(|source| catalog.latest_committed_of(source).map(|s| s.id))
         .collect()
+}
+
+/// Whether cycle `id` of `catalog` is encrypted (its databases are, all or none).
+fn encrypted(catalog: &Catalog, id: SnapshotId) -> bool {
+    catalog
+        .databases
+        .iter()
+        .flat_map(|d| &d.snapshots)
+        .filter(|s| s.id == id)
+        .any(|s| s.manifest.as_ref().is_some_and(|m| m.is_encrypted()))
 }

@@ -22,7 +22,8 @@ impl Sha256Digest {
         Ok(Self::from_hasher(hasher))
     }
 
-    pub(crate) fn from_hasher(hasher: sha2::Sha256) -> Self {
+    /// The digest of what `hasher` was fed.
+    pub fn from_hasher(hasher: sha2::Sha256) -> Self {
         use sha2::Digest as _;
         Sha256Digest(hasher.finalize().into())
     }

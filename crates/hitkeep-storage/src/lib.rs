@@ -59,7 +59,7 @@ pub use crate::{
     partial::{PartialKind, PartialUpload, SweepReport},
     storage::{
         ChecksumSupport, DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, Entry, ListMode, Storage,
-        TransferOptions,
+        TransferOptions, file_chunks,
     },
 };
 

@@ -293,12 +293,7 @@ impl Storage {
         let file = tokio::fs::File::open(local)
             .await
             .map_err(|e| Error::local("upload", local, e))?;
-        let chunk_size = options.chunk_size;
-        let chunks = futures::stream::try_unfold(file, move |mut file| async move {
-            let chunk = read_chunk(&mut file, chunk_size).await?;
-            Ok((!chunk.is_empty()).then_some((chunk, file)))
-        });
-        self.upload_stream(local, key, Box::pin(chunks), options)
+        self.upload_stream(local, key, file_chunks(file, options.chunk_size), options)
             .await
     }
 
@@ -870,6 +865,22 @@ async fn adopt(
         size,
         sha256: Sha256Digest::from_hasher(hasher),
     })
+}
+
+/// The content of `file` from where it stands, in chunks of `chunk_size` bytes (the last one
+/// shorter), as uploads read it: for callers that transform a file's bytes on their way to
+/// [`Storage::upload_stream`].
+pub fn file_chunks(
+    file: tokio::fs::File,
+    chunk_size: usize,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin {
+    Box::pin(futures::stream::try_unfold(
+        file,
+        move |mut file| async move {
+            let chunk = read_chunk(&mut file, chunk_size).await?;
+            Ok((!chunk.is_empty()).then_some((chunk, file)))
+        },
+    ))
 }
 
 /// Fills a buffer up to `size` bytes (fewer only at the end of the file), so every part but the last

@@ -508,17 +508,33 @@ pub fn bit_flip(ctx: &mut Ctx) -> Result<()> {
         .pop()
         .context("no snapshot")?;
     let prefix = ctx.s3.key(&format!("{name}/backups/shared/{id}"));
-    let objects = ctx.rclone.objects(&prefix)?;
-    let (victim, _) = objects
-        .iter()
-        .filter(|(k, _)| k.ends_with(".parquet"))
-        .max_by_key(|(_, s)| **s)
-        .context("no parquet")?;
-    let original = ctx.rclone.cat(&format!("{prefix}/{victim}"))?;
+    // The biggest table file: in the snapshot's folder, or in incremental mode the pool object its
+    // manifest names (shown by its file name, the content's digest).
+    let (key, victim) = if ctx.incremental() {
+        let manifest = ctx.rclone.cat(&format!("{prefix}/manifest.json"))?;
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
+        let files = manifest["files"].as_array().context("no files")?;
+        let (object, _) = files
+            .iter()
+            .filter_map(|f| Some((f["object"].as_str()?, f["size"].as_u64()?)))
+            .max_by_key(|(_, size)| *size)
+            .context("no pool object")?;
+        let shown = object.rsplit('/').next().unwrap_or(object).to_owned();
+        (ctx.s3.key(&format!("{name}/backups/{object}")), shown)
+    } else {
+        let objects = ctx.rclone.objects(&prefix)?;
+        let (victim, _) = objects
+            .iter()
+            .filter(|(k, _)| k.ends_with(".parquet"))
+            .max_by_key(|(_, s)| **s)
+            .context("no parquet")?;
+        (format!("{prefix}/{victim}"), victim.clone())
+    };
+    let original = ctx.rclone.cat(&key)?;
     let mut flipped = original.clone();
     let at = flipped.len() / 2;
     flipped[at] ^= 0x01;
-    ctx.rclone.put(&format!("{prefix}/{victim}"), &flipped)?;
+    ctx.rclone.put(&key, &flipped)?;
 
     let out = ctx.hk(&dir, &env, &["backup", "verify", "--snapshot", &id])?;
     ctx.report.check(
@@ -551,7 +567,7 @@ pub fn bit_flip(ctx: &mut Ctx) -> Result<()> {
         out.code == Some(1) && tree(&dir)? == live,
         out.brief(),
     );
-    ctx.rclone.put(&format!("{prefix}/{victim}"), &original)?;
+    ctx.rclone.put(&key, &original)?;
     let out = ctx.hk(&dir, &env, &["backup", "verify", "--snapshot", &id])?;
     ctx.report.check(
         "with the original bytes put back, it verifies again",

@@ -223,6 +223,17 @@ pub fn run() -> Result<bool> {
         });
     }
     section(&mut ctx, "TCP fault proxy", faults::proxy);
+    // The fault sections that read what a cycle stored run in incremental mode too, where the table
+    // files are pool objects shared by snapshots.
+    in_layout(&mut ctx, LAYOUTS[1], "incremental", |ctx| {
+        let tag = format!(" [{} {}]", ctx.layout, ctx.mode);
+        section(ctx, &format!("TCP fault proxy{tag}"), faults::proxy);
+        section(
+            ctx,
+            &format!("a bit flipped in a stored object{tag}"),
+            faults::bit_flip,
+        );
+    });
     section(
         &mut ctx,
         "a provider that refuses checksum headers",

@@ -561,6 +561,7 @@ mod tests {
             source: None,
             sequence: None,
             partitions: export.partitions.clone(),
+            encryption: None,
         }
     }
 

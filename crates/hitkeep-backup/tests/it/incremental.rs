@@ -84,7 +84,7 @@ async fn an_incremental_cycle_stores_what_changed_and_restores_whole(f: Fixture)
     let catalog = Catalog::load(&f.storage).await.unwrap();
     let scratch = f.dir.path().join("scratch");
     for (id, deep) in [(first.id, false), (second.id, true)] {
-        let report = verify_snapshot(&f.storage, &catalog, id, deep, &scratch)
+        let report = verify_snapshot(&f.storage, &catalog, id, deep, &scratch, None)
             .await
             .unwrap();
         assert!(report.is_ok(), "{report:?}");
@@ -118,7 +118,7 @@ async fn an_incremental_cycle_stores_what_changed_and_restores_whole(f: Fixture)
         .await
         .unwrap();
     for id in [first.id, same.id, second.id] {
-        let report = verify_snapshot(&f.storage, &catalog, id, false, &scratch)
+        let report = verify_snapshot(&f.storage, &catalog, id, false, &scratch, None)
             .await
             .unwrap();
         // Tenants whose file is byte for byte the same name the same object, and report it too.
@@ -213,7 +213,7 @@ async fn a_sweep_removes_only_old_objects_no_snapshot_names(f: Fixture) {
     let left: BTreeSet<String> = pool_objects(&f).await.into_iter().collect();
     assert_eq!(left, named(&f.storage).await);
     let scratch = f.dir.path().join("scratch");
-    let report = verify_snapshot(&f.storage, &remaining, second.id, true, &scratch)
+    let report = verify_snapshot(&f.storage, &remaining, second.id, true, &scratch, None)
         .await
         .unwrap();
     assert!(report.is_ok(), "{report:?}");
@@ -225,7 +225,9 @@ async fn a_sweep_removes_only_old_objects_no_snapshot_names(f: Fixture) {
 /// full snapshots that verifies deep.
 async fn exports_plain(f: &Fixture, catalog: &Catalog, id: hitkeep_backup::SnapshotId) {
     let dir = f.dir.path().join("plain");
-    let export = export_plain(&f.storage, catalog, id, &dir).await.unwrap();
+    let export = export_plain(&f.storage, catalog, id, &dir, None)
+        .await
+        .unwrap();
     assert_eq!(export.databases.len(), databases(f).len());
     assert_eq!(export.databases[0], Database::Shared);
     assert!(export.missing.is_empty());
@@ -258,12 +260,12 @@ async fn exports_plain(f: &Fixture, catalog: &Catalog, id: hitkeep_backup::Snaps
             .all(|s| s.manifest.as_ref().is_some_and(|m| !m.is_incremental()))
     );
     let scratch = f.dir.path().join("plain-scratch");
-    let report = verify_snapshot(&copy, &copied, id, true, &scratch)
+    let report = verify_snapshot(&copy, &copied, id, true, &scratch, None)
         .await
         .unwrap();
     assert!(report.is_ok(), "{report:?}");
     // The folder exists now: a second export into it is refused, and leaves it as it was.
-    let err = export_plain(&f.storage, catalog, id, &dir)
+    let err = export_plain(&f.storage, catalog, id, &dir, None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("exists already"), "{err}");
@@ -327,7 +329,7 @@ async fn a_pool_object_removed_during_a_cycle_stops_its_commit() {
     assert!(next.is_success());
     let catalog = Catalog::load(&f.storage).await.unwrap();
     let scratch = f.dir.path().join("scratch");
-    let report = verify_snapshot(&f.storage, &catalog, next.id, true, &scratch)
+    let report = verify_snapshot(&f.storage, &catalog, next.id, true, &scratch, None)
         .await
         .unwrap();
     assert!(report.is_ok(), "{report:?}");

@@ -16,6 +16,7 @@ macro_rules! on_local_and_s3 {
 }
 
 mod bundle;
+mod encrypted;
 mod errors;
 mod incremental;
 mod restore;
@@ -529,7 +530,7 @@ async fn verify_finds_a_damaged_object_and_deep_verify_passes_on_intact_data(f: 
     let id = f.cycle().await.id;
     let catalog = Catalog::load(&f.storage).await.unwrap();
     let scratch = f.dir.path().join("scratch");
-    let report = verify_snapshot(&f.storage, &catalog, id, true, &scratch)
+    let report = verify_snapshot(&f.storage, &catalog, id, true, &scratch, None)
         .await
         .unwrap();
     assert!(report.is_ok(), "{report:?}");
@@ -551,7 +552,7 @@ async fn verify_finds_a_damaged_object_and_deep_verify_passes_on_intact_data(f: 
         )
         .await
         .unwrap();
-    let report = verify_snapshot(&f.storage, &catalog, id, false, &scratch)
+    let report = verify_snapshot(&f.storage, &catalog, id, false, &scratch, None)
         .await
         .unwrap();
     assert!(!report.is_ok());

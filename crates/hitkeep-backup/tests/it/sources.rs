@@ -116,7 +116,7 @@ async fn two_cycles_started_together_claim_different_ids(f: Fixture) {
     assert_ne!(x.id, y.id, "both claimed one snapshot id");
     let catalog = Catalog::load(&f.storage).await.unwrap();
     for id in [x.id, y.id] {
-        let report = verify_snapshot(&f.storage, &catalog, id, false, f.dir.path())
+        let report = verify_snapshot(&f.storage, &catalog, id, false, f.dir.path(), None)
             .await
             .unwrap();
         assert!(report.is_ok(), "{id}: {report:?}");

@@ -154,7 +154,7 @@ async fn code_under_a_consistent_manifest_is_refused_by_restore_and_deep_verify(
     let before = std::fs::read(&f.layout.db_path).unwrap();
     let catalog = Catalog::load(&f.storage).await.unwrap();
     let scratch = f.dir.path().join("scratch");
-    let shallow = verify_snapshot(&f.storage, &catalog, id, false, &scratch)
+    let shallow = verify_snapshot(&f.storage, &catalog, id, false, &scratch, None)
         .await
         .unwrap();
     assert!(
@@ -167,7 +167,7 @@ async fn code_under_a_consistent_manifest_is_refused_by_restore_and_deep_verify(
     assert!(!other.exists(), "nothing attached");
     assert_untouched(&f, &before);
 
-    let deep = verify_snapshot(&f.storage, &catalog, id, true, &scratch)
+    let deep = verify_snapshot(&f.storage, &catalog, id, true, &scratch, None)
         .await
         .unwrap();
     assert!(!deep.is_ok());

@@ -815,3 +815,106 @@ fn the_plan_and_the_report_as_printed() {
     );
     assert_eq!(s.all_fingerprints(), before);
 }
+
+/// An operator's encrypted round trip: the host backs up with the public key only; `list` and a
+/// plain `verify` need no key; restore refuses without the identity and with a wrong one, leaving the
+/// databases as they were, and restores with the right one; no output ever holds the private key.
+#[test]
+fn an_encrypted_backup_opens_only_with_its_identity() {
+    use age::secrecy::ExposeSecret as _;
+    let mut s = local_setup();
+    let identity = age::x25519::Identity::generate();
+    let secret = identity.to_string().expose_secret().to_owned();
+    let identity_file = s.dir.path().join("backup-key.txt");
+    std::fs::write(&identity_file, format!("# a comment\n{secret}\n")).unwrap();
+    let stranger_file = s.dir.path().join("stranger.txt");
+    let stranger = age::x25519::Identity::generate();
+    std::fs::write(&stranger_file, stranger.to_string().expose_secret()).unwrap();
+    s.env.extend([
+        (
+            "HITKEEP_BACKUP_RECIPIENTS".into(),
+            identity.to_public().to_string(),
+        ),
+        ("HITKEEP_LOG_LEVEL".into(), "trace".into()),
+    ]);
+    let mut outputs = Vec::new();
+    let before = s.all_fingerprints();
+    let run = s.hk(&["backup", "run"]);
+    assert!(run.starts_with("exit: 0"), "{run}");
+    let listed = s.hk(&["backup", "list"]);
+    assert!(
+        listed.contains("(encrypted)") && listed.contains("sealed"),
+        "{listed}"
+    );
+    let verified = s.hk(&["backup", "verify"]);
+    assert!(verified.starts_with("exit: 0"), "{verified}");
+    let deep = s.hk(&["backup", "verify", "--deep"]);
+    assert!(
+        !deep.starts_with("exit: 0") && deep.contains("HITKEEP_BACKUP_IDENTITY_FILE"),
+        "{deep}"
+    );
+    outputs.extend([run, listed, verified, deep]);
+
+    s.delete_databases();
+    let from = from_local(&s);
+    let restore = ["recover", "restore-backup", "-from", &from, "-yes"];
+    let refused = s.hk(&restore);
+    assert!(
+        refused.starts_with("exit: 2") && refused.contains("HITKEEP_BACKUP_IDENTITY_FILE"),
+        "{refused}"
+    );
+    assert!(!s.db().exists(), "nothing was restored");
+    let with = |file: &Path| {
+        let mut env = s.env.clone();
+        env.push((
+            "HITKEEP_BACKUP_IDENTITY_FILE".into(),
+            file.display().to_string(),
+        ));
+        env
+    };
+    let wrong = crate::hk(&restore, &with(&stranger_file), s.dir.path());
+    assert!(
+        wrong.starts_with("exit: 1") && wrong.contains("recipients"),
+        "{wrong}"
+    );
+    assert!(!s.db().exists(), "nothing was restored");
+    let restored = crate::hk(&restore, &with(&identity_file), s.dir.path());
+    assert!(restored.starts_with("exit: 0"), "{restored}");
+    assert_eq!(s.all_fingerprints(), before);
+    let deep = crate::hk(
+        &["backup", "verify", "--deep"],
+        &with(&identity_file),
+        s.dir.path(),
+    );
+    assert!(deep.starts_with("exit: 0"), "{deep}");
+    let shown = crate::hk(&["config", "show"], &with(&identity_file), s.dir.path());
+    assert!(shown.contains("backup-key.txt"), "{shown}");
+    outputs.extend([refused, wrong, restored, deep, shown]);
+
+    // A private key given as a recipient, quoted among others, or instead of the identity file's
+    // path, is refused, and not echoed.
+    for (setting, value) in [
+        ("HITKEEP_BACKUP_RECIPIENTS", secret.clone()),
+        (
+            "HITKEEP_BACKUP_RECIPIENTS",
+            format!("{},\"{}\"", identity.to_public(), secret.to_lowercase()),
+        ),
+        ("HITKEEP_BACKUP_IDENTITY_FILE", secret.clone()),
+    ] {
+        let mut env = s.env.clone();
+        env.push((setting.into(), value));
+        let misplaced = crate::hk(&["backup", "run"], &env, s.dir.path());
+        assert!(
+            misplaced.starts_with("exit: 2") && misplaced.contains("private key"),
+            "{misplaced}"
+        );
+        outputs.push(misplaced);
+    }
+    for out in &outputs {
+        let upper = out.to_ascii_uppercase(); // bech32 is read in either case
+        assert!(
+            !upper.contains(&secret[16..]),
+            "an output holds a private key: {out}"
+        );
+    }
+}

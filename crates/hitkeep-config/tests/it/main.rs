@@ -160,12 +160,16 @@ fn every_variable_is_read() {
     assert_eq!(s.log.level, hitkeep_config::LogLevel::Debug);
     assert_eq!(s.log.format, hitkeep_config::LogFormat::Json);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    // A secret's `_FILE` setting is the other way to give it (`secrets_from_files`).
+    // A secret's `_FILE` setting is the other way to give it (`secrets_from_files`); encryption
+    // is not built for incremental mode, so its settings are read in `encryption_settings…`.
     let files = [
         Key::S3SecretAccessKeyFile,
         Key::S3SessionTokenFile,
         Key::BackupHeartbeatUrlFile,
         Key::BackupFailureUrlFile,
+        Key::BackupRecipients,
+        Key::BackupRecipientsFile,
+        Key::BackupIdentityFile,
     ];
     assert!(
         Key::ALL
@@ -1508,4 +1512,78 @@ fn notification_urls_without_backups_warn() {
         c.warnings
     );
     assert!(!format!("{:?}", c.warnings).contains("Tok3nXYZ"));
+}
+
+/// Recipients from the setting and a file, each parsed; an identity file checked to exist; a private
+/// key anywhere among them refused without its value; encryption of incremental snapshots refused.
+#[test]
+fn encryption_settings_are_checked_and_never_echo_a_private_key() {
+    use age::secrecy::ExposeSecret as _;
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<age::x25519::Identity> =
+        (0..3).map(|_| age::x25519::Identity::generate()).collect();
+    let public: Vec<String> = keys.iter().map(|k| k.to_public().to_string()).collect();
+    let secret = keys[0].to_string().expose_secret().to_owned();
+    let listed = dir.path().join("recipients.txt");
+    std::fs::write(&listed, format!("# the offline key\n{}\n\n", public[2])).unwrap();
+    let identity = dir.path().join("key.txt");
+    std::fs::write(&identity, format!("{secret}\n")).unwrap();
+    let (listed, identity) = (listed.display().to_string(), identity.display().to_string());
+
+    let two = format!("{}, {}", public[0], public[1]);
+    let c = load(&[
+        ("HITKEEP_BACKUP_RECIPIENTS", two.as_str()),
+        ("HITKEEP_BACKUP_RECIPIENTS_FILE", listed.as_str()),
+        ("HITKEEP_BACKUP_IDENTITY_FILE", identity.as_str()),
+    ]);
+    assert_eq!(c.settings.backup.recipients, public);
+    assert_eq!(
+        c.settings.backup.identity_file.as_deref(),
+        Some(std::path::Path::new(&identity))
+    );
+    let shown = c.render_text();
+    assert!(
+        shown.contains(&public[1]) && shown.contains("key.txt"),
+        "{shown}"
+    );
+    assert!(!shown.contains(&secret[16..]), "{shown}");
+
+    let one_bad = format!("{},age1nope", public[0]);
+    let bad = load_err(&[("HITKEEP_BACKUP_RECIPIENTS", one_bad.as_str())]);
+    assert_eq!(bad.errors[0].key, Some(Key::BackupRecipients));
+    assert!(bad.to_string().contains("age1nope"), "{bad}");
+    let missing = load_err(&[("HITKEEP_BACKUP_IDENTITY_FILE", "/nonexistent/key.txt")]);
+    assert_eq!(missing.errors[0].key, Some(Key::BackupIdentityFile));
+    let incremental = load_err(&[
+        ("HITKEEP_BACKUP_RECIPIENTS", public[0].as_str()),
+        ("HITKEEP_BACKUP_MODE", "incremental"),
+    ]);
+    assert!(
+        incremental.to_string().contains("incremental"),
+        "{incremental}"
+    );
+
+    let in_file = dir.path().join("oops.txt");
+    std::fs::write(
+        &in_file,
+        format!("{}\n{}\n", public[1], secret.to_lowercase()),
+    )
+    .unwrap();
+    let in_file = in_file.display().to_string();
+    for (key, value) in [
+        (
+            "HITKEEP_BACKUP_RECIPIENTS",
+            format!("{},\"{secret}\"", public[0]),
+        ),
+        ("HITKEEP_BACKUP_RECIPIENTS_FILE", in_file),
+        ("HITKEEP_BACKUP_IDENTITY_FILE", secret.clone()),
+    ] {
+        let e = load_err(&[(key, value.as_str())]);
+        let all = format!("{e} {e:?}").to_ascii_uppercase();
+        assert!(all.contains("PRIVATE KEY"), "{key}: {e}");
+        assert!(
+            !all.contains(&secret[16..]),
+            "{key} echoes the private key: {e}"
+        );
+    }
 }

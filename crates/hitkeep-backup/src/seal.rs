@@ -1,0 +1,375 @@
+//! Client-side encryption of a snapshot's objects with age (X25519 recipients): a [`Sealer`] holds
+//! only public keys and encrypts, an [`Opener`] holds identities (private keys) and decrypts. Design:
+//! `docs/design/encryption.md`.
+//!
+//! Every object of an encrypted snapshot is one age file, encrypted as it streams to the upload, so
+//! the SHA-256 the upload computes (and the manifest records) is of the stored ciphertext: a plain
+//! `verify` checks it without any key. Nothing here decides *whether* to encrypt: a cycle given a
+//! [`Sealer`] passes every upload through it, and there is no path around it.
+//!
+//! What it does not do: authenticate the writer. Recipients are public, so anyone who can write to
+//! the bucket can also write objects these identities open; the manifest's digests (of the stored
+//! bytes) are what tie a snapshot's objects together, as for plain snapshots.
+
+use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use age::x25519::{Identity, Recipient};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use hitkeep_storage::{ObjectInfo, Sha256Digest};
+use sha2::Digest as _;
+
+/// The public keys a cycle encrypts to. Holds no secret, so it may be shown.
+#[derive(Clone, Debug)]
+pub struct Sealer {
+    recipients: Vec<Recipient>,
+}
+
+/// Why an encrypted object did not open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenFailure {
+    /// The snapshot is encrypted and no identity was given.
+    NoIdentity,
+    /// None of the identities given is one of the object's recipients.
+    WrongIdentity,
+    /// The object is not an age file, or its bytes fail authentication: damaged or replaced.
+    Damaged,
+    /// The plaintext could not be written to local disk.
+    Unwritable,
+}
+
+/// A file written and hashed at once.
+struct Hashing {
+    out: std::fs::File,
+    hasher: sha2::Sha256,
+}
+
+impl Write for Hashing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Identities (age X25519 private keys) that open snapshots. Never printed: its `Debug` shows only
+/// how many it holds.
+#[derive(Clone)]
+pub struct Opener {
+    identities: Vec<Identity>,
+}
+
+impl std::fmt::Debug for Opener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Opener({} identities, [redacted])",
+            self.identities.len()
+        )
+    }
+}
+
+impl Sealer {
+    /// A sealer for these recipients (age's `age1…` public keys); `None` for none.
+    pub fn new(recipients: &[String]) -> Result<Option<Sealer>, String> {
+        // The entry is not echoed: a misplaced private key must not reach a message.
+        let recipients = recipients
+            .iter()
+            .enumerate()
+            .map(|(n, r)| (r.parse::<Recipient>()).map_err(|e| format!("recipient {}: {e}", n + 1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((!recipients.is_empty()).then_some(Sealer { recipients }))
+    }
+
+    /// The recipients, as `age1…` strings: recorded in the clear in each manifest.
+    pub fn recipients(&self) -> Vec<String> {
+        self.recipients.iter().map(ToString::to_string).collect()
+    }
+
+    fn encryptor(&self) -> io::Result<age::Encryptor> {
+        age::Encryptor::with_recipients(self.recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(io::Error::other)
+    }
+
+    /// `bytes` as one age file.
+    pub fn seal_bytes(&self, bytes: &[u8]) -> io::Result<Vec<u8>> {
+        let mut writer = self
+            .encryptor()?
+            .wrap_output(Vec::with_capacity(bytes.len() + 256))?;
+        writer.write_all(bytes)?;
+        writer.finish()
+    }
+
+    /// The ciphertext of the plaintext `chunks`, chunk by chunk as they come: one age file. A failing
+    /// input ends the output with its error, never with a file that looks whole.
+    pub fn seal_stream<'a>(
+        &self,
+        chunks: impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'a,
+    ) -> io::Result<impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'a> {
+        let spill = Spill::default();
+        // The header goes into the spill now and out with the first chunk.
+        let writer = self.encryptor()?.wrap_output(spill.clone())?;
+        let state = (chunks, Some(writer), spill);
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |(mut chunks, mut writer, spill)| async move {
+                loop {
+                    let w = writer.as_mut()?;
+                    let sealed = match chunks.next().await {
+                        Some(Ok(chunk)) => w.write_all(&chunk).map(|()| spill.take()),
+                        Some(Err(e)) => Err(e),
+                        None => {
+                            let w = writer.take().expect("checked above");
+                            w.finish().map(|_| spill.take())
+                        }
+                    };
+                    match sealed {
+                        // age writes whole 64 KiB chunks: a small input may give nothing yet.
+                        Ok(out) if out.is_empty() && writer.is_some() => continue,
+                        Ok(out) if out.is_empty() => return None,
+                        Ok(out) => return Some((Ok(out), (chunks, writer, spill))),
+                        Err(e) => return Some((Err(e), (chunks, None, spill))),
+                    }
+                }
+            },
+        )))
+    }
+}
+
+/// Where age's writer puts ciphertext until the stream takes it.
+#[derive(Clone, Default)]
+struct Spill(Arc<Mutex<Vec<u8>>>);
+
+impl Spill {
+    fn take(&self) -> Bytes {
+        Bytes::from(std::mem::take(&mut *self.0.lock().expect("never poisoned")))
+    }
+}
+
+impl Write for Spill {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .expect("never poisoned")
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Opener {
+    /// The identities in an age identity file (`AGE-SECRET-KEY-1…` lines, `#` comments), as
+    /// `age-keygen` writes it. The error never holds the file's content.
+    pub fn from_file(path: &Path) -> Result<Opener, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+        let mut text = String::new();
+        BufReader::new(file)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        Opener::from_text(&text)
+    }
+
+    fn from_text(text: &str) -> Result<Opener, String> {
+        let mut identities = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let identity = line.parse::<Identity>().map_err(|_| {
+                format!(
+                    "line {} is not an age X25519 identity (AGE-SECRET-KEY-1…)",
+                    n + 1
+                )
+            })?;
+            identities.push(identity);
+        }
+        if identities.is_empty() {
+            return Err("it holds no identity (AGE-SECRET-KEY-1…)".to_owned());
+        }
+        Ok(Opener { identities })
+    }
+
+    /// An opener of these identities (for tests and embedding servers that hold keys themselves).
+    pub fn new(identities: Vec<Identity>) -> Opener {
+        Opener { identities }
+    }
+
+    /// The plaintext of an age file held in memory.
+    pub fn open_bytes(&self, sealed: &[u8]) -> Result<Vec<u8>, OpenFailure> {
+        let mut reader = self.reader(sealed)?;
+        let mut plain = Vec::new();
+        reader
+            .read_to_end(&mut plain)
+            .map_err(|_| OpenFailure::Damaged)?;
+        Ok(plain)
+    }
+
+    /// Decrypts the age file `sealed` into `plain` (created), synced; returns the plaintext's size
+    /// and SHA-256. On a failure `plain` may hold a part of the plaintext: the caller removes it.
+    pub fn open_file(&self, sealed: &Path, plain: &Path) -> Result<ObjectInfo, OpenFailure> {
+        let input = std::fs::File::open(sealed).map_err(|_| OpenFailure::Damaged)?;
+        let mut reader = self.reader(BufReader::with_capacity(1 << 20, input))?;
+        let out = std::fs::File::create(plain).map_err(|_| OpenFailure::Unwritable)?;
+        let mut out = Hashing {
+            out,
+            hasher: sha2::Sha256::new(),
+        };
+        // A read error is authentication failing on a chunk (damaged bytes); a write error is ours.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(OpenFailure::Damaged),
+            };
+            out.write_all(&buf[..n])
+                .map_err(|_| OpenFailure::Unwritable)?;
+            size += n as u64;
+        }
+        out.out.sync_all().map_err(|_| OpenFailure::Unwritable)?;
+        Ok(ObjectInfo {
+            size,
+            sha256: Sha256Digest::from_hasher(out.hasher),
+        })
+    }
+
+    fn reader<R: io::BufRead>(&self, input: R) -> Result<impl Read, OpenFailure> {
+        let decryptor = age::Decryptor::new_buffered(input).map_err(|_| OpenFailure::Damaged)?;
+        decryptor
+            .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
+            .map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => OpenFailure::WrongIdentity,
+                _ => OpenFailure::Damaged,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(n: usize) -> (Vec<Identity>, Sealer) {
+        let identities: Vec<Identity> = (0..n).map(|_| Identity::generate()).collect();
+        let recipients: Vec<String> = identities
+            .iter()
+            .map(|i| i.to_public().to_string())
+            .collect();
+        (identities, Sealer::new(&recipients).unwrap().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_stream_sealed_chunk_by_chunk_opens_with_any_recipients_identity() {
+        let (identities, sealer) = keys(2);
+        let plain: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let chunks: Vec<io::Result<Bytes>> = plain
+            .chunks(70_001)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let sealed: Vec<Bytes> = sealer
+            .seal_stream(futures::stream::iter(chunks))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        assert!(sealed.len() > 1, "streamed, not gathered");
+        let sealed: Vec<u8> = sealed.concat();
+        assert!(!sealed.windows(8).any(|w| w == &plain[4000..4008]));
+        for identity in identities {
+            let opener = Opener::new(vec![identity]);
+            assert_eq!(opener.open_bytes(&sealed).unwrap(), plain);
+        }
+        let stranger = Opener::new(vec![Identity::generate()]);
+        assert_eq!(
+            stranger.open_bytes(&sealed).unwrap_err(),
+            OpenFailure::WrongIdentity
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_input_is_a_whole_age_file_and_a_failing_one_ends_in_its_error() {
+        let (identities, sealer) = keys(1);
+        let empty: Vec<Bytes> = sealer
+            .seal_stream(futures::stream::iter(Vec::<io::Result<Bytes>>::new()))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        let opener = Opener::new(identities);
+        assert_eq!(opener.open_bytes(&empty.concat()).unwrap(), b"");
+        let failing = futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"some rows")),
+            Err(io::Error::other("disk gone")),
+        ]);
+        let out: Vec<io::Result<Bytes>> = sealer.seal_stream(failing).unwrap().collect().await;
+        assert!(out.last().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_flipped_byte_or_a_cut_file_is_damaged() {
+        let (identities, sealer) = keys(1);
+        let opener = Opener::new(identities);
+        let sealed = sealer.seal_bytes(&[7u8; 200_000]).unwrap();
+        let mut flipped = sealed.clone();
+        let at = flipped.len() - 1000;
+        flipped[at] ^= 1;
+        assert_eq!(
+            opener.open_bytes(&flipped).unwrap_err(),
+            OpenFailure::Damaged
+        );
+        assert_eq!(
+            opener.open_bytes(&sealed[..sealed.len() - 10]).unwrap_err(),
+            OpenFailure::Damaged
+        );
+        assert_eq!(
+            opener.open_bytes(b"PAR1 not age").unwrap_err(),
+            OpenFailure::Damaged
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("x.age"), dir.path().join("x"));
+        std::fs::write(&from, &flipped).unwrap();
+        assert_eq!(
+            opener.open_file(&from, &to).unwrap_err(),
+            OpenFailure::Damaged
+        );
+        std::fs::write(&from, &sealed).unwrap();
+        let opened = opener.open_file(&from, &to).unwrap();
+        assert_eq!(opened.size, 200_000);
+        assert_eq!(opened.sha256, Sha256Digest::of(&[7u8; 200_000]));
+        assert_eq!(std::fs::read(&to).unwrap(), vec![7u8; 200_000]);
+    }
+
+    #[test]
+    fn identity_files_parse_as_age_keygen_writes_them_and_never_echo_a_key() {
+        let identity = Identity::generate();
+        use age::secrecy::ExposeSecret;
+        let secret = identity.to_string().expose_secret().to_owned();
+        let text = format!(
+            "# created: 2026-12-03T00:00:00Z\n# public key: {}\n{secret}\n",
+            identity.to_public()
+        );
+        let opener = Opener::from_text(&text).unwrap();
+        assert!(!format!("{opener:?}").contains(&secret[16..]));
+        let damaged = text.replace(&secret[20..30], "xxxxxxxxxx");
+        let err = Opener::from_text(&damaged).unwrap_err();
+        assert!(
+            err.contains("line 3") && !err.contains(&secret[30..]),
+            "{err}"
+        );
+        assert!(Opener::from_text("# nothing\n").is_err());
+        assert!(Sealer::new(&["age1nope".to_owned()]).is_err());
+        assert!(Sealer::new(&[]).unwrap().is_none());
+    }
+}
