@@ -147,6 +147,8 @@ impl PartitionRule {
             {
                 false
             }
+            // A recorded rule comes from the bucket: a range of no rows cannot cut anything.
+            PartitionRule::Rows { rows: 0 } | PartitionRule::MonthRows { rows: 0, .. } => false,
             PartitionRule::Rows { .. } => true,
             PartitionRule::MonthRows { column, .. } => columns.iter().any(|c| c == column),
         }
@@ -609,6 +611,12 @@ mod tests {
             PartitionRule::Whole
         );
         assert!(!small_ranges().applies_to(&cols(&["id", "__hitkeep_range", "timestamp"])));
+        // A rule read from a damaged manifest: a new chain starts, nothing divides by zero.
+        let empty = PartitionRule::MonthRows {
+            column: "timestamp".into(),
+            rows: 0,
+        };
+        assert!(!empty.applies_to(&cols(&["timestamp"])));
         let recorded = serde_json::to_string(&small_ranges()).unwrap();
         assert_eq!(
             recorded,

@@ -265,12 +265,28 @@ impl Resolver {
             text(self, Key::BackupRecipientsFile),
             text(self, Key::BackupIdentityFile),
         );
-        for (key, value) in [
-            (Key::BackupRecipients, &listed),
-            (Key::BackupRecipientsFile, &file),
-            (Key::BackupIdentityFile, &identity),
+        // Anywhere in the list of recipients; a path only when it is a key itself (a file may well
+        // be named `age-secret-key-prod`).
+        let is_key = |path: &str| {
+            path.trim()
+                .to_ascii_uppercase()
+                .starts_with("AGE-SECRET-KEY-1")
+        };
+        for (key, given) in [
+            (
+                Key::BackupRecipients,
+                listed.as_deref().is_some_and(holds_private_key),
+            ),
+            (
+                Key::BackupRecipientsFile,
+                file.as_deref().is_some_and(is_key),
+            ),
+            (
+                Key::BackupIdentityFile,
+                identity.as_deref().is_some_and(is_key),
+            ),
         ] {
-            if value.as_deref().is_some_and(holds_private_key) {
+            if given {
                 self.private_key_given(key, "");
                 recipients = None;
             }
@@ -384,7 +400,12 @@ impl Resolver {
                 Err(e) => {
                     self.error(
                         key,
-                        format!("`{entry}`{at} is not an age X25519 recipient: {e}"),
+                        // A file's line is not shown: a file named by mistake (an SSH private
+                        // key) must not reach the output.
+                        match line {
+                            None => format!("`{entry}` is not an age X25519 recipient: {e}"),
+                            Some(_) => format!("the entry{at} is not an age X25519 recipient: {e}"),
+                        },
                         "write the public keys age-keygen prints (age1…), separated by commas",
                     );
                     *into = None;

@@ -1563,6 +1563,26 @@ fn encryption_settings_are_checked_and_never_echo_a_private_key() {
         "{incremental}"
     );
 
+    // A path may say "secret key"; a file's bad line is named by number, never shown.
+    let named = dir.path().join("age-secret-key-prod");
+    std::fs::write(&named, format!("{secret}\n")).unwrap();
+    let named = named.display().to_string();
+    let c = load(&[("HITKEEP_BACKUP_IDENTITY_FILE", named.as_str())]);
+    assert!(c.settings.backup.identity_file.is_some());
+    let ssh = dir.path().join("id_ed25519");
+    std::fs::write(
+        &ssh,
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n",
+    )
+    .unwrap();
+    let ssh = ssh.display().to_string();
+    let e = load_err(&[("HITKEEP_BACKUP_RECIPIENTS_FILE", ssh.as_str())]);
+    assert!(e.to_string().contains("line 1"), "{e}");
+    assert!(
+        !format!("{e} {e:?}").contains("b3BlbnNzaC1rZXktdjEAAAAA"),
+        "{e}"
+    );
+
     let in_file = dir.path().join("oops.txt");
     std::fs::write(
         &in_file,
