@@ -360,10 +360,9 @@ fn check_encryption(manifest: &Manifest, encryption: &Encryption) -> Result<(), 
     if encryption.sealed.name != SEALED_NAME || encryption.sealed.object.is_some() {
         return refuse("named as the sealed part, which is always manifest.sealed in its folder");
     }
-    if manifest.files.iter().any(|f| f.object.is_some()) || !manifest.tables.is_empty() {
-        return refuse(
-            "beside pool objects or clear row counts, which an encrypted manifest never has",
-        );
+    // Pool objects outside format 2 are refused by `check_file` already.
+    if !manifest.tables.is_empty() {
+        return refuse("beside clear row counts, which an encrypted manifest never has");
     }
     Ok(())
 }

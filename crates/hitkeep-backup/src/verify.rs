@@ -177,7 +177,8 @@ async fn check_database(
         (deep, _) => (std::borrow::Cow::Borrowed(manifest), None, deep.is_some()),
     };
     let mut stored_files: Vec<&FileEntry> = manifest.files.iter().collect();
-    if let Some(encryption) = &manifest.encryption {
+    // The sealed part: read and checked by the unsealing already when this check opens the snapshot.
+    if let (Some(encryption), None) = (&manifest.encryption, opening) {
         stored_files.push(&encryption.sealed);
     }
     for file in stored_files {

@@ -227,3 +227,12 @@ on_local_and_s3!(
     a_wrong_or_missing_identity_changes_nothing,
     a_flipped_byte_is_named_by_a_verify_without_any_key,
 );
+
+/// HitKeep 2.12 and older: the default tenant's analytics in the shared database.
+mod pre_split {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cycle_encrypted_to_two_recipients_restores_with_either_identity() {
+        let f = super::Fixture::with_layout(false, hitkeep_data::TenantLayout::PreSplit).await;
+        super::a_cycle_encrypted_to_two_recipients_restores_with_either_identity(f).await
+    }
+}
