@@ -59,6 +59,38 @@ impl Write for Hashing {
     }
 }
 
+/// A new age X25519 key pair written to `path` as an identity file in the format `age-keygen`
+/// writes (a `# public key:` comment, then the `AGE-SECRET-KEY-1…` line), for
+/// `HITKEEP_BACKUP_IDENTITY_FILE`. Returns the public key (`age1…`) for `HITKEEP_BACKUP_RECIPIENTS`.
+///
+/// The file is created, never replaced (an existing key may be the only one that opens old
+/// snapshots: [`io::ErrorKind::AlreadyExists`]), readable by its owner only on Unix, and synced
+/// before this returns; a failed write removes what it began.
+pub fn write_new_identity(path: &Path) -> io::Result<String> {
+    use age::secrecy::ExposeSecret as _;
+    let identity = Identity::generate();
+    let public = identity.to_public().to_string();
+    let text = format!(
+        "# created: {}\n# public key: {public}\n{}\n",
+        jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        identity.to_string().expose_secret()
+    );
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(public)
+}
+
 /// Identities (age X25519 private keys) that open snapshots. Never printed: its `Debug` shows only
 /// how many it holds.
 #[derive(Clone)]
@@ -349,6 +381,32 @@ mod tests {
         assert_eq!(opened.size, 200_000);
         assert_eq!(opened.sha256, Sha256Digest::of(&[7u8; 200_000]));
         assert_eq!(std::fs::read(&to).unwrap(), vec![7u8; 200_000]);
+    }
+
+    #[test]
+    fn a_new_identity_file_opens_what_is_sealed_to_its_public_key_and_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup.key");
+        let public = write_new_identity(&path).unwrap();
+        assert!(public.starts_with("age1"), "{public}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(&format!("# public key: {public}\n")),
+            "{text}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let sealer = Sealer::new(std::slice::from_ref(&public)).unwrap().unwrap();
+        let sealed = sealer.seal_bytes(b"rows").unwrap();
+        let opener = Opener::from_file(&path).unwrap();
+        assert_eq!(opener.open_bytes(&sealed).unwrap(), b"rows");
+        let again = write_new_identity(&path).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]

@@ -549,6 +549,30 @@ pub fn lifecycle(settings: &Settings) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+pub fn keygen(file: &std::path::Path) -> ExitCode {
+    match hitkeep_backup::write_new_identity(file) {
+        Ok(public) => {
+            println!("{public}");
+            eprintln!(
+                "# wrote the private key to {}: keep it (and a copy) off the HitKeep host; restore, `backup verify --deep` and `backup export-plain` need it as HITKEEP_BACKUP_IDENTITY_FILE.\n# on the HitKeep host: HITKEEP_BACKUP_RECIPIENTS={public}",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "error: {} exists already: hitkeep never replaces a key file, which may be the only key that opens older snapshots\n  hint: name a new file",
+                file.display()
+            );
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn status(settings: &Settings, json: bool) -> ExitCode {
     let engine = engine(settings);
     let status = StatusBoard::load(&engine.layout().status_file(), settings).get();

@@ -182,6 +182,15 @@ pub enum BackupCommand {
         after_help = "Example:\n  HITKEEP_BACKUP_PATH=s3://my-analytics-bucket/hitkeep/backups hitkeep backup lifecycle > lifecycle.json"
     )]
     Lifecycle,
+    /// Make an age key pair for encrypted snapshots: writes the private key to FILE (never
+    /// replacing one) and prints the public key for HITKEEP_BACKUP_RECIPIENTS.
+    #[command(
+        after_help = "Example (on the machine that will restore, not the HitKeep host):\n  hitkeep backup keygen /root/hitkeep-backup.key\n  # then, on the HitKeep host: HITKEEP_BACKUP_RECIPIENTS=<the printed age1… key>"
+    )]
+    Keygen {
+        /// Where to write the private key (an age identity file); must not exist yet.
+        file: std::path::PathBuf,
+    },
     /// Show the scheduler's last results.
     #[command(
         after_help = "Example:\n  HITKEEP_DATA_PATH=/var/lib/hitkeep/data hitkeep backup status --json"

@@ -61,6 +61,8 @@ pub fn run(cli: &Cli) -> ExitCode {
         Some(Command::Backup(BackupCommand::Unpin { snapshot })) => {
             with_config(loaded, |c| backup::unpin(&c.settings, snapshot))
         }
+        // No settings: a key pair is made before any installation is configured to use it.
+        Some(Command::Backup(BackupCommand::Keygen { file })) => backup::keygen(file),
         Some(Command::Backup(BackupCommand::Lifecycle)) => {
             with_config(loaded, |c| backup::lifecycle(&c.settings))
         }

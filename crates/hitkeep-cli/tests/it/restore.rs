@@ -821,23 +821,34 @@ fn the_plan_and_the_report_as_printed() {
 /// databases as they were, and restores with the right one; no output ever holds the private key.
 #[test]
 fn an_encrypted_backup_opens_only_with_its_identity() {
-    use age::secrecy::ExposeSecret as _;
     let mut s = local_setup();
-    let identity = age::x25519::Identity::generate();
-    let secret = identity.to_string().expose_secret().to_owned();
-    let identity_file = s.dir.path().join("backup-key.txt");
-    std::fs::write(&identity_file, format!("# a comment\n{secret}\n")).unwrap();
-    let stranger_file = s.dir.path().join("stranger.txt");
-    let stranger = age::x25519::Identity::generate();
-    std::fs::write(&stranger_file, stranger.to_string().expose_secret()).unwrap();
+    let keygen = |s: &Setup, name: &str| {
+        let file = s.dir.path().join(name);
+        let made = s.hk(&["backup", "keygen", &file.display().to_string()]);
+        assert!(made.starts_with("exit: 0"), "{made}");
+        let public = made.lines().nth(2).unwrap_or_default().to_owned();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let secret = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-1"));
+        assert!(public.starts_with("age1") && secret.is_some(), "{made}\n");
+        (file, public, secret.unwrap_or_default().to_owned(), made)
+    };
+    let (identity_file, public, secret, made) = keygen(&s, "backup-key.txt");
+    let (stranger_file, ..) = keygen(&s, "stranger.txt");
+    let again = s.hk(&["backup", "keygen", &identity_file.display().to_string()]);
+    assert!(
+        again.starts_with("exit: 2") && again.contains("exists already"),
+        "{again}"
+    );
+    assert!(
+        std::fs::read_to_string(&identity_file)
+            .unwrap()
+            .contains(&secret)
+    );
     s.env.extend([
-        (
-            "HITKEEP_BACKUP_RECIPIENTS".into(),
-            identity.to_public().to_string(),
-        ),
+        ("HITKEEP_BACKUP_RECIPIENTS".into(), public.clone()),
         ("HITKEEP_LOG_LEVEL".into(), "trace".into()),
     ]);
-    let mut outputs = Vec::new();
+    let mut outputs = vec![made, again];
     let before = s.all_fingerprints();
     let run = s.hk(&["backup", "run"]);
     assert!(run.starts_with("exit: 0"), "{run}");
@@ -897,7 +908,7 @@ fn an_encrypted_backup_opens_only_with_its_identity() {
         ("HITKEEP_BACKUP_RECIPIENTS", secret.clone()),
         (
             "HITKEEP_BACKUP_RECIPIENTS",
-            format!("{},\"{}\"", identity.to_public(), secret.to_lowercase()),
+            format!("{public},\"{}\"", secret.to_lowercase()),
         ),
         ("HITKEEP_BACKUP_IDENTITY_FILE", secret.clone()),
     ] {
