@@ -65,5 +65,8 @@ pub use crate::{
 
 /// `tracing` filter directives that every subscriber logging this crate's dependencies must add
 /// after its own level: reqsign (OpenDAL's request signer) logs the whole static credential,
-/// secret key included, at `debug`. Found by `cargo xtask e2e`'s secret scan at trace level.
-pub const LOG_DIRECTIVES: &[&str] = &["reqsign=info"];
+/// secret key included, at `debug` (found by `cargo xtask e2e`'s secret scan at trace level); and
+/// OpenDAL's tracing layer opens a `debug` span, `http::fetch`, that records the whole request, body
+/// included, which every event inside it (hyper's, at `debug`) then prints: a debug log held every
+/// uploaded byte, a plain snapshot's rows among them (found by the e2e's 3.6 GB transcript).
+pub const LOG_DIRECTIVES: &[&str] = &["reqsign=info", "opendal_layer_tracing=info"];

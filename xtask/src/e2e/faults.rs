@@ -143,10 +143,17 @@ pub fn kill_loop(ctx: &mut Ctx) -> Result<()> {
     let mut latest = ctx.complete(&dir, &env, "shared")?.pop();
     let (mut killed, mut finished, mut commits, mut checked) = (0, 0, 0, BTreeMap::new());
     let mut problems = Vec::new();
-    // The second layout's loop exercises the same cycle code on other data: half the rounds keep the
-    // run within CI's budget, and the small-disk section kills cycles too (HITKEEP_E2E_KILLS sets
-    // both; 20 or more for a deeper run).
-    let n = rounds("HITKEEP_E2E_KILLS", if ctx.split() { 12 } else { 6 });
+    // The second layout's loop and the encrypted one exercise the same cycle code on other data or
+    // through the sealer: half the rounds keep the run within CI's budget, and the small-disk section
+    // kills cycles too (HITKEEP_E2E_KILLS sets all; 20 or more for a deeper run).
+    let n = rounds(
+        "HITKEEP_E2E_KILLS",
+        if ctx.split() && ctx.keys.is_none() {
+            12
+        } else {
+            6
+        },
+    );
     for round in 1..=n {
         // A new source state per round: which one a restore brings back shows which cycle is latest.
         ctx.py.mark(&dir.join("hitkeep.db"), round)?;
@@ -536,9 +543,18 @@ pub fn bit_flip(ctx: &mut Ctx) -> Result<()> {
     flipped[at] ^= 0x01;
     ctx.rclone.put(&key, &flipped)?;
 
-    let out = ctx.hk(&dir, &env, &["backup", "verify", "--snapshot", &id])?;
+    // Encrypted, the host that verifies holds no identity: the stored bytes' digests are enough.
+    let host = env.clone().unset("HITKEEP_BACKUP_IDENTITY_FILE");
+    let out = ctx.hk(&dir, &host, &["backup", "verify", "--snapshot", &id])?;
     ctx.report.check(
-        format!("verify reports the flipped bit in {victim}"),
+        format!(
+            "verify{} reports the flipped bit in {victim}",
+            if ctx.keys.is_some() {
+                " without the identity"
+            } else {
+                ""
+            }
+        ),
         out.code == Some(1)
             && (out.stdout.contains(victim.as_str()) || out.stderr.contains(victim.as_str())),
         out.brief(),

@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod checksum;
+mod encrypted;
 mod faults;
 mod hitkeep;
 mod namespaces;
@@ -47,12 +48,25 @@ pub struct Ctx {
     pub layout: &'static str,
     /// `HITKEEP_BACKUP_MODE` of every run: `full` or `incremental`.
     pub mode: &'static str,
+    /// Set while the sections run with encryption on: every run gets the recipients and the identity.
+    pub keys: Option<Keys>,
+}
+
+/// Age keys made by `hitkeep backup keygen` for the encrypted variant.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    /// `HITKEEP_BACKUP_RECIPIENTS`: the operator's public key and a second one.
+    pub recipients: String,
+    /// The operator's identity file: `HITKEEP_BACKUP_IDENTITY_FILE` of every run.
+    pub identity: PathBuf,
+    /// The second recipient's identity file.
+    pub second: PathBuf,
 }
 
 impl Ctx {
     /// The guide's MinIO variables, with this server's address and keys.
     pub fn s3_env(&self) -> Env {
-        Env::default()
+        let env = Env::default()
             .set("HITKEEP_S3_ACCESS_KEY_ID", &self.s3.access_key)
             .set("HITKEEP_S3_SECRET_ACCESS_KEY", &self.s3.secret_key)
             .set("HITKEEP_S3_ENDPOINT", &self.s3.endpoint)
@@ -62,7 +76,14 @@ impl Ctx {
                 if self.s3.use_ssl { "true" } else { "false" },
             )
             .set("HITKEEP_S3_REGION", &self.s3.region)
-            .set("HITKEEP_BACKUP_MODE", self.mode)
+            .set("HITKEEP_BACKUP_MODE", self.mode);
+        match &self.keys {
+            Some(keys) => env.set("HITKEEP_BACKUP_RECIPIENTS", &keys.recipients).set(
+                "HITKEEP_BACKUP_IDENTITY_FILE",
+                keys.identity.to_string_lossy(),
+            ),
+            None => env,
+        }
     }
 
     /// Whether cycles write incremental snapshots (table files in `pool/`).
@@ -195,6 +216,7 @@ pub fn run() -> Result<bool> {
         secrets,
         layout: "2.13",
         mode: "full",
+        keys: None,
     };
     ctx.report.figure("S3 server", ctx.s3.describe());
 
@@ -222,6 +244,31 @@ pub fn run() -> Result<bool> {
             );
         });
     }
+    // Backup, restore, kill and the fault sections again with encryption on (full mode: the
+    // incremental pool is not encrypted yet), under keys made by `hitkeep backup keygen`.
+    with_keys(&mut ctx, |ctx| {
+        in_layout(ctx, LAYOUTS[0], "full", |ctx| {
+            let tag = format!(" [{} {} encrypted]", ctx.layout, ctx.mode);
+            section(
+                ctx,
+                &format!(
+                    "encrypted snapshots: keys, list, verify, restore, refusals, no plaintext stored{tag}"
+                ),
+                encrypted::round_trip,
+            );
+            section(
+                ctx,
+                &format!("kill -9 during backup run{tag}"),
+                faults::kill_loop,
+            );
+            section(ctx, &format!("TCP fault proxy{tag}"), faults::proxy);
+            section(
+                ctx,
+                &format!("a bit flipped in a stored object{tag}"),
+                faults::bit_flip,
+            );
+        });
+    });
     section(&mut ctx, "TCP fault proxy", faults::proxy);
     // The fault sections that read what a cycle stored run in incremental mode too, where the table
     // files are pool objects shared by snapshots.
@@ -323,16 +370,38 @@ fn variants() -> Vec<(&'static str, &'static str)> {
 }
 
 /// Runs `f` with `layout`'s demo data and backups in `mode`, in a work folder and S3 prefix of its
-/// own (the first layout in full mode keeps the plain ones, so its paths are the guide's).
+/// own (the first layout in full mode, unencrypted, keeps the plain ones, so its paths are the
+/// guide's).
 fn in_layout(ctx: &mut Ctx, layout: &'static str, mode: &'static str, f: impl FnOnce(&mut Ctx)) {
     let (work, prefix) = (ctx.work.clone(), ctx.s3.prefix.clone());
-    if (layout, mode) != (LAYOUTS[0], "full") {
-        ctx.work = work.join(format!("layout-{layout}-{mode}"));
-        ctx.s3.prefix = format!("{prefix}layout-{layout}-{mode}/");
+    if (layout, mode) != (LAYOUTS[0], "full") || ctx.keys.is_some() {
+        let sealed = if ctx.keys.is_some() { "-encrypted" } else { "" };
+        ctx.work = work.join(format!("layout-{layout}-{mode}{sealed}"));
+        ctx.s3.prefix = format!("{prefix}layout-{layout}-{mode}{sealed}/");
     }
     (ctx.layout, ctx.mode) = (layout, mode);
     f(ctx);
     (ctx.work, ctx.s3.prefix, ctx.layout, ctx.mode) = (work, prefix, LAYOUTS[0], "full");
+}
+
+/// Runs `f` with keys from `hitkeep backup keygen` in every run's settings; a failure to make them is
+/// one failed check.
+fn with_keys(ctx: &mut Ctx, f: impl FnOnce(&mut Ctx)) {
+    match encrypted::keys(ctx) {
+        Ok(keys) => {
+            ctx.keys = Some(keys);
+            f(ctx);
+            ctx.keys = None;
+        }
+        Err(e) => {
+            ctx.report.section("encryption keys");
+            ctx.report.check(
+                "hitkeep backup keygen makes two keys",
+                false,
+                format!("{e:#}"),
+            );
+        }
+    }
 }
 
 fn section(ctx: &mut Ctx, name: &str, f: fn(&mut Ctx) -> Result<()>) {
@@ -355,7 +424,7 @@ fn section(ctx: &mut Ctx, name: &str, f: fn(&mut Ctx) -> Result<()>) {
 }
 
 /// Every byte hitkeep printed in the whole run, logs at trace level included, searched for the
-/// secret key and session tokens.
+/// secret key, session tokens and age private keys, and for lines so long they can only be payloads.
 fn scan_secrets(ctx: &mut Ctx) -> Result<()> {
     let transcript = ctx.hk.transcript().clone();
     let secrets = ctx.secrets.clone();
@@ -376,8 +445,25 @@ fn scan_secrets(ctx: &mut Ctx) -> Result<()> {
             format!("{hits} occurrences"),
         );
     }
+    // A log line that long is a payload, not a message: a dependency's span that records request
+    // bodies once printed every uploaded byte at debug level.
+    let long = transcript
+        .split(|b| *b == b'\n')
+        .filter(|line| line.len() > LONGEST_LINE)
+        .count();
+    ctx.report.check(
+        format!(
+            "no line of output is longer than {} KiB (no request body in a log)",
+            LONGEST_LINE / 1024
+        ),
+        long == 0,
+        format!("{long} lines"),
+    );
     Ok(())
 }
+
+/// The longest line hitkeep may print: JSON reports of a cycle fit many times over.
+const LONGEST_LINE: usize = 64 * 1024;
 
 /// GET over plain HTTP/1.0: (status, body).
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {

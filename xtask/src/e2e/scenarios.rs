@@ -114,7 +114,7 @@ fn legacy_restore(
 
 /// `backup export-plain` of the latest cycle into `local`; each folder a bare `IMPORT DATABASE`
 /// in DuckDB 1.5 reads back to the rows of its database (`after`, the state the cycle saw).
-fn plain_for_hitkeep(
+pub(super) fn plain_for_hitkeep(
     ctx: &mut Ctx,
     dir: &Path,
     env: &super::Env,
@@ -134,7 +134,15 @@ fn plain_for_hitkeep(
         ],
     )?;
     ctx.report.check(
-        "backup export-plain of the latest incremental cycle",
+        format!(
+            "backup export-plain of the latest {} cycle{}",
+            ctx.mode,
+            if ctx.keys.is_some() {
+                " (encrypted)"
+            } else {
+                ""
+            }
+        ),
         out.ok(),
         out.brief(),
     );
