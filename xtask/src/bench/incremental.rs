@@ -113,7 +113,7 @@ impl Bench {
     }
 
     /// Bytes stored under `prefix`.
-    fn stored(&self, prefix: &str) -> Result<u64> {
+    pub(super) fn stored(&self, prefix: &str) -> Result<u64> {
         Ok(self.rclone.objects(&self.s3.key(prefix))?.values().sum())
     }
 

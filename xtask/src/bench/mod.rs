@@ -15,6 +15,10 @@
 //!   restores of both (`incremental.rs`; `HITKEEP_BENCH_PANELS=incremental` runs it alone and writes
 //!   `bench/results/incremental.md`).
 //!
+//! - Encrypted: full backups and restores with and without age recipients, at
+//!   `HITKEEP_BENCH_ENCRYPTED_SIZES` (4000000,16000000) (`encrypted.rs`; `HITKEEP_BENCH_PANELS=encrypted`
+//!   runs it alone and writes `bench/results/encrypted.md`).
+//!
 //! `HITKEEP_BENCH_PANELS=sizes` runs backup, restore and archive at each size only and writes
 //! `bench/results/sizes.md`, leaving latest.md, the chart and the README to full runs.
 //!
@@ -24,6 +28,7 @@
 //! `HITKEEP_BENCH_MEMORY_LIMIT_MIB` (1024).
 
 mod chart;
+mod encrypted;
 mod incremental;
 mod measure;
 mod online;
@@ -112,8 +117,9 @@ pub fn run() -> Result<()> {
         "sizes" => false,
         "online" => return online_only(&bench, root),
         "incremental" => return incremental_only(&bench, root, &cache),
+        "encrypted" => return encrypted_only(&bench, root, &cache),
         other => anyhow::bail!(
-            "HITKEEP_BENCH_PANELS is `all` (the default), `sizes`, `online` or `incremental`, not {other:?}"
+            "HITKEEP_BENCH_PANELS is `all` (the default), `sizes`, `online`, `incremental` or `encrypted`, not {other:?}"
         ),
     };
     if all {
@@ -137,6 +143,7 @@ pub fn run() -> Result<()> {
     results.listing = Some(bench.listing()?);
     let (hits, cycles) = incremental_settings()?;
     let incremental = bench.incremental(hits, cycles, &cache)?;
+    let sealed = bench.encrypted(&encrypted_sizes()?, &cache)?;
     // A failed online panel still leaves the other panels' figures written.
     let online_failed = match bench.online(root) {
         Ok(online) => {
@@ -151,6 +158,8 @@ pub fn run() -> Result<()> {
     let mut md = results.markdown();
     md.push('\n');
     md.push_str(&incremental.section());
+    md.push('\n');
+    md.push_str(&encrypted::section(&sealed, bench.memory_limit_mib));
     if let Ok(analysis) = std::fs::read_to_string(root.join("bench/analysis.md")) {
         md.push('\n');
         md.push_str(&analysis);
@@ -195,15 +204,32 @@ fn incremental_settings() -> Result<(u64, usize)> {
 fn incremental_only(bench: &Bench, root: &Path, cache: &Path) -> Result<()> {
     let (hits, cycles) = incremental_settings()?;
     let section = bench.incremental(hits, cycles, cache)?.section();
+    write_panel(bench, root, "incremental.md", &section)
+}
+
+/// A panel run alone: its section written to `bench/results/{name}` and printed.
+fn write_panel(bench: &Bench, root: &Path, name: &str, section: &str) -> Result<()> {
     let out = root.join("bench/results");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("incremental.md"), &section)?;
+    std::fs::write(out.join(name), section)?;
     println!("{section}");
-    println!("bench: wrote {}", out.join("incremental.md").display());
+    println!("bench: wrote {}", out.join(name).display());
     if bench.s3.kind == Kind::Endpoint {
         bench.rclone.purge(&bench.s3.key(""))?;
     }
     Ok(())
+}
+
+/// The encrypted panel's sizes (`HITKEEP_BENCH_ENCRYPTED_SIZES`, 4M and 16M hits).
+fn encrypted_sizes() -> Result<Vec<u64>> {
+    list_env("HITKEEP_BENCH_ENCRYPTED_SIZES", "4000000,16000000")
+}
+
+/// `HITKEEP_BENCH_PANELS=encrypted`: the encrypted panel alone, written to `encrypted.md`.
+fn encrypted_only(bench: &Bench, root: &Path, cache: &Path) -> Result<()> {
+    let results = bench.encrypted(&encrypted_sizes()?, cache)?;
+    let section = encrypted::section(&results, bench.memory_limit_mib);
+    write_panel(bench, root, "encrypted.md", &section)
 }
 
 /// `HITKEEP_BENCH_PANELS=online`: the online panel alone, its section merged into the existing

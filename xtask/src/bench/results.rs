@@ -92,20 +92,20 @@ pub struct Results {
     pub total: Duration,
 }
 
-fn secs(d: Duration) -> String {
+pub(super) fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-fn mib(bytes: u64) -> String {
+pub(super) fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / MIB)
 }
 
-fn ratio(ours: Duration, theirs: Duration) -> f64 {
+pub(super) fn ratio(ours: Duration, theirs: Duration) -> f64 {
     ours.as_secs_f64() / theirs.as_secs_f64().max(1e-9)
 }
 
 /// "1.12× (met)" or "1.40× (missed by 17%)" for a ratio that should be at most `limit`.
-fn at_most(r: f64, limit: f64) -> String {
+pub(super) fn at_most(r: f64, limit: f64) -> String {
     match r <= limit {
         true => format!("{r:.2}× (met)"),
         false => format!("{r:.2}× (**missed** by {:.0}%)", (r / limit - 1.0) * 100.0),
