@@ -21,11 +21,12 @@ use crate::follow::{ExportFile, ExportState, ExportWatch, Fingerprint, POLL, Tap
 use crate::lanes::{Lanes, Way};
 use crate::lock::CycleLock;
 use crate::manifest::{
-    AGE_X25519, Database, ENCRYPTED_FORMAT_VERSION, Encryption, FULL_FORMAT_VERSION, FileEntry,
-    IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, SEALED_NAME, Sealed, TenantEntry, TenantState,
+    AGE_X25519, Database, ENCRYPTED_FORMAT_VERSION, ENCRYPTED_INCREMENTAL_FORMAT_VERSION,
+    Encryption, FULL_FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, INDEX_NAME, MANIFEST_NAME,
+    Manifest, PartitionIndex, SEALED_NAME, Sealed, TenantEntry, TenantState,
 };
 use crate::progress::{NoProgress, Progress};
-use crate::seal::Sealer;
+use crate::seal::{IndexKey, Sealer};
 
 mod incremental;
 
@@ -40,6 +41,9 @@ pub struct BackupOptions {
     pub lock_file: PathBuf,
     /// The installation's source id file (`{data}/.hitkeep-source`), created by the first cycle.
     pub source_file: PathBuf,
+    /// The host's key for the partition indexes of encrypted incremental snapshots
+    /// (`{data}/.hitkeep-index-key`, [`crate::IndexKey`]), created by the first such cycle.
+    pub index_key_file: PathBuf,
     /// Multipart chunking per file.
     pub transfer: TransferOptions,
     /// Files uploaded at once, per database.
@@ -56,7 +60,7 @@ pub struct BackupOptions {
     /// Full snapshots (the default) or incremental ones.
     pub mode: BackupMode,
     /// When set, every object the cycle writes is encrypted to these recipients before it leaves
-    /// the process (full snapshots only, for now: an incremental cycle with one is refused).
+    /// the process, in either mode.
     pub sealer: Option<Arc<Sealer>>,
 }
 
@@ -80,6 +84,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("staging_dir", &self.staging_dir)
             .field("lock_file", &self.lock_file)
             .field("source_file", &self.source_file)
+            .field("index_key_file", &self.index_key_file)
             .field("transfer", &self.transfer)
             .field("file_concurrency", &self.file_concurrency)
             .field("concurrency", &self.concurrency)
@@ -99,6 +104,7 @@ impl BackupOptions {
             staging_dir: layout.staging_root(),
             lock_file: layout.backup_lock_file(),
             source_file: layout.source_file(),
+            index_key_file: layout.index_key_file(),
             transfer: TransferOptions::new(8 * 1024 * 1024, 3),
             file_concurrency: 4,
             concurrency: 2,
@@ -321,13 +327,16 @@ pub async fn run_cycle(
         default_tenant,
         sources: tenants,
     } = tenants;
-    if options.sealer.is_some() && options.mode == BackupMode::Incremental {
-        // Fail closed: an incremental cycle would write its pool objects in the clear.
-        return Err(Error::Internal(
-            "encrypting incremental snapshots is not built yet; nothing was written".into(),
-        ));
-    }
     let _lock = CycleLock::acquire(&options.lock_file)?;
+    // Encrypted incremental snapshots keep their partitions in an index only this host opens.
+    let index_key = match (&options.sealer, options.mode) {
+        (Some(_), BackupMode::Incremental) => Some(Arc::new(
+            IndexKey::read_or_create(&options.index_key_file).map_err(Error::IndexKey)?,
+        )),
+        _ => None,
+    };
+    // Declared before the shared futures that borrow it, so that it outlives them.
+    let reuse = &incremental::Reuse::new(options.sealer.as_deref(), index_key);
     let source = SourceId::read_or_create(&options.source_file)?;
     // A folder of this cycle's own: a concurrent `verify --deep` or archive run keeps its files, and
     // what killed cycles left is swept.
@@ -352,7 +361,7 @@ pub async fn run_cycle(
     let incremental = options.mode == BackupMode::Incremental;
     let previous: incremental::PreviousCycle<'_> = async move {
         match incremental {
-            true => incremental::previous_cycle(storage, source).await,
+            true => incremental::previous_cycle(storage, source, reuse).await,
             false => None,
         }
     }
@@ -385,6 +394,7 @@ pub async fn run_cycle(
     let pending = &Pending {
         claim: claim.clone(),
         previous,
+        reuse,
     };
     let mut done = futures::stream::iter(jobs)
         .map(|job| async move {
@@ -474,6 +484,8 @@ type PendingClaim<'a> = Shared<BoxFuture<'a, Option<Claim>>>;
 struct Pending<'a> {
     claim: PendingClaim<'a>,
     previous: incremental::PreviousCycle<'a>,
+    /// How an incremental cycle reads and writes partitions: in the clear, or sealed.
+    reuse: &'a incremental::Reuse,
 }
 
 /// Reads the source's history, checks the clock against it, records the source and claims the
@@ -799,20 +811,22 @@ async fn snapshot_database(
     let mut manifest = new_manifest(database, created_at, &claim, export.duckdb_version, files);
     manifest.tables = export.tables;
     if let Some(sealer) = &options.sealer {
-        seal_manifest(storage, &folder, &mut manifest, sealer).await?;
+        seal_manifest(storage, &folder, &mut manifest, sealer, None).await?;
     }
     let uploaded = (manifest.files.len(), manifest.total_size());
     Ok((manifest, uploaded))
 }
 
 /// Writes what describes the data in `manifest` as its sealed part, encrypted, into `folder`, and
-/// records to whom (format 3). The row counts stay in memory for the cycle's report;
+/// records to whom (format 3); an incremental one's partitions, too, as its index sealed to
+/// `index_key` (format 4). The row counts and partitions stay in memory for the cycle's report;
 /// [`Manifest::to_bytes`] never writes them in the clear once the manifest is encrypted.
-async fn seal_manifest(
+pub(super) async fn seal_manifest(
     storage: &Storage,
     folder: &str,
     manifest: &mut Manifest,
     sealer: &Sealer,
+    index_key: Option<&IndexKey>,
 ) -> Result<()> {
     let sealed = Sealed {
         tables: manifest.tables.clone(),
@@ -830,13 +844,53 @@ async fn seal_manifest(
     storage
         .write(&format!("{folder}/{SEALED_NAME}"), bytes)
         .await?;
-    manifest.format_version = ENCRYPTED_FORMAT_VERSION;
+    let index = match manifest.is_incremental() {
+        true => {
+            let key = index_key.ok_or_else(|| {
+                Error::Internal("an encrypted incremental snapshot without its index key".into())
+            })?;
+            Some(write_index(storage, folder, manifest, key).await?)
+        }
+        false => None,
+    };
+    manifest.format_version = match index {
+        Some(_) => ENCRYPTED_INCREMENTAL_FORMAT_VERSION,
+        None => ENCRYPTED_FORMAT_VERSION,
+    };
     manifest.encryption = Some(Encryption {
         scheme: AGE_X25519.to_owned(),
         recipients: sealer.recipients(),
         sealed: entry,
+        index,
     });
     Ok(())
+}
+
+/// An incremental snapshot's partitions, sealed to the host's index key, as [`INDEX_NAME`] in
+/// `folder`.
+async fn write_index(
+    storage: &Storage,
+    folder: &str,
+    manifest: &Manifest,
+    key: &IndexKey,
+) -> Result<FileEntry> {
+    let index = PartitionIndex {
+        partitions: manifest.partitions.clone(),
+    };
+    let json = serde_json::to_vec(&index).expect("indexes always serialise");
+    let bytes = key
+        .seal(&json)
+        .map_err(|e| Error::Internal(format!("sealing the partition index: {e}")))?;
+    let entry = FileEntry {
+        name: INDEX_NAME.to_owned(),
+        size: bytes.len() as u64,
+        sha256: Sha256Digest::of(&bytes).to_string(),
+        object: None,
+    };
+    storage
+        .write(&format!("{folder}/{INDEX_NAME}"), bytes)
+        .await?;
+    Ok(entry)
 }
 
 /// Uploads the local file `path` whole as `key`: encrypted as it streams when the cycle has a

@@ -241,6 +241,10 @@ pub enum Error {
         /// The object's key.
         object: String,
     },
+    /// The host's index key (encrypted incremental cycles) cannot be read or made; the message says
+    /// what to do.
+    #[error("{0}")]
+    IndexKey(String),
     /// An object of an encrypted snapshot (or its sealed manifest part) did not open.
     #[error("{object}: {}", open_failure(*failure))]
     NotOpened {
@@ -433,6 +437,7 @@ impl Error {
             Error::NotDeleted { .. } | Error::NoStorageClock { .. } => ErrorKind::Storage,
             Error::PoolNotSwept { .. } => ErrorKind::Refused,
             Error::PoolObjectMissing { .. } => ErrorKind::Integrity,
+            Error::IndexKey(_) => ErrorKind::Io,
             Error::NotOpened { failure, .. } => match failure {
                 crate::seal::OpenFailure::Damaged => ErrorKind::Integrity,
                 crate::seal::OpenFailure::Unwritable => ErrorKind::Io,
@@ -521,6 +526,7 @@ impl Error {
             | Error::InvalidSnapshotId(_)
             | Error::NothingToRestore { .. }
             | Error::WalLeft { .. }
+            | Error::IndexKey(_)
             | Error::Internal(_) => return None,
         };
         Some(hint.to_owned())
@@ -795,7 +801,7 @@ mod tests {
                     source: ManifestError::TooNew(9),
                 },
                 ErrorKind::Unsupported,
-                "shared/x/manifest.json: manifest format version 9 is newer than this hitkeep understands (3); upgrade hitkeep",
+                "shared/x/manifest.json: manifest format version 9 is newer than this hitkeep understands (4); upgrade hitkeep",
                 None,
             ),
             (

@@ -13,7 +13,7 @@ use crate::SnapshotId;
 pub use crate::partition::PartitionRule;
 
 /// The newest manifest format this build reads.
-pub const FORMAT_VERSION: u32 = ENCRYPTED_FORMAT_VERSION;
+pub const FORMAT_VERSION: u32 = ENCRYPTED_INCREMENTAL_FORMAT_VERSION;
 /// The format of a full snapshot's manifest: every file in the snapshot's folder. Still written for
 /// full snapshots, so that older hitkeeps keep reading them.
 pub const FULL_FORMAT_VERSION: u32 = 1;
@@ -23,17 +23,26 @@ pub const FULL_FORMAT_VERSION: u32 = 1;
 pub const INCREMENTAL_FORMAT_VERSION: u32 = 2;
 /// The format of an encrypted full snapshot's manifest: every file in the snapshot's folder is an age
 /// file, [`Manifest::encryption`] says to whom, and the row counts are in its sealed part
-/// ([`Sealed`]). Older hitkeeps refuse it ("upgrade hitkeep"). Encrypted incremental snapshots, when
-/// they come, take a format number of their own.
+/// ([`Sealed`]). Older hitkeeps refuse it ("upgrade hitkeep").
 pub const ENCRYPTED_FORMAT_VERSION: u32 = 3;
+/// The format of an encrypted incremental snapshot's manifest: table files are age files in the
+/// encrypted pool ([`SEALED_POOL_FOLDER`]), named by the SHA-256 of their stored bytes, under names
+/// that say nothing of their partitions; the partitions are in an index only the writing host opens
+/// ([`Encryption::index`]), the row counts in the sealed part as in format 3.
+pub const ENCRYPTED_INCREMENTAL_FORMAT_VERSION: u32 = 4;
 /// The object name, inside an encrypted snapshot's folder, of the manifest's sealed part.
 pub const SEALED_NAME: &str = "manifest.sealed";
+/// The object name, inside an encrypted incremental snapshot's folder, of its partition index.
+pub const INDEX_NAME: &str = "manifest.index";
 /// What an encrypted manifest records of a failed tenant's error, in place of its text.
 pub const WITHHELD_ERROR: &str = "failed; the error is in the log of the host that ran the cycle (encrypted snapshots keep error text out of the bucket)";
 /// [`Encryption::scheme`]: age, X25519 recipients.
 pub const AGE_X25519: &str = "age-x25519";
 /// The folder, beside `shared/` and `tenants/`, of the objects incremental snapshots share.
 pub const POOL_FOLDER: &str = "pool";
+/// The folder of encrypted incremental snapshots' table files: apart from [`POOL_FOLDER`], so that a
+/// plain snapshot never names an encrypted object or the reverse.
+pub const SEALED_POOL_FOLDER: &str = "pool-e";
 /// The object name of a manifest inside a snapshot folder.
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// Written first into a snapshot folder and removed after the manifest: tells our unfinished snapshots
@@ -103,6 +112,19 @@ pub struct Encryption {
     /// The sealed part ([`SEALED_NAME`], an age file of [`Sealed`] as JSON), with its stored size and
     /// SHA-256: the clear part names it, so the two cannot be mixed.
     pub sealed: FileEntry,
+    /// In format 4: the partition index ([`INDEX_NAME`], an age file of [`PartitionIndex`] as JSON,
+    /// sealed to the writing host's own key), with its stored size and SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<FileEntry>,
+}
+
+/// What an encrypted incremental snapshot's index holds: how each table was cut, for the next cycle
+/// of the host that wrote it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionIndex {
+    /// [`Manifest::partitions`].
+    pub partitions: Vec<TablePartitions>,
 }
 
 /// What an encrypted snapshot's manifest keeps sealed: what describes the data.
@@ -205,6 +227,16 @@ pub fn pool_key(sha256: &str) -> String {
     )
 }
 
+/// The encrypted pool object whose stored bytes have this SHA-256 (lowercase hex): the digest of the
+/// ciphertext, which says nothing of the plaintext. Each encryption of the same file differs, so an
+/// object is written once and never replaced.
+pub fn sealed_pool_key(sha256: &str) -> String {
+    format!(
+        "{SEALED_POOL_FOLDER}/{}/{sha256}.age",
+        &sha256[..2.min(sha256.len())]
+    )
+}
+
 /// A tenant's part in a cycle, as the shared manifest records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantEntry {
@@ -278,10 +310,10 @@ impl Manifest {
         }
         match &manifest.encryption {
             Some(encryption) => check_encryption(&manifest, encryption)?,
-            None if manifest.format_version == ENCRYPTED_FORMAT_VERSION => {
+            None if manifest.format_version >= ENCRYPTED_FORMAT_VERSION => {
                 return Err(ManifestError::ForeignFile {
                     file: MANIFEST_NAME.to_owned(),
-                    why: "of format 3 without its encryption, which format 3 always records",
+                    why: "of an encrypted format without its encryption, which it always records",
                 });
             }
             None => {}
@@ -307,6 +339,7 @@ impl Manifest {
                 });
                 clear = Manifest {
                     tables: BTreeMap::new(),
+                    partitions: Vec::new(),
                     tenants: tenants.collect(),
                     ..self.clone()
                 };
@@ -324,12 +357,16 @@ impl Manifest {
         self.files.iter().map(|f| f.size).sum()
     }
 
-    /// Whether it is an incremental snapshot (format 2), whose files may live in the pool.
+    /// Whether it is an incremental snapshot (format 2, or 4 encrypted), whose files may live in
+    /// the pool.
     pub fn is_incremental(&self) -> bool {
-        self.format_version == INCREMENTAL_FORMAT_VERSION
+        matches!(
+            self.format_version,
+            INCREMENTAL_FORMAT_VERSION | ENCRYPTED_INCREMENTAL_FORMAT_VERSION
+        )
     }
 
-    /// Whether its objects are encrypted (format 3).
+    /// Whether its objects are encrypted (format 3 or 4).
     pub fn is_encrypted(&self) -> bool {
         self.encryption.is_some()
     }
@@ -345,8 +382,9 @@ impl Manifest {
     }
 }
 
-/// An encrypted manifest is format 3, stores nothing in the pool, names its sealed part by its one
-/// name, and lists no row counts in the clear.
+/// An encrypted manifest is format 3 (full) or 4 (incremental, with its index), names its sealed
+/// part and index by their one names in its folder, and lists no row counts or partitions in the
+/// clear. Pool objects are checked by `check_file`.
 fn check_encryption(manifest: &Manifest, encryption: &Encryption) -> Result<(), ManifestError> {
     let refuse = |why| {
         Err(ManifestError::ForeignFile {
@@ -354,14 +392,25 @@ fn check_encryption(manifest: &Manifest, encryption: &Encryption) -> Result<(), 
             why,
         })
     };
-    if manifest.format_version != ENCRYPTED_FORMAT_VERSION || encryption.scheme != AGE_X25519 {
+    let incremental = match manifest.format_version {
+        ENCRYPTED_FORMAT_VERSION => false,
+        ENCRYPTED_INCREMENTAL_FORMAT_VERSION => true,
+        _ => return refuse("in an encryption this hitkeep does not know"),
+    };
+    if encryption.scheme != AGE_X25519 {
         return refuse("in an encryption this hitkeep does not know");
     }
     if encryption.sealed.name != SEALED_NAME || encryption.sealed.object.is_some() {
         return refuse("named as the sealed part, which is always manifest.sealed in its folder");
     }
-    // Pool objects outside format 2 are refused by `check_file` already.
-    if !manifest.tables.is_empty() {
+    match &encryption.index {
+        Some(index) if !incremental || index.name != INDEX_NAME || index.object.is_some() => {
+            return refuse("beside an index that is not manifest.index of an incremental snapshot");
+        }
+        None if incremental => return refuse("without the index format 4 always has"),
+        _ => {}
+    }
+    if !manifest.tables.is_empty() || !manifest.partitions.is_empty() {
         return refuse("beside clear row counts, which an encrypted manifest never has");
     }
     Ok(())
@@ -384,15 +433,21 @@ fn check_file(file: &FileEntry, format_version: u32) -> Result<(), ManifestError
     let Some(object) = &file.object else {
         return Ok(());
     };
-    if format_version != INCREMENTAL_FORMAT_VERSION {
-        return refuse("stored outside its snapshot, which only an incremental manifest may say");
-    }
+    let pooled = match format_version {
+        INCREMENTAL_FORMAT_VERSION => pool_key,
+        ENCRYPTED_INCREMENTAL_FORMAT_VERSION => sealed_pool_key,
+        _ => {
+            return refuse(
+                "stored outside its snapshot, which only an incremental manifest may say",
+            );
+        }
+    };
     let is_hex = file.sha256.len() == 64
         && file
             .sha256
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !is_hex || *object != pool_key(&file.sha256) {
+    if !is_hex || *object != pooled(&file.sha256) {
         return refuse("stored as an object that is not the pool object of its SHA-256");
     }
     Ok(())
@@ -483,6 +538,50 @@ mod tests {
             elsewhere("tenants/x/2026-01-01T000000Z/hits.parquet"),
             elsewhere(&format!("pool/cd/{sha}.parquet")),
             elsewhere(&format!("pool/ab/{}.parquet", "cd".repeat(32))),
+        ] {
+            assert!(matches!(
+                Manifest::from_slice(&bytes),
+                Err(ManifestError::ForeignFile { .. })
+            ));
+        }
+    }
+
+    /// Format 4 names the encrypted pool only, and always with its index: a plain pool object in an
+    /// encrypted snapshot, or an encrypted one in a plain snapshot, is refused.
+    #[test]
+    fn an_encrypted_incremental_manifest_names_only_the_encrypted_pool() {
+        let sha = "ab".repeat(32);
+        let part = |name: &str| FileEntry {
+            name: name.into(),
+            size: 1,
+            sha256: "cd".repeat(32),
+            object: None,
+        };
+        let encrypted = |object: String, index: Option<FileEntry>| {
+            let mut m = Manifest::from_slice(&manifest(FULL_FORMAT_VERSION, Vec::new())).unwrap();
+            m.format_version = ENCRYPTED_INCREMENTAL_FORMAT_VERSION;
+            m.files = vec![file("0f1e.parquet", Some(object))];
+            m.encryption = Some(Encryption {
+                scheme: AGE_X25519.into(),
+                recipients: vec!["age1x".into()],
+                sealed: part(SEALED_NAME),
+                index,
+            });
+            m.to_bytes()
+        };
+        let good = encrypted(sealed_pool_key(&sha), Some(part(INDEX_NAME)));
+        assert_eq!(sealed_pool_key(&sha), format!("pool-e/ab/{sha}.age"));
+        let read = Manifest::from_slice(&good).unwrap();
+        assert!(read.is_incremental() && read.is_encrypted());
+        let in_plain = manifest(
+            INCREMENTAL_FORMAT_VERSION,
+            vec![file("t.all.0.parquet", Some(sealed_pool_key(&sha)))],
+        );
+        for bytes in [
+            encrypted(pool_key(&sha), Some(part(INDEX_NAME))),
+            encrypted(sealed_pool_key(&sha), None),
+            encrypted(sealed_pool_key(&sha), Some(part("other.index"))),
+            in_plain,
         ] {
             assert!(matches!(
                 Manifest::from_slice(&bytes),

@@ -67,12 +67,18 @@ impl Write for Hashing {
 /// snapshots: [`io::ErrorKind::AlreadyExists`]), readable by its owner only on Unix, and synced
 /// before this returns; a failed write removes what it began.
 pub fn write_new_identity(path: &Path) -> io::Result<String> {
-    use age::secrecy::ExposeSecret as _;
     let identity = Identity::generate();
-    let public = identity.to_public().to_string();
+    write_identity(path, &identity)?;
+    Ok(identity.to_public().to_string())
+}
+
+/// `identity` written to the new file `path` as [`write_new_identity`] says.
+fn write_identity(path: &Path, identity: &Identity) -> io::Result<()> {
+    use age::secrecy::ExposeSecret as _;
     let text = format!(
-        "# created: {}\n# public key: {public}\n{}\n",
+        "# created: {}\n# public key: {}\n{}\n",
         jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        identity.to_public(),
         identity.to_string().expose_secret()
     );
     let mut options = std::fs::OpenOptions::new();
@@ -88,7 +94,66 @@ pub fn write_new_identity(path: &Path) -> io::Result<String> {
         let _ = std::fs::remove_file(path);
         return Err(e);
     }
-    Ok(public)
+    Ok(())
+}
+
+/// The host's own key for the partition index of its encrypted incremental snapshots
+/// (`manifest.index`): the next cycle must read which partitions the last one stored, and the host
+/// holds no identity of the operator's. Kept in the data directory (`.hitkeep-index-key`, an age
+/// identity file, mode 0600), made by the first cycle that needs it. It opens the indexes, which
+/// say how tables were cut (partition keys, rows and fingerprints per partition), and nothing
+/// else: no table file, no row count of the operator's sealed part. Losing it costs one cycle that
+/// exports every partition again, never a snapshot.
+pub struct IndexKey {
+    identity: Identity,
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IndexKey([redacted])")
+    }
+}
+
+impl IndexKey {
+    /// The key in `path`, made there when there is none. An unreadable or damaged file is an error
+    /// naming it (without its content) and what to do.
+    pub fn read_or_create(path: &Path) -> Result<IndexKey, String> {
+        let shown = path.display();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Opener::from_text(&text)
+                .map(|o| IndexKey {
+                    identity: o.identities[0].clone(),
+                })
+                .map_err(|why| {
+                    format!("the index key {shown} is damaged ({why}): remove it, and the next cycle makes a new one and exports every partition again")
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let identity = Identity::generate();
+                match write_identity(path, &identity) {
+                    Ok(()) => Ok(IndexKey { identity }),
+                    // Another cycle made it first: its key is the one.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        IndexKey::read_or_create(path)
+                    }
+                    Err(e) => Err(format!("cannot write the index key {shown}: {e}")),
+                }
+            }
+            Err(e) => Err(format!("cannot read the index key {shown}: {e}")),
+        }
+    }
+
+    /// `bytes` as an age file only this key opens.
+    pub fn seal(&self, bytes: &[u8]) -> io::Result<Vec<u8>> {
+        let sealer = Sealer {
+            recipients: vec![self.identity.to_public()],
+        };
+        sealer.seal_bytes(bytes)
+    }
+
+    /// The plaintext of an index this key sealed.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, OpenFailure> {
+        Opener::new(vec![self.identity.clone()]).open_bytes(sealed)
+    }
 }
 
 /// Identities (age X25519 private keys) that open snapshots. Never printed: its `Debug` shows only
@@ -137,6 +202,31 @@ impl Sealer {
             .wrap_output(Vec::with_capacity(bytes.len() + 256))?;
         writer.write_all(bytes)?;
         writer.finish()
+    }
+
+    /// The local file `plain` sealed into the new file `sealed`, synced: the stored size and SHA-256
+    /// of what is to be uploaded, known before the upload (an encrypted pool object is named by
+    /// them). Blocking. On a failure `sealed` may hold a part: the caller removes it.
+    pub fn seal_file(&self, plain: &Path, sealed: &Path) -> io::Result<ObjectInfo> {
+        let mut input = std::fs::File::open(plain)?;
+        let out = Hashing {
+            out: std::fs::File::create_new(sealed)?,
+            hasher: sha2::Sha256::new(),
+        };
+        let mut writer = self
+            .encryptor()?
+            .wrap_output(io::BufWriter::with_capacity(1 << 20, out))?;
+        io::copy(&mut input, &mut writer)?;
+        let out = writer
+            .finish()?
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        out.out.sync_all()?;
+        let size = out.out.metadata()?.len();
+        Ok(ObjectInfo {
+            size,
+            sha256: Sha256Digest::from_hasher(out.hasher),
+        })
     }
 
     /// The ciphertext of the plaintext `chunks`, chunk by chunk as they come: one age file. A failing
@@ -407,6 +497,47 @@ mod tests {
         let again = write_new_identity(&path).unwrap_err();
         assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn a_sealed_file_reports_what_is_stored_and_opens_to_the_original() {
+        let (identities, sealer) = keys(1);
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, sealed, back) = (
+            dir.path().join("p"),
+            dir.path().join("p.age"),
+            dir.path().join("back"),
+        );
+        let bytes: Vec<u8> = (0..500_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        std::fs::write(&plain, &bytes).unwrap();
+        let info = sealer.seal_file(&plain, &sealed).unwrap();
+        let stored = std::fs::read(&sealed).unwrap();
+        assert_eq!(info.size, stored.len() as u64);
+        assert_eq!(info.sha256, Sha256Digest::of(&stored));
+        let opener = Opener::new(identities);
+        let opened = opener.open_file(&sealed, &back).unwrap();
+        assert_eq!(opened.sha256, Sha256Digest::of(&bytes));
+        assert!(sealer.seal_file(&plain, &sealed).is_err(), "never replaced");
+    }
+
+    #[test]
+    fn the_index_key_is_made_once_and_opens_only_what_it_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".hitkeep-index-key");
+        let key = IndexKey::read_or_create(&path).unwrap();
+        let sealed = key.seal(b"partitions").unwrap();
+        let again = IndexKey::read_or_create(&path).unwrap();
+        assert_eq!(again.open(&sealed).unwrap(), b"partitions");
+        let (_, operator) = keys(1);
+        let other = operator.seal_bytes(b"x").unwrap();
+        assert_eq!(key.open(&other).unwrap_err(), OpenFailure::WrongIdentity);
+        assert!(!format!("{key:?}").contains("AGE-SECRET"));
+        std::fs::write(&path, "garbage\n").unwrap();
+        let err = IndexKey::read_or_create(&path).unwrap_err();
+        assert!(
+            err.contains("remove it") && !err.contains("garbage"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, SnapshotState};
 use crate::error::{Error, Result};
-use crate::manifest::{POOL_FOLDER, pool_key};
+use crate::manifest::{POOL_FOLDER, SEALED_POOL_FOLDER, pool_key, sealed_pool_key};
 
 /// How long an object no manifest names stays in the pool: a cycle in flight names its new objects
 /// only when it commits, so this bounds how long a cycle may take between an upload and its
@@ -75,7 +75,13 @@ pub async fn sweep_pool(
 ) -> Result<PoolSweep> {
     let marked = marks(catalog)?;
     let now = storage_now(storage).await?;
-    let listed = storage.list(POOL_FOLDER, ListMode::Recursive).await?;
+    // Both pools, plain and encrypted: snapshots of either kind may sit side by side.
+    let mut listed = storage.list(POOL_FOLDER, ListMode::Recursive).await?;
+    listed.extend(
+        storage
+            .list(SEALED_POOL_FOLDER, ListMode::Recursive)
+            .await?,
+    );
     let pooled: Vec<Pooled> = listed
         .into_iter()
         .filter(|e| !e.is_dir && is_pool_object(&e.key))
@@ -181,12 +187,16 @@ async fn storage_now(storage: &Storage) -> Result<Timestamp> {
         })
 }
 
-/// Whether `key` is a pool object (`pool/ab/ab….parquet`), not anything else stored under `pool/`.
+/// Whether `key` is a pool object (`pool/ab/ab….parquet`, or encrypted `pool-e/ab/ab….age`), not
+/// anything else stored under either folder.
 fn is_pool_object(key: &str) -> bool {
-    key.strip_prefix(&format!("{POOL_FOLDER}/"))
-        .and_then(|rest| rest.rsplit_once('/'))
-        .and_then(|(_, name)| name.strip_suffix(".parquet"))
-        .is_some_and(|sha| sha.parse::<Sha256Digest>().is_ok() && pool_key(sha) == key)
+    let named = |folder: &str, ext: &str, key_of: fn(&str) -> String| {
+        key.strip_prefix(&format!("{folder}/"))
+            .and_then(|rest| rest.rsplit_once('/'))
+            .and_then(|(_, name)| name.strip_suffix(ext))
+            .is_some_and(|sha| sha.parse::<Sha256Digest>().is_ok() && key_of(sha) == key)
+    };
+    named(POOL_FOLDER, ".parquet", pool_key) || named(SEALED_POOL_FOLDER, ".age", sealed_pool_key)
 }
 
 #[cfg(test)]
@@ -197,6 +207,9 @@ mod tests {
     fn only_content_keys_count_as_pool_objects() {
         let sha = "ab".repeat(32);
         assert!(is_pool_object(&pool_key(&sha)));
+        assert!(is_pool_object(&sealed_pool_key(&sha)));
+        assert!(!is_pool_object(&format!("pool-e/ab/{sha}.parquet")));
+        assert!(!is_pool_object(&format!("pool/ab/{sha}.age")));
         assert!(!is_pool_object(CLOCK_KEY));
         assert!(!is_pool_object(&format!("pool/cd/{sha}.parquet")));
         assert!(!is_pool_object(&format!("pool/ab/{sha}.csv")));

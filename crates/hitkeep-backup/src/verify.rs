@@ -176,12 +176,21 @@ async fn check_database(
         }
         (deep, _) => (std::borrow::Cow::Borrowed(manifest), None, deep.is_some()),
     };
-    let mut stored_files: Vec<&FileEntry> = manifest.files.iter().collect();
-    // The sealed part: read and checked by the unsealing already when this check opens the snapshot.
-    if let (Some(encryption), None) = (&manifest.encryption, opening) {
-        stored_files.push(&encryption.sealed);
+    let mut stored_files: Vec<(&FileEntry, bool)> = manifest
+        .files
+        .iter()
+        .map(|f| (f, opening.is_some()))
+        .collect();
+    if let Some(encryption) = &manifest.encryption {
+        // The sealed part: read and checked by the unsealing already when this check opens the
+        // snapshot. The partition index opens with the writing host's key only: its stored bytes
+        // are checked, never opened.
+        if opening.is_none() {
+            stored_files.push((&encryption.sealed, false));
+        }
+        stored_files.extend(encryption.index.iter().map(|index| (index, false)));
     }
-    for file in stored_files {
+    for (file, opens) in stored_files {
         let Ok(sha256) = file.sha256.parse() else {
             check.problems.push(format!(
                 "{folder}/{}: the manifest's SHA-256 is malformed",
@@ -195,9 +204,11 @@ async fn check_database(
         };
         let key = file.key(&folder);
         let plain = dir.join(&file.name);
-        let stored = match opening {
-            Some(_) => dir.join(format!(".{}.age", file.name)),
-            None => plain.clone(),
+        let stored = match (opens, opening) {
+            (true, _) => dir.join(format!(".{}.age", file.name)),
+            // Checked only, and kept out of the folder the deep check imports.
+            (false, Some(_)) => dir.join(format!(".{}", file.name)),
+            (false, None) => plain.clone(),
         };
         match storage
             .download_file(&key, &stored, Some(&expected), &TransferOptions::default())
@@ -212,7 +223,12 @@ async fn check_database(
                 continue;
             }
         }
-        let Some(opener) = opening else { continue };
+        let Some(opener) = opening.filter(|_| opens) else {
+            if opening.is_some() {
+                let _ = std::fs::remove_file(&stored);
+            }
+            continue;
+        };
         if let Err(failure) = crate::restore::open_file(opener, &stored, &plain).await {
             let recipients = manifest
                 .encryption

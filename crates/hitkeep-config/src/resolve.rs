@@ -178,7 +178,7 @@ impl Resolver {
                 _ => Err("not full or incremental".to_owned()),
             },
         );
-        let encryption = self.encryption(mode);
+        let encryption = self.encryption();
         let heartbeat_url = self.secret_url(
             Key::BackupHeartbeatUrl,
             "write the whole ping URL the monitor gives, e.g. https://hc-ping.com/<uuid>",
@@ -249,7 +249,6 @@ impl Resolver {
     #[allow(clippy::type_complexity)]
     fn encryption(
         &mut self,
-        mode: Option<BackupMode>,
     ) -> (
         Option<Vec<String>>,
         Option<PathBuf>,
@@ -325,15 +324,6 @@ impl Resolver {
                     recipients = None;
                 }
             }
-        }
-        let encrypting = recipients.as_ref().is_some_and(|r| !r.is_empty());
-        if encrypting && mode == Some(BackupMode::Incremental) {
-            self.error(
-                Key::BackupRecipients,
-                "encrypting incremental snapshots is not built yet",
-                "use HITKEEP_BACKUP_MODE=full with recipients, or leave the recipients unset",
-            );
-            recipients = None;
         }
         let identity = match identity.map(PathBuf::from) {
             Some(path) if path.is_file() => Some(Some(path)),

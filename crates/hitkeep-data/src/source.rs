@@ -19,6 +19,8 @@ use crate::{DataError, DataLayout};
 
 /// The file that holds the source id, inside the data path.
 pub const SOURCE_FILE: &str = ".hitkeep-source";
+/// The index key's file in the data directory ([`DataLayout::index_key_file`]).
+pub const INDEX_KEY_FILE: &str = ".hitkeep-index-key";
 
 /// A stable, random id of one installation's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -78,6 +80,12 @@ impl DataLayout {
     /// `{data}/.hitkeep-source`.
     pub fn source_file(&self) -> PathBuf {
         self.data_path.join(SOURCE_FILE)
+    }
+
+    /// `{data}/.hitkeep-index-key`: the key of this installation's encrypted incremental snapshots'
+    /// partition indexes, made by the first such cycle.
+    pub fn index_key_file(&self) -> PathBuf {
+        self.data_path.join(INDEX_KEY_FILE)
     }
 
     /// The source id, if this data path has one yet (the first backup creates it).

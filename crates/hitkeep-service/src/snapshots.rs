@@ -169,7 +169,7 @@ impl Engine {
         // the rule never removes one of the newest N.
         let minutes = backup.interval.as_secs() / 60 * u64::from(backup.retention.get());
         let days = minutes.div_ceil(24 * 60) + 1;
-        // Snapshot folders expire by age; `pool/` never does: its objects are shared by snapshots of
+        // Snapshot folders expire by age; `pool/` and `pool-e/` never do: their objects are shared by snapshots of
         // every age (incremental mode), and each cycle sweeps the ones no snapshot names any more.
         // `sources/` records are rewritten by every cycle and stay out of the rules too.
         let p = s3.prefix();

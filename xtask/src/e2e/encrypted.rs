@@ -185,8 +185,10 @@ fn no_plaintext(ctx: &mut Ctx, dir: &Path, env: &Env) -> Result<()> {
 }
 
 /// What an encrypted destination keeps in the clear, as the README's threat model says: manifests
-/// (what `backup list` and a plain `verify` read) and each installation's record in `sources/` (its
-/// host name and data path).
+/// (what `backup list` and a plain `verify` read), each installation's record in `sources/` (its
+/// host name and data path), and the pool sweep's clock note (a time).
 fn in_the_clear(key: &str) -> bool {
-    key.ends_with("/manifest.json") || (key.starts_with("sources/") && key.ends_with(".json"))
+    key.ends_with("/manifest.json")
+        || (key.starts_with("sources/") && key.ends_with(".json"))
+        || key == "pool/clock.json"
 }

@@ -244,8 +244,9 @@ pub fn run() -> Result<bool> {
             );
         });
     }
-    // Backup, restore, kill and the fault sections again with encryption on (full mode: the
-    // incremental pool is not encrypted yet), under keys made by `hitkeep backup keygen`.
+    // Backup, restore, kill and the fault sections again with encryption on, under keys made by
+    // `hitkeep backup keygen`: all of them in full mode, the round trip and the bit flip in
+    // incremental mode too.
     with_keys(&mut ctx, |ctx| {
         in_layout(ctx, LAYOUTS[0], "full", |ctx| {
             let tag = format!(" [{} {} encrypted]", ctx.layout, ctx.mode);
@@ -262,6 +263,23 @@ pub fn run() -> Result<bool> {
                 faults::kill_loop,
             );
             section(ctx, &format!("TCP fault proxy{tag}"), faults::proxy);
+            section(
+                ctx,
+                &format!("a bit flipped in a stored object{tag}"),
+                faults::bit_flip,
+            );
+        });
+        // Incremental and encrypted (format 4): the pool objects sealed, the partitions in an index
+        // only the host opens.
+        in_layout(ctx, LAYOUTS[1], "incremental", |ctx| {
+            let tag = format!(" [{} {} encrypted]", ctx.layout, ctx.mode);
+            section(
+                ctx,
+                &format!(
+                    "encrypted snapshots: keys, list, verify, restore, refusals, no plaintext stored{tag}"
+                ),
+                encrypted::round_trip,
+            );
             section(
                 ctx,
                 &format!("a bit flipped in a stored object{tag}"),

@@ -2,6 +2,12 @@
 //! changed partitions exported (`export/parts.rs`) and stored once in the pool under their SHA-256,
 //! the unchanged ones named from the previous snapshot of the same database and source.
 //!
+//! Encrypted (format 4): each new table file is sealed to a local file first, and stored in the
+//! encrypted pool under the SHA-256 of its ciphertext, which says nothing of its content; its name
+//! in the manifest is random. The partitions go into an index sealed to the host's own key
+//! ([`IndexKey`]), read back by the next cycle. Only a previous snapshot encrypted to the same
+//! recipients is reused: another's objects would not open with this cycle's identities.
+//!
 //! Pool objects are never removed here, not even those of a failed snapshot: another snapshot may
 //! name the same bytes. Only a mark-and-sweep over every manifest may remove one.
 
@@ -18,14 +24,82 @@ use jiff::Timestamp;
 
 use super::{
     BackupMode, BackupOptions, Pending, StagingDir, abandon, claim_folder, file_name, new_manifest,
-    remove_stored, staged,
+    remove_stored, seal_manifest, staged, store_file,
 };
 use crate::error::{Error, Result};
 use crate::export::{PartedExport, export_parts};
 use crate::manifest::{
     Database, FileEntry, INCREMENTAL_FORMAT_VERSION, MANIFEST_NAME, Manifest, POOL_FOLDER,
-    TenantState, pool_key,
+    PartitionIndex, SEALED_POOL_FOLDER, TenantState, pool_key, sealed_pool_key,
 };
+use crate::seal::{IndexKey, Sealer};
+
+/// How a cycle's incremental snapshots are written and what they may reuse: plain, or sealed to a
+/// set of recipients with the host's index key.
+pub(super) struct Reuse {
+    sealed: Option<(Vec<String>, Arc<IndexKey>)>,
+}
+
+impl Reuse {
+    pub(super) fn new(sealer: Option<&Sealer>, key: Option<Arc<IndexKey>>) -> Reuse {
+        let sealed = sealer.zip(key).map(|(sealer, key)| {
+            let mut recipients = sealer.recipients();
+            recipients.sort();
+            (recipients, key)
+        });
+        Reuse { sealed }
+    }
+
+    /// The index key, when snapshots are sealed.
+    pub(super) fn index_key(&self) -> Option<&IndexKey> {
+        self.sealed.as_ref().map(|(_, key)| key.as_ref())
+    }
+
+    fn pool_folder(&self) -> &'static str {
+        match self.sealed {
+            Some(_) => SEALED_POOL_FOLDER,
+            None => POOL_FOLDER,
+        }
+    }
+
+    /// `manifest` (of the snapshot in `folder`) as this cycle may reuse it: its partitions read from
+    /// its index when it is sealed. Why not, otherwise.
+    async fn reusable(
+        &self,
+        storage: &Storage,
+        folder: &str,
+        mut manifest: Manifest,
+    ) -> std::result::Result<Manifest, String> {
+        let (ours, key) = match (&self.sealed, &manifest.encryption) {
+            (None, None) => return Ok(manifest),
+            (None, Some(_)) => return Err("it is encrypted and this cycle is not".into()),
+            (Some(_), None) => return Err("it is not encrypted and this cycle is".into()),
+            (Some(sealed), Some(_)) => sealed,
+        };
+        let encryption = manifest.encryption.as_ref().expect("matched above");
+        let mut theirs = encryption.recipients.clone();
+        theirs.sort();
+        if theirs != *ours {
+            return Err("it is encrypted to other recipients, whose identities would be needed to restore this cycle".into());
+        }
+        let index = encryption
+            .index
+            .as_ref()
+            .ok_or("it has no partition index")?;
+        let object = format!("{folder}/{}", index.name);
+        let bytes = storage.read(&object).await.map_err(|e| e.to_string())?;
+        if Sha256Digest::of(&bytes).to_string() != index.sha256 {
+            return Err("its index does not match the digest its manifest records".into());
+        }
+        let plain = key.open(&bytes).map_err(|failure| {
+            format!("its index does not open with this host's index key ({failure:?}); it was written by another host or before the key was replaced")
+        })?;
+        let index: PartitionIndex = serde_json::from_slice(&plain)
+            .map_err(|e| format!("its index is not readable: {e}"))?;
+        manifest.partitions = index.partitions;
+        Ok(manifest)
+    }
+}
 
 /// What a cycle may reuse: the source's newest committed cycle, when it was incremental, and what
 /// the pool holds. Read once per cycle, beside the claim.
@@ -37,10 +111,14 @@ pub(super) struct Previous {
     pool: HashMap<String, u64>,
 }
 
-/// The newest committed cycle of `source` and a listing of the pool, if that cycle was incremental.
-/// A full one starts the chains again; one that cannot be read makes every partition be exported
-/// again, and says so.
-pub(super) async fn previous_cycle(storage: &Storage, source: SourceId) -> Option<Arc<Previous>> {
+/// The newest committed cycle of `source` and a listing of the pool, if that cycle was incremental
+/// and written as `reuse` writes. A full one starts the chains again; one that cannot be read or
+/// reused makes every partition be exported again, and says so.
+pub(super) async fn previous_cycle(
+    storage: &Storage,
+    source: SourceId,
+    reuse: &Reuse,
+) -> Option<Arc<Previous>> {
     let read = async {
         let newest = crate::catalog::newest_complete_by_id(storage, Some(source)).await?;
         let Some(shared) = newest
@@ -49,7 +127,20 @@ pub(super) async fn previous_cycle(storage: &Storage, source: SourceId) -> Optio
         else {
             return Ok(None);
         };
-        let pool = storage.list(POOL_FOLDER, ListMode::Recursive).await?;
+        let folder = format!("{}/{}", Database::Shared.folder(), shared.snapshot_id);
+        let shared = match reuse.reusable(storage, &folder, shared).await {
+            Ok(shared) => shared,
+            Err(why) => {
+                tracing::warn!(
+                    why,
+                    "the previous cycle cannot be reused: every partition is exported again"
+                );
+                return Ok(None);
+            }
+        };
+        let pool = storage
+            .list(reuse.pool_folder(), ListMode::Recursive)
+            .await?;
         let pool = pool
             .into_iter()
             .filter(|e| !e.is_dir)
@@ -72,11 +163,14 @@ async fn previous_of(
     storage: &Storage,
     previous: Option<&Previous>,
     database: Database,
+    reuse: &Reuse,
 ) -> Option<Manifest> {
     let previous = previous?;
     let mut manifest = match database {
         Database::Shared => previous.shared.clone(),
-        Database::Tenant { .. } => tenant_manifest(storage, &previous.shared, database).await?,
+        Database::Tenant { .. } => {
+            tenant_manifest(storage, &previous.shared, database, reuse).await?
+        }
     };
     // Only pool objects are reused: a snapshot's own files go with it.
     manifest.files.retain(|f| f.object.is_some());
@@ -98,6 +192,7 @@ async fn tenant_manifest(
     storage: &Storage,
     shared: &Manifest,
     database: Database,
+    reuse: &Reuse,
 ) -> Option<Manifest> {
     let Database::Tenant { tenant_id } = database else {
         return None;
@@ -126,8 +221,14 @@ async fn tenant_manifest(
         Ok(_) => Err("it does not match the digest its cycle records".to_owned()),
         Err(e) => Err(e.to_string()),
     };
+    let folder = format!("{}/{}", database.folder(), shared.snapshot_id);
     let why = match read {
-        Ok(m) if m.is_incremental() && m.database == database => return Some(m),
+        Ok(m) if m.is_incremental() && m.database == database => {
+            match reuse.reusable(storage, &folder, m).await {
+                Ok(m) => return Some(m),
+                Err(why) => why,
+            }
+        }
         Ok(_) => "it is not an incremental snapshot of this database".to_owned(),
         Err(why) => why,
     };
@@ -178,11 +279,27 @@ pub(super) async fn snapshot_parts(
     let dir = staging.join(database.folder());
     let _export_dir = StagingDir(dir.clone());
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let previous = previous_of(storage, pending.previous.clone().await.as_deref(), database).await;
+    let reuse = pending.reuse;
+    let previous = previous_of(
+        storage,
+        pending.previous.clone().await.as_deref(),
+        database,
+        reuse,
+    )
+    .await;
     let interrupt = conn.interrupt_handle();
     let export_dir = dir.clone();
+    // Encrypted, file names are random: the clear manifest lists them, and `<table>.<key>.<n>`
+    // would tell the bucket's owner which months hold rows and how many.
+    let opaque_names = options.sealer.is_some();
     let mut exporting = tokio::task::spawn_blocking(move || {
-        export_parts(&conn, database, &export_dir, previous.as_ref())
+        export_parts(
+            &conn,
+            database,
+            &export_dir,
+            previous.as_ref(),
+            opaque_names,
+        )
     });
     let (claim, folder) = match claim_folder(storage, &pending.claim, database).await {
         Ok(claimed) => claimed,
@@ -212,6 +329,9 @@ pub(super) async fn snapshot_parts(
     manifest.format_version = INCREMENTAL_FORMAT_VERSION;
     manifest.tables = export.tables;
     manifest.partitions = export.partitions;
+    if let Some(sealer) = &options.sealer {
+        seal_manifest(storage, &folder, &mut manifest, sealer, reuse.index_key()).await?;
+    }
     Ok((manifest, uploaded))
 }
 
@@ -257,7 +377,8 @@ async fn store(
 }
 
 /// One file: a table file under the pool key of its SHA-256, read before the upload (the key must be
-/// known first) and checked against what the upload read; anything else in `folder`.
+/// known first) and checked against what the upload read; anything else in `folder` (encrypted as
+/// it streams, when the cycle is). Encrypted, a table file goes to [`store_sealed`].
 async fn store_one(
     storage: &Storage,
     folder: &str,
@@ -266,15 +387,16 @@ async fn store_one(
 ) -> Result<FileEntry> {
     let name = file_name(path);
     if !is_table_data(&name) {
-        let info = storage
-            .upload_file(path, &format!("{folder}/{name}"), &staged(options))
-            .await?;
+        let info = store_file(storage, path, &format!("{folder}/{name}"), options).await?;
         return Ok(FileEntry {
             name,
             size: info.size,
             sha256: info.sha256.to_string(),
             object: None,
         });
+    }
+    if let Some(sealer) = &options.sealer {
+        return store_sealed(storage, path, sealer, options).await;
     }
     let hashed = path.to_owned();
     let sha256 = tokio::task::spawn_blocking(move || Sha256Digest::of_file(&hashed))
@@ -299,6 +421,52 @@ async fn store_one(
         name,
         size,
         sha256,
+        object: Some(object),
+    })
+}
+
+/// A table file of an encrypted cycle: sealed into a local file beside it (its object is named by
+/// the ciphertext's SHA-256, so the ciphertext must exist before the upload), uploaded, checked
+/// against what the upload read, and the local ciphertext removed. Each sealing differs, so the
+/// object is new and never replaces one a snapshot names.
+async fn store_sealed(
+    storage: &Storage,
+    path: &Path,
+    sealer: &Arc<Sealer>,
+    options: &BackupOptions,
+) -> Result<FileEntry> {
+    let name = file_name(path);
+    let sealed_path = path.with_extension("parquet.age");
+    let (plain, out, by) = (path.to_owned(), sealed_path.clone(), Arc::clone(sealer));
+    let sealed = tokio::task::spawn_blocking(move || by.seal_file(&plain, &out))
+        .await
+        .map_err(|e| Error::Internal(format!("seal task: {e}")))?;
+    let stored = match sealed {
+        Ok(info) => {
+            let object = sealed_pool_key(&info.sha256.to_string());
+            storage
+                .upload_file(&sealed_path, &object, &staged(options))
+                .await
+                .map_err(Error::from)
+                .and_then(|uploaded| match uploaded == info {
+                    true => Ok((info, object)),
+                    false => Err(hitkeep_storage::Error::integrity(&object).into()),
+                })
+        }
+        Err(e) => Err(Error::io(path, e)),
+    };
+    let _ = std::fs::remove_file(&sealed_path);
+    let (info, object) = stored?;
+    tracing::debug!(
+        file = name,
+        object,
+        size = info.size,
+        "stored in the encrypted pool"
+    );
+    Ok(FileEntry {
+        name,
+        size: info.size,
+        sha256: info.sha256.to_string(),
         object: Some(object),
     })
 }

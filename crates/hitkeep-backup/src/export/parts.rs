@@ -47,12 +47,14 @@ const WRITING: &str = ".writing";
 
 /// `CHECKPOINT`, then in one transaction: count every table, fingerprint its partitions, write those
 /// that differ from `previous` (this database's last committed snapshot, if incremental) and the
-/// schema into `dir`. Then names the files and writes `load.sql`.
+/// schema into `dir`. Then names the files (`opaque`: by random names that say nothing of their
+/// table and partition, for an encrypted snapshot's clear manifest) and writes `load.sql`.
 pub(crate) fn export_parts(
     conn: &Connection,
     database: Database,
     dir: &Path,
     previous: Option<&Manifest>,
+    opaque: bool,
 ) -> Result<PartedExport> {
     let duckdb_version = before_export(conn, database)?;
     let writing = dir.join(WRITING);
@@ -67,7 +69,7 @@ pub(crate) fn export_parts(
             })
         })
     })?;
-    let (partitions, written, reused) = name_files(cuts, dir)?;
+    let (partitions, written, reused) = name_files(cuts, dir, opaque)?;
     std::fs::remove_dir_all(&writing).or_else(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Ok(()),
         _ => Err(Error::io(&writing, e)),
@@ -331,12 +333,28 @@ fn load_order(conn: &Connection) -> duckdb::Result<Vec<(String, String)>> {
     Ok(order)
 }
 
-/// Moves each written file to `<table>.<key>.<n>.parquet` in `dir`, gives reused files their names in
-/// this snapshot, and records every partition.
+/// Moves each written file to `<table>.<key>.<n>.parquet` in `dir` (`opaque`: to a random
+/// `<32 hex>.parquet`), gives reused files their names in this snapshot (opaque: the names they
+/// had), and records every partition.
 fn name_files(
     cuts: Vec<Cut>,
     dir: &Path,
+    opaque: bool,
 ) -> Result<(Vec<TablePartitions>, Vec<PathBuf>, Vec<FileEntry>)> {
+    // Opaque: a reused file keeps its random name, a new one gets a fresh one (128 random bits,
+    // checked unique all the same).
+    let mut random_names = BTreeSet::new();
+    let mut random = |kept: Option<&str>| -> String {
+        if let Some(kept) = kept.filter(|k| random_names.insert(k.to_string())) {
+            return kept.to_owned();
+        }
+        loop {
+            let name = format!("{}.parquet", uuid::Uuid::new_v4().simple());
+            if random_names.insert(name.clone()) {
+                return name;
+            }
+        }
+    };
     let mut stems = BTreeSet::new();
     let (mut tables, mut written, mut reused) = (Vec::new(), Vec::new(), Vec::new());
     for (n, cut) in cuts.into_iter().enumerate() {
@@ -358,9 +376,13 @@ fn name_files(
             let mut files = Vec::new();
             if let Some(entries) = cut.reused.get(&key) {
                 for (i, entry) in entries.iter().enumerate() {
-                    files.push(name(i));
+                    let name = match opaque {
+                        true => random(Some(&entry.name)),
+                        false => name(i),
+                    };
+                    files.push(name.clone());
                     reused.push(FileEntry {
-                        name: name(i),
+                        name,
                         ..entry.clone()
                     });
                 }
@@ -373,9 +395,13 @@ fn name_files(
                     )));
                 }
                 for (i, path) in paths.into_iter().enumerate() {
-                    let to = dir.join(name(i));
+                    let name = match opaque {
+                        true => random(None),
+                        false => name(i),
+                    };
+                    let to = dir.join(&name);
                     std::fs::rename(&path, &to).map_err(|e| Error::io(&path, e))?;
-                    files.push(name(i));
+                    files.push(name);
                     written.push(to);
                 }
             }
@@ -610,7 +636,7 @@ mod tests {
                 ))
                 .unwrap();
                 std::fs::create_dir_all(&staging).unwrap();
-                let export = export_parts(&conn, Database::Shared, &staging, None).unwrap();
+                let export = export_parts(&conn, Database::Shared, &staging, None, false).unwrap();
                 let source_contents = contents(&conn);
                 drop(conn);
                 assert!(export.reused.is_empty(), "{case}");
@@ -666,7 +692,7 @@ mod tests {
         let pool = at("pool");
         let export = |name: &str, previous: Option<&Manifest>| {
             std::fs::create_dir_all(at(name)).unwrap();
-            export_parts(&conn, Database::Shared, &at(name), previous).unwrap()
+            export_parts(&conn, Database::Shared, &at(name), previous, false).unwrap()
         };
         let first = export("first", None);
         let first_manifest = commit(&first, &pool);

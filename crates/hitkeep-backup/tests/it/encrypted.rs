@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use age::x25519::Identity;
-use hitkeep_backup::manifest::{ENCRYPTED_FORMAT_VERSION, Manifest};
+use hitkeep_backup::manifest::{
+    ENCRYPTED_FORMAT_VERSION, ENCRYPTED_INCREMENTAL_FORMAT_VERSION, Manifest,
+};
 use hitkeep_backup::{
-    Catalog, Database, Error, ErrorKind, OpenFailure, Opener, RestorePlan, RestoreSelection,
-    Sealer, export_plain, run_cycle, verify_snapshot,
+    BackupMode, Catalog, Database, Error, ErrorKind, OpenFailure, Opener, RestorePlan,
+    RestoreSelection, Sealer, export_plain, run_cycle, verify_snapshot,
 };
 use hitkeep_storage::ListMode;
 
@@ -65,14 +67,31 @@ fn plan(catalog: &Catalog, f: &Fixture) -> RestorePlan {
     .unwrap()
 }
 
-async fn a_cycle_encrypted_to_two_recipients_restores_with_either_identity(f: Fixture) {
+/// A row holding [`MARKER`] in the shared database.
+fn mark(f: &Fixture) {
     let conn =
         hitkeep_data::open_database(&f.layout.db_path, hitkeep_data::OpenMode::Existing).unwrap();
     conn.execute_batch(&format!(
         "CREATE TABLE main.marker_rows (note VARCHAR); INSERT INTO main.marker_rows VALUES ('{MARKER}')"
     ))
     .unwrap();
-    drop(conn);
+}
+
+/// No object holds [`MARKER`]; all but the clear manifests and source records are age files.
+fn nothing_in_the_clear(objects: &[(String, Vec<u8>)]) {
+    for (key, bytes) in objects {
+        assert!(
+            !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+            "{key} holds the marker in the clear"
+        );
+        if !key.ends_with("manifest.json") && !key.starts_with("sources/") {
+            assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{key}");
+        }
+    }
+}
+
+async fn a_cycle_encrypted_to_two_recipients_restores_with_either_identity(f: Fixture) {
+    mark(&f);
     let (identities, sealer) = keys(2);
     let report = encrypted_cycle(&f, sealer.clone()).await;
     // The report still counts rows: they are sealed in the manifest, not lost.
@@ -85,11 +104,8 @@ async fn a_cycle_encrypted_to_two_recipients_restores_with_either_identity(f: Fi
     // Nothing in the bucket shows the marker or a row count; every manifest says to whom it is sealed.
     let objects = every_object(&f).await;
     assert!(objects.len() > 10, "{}", objects.len());
+    nothing_in_the_clear(&objects);
     for (key, bytes) in &objects {
-        assert!(
-            !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
-            "{key} holds the marker in the clear"
-        );
         if key.ends_with("manifest.json") && !key.starts_with("sources/") {
             let manifest = Manifest::from_slice(bytes).unwrap();
             assert_eq!(manifest.format_version, ENCRYPTED_FORMAT_VERSION, "{key}");
@@ -222,10 +238,164 @@ async fn a_flipped_byte_is_named_by_a_verify_without_any_key(f: Fixture) {
     assert_eq!(e.kind(), ErrorKind::Integrity, "{e}");
 }
 
+async fn incremental(f: &Fixture, sealer: &Sealer) -> hitkeep_backup::CycleReport {
+    let (shared, tenants) = f.shared_and_tenants();
+    let options = f
+        .options()
+        .with_mode(BackupMode::Incremental)
+        .with_sealer(sealer.clone());
+    let report = run_cycle(&f.storage, shared, tenants, &options)
+        .await
+        .unwrap();
+    assert!(report.is_success(), "{report:?}");
+    report
+}
+
+/// The encrypted pool's objects.
+async fn sealed_pool(f: &Fixture) -> Vec<String> {
+    let listed = f.storage.list("pool-e", ListMode::Recursive).await.unwrap();
+    let mut keys: Vec<String> = listed
+        .into_iter()
+        .map(|e| e.key)
+        .filter(|k| k.ends_with(".age"))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Incremental and encrypted: a cycle stores only what changed, under names that say nothing of
+/// partitions, in the encrypted pool only; it verifies without a key, restores with the identity;
+/// and a change of recipients starts the chain again, so the new identity alone opens the cycle.
+async fn an_encrypted_incremental_chain_stores_only_changes_and_restores_whole(f: Fixture) {
+    mark(&f);
+    // A plain incremental cycle first: the encrypted one reuses none of its objects, and writes no
+    // plain pool object.
+    let (shared, tenants) = f.shared_and_tenants();
+    let plain = f.options().with_mode(BackupMode::Incremental);
+    run_cycle(&f.storage, shared, tenants, &plain)
+        .await
+        .unwrap();
+    let plain_pool = f.storage.list("pool", ListMode::Recursive).await.unwrap();
+    let (identities, sealer) = keys(1);
+    let first = incremental(&f, &sealer).await;
+    assert!(first.shared.is_encrypted() && first.shared.is_incremental());
+    assert!(f.layout.index_key_file().is_file());
+    assert_eq!(first.files, files_in(&f, first.id).await, "nothing reused");
+    let pool_now = f.storage.list("pool", ListMode::Recursive).await.unwrap();
+    assert_eq!(pool_now.len(), plain_pool.len());
+    let stored = sealed_pool(&f).await;
+    assert!(stored.len() > 20, "{stored:?}");
+    let id = format!("/{}/", first.id);
+    let objects: Vec<_> = every_object(&f)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("pool-e/") || k.contains(&id))
+        .collect();
+    nothing_in_the_clear(&objects);
+    for (key, bytes) in objects
+        .iter()
+        .filter(|(k, _)| k.ends_with("/manifest.json"))
+    {
+        let m = Manifest::from_slice(bytes).unwrap();
+        assert_eq!(
+            m.format_version, ENCRYPTED_INCREMENTAL_FORMAT_VERSION,
+            "{key}"
+        );
+        for file in m.files.iter().filter(|file| file.object.is_some()) {
+            let stem = file.name.strip_suffix(".parquet").unwrap_or_default();
+            let random = stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit());
+            assert!(random, "{key}: {}", file.name);
+        }
+    }
+
+    // Nothing changed: only each snapshot's schema.sql and load.sql are stored.
+    let same = incremental(&f, &sealer).await;
+    assert_eq!(sealed_pool(&f).await, stored);
+    assert_eq!(same.files, 2 * databases(&f).len(), "{same:?}");
+
+    // New hits: a few partitions stored again; the cycle restores to every row.
+    crate::incremental::add_hits(&f, 50);
+    let before: Vec<_> = databases(&f).iter().map(|db| fingerprint(db)).collect();
+    let second = incremental(&f, &sealer).await;
+    let new = sealed_pool(&f).await.len() - stored.len();
+    assert!((1..=3).contains(&new), "{new} new objects");
+    assert_eq!(second.files, 2 * databases(&f).len() + new);
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let scratch = f.dir.path().join("scratch");
+    let plain = verify_snapshot(&f.storage, &catalog, second.id, false, &scratch, None)
+        .await
+        .unwrap();
+    assert!(plain.is_ok(), "{plain:?}");
+    let opener = Opener::new(identities);
+    let deep = verify_snapshot(
+        &f.storage,
+        &catalog,
+        second.id,
+        true,
+        &scratch,
+        Some(&opener),
+    )
+    .await
+    .unwrap();
+    assert!(deep.is_ok(), "{deep:?}");
+    for db in databases(&f) {
+        std::fs::remove_file(&db).unwrap();
+    }
+    let plan = plan(&catalog, &f).with_opener(Arc::new(opener.clone()));
+    prepare_and_commit(&f, &plan).await;
+    let after: Vec<_> = databases(&f).iter().map(|db| fingerprint(db)).collect();
+    assert_eq!(after, before);
+    let out = f.dir.path().join("plain");
+    export_plain(&f.storage, &catalog, second.id, &out, Some(&opener))
+        .await
+        .unwrap();
+
+    // A lost index key: the next cycle cannot read the last one's index and stores everything.
+    std::fs::remove_file(f.layout.index_key_file()).unwrap();
+    let rekeyed = incremental(&f, &sealer).await;
+    assert_eq!(
+        rekeyed.files,
+        files_in(&f, rekeyed.id).await,
+        "nothing reused"
+    );
+
+    // New recipients: nothing sealed to the old ones is reused; the new identity alone opens the
+    // cycle, and the old one opens none of it.
+    let (rotated, new_sealer) = keys(1);
+    let third = incremental(&f, &new_sealer).await;
+    assert_eq!(third.files, files_in(&f, third.id).await, "nothing reused");
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let deep = |opener: Opener| {
+        let (storage, catalog, scratch) = (&f.storage, &catalog, &scratch);
+        async move { verify_snapshot(storage, catalog, third.id, true, scratch, Some(&opener)).await }
+    };
+    let checked = deep(Opener::new(rotated)).await.unwrap();
+    assert!(checked.is_ok(), "{checked:?}");
+    let old = deep(opener).await.unwrap();
+    assert!(
+        old.databases.iter().all(|d| !d.problems.is_empty()),
+        "{old:?}"
+    );
+}
+
+/// How many files the manifests of cycle `id` list.
+async fn files_in(f: &Fixture, id: hitkeep_backup::SnapshotId) -> usize {
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    catalog
+        .databases
+        .iter()
+        .flat_map(|d| &d.snapshots)
+        .filter(|s| s.id == id)
+        .filter_map(|s| s.manifest.as_ref())
+        .map(|m| m.files.len())
+        .sum()
+}
+
 on_local_and_s3!(
     a_cycle_encrypted_to_two_recipients_restores_with_either_identity,
     a_wrong_or_missing_identity_changes_nothing,
     a_flipped_byte_is_named_by_a_verify_without_any_key,
+    an_encrypted_incremental_chain_stores_only_changes_and_restores_whole,
 );
 
 /// HitKeep 2.12 and older: the default tenant's analytics in the shared database.

@@ -141,7 +141,7 @@ async fn an_incremental_cycle_stores_what_changed_and_restores_whole(f: Fixture)
 }
 
 /// Appends `n` copies of the newest hits (new ids) to the default tenant's analytics.
-fn add_hits(f: &Fixture, n: usize) {
+pub(crate) fn add_hits(f: &Fixture, n: usize) {
     open_database(&f.default_analytics(), OpenMode::Existing)
         .unwrap()
         .execute_batch(&format!(
