@@ -56,7 +56,7 @@ pub use crate::{
     },
     retention::{Deletion, PrunePlan, Retention},
     scratch::StaleScratch,
-    seal::{IndexKey, OpenFailure, Opener, Sealer, write_new_identity},
+    seal::{IndexKey, OpenFailure, Opened, Opener, Sealer, Unopened, write_new_identity},
     snapshot_id::{SnapshotId, SnapshotIdError},
     sweep::{CLOCK_KEY, POOL_GRACE, PoolSweep, sweep_pool},
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},

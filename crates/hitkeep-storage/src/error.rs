@@ -155,6 +155,21 @@ impl Error {
             .with_hint("the storage service returns different data than it was given; do not use it for backups")
     }
 
+    /// A downloaded object whose size or SHA-256 is not what its manifest records: damaged at rest
+    /// or on the way, or replaced. For callers that read objects their own way, too.
+    pub fn damaged(target: String, want: &crate::ObjectInfo, got: &crate::ObjectInfo) -> Self {
+        Error::new(
+            ErrorKind::Integrity,
+            "download",
+            target,
+            format!(
+                "expected {} bytes with SHA-256 {}, got {} bytes with SHA-256 {}",
+                want.size, want.sha256, got.size, got.sha256
+            ),
+        )
+        .with_hint("the stored object is damaged or was replaced; use another snapshot")
+    }
+
     /// A local file problem, for callers that stage files themselves.
     pub fn local_io(operation: &'static str, path: &std::path::Path, err: std::io::Error) -> Self {
         Error::local(operation, path, err)

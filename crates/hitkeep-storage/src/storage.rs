@@ -413,16 +413,7 @@ impl Storage {
         let partial = partial_path(dest);
         let result = self.download_to(key, &partial, options).await;
         let verified = result.and_then(|got| match expected {
-            Some(want) if want.size != got.size || want.sha256 != got.sha256 => Err(Error::new(
-                ErrorKind::Integrity,
-                "download",
-                self.describe(key),
-                format!(
-                    "expected {} bytes with SHA-256 {}, got {} bytes with SHA-256 {}",
-                    want.size, want.sha256, got.size, got.sha256
-                ),
-            )
-            .with_hint("the stored object is damaged or was replaced; use another snapshot")),
+            Some(want) if *want != got => Err(Error::damaged(self.describe(key), want, &got)),
             _ => Ok(got),
         });
         match verified {
@@ -437,6 +428,36 @@ impl Storage {
                 Err(e)
             }
         }
+    }
+
+    /// The bytes of `key` as they come, `options.chunk_size` at a time with `options.concurrency`
+    /// requests in flight, for a reader that transforms them on the way (a restore decrypting into
+    /// place, instead of writing the ciphertext to disk first). Nothing is checked here: the reader
+    /// hashes what it reads and compares. A failed request ends the stream with an I/O error whose
+    /// inner error is this crate's [`Error`] naming the object.
+    pub async fn read_stream(
+        &self,
+        key: &str,
+        options: &TransferOptions,
+    ) -> Result<impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static> {
+        check_key(key, "download")?;
+        let reader = self
+            .ops
+            .plain
+            .reader_with(key)
+            .chunk(options.chunk_size)
+            .concurrent(options.concurrency)
+            .await
+            .map_err(|e| self.err(e, "download", key))?;
+        let stream = reader
+            .into_stream(..)
+            .await
+            .map_err(|e| self.err(e, "download", key))?;
+        let (storage, key) = (self.clone(), key.to_owned());
+        Ok(stream
+            .map_ok(|buffer| futures::stream::iter(Iterator::map(buffer, Ok)))
+            .map_err(move |e| std::io::Error::other(storage.err(e, "download", &key)))
+            .try_flatten())
     }
 
     async fn download_to(

@@ -113,12 +113,12 @@ impl Bench {
 pub fn section(results: &[EncryptedResult], memory_limit_mib: u64) -> String {
     let mut md = String::from(
         "## Encrypted snapshots (full mode, HitKeep 2.8 layout, 4 tenants, one age recipient)\n\n\
-         | hits | backup plain | backup encrypted | ratio (target ≤ 1.05×) | restore plain | restore encrypted | ratio (target ≤ 1.05×) | peak RSS backup / restore, encrypted | stored plain / encrypted | restores equal |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | hits | backup plain | backup encrypted | ratio (target ≤ 1.05×) | restore plain | restore encrypted | ratio (target ≤ 1.05×) | CPU backup / restore, plain → encrypted | peak RSS backup / restore, encrypted | stored plain / encrypted | restores equal |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} → {} / {} → {} | {} / {} | {} / {} | {} |\n",
             r.hits,
             secs(r.backup_plain.wall),
             secs(r.backup_sealed.wall),
@@ -126,6 +126,10 @@ pub fn section(results: &[EncryptedResult], memory_limit_mib: u64) -> String {
             secs(r.restore_plain.wall),
             secs(r.restore_sealed.wall),
             at_most(ratio(r.restore_sealed.wall, r.restore_plain.wall), 1.05),
+            secs(r.backup_plain.cpu),
+            secs(r.backup_sealed.cpu),
+            secs(r.restore_plain.cpu),
+            secs(r.restore_sealed.cpu),
             mib(r.backup_sealed.rss),
             mib(r.restore_sealed.rss),
             mib(r.bytes_plain),
