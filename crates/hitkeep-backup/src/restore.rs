@@ -750,8 +750,9 @@ pub struct RestoreOutcome {
     pub tables: BTreeMap<String, u64>,
 }
 
-/// One file of a snapshot, checked against its manifest entry; an encrypted one is opened into
-/// place (the stored bytes are checked first, then decrypted). Returns what is on disk.
+/// One file of a snapshot, checked against its manifest entry; an encrypted one is decrypted as it
+/// downloads and moved into place only once the stored bytes' digest matches. Returns what is on
+/// disk.
 async fn download_one(
     storage: &Storage,
     folder: &str,
@@ -784,30 +785,10 @@ async fn download_one(
     let stream = storage.read_stream(&key, transfer).await?;
     let source = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let (by, to) = (opener.clone(), partial.clone());
-    let opened = tokio::task::spawn_blocking(move || by.open_from(source, &to))
-        .await
-        .map_err(|e| Error::Internal(format!("decrypt task: {e}")))?;
-    let described = || storage.describe(&key);
+    let opened = tokio::task::spawn_blocking(move || by.open_from(source, &to)).await;
     let outcome = match opened {
-        Ok(opened) if opened.stored == expected => Ok(opened.plain),
-        Ok(opened) => {
-            Err(hitkeep_storage::Error::damaged(described(), &expected, &opened.stored).into())
-        }
-        Err(Unopened::Source(e)) => Err(
-            match e
-                .into_inner()
-                .map(|e| e.downcast::<hitkeep_storage::Error>())
-            {
-                Some(Ok(e)) => Error::Storage(e),
-                Some(Err(e)) => Error::Internal(format!("{}: {e}", described())),
-                None => Error::Internal(format!("{}: the download failed", described())),
-            },
-        ),
-        Err(Unopened::Failure(failure)) => Err(Error::NotOpened {
-            object: described(),
-            failure,
-            recipients: recipients.to_vec(),
-        }),
+        Err(e) => Err(Error::Internal(format!("decrypt task: {e}"))),
+        Ok(opened) => opened_or_not(opened, &expected, storage.describe(&key), recipients),
     };
     match outcome {
         Ok(info) => {
@@ -818,6 +799,39 @@ async fn download_one(
             let _ = std::fs::remove_file(&partial);
             Err(e)
         }
+    }
+}
+
+/// What a streamed decryption of `object` means for the restore: the plaintext when the stored
+/// bytes are what the manifest records, else why not.
+fn opened_or_not(
+    opened: std::result::Result<crate::seal::Opened, Unopened>,
+    expected: &ObjectInfo,
+    object: String,
+    recipients: &[String],
+) -> Result<ObjectInfo> {
+    let not_opened = |failure| Error::NotOpened {
+        object: object.clone(),
+        failure,
+        recipients: recipients.to_vec(),
+    };
+    match opened {
+        Ok(opened) if opened.stored == *expected => Ok(opened.plain),
+        Ok(opened) => Err(hitkeep_storage::Error::damaged(object, expected, &opened.stored).into()),
+        Err(Unopened::Source(e)) => Err(
+            match e
+                .into_inner()
+                .map(|e| e.downcast::<hitkeep_storage::Error>())
+            {
+                Some(Ok(e)) => Error::Storage(e),
+                Some(Err(e)) => Error::Internal(format!("{object}: {e}")),
+                None => Error::Internal(format!("{object}: the download failed")),
+            },
+        ),
+        // The snapshot's sealed part opened with these identities already, and every object of it
+        // is sealed to the same recipients: one that says "not yours" was damaged or replaced.
+        Err(Unopened::Failure(OpenFailure::WrongIdentity)) => Err(not_opened(OpenFailure::Damaged)),
+        Err(Unopened::Failure(failure)) => Err(not_opened(failure)),
     }
 }
 

@@ -167,6 +167,7 @@ pub struct Opened {
 
 /// Why [`Opener::open_from`] failed: its source did not read, or the bytes did not open.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Unopened {
     /// The source's own error (a download that failed), not the ciphertext's.
     Source(io::Error),
@@ -417,7 +418,8 @@ impl Opener {
         }
         let plain = written.map_err(Unopened::Failure)?;
         // age reads to the end (it refuses trailing bytes); anything left would still be hashed.
-        io::copy(&mut counted, &mut io::sink()).map_err(Unopened::Source)?;
+        io::copy(&mut counted, &mut io::sink())
+            .map_err(|e| Unopened::Source(counted.failed.take().unwrap_or(e)))?;
         Ok(Opened {
             plain,
             stored: ObjectInfo {

@@ -533,7 +533,7 @@ pub fn lifecycle(settings: &Settings) -> ExitCode {
     };
     println!("{:#}", rules.rules);
     eprintln!(
-        "# {} snapshots every {} min cover {} min; objects expire after {} days.\n# Caution: expiry goes by age, not count. If backups stop for {} days, every snapshot expires; watch `hitkeep backup status`.\n# pool/ and pool-e/ (the table files incremental snapshots share, plain and encrypted) must never expire by age: the rules leave it out, and each cycle removes the objects no snapshot names.\n# Apply with: aws s3api put-bucket-lifecycle-configuration --bucket {} --lifecycle-configuration file://lifecycle.json",
+        "# {} snapshots every {} min cover {} min; objects expire after {} days.\n# Caution: expiry goes by age, not count. If backups stop for {} days, every snapshot expires; watch `hitkeep backup status`.\n# pool/ and pool-e/ (the table files incremental snapshots share, plain and encrypted) must never expire by age: the rules leave them out, and each cycle removes the objects no snapshot names.\n# Apply with: aws s3api put-bucket-lifecycle-configuration --bucket {} --lifecycle-configuration file://lifecycle.json",
         settings.backup.retention,
         settings.backup.interval.as_secs() / 60,
         rules.covered_minutes,

@@ -441,6 +441,17 @@ impl Storage {
         options: &TransferOptions,
     ) -> Result<impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static> {
         check_key(key, "download")?;
+        let stream = self.buffers(key, options).await?;
+        let (storage, key) = (self.clone(), key.to_owned());
+        Ok(stream
+            .map_ok(|buffer| futures::stream::iter(Iterator::map(buffer, Ok)))
+            .map_err(move |e| std::io::Error::other(storage.err(e, "download", &key)))
+            .try_flatten())
+    }
+
+    /// The whole of `key`, `options.chunk_size` at a time with `options.concurrency` requests in
+    /// flight.
+    async fn buffers(&self, key: &str, options: &TransferOptions) -> Result<opendal::BufferStream> {
         let reader = self
             .ops
             .plain
@@ -449,15 +460,10 @@ impl Storage {
             .concurrent(options.concurrency)
             .await
             .map_err(|e| self.err(e, "download", key))?;
-        let stream = reader
+        reader
             .into_stream(..)
             .await
-            .map_err(|e| self.err(e, "download", key))?;
-        let (storage, key) = (self.clone(), key.to_owned());
-        Ok(stream
-            .map_ok(|buffer| futures::stream::iter(Iterator::map(buffer, Ok)))
-            .map_err(move |e| std::io::Error::other(storage.err(e, "download", &key)))
-            .try_flatten())
+            .map_err(|e| self.err(e, "download", key))
     }
 
     async fn download_to(
@@ -466,18 +472,7 @@ impl Storage {
         path: &Path,
         options: &TransferOptions,
     ) -> Result<ObjectInfo> {
-        let reader = self
-            .ops
-            .plain
-            .reader_with(key)
-            .chunk(options.chunk_size)
-            .concurrent(options.concurrency)
-            .await
-            .map_err(|e| self.err(e, "download", key))?;
-        let mut stream = reader
-            .into_stream(..)
-            .await
-            .map_err(|e| self.err(e, "download", key))?;
+        let mut stream = self.buffers(key, options).await?;
         let mut file = tokio::fs::File::create(path)
             .await
             .map_err(|e| Error::local("download", path, e))?;

@@ -248,43 +248,11 @@ pub fn run() -> Result<bool> {
     // `hitkeep backup keygen`: all of them in full mode, the round trip and the bit flip in
     // incremental mode too.
     with_keys(&mut ctx, |ctx| {
-        in_layout(ctx, LAYOUTS[0], "full", |ctx| {
-            let tag = format!(" [{} {} encrypted]", ctx.layout, ctx.mode);
-            section(
-                ctx,
-                &format!(
-                    "encrypted snapshots: keys, list, verify, restore, refusals, no plaintext stored{tag}"
-                ),
-                encrypted::round_trip,
-            );
-            section(
-                ctx,
-                &format!("kill -9 during backup run{tag}"),
-                faults::kill_loop,
-            );
-            section(ctx, &format!("TCP fault proxy{tag}"), faults::proxy);
-            section(
-                ctx,
-                &format!("a bit flipped in a stored object{tag}"),
-                faults::bit_flip,
-            );
-        });
+        in_layout(ctx, LAYOUTS[0], "full", |ctx| encrypted_sections(ctx, true));
         // Incremental and encrypted (format 4): the pool objects sealed, the partitions in an index
         // only the host opens.
         in_layout(ctx, LAYOUTS[1], "incremental", |ctx| {
-            let tag = format!(" [{} {} encrypted]", ctx.layout, ctx.mode);
-            section(
-                ctx,
-                &format!(
-                    "encrypted snapshots: keys, list, verify, restore, refusals, no plaintext stored{tag}"
-                ),
-                encrypted::round_trip,
-            );
-            section(
-                ctx,
-                &format!("a bit flipped in a stored object{tag}"),
-                faults::bit_flip,
-            );
+            encrypted_sections(ctx, false)
         });
     });
     section(&mut ctx, "TCP fault proxy", faults::proxy);
@@ -400,6 +368,32 @@ fn in_layout(ctx: &mut Ctx, layout: &'static str, mode: &'static str, f: impl Fn
     (ctx.layout, ctx.mode) = (layout, mode);
     f(ctx);
     (ctx.work, ctx.s3.prefix, ctx.layout, ctx.mode) = (work, prefix, LAYOUTS[0], "full");
+}
+
+/// The sections run with encryption on: the round trip and the bit flip, and with `kills_and_proxy`
+/// the kill loop and the fault proxy between them.
+fn encrypted_sections(ctx: &mut Ctx, kills_and_proxy: bool) {
+    let tag = format!(" [{} {} encrypted]", ctx.layout, ctx.mode);
+    section(
+        ctx,
+        &format!(
+            "encrypted snapshots: keys, list, verify, restore, refusals, no plaintext stored{tag}"
+        ),
+        encrypted::round_trip,
+    );
+    if kills_and_proxy {
+        section(
+            ctx,
+            &format!("kill -9 during backup run{tag}"),
+            faults::kill_loop,
+        );
+        section(ctx, &format!("TCP fault proxy{tag}"), faults::proxy);
+    }
+    section(
+        ctx,
+        &format!("a bit flipped in a stored object{tag}"),
+        faults::bit_flip,
+    );
 }
 
 /// Runs `f` with keys from `hitkeep backup keygen` in every run's settings; a failure to make them is

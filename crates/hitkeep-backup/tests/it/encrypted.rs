@@ -124,16 +124,7 @@ async fn a_cycle_encrypted_to_two_recipients_restores_with_either_identity(f: Fi
     assert!(plain.is_ok(), "{plain:?}");
     // A deep one opens every object and counts the rows the sealed parts hold.
     let opener = Opener::new(vec![identities[1].clone()]);
-    let deep = verify_snapshot(
-        &f.storage,
-        &catalog,
-        report.id,
-        true,
-        &scratch,
-        Some(&opener),
-    )
-    .await
-    .unwrap();
+    let deep = deep(&f, &catalog, report.id, &opener).await;
     assert!(deep.is_ok(), "{deep:?}");
     assert!(deep.databases.iter().all(|d| d.tables > 5), "{deep:?}");
     let without = verify_snapshot(&f.storage, &catalog, report.id, true, &scratch, None)
@@ -228,7 +219,8 @@ async fn a_flipped_byte_is_named_by_a_verify_without_any_key(f: Fixture) {
         problems.len() == 1 && problems[0].contains(&file.name),
         "{problems:?}"
     );
-    // A restore stops at the stored digest, before decrypting anything.
+    // A restore refuses it: the chunk holding the flip fails age's authentication, and nothing is
+    // moved into place.
     let opener = Arc::new(Opener::new(identities));
     let plan = plan(&catalog, &f).with_opener(opener);
     let (_, e) = plan
@@ -327,17 +319,8 @@ async fn an_encrypted_incremental_chain_stores_only_changes_and_restores_whole(f
         .unwrap();
     assert!(plain.is_ok(), "{plain:?}");
     let opener = Opener::new(identities);
-    let deep = verify_snapshot(
-        &f.storage,
-        &catalog,
-        second.id,
-        true,
-        &scratch,
-        Some(&opener),
-    )
-    .await
-    .unwrap();
-    assert!(deep.is_ok(), "{deep:?}");
+    let checked = deep(&f, &catalog, second.id, &opener).await;
+    assert!(checked.is_ok(), "{checked:?}");
     for db in databases(&f) {
         std::fs::remove_file(&db).unwrap();
     }
@@ -365,17 +348,26 @@ async fn an_encrypted_incremental_chain_stores_only_changes_and_restores_whole(f
     let third = incremental(&f, &new_sealer).await;
     assert_eq!(third.files, files_in(&f, third.id).await, "nothing reused");
     let catalog = Catalog::load(&f.storage).await.unwrap();
-    let deep = |opener: Opener| {
-        let (storage, catalog, scratch) = (&f.storage, &catalog, &scratch);
-        async move { verify_snapshot(storage, catalog, third.id, true, scratch, Some(&opener)).await }
-    };
-    let checked = deep(Opener::new(rotated)).await.unwrap();
+    let checked = deep(&f, &catalog, third.id, &Opener::new(rotated)).await;
     assert!(checked.is_ok(), "{checked:?}");
-    let old = deep(opener).await.unwrap();
+    let old = deep(&f, &catalog, third.id, &opener).await;
     assert!(
         old.databases.iter().all(|d| !d.problems.is_empty()),
         "{old:?}"
     );
+}
+
+/// `verify --deep` of cycle `id` with `opener`.
+async fn deep(
+    f: &Fixture,
+    catalog: &Catalog,
+    id: hitkeep_backup::SnapshotId,
+    opener: &Opener,
+) -> hitkeep_backup::VerifyReport {
+    let scratch = f.dir.path().join("scratch");
+    verify_snapshot(&f.storage, catalog, id, true, &scratch, Some(opener))
+        .await
+        .unwrap()
 }
 
 /// How many files the manifests of cycle `id` list.
