@@ -832,24 +832,18 @@ pub(super) async fn seal_manifest(
         tables: manifest.tables.clone(),
     };
     let json = serde_json::to_vec(&sealed).expect("sealed parts always serialise");
-    let bytes = sealer
-        .seal_bytes(&json)
-        .map_err(|e| Error::Internal(format!("sealing the manifest: {e}")))?;
-    let entry = FileEntry {
-        name: SEALED_NAME.to_owned(),
-        size: bytes.len() as u64,
-        sha256: Sha256Digest::of(&bytes).to_string(),
-        object: None,
-    };
-    storage
-        .write(&format!("{folder}/{SEALED_NAME}"), bytes)
-        .await?;
+    let bytes = sealer.seal_bytes(&json);
+    let entry = write_sealed(storage, folder, SEALED_NAME, bytes).await?;
     let index = match manifest.is_incremental() {
         true => {
             let key = index_key.ok_or_else(|| {
                 Error::Internal("an encrypted incremental snapshot without its index key".into())
             })?;
-            Some(write_index(storage, folder, manifest, key).await?)
+            let index = PartitionIndex {
+                partitions: manifest.partitions.clone(),
+            };
+            let json = serde_json::to_vec(&index).expect("indexes always serialise");
+            Some(write_sealed(storage, folder, INDEX_NAME, key.seal(&json)).await?)
         }
         false => None,
     };
@@ -866,30 +860,21 @@ pub(super) async fn seal_manifest(
     Ok(())
 }
 
-/// An incremental snapshot's partitions, sealed to the host's index key, as [`INDEX_NAME`] in
-/// `folder`.
-async fn write_index(
+/// A part of the manifest, sealed into `bytes`, written as `name` in `folder`; its entry.
+async fn write_sealed(
     storage: &Storage,
     folder: &str,
-    manifest: &Manifest,
-    key: &IndexKey,
+    name: &str,
+    bytes: std::io::Result<Vec<u8>>,
 ) -> Result<FileEntry> {
-    let index = PartitionIndex {
-        partitions: manifest.partitions.clone(),
-    };
-    let json = serde_json::to_vec(&index).expect("indexes always serialise");
-    let bytes = key
-        .seal(&json)
-        .map_err(|e| Error::Internal(format!("sealing the partition index: {e}")))?;
+    let bytes = bytes.map_err(|e| Error::Internal(format!("sealing {name}: {e}")))?;
     let entry = FileEntry {
-        name: INDEX_NAME.to_owned(),
+        name: name.to_owned(),
         size: bytes.len() as u64,
         sha256: Sha256Digest::of(&bytes).to_string(),
         object: None,
     };
-    storage
-        .write(&format!("{folder}/{INDEX_NAME}"), bytes)
-        .await?;
+    storage.write(&format!("{folder}/{name}"), bytes).await?;
     Ok(entry)
 }
 
