@@ -27,6 +27,7 @@ use crate::manifest::{
 };
 use crate::progress::{NoProgress, Progress};
 use crate::seal::{IndexKey, Sealer};
+use crate::tenant_keys::tenant_sealer;
 
 mod incremental;
 
@@ -62,6 +63,10 @@ pub struct BackupOptions {
     /// When set, every object the cycle writes is encrypted to these recipients before it leaves
     /// the process, in either mode.
     pub sealer: Option<Arc<Sealer>>,
+    /// When set (with a sealer), each tenant's snapshots are sealed to a key of the tenant's own,
+    /// whose public half is recorded in this folder ([`DataLayout::tenant_keys_dir`]) and whose
+    /// private half the location keeps wrapped to the sealer's recipients (`crate::tenant_keys`).
+    pub tenant_keys_dir: Option<PathBuf>,
 }
 
 /// What a cycle's snapshots hold.
@@ -92,6 +97,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("apply_limits", &self.apply_limits)
             .field("mode", &self.mode)
             .field("sealer", &self.sealer)
+            .field("tenant_keys_dir", &self.tenant_keys_dir)
             .finish_non_exhaustive()
     }
 }
@@ -113,12 +119,21 @@ impl BackupOptions {
             progress: Arc::new(NoProgress),
             mode: BackupMode::Full,
             sealer: None,
+            tenant_keys_dir: None,
         }
     }
 
     /// The same options, encrypting every object to `sealer`'s recipients.
     pub fn with_sealer(mut self, sealer: Sealer) -> Self {
         self.sealer = Some(Arc::new(sealer));
+        self
+    }
+
+    /// The same options, sealing each tenant's snapshots to a key of the tenant's own (wrapped to
+    /// the sealer's recipients), with the tenants' public keys recorded in `dir`. Without a sealer
+    /// it changes nothing.
+    pub fn with_tenant_keys(mut self, dir: PathBuf) -> Self {
+        self.tenant_keys_dir = Some(dir);
         self
     }
 
@@ -361,7 +376,9 @@ pub async fn run_cycle(
     let incremental = options.mode == BackupMode::Incremental;
     let previous: incremental::PreviousCycle<'_> = async move {
         match incremental {
-            true => incremental::previous_cycle(storage, source, reuse).await,
+            true => {
+                incremental::previous_cycle(storage, source, reuse, options.sealer.as_deref()).await
+            }
             false => None,
         }
     }
@@ -605,6 +622,18 @@ async fn snapshot_and_commit(
     staging: &Path,
     options: &BackupOptions,
 ) -> Result<(Sha256Digest, (usize, u64))> {
+    let own_key;
+    let options = match (&options.sealer, &options.tenant_keys_dir, database) {
+        (Some(operator), Some(dir), Database::Tenant { tenant_id }) => {
+            let sealer = tenant_sealer(storage, dir, tenant_id, operator).await?;
+            own_key = BackupOptions {
+                sealer: Some(Arc::new(sealer)),
+                ..options.clone()
+            };
+            &own_key
+        }
+        _ => options,
+    };
     let (manifest, uploaded) =
         snapshot_database(storage, conn, database, pending, staging, options).await?;
     claimed(&pending.claim).await?.check(storage).await?;
@@ -856,6 +885,7 @@ pub(super) async fn seal_manifest(
         recipients: sealer.recipients(),
         sealed: entry,
         index,
+        tenant_key: sealer.tenant_key().map(str::to_owned),
     });
     Ok(())
 }

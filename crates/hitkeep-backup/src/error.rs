@@ -245,6 +245,17 @@ pub enum Error {
     /// what to do.
     #[error("{0}")]
     IndexKey(String),
+    /// A tenant's key file (or the host's record of a tenant key) is forgotten, missing, or not
+    /// what the snapshot needs.
+    #[error("the tenant key {object} {why}")]
+    TenantKey {
+        /// The key file (or the local record).
+        object: String,
+        /// What is wrong with it.
+        why: String,
+        /// When it was forgotten, when it was.
+        forgotten_at: Option<jiff::Timestamp>,
+    },
     /// An object of an encrypted snapshot (or its sealed manifest part) did not open.
     #[error("{object}: {}", open_failure(*failure))]
     NotOpened {
@@ -438,6 +449,11 @@ impl Error {
             Error::PoolNotSwept { .. } => ErrorKind::Refused,
             Error::PoolObjectMissing { .. } => ErrorKind::Integrity,
             Error::IndexKey(_) => ErrorKind::Io,
+            Error::TenantKey {
+                forgotten_at: Some(_),
+                ..
+            } => ErrorKind::Refused,
+            Error::TenantKey { .. } => ErrorKind::Integrity,
             Error::NotOpened { failure, .. } => match failure {
                 crate::seal::OpenFailure::Damaged => ErrorKind::Integrity,
                 crate::seal::OpenFailure::Unwritable => ErrorKind::Io,
@@ -496,6 +512,18 @@ impl Error {
                 recipients,
                 ..
             } => return Some(open_hint(*failure, recipients)),
+            Error::TenantKey {
+                forgotten_at: Some(at),
+                ..
+            } => {
+                return Some(format!(
+                    "the tenant was forgotten on {}: its snapshots sealed to that key cannot be opened by anyone; restore the cycle's other databases with -shared-only or -tenant",
+                    at.strftime("%Y-%m-%d %H:%M:%S UTC")
+                ));
+            }
+            Error::TenantKey { .. } => {
+                "put the key file back from a copy if one exists (without it, no one can open the tenant's snapshots sealed to that key), or restore another snapshot (see `hitkeep backup list`)"
+            }
             Error::SplitWithoutDefault { .. } => {
                 "restore an earlier cycle that has the default tenant (see `hitkeep backup list`), or pass -shared-only to restore the shared database alone and keep the default tenant database on disk"
             }

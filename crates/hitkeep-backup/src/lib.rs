@@ -37,6 +37,7 @@ mod snapshot_id;
 mod snapshot_sql;
 mod swap;
 mod sweep;
+mod tenant_keys;
 mod verify;
 
 pub use crate::{
@@ -59,6 +60,7 @@ pub use crate::{
     seal::{IndexKey, OpenFailure, Opened, Opener, Sealer, Unopened, write_new_identity},
     snapshot_id::{SnapshotId, SnapshotIdError},
     sweep::{CLOCK_KEY, POOL_GRACE, PoolSweep, sweep_pool},
+    tenant_keys::{ForgetPlan, TENANT_KEYS_FOLDER, forget, key_object, plan_forget},
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},
 };
 

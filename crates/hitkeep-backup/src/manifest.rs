@@ -116,6 +116,12 @@ pub struct Encryption {
     /// sealed to the writing host's own key), with its stored size and SHA-256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<FileEntry>,
+    /// For a tenant's snapshot sealed to the tenant's own key (its only recipient): the key file
+    /// holding that key's private half, wrapped to the operator's recipients
+    /// (`keys/tenants/{uuid}/{key id}.json`). Deleting it makes the snapshot unreadable to everyone.
+    /// Readers before it fail closed: the operator's identity is not a recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_key: Option<String>,
 }
 
 /// What an encrypted incremental snapshot's index holds: how each table was cut, for the next cycle
@@ -566,6 +572,7 @@ mod tests {
                 recipients: vec!["age1x".into()],
                 sealed: part(SEALED_NAME),
                 index,
+                tenant_key: None,
             });
             m.to_bytes()
         };

@@ -163,6 +163,8 @@ async fn write_database(
     let folder = format!("{}/{}", database.folder(), manifest.snapshot_id);
     let dir = root.join(&folder);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let opener = crate::tenant_keys::opener_for(storage, &manifest, opener).await?;
+    let opener = opener.as_deref();
     let mut manifest = crate::restore::unseal(storage, &folder, &manifest, opener).await?;
     let on_disk = crate::restore::download(storage, &folder, Some(&manifest), &dir, opener).await?;
     if manifest.encryption.take().is_some() {

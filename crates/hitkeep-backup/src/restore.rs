@@ -368,7 +368,12 @@ impl RestorePlan {
                 });
             }
         }
-        let opener = self.opener.as_deref();
+        // A snapshot sealed to a tenant's own key opens with that key, from its key file.
+        let opener = match &item.manifest {
+            Some(m) => crate::tenant_keys::opener_for(storage, m, self.opener.as_deref()).await?,
+            None => self.opener.as_deref().map(std::borrow::Cow::Borrowed),
+        };
+        let opener = opener.as_deref();
         let manifest = match &item.manifest {
             Some(m) if m.is_encrypted() => Some(unseal(storage, &folder, m, opener).await?),
             other => other.clone(),

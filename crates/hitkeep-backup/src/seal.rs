@@ -25,6 +25,8 @@ use sha2::Digest as _;
 #[derive(Clone, Debug)]
 pub struct Sealer {
     recipients: Vec<Recipient>,
+    /// For a tenant's own key: the key file in the location that holds its private key.
+    tenant_key: Option<String>,
 }
 
 /// Why an encrypted object did not open.
@@ -146,6 +148,7 @@ impl IndexKey {
     pub fn seal(&self, bytes: &[u8]) -> io::Result<Vec<u8>> {
         let sealer = Sealer {
             recipients: vec![self.identity.to_public()],
+            tenant_key: None,
         };
         sealer.seal_bytes(bytes)
     }
@@ -227,7 +230,26 @@ impl Sealer {
             .enumerate()
             .map(|(n, r)| (r.parse::<Recipient>()).map_err(|e| format!("recipient {}: {e}", n + 1)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((!recipients.is_empty()).then_some(Sealer { recipients }))
+        Ok((!recipients.is_empty()).then_some(Sealer {
+            recipients,
+            tenant_key: None,
+        }))
+    }
+
+    /// A sealer to a tenant's own key `recipient`, whose private key the key file `object` holds.
+    pub(crate) fn for_tenant(recipient: &str, object: String) -> Result<Sealer, String> {
+        let recipient = recipient
+            .parse::<Recipient>()
+            .map_err(|e| format!("not an age public key: {e}"))?;
+        Ok(Sealer {
+            recipients: vec![recipient],
+            tenant_key: Some(object),
+        })
+    }
+
+    /// For a tenant's own key, its key file: recorded in the clear in each manifest sealed to it.
+    pub fn tenant_key(&self) -> Option<&str> {
+        self.tenant_key.as_deref()
     }
 
     /// The recipients, as `age1…` strings: recorded in the clear in each manifest.

@@ -27,6 +27,10 @@ pub struct DatabaseCheck {
     pub tables: usize,
     /// What is wrong; empty when all is well.
     pub problems: Vec<String>,
+    /// Why a deep check did not open this database's snapshot though it found nothing wrong: its
+    /// tenant key was forgotten (`hitkeep backup forget-tenant`). Its stored bytes were checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_opened: Option<String>,
 }
 
 /// The result for a snapshot.
@@ -105,6 +109,7 @@ pub async fn verify_snapshot(
                 problems: vec![format!(
                     "the cycle lists {database} as complete, but its snapshot {id} is missing or unfinished"
                 )],
+                not_opened: None,
             },
         };
         databases.push(check);
@@ -153,6 +158,7 @@ async fn check_database(
         bytes: 0,
         tables: 0,
         problems: Vec::new(),
+        not_opened: None,
     };
     // A deep check of an encrypted snapshot opens it: with its sealed part's row counts, and each
     // object decrypted after its stored bytes are checked.
@@ -166,8 +172,25 @@ async fn check_database(
             }));
         }
         (Some(Some(opener)), true) => {
-            match crate::restore::unseal(storage, &folder, manifest, Some(opener)).await {
-                Ok(opened) => (std::borrow::Cow::Owned(opened), Some(opener), true),
+            let opened = match crate::tenant_keys::opener_for(storage, manifest, Some(opener)).await
+            {
+                Ok(Some(own)) => {
+                    let opened = crate::restore::unseal(storage, &folder, manifest, Some(&own)).await;
+                    opened.map(|m| (m, own))
+                }
+                Ok(None) => Err(Error::Internal("an opener that vanished".into())),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok((opened, own)) => (std::borrow::Cow::Owned(opened), Some(own), true),
+                // Forgotten on purpose: not damage, but never a silent pass either.
+                Err(e @ Error::TenantKey {
+                    forgotten_at: Some(_),
+                    ..
+                }) => {
+                    check.not_opened = Some(e.to_string());
+                    (std::borrow::Cow::Borrowed(manifest), None, false)
+                }
                 Err(e) => {
                     check.problems.push(e.to_string());
                     (std::borrow::Cow::Borrowed(manifest), None, false)
@@ -176,6 +199,7 @@ async fn check_database(
         }
         (deep, _) => (std::borrow::Cow::Borrowed(manifest), None, deep.is_some()),
     };
+    let opening = opening.as_deref();
     let mut stored_files: Vec<(&FileEntry, bool)> = manifest
         .files
         .iter()

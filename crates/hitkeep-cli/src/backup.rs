@@ -386,6 +386,9 @@ pub fn verify(settings: &Settings, snapshot: Option<&str>, deep: bool, json: boo
             for p in &db.problems {
                 println!("    - {p}");
             }
+            if let Some(why) = &db.not_opened {
+                println!("    - not opened (stored bytes checked): {why}");
+            }
         }
     }
     if report.is_ok() {
@@ -506,6 +509,11 @@ fn print_sweeps(pruned: &hitkeep_service::Pruned) {
 /// answer aborts (exit 1: a script must not read "nothing happened" as success); no input at all
 /// (a cron job, stdin closed) is a usage error naming `-yes` (exit 2).
 pub fn confirm(prompt: &str, what: &str) -> std::result::Result<(), ExitCode> {
+    confirm_typing(prompt, what, "yes")
+}
+
+/// [`confirm`], with `expected` as the answer to type.
+fn confirm_typing(prompt: &str, what: &str, expected: &str) -> std::result::Result<(), ExitCode> {
     use std::io::Write as _;
     print!("{prompt}");
     let _ = std::io::stdout().flush();
@@ -518,11 +526,83 @@ pub fn confirm(prompt: &str, what: &str) -> std::result::Result<(), ExitCode> {
             );
             Err(ExitCode::from(EXIT_USAGE))
         }
-        Ok(_) if answer.trim() == "yes" => Ok(()),
+        Ok(_) if answer.trim() == expected => Ok(()),
         Ok(_) => {
             println!("Aborted: nothing changed.");
             Err(ExitCode::from(EXIT_FAILURE))
         }
+    }
+}
+
+pub fn forget_tenant(settings: &Settings, tenant: uuid::Uuid, yes: bool, dry_run: bool) -> ExitCode {
+    let engine = engine(settings);
+    if let Err(e) = engine.backup_location() {
+        return usage(&e);
+    }
+    let outcome = runtime().block_on(async {
+        let job = engine.plan_forget_tenant(tenant).await?;
+        print_forget_plan(&job);
+        if job.plan.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if dry_run {
+            println!("dry run: nothing deleted");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let prompt = format!("Type the tenant's UUID ({tenant}) to forget it: ");
+        if !yes && let Err(code) = confirm_typing(&prompt, "forget-tenant", &tenant.to_string()) {
+            return Ok(code);
+        }
+        let deleted = job.execute().await?;
+        println!(
+            "forgot tenant {tenant}: deleted {deleted} key file(s); a fresh look confirms they are gone"
+        );
+        hitkeep_service::Result::Ok(ExitCode::SUCCESS)
+    });
+    outcome.unwrap_or_else(|e| fail_service(&e))
+}
+
+/// What a forget deletes, what it makes unreadable, and what it does not erase.
+fn print_forget_plan(job: &hitkeep_service::ForgetJob) {
+    let plan = &job.plan;
+    let tenant = plan.tenant;
+    let ids = |ids: &[hitkeep_backup::SnapshotId]| {
+        ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    };
+    if plan.is_empty() {
+        println!("tenant {tenant} has no key file in {}: nothing to forget", job.location());
+    } else {
+        println!("forgetting tenant {tenant} in {} deletes its key file(s):", job.location());
+        for key in &plan.keys {
+            println!("  {key}");
+        }
+        println!(
+            "{} snapshot(s) of the tenant become unreadable to everyone, the operator included: {}",
+            plan.unreadable.len(),
+            ids(&plan.unreadable)
+        );
+    }
+    if !plan.forgotten_before.is_empty() {
+        println!(
+            "{} snapshot(s) were unreadable already (key forgotten before): {}",
+            plan.forgotten_before.len(),
+            ids(&plan.forgotten_before)
+        );
+    }
+    if !plan.readable.is_empty() {
+        println!(
+            "! {} snapshot(s) of the tenant are not sealed to a key of its own and stay readable (written before HITKEEP_BACKUP_TENANT_KEYS): {}; prune or delete them to erase them",
+            plan.readable.len(),
+            ids(&plan.readable)
+        );
+    }
+    println!(
+        "not erased: the live database, restores and export-plain copies, copies of the key files, older versions a versioned bucket keeps (delete those too), and the tenant's UUID in object names"
+    );
+    if job.live {
+        println!(
+            "! the tenant still has a database on this host: its next backup is sealed to a new key, readable again"
+        );
     }
 }
 

@@ -191,6 +191,23 @@ pub enum BackupCommand {
         /// Where to write the private key (an age identity file); must not exist yet.
         file: std::path::PathBuf,
     },
+    /// Make a tenant's backups unreadable (HITKEEP_BACKUP_TENANT_KEYS): delete the tenant's key
+    /// files from the backup location, after showing which snapshots that makes unreadable and
+    /// which it leaves.
+    #[command(
+        name = "forget-tenant",
+        after_help = "Example:\n  HITKEEP_BACKUP_PATH=s3://my-analytics-bucket/hitkeep/backups hitkeep backup forget-tenant 5c6644da-ef00-45e6-825d-c755d19d7f9f"
+    )]
+    ForgetTenant {
+        /// The tenant's UUID.
+        tenant: uuid::Uuid,
+        /// Do not ask for confirmation (typing the tenant's UUID).
+        #[arg(long)]
+        yes: bool,
+        /// Show what would be deleted and stop.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show the scheduler's last results.
     #[command(
         after_help = "Example:\n  HITKEEP_DATA_PATH=/var/lib/hitkeep/data hitkeep backup status --json"

@@ -55,6 +55,13 @@ pub fn run(cli: &Cli) -> ExitCode {
                 backup::export_plain(&c.settings, snapshot.as_deref(), dir)
             })
         }
+        Some(Command::Backup(BackupCommand::ForgetTenant {
+            tenant,
+            yes,
+            dry_run,
+        })) => with_config(loaded, |c| {
+            backup::forget_tenant(&c.settings, *tenant, *yes, *dry_run)
+        }),
         Some(Command::Backup(BackupCommand::Pin { snapshot })) => {
             with_config(loaded, |c| backup::pin(&c.settings, snapshot.as_deref()))
         }

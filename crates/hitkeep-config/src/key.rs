@@ -82,6 +82,10 @@ keys! {
     /// `verify -deep`, `export-plain`. A host that only backs up does not need one. Its path is shown,
     /// its content never read into settings.
     BackupIdentityFile => "backup_identity_file", "HITKEEP_BACKUP_IDENTITY_FILE", "backup-identity-file", [], Plain;
+    /// Seal each tenant's snapshots to a key of the tenant's own (its private key kept in the backup
+    /// location, sealed to the recipients above), so that `hitkeep backup forget-tenant` can make
+    /// them unreadable. Needs recipients.
+    BackupTenantKeys => "backup_tenant_keys", "HITKEEP_BACKUP_TENANT_KEYS", "backup-tenant-keys", [], Plain;
     /// Pinged with a GET after each successful backup cycle: a healthchecks.io, Uptime Kuma or Cronitor ping URL.
     /// Its path or query holds a token, so it is shown as `https://host/…` only.
     BackupHeartbeatUrl => "backup_heartbeat_url", "HITKEEP_BACKUP_HEARTBEAT_URL", "backup-heartbeat-url", [], Redact;

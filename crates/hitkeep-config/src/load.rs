@@ -65,6 +65,7 @@ pub(crate) fn default_text(key: Key) -> Option<&'static str> {
         | Key::BackupKeepWeekly
         | Key::BackupKeepMonthly => "0",
         Key::BackupPruneS3 => "false",
+        Key::BackupTenantKeys => "false",
         Key::BackupConcurrency => "2",
         Key::BackupMode => "full",
         Key::S3Region => "us-east-1",

@@ -179,6 +179,7 @@ impl Resolver {
             },
         );
         let encryption = self.encryption();
+        let tenant_keys = self.tenant_keys(encryption.0.as_ref());
         let heartbeat_url = self.secret_url(
             Key::BackupHeartbeatUrl,
             "write the whole ping URL the monitor gives, e.g. https://hc-ping.com/<uuid>",
@@ -232,6 +233,7 @@ impl Resolver {
                 recipients: encryption.0?,
                 recipients_file: encryption.1,
                 identity_file: encryption.2?,
+                tenant_keys: tenant_keys?,
                 heartbeat_url: heartbeat_url?,
                 failure_url: failure_url?,
             },
@@ -240,6 +242,24 @@ impl Resolver {
             log: log?,
             http_addr: http_addr?,
         })
+    }
+
+    /// Whether tenants get keys of their own: only with recipients, which wrap their private keys.
+    fn tenant_keys(&mut self, recipients: Option<&Vec<String>>) -> Option<bool> {
+        let on = self.parse(
+            Key::BackupTenantKeys,
+            "use true or false (also 1/0, yes/no, on/off)",
+            parse_bool,
+        )?;
+        if on && recipients.is_some_and(Vec::is_empty) {
+            self.error(
+                Key::BackupTenantKeys,
+                "tenant keys are sealed to the operator's recipients, and none is set",
+                "set HITKEEP_BACKUP_RECIPIENTS (or HITKEEP_BACKUP_RECIPIENTS_FILE) to the operator's age public key, e.g. one `hitkeep backup keygen FILE` printed, or set HITKEEP_BACKUP_TENANT_KEYS=false",
+            );
+            return None;
+        }
+        Some(on)
     }
 
     /// The recipients (from the setting and its file, each checked to parse), the file they came

@@ -58,6 +58,8 @@ pub struct BackupSettings {
     pub recipients_file: Option<PathBuf>,
     /// The age identity file that opens encrypted snapshots, when given (checked to exist, not read).
     pub identity_file: Option<PathBuf>,
+    /// Each tenant's snapshots sealed to a key of the tenant's own (only with `recipients`).
+    pub tenant_keys: bool,
     /// Pinged with a GET after each successful cycle (healthchecks.io, Uptime Kuma, Cronitor); `None`
     /// when unset.
     pub heartbeat_url: Option<SecretUrl>,
@@ -194,6 +196,7 @@ impl Settings {
             Key::BackupKeepWeekly => Some(self.backup.keep.weekly.to_string()),
             Key::BackupKeepMonthly => Some(self.backup.keep.monthly.to_string()),
             Key::BackupPruneS3 => Some(self.backup.prune_s3.to_string()),
+            Key::BackupTenantKeys => Some(self.backup.tenant_keys.to_string()),
             Key::BackupConcurrency => Some(self.backup.concurrency.to_string()),
             Key::BackupMode => Some(self.backup.mode.to_string()),
             Key::BackupRecipients => {

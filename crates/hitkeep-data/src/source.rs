@@ -21,6 +21,8 @@ use crate::{DataError, DataLayout};
 pub const SOURCE_FILE: &str = ".hitkeep-source";
 /// The index key's file in the data directory ([`DataLayout::index_key_file`]).
 pub const INDEX_KEY_FILE: &str = ".hitkeep-index-key";
+/// The folder of the tenants' public keys in the data directory ([`DataLayout::tenant_keys_dir`]).
+pub const TENANT_KEYS_DIR: &str = ".hitkeep-tenant-keys";
 
 /// A stable, random id of one installation's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -86,6 +88,13 @@ impl DataLayout {
     /// partition indexes, made by the first such cycle.
     pub fn index_key_file(&self) -> PathBuf {
         self.data_path.join(INDEX_KEY_FILE)
+    }
+
+    /// `{data}/.hitkeep-tenant-keys`: the public key each tenant's snapshots are sealed to, one file
+    /// per tenant, when tenants have keys of their own. The host encrypts only to keys it recorded
+    /// here itself, never to one read from the backup location.
+    pub fn tenant_keys_dir(&self) -> PathBuf {
+        self.data_path.join(TENANT_KEYS_DIR)
     }
 
     /// The source id, if this data path has one yet (the first backup creates it).

@@ -164,6 +164,9 @@ impl Engine {
             .with_mode(mode);
         if let Some(sealer) = self.sealer()? {
             options = options.with_sealer(sealer);
+            if self.settings.backup.tenant_keys {
+                options = options.with_tenant_keys(layout.tenant_keys_dir());
+            }
         }
         if let Some(progress) = progress {
             options = options.with_progress(progress);

@@ -54,6 +54,20 @@ impl Engine {
         .await?)
     }
 
+    /// Plans the erasure of a tenant's backups: which of its key files `forget-tenant` deletes, and
+    /// which of its snapshots that makes unreadable and which it leaves readable.
+    pub async fn plan_forget_tenant(&self, tenant: uuid::Uuid) -> Result<ForgetJob> {
+        let storage = self.backup_storage().await?;
+        let catalog = Catalog::load(&storage).await?;
+        let plan = hitkeep_backup::plan_forget(&storage, &catalog, tenant).await?;
+        let live = self.layout().tenant_db(tenant).is_file();
+        Ok(ForgetJob {
+            storage,
+            plan,
+            live,
+        })
+    }
+
     /// Plans a prune of this installation's snapshots beyond the retention, holding the cycle lock
     /// until the plan is executed or dropped (so no cycle starts meanwhile).
     pub async fn plan_prune(&self) -> Result<PruneJob> {
@@ -199,6 +213,29 @@ impl Engine {
             days,
             bucket: s3.bucket().to_owned(),
         })
+    }
+}
+
+/// A planned forget of a tenant's keys.
+#[derive(Debug)]
+pub struct ForgetJob {
+    storage: Storage,
+    /// What it deletes, and what that makes unreadable.
+    pub plan: hitkeep_backup::ForgetPlan,
+    /// Whether the tenant still has a database on this host: its next backup is then sealed to a
+    /// new key, readable again.
+    pub live: bool,
+}
+
+impl ForgetJob {
+    /// The location, as shown to people.
+    pub fn location(&self) -> String {
+        self.storage.location().to_string()
+    }
+
+    /// Deletes the key files and confirms they are gone; returns how many.
+    pub async fn execute(self) -> Result<usize> {
+        Ok(hitkeep_backup::forget(&self.storage, &self.plan).await?)
     }
 }
 

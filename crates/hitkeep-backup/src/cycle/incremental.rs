@@ -34,25 +34,22 @@ use crate::manifest::{
 };
 use crate::seal::{IndexKey, Sealer};
 
-/// How a cycle's incremental snapshots are written and what they may reuse: plain, or sealed to a
-/// set of recipients with the host's index key.
+/// How a cycle's incremental snapshots are written and what they may reuse: plain, or sealed with
+/// the host's index key.
 pub(super) struct Reuse {
-    sealed: Option<(Vec<String>, Arc<IndexKey>)>,
+    sealed: Option<Arc<IndexKey>>,
 }
 
 impl Reuse {
     pub(super) fn new(sealer: Option<&Sealer>, key: Option<Arc<IndexKey>>) -> Reuse {
-        let sealed = sealer.zip(key).map(|(sealer, key)| {
-            let mut recipients = sealer.recipients();
-            recipients.sort();
-            (recipients, key)
-        });
-        Reuse { sealed }
+        Reuse {
+            sealed: sealer.and(key),
+        }
     }
 
     /// The index key, when snapshots are sealed.
     pub(super) fn index_key(&self) -> Option<&IndexKey> {
-        self.sealed.as_ref().map(|(_, key)| key.as_ref())
+        self.sealed.as_deref()
     }
 
     fn pool_folder(&self) -> &'static str {
@@ -62,24 +59,28 @@ impl Reuse {
         }
     }
 
-    /// `manifest` (of the snapshot in `folder`) as this cycle may reuse it: its partitions read from
-    /// its index when it is sealed. Why not, otherwise.
+    /// `manifest` (of the snapshot in `folder`) as a snapshot sealed by `sealer` (the database's:
+    /// the cycle's, or a tenant's own key) may reuse it: its partitions read from its index when it
+    /// is sealed. Why not, otherwise.
     async fn reusable(
         &self,
         storage: &Storage,
         folder: &str,
         mut manifest: Manifest,
+        sealer: Option<&Sealer>,
     ) -> std::result::Result<Manifest, String> {
-        let (ours, key) = match (&self.sealed, &manifest.encryption) {
-            (None, None) => return Ok(manifest),
-            (None, Some(_)) => return Err("it is encrypted and this cycle is not".into()),
-            (Some(_), None) => return Err("it is not encrypted and this cycle is".into()),
-            (Some(sealed), Some(_)) => sealed,
+        let (key, encryption, sealer) = match (&self.sealed, &manifest.encryption, sealer) {
+            (None, None, _) => return Ok(manifest),
+            (None, Some(_), _) => return Err("it is encrypted and this cycle is not".into()),
+            (Some(_), None, _) => return Err("it is not encrypted and this cycle is".into()),
+            (Some(key), Some(encryption), Some(sealer)) => (key, encryption, sealer),
+            (Some(_), Some(_), None) => return Err("this database is not sealed".into()),
         };
-        let encryption = manifest.encryption.as_ref().expect("matched above");
+        let mut ours = sealer.recipients();
+        ours.sort();
         let mut theirs = encryption.recipients.clone();
         theirs.sort();
-        if theirs != *ours {
+        if theirs != ours || encryption.tenant_key.as_deref() != sealer.tenant_key() {
             return Err("it is encrypted to other recipients, whose identities would be needed to restore this cycle".into());
         }
         let index = encryption
@@ -118,6 +119,7 @@ pub(super) async fn previous_cycle(
     storage: &Storage,
     source: SourceId,
     reuse: &Reuse,
+    sealer: Option<&Sealer>,
 ) -> Option<Arc<Previous>> {
     let read = async {
         let newest = crate::catalog::newest_complete_by_id(storage, Some(source)).await?;
@@ -128,7 +130,7 @@ pub(super) async fn previous_cycle(
             return Ok(None);
         };
         let folder = format!("{}/{}", Database::Shared.folder(), shared.snapshot_id);
-        let shared = match reuse.reusable(storage, &folder, shared).await {
+        let shared = match reuse.reusable(storage, &folder, shared, sealer).await {
             Ok(shared) => shared,
             Err(why) => {
                 tracing::warn!(
@@ -164,12 +166,13 @@ async fn previous_of(
     previous: Option<&Previous>,
     database: Database,
     reuse: &Reuse,
+    sealer: Option<&Sealer>,
 ) -> Option<Manifest> {
     let previous = previous?;
     let mut manifest = match database {
         Database::Shared => previous.shared.clone(),
         Database::Tenant { .. } => {
-            tenant_manifest(storage, &previous.shared, database, reuse).await?
+            tenant_manifest(storage, &previous.shared, database, reuse, sealer).await?
         }
     };
     // Only pool objects are reused: a snapshot's own files go with it.
@@ -193,6 +196,7 @@ async fn tenant_manifest(
     shared: &Manifest,
     database: Database,
     reuse: &Reuse,
+    sealer: Option<&Sealer>,
 ) -> Option<Manifest> {
     let Database::Tenant { tenant_id } = database else {
         return None;
@@ -224,7 +228,7 @@ async fn tenant_manifest(
     let folder = format!("{}/{}", database.folder(), shared.snapshot_id);
     let why = match read {
         Ok(m) if m.is_incremental() && m.database == database => {
-            match reuse.reusable(storage, &folder, m).await {
+            match reuse.reusable(storage, &folder, m, sealer).await {
                 Ok(m) => return Some(m),
                 Err(why) => why,
             }
@@ -285,6 +289,7 @@ pub(super) async fn snapshot_parts(
         pending.previous.clone().await.as_deref(),
         database,
         reuse,
+        options.sealer.as_deref(),
     )
     .await;
     let interrupt = conn.interrupt_handle();

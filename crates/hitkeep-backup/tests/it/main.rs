@@ -22,6 +22,7 @@ mod incremental;
 mod restore;
 mod sources;
 mod tampered;
+mod tenant_keys;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;

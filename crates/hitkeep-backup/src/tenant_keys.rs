@@ -1,0 +1,385 @@
+//! Keys of a tenant's own (issue 20, step 3): with them, a tenant's snapshots are sealed to that
+//! tenant's key pair alone, whose private key the location keeps wrapped to the operator's
+//! recipients in a small key file, `keys/tenants/{uuid}/{key id}.json`. Deleting the key files
+//! ([`plan_forget`], [`forget`]) makes every snapshot sealed to them unreadable to everyone, while
+//! every other database's snapshots stay as they were: no object is shared between databases in
+//! encrypted snapshots (format 4's pool names objects by their own ciphertext).
+//!
+//! The host encrypts only to a tenant key it made and recorded itself (`{data}/.hitkeep-tenant-keys`),
+//! never to one read from the location: whoever can write to the bucket could otherwise swap in a
+//! key of their own and read every later snapshot of that tenant. When its recorded key's file is
+//! gone from the location (forgotten, or removed), the host makes a new key and says so: sealing to
+//! a key whose private half is gone would write snapshots nobody can restore.
+//!
+//! What it does not do: erase anything but the key files. Plaintext that left hitkeep (restores,
+//! `export-plain` folders), the live database, snapshots of the tenant not sealed to a key of its
+//! own (written before tenant keys were turned on), copies of a key file, older versions a
+//! versioned bucket keeps, and metadata (the tenant's UUID in object names, sizes, times) remain.
+
+use std::borrow::Cow;
+use std::io;
+use std::path::Path;
+
+use age::x25519::Identity;
+use hitkeep_storage::{Sha256Digest, Storage};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::manifest::{Database, Manifest};
+use crate::seal::{OpenFailure, Opener, Sealer};
+use crate::snapshot_id::SnapshotId;
+
+/// The folder of the tenants' key files in a backup location.
+pub const TENANT_KEYS_FOLDER: &str = "keys/tenants";
+/// [`KeyFile::format`].
+const KEY_FORMAT: &str = "hitkeep-tenant-key";
+/// [`Tombstone::format`].
+const TOMBSTONE_FORMAT: &str = "hitkeep-forgotten-tenant";
+/// The tombstone's name in a tenant's key folder.
+const TOMBSTONE_NAME: &str = "forgotten.json";
+
+/// A tenant's key file: its public key in the clear (what the operator sees), its private key
+/// sealed to the operator's recipients.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    format: String,
+    format_version: u32,
+    tenant_id: Uuid,
+    /// The tenant's `age1…` public key.
+    recipient: String,
+    created_at: Timestamp,
+    /// The operator's recipients the private key is sealed to.
+    wrapped_to: Vec<String>,
+    /// The private key (an age identity line), sealed to `wrapped_to`, as base64.
+    identity: String,
+}
+
+/// What [`forget`] leaves in the tenant's key folder: that its keys were forgotten, and when. It
+/// tells a forgotten key from one that went missing.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tombstone {
+    format: String,
+    format_version: u32,
+    tenant_id: Uuid,
+    /// The key files deleted, each with when.
+    forgotten: Vec<ForgottenKey>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForgottenKey {
+    object: String,
+    at: Timestamp,
+}
+
+/// The key file of `tenant`'s key `recipient`: named by the first 16 hex digits of the SHA-256 of
+/// the public key, so a tenant may hold several (a new one after a forget, or per host).
+pub fn key_object(tenant: Uuid, recipient: &str) -> String {
+    let id = Sha256Digest::of(recipient.as_bytes()).to_string();
+    format!("{TENANT_KEYS_FOLDER}/{tenant}/{}.json", &id[..16])
+}
+
+fn tombstone_object(tenant: Uuid) -> String {
+    format!("{TENANT_KEYS_FOLDER}/{tenant}/{TOMBSTONE_NAME}")
+}
+
+/// The sealer of `tenant`'s snapshots: to its own key, recorded in `dir`, whose key file is in the
+/// location; a new key (key file written first, then recorded) when there is none or its file is
+/// gone. The key file is sealed to `operator`'s recipients.
+pub(crate) async fn tenant_sealer(
+    storage: &Storage,
+    dir: &Path,
+    tenant: Uuid,
+    operator: &Sealer,
+) -> Result<Sealer> {
+    let record = dir.join(tenant.to_string());
+    if let Some(recipient) = read_record(&record)? {
+        let object = key_object(tenant, &recipient);
+        if storage.stat(&object).await?.is_some() {
+            return sealer_of(recipient, object);
+        }
+        tracing::warn!(%tenant, object, "the tenant's key file is gone from the backup location (forgotten with `hitkeep backup forget-tenant`, or removed): a new key is made; snapshots sealed to the old one stay unreadable");
+        std::fs::remove_file(&record).map_err(|e| Error::io(&record, e))?;
+    }
+    let identity = Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let object = key_object(tenant, &recipient);
+    let file = KeyFile::wrap(tenant, &identity, operator)?;
+    storage.write(&object, file.to_bytes()).await?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    match write_record(&record, &recipient) {
+        Ok(()) => {
+            tracing::info!(%tenant, object, "a new key for the tenant's snapshots");
+            sealer_of(recipient, object)
+        }
+        // A cycle of another process on the same data recorded one first: its key is the one.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let _ = storage.delete(&object).await;
+            let recipient = read_record(&record)?.ok_or_else(|| {
+                Error::Internal(format!("{} vanished", record.display()))
+            })?;
+            let object = key_object(tenant, &recipient);
+            sealer_of(recipient, object)
+        }
+        Err(e) => Err(Error::io(&record, e)),
+    }
+}
+
+fn sealer_of(recipient: String, object: String) -> Result<Sealer> {
+    Sealer::for_tenant(&recipient, object)
+        .map_err(|why| Error::Internal(format!("a recorded tenant key: {why}")))
+}
+
+/// The recorded public key in `record`, if there is one.
+fn read_record(record: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(record) {
+        Ok(text) => {
+            let recipient = text.trim().to_owned();
+            match Sealer::new(std::slice::from_ref(&recipient)) {
+                Ok(Some(_)) => Ok(Some(recipient)),
+                _ => Err(Error::TenantKey {
+                    object: record.display().to_string(),
+                    why: "is not an age public key (age1…)".into(),
+                    forgotten_at: None,
+                }),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(record, e)),
+    }
+}
+
+/// `recipient` written to the new file `record`, synced.
+fn write_record(record: &Path, recipient: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create_new(record)?;
+    let written = file
+        .write_all(format!("{recipient}\n").as_bytes())
+        .and_then(|()| file.sync_all());
+    if written.is_err() {
+        let _ = std::fs::remove_file(record);
+    }
+    written
+}
+
+impl KeyFile {
+    fn wrap(tenant: Uuid, identity: &Identity, operator: &Sealer) -> Result<KeyFile> {
+        use age::secrecy::ExposeSecret as _;
+        let secret = identity.to_string();
+        let sealed = operator
+            .seal_bytes(secret.expose_secret().as_bytes())
+            .map_err(|e| Error::Internal(format!("sealing a tenant key: {e}")))?;
+        Ok(KeyFile {
+            format: KEY_FORMAT.to_owned(),
+            format_version: 1,
+            tenant_id: tenant,
+            recipient: identity.to_public().to_string(),
+            created_at: Timestamp::now(),
+            wrapped_to: operator.recipients(),
+            identity: base64_simd::STANDARD.encode_to_string(&sealed),
+        })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("key files always serialise");
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// What opens `manifest`'s objects: `opener` itself, or for a snapshot sealed to a tenant key,
+/// that key, unwrapped with `opener` from its key file. Fails, naming the key file, when the key
+/// was forgotten, is missing or damaged, or does not open with `opener`.
+pub(crate) async fn opener_for<'a>(
+    storage: &Storage,
+    manifest: &Manifest,
+    opener: Option<&'a Opener>,
+) -> Result<Option<Cow<'a, Opener>>> {
+    let Some(object) = manifest
+        .encryption
+        .as_ref()
+        .and_then(|e| e.tenant_key.as_deref())
+    else {
+        return Ok(opener.map(Cow::Borrowed));
+    };
+    let refuse = |why: &str| Error::TenantKey {
+        object: storage.describe(object),
+        why: why.to_owned(),
+        forgotten_at: None,
+    };
+    let (Database::Tenant { tenant_id }, [recipient]) = (
+        manifest.database,
+        manifest.encryption.as_ref().map_or(&[][..], |e| &e.recipients[..]),
+    ) else {
+        return Err(refuse("is named by a snapshot that is not a tenant's, or that has more than one recipient"));
+    };
+    if key_object(tenant_id, recipient) != object {
+        return Err(refuse("is not the key file of the snapshot's recipient"));
+    }
+    let bytes = match storage.stat(object).await? {
+        Some(_) => storage.read(object).await?,
+        None => return Err(gone(storage, tenant_id, object).await),
+    };
+    let file: KeyFile =
+        serde_json::from_slice(&bytes).map_err(|e| refuse(&format!("is not a key file ({e})")))?;
+    if file.format != KEY_FORMAT || file.format_version != 1 {
+        return Err(refuse("is of a key file format this hitkeep does not read; upgrade hitkeep"));
+    }
+    if file.tenant_id != tenant_id || file.recipient != *recipient {
+        return Err(refuse("holds another tenant's or another key's record"));
+    }
+    let wrapped = base64_simd::STANDARD
+        .decode_to_vec(&file.identity)
+        .map_err(|_| refuse("holds a private key that is not base64"))?;
+    let opener = opener.ok_or_else(|| Error::NotOpened {
+        object: storage.describe(object),
+        failure: OpenFailure::NoIdentity,
+        recipients: file.wrapped_to.clone(),
+    })?;
+    let secret = opener.open_bytes(&wrapped).map_err(|failure| Error::NotOpened {
+        object: storage.describe(object),
+        failure,
+        recipients: file.wrapped_to.clone(),
+    })?;
+    let identity = std::str::from_utf8(&secret)
+        .ok()
+        .and_then(|s| s.trim().parse::<Identity>().ok())
+        .filter(|i| i.to_public().to_string() == *recipient)
+        .ok_or_else(|| refuse("holds a private key that is not the snapshot's recipient's"))?;
+    Ok(Some(Cow::Owned(Opener::new(vec![identity]))))
+}
+
+/// The error for a key file that is not there: forgotten (its tombstone says when) or missing.
+async fn gone(storage: &Storage, tenant: Uuid, object: &str) -> Error {
+    let forgotten_at = read_tombstone(storage, tenant)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|t| t.forgotten.into_iter().find(|k| k.object == object))
+        .map(|k| k.at);
+    Error::TenantKey {
+        object: storage.describe(object),
+        why: match forgotten_at {
+            Some(_) => "was deleted by `hitkeep backup forget-tenant`".into(),
+            None => "is missing".into(),
+        },
+        forgotten_at,
+    }
+}
+
+async fn read_tombstone(storage: &Storage, tenant: Uuid) -> Result<Option<Tombstone>> {
+    let object = tombstone_object(tenant);
+    if storage.stat(&object).await?.is_none() {
+        return Ok(None);
+    }
+    let bytes = storage.read(&object).await?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::TenantKey {
+            object: storage.describe(&object),
+            why: format!("is not a tombstone hitkeep wrote ({e})"),
+            forgotten_at: None,
+        })
+}
+
+/// What [`forget`] would do for one tenant: which key files it deletes, and which of the tenant's
+/// snapshots that makes unreadable and which it leaves readable.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ForgetPlan {
+    /// The tenant.
+    pub tenant: Uuid,
+    /// The key files to delete (object keys).
+    pub keys: Vec<String>,
+    /// The tenant's snapshots sealed to one of those keys: unreadable afterwards.
+    pub unreadable: Vec<SnapshotId>,
+    /// The tenant's snapshots not sealed to a key of its own (plain, or sealed to the operator's
+    /// recipients): the forget leaves them readable; prune or delete them to erase them.
+    pub readable: Vec<SnapshotId>,
+    /// The tenant's snapshots whose key was forgotten before.
+    pub forgotten_before: Vec<SnapshotId>,
+}
+
+impl ForgetPlan {
+    /// Whether it deletes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// What forgetting `tenant` would delete and what it would leave, from the location's key files
+/// and `catalog`'s snapshots.
+pub async fn plan_forget(storage: &Storage, catalog: &Catalog, tenant: Uuid) -> Result<ForgetPlan> {
+    let folder = format!("{TENANT_KEYS_FOLDER}/{tenant}");
+    let tombstone = tombstone_object(tenant);
+    let keys: Vec<String> = storage
+        .list(&folder, hitkeep_storage::ListMode::Recursive)
+        .await?
+        .into_iter()
+        .filter(|e| !e.is_dir && e.key.ends_with(".json") && e.key != tombstone)
+        .map(|e| e.key)
+        .collect();
+    let mut plan = ForgetPlan {
+        tenant,
+        keys,
+        unreadable: Vec::new(),
+        readable: Vec::new(),
+        forgotten_before: Vec::new(),
+    };
+    for snapshot in catalog.snapshots(Database::Tenant { tenant_id: tenant }) {
+        let key = snapshot
+            .manifest
+            .as_ref()
+            .and_then(|m| m.encryption.as_ref())
+            .and_then(|e| e.tenant_key.as_ref());
+        match key {
+            Some(k) if plan.keys.contains(k) => plan.unreadable.push(snapshot.id),
+            Some(_) => plan.forgotten_before.push(snapshot.id),
+            None => plan.readable.push(snapshot.id),
+        }
+    }
+    Ok(plan)
+}
+
+/// Deletes the key files `plan` names, after recording them in the tenant's tombstone, and
+/// confirms with a fresh look that none is left. Returns how many were deleted.
+pub async fn forget(storage: &Storage, plan: &ForgetPlan) -> Result<usize> {
+    let tenant = plan.tenant;
+    let mut tombstone = read_tombstone(storage, tenant).await?.unwrap_or(Tombstone {
+        format: TOMBSTONE_FORMAT.to_owned(),
+        format_version: 1,
+        tenant_id: tenant,
+        forgotten: Vec::new(),
+    });
+    let at = Timestamp::now();
+    for object in &plan.keys {
+        tombstone.forgotten.push(ForgottenKey {
+            object: object.clone(),
+            at,
+        });
+    }
+    let mut bytes = serde_json::to_vec_pretty(&tombstone).expect("tombstones always serialise");
+    bytes.push(b'\n');
+    // Written first: a forget stopped half-way leaves keys a tombstone names, which a second run
+    // deletes, never a key gone without a word of why.
+    storage.write(&tombstone_object(tenant), bytes).await?;
+    for object in &plan.keys {
+        storage.delete(object).await?;
+    }
+    for object in &plan.keys {
+        if storage.stat(object).await?.is_some() {
+            return Err(Error::TenantKey {
+                object: storage.describe(object),
+                why: "is still there after it was deleted".into(),
+                forgotten_at: None,
+            });
+        }
+    }
+    tracing::warn!(%tenant, keys = plan.keys.len(), snapshots = plan.unreadable.len(), "tenant forgotten: its key files are deleted, and the snapshots sealed to them can no longer be opened by anyone");
+    Ok(plan.keys.len())
+}

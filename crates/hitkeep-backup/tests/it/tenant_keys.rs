@@ -1,0 +1,213 @@
+//! Keys of a tenant's own: each tenant's snapshots are sealed to its key alone, the operator's
+//! identity opens them through the key file, and forgetting a tenant makes its snapshots
+//! unreadable while every other database of the same cycle restores as before.
+
+use std::sync::Arc;
+
+use age::x25519::Identity;
+use hitkeep_backup::manifest::Manifest;
+use hitkeep_backup::{
+    BackupMode, BackupOptions, Catalog, Database, Error, ErrorKind, Opener, RestorePlan,
+    RestoreSelection, Sealer, forget, key_object, plan_forget, run_cycle, verify_snapshot,
+};
+use uuid::Uuid;
+
+use super::{Fixture, fingerprint, prepare_and_commit};
+
+/// The operator's key pair.
+fn operator() -> (Arc<Opener>, Sealer) {
+    let identity = Identity::generate();
+    let sealer = Sealer::new(&[identity.to_public().to_string()])
+        .unwrap()
+        .unwrap();
+    (Arc::new(Opener::new(vec![identity])), sealer)
+}
+
+fn options(f: &Fixture, sealer: &Sealer, mode: BackupMode) -> BackupOptions {
+    f.options()
+        .with_mode(mode)
+        .with_sealer(sealer.clone())
+        .with_tenant_keys(f.layout.tenant_keys_dir())
+}
+
+async fn cycle(f: &Fixture, options: &BackupOptions) -> hitkeep_backup::CycleReport {
+    let (shared, tenants) = f.shared_and_tenants();
+    let report = run_cycle(&f.storage, shared, tenants, options)
+        .await
+        .unwrap();
+    assert!(report.is_success(), "{report:?}");
+    report
+}
+
+/// The manifest of `tenant`'s snapshot in cycle `id`.
+async fn tenant_manifest(f: &Fixture, tenant: Uuid, id: hitkeep_backup::SnapshotId) -> Manifest {
+    let key = format!("tenants/{tenant}/{id}/manifest.json");
+    Manifest::from_slice(&f.storage.read(&key).await.unwrap()).unwrap()
+}
+
+fn only(tenants: Vec<Uuid>) -> RestoreSelection {
+    RestoreSelection::new(false, tenants)
+}
+
+fn plan(f: &Fixture, catalog: &Catalog, selection: &RestoreSelection, opener: &Arc<Opener>) -> RestorePlan {
+    RestorePlan::new(catalog, None, &f.layout, selection)
+        .unwrap()
+        .with_opener(Arc::clone(opener))
+}
+
+/// The tenants (not the default one): the one to forget, and another.
+fn two_tenants(f: &Fixture) -> (Uuid, Uuid) {
+    (f.demo.tenants[0], f.demo.tenants[1])
+}
+
+async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) {
+    let (opener, sealer) = operator();
+    let report = cycle(&f, &options(&f, &sealer, BackupMode::Full)).await;
+    let (gone, kept) = two_tenants(&f);
+
+    // Each tenant's snapshot is sealed to its own key alone; the shared one to the operator's.
+    assert_eq!(
+        report.shared.encryption.as_ref().unwrap().recipients,
+        sealer.recipients()
+    );
+    for tenant in f.backed_up() {
+        let m = tenant_manifest(&f, tenant, report.id).await;
+        let e = m.encryption.as_ref().unwrap();
+        assert_eq!(e.recipients.len(), 1);
+        assert_ne!(e.recipients, sealer.recipients(), "{tenant}");
+        let object = e.tenant_key.clone().unwrap();
+        assert_eq!(object, key_object(tenant, &e.recipients[0]));
+        assert!(f.storage.stat(&object).await.unwrap().is_some(), "{object}");
+        let recorded = std::fs::read_to_string(f.layout.tenant_keys_dir().join(tenant.to_string()));
+        assert_eq!(recorded.unwrap().trim(), e.recipients[0]);
+    }
+
+    // The operator's identity restores every database through the key files.
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let whole = RestoreSelection::new(false, Vec::new());
+    let before_gone = fingerprint(&f.layout.tenant_db(gone));
+    let before_kept = fingerprint(&f.layout.tenant_db(kept));
+    std::fs::remove_file(f.layout.tenant_db(kept)).unwrap();
+    prepare_and_commit(&f, &plan(&f, &catalog, &whole, &opener)).await;
+    assert_eq!(fingerprint(&f.layout.tenant_db(kept)), before_kept);
+    let checked = deep(&f, &catalog, report.id, &opener).await;
+    assert!(checked.is_ok() && checked.databases.iter().all(|d| d.not_opened.is_none()), "{checked:?}");
+
+    // Forget one tenant: its key file goes, a tombstone says when.
+    let forgetting = plan_forget(&f.storage, &catalog, gone).await.unwrap();
+    assert_eq!(forgetting.keys.len(), 1);
+    assert_eq!(forgetting.unreadable, vec![report.id]);
+    assert!(forgetting.readable.is_empty());
+    assert_eq!(forget(&f.storage, &forgetting).await.unwrap(), 1);
+    assert!(f.storage.stat(&forgetting.keys[0]).await.unwrap().is_none());
+
+    // The other tenant of the same cycle still restores; the forgotten one is refused, nothing changed.
+    std::fs::remove_file(f.layout.tenant_db(kept)).unwrap();
+    prepare_and_commit(&f, &plan(&f, &catalog, &only(vec![kept]), &opener)).await;
+    assert_eq!(fingerprint(&f.layout.tenant_db(kept)), before_kept);
+    let stamp = hitkeep_backup::SnapshotId::now();
+    let refused = plan(&f, &catalog, &only(vec![gone]), &opener);
+    let (database, e) = refused.prepare_all(&f.storage, stamp, 2).await.unwrap_err();
+    assert_eq!(database, Database::Tenant { tenant_id: gone });
+    assert!(
+        matches!(&e, Error::TenantKey { forgotten_at: Some(_), .. }),
+        "{e}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Refused);
+    assert!(e.hint().unwrap().contains("forgotten"), "{:?}", e.hint());
+    assert_eq!(fingerprint(&f.layout.tenant_db(gone)), before_gone);
+
+    // A deep verify says it did not open the forgotten tenant, and checks its stored bytes.
+    let checked = deep(&f, &catalog, report.id, &opener).await;
+    assert!(checked.is_ok(), "{checked:?}");
+    let of = |t: Uuid| {
+        checked
+            .databases
+            .iter()
+            .find(|d| d.database == Database::Tenant { tenant_id: t })
+            .unwrap()
+    };
+    assert!(of(gone).not_opened.as_deref().unwrap().contains("forget-tenant"));
+    assert!(of(gone).files > 0);
+    assert!(of(kept).not_opened.is_none() && of(kept).tables > 5);
+
+    // The tenant still lives here: the next cycle seals it to a new key, which opens again.
+    let next = cycle(&f, &options(&f, &sealer, BackupMode::Full)).await;
+    let m = tenant_manifest(&f, gone, next.id).await;
+    let new_key = m.encryption.unwrap().tenant_key.unwrap();
+    assert_ne!(new_key, forgetting.keys[0]);
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let latest = RestorePlan::new(&catalog, Some(next.id), &f.layout, &only(vec![gone]))
+        .unwrap()
+        .with_opener(Arc::clone(&opener));
+    prepare_and_commit(&f, &latest).await;
+    assert_eq!(fingerprint(&f.layout.tenant_db(gone)), before_gone);
+}
+
+/// A key file gone without a forget is damage, and says so: not "forgotten".
+async fn a_key_file_removed_by_hand_is_missing_not_forgotten(f: Fixture) {
+    let (opener, sealer) = operator();
+    let report = cycle(&f, &options(&f, &sealer, BackupMode::Full)).await;
+    let (gone, _) = two_tenants(&f);
+    let m = tenant_manifest(&f, gone, report.id).await;
+    f.storage
+        .delete(&m.encryption.unwrap().tenant_key.unwrap())
+        .await
+        .unwrap();
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let refused = plan(&f, &catalog, &only(vec![gone]), &opener);
+    let (_, e) = refused
+        .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::TenantKey { forgotten_at: None, .. }),
+        "{e}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Integrity);
+    assert!(e.to_string().contains("is missing"), "{e}");
+}
+
+/// Incremental with tenant keys: the second cycle reuses each tenant's unchanged partitions (its
+/// previous snapshot is sealed to the same key), and restores whole.
+async fn an_incremental_chain_with_tenant_keys_reuses_and_restores(f: Fixture) {
+    let (opener, sealer) = operator();
+    let options = options(&f, &sealer, BackupMode::Incremental);
+    let first = cycle(&f, &options).await;
+    let second = cycle(&f, &options).await;
+    assert!(
+        second.files < first.files,
+        "the second cycle stored {} files, the first {}",
+        second.files,
+        first.files
+    );
+    let (tenant, _) = two_tenants(&f);
+    let (a, b) = (
+        tenant_manifest(&f, tenant, first.id).await,
+        tenant_manifest(&f, tenant, second.id).await,
+    );
+    assert_eq!(a.encryption.unwrap().tenant_key, b.encryption.unwrap().tenant_key);
+    let before = fingerprint(&f.layout.tenant_db(tenant));
+    std::fs::remove_file(f.layout.tenant_db(tenant)).unwrap();
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    prepare_and_commit(&f, &plan(&f, &catalog, &only(vec![tenant]), &opener)).await;
+    assert_eq!(fingerprint(&f.layout.tenant_db(tenant)), before);
+}
+
+async fn deep(
+    f: &Fixture,
+    catalog: &Catalog,
+    id: hitkeep_backup::SnapshotId,
+    opener: &Opener,
+) -> hitkeep_backup::VerifyReport {
+    let scratch = f.dir.path().join("scratch");
+    verify_snapshot(&f.storage, catalog, id, true, &scratch, Some(opener))
+        .await
+        .unwrap()
+}
+
+on_local_and_s3!(
+    forgetting_a_tenant_leaves_every_other_database_restorable,
+    a_key_file_removed_by_hand_is_missing_not_forgotten,
+    an_incremental_chain_with_tenant_keys_reuses_and_restores,
+);
