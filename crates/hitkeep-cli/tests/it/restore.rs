@@ -929,3 +929,76 @@ fn an_encrypted_backup_opens_only_with_its_identity() {
         );
     }
 }
+
+/// Tenant keys as an operator uses them: the host backs up with HITKEEP_BACKUP_TENANT_KEYS;
+/// `forget-tenant` shows what it deletes and what it leaves, asks (and without input, refuses),
+/// deletes with -yes; then the other tenant of the same cycle restores and the forgotten one is
+/// refused with its data untouched.
+#[test]
+fn a_forgotten_tenant_is_refused_and_the_others_restore() {
+    let mut s = local_setup();
+    let key = s.dir.path().join("operator.key");
+    let made = s.hk(&["backup", "keygen", &key.display().to_string()]);
+    let public = made.lines().nth(2).unwrap_or_default().to_owned();
+    assert!(public.starts_with("age1"), "{made}");
+    s.env.extend([
+        ("HITKEEP_BACKUP_RECIPIENTS".into(), public),
+        ("HITKEEP_BACKUP_TENANT_KEYS".into(), "true".into()),
+    ]);
+    let run = s.hk(&["backup", "run"]);
+    assert!(run.starts_with("exit: 0"), "{run}");
+    let tenants: Vec<String> = s
+        .tenant_dbs()
+        .iter()
+        .map(|p| p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let (gone, kept) = (&tenants[0], &tenants[1]);
+    let before = fingerprint(&s.dir.path().join("data/tenants").join(gone).join("hitkeep.db"));
+
+    let dry = s.hk(&["backup", "forget-tenant", gone, "--dry-run"]);
+    assert!(dry.starts_with("exit: 0") && dry.contains("dry run"), "{dry}");
+    insta::with_settings!({
+        filters => vec![
+            (crate::regex_escape(&s.dir.path().display().to_string()).as_str(), "[TMP]"),
+            (r"\d{4}-\d{2}-\d{2}T\d{6}Z", "[SNAPSHOT]"),
+            (UUID, "[UUID]"),
+            (r"[0-9a-f]{16}\.json", "[KEY ID].json"),
+        ],
+        prepend_module_to_snapshot => false,
+    }, {
+        insta::assert_snapshot!("forget_tenant_plan", dry);
+    });
+    let unasked = s.hk(&["backup", "forget-tenant", gone]);
+    assert!(unasked.starts_with("exit: 2") && unasked.contains("-yes"), "{unasked}");
+    let forgot = s.hk(&["backup", "forget-tenant", gone, "--yes"]);
+    assert!(
+        forgot.starts_with("exit: 0") && forgot.contains("deleted 1 key file"),
+        "{forgot}"
+    );
+    let again = s.hk(&["backup", "forget-tenant", gone, "--yes"]);
+    assert!(again.contains("nothing to forget") && again.contains("unreadable already"), "{again}");
+
+    let mut with = s.env.clone();
+    with.push(("HITKEEP_BACKUP_IDENTITY_FILE".into(), key.display().to_string()));
+    let from = from_local(&s);
+    let restore = |tenant: &str| {
+        crate::hk(
+            &["recover", "restore-backup", "-from", &from, "-tenant", tenant, "-yes"],
+            &with,
+            s.dir.path(),
+        )
+    };
+    let restored = restore(kept);
+    assert!(restored.starts_with("exit: 0"), "{restored}");
+    let refused = restore(gone);
+    assert!(
+        refused.starts_with("exit: 1") && refused.contains("forget-tenant") && refused.contains("forgotten on"),
+        "{refused}"
+    );
+    assert_eq!(
+        fingerprint(&s.dir.path().join("data/tenants").join(gone).join("hitkeep.db")),
+        before
+    );
+    let deep = crate::hk(&["backup", "verify", "--deep"], &with, s.dir.path());
+    assert!(deep.starts_with("exit: 0") && deep.contains("not opened"), "{deep}");
+}

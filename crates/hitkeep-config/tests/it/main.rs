@@ -1559,6 +1559,15 @@ fn encryption_settings_are_checked_and_never_echo_a_private_key() {
         ("HITKEEP_BACKUP_MODE", "incremental"),
     ]);
     assert_eq!(incremental.settings.backup.recipients, public[..1]);
+    // Tenant keys are wrapped to the recipients: without any, the setting is refused.
+    let keyed = load(&[
+        ("HITKEEP_BACKUP_RECIPIENTS", public[0].as_str()),
+        ("HITKEEP_BACKUP_TENANT_KEYS", "true"),
+    ]);
+    assert!(keyed.settings.backup.tenant_keys);
+    let unwrapped = load_err(&[("HITKEEP_BACKUP_TENANT_KEYS", "yes")]);
+    assert_eq!(unwrapped.errors[0].key, Some(Key::BackupTenantKeys));
+    assert!(unwrapped.to_string().contains("HITKEEP_BACKUP_RECIPIENTS"), "{unwrapped}");
 
     // A path may say "secret key"; a file's bad line is named by number, never shown.
     let named = dir.path().join("age-secret-key-prod");
