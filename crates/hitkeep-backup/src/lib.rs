@@ -60,7 +60,9 @@ pub use crate::{
     seal::{IndexKey, OpenFailure, Opened, Opener, Sealer, Unopened, write_new_identity},
     snapshot_id::{SnapshotId, SnapshotIdError},
     sweep::{CLOCK_KEY, POOL_GRACE, PoolSweep, sweep_pool},
-    tenant_keys::{ForgetPlan, TENANT_KEYS_FOLDER, forget, key_object, plan_forget},
+    tenant_keys::{
+        ForgetPlan, TENANT_KEYS_FOLDER, forget, forgotten_keys, key_object, plan_forget,
+    },
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},
 };
 

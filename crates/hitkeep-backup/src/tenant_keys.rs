@@ -287,6 +287,29 @@ async fn read_tombstone(storage: &Storage, tenant: Uuid) -> Result<Option<Tombst
         })
 }
 
+/// The key files forgotten in this location, from the tombstones [`forget`] leaves: `backup list`
+/// marks the snapshots sealed to them. One listing of the key folder, and a read per tombstone.
+pub async fn forgotten_keys(storage: &Storage) -> Result<std::collections::BTreeSet<String>> {
+    let listed = storage
+        .list(TENANT_KEYS_FOLDER, hitkeep_storage::ListMode::Recursive)
+        .await?;
+    let mut forgotten = std::collections::BTreeSet::new();
+    for entry in listed {
+        let Some(tenant) = entry
+            .key
+            .strip_suffix(&format!("/{TOMBSTONE_NAME}"))
+            .and_then(|k| k.rsplit('/').next())
+            .and_then(|t| t.parse::<Uuid>().ok())
+        else {
+            continue;
+        };
+        if let Some(tombstone) = read_tombstone(storage, tenant).await? {
+            forgotten.extend(tombstone.forgotten.into_iter().map(|k| k.object));
+        }
+    }
+    Ok(forgotten)
+}
+
 /// What [`forget`] would do for one tenant: which key files it deletes, and which of the tenant's
 /// snapshots that makes unreadable and which it leaves readable.
 #[derive(Clone, Debug)]

@@ -176,7 +176,7 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail_service(&e),
     };
-    let (catalog, latest) = (&listing.catalog, &listing.latest);
+    let (catalog, latest, forgotten) = (&listing.catalog, &listing.latest, &listing.forgotten_keys);
     let rows: Vec<serde_json::Value> = catalog
         .databases
         .iter()
@@ -197,6 +197,8 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
                 "rows": s.manifest.as_ref().filter(|m| !m.is_encrypted()).map(|m| m.total_rows()),
                 "mode": s.manifest.as_ref().map(snapshot_mode),
                 "encrypted_to": s.manifest.as_ref().and_then(|m| m.encryption.as_ref()).map(|e| &e.recipients),
+                "tenant_key": tenant_key(s),
+                "forgotten": tenant_key(s).is_some_and(|k| forgotten.contains(k)),
                 "layout": s.manifest.as_ref().and_then(|m| m.layout),
                 "created_at": s.manifest.as_ref().map(|m| m.created_at.to_string()),
             })
@@ -239,8 +241,13 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
         if db.database == hitkeep_backup::Database::Shared && latest.contains(&s.id) {
             mark.push_str("  <- latest");
         }
-        if s.manifest.as_ref().is_some_and(|m| m.is_encrypted()) {
-            mark.push_str("  (encrypted)");
+        match tenant_key(s) {
+            Some(k) if forgotten.contains(k) => mark.push_str("  (encrypted, forgotten: opens no more)"),
+            Some(_) => mark.push_str("  (encrypted to the tenant's key)"),
+            None if s.manifest.as_ref().is_some_and(|m| m.is_encrypted()) => {
+                mark.push_str("  (encrypted)")
+            }
+            None => {}
         }
         if catalog.pins.contains(&s.id) {
             mark.push_str("  (pinned)");
@@ -532,6 +539,14 @@ fn confirm_typing(prompt: &str, what: &str, expected: &str) -> std::result::Resu
             Err(ExitCode::from(EXIT_FAILURE))
         }
     }
+}
+
+/// The tenant key a snapshot is sealed to, if any.
+fn tenant_key(s: &hitkeep_backup::SnapshotInfo) -> Option<&str> {
+    s.manifest
+        .as_ref()
+        .and_then(|m| m.encryption.as_ref())
+        .and_then(|e| e.tenant_key.as_deref())
 }
 
 pub fn forget_tenant(settings: &Settings, tenant: uuid::Uuid, yes: bool, dry_run: bool) -> ExitCode {

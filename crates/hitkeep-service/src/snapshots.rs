@@ -17,15 +17,25 @@ pub struct Listing {
     pub catalog: Catalog,
     /// The newest committed cycle of each source writing to the location (one, usually).
     pub latest: Vec<SnapshotId>,
+    /// The tenant key files `forget-tenant` deleted: snapshots sealed to them open no more.
+    pub forgotten_keys: std::collections::BTreeSet<String>,
 }
 
 impl Engine {
     /// Lists the backup location.
     pub async fn list(&self) -> Result<Listing> {
         let storage = self.backup_storage().await?;
-        let catalog = Catalog::load(&storage).await?;
+        let (catalog, forgotten_keys) = tokio::join!(
+            Catalog::load(&storage),
+            hitkeep_backup::forgotten_keys(&storage)
+        );
+        let catalog = catalog?;
         let latest = latest_per_source(&catalog);
-        Ok(Listing { catalog, latest })
+        Ok(Listing {
+            catalog,
+            latest,
+            forgotten_keys: forgotten_keys?,
+        })
     }
 
     /// Re-reads a snapshot (`None` or "latest": this installation's newest) against its manifests;

@@ -975,6 +975,12 @@ fn a_forgotten_tenant_is_refused_and_the_others_restore() {
         forgot.starts_with("exit: 0") && forgot.contains("deleted 1 key file"),
         "{forgot}"
     );
+    let listed = s.hk(&["backup", "list"]);
+    let marked = |mark: &str| listed.lines().filter(|l| l.contains(mark)).count();
+    assert_eq!(marked("forgotten: opens no more"), 1, "{listed}");
+    assert_eq!(marked("(encrypted to the tenant's key)"), 2, "{listed}");
+    let listed = s.hk(&["backup", "list", "--json"]);
+    assert!(listed.contains("\"forgotten\": true"), "{listed}");
     let again = s.hk(&["backup", "forget-tenant", gone, "--yes"]);
     assert!(again.contains("nothing to forget") && again.contains("unreadable already"), "{again}");
 
