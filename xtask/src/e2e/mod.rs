@@ -388,6 +388,11 @@ fn encrypted_sections(ctx: &mut Ctx, kills_and_proxy: bool) {
             faults::kill_loop,
         );
         section(ctx, &format!("TCP fault proxy{tag}"), faults::proxy);
+        section(
+            ctx,
+            &format!("tenant keys: forget-tenant, the other tenants restore{tag}"),
+            encrypted::tenant_keys,
+        );
     }
     section(
         ctx,
