@@ -61,7 +61,8 @@ pub use crate::{
     snapshot_id::{SnapshotId, SnapshotIdError},
     sweep::{CLOCK_KEY, POOL_GRACE, PoolSweep, sweep_pool},
     tenant_keys::{
-        ForgetPlan, TENANT_KEYS_FOLDER, forget, forgotten_keys, key_object, plan_forget,
+        ForgetPlan, Rewrap, RewrapPlan, TENANT_KEYS_FOLDER, forget, forgotten_keys, key_object,
+        plan_forget, plan_rewrap, rewrap,
     },
     verify::{DatabaseCheck, VerifyReport, verify_snapshot},
 };

@@ -120,9 +120,8 @@ pub(crate) async fn tenant_sealer(
         // A cycle of another process on the same data recorded one first: its key is the one.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let _ = storage.delete(&object).await;
-            let recipient = read_record(&record)?.ok_or_else(|| {
-                Error::Internal(format!("{} vanished", record.display()))
-            })?;
+            let recipient = read_record(&record)?
+                .ok_or_else(|| Error::Internal(format!("{} vanished", record.display())))?;
             let object = key_object(tenant, &recipient);
             sealer_of(recipient, object)
         }
@@ -214,44 +213,79 @@ pub(crate) async fn opener_for<'a>(
     };
     let (Database::Tenant { tenant_id }, [recipient]) = (
         manifest.database,
-        manifest.encryption.as_ref().map_or(&[][..], |e| &e.recipients[..]),
+        manifest
+            .encryption
+            .as_ref()
+            .map_or(&[][..], |e| &e.recipients[..]),
     ) else {
-        return Err(refuse("is named by a snapshot that is not a tenant's, or that has more than one recipient"));
+        return Err(refuse(
+            "is named by a snapshot that is not a tenant's, or that has more than one recipient",
+        ));
     };
     if key_object(tenant_id, recipient) != object {
         return Err(refuse("is not the key file of the snapshot's recipient"));
     }
-    let bytes = match storage.stat(object).await? {
-        Some(_) => storage.read(object).await?,
-        None => return Err(gone(storage, tenant_id, object).await),
-    };
-    let file: KeyFile =
-        serde_json::from_slice(&bytes).map_err(|e| refuse(&format!("is not a key file ({e})")))?;
-    if file.format != KEY_FORMAT || file.format_version != 1 {
-        return Err(refuse("is of a key file format this hitkeep does not read; upgrade hitkeep"));
+    if storage.stat(object).await?.is_none() {
+        return Err(gone(storage, tenant_id, object).await);
     }
+    let file = read_key_file(storage, object).await?;
     if file.tenant_id != tenant_id || file.recipient != *recipient {
         return Err(refuse("holds another tenant's or another key's record"));
     }
-    let wrapped = base64_simd::STANDARD
-        .decode_to_vec(&file.identity)
-        .map_err(|_| refuse("holds a private key that is not base64"))?;
     let opener = opener.ok_or_else(|| Error::NotOpened {
         object: storage.describe(object),
         failure: OpenFailure::NoIdentity,
         recipients: file.wrapped_to.clone(),
     })?;
-    let secret = opener.open_bytes(&wrapped).map_err(|failure| Error::NotOpened {
+    let identity = unwrap_key(storage, object, &file, opener)?;
+    Ok(Some(Cow::Owned(Opener::new(vec![identity]))))
+}
+
+/// The tenant key in `file` (the key file `object`), unwrapped with `opener`.
+fn unwrap_key(
+    storage: &Storage,
+    object: &str,
+    file: &KeyFile,
+    opener: &Opener,
+) -> Result<Identity> {
+    let refuse = |why: &str| Error::TenantKey {
         object: storage.describe(object),
-        failure,
-        recipients: file.wrapped_to.clone(),
-    })?;
-    let identity = std::str::from_utf8(&secret)
+        why: why.to_owned(),
+        forgotten_at: None,
+    };
+    let wrapped = base64_simd::STANDARD
+        .decode_to_vec(&file.identity)
+        .map_err(|_| refuse("holds a private key that is not base64"))?;
+    let secret = opener
+        .open_bytes(&wrapped)
+        .map_err(|failure| Error::NotOpened {
+            object: storage.describe(object),
+            failure,
+            recipients: file.wrapped_to.clone(),
+        })?;
+    std::str::from_utf8(&secret)
         .ok()
         .and_then(|s| s.trim().parse::<Identity>().ok())
-        .filter(|i| i.to_public().to_string() == *recipient)
-        .ok_or_else(|| refuse("holds a private key that is not the snapshot's recipient's"))?;
-    Ok(Some(Cow::Owned(Opener::new(vec![identity]))))
+        .filter(|i| i.to_public().to_string() == file.recipient)
+        .ok_or_else(|| refuse("holds a private key that is not its recipient's"))
+}
+
+/// The key file `object`, read and checked to be one.
+async fn read_key_file(storage: &Storage, object: &str) -> Result<KeyFile> {
+    let bytes = storage.read(object).await?;
+    let refuse = |why: String| Error::TenantKey {
+        object: storage.describe(object),
+        why,
+        forgotten_at: None,
+    };
+    let file: KeyFile =
+        serde_json::from_slice(&bytes).map_err(|e| refuse(format!("is not a key file ({e})")))?;
+    if file.format != KEY_FORMAT || file.format_version != 1 {
+        return Err(refuse(
+            "is of a key file format this hitkeep does not read; upgrade hitkeep".into(),
+        ));
+    }
+    Ok(file)
 }
 
 /// The error for a key file that is not there: forgotten (its tombstone says when) or missing.
@@ -404,5 +438,92 @@ pub async fn forget(storage: &Storage, plan: &ForgetPlan) -> Result<usize> {
         }
     }
     tracing::warn!(%tenant, keys = plan.keys.len(), snapshots = plan.unreadable.len(), "tenant forgotten: its key files are deleted, and the snapshots sealed to them can no longer be opened by anyone");
+    Ok(plan.keys.len())
+}
+
+/// One key file [`rewrap`] rewrites.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Rewrap {
+    /// The key file.
+    pub object: String,
+    /// Its tenant.
+    pub tenant: Uuid,
+    /// The recipients it is sealed to now.
+    pub from: Vec<String>,
+    /// Its new content: the same key, sealed to the new recipients. Holds no plaintext secret.
+    content: Vec<u8>,
+}
+
+/// What [`rewrap`] would do: every tenant key file sealed to the new recipients, each already
+/// opened (so a key file the identity does not open stops the plan, before anything is written).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RewrapPlan {
+    /// The new recipients.
+    pub to: Vec<String>,
+    /// The key files to rewrite.
+    pub keys: Vec<Rewrap>,
+    /// Key files already sealed to exactly the new recipients.
+    pub unchanged: usize,
+}
+
+/// Plans sealing every tenant key file in the location to `sealer`'s recipients: each is opened
+/// with `opener` now, and resealed in memory.
+pub async fn plan_rewrap(
+    storage: &Storage,
+    opener: &Opener,
+    sealer: &Sealer,
+) -> Result<RewrapPlan> {
+    let mut to = sealer.recipients();
+    to.sort();
+    let listed = storage
+        .list(TENANT_KEYS_FOLDER, hitkeep_storage::ListMode::Recursive)
+        .await?;
+    let mut plan = RewrapPlan {
+        to: sealer.recipients(),
+        keys: Vec::new(),
+        unchanged: 0,
+    };
+    let objects = listed
+        .into_iter()
+        .filter(|e| !e.is_dir && e.key.ends_with(".json"))
+        .filter(|e| !e.key.ends_with(&format!("/{TOMBSTONE_NAME}")));
+    for entry in objects {
+        let file = read_key_file(storage, &entry.key).await?;
+        let mut from = file.wrapped_to.clone();
+        from.sort();
+        if from == to {
+            plan.unchanged += 1;
+            continue;
+        }
+        let identity = unwrap_key(storage, &entry.key, &file, opener)?;
+        let resealed = KeyFile {
+            created_at: file.created_at,
+            ..KeyFile::wrap(file.tenant_id, &identity, sealer)?
+        };
+        plan.keys.push(Rewrap {
+            object: entry.key,
+            tenant: file.tenant_id,
+            from: file.wrapped_to,
+            content: resealed.to_bytes(),
+        });
+    }
+    Ok(plan)
+}
+
+/// Writes the key files `plan` holds, each read back and compared. Returns how many.
+pub async fn rewrap(storage: &Storage, plan: &RewrapPlan) -> Result<usize> {
+    for key in &plan.keys {
+        storage.write(&key.object, key.content.clone()).await?;
+        if storage.read(&key.object).await?.as_ref() != key.content.as_slice() {
+            return Err(Error::TenantKey {
+                object: storage.describe(&key.object),
+                why: "does not read back as written".into(),
+                forgotten_at: None,
+            });
+        }
+    }
+    tracing::info!(keys = plan.keys.len(), to = ?plan.to, "tenant key files sealed to the new recipients");
     Ok(plan.keys.len())
 }

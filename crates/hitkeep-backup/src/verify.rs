@@ -175,7 +175,8 @@ async fn check_database(
             let opened = match crate::tenant_keys::opener_for(storage, manifest, Some(opener)).await
             {
                 Ok(Some(own)) => {
-                    let opened = crate::restore::unseal(storage, &folder, manifest, Some(&own)).await;
+                    let opened =
+                        crate::restore::unseal(storage, &folder, manifest, Some(&own)).await;
                     opened.map(|m| (m, own))
                 }
                 Ok(None) => Err(Error::Internal("an opener that vanished".into())),
@@ -184,10 +185,12 @@ async fn check_database(
             match opened {
                 Ok((opened, own)) => (std::borrow::Cow::Owned(opened), Some(own), true),
                 // Forgotten on purpose: not damage, but never a silent pass either.
-                Err(e @ Error::TenantKey {
-                    forgotten_at: Some(_),
-                    ..
-                }) => {
+                Err(
+                    e @ Error::TenantKey {
+                        forgotten_at: Some(_),
+                        ..
+                    },
+                ) => {
                     check.not_opened = Some(e.to_string());
                     (std::borrow::Cow::Borrowed(manifest), None, false)
                 }

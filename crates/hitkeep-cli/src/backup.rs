@@ -242,7 +242,9 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
             mark.push_str("  <- latest");
         }
         match tenant_key(s) {
-            Some(k) if forgotten.contains(k) => mark.push_str("  (encrypted, forgotten: opens no more)"),
+            Some(k) if forgotten.contains(k) => {
+                mark.push_str("  (encrypted, forgotten: opens no more)")
+            }
             Some(_) => mark.push_str("  (encrypted to the tenant's key)"),
             None if s.manifest.as_ref().is_some_and(|m| m.is_encrypted()) => {
                 mark.push_str("  (encrypted)")
@@ -549,7 +551,12 @@ fn tenant_key(s: &hitkeep_backup::SnapshotInfo) -> Option<&str> {
         .and_then(|e| e.tenant_key.as_deref())
 }
 
-pub fn forget_tenant(settings: &Settings, tenant: uuid::Uuid, yes: bool, dry_run: bool) -> ExitCode {
+pub fn forget_tenant(
+    settings: &Settings,
+    tenant: uuid::Uuid,
+    yes: bool,
+    dry_run: bool,
+) -> ExitCode {
     let engine = engine(settings);
     if let Err(e) = engine.backup_location() {
         return usage(&e);
@@ -582,12 +589,21 @@ fn print_forget_plan(job: &hitkeep_service::ForgetJob) {
     let plan = &job.plan;
     let tenant = plan.tenant;
     let ids = |ids: &[hitkeep_backup::SnapshotId]| {
-        ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ids.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     if plan.is_empty() {
-        println!("tenant {tenant} has no key file in {}: nothing to forget", job.location());
+        println!(
+            "tenant {tenant} has no key file in {}: nothing to forget",
+            job.location()
+        );
     } else {
-        println!("forgetting tenant {tenant} in {} deletes its key file(s):", job.location());
+        println!(
+            "forgetting tenant {tenant} in {} deletes its key file(s):",
+            job.location()
+        );
         for key in &plan.keys {
             println!("  {key}");
         }
@@ -619,6 +635,46 @@ fn print_forget_plan(job: &hitkeep_service::ForgetJob) {
             "! the tenant still has a database on this host: its next backup is sealed to a new key, readable again"
         );
     }
+}
+
+pub fn rewrap(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
+    let engine = engine(settings);
+    if let Err(e) = engine.backup_location() {
+        return usage(&e);
+    }
+    let outcome = runtime().block_on(async {
+        let job = match engine.plan_rewrap().await {
+            Err(e) if e.kind() == ErrorKind::Config => return Ok(usage(&e)),
+            job => job?,
+        };
+        let to = job.plan.to.join(", ");
+        if job.plan.keys.is_empty() {
+            println!(
+                "{} tenant key file(s) in {}, all sealed to {to} already: nothing to rewrap",
+                job.plan.unchanged,
+                job.location()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("sealing {} tenant key file(s) in {} to {to}:", job.plan.keys.len(), job.location());
+        for key in &job.plan.keys {
+            println!("  {}  (tenant {}, now sealed to {})", key.object, key.tenant, key.from.join(", "));
+        }
+        println!(
+            "the snapshots are not touched: those sealed to the old recipients (the shared database's, and tenants' without keys of their own) still open only with the old identity"
+        );
+        if dry_run {
+            println!("dry run: nothing written");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !yes && let Err(code) = confirm("Type \"yes\" to confirm rewrap: ", "rewrap") {
+            return Ok(code);
+        }
+        let written = job.execute().await?;
+        println!("rewrapped {written} key file(s); each read back as written");
+        hitkeep_service::Result::Ok(ExitCode::SUCCESS)
+    });
+    outcome.unwrap_or_else(|e| fail_service(&e))
 }
 
 pub fn lifecycle(settings: &Settings) -> ExitCode {

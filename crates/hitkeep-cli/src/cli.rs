@@ -208,6 +208,19 @@ pub enum BackupCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Seal every tenant key file to the current HITKEEP_BACKUP_RECIPIENTS (key rotation), opening
+    /// each with HITKEEP_BACKUP_IDENTITY_FILE; the snapshots themselves are not touched.
+    #[command(
+        after_help = "Example:\n  HITKEEP_BACKUP_RECIPIENTS=age1new... HITKEEP_BACKUP_IDENTITY_FILE=/root/old.key hitkeep backup rewrap"
+    )]
+    Rewrap {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Show what would be rewritten and stop.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show the scheduler's last results.
     #[command(
         after_help = "Example:\n  HITKEEP_DATA_PATH=/var/lib/hitkeep/data hitkeep backup status --json"

@@ -62,6 +62,9 @@ pub fn run(cli: &Cli) -> ExitCode {
         })) => with_config(loaded, |c| {
             backup::forget_tenant(&c.settings, *tenant, *yes, *dry_run)
         }),
+        Some(Command::Backup(BackupCommand::Rewrap { yes, dry_run })) => {
+            with_config(loaded, |c| backup::rewrap(&c.settings, *yes, *dry_run))
+        }
         Some(Command::Backup(BackupCommand::Pin { snapshot })) => {
             with_config(loaded, |c| backup::pin(&c.settings, snapshot.as_deref()))
         }

@@ -43,7 +43,7 @@ pub use crate::jobs::{
 pub use crate::scheduler::{
     Clock, Finished, Job, JobKind, JobReport, RunContext, Scheduler, Stop, SystemClock, TokioClock,
 };
-pub use crate::snapshots::{ForgetJob, LifecycleRules, Listing, PruneJob, Pruned};
+pub use crate::snapshots::{ForgetJob, LifecycleRules, Listing, PruneJob, Pruned, RewrapJob};
 pub use crate::status::{BackupStatus, Health, StatusBoard};
 
 /// An error and its causes on one line, `message: cause: cause`, leaving out a cause whose text the

@@ -78,6 +78,27 @@ impl Engine {
         })
     }
 
+    /// Plans sealing every tenant key file to the current recipients (`HITKEEP_BACKUP_RECIPIENTS`),
+    /// opening each with the identity (`HITKEEP_BACKUP_IDENTITY_FILE`): both are needed.
+    pub async fn plan_rewrap(&self) -> Result<RewrapJob> {
+        let sealer = self.sealer()?.ok_or_else(|| Error::Unsuitable {
+            message: "rewrap seals the key files to HITKEEP_BACKUP_RECIPIENTS, which is not set".into(),
+            hint: Some("set it to the new recipients (age1…), e.g. a key `hitkeep backup keygen FILE` printed".into()),
+        })?;
+        let opener = self.opener()?.ok_or_else(|| Error::Unsuitable {
+            message:
+                "rewrap opens the key files with HITKEEP_BACKUP_IDENTITY_FILE, which is not set"
+                    .into(),
+            hint: Some(
+                "name the identity file of one of the recipients the key files are sealed to now"
+                    .into(),
+            ),
+        })?;
+        let storage = self.backup_storage().await?;
+        let plan = hitkeep_backup::plan_rewrap(&storage, &opener, &sealer).await?;
+        Ok(RewrapJob { storage, plan })
+    }
+
     /// Plans a prune of this installation's snapshots beyond the retention, holding the cycle lock
     /// until the plan is executed or dropped (so no cycle starts meanwhile).
     pub async fn plan_prune(&self) -> Result<PruneJob> {
@@ -246,6 +267,26 @@ impl ForgetJob {
     /// Deletes the key files and confirms they are gone; returns how many.
     pub async fn execute(self) -> Result<usize> {
         Ok(hitkeep_backup::forget(&self.storage, &self.plan).await?)
+    }
+}
+
+/// Planned rewrites of the tenant key files.
+#[derive(Debug)]
+pub struct RewrapJob {
+    storage: Storage,
+    /// The key files, each already opened and sealed to the new recipients.
+    pub plan: hitkeep_backup::RewrapPlan,
+}
+
+impl RewrapJob {
+    /// The location, as shown to people.
+    pub fn location(&self) -> String {
+        self.storage.location().to_string()
+    }
+
+    /// Writes the key files, each read back; returns how many.
+    pub async fn execute(self) -> Result<usize> {
+        Ok(hitkeep_backup::rewrap(&self.storage, &self.plan).await?)
     }
 }
 

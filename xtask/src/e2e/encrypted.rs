@@ -204,7 +204,11 @@ pub fn tenant_keys(ctx: &mut Ctx) -> Result<()> {
     ctx.demo(&dir, &env, 20_000, 2)?;
     let fp = ctx.fingerprint(&dir)?;
     let out = ctx.hk(&dir, &env, &["backup", "run"])?;
-    ensure!(out.ok(), "the backup with tenant keys failed: {}", out.brief());
+    ensure!(
+        out.ok(),
+        "the backup with tenant keys failed: {}",
+        out.brief()
+    );
     let listed = ctx.snapshots(&dir, &env)?;
     let keyed: Vec<String> = listed
         .iter()
@@ -239,7 +243,14 @@ pub fn tenant_keys(ctx: &mut Ctx) -> Result<()> {
     let region = ctx.s3.region.clone();
     let restore = |ctx: &mut Ctx, tenant: &str| {
         let args = [
-            "recover", "restore-backup", "-from", &from, "-tenant", tenant, "-s3-region", &region,
+            "recover",
+            "restore-backup",
+            "-from",
+            &from,
+            "-tenant",
+            tenant,
+            "-s3-region",
+            &region,
             "-yes",
         ];
         ctx.hk(&dir, &env, &args)

@@ -8,7 +8,8 @@ use age::x25519::Identity;
 use hitkeep_backup::manifest::Manifest;
 use hitkeep_backup::{
     BackupMode, BackupOptions, Catalog, Database, Error, ErrorKind, Opener, RestorePlan,
-    RestoreSelection, Sealer, forget, key_object, plan_forget, run_cycle, verify_snapshot,
+    RestoreSelection, Sealer, forget, key_object, plan_forget, plan_rewrap, rewrap, run_cycle,
+    verify_snapshot,
 };
 use uuid::Uuid;
 
@@ -49,7 +50,12 @@ fn only(tenants: Vec<Uuid>) -> RestoreSelection {
     RestoreSelection::new(false, tenants)
 }
 
-fn plan(f: &Fixture, catalog: &Catalog, selection: &RestoreSelection, opener: &Arc<Opener>) -> RestorePlan {
+fn plan(
+    f: &Fixture,
+    catalog: &Catalog,
+    selection: &RestoreSelection,
+    opener: &Arc<Opener>,
+) -> RestorePlan {
     RestorePlan::new(catalog, None, &f.layout, selection)
         .unwrap()
         .with_opener(Arc::clone(opener))
@@ -91,7 +97,10 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
     prepare_and_commit(&f, &plan(&f, &catalog, &whole, &opener)).await;
     assert_eq!(fingerprint(&f.layout.tenant_db(kept)), before_kept);
     let checked = deep(&f, &catalog, report.id, &opener).await;
-    assert!(checked.is_ok() && checked.databases.iter().all(|d| d.not_opened.is_none()), "{checked:?}");
+    assert!(
+        checked.is_ok() && checked.databases.iter().all(|d| d.not_opened.is_none()),
+        "{checked:?}"
+    );
 
     // Forget one tenant: its key file goes, a tombstone says when.
     let forgetting = plan_forget(&f.storage, &catalog, gone).await.unwrap();
@@ -110,7 +119,13 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
     let (database, e) = refused.prepare_all(&f.storage, stamp, 2).await.unwrap_err();
     assert_eq!(database, Database::Tenant { tenant_id: gone });
     assert!(
-        matches!(&e, Error::TenantKey { forgotten_at: Some(_), .. }),
+        matches!(
+            &e,
+            Error::TenantKey {
+                forgotten_at: Some(_),
+                ..
+            }
+        ),
         "{e}"
     );
     assert_eq!(e.kind(), ErrorKind::Refused);
@@ -127,7 +142,13 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
             .find(|d| d.database == Database::Tenant { tenant_id: t })
             .unwrap()
     };
-    assert!(of(gone).not_opened.as_deref().unwrap().contains("forget-tenant"));
+    assert!(
+        of(gone)
+            .not_opened
+            .as_deref()
+            .unwrap()
+            .contains("forget-tenant")
+    );
     assert!(of(gone).files > 0);
     assert!(of(kept).not_opened.is_none() && of(kept).tables > 5);
 
@@ -161,7 +182,13 @@ async fn a_key_file_removed_by_hand_is_missing_not_forgotten(f: Fixture) {
         .await
         .unwrap_err();
     assert!(
-        matches!(&e, Error::TenantKey { forgotten_at: None, .. }),
+        matches!(
+            &e,
+            Error::TenantKey {
+                forgotten_at: None,
+                ..
+            }
+        ),
         "{e}"
     );
     assert_eq!(e.kind(), ErrorKind::Integrity);
@@ -186,12 +213,76 @@ async fn an_incremental_chain_with_tenant_keys_reuses_and_restores(f: Fixture) {
         tenant_manifest(&f, tenant, first.id).await,
         tenant_manifest(&f, tenant, second.id).await,
     );
-    assert_eq!(a.encryption.unwrap().tenant_key, b.encryption.unwrap().tenant_key);
+    assert_eq!(
+        a.encryption.unwrap().tenant_key,
+        b.encryption.unwrap().tenant_key
+    );
     let before = fingerprint(&f.layout.tenant_db(tenant));
     std::fs::remove_file(f.layout.tenant_db(tenant)).unwrap();
     let catalog = Catalog::load(&f.storage).await.unwrap();
     prepare_and_commit(&f, &plan(&f, &catalog, &only(vec![tenant]), &opener)).await;
     assert_eq!(fingerprint(&f.layout.tenant_db(tenant)), before);
+}
+
+/// Key rotation: `rewrap` seals every tenant key file to new recipients with the old identity; the
+/// new identity then opens the tenants' snapshots and the old one no longer does. A stranger's
+/// identity stops the plan before anything is written.
+async fn rewrap_seals_the_key_files_to_new_recipients(f: Fixture) {
+    let (old, sealer) = operator();
+    let report = cycle(&f, &options(&f, &sealer, BackupMode::Full)).await;
+    let (new, new_sealer) = operator();
+    let (stranger, _) = operator();
+    let keys_before = key_files(&f).await;
+    let refused = plan_rewrap(&f.storage, &stranger, &new_sealer)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::NotOpened { .. }), "{refused}");
+    assert_eq!(key_files(&f).await, keys_before, "nothing written");
+
+    let rewraps = plan_rewrap(&f.storage, &old, &new_sealer).await.unwrap();
+    assert_eq!(rewraps.keys.len(), f.backed_up().len());
+    assert_eq!(
+        rewrap(&f.storage, &rewraps).await.unwrap(),
+        rewraps.keys.len()
+    );
+    let again = plan_rewrap(&f.storage, &new, &new_sealer).await.unwrap();
+    assert!(again.keys.is_empty() && again.unchanged == rewraps.keys.len());
+
+    let (tenant, _) = two_tenants(&f);
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let stamp = hitkeep_backup::SnapshotId::now();
+    let with_old = plan(&f, &catalog, &only(vec![tenant]), &old);
+    let (_, e) = with_old
+        .prepare_all(&f.storage, stamp, 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotOpened { .. }), "{e}");
+    let before = fingerprint(&f.layout.tenant_db(tenant));
+    std::fs::remove_file(f.layout.tenant_db(tenant)).unwrap();
+    prepare_and_commit(&f, &plan(&f, &catalog, &only(vec![tenant]), &new)).await;
+    assert_eq!(fingerprint(&f.layout.tenant_db(tenant)), before);
+    // The tenant's snapshot itself was not touched: its manifest is as the cycle wrote it.
+    let m = tenant_manifest(&f, tenant, report.id).await;
+    assert_eq!(m.encryption.unwrap().recipients.len(), 1);
+}
+
+/// Every key file with its bytes.
+async fn key_files(f: &Fixture) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in f
+        .storage
+        .list("keys", hitkeep_storage::ListMode::Recursive)
+        .await
+        .unwrap()
+    {
+        if !e.is_dir {
+            out.push((
+                e.key.clone(),
+                f.storage.read(&e.key).await.unwrap().to_vec(),
+            ));
+        }
+    }
+    out
 }
 
 async fn deep(
@@ -210,4 +301,5 @@ on_local_and_s3!(
     forgetting_a_tenant_leaves_every_other_database_restorable,
     a_key_file_removed_by_hand_is_missing_not_forgotten,
     an_incremental_chain_with_tenant_keys_reuses_and_restores,
+    rewrap_seals_the_key_files_to_new_recipients,
 );

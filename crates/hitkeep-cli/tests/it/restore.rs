@@ -950,13 +950,29 @@ fn a_forgotten_tenant_is_refused_and_the_others_restore() {
     let tenants: Vec<String> = s
         .tenant_dbs()
         .iter()
-        .map(|p| p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned())
+        .map(|p| {
+            p.parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let (gone, kept) = (&tenants[0], &tenants[1]);
-    let before = fingerprint(&s.dir.path().join("data/tenants").join(gone).join("hitkeep.db"));
+    let before = fingerprint(
+        &s.dir
+            .path()
+            .join("data/tenants")
+            .join(gone)
+            .join("hitkeep.db"),
+    );
 
     let dry = s.hk(&["backup", "forget-tenant", gone, "--dry-run"]);
-    assert!(dry.starts_with("exit: 0") && dry.contains("dry run"), "{dry}");
+    assert!(
+        dry.starts_with("exit: 0") && dry.contains("dry run"),
+        "{dry}"
+    );
     insta::with_settings!({
         filters => vec![
             (crate::regex_escape(&s.dir.path().display().to_string()).as_str(), "[TMP]"),
@@ -969,7 +985,10 @@ fn a_forgotten_tenant_is_refused_and_the_others_restore() {
         insta::assert_snapshot!("forget_tenant_plan", dry);
     });
     let unasked = s.hk(&["backup", "forget-tenant", gone]);
-    assert!(unasked.starts_with("exit: 2") && unasked.contains("-yes"), "{unasked}");
+    assert!(
+        unasked.starts_with("exit: 2") && unasked.contains("-yes"),
+        "{unasked}"
+    );
     let forgot = s.hk(&["backup", "forget-tenant", gone, "--yes"]);
     assert!(
         forgot.starts_with("exit: 0") && forgot.contains("deleted 1 key file"),
@@ -982,14 +1001,28 @@ fn a_forgotten_tenant_is_refused_and_the_others_restore() {
     let listed = s.hk(&["backup", "list", "--json"]);
     assert!(listed.contains("\"forgotten\": true"), "{listed}");
     let again = s.hk(&["backup", "forget-tenant", gone, "--yes"]);
-    assert!(again.contains("nothing to forget") && again.contains("unreadable already"), "{again}");
+    assert!(
+        again.contains("nothing to forget") && again.contains("unreadable already"),
+        "{again}"
+    );
 
     let mut with = s.env.clone();
-    with.push(("HITKEEP_BACKUP_IDENTITY_FILE".into(), key.display().to_string()));
+    with.push((
+        "HITKEEP_BACKUP_IDENTITY_FILE".into(),
+        key.display().to_string(),
+    ));
     let from = from_local(&s);
     let restore = |tenant: &str| {
         crate::hk(
-            &["recover", "restore-backup", "-from", &from, "-tenant", tenant, "-yes"],
+            &[
+                "recover",
+                "restore-backup",
+                "-from",
+                &from,
+                "-tenant",
+                tenant,
+                "-yes",
+            ],
             &with,
             s.dir.path(),
         )
@@ -998,13 +1031,67 @@ fn a_forgotten_tenant_is_refused_and_the_others_restore() {
     assert!(restored.starts_with("exit: 0"), "{restored}");
     let refused = restore(gone);
     assert!(
-        refused.starts_with("exit: 1") && refused.contains("forget-tenant") && refused.contains("forgotten on"),
+        refused.starts_with("exit: 1")
+            && refused.contains("forget-tenant")
+            && refused.contains("forgotten on"),
         "{refused}"
     );
     assert_eq!(
-        fingerprint(&s.dir.path().join("data/tenants").join(gone).join("hitkeep.db")),
+        fingerprint(
+            &s.dir
+                .path()
+                .join("data/tenants")
+                .join(gone)
+                .join("hitkeep.db")
+        ),
         before
     );
     let deep = crate::hk(&["backup", "verify", "--deep"], &with, s.dir.path());
-    assert!(deep.starts_with("exit: 0") && deep.contains("not opened"), "{deep}");
+    assert!(
+        deep.starts_with("exit: 0") && deep.contains("not opened"),
+        "{deep}"
+    );
+
+    // Rotation: `rewrap` seals the two key files left to a new operator key; the new identity then
+    // restores the kept tenant. Without an identity it is a usage error.
+    let new_key = s.dir.path().join("new-operator.key");
+    let made = s.hk(&["backup", "keygen", &new_key.display().to_string()]);
+    let new_public = made.lines().nth(2).unwrap_or_default().to_owned();
+    let mut rotated = with.clone();
+    rotated.retain(|(k, _)| k != "HITKEEP_BACKUP_RECIPIENTS");
+    rotated.push(("HITKEEP_BACKUP_RECIPIENTS".into(), new_public.clone()));
+    let mut unopened = rotated.clone();
+    unopened.retain(|(k, _)| k != "HITKEEP_BACKUP_IDENTITY_FILE");
+    let no_identity = crate::hk(&["backup", "rewrap", "--yes"], &unopened, s.dir.path());
+    assert!(
+        no_identity.starts_with("exit: 2") && no_identity.contains("HITKEEP_BACKUP_IDENTITY_FILE"),
+        "{no_identity}"
+    );
+    let rewrapped = crate::hk(&["backup", "rewrap", "--yes"], &rotated, s.dir.path());
+    assert!(
+        rewrapped.starts_with("exit: 0")
+            && rewrapped.contains(&new_public)
+            && rewrapped.contains("rewrapped 2 key file(s)"),
+        "{rewrapped}"
+    );
+    let mut opened_by_new = rotated.clone();
+    opened_by_new.retain(|(k, _)| k != "HITKEEP_BACKUP_IDENTITY_FILE");
+    opened_by_new.push((
+        "HITKEEP_BACKUP_IDENTITY_FILE".into(),
+        new_key.display().to_string(),
+    ));
+    let restored = crate::hk(
+        &[
+            "recover",
+            "restore-backup",
+            "-from",
+            &from,
+            "-tenant",
+            kept,
+            "-yes",
+        ],
+        &opened_by_new,
+        s.dir.path(),
+    );
+    assert!(restored.starts_with("exit: 0"), "{restored}");
 }

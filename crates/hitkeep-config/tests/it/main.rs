@@ -1567,7 +1567,10 @@ fn encryption_settings_are_checked_and_never_echo_a_private_key() {
     assert!(keyed.settings.backup.tenant_keys);
     let unwrapped = load_err(&[("HITKEEP_BACKUP_TENANT_KEYS", "yes")]);
     assert_eq!(unwrapped.errors[0].key, Some(Key::BackupTenantKeys));
-    assert!(unwrapped.to_string().contains("HITKEEP_BACKUP_RECIPIENTS"), "{unwrapped}");
+    assert!(
+        unwrapped.to_string().contains("HITKEEP_BACKUP_RECIPIENTS"),
+        "{unwrapped}"
+    );
 
     // A path may say "secret key"; a file's bad line is named by number, never shown.
     let named = dir.path().join("age-secret-key-prod");
