@@ -26,8 +26,8 @@ use crate::manifest::{
     Manifest, PartitionIndex, SEALED_NAME, Sealed, TenantEntry, TenantState,
 };
 use crate::progress::{NoProgress, Progress};
-use crate::seal::{IndexKey, Sealer};
 use crate::tenant_keys::tenant_sealer;
+use hitkeep_seal::{HostKey, Sealer};
 
 mod incremental;
 
@@ -43,7 +43,7 @@ pub struct BackupOptions {
     /// The installation's source id file (`{data}/.hitkeep-source`), created by the first cycle.
     pub source_file: PathBuf,
     /// The host's key for the partition indexes of encrypted incremental snapshots
-    /// (`{data}/.hitkeep-index-key`, [`crate::IndexKey`]), created by the first such cycle.
+    /// (`{data}/.hitkeep-index-key`, [`crate::HostKey`]), created by the first such cycle.
     pub index_key_file: PathBuf,
     /// Multipart chunking per file.
     pub transfer: TransferOptions,
@@ -346,7 +346,7 @@ pub async fn run_cycle(
     // Encrypted incremental snapshots keep their partitions in an index only this host opens.
     let index_key = match (&options.sealer, options.mode) {
         (Some(_), BackupMode::Incremental) => Some(Arc::new(
-            IndexKey::read_or_create(&options.index_key_file).map_err(Error::IndexKey)?,
+            HostKey::read_or_create(&options.index_key_file).map_err(Error::IndexKey)?,
         )),
         _ => None,
     };
@@ -855,7 +855,7 @@ pub(super) async fn seal_manifest(
     folder: &str,
     manifest: &mut Manifest,
     sealer: &Sealer,
-    index_key: Option<&IndexKey>,
+    index_key: Option<&HostKey>,
 ) -> Result<()> {
     let sealed = Sealed {
         tables: manifest.tables.clone(),

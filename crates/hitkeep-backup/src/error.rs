@@ -262,7 +262,7 @@ pub enum Error {
         /// The object.
         object: String,
         /// Why.
-        failure: crate::seal::OpenFailure,
+        failure: hitkeep_seal::OpenFailure,
         /// The snapshot's recipients (public keys), to say which identity would open it.
         recipients: Vec<String>,
     },
@@ -377,8 +377,8 @@ fn snapshot_not_found(id: &SnapshotId, newest: &[SnapshotId]) -> String {
     format!("no snapshot {id}; the newest are: {}", newest.join(", "))
 }
 
-fn open_failure(failure: crate::seal::OpenFailure) -> &'static str {
-    use crate::seal::OpenFailure;
+fn open_failure(failure: hitkeep_seal::OpenFailure) -> &'static str {
+    use hitkeep_seal::OpenFailure;
     match failure {
         OpenFailure::NoIdentity => "the snapshot is encrypted and no identity was given to open it",
         OpenFailure::WrongIdentity => {
@@ -389,8 +389,8 @@ fn open_failure(failure: crate::seal::OpenFailure) -> &'static str {
     }
 }
 
-fn open_hint(failure: crate::seal::OpenFailure, recipients: &[String]) -> String {
-    use crate::seal::OpenFailure;
+fn open_hint(failure: hitkeep_seal::OpenFailure, recipients: &[String]) -> String {
+    use hitkeep_seal::OpenFailure;
     let to = recipients.join(", ");
     match failure {
         OpenFailure::NoIdentity => format!(
@@ -455,8 +455,8 @@ impl Error {
             } => ErrorKind::Refused,
             Error::TenantKey { .. } => ErrorKind::Integrity,
             Error::NotOpened { failure, .. } => match failure {
-                crate::seal::OpenFailure::Damaged => ErrorKind::Integrity,
-                crate::seal::OpenFailure::Unwritable => ErrorKind::Io,
+                hitkeep_seal::OpenFailure::Damaged => ErrorKind::Integrity,
+                hitkeep_seal::OpenFailure::Unwritable => ErrorKind::Io,
                 _ => ErrorKind::Refused,
             },
             Error::SplitWithoutDefault { .. } | Error::SeveralSources(_) => ErrorKind::Refused,

@@ -32,13 +32,16 @@ mod progress;
 mod restore;
 mod retention;
 mod scratch;
-mod seal;
 mod snapshot_id;
 mod snapshot_sql;
 mod swap;
 mod sweep;
 mod tenant_keys;
 mod verify;
+
+pub use hitkeep_seal::{
+    HostKey, OpenFailure, Opened, Opener, Sealer, Unopened, write_new_identity,
+};
 
 pub use crate::{
     bundle::{BUNDLE_MANIFEST, Bundle, BundleArtifact, BundleOutcome},
@@ -57,7 +60,6 @@ pub use crate::{
     },
     retention::{Deletion, PrunePlan, Retention},
     scratch::StaleScratch,
-    seal::{IndexKey, OpenFailure, Opened, Opener, Sealer, Unopened, write_new_identity},
     snapshot_id::{SnapshotId, SnapshotIdError},
     sweep::{CLOCK_KEY, POOL_GRACE, PoolSweep, sweep_pool},
     tenant_keys::{

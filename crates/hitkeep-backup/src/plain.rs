@@ -17,7 +17,7 @@ use crate::SnapshotId;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::manifest::{Database, FULL_FORMAT_VERSION, MANIFEST_NAME, Manifest, TenantState};
-use crate::seal::Opener;
+use hitkeep_seal::Opener;
 
 /// What [`export_plain`] wrote.
 #[derive(Clone, Debug, Serialize)]

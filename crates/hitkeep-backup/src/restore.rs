@@ -20,9 +20,9 @@ use crate::manifest::{
     Sealed, TenantState,
 };
 use crate::scratch::{ScratchLock, StaleScratch, scratch_prefix};
-use crate::seal::{OpenFailure, Opener, Unopened};
 use crate::swap::{Scratch, swap_into_place};
 use futures::StreamExt as _;
+use hitkeep_seal::{OpenFailure, Opener, Unopened};
 
 /// DuckDB storage version written by restores: HitKeep Go ships DuckDB 1.5, which cannot read files
 /// created at DuckDB 2.0's default.
@@ -810,7 +810,7 @@ async fn download_one(
 /// What a streamed decryption of `object` means for the restore: the plaintext when the stored
 /// bytes are what the manifest records, else why not.
 fn opened_or_not(
-    opened: std::result::Result<crate::seal::Opened, Unopened>,
+    opened: std::result::Result<hitkeep_seal::Opened, Unopened>,
     expected: &ObjectInfo,
     object: String,
     recipients: &[String],

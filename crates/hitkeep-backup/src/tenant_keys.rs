@@ -29,8 +29,8 @@ use uuid::Uuid;
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::manifest::{Database, Manifest};
-use crate::seal::{OpenFailure, Opener, Sealer};
 use crate::snapshot_id::SnapshotId;
+use hitkeep_seal::{OpenFailure, Opener, Sealer};
 
 /// The folder of the tenants' key files in a backup location.
 pub const TENANT_KEYS_FOLDER: &str = "keys/tenants";

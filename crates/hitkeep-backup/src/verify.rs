@@ -11,7 +11,7 @@ use crate::SnapshotId;
 use crate::catalog::{Catalog, SnapshotState};
 use crate::error::{Error, Result};
 use crate::manifest::{Database, FileEntry, MANIFEST_NAME, Manifest, TenantState};
-use crate::seal::Opener;
+use hitkeep_seal::Opener;
 
 /// The result for one database.
 #[derive(Clone, Debug, Serialize)]

@@ -5,7 +5,7 @@
 //! Encrypted (format 4): each new table file is sealed to a local file first, and stored in the
 //! encrypted pool under the SHA-256 of its ciphertext, which says nothing of its content; its name
 //! in the manifest is random. The partitions go into an index sealed to the host's own key
-//! ([`IndexKey`]), read back by the next cycle. Only a previous snapshot encrypted to the same
+//! ([`HostKey`]), read back by the next cycle. Only a previous snapshot encrypted to the same
 //! recipients is reused: another's objects would not open with this cycle's identities.
 //!
 //! Pool objects are never removed here, not even those of a failed snapshot: another snapshot may
@@ -32,23 +32,23 @@ use crate::manifest::{
     Database, FileEntry, INCREMENTAL_FORMAT_VERSION, MANIFEST_NAME, Manifest, POOL_FOLDER,
     PartitionIndex, SEALED_POOL_FOLDER, TenantState, pool_key, sealed_pool_key,
 };
-use crate::seal::{IndexKey, Sealer};
+use hitkeep_seal::{HostKey, Sealer};
 
 /// How a cycle's incremental snapshots are written and what they may reuse: plain, or sealed with
 /// the host's index key.
 pub(super) struct Reuse {
-    sealed: Option<Arc<IndexKey>>,
+    sealed: Option<Arc<HostKey>>,
 }
 
 impl Reuse {
-    pub(super) fn new(sealer: Option<&Sealer>, key: Option<Arc<IndexKey>>) -> Reuse {
+    pub(super) fn new(sealer: Option<&Sealer>, key: Option<Arc<HostKey>>) -> Reuse {
         Reuse {
             sealed: sealer.and(key),
         }
     }
 
     /// The index key, when snapshots are sealed.
-    pub(super) fn index_key(&self) -> Option<&IndexKey> {
+    pub(super) fn index_key(&self) -> Option<&HostKey> {
         self.sealed.as_deref()
     }
 

@@ -1,15 +1,19 @@
-//! Client-side encryption of a snapshot's objects with age (X25519 recipients): a [`Sealer`] holds
-//! only public keys and encrypts, an [`Opener`] holds identities (private keys) and decrypts. Design:
-//! `docs/design/encryption.md`.
+//! Client-side encryption with age (X25519 recipients), for snapshots (hitkeep-backup) and archives
+//! (hitkeep-archive): a [`Sealer`] holds only public keys and encrypts, an [`Opener`] holds
+//! identities (private keys) and decrypts, a [`HostKey`] is a key pair a host keeps for what it must
+//! read back itself. Design: `docs/design/encryption.md`.
 //!
 //! Every object of an encrypted snapshot is one age file, encrypted as it streams to the upload, so
 //! the SHA-256 the upload computes (and the manifest records) is of the stored ciphertext: a plain
 //! `verify` checks it without any key. Nothing here decides *whether* to encrypt: a cycle given a
 //! [`Sealer`] passes every upload through it, and there is no path around it.
 //!
-//! What it does not do: authenticate the writer. Recipients are public, so anyone who can write to
+//! What it does not do: decide what to encrypt, talk to storage, or read settings; nor authenticate
+//! the writer. Recipients are public, so anyone who can write to
 //! the bucket can also write objects these identities open; the manifest's digests (of the stored
 //! bytes) are what tie a snapshot's objects together, as for plain snapshots.
+
+#![deny(missing_docs)]
 
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
@@ -99,31 +103,36 @@ fn write_identity(path: &Path, identity: &Identity) -> io::Result<()> {
     Ok(())
 }
 
-/// The host's own key for the partition index of its encrypted incremental snapshots
-/// (`manifest.index`): the next cycle must read which partitions the last one stored, and the host
-/// holds no identity of the operator's. Kept in the data directory (`.hitkeep-index-key`, an age
-/// identity file, mode 0600), made by the first cycle that needs it. It opens the indexes, which
-/// say how tables were cut (partition keys, rows and fingerprints per partition), and nothing
-/// else: no table file, no row count of the operator's sealed part. Losing it costs one cycle that
-/// exports every partition again, never a snapshot.
-pub struct IndexKey {
+/// A key pair of the host's own, for what it seals and must read back itself without any identity
+/// of the operator's: the partition index of its encrypted incremental snapshots
+/// (`{data}/.hitkeep-index-key`: the next cycle must read how the last one cut its tables), and its
+/// encrypted archives (`{data}/.hitkeep-archive-key`: a run reads each file back before it deletes
+/// rows, and `archive query` runs on the host). Kept in the data directory as an age identity file,
+/// mode 0600, made by the first job that needs it. Losing the index key costs one cycle that exports
+/// every partition again; losing the archive key leaves the archives to the operator's identity.
+pub struct HostKey {
     identity: Identity,
 }
 
-impl std::fmt::Debug for IndexKey {
+impl std::fmt::Debug for HostKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IndexKey([redacted])")
+        f.write_str("HostKey([redacted])")
     }
 }
 
-impl IndexKey {
+impl HostKey {
+    /// The public key (`age1…`): a recipient of what is sealed for this host.
+    pub fn recipient(&self) -> String {
+        self.identity.to_public().to_string()
+    }
+
     /// The key in `path`, made there when there is none. An unreadable or damaged file is an error
     /// naming it (without its content) and what to do.
-    pub fn read_or_create(path: &Path) -> Result<IndexKey, String> {
+    pub fn read_or_create(path: &Path) -> Result<HostKey, String> {
         let shown = path.display();
         match std::fs::read_to_string(path) {
             Ok(text) => Opener::from_text(&text)
-                .map(|o| IndexKey {
+                .map(|o| HostKey {
                     identity: o.identities[0].clone(),
                 })
                 .map_err(|why| {
@@ -132,10 +141,10 @@ impl IndexKey {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let identity = Identity::generate();
                 match write_identity(path, &identity) {
-                    Ok(()) => Ok(IndexKey { identity }),
+                    Ok(()) => Ok(HostKey { identity }),
                     // Another cycle made it first: its key is the one.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        IndexKey::read_or_create(path)
+                        HostKey::read_or_create(path)
                     }
                     Err(e) => Err(format!("cannot write the index key {shown}: {e}")),
                 }
@@ -168,9 +177,9 @@ pub struct Opened {
     pub stored: ObjectInfo,
 }
 
-/// Why [`Opener::open_from`] failed: its source did not read, or the bytes did not open.
+/// Why [`Opener::open_from`] failed: its source did not read, or the bytes did not open (there is
+/// no third way, so callers match both).
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Unopened {
     /// The source's own error (a download that failed), not the ciphertext's.
     Source(io::Error),
@@ -237,7 +246,7 @@ impl Sealer {
     }
 
     /// A sealer to a tenant's own key `recipient`, whose private key the key file `object` holds.
-    pub(crate) fn for_tenant(recipient: &str, object: String) -> Result<Sealer, String> {
+    pub fn for_tenant(recipient: &str, object: String) -> Result<Sealer, String> {
         let recipient = recipient
             .parse::<Recipient>()
             .map_err(|e| format!("not an age public key: {e}"))?;
@@ -399,6 +408,12 @@ impl Opener {
     /// An opener of these identities (for tests and embedding servers that hold keys themselves).
     pub fn new(identities: Vec<Identity>) -> Opener {
         Opener { identities }
+    }
+
+    /// The same opener, also opening what was sealed to `key`.
+    pub fn with_host_key(mut self, key: &HostKey) -> Opener {
+        self.identities.push(key.identity.clone());
+        self
     }
 
     /// The plaintext of an age file held in memory.
@@ -682,16 +697,16 @@ mod tests {
     fn the_index_key_is_made_once_and_opens_only_what_it_sealed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".hitkeep-index-key");
-        let key = IndexKey::read_or_create(&path).unwrap();
+        let key = HostKey::read_or_create(&path).unwrap();
         let sealed = key.seal(b"partitions").unwrap();
-        let again = IndexKey::read_or_create(&path).unwrap();
+        let again = HostKey::read_or_create(&path).unwrap();
         assert_eq!(again.open(&sealed).unwrap(), b"partitions");
         let (_, operator) = keys(1);
         let other = operator.seal_bytes(b"x").unwrap();
         assert_eq!(key.open(&other).unwrap_err(), OpenFailure::WrongIdentity);
         assert!(!format!("{key:?}").contains("AGE-SECRET"));
         std::fs::write(&path, "garbage\n").unwrap();
-        let err = IndexKey::read_or_create(&path).unwrap_err();
+        let err = HostKey::read_or_create(&path).unwrap_err();
         assert!(
             err.contains("remove it") && !err.contains("garbage"),
             "{err}"
