@@ -100,10 +100,16 @@ pub(crate) async fn tenant_sealer(
     let record = dir.join(tenant.to_string());
     if let Some(recipient) = read_record(&record)? {
         let object = key_object(tenant, &recipient);
-        if storage.stat(&object).await?.is_some() {
+        if let Some(file) = live_key_file(storage, tenant, &object).await? {
+            let (mut theirs, mut ours) = (file.wrapped_to, operator.recipients());
+            theirs.sort();
+            ours.sort();
+            if theirs != ours {
+                tracing::warn!(%tenant, object, "the tenant's key file is sealed to other recipients than HITKEEP_BACKUP_RECIPIENTS: run `hitkeep backup rewrap` so that the new identity opens this tenant's snapshots and the old one no longer does");
+            }
             return sealer_of(recipient, object);
         }
-        tracing::warn!(%tenant, object, "the tenant's key file is gone from the backup location (forgotten with `hitkeep backup forget-tenant`, or removed): a new key is made; snapshots sealed to the old one stay unreadable");
+        tracing::warn!(%tenant, object, "the tenant's key file is gone from the backup location or named by its tombstone (forgotten with `hitkeep backup forget-tenant`, or removed): a new key is made; snapshots sealed to the old one stay unreadable");
         std::fs::remove_file(&record).map_err(|e| Error::io(&record, e))?;
     }
     let identity = Identity::generate();
@@ -127,6 +133,22 @@ pub(crate) async fn tenant_sealer(
         }
         Err(e) => Err(Error::io(&record, e)),
     }
+}
+
+/// The key file `object` of `tenant`, when it is there and no tombstone names it (a forget that
+/// stopped before deleting it still forgot it).
+async fn live_key_file(storage: &Storage, tenant: Uuid, object: &str) -> Result<Option<KeyFile>> {
+    if storage.stat(object).await?.is_none() || tombstoned(storage, tenant, object).await? {
+        return Ok(None);
+    }
+    read_key_file(storage, object).await.map(Some)
+}
+
+/// Whether `tenant`'s tombstone names the key file `object`.
+async fn tombstoned(storage: &Storage, tenant: Uuid, object: &str) -> Result<bool> {
+    Ok(read_tombstone(storage, tenant)
+        .await?
+        .is_some_and(|t| t.forgotten.iter().any(|k| k.object == object)))
 }
 
 fn sealer_of(recipient: String, object: String) -> Result<Sealer> {
@@ -256,14 +278,17 @@ fn unwrap_key(
     let wrapped = base64_simd::STANDARD
         .decode_to_vec(&file.identity)
         .map_err(|_| refuse("holds a private key that is not base64"))?;
-    let secret = opener
+    use age::secrecy::ExposeSecret as _;
+    // Wiped when dropped: the private key is in the clear here.
+    let secret: age::secrecy::SecretSlice<u8> = opener
         .open_bytes(&wrapped)
         .map_err(|failure| Error::NotOpened {
             object: storage.describe(object),
             failure,
             recipients: file.wrapped_to.clone(),
-        })?;
-    std::str::from_utf8(&secret)
+        })?
+        .into();
+    std::str::from_utf8(secret.expose_secret())
         .ok()
         .and_then(|s| s.trim().parse::<Identity>().ok())
         .filter(|i| i.to_public().to_string() == file.recipient)
@@ -286,6 +311,25 @@ async fn read_key_file(storage: &Storage, object: &str) -> Result<KeyFile> {
         ));
     }
     Ok(file)
+}
+
+/// For [`crate::verify_snapshot`]: `Ok` when `manifest` names no tenant key or its key file is there;
+/// otherwise the error a restore would give (forgotten, or missing).
+pub(crate) async fn check_key_file(storage: &Storage, manifest: &Manifest) -> Result<()> {
+    let Some(object) = manifest
+        .encryption
+        .as_ref()
+        .and_then(|e| e.tenant_key.as_deref())
+    else {
+        return Ok(());
+    };
+    let Database::Tenant { tenant_id } = manifest.database else {
+        return Ok(()); // a restore refuses it, naming why
+    };
+    match storage.stat(object).await? {
+        Some(_) if !tombstoned(storage, tenant_id, object).await? => Ok(()),
+        _ => Err(gone(storage, tenant_id, object).await),
+    }
 }
 
 /// The error for a key file that is not there: forgotten (its tombstone says when) or missing.
@@ -337,8 +381,14 @@ pub async fn forgotten_keys(storage: &Storage) -> Result<std::collections::BTree
         else {
             continue;
         };
-        if let Some(tombstone) = read_tombstone(storage, tenant).await? {
-            forgotten.extend(tombstone.forgotten.into_iter().map(|k| k.object));
+        // One damaged tombstone must not stop a listing: it is said, and its snapshots shown as
+        // they are (a restore of them still reads it, and fails naming it).
+        match read_tombstone(storage, tenant).await {
+            Ok(Some(tombstone)) => {
+                forgotten.extend(tombstone.forgotten.into_iter().map(|k| k.object));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%tenant, error = %e, "a tenant's tombstone cannot be read"),
         }
     }
     Ok(forgotten)
@@ -514,8 +564,17 @@ pub async fn plan_rewrap(
 
 /// Writes the key files `plan` holds, each read back and compared. Returns how many.
 pub async fn rewrap(storage: &Storage, plan: &RewrapPlan) -> Result<usize> {
+    let mut written = 0;
     for key in &plan.keys {
+        // A forget since the plan: writing the key again would undo it.
+        if storage.stat(&key.object).await?.is_none()
+            || tombstoned(storage, key.tenant, &key.object).await?
+        {
+            tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten or removed since the plan: not written again");
+            continue;
+        }
         storage.write(&key.object, key.content.clone()).await?;
+        written += 1;
         if storage.read(&key.object).await?.as_ref() != key.content.as_slice() {
             return Err(Error::TenantKey {
                 object: storage.describe(&key.object),
@@ -524,6 +583,6 @@ pub async fn rewrap(storage: &Storage, plan: &RewrapPlan) -> Result<usize> {
             });
         }
     }
-    tracing::info!(keys = plan.keys.len(), to = ?plan.to, "tenant key files sealed to the new recipients");
-    Ok(plan.keys.len())
+    tracing::info!(keys = written, to = ?plan.to, "tenant key files sealed to the new recipients");
+    Ok(written)
 }

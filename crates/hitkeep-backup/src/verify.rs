@@ -203,6 +203,20 @@ async fn check_database(
         (deep, _) => (std::borrow::Cow::Borrowed(manifest), None, deep.is_some()),
     };
     let opening = opening.as_deref();
+    // The tenant key a snapshot is sealed to is part of it: a key file lost by accident loses the
+    // snapshot, and a plain check says so; a forgotten one is said, not a problem.
+    if opening.is_none() && check.not_opened.is_none() && check.problems.is_empty() {
+        match crate::tenant_keys::check_key_file(storage, &manifest).await {
+            Ok(()) => {}
+            Err(
+                e @ Error::TenantKey {
+                    forgotten_at: Some(_),
+                    ..
+                },
+            ) => check.not_opened = Some(e.to_string()),
+            Err(e) => check.problems.push(e.to_string()),
+        }
+    }
     let mut stored_files: Vec<(&FileEntry, bool)> = manifest
         .files
         .iter()

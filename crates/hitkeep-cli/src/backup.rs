@@ -565,6 +565,15 @@ pub fn forget_tenant(
         let job = engine.plan_forget_tenant(tenant).await?;
         print_forget_plan(&job);
         if job.plan.is_empty() {
+            // Done before, and nothing left readable: a script asking again succeeds. Otherwise
+            // nothing was erased (a wrong UUID, or tenant keys never on), which is a failure.
+            let done_before = !job.plan.forgotten_before.is_empty() && job.plan.readable.is_empty();
+            if !done_before {
+                eprintln!(
+                    "error: tenant {tenant} has no key file to delete: nothing was made unreadable\n  hint: check the UUID (`hitkeep backup list`); snapshots written without HITKEEP_BACKUP_TENANT_KEYS are erased only by deleting them"
+                );
+                return Ok(ExitCode::from(EXIT_FAILURE));
+            }
             return Ok(ExitCode::SUCCESS);
         }
         if dry_run {

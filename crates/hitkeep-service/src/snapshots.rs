@@ -68,6 +68,8 @@ impl Engine {
     /// which of its snapshots that makes unreadable and which it leaves readable.
     pub async fn plan_forget_tenant(&self, tenant: uuid::Uuid) -> Result<ForgetJob> {
         let storage = self.backup_storage().await?;
+        // As a prune: no cycle of this host seals to a key between the plan and the delete.
+        let lock = CycleLock::acquire(&self.layout().backup_lock_file())?;
         let catalog = Catalog::load(&storage).await?;
         let plan = hitkeep_backup::plan_forget(&storage, &catalog, tenant).await?;
         let live = self.layout().tenant_db(tenant).is_file();
@@ -75,6 +77,7 @@ impl Engine {
             storage,
             plan,
             live,
+            _lock: lock,
         })
     }
 
@@ -256,6 +259,7 @@ pub struct ForgetJob {
     /// Whether the tenant still has a database on this host: its next backup is then sealed to a
     /// new key, readable again.
     pub live: bool,
+    _lock: CycleLock,
 }
 
 impl ForgetJob {

@@ -131,6 +131,38 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
     assert_eq!(e.kind(), ErrorKind::Refused);
     assert!(e.hint().unwrap().contains("forgotten"), "{:?}", e.hint());
     assert_eq!(fingerprint(&f.layout.tenant_db(gone)), before_gone);
+    // A whole-cycle restore stops the same way, nothing changed; the shared database alone restores.
+    let (_, e) = plan(&f, &catalog, &whole, &opener)
+        .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::TenantKey {
+                forgotten_at: Some(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let before_shared = fingerprint(&f.layout.db_path);
+    let shared_only = RestoreSelection::new(true, Vec::new());
+    prepare_and_commit(&f, &plan(&f, &catalog, &shared_only, &opener)).await;
+    assert_eq!(fingerprint(&f.layout.db_path), before_shared);
+    // A plain verify says so too, without counting it as damage.
+    let scratch = f.dir.path().join("scratch");
+    let plain = verify_snapshot(&f.storage, &catalog, report.id, false, &scratch, None)
+        .await
+        .unwrap();
+    let of = |t: Uuid| {
+        plain
+            .databases
+            .iter()
+            .find(|d| d.database == Database::Tenant { tenant_id: t })
+            .unwrap()
+    };
+    assert!(plain.is_ok() && of(gone).not_opened.is_some(), "{plain:?}");
 
     // A deep verify says it did not open the forgotten tenant, and checks its stored bytes.
     let checked = deep(&f, &catalog, report.id, &opener).await;
@@ -193,6 +225,42 @@ async fn a_key_file_removed_by_hand_is_missing_not_forgotten(f: Fixture) {
     );
     assert_eq!(e.kind(), ErrorKind::Integrity);
     assert!(e.to_string().contains("is missing"), "{e}");
+    // A plain verify (no identity) finds it: the snapshot is lost with its key.
+    let scratch = f.dir.path().join("scratch");
+    let plain = verify_snapshot(&f.storage, &catalog, report.id, false, &scratch, None)
+        .await
+        .unwrap();
+    assert!(!plain.is_ok(), "{plain:?}");
+}
+
+/// The host seals only to the tenant key it recorded: a key file swapped in the bucket (by whoever
+/// holds the bucket's keys) is never used to encrypt, and a restore refuses it.
+async fn a_key_file_swapped_in_the_bucket_is_never_sealed_to(f: Fixture) {
+    let (opener, sealer) = operator();
+    let options = options(&f, &sealer, BackupMode::Full);
+    let first = cycle(&f, &options).await;
+    let (tenant, _) = two_tenants(&f);
+    let m = tenant_manifest(&f, tenant, first.id).await;
+    let e = m.encryption.unwrap();
+    let (object, recipient) = (e.tenant_key.unwrap(), e.recipients[0].clone());
+    // The attacker's key file: their own public key, under the name of the real one.
+    let attacker = Identity::generate();
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&f.storage.read(&object).await.unwrap()).unwrap();
+    file["recipient"] = attacker.to_public().to_string().into();
+    f.storage
+        .write(&object, serde_json::to_vec(&file).unwrap())
+        .await
+        .unwrap();
+    let second = cycle(&f, &options).await;
+    let m = tenant_manifest(&f, tenant, second.id).await;
+    assert_eq!(m.encryption.unwrap().recipients, vec![recipient]);
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let (_, e) = plan(&f, &catalog, &only(vec![tenant]), &opener)
+        .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, Error::TenantKey { .. }), "{e}");
 }
 
 /// Incremental with tenant keys: the second cycle reuses each tenant's unchanged partitions (its
@@ -202,21 +270,37 @@ async fn an_incremental_chain_with_tenant_keys_reuses_and_restores(f: Fixture) {
     let options = options(&f, &sealer, BackupMode::Incremental);
     let first = cycle(&f, &options).await;
     let second = cycle(&f, &options).await;
-    assert!(
-        second.files < first.files,
-        "the second cycle stored {} files, the first {}",
-        second.files,
-        first.files
-    );
-    let (tenant, _) = two_tenants(&f);
+    let (tenant, other) = two_tenants(&f);
     let (a, b) = (
         tenant_manifest(&f, tenant, first.id).await,
         tenant_manifest(&f, tenant, second.id).await,
     );
-    assert_eq!(
-        a.encryption.unwrap().tenant_key,
-        b.encryption.unwrap().tenant_key
+    let key_of = |m: &Manifest| m.encryption.as_ref().unwrap().tenant_key.clone();
+    assert_eq!(key_of(&a), key_of(&b));
+    // The tenant's own snapshot names the objects its first one stored: reused, not stored again.
+    let pooled = |m: &Manifest| -> std::collections::BTreeSet<String> {
+        m.files.iter().filter_map(|f| f.object.clone()).collect()
+    };
+    assert!(
+        !pooled(&a).is_empty() && pooled(&a) == pooled(&b),
+        "{a:?}\n{b:?}"
     );
+
+    // Forgotten, the tenant's next snapshot shares nothing with the old ones (a new key), and the
+    // other tenant's chain goes on.
+    let catalog = Catalog::load(&f.storage).await.unwrap();
+    let forgetting = plan_forget(&f.storage, &catalog, tenant).await.unwrap();
+    assert_eq!(forgetting.unreadable.len(), 2);
+    forget(&f.storage, &forgetting).await.unwrap();
+    let third = cycle(&f, &options).await;
+    let c = tenant_manifest(&f, tenant, third.id).await;
+    assert_ne!(key_of(&c), key_of(&b));
+    assert!(pooled(&c).is_disjoint(&pooled(&b)));
+    let (o2, o3) = (
+        tenant_manifest(&f, other, second.id).await,
+        tenant_manifest(&f, other, third.id).await,
+    );
+    assert_eq!(pooled(&o2), pooled(&o3));
     let before = fingerprint(&f.layout.tenant_db(tenant));
     std::fs::remove_file(f.layout.tenant_db(tenant)).unwrap();
     let catalog = Catalog::load(&f.storage).await.unwrap();
@@ -233,6 +317,7 @@ async fn rewrap_seals_the_key_files_to_new_recipients(f: Fixture) {
     let (new, new_sealer) = operator();
     let (stranger, _) = operator();
     let keys_before = key_files(&f).await;
+    let objects_before = snapshot_objects(&f).await;
     let refused = plan_rewrap(&f.storage, &stranger, &new_sealer)
         .await
         .unwrap_err();
@@ -261,9 +346,28 @@ async fn rewrap_seals_the_key_files_to_new_recipients(f: Fixture) {
     std::fs::remove_file(f.layout.tenant_db(tenant)).unwrap();
     prepare_and_commit(&f, &plan(&f, &catalog, &only(vec![tenant]), &new)).await;
     assert_eq!(fingerprint(&f.layout.tenant_db(tenant)), before);
-    // The tenant's snapshot itself was not touched: its manifest is as the cycle wrote it.
-    let m = tenant_manifest(&f, tenant, report.id).await;
-    assert_eq!(m.encryption.unwrap().recipients.len(), 1);
+    // No snapshot object was touched: only the key files changed.
+    assert!(snapshot_objects(&f).await == objects_before);
+    assert!(report.is_success());
+}
+
+/// Every object of the location but the key files, with its bytes, in key order.
+async fn snapshot_objects(f: &Fixture) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in f
+        .storage
+        .list("", hitkeep_storage::ListMode::Recursive)
+        .await
+        .unwrap()
+    {
+        if !e.is_dir && !e.key.starts_with("keys/") {
+            out.push((
+                e.key.clone(),
+                f.storage.read(&e.key).await.unwrap().to_vec(),
+            ));
+        }
+    }
+    out
 }
 
 /// Every key file with its bytes.
@@ -302,4 +406,5 @@ on_local_and_s3!(
     a_key_file_removed_by_hand_is_missing_not_forgotten,
     an_incremental_chain_with_tenant_keys_reuses_and_restores,
     rewrap_seals_the_key_files_to_new_recipients,
+    a_key_file_swapped_in_the_bucket_is_never_sealed_to,
 );

@@ -1002,8 +1002,18 @@ fn a_forgotten_tenant_is_refused_and_the_others_restore() {
     assert!(listed.contains("\"forgotten\": true"), "{listed}");
     let again = s.hk(&["backup", "forget-tenant", gone, "--yes"]);
     assert!(
-        again.contains("nothing to forget") && again.contains("unreadable already"),
-        "{again}"
+        again.starts_with("exit: 0") && again.contains("unreadable already"),
+        "forgetting again succeeds: {again}"
+    );
+    let mistyped = s.hk(&[
+        "backup",
+        "forget-tenant",
+        "5c6644da-ef00-45e6-825d-c755d19d7f9f",
+        "--yes",
+    ]);
+    assert!(
+        mistyped.starts_with("exit: 1") && mistyped.contains("nothing was made unreadable"),
+        "{mistyped}"
     );
 
     let mut with = s.env.clone();
