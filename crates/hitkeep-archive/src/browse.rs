@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
 use hitkeep_data::{quote_ident, quote_literal};
-use hitkeep_storage::{ListMode, Storage, TransferOptions};
+use hitkeep_storage::{ListMode, Storage};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -60,24 +60,34 @@ pub async fn files(
 }
 
 /// Local paths of archive objects: files in place on local disk, S3 objects downloaded into `cache` once.
+/// Sealed (encrypted) files are opened into `cache` with `opener`, wherever they are.
 pub async fn local_copies(
     storage: &Storage,
     keys: &[String],
     cache: &Path,
+    opener: Option<&hitkeep_seal::Opener>,
 ) -> Result<Vec<PathBuf>> {
     let mut paths = Vec::new();
     for key in keys {
+        let path = cache.join(key);
         if let hitkeep_config::Location::Local(root) = storage.location() {
-            paths.push(root.join(key));
+            let in_place = root.join(key);
+            if !crate::sealed::is_sealed(&in_place)? {
+                paths.push(in_place);
+                continue;
+            }
+            if !path.exists() {
+                std::fs::create_dir_all(path.parent().unwrap_or(cache))
+                    .map_err(|e| Error::io(cache, e))?;
+                crate::sealed::open(opener, &in_place, &path, &storage.describe(key)).await?;
+            }
+            paths.push(path);
             continue;
         }
-        let path = cache.join(key);
         if !path.exists() {
             std::fs::create_dir_all(path.parent().unwrap_or(cache))
                 .map_err(|e| Error::io(cache, e))?;
-            storage
-                .download_file(key, &path, None, &TransferOptions::default())
-                .await?;
+            crate::sealed::fetch(storage, key, &path, opener).await?;
         }
         paths.push(path);
     }

@@ -31,12 +31,27 @@ pub enum ErrorKind {
     Io,
     /// A check that cannot fail did: a bug. Nothing was deleted.
     Internal,
+    /// A sealed (encrypted) archive file needs an identity that was not given, or a recipient's.
+    Refused,
 }
 
 /// Archiving, listing, querying or restoring failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A sealed archive file did not open.
+    #[error("{key}: {}", match failure {
+        hitkeep_seal::OpenFailure::NoIdentity => "the archive file is encrypted and no identity was given",
+        hitkeep_seal::OpenFailure::WrongIdentity => "none of the identities given opens this encrypted archive file",
+        hitkeep_seal::OpenFailure::Unwritable => "its plaintext could not be written to local disk",
+        _ => "the encrypted archive file is damaged or was replaced (it fails authentication)",
+    })]
+    Sealed {
+        /// The object.
+        key: String,
+        /// Why.
+        failure: hitkeep_seal::OpenFailure,
+    },
     /// Object storage failed.
     #[error(transparent)]
     Storage(Box<hitkeep_storage::Error>),
@@ -190,6 +205,11 @@ impl Error {
             Error::DeleteCountMismatch { .. } => ErrorKind::Internal,
             Error::RowsChanged { .. } => ErrorKind::Conflict,
             Error::ImportFile { source, .. } => source.kind(),
+            Error::Sealed { failure, .. } => match failure {
+                hitkeep_seal::OpenFailure::Unwritable => ErrorKind::Io,
+                hitkeep_seal::OpenFailure::Damaged => ErrorKind::Integrity,
+                _ => ErrorKind::Refused,
+            },
         }
     }
 
@@ -207,6 +227,17 @@ impl Error {
                 "restore it first (`hitkeep recover restore-backup -tenant UUID`), or start HitKeep once so that it creates the tenant's database"
             }
             Error::NotAnArchive => "move files that are not archives out of the archive location",
+            Error::Sealed { failure, .. } => match failure {
+                hitkeep_seal::OpenFailure::Unwritable => {
+                    "check the free space of the archive cache"
+                }
+                hitkeep_seal::OpenFailure::Damaged => {
+                    "restore the file from a copy; `hitkeep archive list` shows which runs it holds"
+                }
+                _ => {
+                    "set HITKEEP_BACKUP_IDENTITY_FILE to an identity of HITKEEP_BACKUP_RECIPIENTS, or run this on the host that archived it (its {data}/.hitkeep-archive-key opens it)"
+                }
+            },
             Error::ImportFile { before, source, .. } => {
                 let rest = format!(
                     "{before} earlier archive file(s) stay imported; running the command again imports the rest and skips their rows"

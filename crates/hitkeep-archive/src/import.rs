@@ -98,7 +98,12 @@ impl ImportPlan {
 
     /// Imports every file in order, each in one transaction, then checkpoints. A failing file is
     /// rolled back and ends the import ([`Error::ImportFile`] says how many went before it).
-    pub async fn execute(&self, storage: &Storage, layout: &DataLayout) -> Result<ImportSummary> {
+    pub async fn execute(
+        &self,
+        storage: &Storage,
+        layout: &DataLayout,
+        opener: Option<&hitkeep_seal::Opener>,
+    ) -> Result<ImportSummary> {
         let conn = layout.open(&self.target, OpenMode::Existing)?;
         let schema = tokio::task::block_in_place(|| Schema::read(&conn))?;
         // S3 objects are downloaded beside the target, on the disk that will hold their rows anyway.
@@ -118,13 +123,18 @@ impl ImportPlan {
                 before: summary.files,
                 source: Box::new(e),
             };
-            let local =
-                crate::browse::local_copies(storage, std::slice::from_ref(key), scratch.path())
-                    .await
-                    .map_err(in_file)?;
+            let local = crate::browse::local_copies(
+                storage,
+                std::slice::from_ref(key),
+                scratch.path(),
+                opener,
+            )
+            .await
+            .map_err(in_file)?;
             let counts = tokio::task::block_in_place(|| import_file(&conn, &schema, &local[0]))
                 .map_err(in_file)?;
-            if storage.location().is_s3() {
+            // A copy (downloaded, or opened): removed; a plain local file read in place: kept.
+            if local[0].starts_with(scratch.path()) {
                 let _ = std::fs::remove_file(&local[0]);
             }
             for (table, c) in counts {

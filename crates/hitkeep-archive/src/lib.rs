@@ -21,6 +21,7 @@ mod error;
 mod import;
 mod ledger;
 mod run;
+mod sealed;
 mod tables;
 
 pub use crate::{

@@ -47,6 +47,12 @@ pub struct ArchiveOptions {
     pub now: Timestamp,
     /// Told what the run does as it goes.
     pub events: Arc<dyn ArchiveEvents>,
+    /// When set, every file is sealed to these recipients (the operator's, and the host's archive
+    /// key) before its upload.
+    pub sealer: Option<Arc<hitkeep_seal::Sealer>>,
+    /// What opens sealed files: the run's read-backs and the recovery of a run that stopped before
+    /// its delete.
+    pub opener: Option<Arc<hitkeep_seal::Opener>>,
 }
 
 impl std::fmt::Debug for ArchiveOptions {
@@ -55,6 +61,8 @@ impl std::fmt::Debug for ArchiveOptions {
             .field("staging_dir", &self.staging_dir)
             .field("dry_run", &self.dry_run)
             .field("now", &self.now)
+            .field("sealer", &self.sealer)
+            .field("opener", &self.opener)
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +75,8 @@ impl ArchiveOptions {
             dry_run,
             now: Timestamp::now(),
             events: Arc::new(NoEvents),
+            sealer: None,
+            opener: None,
         }
     }
 
@@ -306,10 +316,10 @@ pub async fn archive_site(
             storage,
             conn,
             policy,
-            &dir,
-            &ledger_key,
+            (&dir, &ledger_key),
             &mut ledger,
             &mut recovered,
+            options.opener.as_deref(),
         )
         .await?;
     }
@@ -368,6 +378,8 @@ pub async fn archive_site(
             parts: &parts,
             counts: &counts,
             scratch: staging.path(),
+            sealer: options.sealer.as_deref(),
+            opener: options.opener.as_deref(),
         },
         save_ledger(storage, &ledger_key, &ledger),
     )
@@ -416,10 +428,10 @@ async fn recover(
     storage: &Storage,
     conn: &Connection,
     policy: &SitePolicy,
-    dir: &str,
-    ledger_key: &str,
+    (dir, ledger_key): (&str, &str),
     ledger: &mut Ledger,
     recovered: &mut Vec<String>,
+    opener: Option<&hitkeep_seal::Opener>,
 ) -> Result<()> {
     let mut i = 0;
     while i < ledger.entries.len() {
@@ -450,7 +462,7 @@ async fn recover(
                     EntryFormat::OneFile => join(dir, &entry.file),
                     EntryFormat::PerTable { .. } => format!("{}.*.parquet", join(dir, &entry.file)),
                 };
-                let copies = download_copies(storage, dir, &entry, scratch.path()).await?;
+                let copies = download_copies(storage, dir, &entry, scratch.path(), opener).await?;
                 // Not exact: the interrupted delete may have committed (its rows are gone, and the
                 // file holds more than is live). Every live row before the cutoff must still be in
                 // the file: rows replaced since, e.g. by a re-import, are in no archive.
@@ -692,32 +704,19 @@ async fn download_copies(
     dir: &str,
     entry: &LedgerEntry,
     scratch: &Path,
+    opener: Option<&hitkeep_seal::Opener>,
 ) -> Result<Copies> {
     match &entry.format {
         EntryFormat::OneFile => {
             let local = scratch.join("verified.parquet");
-            storage
-                .download_file(
-                    &join(dir, &entry.file),
-                    &local,
-                    None,
-                    &TransferOptions::default(),
-                )
-                .await?;
+            crate::sealed::fetch(storage, &join(dir, &entry.file), &local, opener).await?;
             Ok(Copies::OneFile(local))
         }
         EntryFormat::PerTable { parts } => {
             let mut copies = BTreeMap::new();
             for (table, object) in parts {
                 let local = scratch.join(format!("verified.{table}.parquet"));
-                storage
-                    .download_file(
-                        &join(dir, object),
-                        &local,
-                        None,
-                        &TransferOptions::default(),
-                    )
-                    .await?;
+                crate::sealed::fetch(storage, &join(dir, object), &local, opener).await?;
                 copies.insert(table.clone(), local);
             }
             Ok(Copies::PerTable(copies))
@@ -889,6 +888,10 @@ struct ExportPlan<'a> {
     counts: &'a BTreeMap<String, u64>,
     /// The site's staging folder: the exports and their read-back copies.
     scratch: &'a Path,
+    /// Seals each file before its upload, when set.
+    sealer: Option<&'a hitkeep_seal::Sealer>,
+    /// Opens the sealed read-backs.
+    opener: Option<&'a hitkeep_seal::Opener>,
 }
 
 /// The verified objects of an entry.
@@ -998,17 +1001,40 @@ async fn send_and_check(
 ) -> Result<(&'static str, PathBuf, u64)> {
     let object = &plan.parts[table];
     let key = join(plan.dir, object);
+    // Sealed, the local file is replaced by its age file: no plaintext is uploaded, and the read-back
+    // opens the stored object with the host's archive key.
+    let local = match plan.sealer {
+        Some(sealer) => {
+            let sealed = local.with_extension("parquet.age");
+            let outcome = crate::sealed::seal(sealer, &local, &sealed).await;
+            let _ = std::fs::remove_file(&local);
+            if let Err(e) = outcome {
+                let _ = std::fs::remove_file(&sealed);
+                return Err(e);
+            }
+            sealed
+        }
+        None => local,
+    };
     uploaded
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(key.clone());
     let info = storage
         .upload_file(&local, &key, &TransferOptions::default())
-        .await?;
+        .await;
     let _ = std::fs::remove_file(&local);
+    let info = info?;
     let expected = plan.counts.get(table).copied().unwrap_or(0);
     let copy = plan.scratch.join(format!("readback.{object}"));
-    verify_object(storage, &key, (table, expected), &copy, reader).await?;
+    verify_object(
+        storage,
+        &key,
+        (table, expected),
+        &copy,
+        (reader, plan.opener),
+    )
+    .await?;
     Ok((table, copy, info.size))
 }
 
@@ -1065,11 +1091,9 @@ async fn verify_object(
     key: &str,
     (table, expected): (&str, u64),
     local: &Path,
-    reader: &ReadBack,
+    (reader, opener): (&ReadBack, Option<&hitkeep_seal::Opener>),
 ) -> Result<()> {
-    storage
-        .download_file(key, local, None, &TransferOptions::default())
-        .await?;
+    crate::sealed::fetch(storage, key, local, opener).await?;
     // On a blocking thread of its own, so that other tables' transfers go on meanwhile.
     let from = format!(
         "read_parquet({})",

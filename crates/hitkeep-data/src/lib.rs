@@ -33,7 +33,7 @@ pub use held::{Held, HeldDatabases};
 pub use lock::{Holder, LockHolder, LockMode, lock_holder};
 pub use paths::{ARCHIVE_CACHE_DIR, BACKUP_LOCK_FILE, STATUS_FILE};
 pub use settings::{PARQUET_WRITE_SETTINGS, Scope, Setting, with_settings};
-pub use source::{INDEX_KEY_FILE, SOURCE_FILE, SourceId, TENANT_KEYS_DIR};
+pub use source::{ARCHIVE_KEY_FILE, INDEX_KEY_FILE, SOURCE_FILE, SourceId, TENANT_KEYS_DIR};
 pub use staging::{JobKind, STAGING_DIR, StagingDir};
 pub use tenants::{
     SPLIT_COMPACTED_MARKER, SPLIT_MARKER, TenantLayout, TenantSet, default_tenant, detect_layout,

@@ -21,6 +21,8 @@ use crate::{DataError, DataLayout};
 pub const SOURCE_FILE: &str = ".hitkeep-source";
 /// The index key's file in the data directory ([`DataLayout::index_key_file`]).
 pub const INDEX_KEY_FILE: &str = ".hitkeep-index-key";
+/// The host's archive key's file in the data directory ([`DataLayout::archive_key_file`]).
+pub const ARCHIVE_KEY_FILE: &str = ".hitkeep-archive-key";
 /// The folder of the tenants' public keys in the data directory ([`DataLayout::tenant_keys_dir`]).
 pub const TENANT_KEYS_DIR: &str = ".hitkeep-tenant-keys";
 
@@ -88,6 +90,12 @@ impl DataLayout {
     /// partition indexes, made by the first such cycle.
     pub fn index_key_file(&self) -> PathBuf {
         self.data_path.join(INDEX_KEY_FILE)
+    }
+
+    /// `{data}/.hitkeep-archive-key`: the key this installation seals its archive files to besides
+    /// the operator's recipients, so that a run reads back what it wrote before it deletes rows.
+    pub fn archive_key_file(&self) -> PathBuf {
+        self.data_path.join(ARCHIVE_KEY_FILE)
     }
 
     /// `{data}/.hitkeep-tenant-keys`: the public key each tenant's snapshots are sealed to, one file

@@ -246,5 +246,6 @@ async fn committed_copies(
         .map(|(key, _, _)| key)
         .collect();
     let cache = engine.layout().archive_cache_dir();
-    Ok(hitkeep_archive::local_copies(storage, &keys, &cache).await?)
+    let (_, opener) = engine.archive_keys()?;
+    Ok(hitkeep_archive::local_copies(storage, &keys, &cache, opener.as_deref()).await?)
 }

@@ -124,6 +124,52 @@ impl Engine {
         Ok(Some(Arc::new(opener)))
     }
 
+    /// How archive files are sealed and opened. With recipients, each file is sealed to them and to
+    /// the host's archive key (`{data}/.hitkeep-archive-key`, made when first needed), so the run
+    /// reads back what it wrote before it deletes rows and `archive query` works on the host; reads
+    /// open with that key (when there is one) and with `HITKEEP_BACKUP_IDENTITY_FILE`'s identities.
+    pub fn archive_keys(
+        &self,
+    ) -> Result<(
+        Option<Arc<hitkeep_backup::Sealer>>,
+        Option<Arc<hitkeep_backup::Opener>>,
+    )> {
+        let path = self.layout.archive_key_file();
+        let recipients = &self.settings.backup.recipients;
+        let host = match !recipients.is_empty() || path.exists() {
+            true => Some(
+                hitkeep_backup::HostKey::read_or_create(&path).map_err(|why| {
+                    Error::Unsuitable {
+                        message: format!("the archive key: {why}"),
+                        hint: None,
+                    }
+                })?,
+            ),
+            false => None,
+        };
+        let sealer = match (&host, recipients.is_empty()) {
+            (Some(key), false) => {
+                let mut to = recipients.clone();
+                to.push(key.recipient());
+                hitkeep_backup::Sealer::new(&to)
+                    .map_err(|why| Error::Unsuitable {
+                        message: format!("HITKEEP_BACKUP_RECIPIENTS: {why}"),
+                        hint: None,
+                    })?
+                    .map(Arc::new)
+            }
+            _ => None,
+        };
+        let identities = self.opener()?.map(|o| (*o).clone());
+        let opener = match (identities, &host) {
+            (Some(o), Some(key)) => Some(o.with_host_key(key)),
+            (Some(o), None) => Some(o),
+            (None, Some(key)) => Some(hitkeep_backup::Opener::new(Vec::new()).with_host_key(key)),
+            (None, None) => None,
+        };
+        Ok((sealer, opener.map(Arc::new)))
+    }
+
     /// The backup job: one cycle of every database, then retention (when it applies) and the
     /// leftovers of interrupted runs. A failed clean-up after a committed cycle is a warning, never
     /// a failed backup.

@@ -62,6 +62,7 @@ pub struct ArchiveImport {
     storage: Storage,
     plan: ImportPlan,
     layout: DataLayout,
+    opener: Option<std::sync::Arc<hitkeep_backup::Opener>>,
 }
 
 /// Plans the import of `tenant`'s archives (the default tenant's when `None`) from the engine's
@@ -69,10 +70,12 @@ pub struct ArchiveImport {
 pub async fn plan_import(engine: &Engine, tenant: Option<Uuid>) -> Result<ArchiveImport> {
     let storage = Storage::open_existing(&engine.settings().archive, &engine.settings().s3).await?;
     let plan = ImportPlan::new(&storage, engine.layout(), tenant).await?;
+    let (_, opener) = engine.archive_keys()?;
     Ok(ArchiveImport {
         storage,
         plan,
         layout: engine.layout().clone(),
+        opener,
     })
 }
 
@@ -95,6 +98,9 @@ impl ArchiveImport {
     /// Imports every file, each in one transaction; a second run imports nothing. Needs a
     /// multi-threaded tokio runtime (DuckDB's work runs in place on its thread).
     pub async fn execute(self) -> Result<ImportSummary> {
-        Ok(self.plan.execute(&self.storage, &self.layout).await?)
+        Ok(self
+            .plan
+            .execute(&self.storage, &self.layout, self.opener.as_deref())
+            .await?)
     }
 }

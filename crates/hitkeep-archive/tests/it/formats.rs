@@ -79,7 +79,7 @@ async fn a_run_writes_one_narrow_file_per_table_and_lists_them() {
     };
     assert_eq!(parts.keys().collect::<Vec<_>>(), tables);
     let conn = open_database(&f.db_of(&report.policy), OpenMode::Existing).unwrap();
-    let copies = local_copies(&f.storage, &report.files, &f.dir.path().join("c"))
+    let copies = local_copies(&f.storage, &report.files, &f.dir.path().join("c"), None)
         .await
         .unwrap();
     for (path, (table, object)) in copies.iter().zip(parts) {
@@ -198,7 +198,7 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
         .map(|(k, _, _)| k)
         .collect();
     assert_eq!(keys, std::slice::from_ref(&key));
-    let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache"))
+    let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache"), None)
         .await
         .unwrap();
     assert_eq!(in_view(&paths), archived);
@@ -225,7 +225,7 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
         .await
         .unwrap();
     assert!(plan.files.contains(&key), "{:?}", plan.files);
-    plan.execute(&f.storage, &f.layout).await.unwrap();
+    plan.execute(&f.storage, &f.layout, None).await.unwrap();
     let conn = open_database(&f.db_of(&policy), OpenMode::Existing).unwrap();
     assert_eq!(expired(&conn, site, cutoff), archived, "imported back");
     drop(conn);
@@ -254,7 +254,7 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
         .map(|(k, _, _)| k)
         .collect();
     assert_eq!(keys.len(), 1 + this.files.len());
-    let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache"))
+    let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache"), None)
         .await
         .unwrap();
     let mut counted = this.counts.clone();

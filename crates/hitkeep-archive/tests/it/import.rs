@@ -79,7 +79,10 @@ impl Setup {
         let plan = ImportPlan::new(&self.storage, &self.layout, tenant)
             .await
             .unwrap();
-        let summary = plan.execute(&self.storage, &self.layout).await.unwrap();
+        let summary = plan
+            .execute(&self.storage, &self.layout, None)
+            .await
+            .unwrap();
         assert_eq!(summary.files, plan.files.len());
         summary.tables
     }
@@ -206,7 +209,7 @@ async fn rows_of_a_deleted_site_are_skipped_and_counted() {
 
 /// Rows per `_source` of one site in the given archive files.
 async fn archived_rows_of(s: &Setup, keys: &[String], site: &str) -> BTreeMap<String, u64> {
-    let paths = hitkeep_archive::local_copies(&s.storage, keys, &s.dir.path().join("copies"))
+    let paths = hitkeep_archive::local_copies(&s.storage, keys, &s.dir.path().join("copies"), None)
         .await
         .unwrap();
     let list = paths
@@ -332,7 +335,7 @@ async fn parents_come_first_and_rows_without_a_parent_are_skipped() {
         .await
         .unwrap();
     assert_eq!(plan.files.len(), 2, "only site_*.parquet: {:?}", plan.files);
-    let err = plan.execute(&s.storage, &s.layout).await.unwrap_err();
+    let err = plan.execute(&s.storage, &s.layout, None).await.unwrap_err();
     let text = err.to_string();
     assert!(
         matches!(err, Error::ImportFile { before: 1, .. })

@@ -755,3 +755,6 @@ async fn a_row_rewritten_between_export_and_delete_is_never_deleted() {
         .unwrap();
     assert_eq!(archived_path, "/rewritten-after-export");
 }
+
+// After `on_every_backend!`, which it uses.
+mod sealed;
