@@ -214,3 +214,60 @@ fn the_list_as_printed() {
         insta::assert_snapshot!("archive_list", shown);
     });
 }
+
+/// With recipients set, archives are sealed: the whole round trip (run, query, restore, archive
+/// again) works on the host through its archive key; every archive file on disk is an age file;
+/// without a key that opens them a query stops with exit 1 naming the identity setting, and the
+/// operator's identity alone opens them.
+#[test]
+fn an_encrypted_archive_round_trip_on_local_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = local_env(dir.path());
+    let identity = dir.path().join("operator.key");
+    let made = hk(&["backup", "keygen", &identity.display().to_string()], &env, dir.path());
+    let public = made.lines().nth(2).unwrap_or_default().to_owned();
+    assert!(public.starts_with("age1"), "{made}");
+    env.push(("HITKEEP_BACKUP_RECIPIENTS".into(), public));
+    round_trip(dir.path(), &env);
+    let mut sealed = 0;
+    for entry in walk(&dir.path().join("archive")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        if entry.extension().is_some_and(|e| e == "parquet") {
+            assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{}", entry.display());
+            sealed += 1;
+        }
+    }
+    assert!(sealed >= 6, "{sealed}");
+
+    // Elsewhere (no host key, no cached copies): refused without the identity, read with it.
+    let data = dir.path().join("data");
+    std::fs::remove_file(data.join(".hitkeep-archive-key")).unwrap();
+    let _ = std::fs::remove_dir_all(data.join(hitkeep_data::ARCHIVE_CACHE_DIR));
+    env.retain(|(k, _)| k != "HITKEEP_BACKUP_RECIPIENTS");
+    let query = ["archive", "query", "SELECT count(*) AS n FROM archive"];
+    let refused = hk(&query, &env, dir.path());
+    assert!(
+        refused.starts_with("exit: 1") && refused.contains("HITKEEP_BACKUP_IDENTITY_FILE"),
+        "{refused}"
+    );
+    env.push((
+        "HITKEEP_BACKUP_IDENTITY_FILE".into(),
+        identity.display().to_string(),
+    ));
+    let opened = hk(&query, &env, dir.path());
+    assert!(opened.starts_with("exit: 0"), "{opened}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
