@@ -272,3 +272,37 @@ pub fn tenant_keys(ctx: &mut Ctx) -> Result<()> {
     );
     Ok(())
 }
+
+/// The archive scenario with recipients set (run, query, restore, a second run, balances read by
+/// DuckDB 1.5), then every archive object downloaded: each Parquet file is an age file and none holds
+/// the demo's row values.
+pub fn archives(ctx: &mut Ctx) -> Result<()> {
+    super::scenarios::archives(ctx)?;
+    let local = ctx.dir("archives-scan")?;
+    ctx.rclone
+        .copy(&local, &ctx.s3.key("archives/archive"), false, &[])?;
+    let mut files = Vec::new();
+    for path in entries(&local)?.into_iter().filter(|p| p.is_file()) {
+        let shown = path.strip_prefix(&local)?.to_string_lossy().into_owned();
+        files.push((shown, std::fs::read(&path)?));
+    }
+    let parquet: Vec<_> = files
+        .iter()
+        .filter(|(n, _)| n.ends_with(".parquet"))
+        .collect();
+    let open: Vec<&str> = parquet
+        .iter()
+        .filter(|(_, b)| !b.starts_with(AGE_HEADER) || b.windows(MARKER.len()).any(|w| w == MARKER))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    ctx.report.check(
+        format!(
+            "all {} archive files in the bucket are age files holding none of the demo's {:?}",
+            parquet.len(),
+            String::from_utf8_lossy(MARKER)
+        ),
+        !parquet.is_empty() && open.is_empty(),
+        format!("not sealed: {open:?}"),
+    );
+    Ok(())
+}

@@ -393,6 +393,11 @@ fn encrypted_sections(ctx: &mut Ctx, kills_and_proxy: bool) {
             &format!("tenant keys: forget-tenant, the other tenants restore{tag}"),
             encrypted::tenant_keys,
         );
+        section(
+            ctx,
+            &format!("archives: run, query, restore, sealed in the bucket{tag}"),
+            encrypted::archives,
+        );
     }
     section(
         ctx,

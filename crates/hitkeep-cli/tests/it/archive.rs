@@ -224,7 +224,11 @@ fn an_encrypted_archive_round_trip_on_local_disk() {
     let dir = tempfile::tempdir().unwrap();
     let mut env = local_env(dir.path());
     let identity = dir.path().join("operator.key");
-    let made = hk(&["backup", "keygen", &identity.display().to_string()], &env, dir.path());
+    let made = hk(
+        &["backup", "keygen", &identity.display().to_string()],
+        &env,
+        dir.path(),
+    );
     let public = made.lines().nth(2).unwrap_or_default().to_owned();
     assert!(public.starts_with("age1"), "{made}");
     env.push(("HITKEEP_BACKUP_RECIPIENTS".into(), public));
@@ -233,7 +237,11 @@ fn an_encrypted_archive_round_trip_on_local_disk() {
     for entry in walk(&dir.path().join("archive")) {
         let bytes = std::fs::read(&entry).unwrap();
         if entry.extension().is_some_and(|e| e == "parquet") {
-            assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{}", entry.display());
+            assert!(
+                bytes.starts_with(b"age-encryption.org/v1\n"),
+                "{}",
+                entry.display()
+            );
             sealed += 1;
         }
     }
