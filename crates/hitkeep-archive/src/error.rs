@@ -229,13 +229,13 @@ impl Error {
             Error::NotAnArchive => "move files that are not archives out of the archive location",
             Error::Sealed { failure, .. } => match failure {
                 hitkeep_seal::OpenFailure::Unwritable => {
-                    "check the free space of the archive cache"
+                    "check the free space and permissions of the local folder it was opened into"
                 }
                 hitkeep_seal::OpenFailure::Damaged => {
                     "restore the file from a copy; `hitkeep archive list` shows which runs it holds"
                 }
                 _ => {
-                    "set HITKEEP_BACKUP_IDENTITY_FILE to an identity of HITKEEP_BACKUP_RECIPIENTS, or run this on the host that archived it (its {data}/.hitkeep-archive-key opens it)"
+                    "set HITKEEP_BACKUP_IDENTITY_FILE to an identity of the recipients it was sealed to; on the host that archived it, its {data}/.hitkeep-archive-key opens it too (if that key was replaced, only the identity does)"
                 }
             },
             Error::ImportFile { before, source, .. } => {

@@ -36,7 +36,9 @@ pub(crate) async fn seal(sealer: &Sealer, plain: &Path, sealed: &Path) -> Result
         .map_err(|e| Error::io(sealed, e))
 }
 
-/// Opens the age file `sealed` (the object `key`) into `plain`, with `opener`.
+/// Opens the age file `sealed` (the object `key`) into `plain`, with `opener`: into a file of its own
+/// first, renamed into place once whole, so a reader never meets a part (two readers may open the
+/// same file at once; the last rename wins, with equal content).
 pub(crate) async fn open(
     opener: Option<&Opener>,
     sealed: &Path,
@@ -48,32 +50,46 @@ pub(crate) async fn open(
         failure,
     };
     let opener = opener.ok_or(refuse(OpenFailure::NoIdentity))?.clone();
-    let (from, to) = (sealed.to_owned(), plain.to_owned());
+    let part = beside(plain, "opening");
+    let (from, to) = (sealed.to_owned(), part.clone());
     let opened = tokio::task::spawn_blocking(move || opener.open_file(&from, &to))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    if let Err(failure) = opened {
-        let _ = std::fs::remove_file(plain);
-        return Err(refuse(failure));
-    }
-    Ok(())
+    let placed = match opened {
+        Ok(_) => std::fs::rename(&part, plain).map_err(|e| Error::io(plain, e)),
+        Err(failure) => Err(refuse(failure)),
+    };
+    let _ = std::fs::remove_file(&part);
+    placed
 }
 
-/// Downloads the object `key` into `local`, opened when it is sealed.
+/// Downloads the object `key` into `local`, opened when it is sealed; `local` appears only whole.
 pub(crate) async fn fetch(
     storage: &Storage,
     key: &str,
     local: &Path,
     opener: Option<&Opener>,
 ) -> Result<()> {
-    let raw = local.with_extension("download");
-    storage
-        .download_file(key, &raw, None, &TransferOptions::default())
-        .await?;
-    let outcome = match is_sealed(&raw)? {
-        true => open(opener, &raw, local, &storage.describe(key)).await,
-        false => std::fs::rename(&raw, local).map_err(|e| Error::io(local, e)),
-    };
+    let raw = beside(local, "download");
+    let outcome = async {
+        storage
+            .download_file(key, &raw, None, &TransferOptions::default())
+            .await?;
+        match is_sealed(&raw)? {
+            true => open(opener, &raw, local, &storage.describe(key)).await,
+            false => std::fs::rename(&raw, local).map_err(|e| Error::io(local, e)),
+        }
+    }
+    .await;
     let _ = std::fs::remove_file(&raw);
     outcome
+}
+
+/// A name of its own beside `path`, for a file on its way there.
+fn beside(path: &Path, what: &str) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{what}-{:016x}", fastrand::u64(..)))
 }

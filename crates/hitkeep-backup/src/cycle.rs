@@ -346,7 +346,9 @@ pub async fn run_cycle(
     // Encrypted incremental snapshots keep their partitions in an index only this host opens.
     let index_key = match (&options.sealer, options.mode) {
         (Some(_), BackupMode::Incremental) => Some(Arc::new(
-            HostKey::read_or_create(&options.index_key_file).map_err(Error::IndexKey)?,
+            HostKey::read_or_create(&options.index_key_file).map_err(|why| {
+                Error::IndexKey(format!("{why}: remove it, and the next cycle makes a new one and exports every partition again"))
+            })?,
         )),
         _ => None,
     };

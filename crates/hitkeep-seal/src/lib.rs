@@ -126,19 +126,30 @@ impl HostKey {
         self.identity.to_public().to_string()
     }
 
-    /// The key in `path`, made there when there is none. An unreadable or damaged file is an error
-    /// naming it (without its content) and what to do.
-    pub fn read_or_create(path: &Path) -> Result<HostKey, String> {
+    /// The key in `path`, if there is one. An unreadable or damaged file is an error naming it
+    /// (without its content); what losing it costs is the caller's to say.
+    pub fn read(path: &Path) -> Result<Option<HostKey>, String> {
         let shown = path.display();
         match std::fs::read_to_string(path) {
             Ok(text) => Opener::from_text(&text)
-                .map(|o| HostKey {
-                    identity: o.identities[0].clone(),
+                .map(|o| {
+                    Some(HostKey {
+                        identity: o.identities[0].clone(),
+                    })
                 })
-                .map_err(|why| {
-                    format!("the index key {shown} is damaged ({why}): remove it, and the next cycle makes a new one and exports every partition again")
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                .map_err(|why| format!("the host key {shown} is damaged ({why})")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read the host key {shown}: {e}")),
+        }
+    }
+
+    /// The key in `path`, made there when there is none; errors as [`HostKey::read`].
+    pub fn read_or_create(path: &Path) -> Result<HostKey, String> {
+        let shown = path.display();
+        match HostKey::read(path) {
+            Ok(Some(key)) => Ok(key),
+            Err(why) => Err(why),
+            Ok(None) => {
                 let identity = Identity::generate();
                 match write_identity(path, &identity) {
                     Ok(()) => Ok(HostKey { identity }),
@@ -146,10 +157,9 @@ impl HostKey {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         HostKey::read_or_create(path)
                     }
-                    Err(e) => Err(format!("cannot write the index key {shown}: {e}")),
+                    Err(e) => Err(format!("cannot write the host key {shown}: {e}")),
                 }
             }
-            Err(e) => Err(format!("cannot read the index key {shown}: {e}")),
         }
     }
 

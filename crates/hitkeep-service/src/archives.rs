@@ -246,6 +246,6 @@ async fn committed_copies(
         .map(|(key, _, _)| key)
         .collect();
     let cache = engine.layout().archive_cache_dir();
-    let (_, opener) = engine.archive_keys()?;
+    let opener = engine.archive_opener()?;
     Ok(hitkeep_archive::local_copies(storage, &keys, &cache, opener.as_deref()).await?)
 }

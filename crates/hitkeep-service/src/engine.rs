@@ -124,50 +124,47 @@ impl Engine {
         Ok(Some(Arc::new(opener)))
     }
 
-    /// How archive files are sealed and opened. With recipients, each file is sealed to them and to
-    /// the host's archive key (`{data}/.hitkeep-archive-key`, made when first needed), so the run
-    /// reads back what it wrote before it deletes rows and `archive query` works on the host; reads
-    /// open with that key (when there is one) and with `HITKEEP_BACKUP_IDENTITY_FILE`'s identities.
-    pub fn archive_keys(
+    /// How an archive run seals its files and reads them back: with recipients, each file is sealed
+    /// to them and to the host's archive key (`{data}/.hitkeep-archive-key`, made by the first such
+    /// run), which opens the read-backs. `(None, None)` without recipients: files stay plain.
+    pub fn archive_sealing(
         &self,
     ) -> Result<(
         Option<Arc<hitkeep_backup::Sealer>>,
         Option<Arc<hitkeep_backup::Opener>>,
     )> {
-        let path = self.layout.archive_key_file();
         let recipients = &self.settings.backup.recipients;
-        let host = match !recipients.is_empty() || path.exists() {
-            true => Some(
-                hitkeep_backup::HostKey::read_or_create(&path).map_err(|why| {
-                    Error::Unsuitable {
-                        message: format!("the archive key: {why}"),
-                        hint: None,
-                    }
-                })?,
-            ),
-            false => None,
-        };
-        let sealer = match (&host, recipients.is_empty()) {
-            (Some(key), false) => {
-                let mut to = recipients.clone();
-                to.push(key.recipient());
-                hitkeep_backup::Sealer::new(&to)
-                    .map_err(|why| Error::Unsuitable {
-                        message: format!("HITKEEP_BACKUP_RECIPIENTS: {why}"),
-                        hint: None,
-                    })?
-                    .map(Arc::new)
-            }
-            _ => None,
-        };
-        let identities = self.opener()?.map(|o| (*o).clone());
-        let opener = match (identities, &host) {
-            (Some(o), Some(key)) => Some(o.with_host_key(key)),
-            (Some(o), None) => Some(o),
-            (None, Some(key)) => Some(hitkeep_backup::Opener::new(Vec::new()).with_host_key(key)),
+        if recipients.is_empty() {
+            // Files sealed by earlier runs may still need their read-back in a recovery.
+            return Ok((None, self.host_archive_key()?.map(host_opener)));
+        }
+        let path = self.layout.archive_key_file();
+        let key = hitkeep_backup::HostKey::read_or_create(&path).map_err(archive_key_problem)?;
+        let mut to = recipients.clone();
+        to.push(key.recipient());
+        let sealer = hitkeep_backup::Sealer::new(&to).map_err(|why| Error::Unsuitable {
+            message: format!("HITKEEP_BACKUP_RECIPIENTS: {why}"),
+            hint: None,
+        })?;
+        Ok((sealer.map(Arc::new), Some(host_opener(key))))
+    }
+
+    /// What opens sealed archive files for `archive query`, `archive restore` and
+    /// `import-archives`: the host's archive key when this host has one (never made here), and the
+    /// identities of `HITKEEP_BACKUP_IDENTITY_FILE` when it is set. `None` when neither.
+    pub fn archive_opener(&self) -> Result<Option<Arc<hitkeep_backup::Opener>>> {
+        let host = self.host_archive_key()?;
+        let opener = match (self.opener()?, host) {
+            (Some(o), Some(key)) => Some((*o).clone().with_host_key(&key)),
+            (Some(o), None) => Some((*o).clone()),
+            (None, Some(key)) => Some(hitkeep_backup::Opener::new(Vec::new()).with_host_key(&key)),
             (None, None) => None,
         };
-        Ok((sealer, opener.map(Arc::new)))
+        Ok(opener.map(Arc::new))
+    }
+
+    fn host_archive_key(&self) -> Result<Option<hitkeep_backup::HostKey>> {
+        hitkeep_backup::HostKey::read(&self.layout.archive_key_file()).map_err(archive_key_problem)
     }
 
     /// The backup job: one cycle of every database, then retention (when it applies) and the
@@ -320,4 +317,17 @@ pub async fn sweep_partial_uploads(storage: &Storage) -> Option<SweepReport> {
         tracing::warn!(key = p.key, error = %e, "could not remove a partial upload left by a killed run");
     }
     Some(report)
+}
+
+/// An opener of the host's archive key alone.
+fn host_opener(key: hitkeep_backup::HostKey) -> Arc<hitkeep_backup::Opener> {
+    Arc::new(hitkeep_backup::Opener::new(Vec::new()).with_host_key(&key))
+}
+
+/// A damaged or unreadable archive key, and what to do.
+fn archive_key_problem(why: String) -> Error {
+    Error::Unsuitable {
+        message: format!("the archive key: {why}"),
+        hint: Some("restore it from a copy; removed, a new one is made, and the archives sealed to the old one open only with HITKEEP_BACKUP_IDENTITY_FILE".into()),
+    }
 }

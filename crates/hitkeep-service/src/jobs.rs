@@ -56,7 +56,9 @@ impl Engine {
     pub async fn archive(&self, dry_run: bool, stop: Option<Stop>) -> Result<ArchiveRun> {
         let storage = Storage::open(&self.settings().archive, &self.settings().s3).await?;
         let mut options = ArchiveOptions::for_layout(self.layout(), dry_run);
-        (options.sealer, options.opener) = self.archive_keys()?;
+        if !dry_run {
+            (options.sealer, options.opener) = self.archive_sealing()?;
+        }
         let stopper = Arc::new(StopBetweenSites(
             stop.unwrap_or_default(),
             AtomicUsize::new(0),

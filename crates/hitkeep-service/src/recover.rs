@@ -70,7 +70,7 @@ pub struct ArchiveImport {
 pub async fn plan_import(engine: &Engine, tenant: Option<Uuid>) -> Result<ArchiveImport> {
     let storage = Storage::open_existing(&engine.settings().archive, &engine.settings().s3).await?;
     let plan = ImportPlan::new(&storage, engine.layout(), tenant).await?;
-    let (_, opener) = engine.archive_keys()?;
+    let opener = engine.archive_opener()?;
     Ok(ArchiveImport {
         storage,
         plan,

@@ -653,6 +653,9 @@ impl Storage {
     pub async fn write_if_absent(&self, key: &str, data: impl Into<Bytes>) -> Result<bool> {
         check_key(key, "write")?;
         let data = data.into();
+        if let Location::Local(root) = &self.location {
+            return self.create_new_local(root, key, data).await;
+        }
         loop {
             let header = self.integrity.header();
             let written = self
@@ -682,6 +685,62 @@ impl Storage {
                 return Err(error);
             }
         }
+    }
+
+    /// [`Storage::write_if_absent`] in a local directory. OpenDAL's fs service checks that the target
+    /// does not exist, then renames its staged file over it: two writers that check at once both
+    /// "create" it, the second replacing the first (seen as a lost snapshot-id claim under load). The
+    /// whole content is written and synced in a staging file first, then hard-linked into place,
+    /// which the kernel refuses when the name exists: exclusive, and never a partial object. Where
+    /// hard links are not supported, an exclusive create of the target itself (exclusive, though a
+    /// reader may meet it before its content).
+    async fn create_new_local(&self, root: &Path, key: &str, data: Bytes) -> Result<bool> {
+        let target = root.join(key);
+        let staged = root
+            .join(FS_STAGING_DIR)
+            .join(format!("create-new-{:016x}", fastrand::u64(..)));
+        let (to, from) = (target.clone(), staged.clone());
+        let created = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            use std::io::Write as _;
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            if let Some(dir) = from.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut file = std::fs::File::create_new(&from)?;
+            let written = file.write_all(&data).and_then(|()| file.sync_all());
+            drop(file);
+            let linked = written.and_then(|()| std::fs::hard_link(&from, &to));
+            let _ = std::fs::remove_file(&from);
+            match linked {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    match std::fs::File::create_new(&to) {
+                        Ok(mut file) => file
+                            .write_all(&data)
+                            .and_then(|()| file.sync_all())
+                            .map(|()| true),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| Error::local("write", &target, std::io::Error::other(e)))?
+        .map_err(|e| Error::local("write", &target, e))?;
+        if created {
+            self.made_durable(key, "write").await?;
+        }
+        Ok(created)
     }
 
     /// Whether the service honours [`Storage::write_if_absent`]: writes `key` twice with the condition

@@ -146,6 +146,8 @@ fn round_trip(dir: &Path, env: &[(String, String)]) {
 fn archive_round_trip_on_local_disk() {
     let dir = tempfile::tempdir().unwrap();
     round_trip(dir.path(), &local_env(dir.path()));
+    // Without recipients nothing is sealed, and no key is made.
+    assert!(!dir.path().join("data/.hitkeep-archive-key").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,12 +253,15 @@ fn an_encrypted_archive_round_trip_on_local_disk() {
     let data = dir.path().join("data");
     std::fs::remove_file(data.join(".hitkeep-archive-key")).unwrap();
     let _ = std::fs::remove_dir_all(data.join(hitkeep_data::ARCHIVE_CACHE_DIR));
-    env.retain(|(k, _)| k != "HITKEEP_BACKUP_RECIPIENTS");
     let query = ["archive", "query", "SELECT count(*) AS n FROM archive"];
     let refused = hk(&query, &env, dir.path());
     assert!(
         refused.starts_with("exit: 1") && refused.contains("HITKEEP_BACKUP_IDENTITY_FILE"),
         "{refused}"
+    );
+    assert!(
+        !data.join(".hitkeep-archive-key").exists(),
+        "a reading command never makes the archive key"
     );
     env.push((
         "HITKEEP_BACKUP_IDENTITY_FILE".into(),
