@@ -107,7 +107,7 @@ pub(crate) async fn tenant_sealer(
             if theirs != ours {
                 tracing::warn!(%tenant, object, "the tenant's key file is sealed to other recipients than HITKEEP_BACKUP_RECIPIENTS: run `hitkeep backup rewrap` so that the new identity opens this tenant's snapshots and the old one no longer does");
             }
-            return sealer_of(recipient, object);
+            return sealer_of(&recipient, object);
         }
         tracing::warn!(%tenant, object, "the tenant's key file is gone from the backup location or named by its tombstone (forgotten with `hitkeep backup forget-tenant`, or removed): a new key is made; snapshots sealed to the old one stay unreadable");
         std::fs::remove_file(&record).map_err(|e| Error::io(&record, e))?;
@@ -121,7 +121,7 @@ pub(crate) async fn tenant_sealer(
     match write_record(&record, &recipient) {
         Ok(()) => {
             tracing::info!(%tenant, object, "a new key for the tenant's snapshots");
-            sealer_of(recipient, object)
+            sealer_of(&recipient, object)
         }
         // A cycle of another process on the same data recorded one first: its key is the one.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -129,7 +129,7 @@ pub(crate) async fn tenant_sealer(
             let recipient = read_record(&record)?
                 .ok_or_else(|| Error::Internal(format!("{} vanished", record.display())))?;
             let object = key_object(tenant, &recipient);
-            sealer_of(recipient, object)
+            sealer_of(&recipient, object)
         }
         Err(e) => Err(Error::io(&record, e)),
     }
@@ -151,8 +151,8 @@ async fn tombstoned(storage: &Storage, tenant: Uuid, object: &str) -> Result<boo
         .is_some_and(|t| t.forgotten.iter().any(|k| k.object == object)))
 }
 
-fn sealer_of(recipient: String, object: String) -> Result<Sealer> {
-    Sealer::for_tenant(&recipient, object)
+fn sealer_of(recipient: &str, object: String) -> Result<Sealer> {
+    Sealer::for_tenant(recipient, object)
         .map_err(|why| Error::Internal(format!("a recorded tenant key: {why}")))
 }
 

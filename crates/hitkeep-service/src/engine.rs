@@ -127,26 +127,22 @@ impl Engine {
     /// How an archive run seals its files and reads them back: with recipients, each file is sealed
     /// to them and to the host's archive key (`{data}/.hitkeep-archive-key`, made by the first such
     /// run), which opens the read-backs. `(None, None)` without recipients: files stay plain.
-    pub fn archive_sealing(
-        &self,
-    ) -> Result<(
-        Option<Arc<hitkeep_backup::Sealer>>,
-        Option<Arc<hitkeep_backup::Opener>>,
-    )> {
+    pub fn archive_sealing(&self) -> Result<ArchiveSealing> {
         let recipients = &self.settings.backup.recipients;
         if recipients.is_empty() {
             // Files sealed by earlier runs may still need their read-back in a recovery.
-            return Ok((None, self.host_archive_key()?.map(host_opener)));
+            return Ok((None, self.host_archive_key()?.as_ref().map(host_opener)));
         }
         let path = self.layout.archive_key_file();
-        let key = hitkeep_backup::HostKey::read_or_create(&path).map_err(archive_key_problem)?;
+        let key = hitkeep_backup::HostKey::read_or_create(&path)
+            .map_err(|why| archive_key_problem(&why))?;
         let mut to = recipients.clone();
         to.push(key.recipient());
         let sealer = hitkeep_backup::Sealer::new(&to).map_err(|why| Error::Unsuitable {
             message: format!("HITKEEP_BACKUP_RECIPIENTS: {why}"),
             hint: None,
         })?;
-        Ok((sealer.map(Arc::new), Some(host_opener(key))))
+        Ok((sealer.map(Arc::new), Some(host_opener(&key))))
     }
 
     /// What opens sealed archive files for `archive query`, `archive restore` and
@@ -164,7 +160,8 @@ impl Engine {
     }
 
     fn host_archive_key(&self) -> Result<Option<hitkeep_backup::HostKey>> {
-        hitkeep_backup::HostKey::read(&self.layout.archive_key_file()).map_err(archive_key_problem)
+        hitkeep_backup::HostKey::read(&self.layout.archive_key_file())
+            .map_err(|why| archive_key_problem(&why))
     }
 
     /// The backup job: one cycle of every database, then retention (when it applies) and the
@@ -320,12 +317,18 @@ pub async fn sweep_partial_uploads(storage: &Storage) -> Option<SweepReport> {
 }
 
 /// An opener of the host's archive key alone.
-fn host_opener(key: hitkeep_backup::HostKey) -> Arc<hitkeep_backup::Opener> {
-    Arc::new(hitkeep_backup::Opener::new(Vec::new()).with_host_key(&key))
+fn host_opener(key: &hitkeep_backup::HostKey) -> Arc<hitkeep_backup::Opener> {
+    Arc::new(hitkeep_backup::Opener::new(Vec::new()).with_host_key(key))
 }
 
+/// What seals an archive run's files, and what opens its read-backs.
+pub type ArchiveSealing = (
+    Option<Arc<hitkeep_backup::Sealer>>,
+    Option<Arc<hitkeep_backup::Opener>>,
+);
+
 /// A damaged or unreadable archive key, and what to do.
-fn archive_key_problem(why: String) -> Error {
+fn archive_key_problem(why: &str) -> Error {
     Error::Unsuitable {
         message: format!("the archive key: {why}"),
         hint: Some("restore it from a copy; removed, a new one is made, and the archives sealed to the old one open only with HITKEEP_BACKUP_IDENTITY_FILE".into()),
