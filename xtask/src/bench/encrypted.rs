@@ -94,9 +94,8 @@ impl Bench {
                 }
             }
             println!(
-                "bench: encrypted panel, {hits} hits: run {} of {} done",
-                run + 1,
-                self.runs
+                "bench: encrypted panel, {hits} hits: run {} of {runs} done",
+                run + 1
             );
         }
         let m: Vec<Sample> = samples.iter().map(|s| median(s)).collect();
