@@ -718,7 +718,7 @@ mod tests {
         std::fs::write(&path, "garbage\n").unwrap();
         let err = HostKey::read_or_create(&path).unwrap_err();
         assert!(
-            err.contains("remove it") && !err.contains("garbage"),
+            err.contains("is damaged") && !err.contains("garbage"),
             "{err}"
         );
     }

@@ -160,8 +160,8 @@ fn every_variable_is_read() {
     assert_eq!(s.log.level, hitkeep_config::LogLevel::Debug);
     assert_eq!(s.log.format, hitkeep_config::LogFormat::Json);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    // A secret's `_FILE` setting is the other way to give it (`secrets_from_files`); encryption
-    // is not built for incremental mode, so its settings are read in `encryption_settings…`.
+    // A secret's `_FILE` setting is the other way to give it (`secrets_from_files`); encryption's
+    // settings (tenant keys need recipients) are read in `encryption_settings…`.
     let files = [
         Key::S3SecretAccessKeyFile,
         Key::S3SessionTokenFile,
@@ -170,6 +170,7 @@ fn every_variable_is_read() {
         Key::BackupRecipients,
         Key::BackupRecipientsFile,
         Key::BackupIdentityFile,
+        Key::BackupTenantKeys,
     ];
     assert!(
         Key::ALL
