@@ -358,7 +358,7 @@ async fn an_encrypted_incremental_chain_stores_only_changes_and_restores_whole(f
 }
 
 /// `verify --deep` of cycle `id` with `opener`.
-async fn deep(
+pub(crate) async fn deep(
     f: &Fixture,
     catalog: &Catalog,
     id: hitkeep_backup::SnapshotId,

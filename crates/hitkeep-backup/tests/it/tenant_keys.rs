@@ -13,6 +13,7 @@ use hitkeep_backup::{
 };
 use uuid::Uuid;
 
+use super::encrypted::deep;
 use super::{Fixture, fingerprint, prepare_and_commit};
 
 /// The operator's key pair.
@@ -387,18 +388,6 @@ async fn key_files(f: &Fixture) -> Vec<(String, Vec<u8>)> {
         }
     }
     out
-}
-
-async fn deep(
-    f: &Fixture,
-    catalog: &Catalog,
-    id: hitkeep_backup::SnapshotId,
-    opener: &Opener,
-) -> hitkeep_backup::VerifyReport {
-    let scratch = f.dir.path().join("scratch");
-    verify_snapshot(&f.storage, catalog, id, true, &scratch, Some(opener))
-        .await
-        .unwrap()
 }
 
 on_local_and_s3!(
