@@ -2,6 +2,7 @@
 //! shared database's manifest last, which commits the cycle.
 
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use duckdb::Connection;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use hitkeep_data::{DataError, DataLayout, DuckDbLimits, OpenMode, SourceId, TenantLayout};
-use hitkeep_storage::{ErrorKind, Sha256Digest, Storage, TransferOptions};
+use hitkeep_storage::{ErrorKind, LockMode, Retention, Sha256Digest, Storage, TransferOptions};
 use jiff::Timestamp;
 use uuid::Uuid;
 
@@ -22,8 +23,8 @@ use crate::lanes::{Lanes, Way};
 use crate::lock::CycleLock;
 use crate::manifest::{
     AGE_X25519, Database, ENCRYPTED_FORMAT_VERSION, ENCRYPTED_INCREMENTAL_FORMAT_VERSION,
-    Encryption, FULL_FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, INDEX_NAME, MANIFEST_NAME,
-    Manifest, PartitionIndex, SEALED_NAME, Sealed, TenantEntry, TenantState,
+    Encryption, FULL_FORMAT_VERSION, FileEntry, IN_PROGRESS_NAME, INDEX_NAME, LockRecord,
+    MANIFEST_NAME, Manifest, PartitionIndex, SEALED_NAME, Sealed, TenantEntry, TenantState,
 };
 use crate::progress::{NoProgress, Progress};
 use crate::tenant_keys::tenant_sealer;
@@ -67,6 +68,12 @@ pub struct BackupOptions {
     /// whose public half is recorded in this folder ([`DataLayout::tenant_keys_dir`]) and whose
     /// private half the location keeps wrapped to the sealer's recipients (`crate::tenant_keys`).
     pub tenant_keys_dir: Option<PathBuf>,
+    /// When set, every object of each snapshot is kept by S3 Object Lock for these days after the
+    /// cycle (by the server's clock); the cycle fails before it writes anything when the bucket has
+    /// no Object Lock.
+    pub lock_days: Option<NonZeroU32>,
+    /// Who can lift that lock early.
+    pub lock_mode: LockMode,
 }
 
 /// What a cycle's snapshots hold.
@@ -98,6 +105,8 @@ impl std::fmt::Debug for BackupOptions {
             .field("mode", &self.mode)
             .field("sealer", &self.sealer)
             .field("tenant_keys_dir", &self.tenant_keys_dir)
+            .field("lock_days", &self.lock_days)
+            .field("lock_mode", &self.lock_mode)
             .finish_non_exhaustive()
     }
 }
@@ -120,7 +129,16 @@ impl BackupOptions {
             mode: BackupMode::Full,
             sealer: None,
             tenant_keys_dir: None,
+            lock_days: None,
+            lock_mode: LockMode::Governance,
         }
+    }
+
+    /// The same options, locking every object of each snapshot with S3 Object Lock for `days`.
+    pub fn with_object_lock(mut self, days: NonZeroU32, mode: LockMode) -> Self {
+        self.lock_days = Some(days);
+        self.lock_mode = mode;
+        self
     }
 
     /// The same options, encrypting every object to `sealer`'s recipients.
@@ -343,6 +361,10 @@ pub async fn run_cycle(
         sources: tenants,
     } = tenants;
     let _lock = CycleLock::acquire(&options.lock_file)?;
+    let retention = match options.lock_days {
+        Some(days) => Some(lock_until(storage, days, options.lock_mode).await?),
+        None => None,
+    };
     // Encrypted incremental snapshots keep their partitions in an index only this host opens.
     let index_key = match (&options.sealer, options.mode) {
         (Some(_), BackupMode::Incremental) => Some(Arc::new(
@@ -414,6 +436,7 @@ pub async fn run_cycle(
         claim: claim.clone(),
         previous,
         reuse,
+        retention,
     };
     let mut done = futures::stream::iter(jobs)
         .map(|job| async move {
@@ -482,6 +505,7 @@ pub async fn run_cycle(
     shared_manifest.tenants = entries;
     shared_manifest.layout = Some(layout);
     shared_manifest.default_tenant = default_tenant;
+    shared_manifest.object_lock = retention;
     // The commit point: only now does the cycle exist for list, restore and "latest".
     claim.check(storage).await?;
     commit(storage, &shared_manifest).await?;
@@ -505,6 +529,8 @@ struct Pending<'a> {
     previous: incremental::PreviousCycle<'a>,
     /// How an incremental cycle reads and writes partitions: in the clear, or sealed.
     reuse: &'a incremental::Reuse,
+    /// The S3 Object Lock retention every object of the cycle gets, when it locks.
+    retention: Option<LockRecord>,
 }
 
 /// Reads the source's history, checks the clock against it, records the source and claims the
@@ -636,8 +662,9 @@ async fn snapshot_and_commit(
         }
         _ => options,
     };
-    let (manifest, uploaded) =
+    let (mut manifest, uploaded) =
         snapshot_database(storage, conn, database, pending, staging, options).await?;
+    manifest.object_lock = pending.retention;
     claimed(&pending.claim).await?.check(storage).await?;
     let sha = commit(storage, &manifest).await?;
     Ok((sha, uploaded))
@@ -984,6 +1011,7 @@ fn new_manifest(
         sequence: Some(claim.sequence),
         partitions: Vec::new(),
         encryption: None,
+        object_lock: None,
     }
 }
 
@@ -1356,17 +1384,24 @@ impl<'a> DeferredProgress<'a> {
 }
 
 /// Writes the manifest (the snapshot now exists; an incremental one once its pool objects are
-/// confirmed), then removes the in-progress marker.
+/// confirmed), then removes the in-progress marker. A locked snapshot's objects are locked before
+/// the manifest names them, and the manifest after it is written: a snapshot that lists as complete
+/// is locked whole.
 async fn commit(storage: &Storage, manifest: &Manifest) -> Result<Sha256Digest> {
     if manifest.is_incremental() {
         incremental::check_pool(storage, manifest).await?;
     }
     let folder = format!("{}/{}", manifest.database.folder(), manifest.snapshot_id);
+    if let Some(lock) = manifest.object_lock {
+        lock_objects(storage, manifest.stored_objects(&folder), lock).await?;
+    }
     let bytes = manifest.to_bytes();
     let sha = Sha256Digest::of(&bytes);
-    storage
-        .write(&format!("{folder}/{MANIFEST_NAME}"), bytes)
-        .await?;
+    let key = format!("{folder}/{MANIFEST_NAME}");
+    storage.write(&key, bytes).await?;
+    if let Some(lock) = manifest.object_lock {
+        lock_objects(storage, vec![key], lock).await?;
+    }
     if let Err(e) = storage
         .delete(&format!("{folder}/{IN_PROGRESS_NAME}"))
         .await
@@ -1375,6 +1410,46 @@ async fn commit(storage: &Storage, manifest: &Manifest) -> Result<Sha256Digest> 
     }
     Ok(sha)
 }
+
+/// The retention this cycle's objects get: `days` from the server's clock (this machine's
+/// only when the server sends no `Date`), once the bucket is seen to have Object Lock at all.
+async fn lock_until(storage: &Storage, days: NonZeroU32, mode: LockMode) -> Result<LockRecord> {
+    let bucket = storage.bucket_object_lock().await?;
+    if !bucket.enabled {
+        return Err(Error::ObjectLockOff {
+            location: storage.location().to_string(),
+        });
+    }
+    let now = bucket.server_time.unwrap_or_else(|| {
+        tracing::warn!("the S3 service sent no Date header; Object Lock days are counted from this machine's clock");
+        Timestamp::now()
+    });
+    let days = jiff::SignedDuration::from_hours(24 * i64::from(days.get()));
+    let until = now
+        .checked_add(days)
+        .map_err(|e| Error::Internal(format!("retain-until date: {e}")))?;
+    Ok(LockRecord {
+        mode,
+        retain_until: until,
+    })
+}
+
+/// Sets `lock` on each of `keys` (a few at a time).
+async fn lock_objects(storage: &Storage, keys: Vec<String>, lock: LockRecord) -> Result<()> {
+    let want = Retention {
+        mode: lock.mode,
+        until: lock.retain_until,
+    };
+    futures::stream::iter(keys)
+        .map(|key| async move { storage.retain(&key, want).await })
+        .buffer_unordered(LOCKS_AT_ONCE)
+        .try_collect::<()>()
+        .await
+        .map_err(Error::from)
+}
+
+/// Retention requests sent at once.
+const LOCKS_AT_ONCE: usize = 16;
 
 pub(crate) fn tool() -> String {
     format!("hitkeep-rs {}", env!("CARGO_PKG_VERSION"))

@@ -241,6 +241,15 @@ pub enum Error {
         /// The object's key.
         object: String,
     },
+    /// `HITKEEP_BACKUP_OBJECT_LOCK_DAYS` asks for S3 Object Lock and the bucket has none (or the
+    /// store does not implement it).
+    #[error(
+        "{location} has no S3 Object Lock, which HITKEEP_BACKUP_OBJECT_LOCK_DAYS asks for; nothing was backed up"
+    )]
+    ObjectLockOff {
+        /// The backup location.
+        location: String,
+    },
     /// The host's index key (encrypted incremental cycles) cannot be read or made; the message says
     /// what to do.
     #[error("{0}")]
@@ -446,7 +455,7 @@ impl Error {
                 }
             }
             Error::NotDeleted { .. } | Error::NoStorageClock { .. } => ErrorKind::Storage,
-            Error::PoolNotSwept { .. } => ErrorKind::Refused,
+            Error::PoolNotSwept { .. } | Error::ObjectLockOff { .. } => ErrorKind::Refused,
             Error::PoolObjectMissing { .. } => ErrorKind::Integrity,
             Error::IndexKey(_) => ErrorKind::Io,
             Error::TenantKey {
@@ -544,6 +553,7 @@ impl Error {
             Error::ClaimLost { .. } => {
                 "two installations back up to the same destination at the same moment; give each its own HITKEEP_BACKUP_PATH (see `hitkeep backup list`, column SOURCE)"
             }
+            Error::ObjectLockOff { .. } => OBJECT_LOCK_HOWTO,
             Error::SeveralSources(_) => {
                 "choose one with -source ID (or restore one snapshot by id with -snapshot)"
             }
@@ -571,6 +581,9 @@ impl Error {
         }
     }
 }
+
+/// How to give a bucket Object Lock, for every message that finds it missing.
+pub const OBJECT_LOCK_HOWTO: &str = "Object Lock is turned on when a bucket is created (`aws s3api create-bucket --bucket NAME --object-lock-enabled-for-bucket`, `mc mb --with-lock`), on AWS S3 also later on a versioned bucket (`aws s3api put-object-lock-configuration --bucket NAME --object-lock-configuration ObjectLockEnabled=Enabled`); `hitkeep doctor` checks it. Or set HITKEEP_BACKUP_OBJECT_LOCK_DAYS=0";
 
 fn from_storage(kind: hitkeep_storage::ErrorKind) -> ErrorKind {
     use hitkeep_storage::ErrorKind as S;

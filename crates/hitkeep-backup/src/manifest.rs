@@ -99,6 +99,20 @@ pub struct Manifest {
     /// [`Manifest::tables`] is then empty until [`Manifest::unseal`] fills it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// When the snapshot's objects were locked with S3 Object Lock: what the cycle asked for. The
+    /// bucket's word is the authority (`retention.rs` asks it before a prune); this is for people.
+    /// An additive field: older readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<LockRecord>,
+}
+
+/// The S3 Object Lock retention a cycle set on every object of a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// `governance` or `compliance`.
+    pub mode: hitkeep_storage::LockMode,
+    /// Until when, by the server's clock.
+    pub retain_until: Timestamp,
 }
 
 /// How a snapshot's objects are encrypted: in the clear, so that `backup list` and a plain `verify`
@@ -363,6 +377,18 @@ impl Manifest {
         self.files.iter().map(|f| f.size).sum()
     }
 
+    /// Every object that holds the snapshot's data, the manifest aside: its files (in `folder` or
+    /// the pool) and, when encrypted, its sealed part and index.
+    pub fn stored_objects(&self, folder: &str) -> Vec<String> {
+        let encryption = self.encryption.iter();
+        let sealed = encryption.flat_map(|e| std::iter::once(&e.sealed).chain(e.index.as_ref()));
+        self.files
+            .iter()
+            .chain(sealed)
+            .map(|f| f.key(folder))
+            .collect()
+    }
+
     /// Whether it is an incremental snapshot (format 2, or 4 encrypted), whose files may live in
     /// the pool.
     pub fn is_incremental(&self) -> bool {
@@ -481,6 +507,7 @@ mod tests {
             sequence: None,
             partitions: Vec::new(),
             encryption: None,
+            object_lock: None,
         };
         m.to_bytes()
     }

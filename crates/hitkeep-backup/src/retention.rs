@@ -4,6 +4,7 @@
 
 use std::num::NonZeroU32;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use hitkeep_storage::Storage;
 use serde::Serialize;
 
@@ -41,6 +42,23 @@ pub struct PrunePlan {
     /// deleting a snapshot leaves them, and [`crate::sweep_pool`] removes those no snapshot left
     /// names, once the deletions are done.
     pub sweeps_pool: bool,
+    /// Snapshots retention would delete but S3 Object Lock still keeps ([`PrunePlan::hold_locked`]):
+    /// left in place, never reported as deleted.
+    pub held: Vec<Held>,
+}
+
+/// A snapshot past retention that S3 Object Lock still keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Held {
+    /// Which database.
+    pub database: Database,
+    /// Which snapshot.
+    pub id: SnapshotId,
+    /// Until when (the server's clock) one of its objects at least is locked.
+    pub until: jiff::Timestamp,
+    /// Bytes it holds.
+    pub size: u64,
 }
 
 /// Whether a cycle restores whole: not a split cycle (HitKeep 2.13) whose default tenant has no
@@ -180,6 +198,7 @@ impl PrunePlan {
         PrunePlan {
             deletions,
             sweeps_pool: crate::sweep::has_pool(catalog),
+            held: Vec::new(),
         }
     }
 
@@ -196,6 +215,58 @@ impl PrunePlan {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.deletions.is_empty()
+    }
+
+    /// Moves to [`PrunePlan::held`] each planned deletion that S3 Object Lock still keeps, by the
+    /// server's clock: deleting it would only hide it behind a delete marker (the bucket keeps the
+    /// locked version) and report as deleted what is not. A snapshot is held while the lock its
+    /// manifest records runs (untrusted, but it can only keep more), else while any of its objects
+    /// is locked (asked of the bucket: snapshots without a record, unfinished ones). Asks only
+    /// where the bucket has Object Lock; a store without it (or a key not allowed to ask) holds
+    /// nothing, with a warning for the latter.
+    pub async fn hold_locked(&mut self, storage: &Storage, catalog: &Catalog) -> Result<()> {
+        if self.deletions.is_empty() || !storage.location().is_s3() {
+            return Ok(());
+        }
+        let now = match storage.bucket_object_lock().await {
+            Ok(bucket) if bucket.enabled => bucket.server_time,
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == hitkeep_storage::ErrorKind::Unsupported => return Ok(()),
+            Err(e) if e.kind() == hitkeep_storage::ErrorKind::AccessDenied => {
+                tracing::warn!(error = %e, "could not ask whether the bucket has Object Lock; snapshots it locks would be hidden by delete markers, not deleted");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut kept = Vec::new();
+        for d in std::mem::take(&mut self.deletions) {
+            let recorded = catalog
+                .snapshots(d.database)
+                .iter()
+                .find(|s| s.id == d.id)
+                .and_then(|s| s.manifest.as_ref()?.object_lock)
+                .map(|l| l.retain_until)
+                .filter(|until| now.is_none_or(|now| *until > now));
+            let folder = format!("{}/{}", d.database.folder(), d.id);
+            let until = match recorded {
+                Some(until) => Some(until),
+                None => locked_until(storage, &folder).await?,
+            };
+            match until {
+                Some(until) => {
+                    tracing::info!(database = %d.database, snapshot = %d.id, %until, "past retention but locked by S3 Object Lock: kept");
+                    self.held.push(Held {
+                        database: d.database,
+                        id: d.id,
+                        until,
+                        size: d.size,
+                    });
+                }
+                None => kept.push(d),
+            }
+        }
+        self.deletions = kept;
+        Ok(())
     }
 
     /// Deletes the planned snapshots, then lists each folder again to check it is really gone (some
@@ -218,6 +289,22 @@ impl PrunePlan {
         }
         Ok(objects)
     }
+}
+
+/// A date until which an object in `folder` is still locked, if one is (the first found).
+async fn locked_until(storage: &Storage, folder: &str) -> Result<Option<jiff::Timestamp>> {
+    let objects = storage
+        .list(folder, hitkeep_storage::ListMode::Recursive)
+        .await?;
+    let keys = objects.into_iter().filter(|e| !e.is_dir).map(|e| e.key);
+    let first = futures::stream::iter(keys)
+        .map(|key| async move { storage.retained(&key).await.map(|r| r.locked_until()) })
+        .buffer_unordered(16)
+        .try_filter_map(|until| std::future::ready(Ok(until)))
+        .boxed()
+        .try_next()
+        .await?;
+    Ok(first)
 }
 
 #[cfg(test)]

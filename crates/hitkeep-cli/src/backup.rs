@@ -200,6 +200,8 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
                 "tenant_key": tenant_key(s),
                 "forgotten": tenant_key(s).is_some_and(|k| forgotten.contains(k)),
                 "layout": s.manifest.as_ref().and_then(|m| m.layout),
+                // As the cycle asked it; the bucket is the authority (`backup prune` asks it).
+                "object_lock": s.manifest.as_ref().and_then(|m| m.object_lock),
                 "created_at": s.manifest.as_ref().map(|m| m.created_at.to_string()),
             })
         })
@@ -253,6 +255,12 @@ pub fn list(settings: &Settings, json: bool) -> ExitCode {
         }
         if catalog.pins.contains(&s.id) {
             mark.push_str("  (pinned)");
+        }
+        if let Some(lock) = s.manifest.as_ref().and_then(|m| m.object_lock) {
+            mark.push_str(&format!(
+                "  (locked until {})",
+                lock.retain_until.strftime("%Y-%m-%d %H:%M UTC")
+            ));
         }
         if s.in_future() {
             mark.push_str("  (in the future: written by a clock set ahead?)");
@@ -415,8 +423,14 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
     let outcome = runtime().block_on(async {
         let job = engine.plan_prune().await?;
         let retention = settings.backup.retention;
+        print_held(&job.plan.held);
         if job.plan.is_empty() {
-            println!("nothing to prune: every database has at most {retention} snapshots");
+            match job.plan.held.is_empty() {
+                true => {
+                    println!("nothing to prune: every database has at most {retention} snapshots")
+                }
+                false => println!("nothing else to prune"),
+            }
             if dry_run {
                 print_pool_plan(&job);
             } else {
@@ -456,6 +470,23 @@ pub fn prune(settings: &Settings, yes: bool, dry_run: bool) -> ExitCode {
         hitkeep_service::Result::Ok(ExitCode::SUCCESS)
     });
     outcome.unwrap_or_else(|e| fail_service(&e))
+}
+
+/// The snapshots past retention that S3 Object Lock keeps: never deleted, so listed as kept.
+fn print_held(held: &[hitkeep_backup::Held]) {
+    if held.is_empty() {
+        return;
+    }
+    println!("kept by S3 Object Lock although past retention (pruned once their lock ends):");
+    for h in held {
+        println!(
+            "  {:<46} {}  {:>12} bytes  (locked until {})",
+            h.database.folder(),
+            h.id,
+            h.size,
+            h.until.strftime("%Y-%m-%d %H:%M UTC")
+        );
+    }
 }
 
 /// What the retention keeps besides the newest N: the period rules set, and pins.
@@ -701,6 +732,12 @@ pub fn lifecycle(settings: &Settings) -> ExitCode {
         rules.days,
         rules.bucket
     );
+    if let Some(lock) = settings.backup.object_lock {
+        eprintln!(
+            "# Object Lock keeps each snapshot {} days: expiry waits at least a day past that (an earlier one would only hide a locked snapshot behind a delete marker). A locked bucket is versioned: hitkeep-backup-old-versions removes what deletes leave (snapshots pruned, pool objects swept, forgotten tenant keys) a day later, once unlocked; keep that rule even with HITKEEP_BACKUP_KEEP_* rules.",
+            lock.days
+        );
+    }
     if !settings.backup.keep.is_empty() {
         eprintln!(
             "# HITKEEP_BACKUP_KEEP_* rules and pins are not lifecycle rules: expiry by age would delete the daily, weekly and monthly cycles they keep. With them, skip these rules and set HITKEEP_BACKUP_PRUNE_S3=true."

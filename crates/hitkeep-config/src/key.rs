@@ -86,6 +86,13 @@ keys! {
     /// location, sealed to the recipients above), so that `hitkeep backup forget-tenant` can make
     /// them unreadable. Needs recipients.
     BackupTenantKeys => "backup_tenant_keys", "HITKEEP_BACKUP_TENANT_KEYS", "backup-tenant-keys", [], Plain;
+    /// S3 Object Lock: every object of a snapshot is kept from deletion and overwrite for this many
+    /// days after its cycle (by the server's clock), even by someone holding the bucket's keys; 0: off.
+    /// The bucket must have Object Lock enabled.
+    BackupObjectLockDays => "backup_object_lock_days", "HITKEEP_BACKUP_OBJECT_LOCK_DAYS", "backup-object-lock-days", [], Plain;
+    /// `governance` (the default: an account allowed `s3:BypassGovernanceRetention` can still lift the
+    /// lock) or `compliance` (nobody can, not even the bucket's root account, until the days pass).
+    BackupObjectLockMode => "backup_object_lock_mode", "HITKEEP_BACKUP_OBJECT_LOCK_MODE", "backup-object-lock-mode", [], Plain;
     /// Pinged with a GET after each successful backup cycle: a healthchecks.io, Uptime Kuma or Cronitor ping URL.
     /// Its path or query holds a token, so it is shown as `https://host/…` only.
     BackupHeartbeatUrl => "backup_heartbeat_url", "HITKEEP_BACKUP_HEARTBEAT_URL", "backup-heartbeat-url", [], Redact;

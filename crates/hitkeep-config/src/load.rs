@@ -66,6 +66,8 @@ pub(crate) fn default_text(key: Key) -> Option<&'static str> {
         | Key::BackupKeepMonthly => "0",
         Key::BackupPruneS3 => "false",
         Key::BackupTenantKeys => "false",
+        Key::BackupObjectLockDays => "0",
+        Key::BackupObjectLockMode => "governance",
         Key::BackupConcurrency => "2",
         Key::BackupMode => "full",
         Key::S3Region => "us-east-1",

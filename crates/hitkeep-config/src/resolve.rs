@@ -13,8 +13,8 @@ use crate::problem::{Origin, Problem, Severity};
 use crate::s3::{Credentials, Endpoint, S3Checksum, S3Settings, Scheme, UrlStyle};
 use crate::secret::{AccessKeyId, Secret, SecretUrl};
 use crate::settings::{
-    BackupKeep, BackupMode, BackupSettings, DuckDbSettings, LogFormat, LogLevel, LogSettings,
-    Settings,
+    BackupKeep, BackupMode, BackupSettings, DuckDbSettings, LockMode, LogFormat, LogLevel,
+    LogSettings, ObjectLock, Settings,
 };
 
 /// The outcome of resolving: settings when there were no errors, plus every problem found and each origin.
@@ -180,6 +180,7 @@ impl Resolver {
         );
         let encryption = self.encryption();
         let tenant_keys = self.tenant_keys(encryption.0.as_ref());
+        let object_lock = self.object_lock(backup_location.as_ref());
         let heartbeat_url = self.secret_url(
             Key::BackupHeartbeatUrl,
             "write the whole ping URL the monitor gives, e.g. https://hc-ping.com/<uuid>",
@@ -234,6 +235,7 @@ impl Resolver {
                 recipients_file: encryption.1,
                 identity_file: encryption.2?,
                 tenant_keys: tenant_keys?,
+                object_lock: object_lock?,
                 heartbeat_url: heartbeat_url?,
                 failure_url: failure_url?,
             },
@@ -242,6 +244,44 @@ impl Resolver {
             log: log?,
             http_addr: http_addr?,
         })
+    }
+
+    /// S3 Object Lock, when days are set: only for an S3 backup path, which alone can hold it.
+    fn object_lock(&mut self, location: Option<&Option<Location>>) -> Option<Option<ObjectLock>> {
+        let days = self.parse(
+            Key::BackupObjectLockDays,
+            "set the days each snapshot stays locked, e.g. {env}=30 (0 turns Object Lock off)",
+            |t| int_in(t, 0, 36_500, "days"),
+        );
+        let mode = self.parse(
+            Key::BackupObjectLockMode,
+            "use governance (the default: an account allowed s3:BypassGovernanceRetention can still lift it) or compliance (nobody can until the days pass)",
+            |t| match t.trim().to_ascii_lowercase().as_str() {
+                "governance" => Ok(LockMode::Governance),
+                "compliance" => Ok(LockMode::Compliance),
+                _ => Err("not governance or compliance".to_owned()),
+            },
+        );
+        let (days, mode) = (days?, mode?);
+        let Some(days) = NonZeroU32::new(days) else {
+            if self.is_set(Key::BackupObjectLockMode) {
+                self.warn(
+                    Key::BackupObjectLockMode,
+                    "a lock mode is set but HITKEEP_BACKUP_OBJECT_LOCK_DAYS is 0, so snapshots are not locked",
+                    "set HITKEEP_BACKUP_OBJECT_LOCK_DAYS, e.g. 30, or unset the mode",
+                );
+            }
+            return Some(None);
+        };
+        if let Some(Some(Location::Local(_))) = location {
+            self.error(
+                Key::BackupObjectLockDays,
+                "Object Lock is an S3 feature, and HITKEEP_BACKUP_PATH is a directory",
+                "set HITKEEP_BACKUP_PATH to s3://bucket/prefix on a bucket created with Object Lock, or set HITKEEP_BACKUP_OBJECT_LOCK_DAYS=0",
+            );
+            return None;
+        }
+        Some(Some(ObjectLock::new(days, mode)))
     }
 
     /// Whether tenants get keys of their own: only with recipients, which wrap their private keys.

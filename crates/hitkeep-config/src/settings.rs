@@ -60,6 +60,8 @@ pub struct BackupSettings {
     pub identity_file: Option<PathBuf>,
     /// Each tenant's snapshots sealed to a key of the tenant's own (only with `recipients`).
     pub tenant_keys: bool,
+    /// S3 Object Lock on every object of each snapshot; `None` (the default) when off.
+    pub object_lock: Option<ObjectLock>,
     /// Pinged with a GET after each successful cycle (healthchecks.io, Uptime Kuma, Cronitor); `None`
     /// when unset.
     pub heartbeat_url: Option<SecretUrl>,
@@ -158,6 +160,53 @@ impl std::fmt::Display for BackupMode {
     }
 }
 
+/// S3 Object Lock on snapshots: how long, and how firmly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ObjectLock {
+    /// Days each snapshot's objects are kept after its cycle, by the server's clock.
+    pub days: NonZeroU32,
+    /// Who can lift the lock early.
+    pub mode: LockMode,
+}
+
+impl ObjectLock {
+    /// A lock of `days` in `mode`.
+    pub fn new(days: NonZeroU32, mode: LockMode) -> ObjectLock {
+        ObjectLock { days, mode }
+    }
+}
+
+/// S3 Object Lock's retention modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// An account allowed `s3:BypassGovernanceRetention` can still shorten or lift it.
+    #[default]
+    Governance,
+    /// Nobody can shorten or lift it, the bucket's root account included.
+    Compliance,
+}
+
+impl LockMode {
+    /// As S3 writes it: `GOVERNANCE`, `COMPLIANCE`.
+    pub fn as_s3(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+impl std::fmt::Display for LockMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LockMode::Governance => "governance",
+            LockMode::Compliance => "compliance",
+        })
+    }
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -197,6 +246,13 @@ impl Settings {
             Key::BackupKeepMonthly => Some(self.backup.keep.monthly.to_string()),
             Key::BackupPruneS3 => Some(self.backup.prune_s3.to_string()),
             Key::BackupTenantKeys => Some(self.backup.tenant_keys.to_string()),
+            Key::BackupObjectLockDays => Some(
+                self.backup
+                    .object_lock
+                    .map_or(0, |l| l.days.get())
+                    .to_string(),
+            ),
+            Key::BackupObjectLockMode => self.backup.object_lock.map(|l| l.mode.to_string()),
             Key::BackupConcurrency => Some(self.backup.concurrency.to_string()),
             Key::BackupMode => Some(self.backup.mode.to_string()),
             Key::BackupRecipients => {

@@ -208,6 +208,9 @@ impl Engine {
                 options = options.with_tenant_keys(layout.tenant_keys_dir());
             }
         }
+        if let Some(lock) = self.settings.backup.object_lock {
+            options = options.with_object_lock(lock.days, lock.mode);
+        }
         if let Some(progress) = progress {
             options = options.with_progress(progress);
         }
@@ -241,7 +244,7 @@ impl Engine {
         let _lock = hitkeep_backup::CycleLock::acquire(&self.layout.backup_lock_file())?;
         let prune = async {
             let catalog = Catalog::load(storage).await?;
-            let plan = match retention {
+            let mut plan = match retention {
                 Some(keep) => PrunePlan::with_retention(
                     &catalog,
                     &self.retention(keep),
@@ -250,6 +253,7 @@ impl Engine {
                 ),
                 None => PrunePlan::leftovers(&catalog, report.id, source),
             };
+            plan.hold_locked(storage, &catalog).await?;
             let removed = plan.execute(storage).await?;
             if !plan.is_empty() {
                 tracing::info!(

@@ -132,7 +132,8 @@ impl Engine {
         }
         .map(|s| s.id);
         let retention = self.retention(self.settings().backup.retention);
-        let plan = PrunePlan::with_retention(&catalog, &retention, protect, source);
+        let mut plan = PrunePlan::with_retention(&catalog, &retention, protect, source);
+        plan.hold_locked(&storage, &catalog).await?;
         Ok(PruneJob {
             engine: self.clone(),
             storage,
@@ -216,7 +217,14 @@ impl Engine {
         // Lifecycle rules expire by age, not count: keep a day more than the retention covers, so
         // the rule never removes one of the newest N.
         let minutes = backup.interval.as_secs() / 60 * u64::from(backup.retention.get());
-        let days = minutes.div_ceil(24 * 60) + 1;
+        let mut days = minutes.div_ceil(24 * 60) + 1;
+        // Under Object Lock, an expiry before the lock ends would hide a locked snapshot behind a
+        // delete marker (the bucket keeps it, listings lose it); and a locked bucket is versioned, so
+        // expired versions must go too, or nothing is ever freed (S3 removes none still locked).
+        let lock_days = backup.object_lock.map(|l| u64::from(l.days.get()));
+        if let Some(lock) = lock_days {
+            days = days.max(lock + 1);
+        }
         // Snapshot folders expire by age; `pool/` and `pool-e/` never do: their objects are shared by snapshots of
         // every age (incremental mode), and each cycle sweeps the ones no snapshot names any more.
         // `sources/` records are rewritten by every cycle and stay out of the rules too.
@@ -229,7 +237,7 @@ impl Engine {
                 "Expiration": { "Days": days },
             })
         };
-        let rules = serde_json::json!({
+        let mut rules = serde_json::json!({
             "Rules": [
                 expire("hitkeep-backup-retention-shared", "shared"),
                 expire("hitkeep-backup-retention-tenants", "tenants"),
@@ -241,6 +249,18 @@ impl Engine {
                 }
             ]
         });
+        // Deletes on a versioned bucket (prune, the pool sweep, forget-tenant's key files, lifecycle
+        // expiry) leave the old version: a day later it goes, once no lock holds it.
+        if lock_days.is_some()
+            && let Some(list) = rules["Rules"].as_array_mut()
+        {
+            list.push(serde_json::json!({
+                "ID": "hitkeep-backup-old-versions",
+                "Filter": { "Prefix": format!("{p}/") },
+                "Status": "Enabled",
+                "NoncurrentVersionExpiration": { "NoncurrentDays": 1 }
+            }));
+        }
         Ok(LifecycleRules {
             rules,
             covered_minutes: minutes,

@@ -44,9 +44,13 @@ mod durable;
 mod error;
 mod integrity;
 mod link;
+mod object_lock;
 mod partial;
 pub mod report;
+mod s3api;
 mod storage;
+
+pub use hitkeep_config::LockMode;
 
 pub use crate::{
     backend::{
@@ -56,6 +60,7 @@ pub use crate::{
     digest::{DigestParseError, ObjectInfo, Sha256Digest},
     durable::sync_dir,
     error::{Error, ErrorKind, Result},
+    object_lock::{BucketLock, Retained, Retention},
     partial::{PartialKind, PartialUpload, SweepReport},
     storage::{
         ChecksumSupport, DEFAULT_CHUNK_SIZE, DEFAULT_CONCURRENCY, Entry, ListMode, Storage,

@@ -20,10 +20,10 @@ mod s3;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hitkeep_config::{Location, S3Settings};
+use hitkeep_config::Location;
 
-use crate::backend::StorageOptions;
 use crate::error::{Error, Service};
+use crate::s3api::SignedS3;
 
 pub(crate) use local::Staging;
 pub(crate) use s3::Uploads;
@@ -97,15 +97,18 @@ impl Sweeper {
     /// The sweeper of a location whose operators are built: on S3 it signs and sends as `plain` does.
     pub(crate) fn new(
         location: &Location,
-        s3: &S3Settings,
+        api: Option<Arc<SignedS3>>,
         staging: Option<Staging>,
-        plain: &opendal::Operator,
-        options: &StorageOptions,
         service: &Service,
     ) -> Sweeper {
-        match location {
-            Location::S3(l) => Sweeper::S3(Arc::new(Uploads::new(l, s3, plain, options, service))),
-            Location::Local(path) => Sweeper::Local(staging.unwrap_or_else(|| Staging::open(path))),
+        match (location, api) {
+            (Location::S3(l), Some(api)) => Sweeper::S3(Arc::new(Uploads::new(l, api, service))),
+            (Location::Local(path), _) => {
+                Sweeper::Local(staging.unwrap_or_else(|| Staging::open(path)))
+            }
+            (Location::S3(_), None) => {
+                unreachable!("an S3 location always has its signed requests")
+            }
         }
     }
 

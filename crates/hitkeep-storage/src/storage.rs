@@ -15,7 +15,9 @@ use crate::durable;
 use crate::error::{Error, ErrorKind, Result, Service};
 use crate::integrity::{self, Header, Integrity, Refusal};
 use crate::link;
+use crate::object_lock::{BucketLock, ObjectLocks, Retained, Retention};
 use crate::partial::{SweepReport, Sweeper};
+use crate::s3api::SignedS3;
 
 /// Whole-file attempts when the server refuses an upload as damaged (checksum mismatch).
 const UPLOAD_ATTEMPTS: u32 = 3;
@@ -133,6 +135,8 @@ pub struct Storage {
     integrity: Arc<Integrity>,
     /// Finds partial uploads; on a local directory it also holds this storage's staging folder.
     partial: Sweeper,
+    /// S3 Object Lock requests; `None` on a local directory.
+    locks: Option<Arc<ObjectLocks>>,
 }
 
 impl Storage {
@@ -178,13 +182,27 @@ impl Storage {
         let staging = Sweeper::staging(location);
         let fs_staging = staging.as_ref().map(|s| s.dir());
         let (ops, service) = backend::build(location, s3, options, &integrity, fs_staging)?;
-        let partial = Sweeper::new(location, s3, staging, &ops.plain, options, &service);
+        let api = match location {
+            Location::S3(l) => Some(Arc::new(SignedS3::new(l.bucket(), s3, &ops.plain, options))),
+            Location::Local(_) => None,
+        };
+        let locks = match (location, &api) {
+            (Location::S3(l), Some(api)) => Some(Arc::new(ObjectLocks::new(
+                api.clone(),
+                l.prefix(),
+                location.to_string(),
+                &service,
+            ))),
+            _ => None,
+        };
+        let partial = Sweeper::new(location, api, staging, &service);
         let storage = Storage {
             ops,
             location: location.clone(),
             service,
             integrity,
             partial,
+            locks,
         };
         if location.is_s3() {
             integrity::warn_if_off(setting);
@@ -223,6 +241,37 @@ impl Storage {
             Header::Md5 => S3Checksum::Md5,
             Header::None => S3Checksum::Off,
         }
+    }
+
+    /// Whether the bucket has S3 Object Lock enabled, with the server's time. A local directory has
+    /// no such thing: `Unsupported`.
+    pub async fn bucket_object_lock(&self) -> Result<BucketLock> {
+        self.locks()?.bucket().await
+    }
+
+    /// `key`'s Object Lock retention, with the server's time.
+    pub async fn retained(&self, key: &str) -> Result<Retained> {
+        check_key(key, "read retention")?;
+        self.locks()?.retained(key).await
+    }
+
+    /// Keeps `key` from deletion and overwrite until `want.until` (the server's clock), unless it is
+    /// already kept at least that long: a retention is never shortened. The bucket must have Object
+    /// Lock enabled.
+    pub async fn retain(&self, key: &str, want: Retention) -> Result<()> {
+        check_key(key, "set retention")?;
+        self.locks()?.retain(key, want).await
+    }
+
+    fn locks(&self) -> Result<&ObjectLocks> {
+        self.locks.as_deref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                "object lock",
+                self.location.to_string(),
+                "S3 Object Lock needs an S3 location; a directory has none",
+            )
+        })
     }
 
     fn err(&self, e: opendal::Error, operation: &'static str, key: &str) -> Error {

@@ -15,11 +15,16 @@
 //! s3s-fs does not implement ListMultipartUploads; the server answers it from s3s-fs's own records of
 //! its open uploads (`uploads.rs`), so tests can find the uploads a killed client left.
 //!
+//! [`MotoServer`] runs moto's S3 server as a child process, for what s3s-fs lacks: S3 Object Lock.
+//!
 //! What it will not do: stand in for AWS-only behaviour (IAM, lifecycle rules), or run outside tests.
 
 #![deny(missing_docs)]
 
+mod moto;
 mod uploads;
+
+pub use moto::{MOTO_REQUIREMENT, MotoServer};
 
 use std::future::Future;
 use std::io;
@@ -223,17 +228,7 @@ impl S3Server {
     /// The `HITKEEP_S3_*` settings that reach this server, MinIO-style: its endpoint, path-style URLs,
     /// plain HTTP and its static keys.
     pub fn hitkeep_env(&self) -> Vec<(String, String)> {
-        [
-            ("HITKEEP_S3_ENDPOINT", self.host_port()),
-            ("HITKEEP_S3_URL_STYLE", "path".to_owned()),
-            ("HITKEEP_S3_USE_SSL", "false".to_owned()),
-            ("HITKEEP_S3_REGION", "us-east-1".to_owned()),
-            ("HITKEEP_S3_ACCESS_KEY_ID", ACCESS_KEY_ID.to_owned()),
-            ("HITKEEP_S3_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY.to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+        s3_env(&self.host_port(), ACCESS_KEY_ID, SECRET_ACCESS_KEY)
     }
 
     /// A [`Storage`] on this server's [`BUCKET`] under `prefix`.
@@ -458,6 +453,22 @@ pub async fn local_storage(dir: &Path) -> Storage {
     Storage::open(&Location::Local(dir.to_owned()), &s3_settings(Vec::new()))
         .await
         .expect("a storage on a local directory")
+}
+
+/// The `HITKEEP_S3_*` settings of a local server, MinIO-style: `host_port`, path-style URLs, plain
+/// HTTP and static keys.
+fn s3_env(host_port: &str, key_id: &str, secret: &str) -> Vec<(String, String)> {
+    [
+        ("HITKEEP_S3_ENDPOINT", host_port),
+        ("HITKEEP_S3_URL_STYLE", "path"),
+        ("HITKEEP_S3_USE_SSL", "false"),
+        ("HITKEEP_S3_REGION", "us-east-1"),
+        ("HITKEEP_S3_ACCESS_KEY_ID", key_id),
+        ("HITKEEP_S3_SECRET_ACCESS_KEY", secret),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }
 
 /// S3 settings from `HITKEEP_*` variables, resolved as the binary resolves them.

@@ -11,6 +11,7 @@ mod encrypted;
 mod faults;
 mod hitkeep;
 mod namespaces;
+mod object_lock;
 pub(crate) mod proxy;
 mod report;
 mod scenarios;
@@ -42,6 +43,8 @@ pub struct Ctx {
     pub rclone: Rclone,
     pub py: Python,
     pub work: PathBuf,
+    /// `HITKEEP_CACHE`: where tools are installed.
+    pub cache: PathBuf,
     /// Values that must never appear in hitkeep's output (the secret scan).
     pub secrets: Vec<String>,
     /// The HitKeep data layout `hitkeep demo` makes: `2.13` (split) or `2.8` (pre-split).
@@ -213,6 +216,7 @@ pub fn run() -> Result<bool> {
         rclone,
         py,
         work,
+        cache: cache.clone(),
         secrets,
         layout: "2.13",
         mode: "full",
@@ -301,6 +305,11 @@ pub fn run() -> Result<bool> {
         &mut ctx,
         "a clock behind, then a year ahead",
         trust::wrong_clock,
+    );
+    section(
+        &mut ctx,
+        "S3 Object Lock on moto, under a clock behind and ahead",
+        object_lock::wrong_clock,
     );
     section(
         &mut ctx,

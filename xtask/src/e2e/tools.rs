@@ -443,3 +443,116 @@ pub fn diff(a: &Fingerprint, b: &Fingerprint) -> String {
         out.join("\n")
     }
 }
+
+/// moto's S3 server (PyPI), the S3 server here that implements Object Lock (Garage does not), run
+/// beside the run's server for the Object Lock section; killed on drop. It checks no signatures,
+/// so the helpers below talk to it with Python's standard library.
+#[derive(Debug)]
+pub struct Moto {
+    child: std::process::Child,
+    site: PathBuf,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+/// The moto release the run uses (as `hitkeep-testkit`'s).
+const MOTO: &str = "moto[s3]==5.2.5";
+
+impl Moto {
+    /// Starts moto from `HITKEEP_TEST_MOTO` or `{cache}/python-moto` (installed there when missing).
+    pub fn start(cache: &Path, work: &Path) -> Result<Moto> {
+        let site = match std::env::var_os("HITKEEP_TEST_MOTO") {
+            Some(site) => PathBuf::from(site),
+            None => cache.join("python-moto"),
+        };
+        if !site.join("moto").is_dir() {
+            println!("e2e: installing {MOTO} into {}", site.display());
+            run(Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--target",
+                ])
+                .arg(&site)
+                .args([MOTO, "flask", "flask-cors"]))?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::fs::File::create(work.join("moto.log"))?;
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .env("PYTHONPATH", &site)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start moto.server")?;
+        let moto = Moto {
+            child,
+            site,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        super::server::wait_http(&moto.addr, std::time::Duration::from_secs(60))?;
+        Ok(moto)
+    }
+
+    fn python(&self, script: &str) -> Result<String> {
+        run(Command::new("python3")
+            .args(["-c", script])
+            .env("PYTHONPATH", &self.site))
+    }
+
+    /// Creates `bucket`, with Object Lock (and so versioning) when `lock`.
+    pub fn create_bucket(&self, bucket: &str, lock: bool) -> Result<()> {
+        let header = match lock {
+            true => "r.add_header('x-amz-bucket-object-lock-enabled', 'true')",
+            false => "pass",
+        };
+        self.python(&format!(
+            "import urllib.request as u\nr = u.Request('http://{}/{bucket}', method='PUT')\n{header}\nu.urlopen(r).read()",
+            self.addr
+        ))
+        .map(drop)
+    }
+
+    /// Every object under `bucket/prefix`, with its lock as `HeadObject` reports it: key →
+    /// (mode, retain-until), both empty when unlocked.
+    pub fn locks(&self, bucket: &str, prefix: &str) -> Result<BTreeMap<String, (String, String)>> {
+        let script = format!(
+            r#"import json, urllib.request as u, urllib.parse as p, xml.etree.ElementTree as E
+base = 'http://{addr}/{bucket}'
+ns = '{{http://s3.amazonaws.com/doc/2006-03-01/}}'
+keys, token = [], None
+while True:
+    q = {{'list-type': '2', 'prefix': '{prefix}'}}
+    if token: q['continuation-token'] = token
+    t = E.fromstring(u.urlopen(base + '?' + p.urlencode(q)).read())
+    keys += [c.find(ns + 'Key').text for c in t.findall(ns + 'Contents')]
+    n = t.find(ns + 'NextContinuationToken')
+    if n is None: break
+    token = n.text
+out = {{}}
+for k in keys:
+    h = u.urlopen(u.Request(base + '/' + p.quote(k), method='HEAD')).headers
+    out[k] = [h.get('x-amz-object-lock-mode') or '', h.get('x-amz-object-lock-retain-until-date') or '']
+print(json.dumps(out))"#,
+            addr = self.addr,
+        );
+        let text = self.python(&script)?;
+        let parsed: BTreeMap<String, (String, String)> =
+            serde_json::from_str(&text).context("parse moto's locks")?;
+        Ok(parsed)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

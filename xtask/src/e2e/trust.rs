@@ -319,7 +319,7 @@ fn source_of(dir: &Path) -> Result<String> {
 }
 
 /// libfaketime's wrapper, installed from Debian when missing (never skipped).
-fn faketime() -> Result<String> {
+pub(super) fn faketime() -> Result<String> {
     if tools::on_path("faketime").is_none() {
         tools::apt_install("faketime")?;
     }

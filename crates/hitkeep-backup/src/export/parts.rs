@@ -588,6 +588,7 @@ mod tests {
             sequence: None,
             partitions: export.partitions.clone(),
             encryption: None,
+            object_lock: None,
         }
     }
 

@@ -4,6 +4,7 @@ mod archive;
 mod backup;
 mod config;
 mod doctor;
+mod object_lock;
 mod recover;
 mod restore;
 

@@ -78,6 +78,8 @@ fn every_variable_is_read() {
         ("HITKEEP_BACKUP_KEEP_DAILY", "7"),
         ("HITKEEP_BACKUP_KEEP_WEEKLY", "4"),
         ("HITKEEP_BACKUP_KEEP_MONTHLY", "12"),
+        ("HITKEEP_BACKUP_OBJECT_LOCK_DAYS", "30"),
+        ("HITKEEP_BACKUP_OBJECT_LOCK_MODE", "Compliance"),
         (
             "HITKEEP_BACKUP_HEARTBEAT_URL",
             "https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f",
@@ -128,6 +130,13 @@ fn every_variable_is_read() {
     assert_eq!(
         s.backup.failure_url.as_ref().map(|u| u.expose()),
         Some("https://hc-ping.com/5c6644da-ef00-45e6-825d-c755d19d7f9f/fail")
+    );
+    assert_eq!(
+        s.backup.object_lock,
+        Some(hitkeep_config::ObjectLock::new(
+            std::num::NonZeroU32::new(30).unwrap(),
+            hitkeep_config::LockMode::Compliance
+        ))
     );
     assert_eq!(s.duckdb.memory_limit, Some(1536 * 1024 * 1024));
     assert_eq!(s.duckdb.threads.map(|t| t.get()), Some(2));

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hitkeep_config::{Location, S3Checksum, Settings};
+use hitkeep_config::{Location, ObjectLock, S3Checksum, Settings};
 use hitkeep_storage::{
     ChecksumSupport, ListMode, ObjectInfo, Sha256Digest, Storage, StorageOptions, TransferOptions,
 };
@@ -34,6 +34,11 @@ pub(super) async fn check(
         format!("{label}: open"),
         format!("{location} exists and can be listed"),
     );
+    if label == "backup"
+        && let Some(lock) = settings.backup.object_lock
+    {
+        object_lock(&storage, lock, report).await;
+    }
     let run = format!("_doctor/{}", uuid::Uuid::new_v4());
     checksums(&storage, settings.s3.checksum, label, &run, report).await;
     // A failing step is already in the report; clean up whatever it left either way.
@@ -223,6 +228,27 @@ async fn conditional_writes(storage: &Storage, label: &str, key: &str, report: &
         ),
     }
     let _ = storage.delete(key).await;
+}
+
+/// Whether the bucket has the S3 Object Lock that `HITKEEP_BACKUP_OBJECT_LOCK_DAYS` asks for.
+async fn object_lock(storage: &Storage, lock: ObjectLock, report: &mut Report) {
+    let name = "backup: object lock";
+    match storage.bucket_object_lock().await {
+        Ok(bucket) if bucket.enabled => report.ok(
+            name,
+            format!(
+                "enabled on the bucket: each snapshot is locked for {} days ({} mode) when written",
+                lock.days, lock.mode
+            ),
+        ),
+        Ok(_) => report.add(
+            name,
+            Outcome::Failure,
+            "HITKEEP_BACKUP_OBJECT_LOCK_DAYS is set and the bucket has no Object Lock: cycles fail before writing anything",
+            Some(hitkeep_backup::OBJECT_LOCK_HOWTO.to_owned()),
+        ),
+        Err(e) => report.fail(name, &e),
+    }
 }
 
 /// This machine's clock against the server's, by the modification time it gives the object just written.

@@ -3,6 +3,7 @@
 
 mod checksums;
 mod link;
+mod object_lock;
 mod partial;
 mod s3_failures;
 mod suite;
