@@ -501,47 +501,40 @@ impl Moto {
         Ok(moto)
     }
 
+    /// Runs `script` with a signed boto3 client `s3` for this server (boto3 comes with moto). Signed,
+    /// because moto answers an anonymous request for an object with a private ACL with 403.
     fn python(&self, script: &str) -> Result<String> {
+        let prelude = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='http://{}', region_name='us-east-1', \
+             aws_access_key_id='moto', aws_secret_access_key='moto')\n",
+            self.addr
+        );
         run(Command::new("python3")
-            .args(["-c", script])
+            .args(["-c", &format!("{prelude}{script}")])
             .env("PYTHONPATH", &self.site))
     }
 
     /// Creates `bucket`, with Object Lock (and so versioning) when `lock`.
     pub fn create_bucket(&self, bucket: &str, lock: bool) -> Result<()> {
-        let header = match lock {
-            true => "r.add_header('x-amz-bucket-object-lock-enabled', 'true')",
-            false => "pass",
-        };
+        let lock = if lock { "True" } else { "False" };
         self.python(&format!(
-            "import urllib.request as u\nr = u.Request('http://{}/{bucket}', method='PUT')\n{header}\nu.urlopen(r).read()",
-            self.addr
+            "s3.create_bucket(Bucket='{bucket}', ObjectLockEnabledForBucket={lock})"
         ))
         .map(drop)
     }
 
     /// Every object under `bucket/prefix`, with its lock as `HeadObject` reports it: key →
-    /// (mode, retain-until), both empty when unlocked.
+    /// (mode, retain-until as RFC 3339), both empty when unlocked.
     pub fn locks(&self, bucket: &str, prefix: &str) -> Result<BTreeMap<String, (String, String)>> {
         let script = format!(
-            r#"import json, urllib.request as u, urllib.parse as p, xml.etree.ElementTree as E
-base = 'http://{addr}/{bucket}'
-ns = '{{http://s3.amazonaws.com/doc/2006-03-01/}}'
-keys, token = [], None
-while True:
-    q = {{'list-type': '2', 'prefix': '{prefix}'}}
-    if token: q['continuation-token'] = token
-    t = E.fromstring(u.urlopen(base + '?' + p.urlencode(q)).read())
-    keys += [c.find(ns + 'Key').text for c in t.findall(ns + 'Contents')]
-    n = t.find(ns + 'NextContinuationToken')
-    if n is None: break
-    token = n.text
+            r#"import json
 out = {{}}
-for k in keys:
-    h = u.urlopen(u.Request(base + '/' + p.quote(k), method='HEAD')).headers
-    out[k] = [h.get('x-amz-object-lock-mode') or '', h.get('x-amz-object-lock-retain-until-date') or '']
-print(json.dumps(out))"#,
-            addr = self.addr,
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='{prefix}'):
+    for c in page.get('Contents', []):
+        h = s3.head_object(Bucket='{bucket}', Key=c['Key'])
+        until = h.get('ObjectLockRetainUntilDate')
+        out[c['Key']] = [h.get('ObjectLockMode', ''), until.isoformat() if until else '']
+print(json.dumps(out))"#
         );
         let text = self.python(&script)?;
         let parsed: BTreeMap<String, (String, String)> =
