@@ -954,7 +954,9 @@ async fn store_file(
             .await
             .map_err(|e| Error::io(path, e))?;
         let chunks = hitkeep_storage::file_chunks(file, options.transfer.chunk_size);
-        let sealed = sealer.seal_stream(chunks).map_err(|e| Error::io(path, e))?;
+        let sealed = sealer
+            .seal_stream(chunks, options.transfer.chunk_size)
+            .map_err(|e| Error::io(path, e))?;
         // Never linked: the object holds other bytes than the file.
         match storage
             .upload_stream(path, key, sealed, &options.transfer)
@@ -1259,7 +1261,7 @@ async fn upload_export_file(
         }
         Some(sealer) => {
             let sealed = sealer
-                .seal_stream(&mut bytes)
+                .seal_stream(&mut bytes, options.transfer.chunk_size)
                 .map_err(|e| Error::io(&file.path, e))?;
             // Never linked: the object holds other bytes than the file.
             storage

@@ -225,19 +225,13 @@ impl PrunePlan {
     /// where the bucket has Object Lock; a store without it (or a key not allowed to ask) holds
     /// nothing, with a warning for the latter.
     pub async fn hold_locked(&mut self, storage: &Storage, catalog: &Catalog) -> Result<()> {
-        if self.deletions.is_empty() || !storage.location().is_s3() {
+        if self.deletions.is_empty() {
             return Ok(());
         }
-        let now = match storage.bucket_object_lock().await {
-            Ok(bucket) if bucket.enabled => bucket.server_time,
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == hitkeep_storage::ErrorKind::Unsupported => return Ok(()),
-            Err(e) if e.kind() == hitkeep_storage::ErrorKind::AccessDenied => {
-                tracing::warn!(error = %e, "could not ask whether the bucket has Object Lock; snapshots it locks would be hidden by delete markers, not deleted");
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
+        let Some(bucket) = bucket_lock(storage, "snapshots").await? else {
+            return Ok(());
         };
+        let now = bucket.server_time;
         let mut kept = Vec::new();
         for d in std::mem::take(&mut self.deletions) {
             let recorded = catalog
@@ -288,6 +282,27 @@ impl PrunePlan {
             tracing::info!(database = %d.database, snapshot = %d.id, reason = d.reason, "pruned snapshot");
         }
         Ok(objects)
+    }
+}
+
+/// The bucket's Object Lock when `storage` is an S3 bucket that has it enabled; `None` for a
+/// directory, a store without Object Lock, or a key not allowed to ask (with a warning naming
+/// `what` a delete would then only hide).
+pub(crate) async fn bucket_lock(
+    storage: &Storage,
+    what: &str,
+) -> Result<Option<hitkeep_storage::BucketLock>> {
+    if !storage.location().is_s3() {
+        return Ok(None);
+    }
+    match storage.bucket_object_lock().await {
+        Ok(bucket) => Ok(bucket.enabled.then_some(bucket)),
+        Err(e) if e.kind() == hitkeep_storage::ErrorKind::Unsupported => Ok(None),
+        Err(e) if e.kind() == hitkeep_storage::ErrorKind::AccessDenied => {
+            tracing::warn!(error = %e, "could not ask whether the bucket has Object Lock; {what} it locks would be hidden by delete markers, not deleted");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -14,6 +14,9 @@
 //! - Ages compare the objects' modification times with that of an object the sweep writes, both by
 //!   the storage's clock, never this machine's.
 //! - Each step can be killed: what is left is objects no manifest names, which the next sweep removes.
+//! - On a bucket with S3 Object Lock, an object still locked is left alone: a delete would only hide
+//!   it behind a delete marker (the bucket keeps the locked version) and count as removed what is
+//!   not. It stays listed, for a cycle to reuse or a sweep after its lock ends to remove.
 //!
 //! A cycle still checks, before each manifest, that every object it names is there (`commit`): a
 //! person or a lifecycle rule may have removed one.
@@ -54,6 +57,8 @@ pub struct PoolSweep {
     pub removed_bytes: u64,
     /// Named by none but younger than the grace period: a cycle in flight may name them yet.
     pub young: usize,
+    /// Named by none and old enough, but still locked by S3 Object Lock (by the server's clock).
+    pub locked: usize,
 }
 
 /// Whether `catalog` holds any incremental snapshot, so that there is a pool to sweep.
@@ -97,27 +102,31 @@ pub async fn sweep_pool(
         .collect();
     sweep.referenced = sweep.objects - unmarked.len();
     let cutoff = now - grace;
-    let outcomes: Vec<Option<u64>> = futures::stream::iter(unmarked)
+    let locks = crate::retention::bucket_lock(storage, "pool objects")
+        .await?
+        .is_some();
+    let outcomes: Vec<Outcome> = futures::stream::iter(unmarked)
         .map(|(key, size, listed)| async move {
             // Young by the listing: no request. The time that decides a delete is read
             // again just before it, though: the object may have been written since. Compared in
             // whole seconds: a listing's times have milliseconds, the clock's (a `Last-Modified`
             // header) not, and an object of the clock's own second is not younger than it.
             if listed.is_some_and(|t| t.as_second() > cutoff.as_second()) {
-                return Ok(None);
+                return Ok(Outcome::Young);
             }
-            sweep_one(storage, &key, size, cutoff).await
+            sweep_one(storage, &key, size, cutoff, locks).await
         })
         .buffer_unordered(AT_ONCE)
         .try_collect()
         .await?;
     for outcome in outcomes {
         match outcome {
-            Some(bytes) => {
+            Outcome::Removed(bytes) => {
                 sweep.removed += 1;
                 sweep.removed_bytes += bytes;
             }
-            None => sweep.young += 1,
+            Outcome::Young => sweep.young += 1,
+            Outcome::Locked => sweep.locked += 1,
         }
     }
     tracing::info!(
@@ -125,6 +134,7 @@ pub async fn sweep_pool(
         removed = sweep.removed,
         bytes = sweep.removed_bytes,
         young = sweep.young,
+        locked = sweep.locked,
         "swept the pool"
     );
     Ok(sweep)
@@ -151,24 +161,46 @@ fn marks(catalog: &Catalog) -> Result<HashSet<String>> {
     Ok(marked)
 }
 
-/// Deletes `key` when it was last modified before `cutoff`; the time is read now, not from the
-/// listing, so an object a cycle wrote again since is kept. Returns the bytes removed.
+/// What became of an object no manifest names.
+enum Outcome {
+    /// Deleted: its bytes.
+    Removed(u64),
+    /// Kept: written within the grace period (or gone, or of unknown age).
+    Young,
+    /// Kept: S3 Object Lock still holds it.
+    Locked,
+}
+
+/// Deletes `key` when it was last modified before `cutoff` and, where the bucket `locks`, no lock
+/// holds it any more; the time is read now, not from the listing, so an object a cycle wrote again
+/// since is kept.
 async fn sweep_one(
     storage: &Storage,
     key: &str,
     size: u64,
     cutoff: Timestamp,
-) -> Result<Option<u64>> {
+    locks: bool,
+) -> Result<Outcome> {
     let Some(modified) = storage.modified_at(key).await? else {
         // Gone already (another sweep), or the storage does not say: leave it.
-        return Ok(None);
+        return Ok(Outcome::Young);
     };
     if modified.parse::<Timestamp>().map_or(true, |t| t > cutoff) {
-        return Ok(None);
+        return Ok(Outcome::Young);
+    }
+    if locks {
+        match storage.retained(key).await {
+            Ok(retained) if retained.locked_until().is_some() => return Ok(Outcome::Locked),
+            Ok(_) => {}
+            Err(e) if e.kind() == hitkeep_storage::ErrorKind::NotFound => {
+                return Ok(Outcome::Young);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     storage.delete(key).await?;
     tracing::debug!(key, size, "removed an object no snapshot names");
-    Ok(Some(size))
+    Ok(Outcome::Removed(size))
 }
 
 /// The storage's clock: the modification time it gives an object written now.

@@ -1,10 +1,14 @@
 //! Re-reading a snapshot: every object's size and SHA-256 against its manifest, and with `deep`, an
 //! import (as a restore imports) into a scratch DuckDB file whose row counts must match the manifest.
+//! Where the manifest records an S3 Object Lock still running, every object of the snapshot must
+//! still be locked that long: a lock lifted (governance lets a privileged key do so) is a problem.
 
 use std::path::Path;
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use hitkeep_data::{DuckDbLimits, TenantLayout};
 use hitkeep_storage::{ObjectInfo, Sha256Digest, Storage, TransferOptions};
+use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::SnapshotId;
@@ -286,6 +290,9 @@ async fn check_database(
         }
         let _ = std::fs::remove_file(&stored);
     }
+    check
+        .problems
+        .extend(check_locks(storage, &folder, &manifest).await?);
     if deep && check.problems.is_empty() {
         let tables = manifest.tables.clone();
         let dir2 = dir.clone();
@@ -308,6 +315,60 @@ async fn check_database(
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(check)
+}
+
+/// Objects whose retention is asked at once.
+const LOCKS_AT_ONCE: usize = 16;
+
+/// Where `manifest` records an Object Lock, each object of the snapshot (the manifest included)
+/// that is not locked as firmly and as long, while the recorded date is still ahead by the
+/// server's clock. A lock that has run out is no problem.
+async fn check_locks(storage: &Storage, folder: &str, manifest: &Manifest) -> Result<Vec<String>> {
+    let Some(record) = manifest.object_lock else {
+        return Ok(Vec::new());
+    };
+    if !storage.location().is_s3() {
+        // A copy out of the bucket: no lock came with it, and none can be asked for here.
+        tracing::warn!(folder, until = %record.retain_until, "the manifest records an S3 Object Lock, but this location is a directory: the lock is not checked");
+        return Ok(Vec::new());
+    }
+    let want = hitkeep_storage::Retention {
+        mode: record.mode,
+        // The request that set it carried whole seconds.
+        until: Timestamp::from_second(record.retain_until.as_second())
+            .unwrap_or(record.retain_until),
+    };
+    let mut keys = manifest.stored_objects(folder);
+    keys.push(format!("{folder}/{MANIFEST_NAME}"));
+    let problems: Vec<Option<String>> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let retained = match storage.retained(&key).await {
+                Ok(retained) => retained,
+                // Missing objects are named by the size and digest check already.
+                Err(e) if e.kind() == hitkeep_storage::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::from(e)),
+            };
+            let ended = retained.server_time.is_some_and(|now| want.until <= now);
+            let held = retained.retention.filter(|held| held.covers(want));
+            Ok((held.is_none() && !ended).then(|| {
+                let found = match retained.retention {
+                    Some(r) => format!("it is locked in {} mode until {}", r.mode, r.until),
+                    None => "it has no lock".to_owned(),
+                };
+                format!(
+                    "{}: the manifest records an S3 Object Lock in {} mode until {}, but {found} (or this key may not read retention: s3:GetObjectRetention)",
+                    storage.describe(&key),
+                    record.mode,
+                    record.retain_until
+                )
+            }))
+        })
+        .buffer_unordered(LOCKS_AT_ONCE)
+        .try_collect()
+        .await?;
+    let mut problems: Vec<String> = problems.into_iter().flatten().collect();
+    problems.sort();
+    Ok(problems)
 }
 
 const VERIFY_MEMORY_HINT: &str = "DuckDB holds each table's indexes in memory while it builds them; give this command more with HITKEEP_DUCKDB_MEMORY_LIMIT (e.g. 4GiB), or unset it to let DuckDB use 80% of RAM";

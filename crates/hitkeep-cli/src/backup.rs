@@ -535,6 +535,12 @@ fn print_sweeps(pruned: &hitkeep_service::Pruned) {
             pool.young,
             hitkeep_backup::POOL_GRACE.as_hours()
         );
+        if pool.locked > 0 {
+            println!(
+                "pool: {} unused objects kept by S3 Object Lock; a prune after their locks end removes them",
+                pool.locked
+            );
+        }
     }
     if let Some(report) = pruned.partial.as_ref().filter(|r| !r.removed.is_empty()) {
         println!(

@@ -19,6 +19,7 @@ mod bundle;
 mod encrypted;
 mod errors;
 mod incremental;
+mod object_lock;
 mod restore;
 mod sources;
 mod tampered;

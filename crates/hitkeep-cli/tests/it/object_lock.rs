@@ -135,6 +135,40 @@ async fn locked_snapshots_are_locked_whole_and_kept_by_prune() {
             lifecycle.contains("\"Days\": 3") && lifecycle.contains("NoncurrentVersionExpiration"),
             "expiry waits a day past the lock: {lifecycle}"
         );
+        let verified = hk(&["backup", "verify"], &env, &path);
+        assert!(verified.starts_with("exit: 0"), "{verified}");
+    })
+    .await
+    .unwrap();
+
+    // The same bytes written again over a file of the newest cycle: on a versioned bucket that is a
+    // new version, without the lock. Sizes and digests still match; the lock check does not.
+    let newest = objects
+        .iter()
+        .filter_map(|k| k.strip_prefix("shared/")?.split_once('/'))
+        .map(|(id, _)| id)
+        .max()
+        .unwrap()
+        .to_owned();
+    let file = objects
+        .iter()
+        .find(|k| k.starts_with(&format!("shared/{newest}/")) && !k.ends_with("/manifest.json"))
+        .unwrap()
+        .clone();
+    let bytes = storage.read(&file).await.unwrap();
+    storage.write(&file, bytes).await.unwrap();
+    let path = dir.path().to_owned();
+    let env = moto_env(dir.path(), &moto, "locked");
+    tokio::task::spawn_blocking(move || {
+        let verified = hk(&["backup", "verify"], &env, &path);
+        assert!(verified.starts_with("exit: 1"), "{verified}");
+        let name = file.rsplit('/').next().unwrap();
+        assert!(
+            verified.contains(name)
+                && verified.contains("the manifest records an S3 Object Lock in governance mode")
+                && verified.contains("it has no lock"),
+            "{verified}"
+        );
     })
     .await
     .unwrap();

@@ -1,0 +1,54 @@
+//! S3 Object Lock where this crate decides alone, against moto (the S3 server here that implements
+//! it): the pool sweep leaves an object the bucket still locks, where a delete would only hide it.
+
+use hitkeep_backup::manifest::pool_key;
+use hitkeep_backup::{Catalog, sweep_pool};
+use hitkeep_storage::{ListMode, LockMode, Retention};
+use hitkeep_testkit::MotoServer;
+use jiff::SignedDuration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_leaves_pool_objects_the_bucket_still_locks() {
+    let moto = MotoServer::start();
+    moto.create_bucket("locked", true);
+    let storage = moto.storage("locked", "backups").await;
+    // What two killed cycles leave: objects no manifest names, one of them locked.
+    let (locked, free) = (pool_key(&"ab".repeat(32)), pool_key(&"cd".repeat(32)));
+    storage.write(&locked, &b"locked"[..]).await.unwrap();
+    storage.write(&free, &b"free"[..]).await.unwrap();
+    let now = storage
+        .bucket_object_lock()
+        .await
+        .unwrap()
+        .server_time
+        .unwrap();
+    let until = now + SignedDuration::from_hours(24);
+    let want = Retention {
+        mode: LockMode::Governance,
+        until,
+    };
+    storage.retain(&locked, want).await.unwrap();
+
+    let catalog = Catalog::load(&storage).await.unwrap();
+    let sweep = sweep_pool(&storage, &catalog, SignedDuration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        (sweep.objects, sweep.removed, sweep.removed_bytes),
+        (2, 1, 4)
+    );
+    assert_eq!((sweep.locked, sweep.young), (1, 0));
+    let listed: Vec<String> = storage
+        .list("pool", ListMode::Recursive)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| !e.is_dir)
+        .map(|e| e.key)
+        .collect();
+    assert!(
+        listed.contains(&locked),
+        "the locked object stays listed, not hidden behind a delete marker: {listed:?}"
+    );
+    assert!(!listed.contains(&free), "{listed:?}");
+}
