@@ -102,9 +102,11 @@ pub async fn sweep_pool(
         .collect();
     sweep.referenced = sweep.objects - unmarked.len();
     let cutoff = now - grace;
-    let locks = crate::retention::bucket_lock(storage, "pool objects")
-        .await?
-        .is_some();
+    // Asked only when something may go.
+    let locks = !unmarked.is_empty()
+        && crate::retention::bucket_lock(storage, "pool objects")
+            .await?
+            .is_some();
     let outcomes: Vec<Outcome> = futures::stream::iter(unmarked)
         .map(|(key, size, listed)| async move {
             // Young by the listing: no request. The time that decides a delete is read

@@ -320,6 +320,9 @@ async fn check_database(
 /// Objects whose retention is asked at once.
 const LOCKS_AT_ONCE: usize = 16;
 
+/// Objects named one by one when they are not locked as recorded; the rest are counted.
+const LOCK_PROBLEMS_SHOWN: usize = 5;
+
 /// Where `manifest` records an Object Lock, each object of the snapshot (the manifest included)
 /// that is not locked as firmly and as long, while the recorded date is still ahead by the
 /// server's clock. A lock that has run out is no problem.
@@ -368,6 +371,14 @@ async fn check_locks(storage: &Storage, folder: &str, manifest: &Manifest) -> Re
         .await?;
     let mut problems: Vec<String> = problems.into_iter().flatten().collect();
     problems.sort();
+    // A snapshot copied to a store without Object Lock would name every object: a few say it.
+    if problems.len() > LOCK_PROBLEMS_SHOWN {
+        let more = problems.len() - LOCK_PROBLEMS_SHOWN;
+        problems.truncate(LOCK_PROBLEMS_SHOWN);
+        problems.push(format!(
+            "{folder}: and {more} more objects not locked as the manifest records"
+        ));
+    }
     Ok(problems)
 }
 

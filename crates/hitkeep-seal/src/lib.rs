@@ -322,8 +322,7 @@ impl Sealer {
     /// Why exact pieces: age adds 16 bytes to every 64 KiB, so a piece per input chunk would be a
     /// little longer than an upload's part. The uploader would then cut each part from two of them,
     /// and the few KiB carried over would keep a whole previous buffer alive while the next part
-    /// fills: at 16M hits that was 250 MiB more peak memory than a plain backup, and parts sent
-    /// from two buffers.
+    /// fills. (Measured at 16M hits, the backup's peak RSS moved within the noise: 894 → 862 MiB.)
     pub fn seal_stream<'a>(
         &self,
         chunks: impl Stream<Item = io::Result<Bytes>> + Send + Unpin + 'a,
