@@ -102,22 +102,21 @@ pub async fn sweep_pool(
         .collect();
     sweep.referenced = sweep.objects - unmarked.len();
     let cutoff = now - grace;
-    // Asked only when something may go.
-    let locks = !unmarked.is_empty()
+    // Young by the listing: no request. The time that decides a delete is read again just before
+    // it, though: the object may have been written since. Compared in whole seconds: a listing's
+    // times have milliseconds, the clock's (a `Last-Modified` header) not, and an object of the
+    // clock's own second is not younger than it.
+    let (young, old): (Vec<Pooled>, Vec<Pooled>) = unmarked
+        .into_iter()
+        .partition(|(_, _, listed)| listed.is_some_and(|t| t.as_second() > cutoff.as_second()));
+    sweep.young = young.len();
+    // The bucket is asked only when something may go.
+    let locks = !old.is_empty()
         && crate::retention::bucket_lock(storage, "pool objects")
             .await?
             .is_some();
-    let outcomes: Vec<Outcome> = futures::stream::iter(unmarked)
-        .map(|(key, size, listed)| async move {
-            // Young by the listing: no request. The time that decides a delete is read
-            // again just before it, though: the object may have been written since. Compared in
-            // whole seconds: a listing's times have milliseconds, the clock's (a `Last-Modified`
-            // header) not, and an object of the clock's own second is not younger than it.
-            if listed.is_some_and(|t| t.as_second() > cutoff.as_second()) {
-                return Ok(Outcome::Young);
-            }
-            sweep_one(storage, &key, size, cutoff, locks).await
-        })
+    let outcomes: Vec<Outcome> = futures::stream::iter(old)
+        .map(|(key, size, _)| async move { sweep_one(storage, &key, size, cutoff, locks).await })
         .buffer_unordered(AT_ONCE)
         .try_collect()
         .await?;

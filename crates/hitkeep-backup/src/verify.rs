@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use hitkeep_data::{DuckDbLimits, TenantLayout};
 use hitkeep_storage::{ObjectInfo, Sha256Digest, Storage, TransferOptions};
 use jiff::Timestamp;
@@ -290,9 +290,9 @@ async fn check_database(
         }
         let _ = std::fs::remove_file(&stored);
     }
-    check
-        .problems
-        .extend(check_locks(storage, &folder, &manifest).await?);
+    // Asked now, added after the import check: a lock lifted (or one this key may not see) says
+    // nothing of whether the data restores, so it never stops that check from running.
+    let lock_problems = check_locks(storage, &folder, &manifest).await;
     if deep && check.problems.is_empty() {
         let tables = manifest.tables.clone();
         let dir2 = dir.clone();
@@ -313,6 +313,7 @@ async fn check_database(
                 .push(format!("import failed: {}", e.describe())),
         }
     }
+    check.problems.extend(lock_problems);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(check)
 }
@@ -325,15 +326,40 @@ const LOCK_PROBLEMS_SHOWN: usize = 5;
 
 /// Where `manifest` records an Object Lock, each object of the snapshot (the manifest included)
 /// that is not locked as firmly and as long, while the recorded date is still ahead by the
-/// server's clock. A lock that has run out is no problem.
-async fn check_locks(storage: &Storage, folder: &str, manifest: &Manifest) -> Result<Vec<String>> {
+/// server's clock. A lock that has run out is no problem; a check that cannot be made is one.
+async fn check_locks(storage: &Storage, folder: &str, manifest: &Manifest) -> Vec<String> {
     let Some(record) = manifest.object_lock else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
     if !storage.location().is_s3() {
         // A copy out of the bucket: no lock came with it, and none can be asked for here.
         tracing::warn!(folder, until = %record.retain_until, "the manifest records an S3 Object Lock, but this location is a directory: the lock is not checked");
-        return Ok(Vec::new());
+        return Vec::new();
+    }
+    let recorded = format!(
+        "the manifest records an S3 Object Lock in {} mode until {}",
+        record.mode, record.retain_until
+    );
+    // A copy in a bucket without Object Lock: one problem, not one per object.
+    match storage.bucket_object_lock().await {
+        Ok(bucket) if bucket.enabled => {}
+        Ok(_) => {
+            return vec![format!(
+                "{folder}: {recorded}, but this bucket has no Object Lock: nothing of it is locked here"
+            )];
+        }
+        Err(e) if e.kind() == hitkeep_storage::ErrorKind::Unsupported => {
+            return vec![format!(
+                "{folder}: {recorded}, but this S3 service has no Object Lock: nothing of it is locked here"
+            )];
+        }
+        // Not allowed to ask the bucket: the objects are asked one by one.
+        Err(e) if e.kind() == hitkeep_storage::ErrorKind::AccessDenied => {}
+        Err(e) => {
+            return vec![format!(
+                "{folder}: the lock it records could not be checked: {e}"
+            )];
+        }
     }
     let want = hitkeep_storage::Retention {
         mode: record.mode,
@@ -343,35 +369,34 @@ async fn check_locks(storage: &Storage, folder: &str, manifest: &Manifest) -> Re
     };
     let mut keys = manifest.stored_objects(folder);
     keys.push(format!("{folder}/{MANIFEST_NAME}"));
-    let problems: Vec<Option<String>> = futures::stream::iter(keys)
+    let recorded = &recorded;
+    let found: Vec<Option<String>> = futures::stream::iter(keys)
         .map(|key| async move {
             let retained = match storage.retained(&key).await {
                 Ok(retained) => retained,
                 // Missing objects are named by the size and digest check already.
-                Err(e) if e.kind() == hitkeep_storage::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::from(e)),
+                Err(e) if e.kind() == hitkeep_storage::ErrorKind::NotFound => return None,
+                Err(e) => return Some(format!("{}: its lock could not be checked: {e}", storage.describe(&key))),
             };
             let ended = retained.server_time.is_some_and(|now| want.until <= now);
             let held = retained.retention.filter(|held| held.covers(want));
-            Ok((held.is_none() && !ended).then(|| {
+            (held.is_none() && !ended).then(|| {
                 let found = match retained.retention {
                     Some(r) => format!("it is locked in {} mode until {}", r.mode, r.until),
                     None => "it has no lock".to_owned(),
                 };
                 format!(
-                    "{}: the manifest records an S3 Object Lock in {} mode until {}, but {found} (or this key may not read retention: s3:GetObjectRetention)",
+                    "{}: {recorded}, but {found} (or this key may not read retention: s3:GetObjectRetention)",
                     storage.describe(&key),
-                    record.mode,
-                    record.retain_until
                 )
-            }))
+            })
         })
         .buffer_unordered(LOCKS_AT_ONCE)
-        .try_collect()
-        .await?;
-    let mut problems: Vec<String> = problems.into_iter().flatten().collect();
+        .collect()
+        .await;
+    let mut problems: Vec<String> = found.into_iter().flatten().collect();
     problems.sort();
-    // A snapshot copied to a store without Object Lock would name every object: a few say it.
+    // A lock lifted on a whole snapshot would name every object: a few say it.
     if problems.len() > LOCK_PROBLEMS_SHOWN {
         let more = problems.len() - LOCK_PROBLEMS_SHOWN;
         problems.truncate(LOCK_PROBLEMS_SHOWN);
@@ -379,7 +404,7 @@ async fn check_locks(storage: &Storage, folder: &str, manifest: &Manifest) -> Re
             "{folder}: and {more} more objects not locked as the manifest records"
         ));
     }
-    Ok(problems)
+    problems
 }
 
 const VERIFY_MEMORY_HINT: &str = "DuckDB holds each table's indexes in memory while it builds them; give this command more with HITKEEP_DUCKDB_MEMORY_LIMIT (e.g. 4GiB), or unset it to let DuckDB use 80% of RAM";

@@ -359,8 +359,10 @@ impl Sealer {
                             None => w.finish().map(drop),
                         }
                     } else {
-                        // No more than fills the piece: the spill never holds much past one.
-                        let n = spill.room_left().min(pending.len());
+                        // About what fills the piece, so the spill never holds much past one; but
+                        // a whole age chunk at least, or a piece nearly full would take writes of
+                        // a few bytes that age only buffers.
+                        let n = spill.room_left().max(AGE_CHUNK).min(pending.len());
                         let slice = pending.split_to(n);
                         // Off the async workers: sealing a 16 MiB part takes ~11 ms of CPU, which
                         // would hold up every other task on that worker (an embedding server's
@@ -388,6 +390,9 @@ impl Sealer {
     }
 }
 
+/// The plaintext age seals at a time (its STREAM chunk; each gets a 16-byte tag).
+const AGE_CHUNK: usize = 64 * 1024;
+
 /// Where age's writer puts ciphertext until the stream takes it, a piece of `part` bytes at a time.
 #[derive(Clone)]
 struct Spill {
@@ -407,7 +412,7 @@ impl Spill {
     /// still hold when the piece's plaintext is given, so that filling a piece never grows, and
     /// copies, the buffer.
     fn room(part: usize) -> usize {
-        part + part / 4096 + 2 * 64 * 1024
+        part + part / 4096 + 2 * AGE_CHUNK + 64
     }
 
     /// How many more bytes fill the current piece (at least one).
@@ -658,6 +663,44 @@ mod tests {
             .collect()
             .await;
         assert!(out.last().unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn small_pieces_come_whole_and_nothing_follows_an_input_error() {
+        let (identities, sealer) = keys(1);
+        // One input chunk many pieces long, and pieces far smaller than age's chunk.
+        let plain: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let chunks = vec![Ok(Bytes::from(plain.clone()))];
+        let pieces: Vec<Bytes> = sealer
+            .seal_stream(futures::stream::iter(chunks), 1000)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        let (last, whole) = pieces.split_last().unwrap();
+        assert!(whole.iter().all(|p| p.len() == 1000) && last.len() <= 1000);
+        let opener = Opener::new(identities);
+        assert_eq!(opener.open_bytes(&pieces.concat()).unwrap(), plain);
+
+        // An input that fails after whole pieces went out: they come, then the error, then nothing.
+        let failing = futures::stream::iter(vec![
+            Ok(Bytes::from(vec![1u8; 150_000])),
+            Err(io::Error::other("disk gone")),
+            Ok(Bytes::from(vec![2u8; 150_000])),
+        ]);
+        let out: Vec<io::Result<Bytes>> =
+            sealer.seal_stream(failing, 1000).unwrap().collect().await;
+        let error_at = out
+            .iter()
+            .position(|r| r.is_err())
+            .expect("the error comes out");
+        assert_eq!(error_at, out.len() - 1, "nothing follows the error");
+        assert!(
+            error_at > 0
+                && out[..error_at]
+                    .iter()
+                    .all(|r| r.as_ref().unwrap().len() == 1000)
+        );
     }
 
     #[test]

@@ -445,8 +445,8 @@ pub fn diff(a: &Fingerprint, b: &Fingerprint) -> String {
 }
 
 /// moto's S3 server (PyPI), the S3 server here that implements Object Lock (Garage does not), run
-/// beside the run's server for the Object Lock section; killed on drop. It checks no signatures,
-/// so the helpers below talk to it with Python's standard library.
+/// beside the run's server for the Object Lock section; killed on drop. The helpers below talk to it
+/// with boto3 (installed with moto), signed.
 #[derive(Debug)]
 pub struct Moto {
     child: std::process::Child,
