@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod browse;
+mod compare;
 mod error;
 mod import;
 mod ledger;

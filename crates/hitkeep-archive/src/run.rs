@@ -18,6 +18,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::compare::{Comparison, CopyPrint, read_copy, rows_not_in};
 use crate::error::{Error, Result};
 use crate::ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry};
 use crate::tables::{Cutoff, Grain, TABLES};
@@ -323,8 +324,10 @@ pub async fn archive_site(
         )
         .await?;
     }
+    tracing::debug!(site = %policy.site_id, "ledger read and earlier runs recovered");
     let (counts, oldest, newest) =
         tokio::task::block_in_place(|| count(conn, policy.site_id, cutoff))?;
+    tracing::debug!(site = %policy.site_id, "expired rows counted");
     let mut report = SiteReport {
         policy: *policy,
         cutoff: cutoff.instant().to_string(),
@@ -384,10 +387,12 @@ pub async fn archive_site(
         save_ledger(storage, &ledger_key, &ledger),
     )
     .await?;
+    tracing::debug!(site = %policy.site_id, "exported, uploaded and read back");
     let entry = ledger.entries.last_mut().expect("just pushed");
     entry.size = exported.size;
     entry.state = EntryState::Verified;
     save_ledger(storage, &ledger_key, &ledger).await?;
+    tracing::debug!(site = %policy.site_id, "ledger entry verified");
     options.events.verified(policy.site_id, &pattern, &counts);
 
     let verified = VerifiedFile {
@@ -397,6 +402,7 @@ pub async fn archive_site(
             .map(|(table, part)| (table.clone(), join(&dir, part)))
             .collect(),
         copies: &exported.copies,
+        prints: &exported.prints,
         exact: true,
         hint: "another connection changed expired rows after they were exported (an embedding server rewriting old rows); the next run discards this file and archives the rows as they are then",
     };
@@ -476,6 +482,7 @@ async fn recover(
                             .collect(),
                     },
                     copies: &copies,
+                    prints: &BTreeMap::new(),
                     exact: false,
                     hint: "these rows changed after an earlier run verified this file and stopped before its delete; nothing is deleted until they are looked into (archive them into a file of their own first, or put the file's rows back with `hitkeep archive restore`)",
                 };
@@ -523,7 +530,9 @@ pub(crate) async fn save_ledger(storage: &Storage, key: &str, ledger: &Ledger) -
 }
 
 /// The tables of [`TABLES`] that exist in this database (older schemas lack some).
-fn present_tables(conn: &Connection) -> Result<Vec<&'static crate::tables::ArchiveTable>> {
+pub(crate) fn present_tables(
+    conn: &Connection,
+) -> Result<Vec<&'static crate::tables::ArchiveTable>> {
     let existing: Vec<String> = hitkeep_data::user_tables(conn)
         .map_err(|e| Error::duckdb("listing tables", e))?
         .into_iter()
@@ -542,7 +551,7 @@ fn present_tables(conn: &Connection) -> Result<Vec<&'static crate::tables::Archi
         .collect())
 }
 
-fn predicate(site: Uuid, table: &crate::tables::ArchiveTable, cutoff: Cutoff) -> String {
+pub(crate) fn predicate(site: Uuid, table: &crate::tables::ArchiveTable, cutoff: Cutoff) -> String {
     format!(
         "site_id = '{site}' AND {} < {}",
         quote_ident(table.column),
@@ -598,27 +607,9 @@ fn count(conn: &Connection, site: Uuid, cutoff: Cutoff) -> Result<Counts> {
     Ok((counts, oldest, newest))
 }
 
-/// How one table's live rows before a cutoff compare with an archive file's rows of that table.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Comparison {
-    /// Live rows before the cutoff.
-    live: u64,
-    /// The file's rows of the table.
-    archived: u64,
-    /// Live rows the file does not hold (by content, duplicates counted).
-    not_archived: u64,
-}
-
-impl Comparison {
-    /// Rows of the file the database no longer holds.
-    fn gone(&self) -> u64 {
-        (self.archived + self.not_archived).saturating_sub(self.live)
-    }
-}
-
 /// Local copies of an entry's objects, as read back from storage.
 #[derive(Clone, Debug)]
-enum Copies {
+pub(crate) enum Copies {
     /// One file with every table's rows, told apart by `_source` (format 1 entries, HitKeep's).
     OneFile(PathBuf),
     /// One file per table with rows.
@@ -626,6 +617,14 @@ enum Copies {
 }
 
 impl Copies {
+    /// The tables of a copy per table; `None` for one file (its tables are known once it is read).
+    pub(crate) fn tables(&self) -> Option<Vec<&String>> {
+        match self {
+            Copies::OneFile(_) => None,
+            Copies::PerTable(parts) => Some(parts.keys().collect()),
+        }
+    }
+
     fn paths(&self) -> Vec<&Path> {
         match self {
             Copies::OneFile(path) => vec![path.as_path()],
@@ -634,7 +633,7 @@ impl Copies {
     }
 
     /// Rows per `_source` over all the copies.
-    fn counts(&self, conn: &Connection) -> Result<BTreeMap<String, u64>> {
+    pub(crate) fn counts(&self, conn: &Connection) -> Result<BTreeMap<String, u64>> {
         let paths = self.paths();
         if paths.is_empty() {
             return Ok(BTreeMap::new());
@@ -646,7 +645,7 @@ impl Copies {
     }
 
     /// The SQL that reads `table`'s rows from the copies, or `None` when they hold none of its rows.
-    fn rows_of(&self, table: &str) -> Option<String> {
+    pub(crate) fn rows_of(&self, table: &str) -> Option<String> {
         match self {
             Copies::OneFile(path) => Some(format!(
                 "read_parquet({}) WHERE _source = {}",
@@ -685,7 +684,7 @@ fn source_counts(conn: &Connection, from: &str) -> Result<BTreeMap<String, u64>>
 }
 
 /// The rows of `sql`, a name and a value each, as a map.
-fn named_values<T: duckdb::types::FromSql>(
+pub(crate) fn named_values<T: duckdb::types::FromSql>(
     conn: &Connection,
     sql: &str,
     context: &'static str,
@@ -724,158 +723,6 @@ async fn download_copies(
     }
 }
 
-/// Per table, the live rows before `cutoff` against the rows of the archive's copies, by content.
-/// The fingerprints of every table are compared in one query, and only the tables they do not
-/// clear row by row.
-fn rows_not_in(
-    conn: &Connection,
-    site: Uuid,
-    cutoff: Cutoff,
-    copies: &Copies,
-) -> Result<BTreeMap<String, Comparison>> {
-    let archived = copies.counts(conn)?;
-    let (live, _, _) = count(conn, site, cutoff)?;
-    let mut out = BTreeMap::new();
-    let mut compared_by_content = Vec::new();
-    for table in present_tables(conn)? {
-        let live = live.get(table.name).copied().unwrap_or(0);
-        let in_file = archived.get(table.name).copied().unwrap_or(0);
-        out.insert(
-            table.name.to_owned(),
-            Comparison {
-                live,
-                archived: in_file,
-                not_archived: live,
-            },
-        );
-        // The file is not asked about a table it holds no rows of: that table's columns may not be
-        // in it at all, and every live row is "not archived" anyway.
-        let Some(source) = copies.rows_of(table.name) else {
-            continue;
-        };
-        if live > 0 && in_file > 0 {
-            let live_rows = format!(
-                "{} WHERE {}",
-                quote_ident(table.name),
-                predicate(site, table, cutoff)
-            );
-            compared_by_content.push((table.name, live_rows, source));
-        }
-    }
-    let exprs = comparable(conn, &compared_by_content)?;
-    // Only equal counts can be the same rows: the fingerprints clear those they can, in one query,
-    // and every other table is compared row by row.
-    let equal_counts: Vec<usize> = (0..compared_by_content.len())
-        .filter(|&i| {
-            let c = &out[compared_by_content[i].0];
-            c.live == c.archived
-        })
-        .collect();
-    let fingerprinted: Vec<_> = equal_counts
-        .iter()
-        .map(|&i| (exprs[i].as_str(), &compared_by_content[i]))
-        .collect();
-    let same = same_fingerprints(conn, &fingerprinted)?;
-    let cleared: Vec<usize> = equal_counts
-        .into_iter()
-        .zip(same)
-        .filter_map(|(i, same)| same.then_some(i))
-        .collect();
-    for (i, ((table, live_rows, source), exprs)) in
-        compared_by_content.iter().zip(&exprs).enumerate()
-    {
-        out.get_mut(*table).expect("inserted above").not_archived = if cleared.contains(&i) {
-            0
-        } else {
-            rows_missing(conn, exprs, live_rows, source)?
-        };
-    }
-    Ok(out)
-}
-
-/// Whether the rows each table's `exprs` select from its live rows and from its archived rows have
-/// the same order-independent fingerprint: the sum of a 64-bit hash per row. Equal counts and
-/// fingerprints mean the same rows, duplicates included, but for a chance of about 2^-64; a scan of
-/// each side where [`rows_missing`] builds a hash table of every row (measured at 4M hits: 0.08 s
-/// against 1.07 s for the `hits` rows). Any difference, even one the content comparison would accept,
-/// goes to [`rows_missing`]: the fingerprint only ever takes the fast way to the answer the comparison
-/// would give. Every table in one query: a query apiece cost more than the scans at 1M hits. The
-/// fingerprint and why it hashes twice: [`hitkeep_data::rows_fingerprint`].
-fn same_fingerprints(
-    conn: &Connection,
-    tables: &[(&str, &(&str, String, String))],
-) -> Result<Vec<bool>> {
-    if tables.is_empty() {
-        return Ok(Vec::new());
-    }
-    let fingerprint = |exprs: &str, from: &str| {
-        format!(
-            "(SELECT {} FROM {from})",
-            hitkeep_data::rows_fingerprint(exprs)
-        )
-    };
-    let checks = tables
-        .iter()
-        .map(|(exprs, (_, live, archived))| {
-            format!(
-                "{} IS NOT DISTINCT FROM {}",
-                fingerprint(exprs, live),
-                fingerprint(exprs, archived)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    conn.query_row(&format!("SELECT {checks}"), [], |r| {
-        (0..tables.len()).map(|i| r.get::<_, bool>(i)).collect()
-    })
-    .map_err(|e| Error::duckdb("fingerprinting the archive's rows", e))
-}
-
-/// Live rows (`exprs` of `live`) that `archived` does not hold, by content, duplicates counted.
-fn rows_missing(conn: &Connection, exprs: &str, live: &str, archived: &str) -> Result<u64> {
-    let sql = format!(
-        "SELECT count(*) FROM (SELECT {exprs} FROM {live} EXCEPT ALL SELECT {exprs} FROM {archived})"
-    );
-    let n: i64 = conn
-        .query_row(&sql, [], |r| r.get(0))
-        .map_err(|e| Error::duckdb("comparing with the archive", e))?;
-    Ok(u64::try_from(n).unwrap_or_default())
-}
-
-/// Per table, the select list that compares its live rows with its rows in `source`: each column
-/// as itself where the file holds it in the table's own type (what a file per table holds, and cheap
-/// to hash), else both sides as text. A one-file archive widened DATE columns to TIMESTAMPTZ
-/// (midnight UTC), which has no way back without ICU: those compare as the date's text.
-fn comparable(conn: &Connection, tables: &[(&str, String, String)]) -> Result<Vec<String>> {
-    if tables.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut columns = crate::browse::tables_columns(conn)?;
-    tables
-        .iter()
-        .map(|(table, _, source)| {
-            let in_file = file_columns(conn, source)?;
-            Ok(columns
-                .remove(*table)
-                .unwrap_or_default()
-                .iter()
-                .map(|(c, t)| match in_file.get(c) {
-                    Some(file_type) if file_type == t => quote_ident(c),
-                    _ if t == "DATE" => format!("left(CAST({} AS VARCHAR), 10)", quote_ident(c)),
-                    _ => format!("CAST({} AS VARCHAR)", quote_ident(c)),
-                })
-                .collect::<Vec<_>>()
-                .join(", "))
-        })
-        .collect()
-}
-
-/// The columns `source` reads from an archive file, and their types.
-fn file_columns(conn: &Connection, source: &str) -> Result<BTreeMap<String, String>> {
-    let sql = format!("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})");
-    named_values(conn, &sql, "reading the archive's columns")
-}
-
 /// What [`export_and_verify`] writes: one file per table with rows, into the site's folder.
 struct ExportPlan<'a> {
     site: Uuid,
@@ -898,6 +745,8 @@ struct ExportPlan<'a> {
 struct Exported {
     /// Their read-back copies.
     copies: Copies,
+    /// What the read-back learned of each copy, for the delete's comparison.
+    prints: BTreeMap<String, CopyPrint>,
     /// Bytes over all of them.
     size: u64,
 }
@@ -918,8 +767,11 @@ async fn export_and_verify(
     let exporter = conn
         .try_clone()
         .map_err(|e| Error::duckdb("opening a connection for the export", e))?;
-    // Before the export starts: past that point every return waits for it.
+    // Before the export starts: past that point every return waits for it. The live columns make
+    // each read-back's print ([`CopyPrint`]); a table that changes before the delete is compared
+    // the long way.
     let reader = ReadBack::open()?;
+    let live_columns = crate::browse::tables_columns(conn)?;
     let tables: Vec<(&'static crate::tables::ArchiveTable, PathBuf)> = present_tables(conn)?
         .into_iter()
         .filter_map(|t| {
@@ -938,7 +790,8 @@ async fn export_and_verify(
         // transfers in flight run to their end: one dropped mid-way can leave a multipart upload
         // open on the server or create a file after the scratch folder was removed.
         let failed = AtomicBool::new(false);
-        let (failed, plan, uploaded, reader) = (&failed, &plan, &uploaded, &reader);
+        let (failed, plan, uploaded) = (&failed, &plan, &uploaded);
+        let reader = (&reader, &live_columns);
         let sent = tokio_stream_of(rx)
             .take_while(|_| std::future::ready(!failed.load(Ordering::Relaxed)))
             .map(|(table, local)| async move {
@@ -951,14 +804,21 @@ async fn export_and_verify(
             .await
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
-        Ok(Exported {
-            size: sent.iter().map(|(_, _, size)| size).sum(),
-            copies: Copies::PerTable(
-                sent.into_iter()
-                    .map(|(table, copy, _)| (table.to_owned(), copy))
-                    .collect(),
-            ),
-        })
+        let mut exported = Exported {
+            size: 0,
+            copies: Copies::PerTable(BTreeMap::new()),
+            prints: BTreeMap::new(),
+        };
+        for (table, copy, size, print) in sent {
+            exported.size += size;
+            if let Copies::PerTable(copies) = &mut exported.copies {
+                copies.insert(table.to_owned(), copy);
+            }
+            if let Some(print) = print {
+                exported.prints.insert(table.to_owned(), print);
+            }
+        }
+        Ok(exported)
     }
     .await;
     // The export thread stops at its next table once nobody receives; it is always waited for.
@@ -979,9 +839,11 @@ async fn export_and_verify(
     outcome
 }
 
-/// Tables sent and read back at once: enough to hide the round trips of the small ones behind the
-/// large ones, few enough that their scratch copies stay a small part of the site's rows.
-const TABLES_AT_ONCE: usize = 4;
+/// Tables sent and read back at once. Most of a site's 23 tables are small, each a few round trips
+/// (upload, download, one query): 4 at once left ~0.15 s of them after the export at 1M hits, 12
+/// leave ~0.05 s (measured). The export does not wait for them: this bounds connections and
+/// read-back queries, not disk.
+const TABLES_AT_ONCE: usize = 12;
 
 /// The export's files as a stream, ended when the export thread drops its sender (or stops early).
 fn tokio_stream_of<T>(
@@ -997,8 +859,8 @@ async fn send_and_check(
     plan: &ExportPlan<'_>,
     (table, local): (&'static str, PathBuf),
     uploaded: &std::sync::Mutex<Vec<String>>,
-    reader: &ReadBack,
-) -> Result<(&'static str, PathBuf, u64)> {
+    (reader, live_columns): (&ReadBack, &BTreeMap<String, Vec<(String, String)>>),
+) -> Result<(&'static str, PathBuf, u64, Option<CopyPrint>)> {
     let object = &plan.parts[table];
     let key = join(plan.dir, object);
     // Sealed, the local file is replaced by its age file: no plaintext is uploaded, and the read-back
@@ -1027,15 +889,15 @@ async fn send_and_check(
     let info = info?;
     let expected = plan.counts.get(table).copied().unwrap_or(0);
     let copy = plan.scratch.join(format!("readback.{object}"));
-    verify_object(
+    let print = verify_object(
         storage,
         &key,
-        (table, expected),
+        (table, expected, live_columns.get(table)),
         &copy,
         (reader, plan.opener),
     )
     .await?;
-    Ok((table, copy, info.size))
+    Ok((table, copy, info.size, print))
 }
 
 /// One `COPY` per table, `_source` first (the contract every reader of an archive relies on), all in
@@ -1085,14 +947,14 @@ fn export_in_one_transaction(
 }
 
 /// Reads the uploaded object back into `local` and checks that it holds `expected` rows of `table`
-/// and nothing else.
+/// and nothing else; returns the copy's print when the table's live columns are given.
 async fn verify_object(
     storage: &Storage,
     key: &str,
-    (table, expected): (&str, u64),
+    (table, expected, live_columns): (&str, u64, Option<&Vec<(String, String)>>),
     local: &Path,
     (reader, opener): (&ReadBack, Option<&hitkeep_seal::Opener>),
-) -> Result<()> {
+) -> Result<Option<CopyPrint>> {
     crate::sealed::fetch(storage, key, local, opener).await?;
     // On a blocking thread of its own, so that other tables' transfers go on meanwhile.
     let from = format!(
@@ -1100,9 +962,11 @@ async fn verify_object(
         quote_literal(&local.display().to_string())
     );
     let conn = reader.connection()?;
-    let found = tokio::task::spawn_blocking(move || source_counts(&conn, &from))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let (name, columns) = (table.to_owned(), live_columns.cloned());
+    let (found, print) =
+        tokio::task::spawn_blocking(move || read_copy(&conn, &name, columns.as_deref(), &from))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     let expected = BTreeMap::from([(table.to_owned(), expected)]);
     if found != expected {
         storage.delete(key).await?;
@@ -1112,7 +976,7 @@ async fn verify_object(
             expected,
         });
     }
-    Ok(())
+    Ok(print)
 }
 
 /// The in-memory DuckDB instance that counts what every object of a site's run read back holds, one
@@ -1169,6 +1033,8 @@ struct VerifiedFile<'a> {
     parts: BTreeMap<String, String>,
     /// Local copies of its objects as read back from storage.
     copies: &'a Copies,
+    /// What this run's read-backs learned of each copy (none for a recovery's download).
+    prints: &'a BTreeMap<String, CopyPrint>,
     /// The live rows must be exactly the file's (the run that wrote it); otherwise a subset (a
     /// recovery, whose earlier delete may have committed).
     exact: bool,
@@ -1208,7 +1074,7 @@ fn delete_archived(
         .map_err(|e| DeleteFailure::RolledBack(Error::duckdb("starting the delete", e)))?;
     let started = std::time::Instant::now();
     let outcome = (|| {
-        let compared = rows_not_in(conn, site, cutoff, file.copies)?;
+        let compared = rows_not_in(conn, site, cutoff, file.copies, file.prints)?;
         tracing::debug!(%site, compare_s = started.elapsed().as_secs_f64(), "compared with the archive");
         let differs = |c: &Comparison| c.not_archived > 0 || (file.exact && c.gone() > 0);
         if let Some((table, c)) = compared.iter().find(|(_, c)| differs(c)) {
@@ -1277,78 +1143,4 @@ pub(crate) fn end_transaction<T>(
     conn.execute_batch(end)
         .map_err(|e| Error::duckdb(what, e))?;
     outcome
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Two tables `a` and `b` of `columns`, holding `a` and `b` (VALUES lists), compared whole.
-    fn same_rows(columns: &str, a: &str, b: &str) -> bool {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(&format!(
-            "CREATE TABLE a ({columns}); INSERT INTO a VALUES {a};
-             CREATE TABLE b ({columns}); INSERT INTO b VALUES {b};"
-        ))
-        .unwrap();
-        let names: Vec<&str> = columns
-            .split(',')
-            .filter_map(|c| c.split_whitespace().next())
-            .collect();
-        let exprs = names.join(", ");
-        let (fast, exact) = (
-            same_fingerprints(&conn, &[(exprs.as_str(), &("a", "a".into(), "b".into()))]).unwrap()
-                == [true],
-            rows_missing(&conn, &exprs, "a", "b").unwrap() == 0
-                && rows_missing(&conn, &exprs, "b", "a").unwrap() == 0,
-        );
-        assert!(
-            !fast || exact,
-            "the fingerprint took rows for equal that are not"
-        );
-        fast
-    }
-
-    fn fingerprints_match(a: &str, b: &str) -> bool {
-        same_rows("x INTEGER, y VARCHAR", a, b)
-    }
-
-    #[test]
-    fn fingerprints_tell_the_same_rows_from_changed_ones() {
-        // The same rows in another order, NULLs included: equal.
-        assert!(fingerprints_match(
-            "(1, 'p'), (2, NULL), (2, NULL)",
-            "(2, NULL), (1, 'p'), (2, NULL)"
-        ));
-        // One value changed.
-        assert!(!fingerprints_match(
-            "(1, 'p'), (2, 'q')",
-            "(1, 'p'), (2, 'r')"
-        ));
-        // Same count, but a duplicate moved to another row.
-        assert!(!fingerprints_match(
-            "(1, 'p'), (1, 'p'), (2, 'q')",
-            "(1, 'p'), (2, 'q'), (2, 'q')"
-        ));
-        // Values swapped between rows: each column's multiset is the same, the rows are not.
-        assert!(!fingerprints_match(
-            "(1, 'p'), (2, 'q')",
-            "(1, 'q'), (2, 'p')"
-        ));
-        // A NULL where a value was.
-        assert!(!fingerprints_match("(1, 'p')", "(1, NULL)"));
-        // Other types HitKeep's tables hold, as a file per table keeps them.
-        let typed = "t TIMESTAMPTZ, d DATE, v DOUBLE, u UUID";
-        let uuid = "'0190a1b2-0000-7000-8000-000000000001'";
-        let row =
-            |t: &str, v: &str| format!("('2026-01-02 03:04:{t}+00', '2026-01-02', {v}, {uuid})");
-        let first = row("05.123456", "0.1");
-        assert!(same_rows(typed, &first, &first));
-        assert!(!same_rows(typed, &first, &row("05.123457", "0.1")));
-        assert!(!same_rows(
-            typed,
-            &first,
-            &row("05.123456", "0.10000000000000002")
-        ));
-    }
 }
