@@ -118,48 +118,6 @@ impl Catalog {
         Ok(Catalog { databases, pins })
     }
 
-    /// The catalog with cycle `id`'s snapshots read afresh, in every database it knows and in
-    /// `databases`, and the pins read afresh: a catalog loaded while that cycle ran knows every
-    /// snapshot before it but not what the cycle wrote since, nor a snapshot pinned meanwhile. One
-    /// listing and at most one manifest read per database, side by side, where [`Catalog::load`]
-    /// lists the location again, level by level.
-    pub async fn with_cycle(
-        mut self,
-        storage: &Storage,
-        id: SnapshotId,
-        databases: impl IntoIterator<Item = Database>,
-    ) -> Result<Catalog> {
-        for database in databases {
-            if !self.databases.iter().any(|d| d.database == database) {
-                self.databases.push(DatabaseSnapshots {
-                    database,
-                    snapshots: Vec::new(),
-                });
-            }
-        }
-        // Shared first, then tenants by id: the order `load` gives.
-        self.databases.sort_by_key(|d| match d.database {
-            Database::Shared => None,
-            Database::Tenant { tenant_id } => Some(tenant_id),
-        });
-        // Owned items, as in `load_database`: the futures must be `Send` for an embedding server.
-        let databases: Vec<Database> = self.databases.iter().map(|d| d.database).collect();
-        let snapshots = futures::stream::iter(databases)
-            .map(|database| async move { load_snapshot(storage, database, id).await })
-            .buffered(READS_AT_ONCE)
-            .try_collect::<Vec<SnapshotInfo>>();
-        let (fresh, pins) = futures::try_join!(snapshots, crate::keep::pinned(storage))?;
-        self.pins = pins;
-        for (db, snapshot) in self.databases.iter_mut().zip(fresh) {
-            db.snapshots.retain(|s| s.id != id);
-            if snapshot.objects > 0 {
-                db.snapshots.push(snapshot);
-                db.snapshots.sort_by_key(|s| s.id);
-            }
-        }
-        Ok(self)
-    }
-
     /// The catalog as it is once `deletions` (a prune just executed) are gone, without listing again.
     pub fn without(mut self, deletions: &[crate::retention::Deletion]) -> Catalog {
         for db in &mut self.databases {

@@ -154,7 +154,6 @@ on_every_backend!(
     a_failing_tenant_is_reported_and_the_others_are_backed_up,
     the_latest_cycle_is_found_without_listing_the_history,
     verify_finds_a_damaged_object_and_deep_verify_passes_on_intact_data,
-    a_catalog_read_beside_a_cycle_and_completed_after_it_is_a_fresh_one,
 );
 
 async fn a_cycle_writes_the_layout_manifests_and_checksums(f: Fixture) {
@@ -414,29 +413,6 @@ async fn the_latest_cycle_is_found_without_listing_the_history(f: Fixture) {
         // ids and one folder per tenant: none of it depends on the thousand older folders.
         assert_eq!(after - before, 5 + f.backed_up().len(), "list requests");
     }
-}
-
-/// What an embedding engine's clean-up does: the location read while a cycle runs, then only what
-/// the cycle wrote and the pins read again (one pinned meanwhile). Nothing may differ from a catalog
-/// read afresh after the cycle.
-async fn a_catalog_read_beside_a_cycle_and_completed_after_it_is_a_fresh_one(f: Fixture) {
-    let first = f.cycle().await;
-    let (second, early) = tokio::join!(f.cycle(), Catalog::load(&f.storage));
-    hitkeep_backup::pin(&f.storage, first.id).await.unwrap();
-    let cycle = std::iter::once(Database::Shared).chain(second.shared.tenants.iter().map(|t| {
-        Database::Tenant {
-            tenant_id: t.tenant_id,
-        }
-    }));
-    let completed = early
-        .unwrap()
-        .with_cycle(&f.storage, second.id, cycle)
-        .await
-        .unwrap();
-    let fresh = Catalog::load(&f.storage).await.unwrap();
-    assert_eq!(format!("{completed:#?}"), format!("{fresh:#?}"));
-    assert!(fresh.pins.contains(&first.id));
-    assert_eq!(completed.latest_committed().map(|s| s.id), Some(second.id));
 }
 
 async fn retention_keeps_exactly_n(f: Fixture) {
