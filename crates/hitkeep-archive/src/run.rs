@@ -839,6 +839,9 @@ async fn export_and_verify(
     outcome
 }
 
+/// Each table's columns and their types, as the export's read-backs print them.
+type LiveColumns = BTreeMap<String, Vec<(String, String)>>;
+
 /// Tables sent and read back at once. Most of a site's 23 tables are small, each a few round trips
 /// (upload, download, one query): 4 at once left ~0.15 s of them after the export at 1M hits, 12
 /// leave ~0.05 s (measured). The export does not wait for them: this bounds connections and
@@ -859,7 +862,7 @@ async fn send_and_check(
     plan: &ExportPlan<'_>,
     (table, local): (&'static str, PathBuf),
     uploaded: &std::sync::Mutex<Vec<String>>,
-    (reader, live_columns): (&ReadBack, &BTreeMap<String, Vec<(String, String)>>),
+    (reader, live_columns): (&ReadBack, &LiveColumns),
 ) -> Result<(&'static str, PathBuf, u64, Option<CopyPrint>)> {
     let object = &plan.parts[table];
     let key = join(plan.dir, object);

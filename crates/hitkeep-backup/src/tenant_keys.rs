@@ -453,8 +453,9 @@ pub async fn plan_forget(storage: &Storage, catalog: &Catalog, tenant: Uuid) -> 
     Ok(plan)
 }
 
-/// Deletes the key files `plan` names, after recording them in the tenant's tombstone, and
-/// confirms with a fresh look that none is left. Returns how many were deleted.
+/// Deletes the key files `plan` names, each with every version a versioned bucket keeps of it,
+/// after recording them in the tenant's tombstone, and confirms with a fresh look that no version
+/// is left. Returns how many key files were deleted.
 pub async fn forget(storage: &Storage, plan: &ForgetPlan) -> Result<usize> {
     let tenant = plan.tenant;
     let mut tombstone = read_tombstone(storage, tenant).await?.unwrap_or(Tombstone {
@@ -475,19 +476,22 @@ pub async fn forget(storage: &Storage, plan: &ForgetPlan) -> Result<usize> {
     // Written first: a forget stopped half-way leaves keys a tombstone names, which a second run
     // deletes, never a key gone without a word of why.
     storage.write(&tombstone_object(tenant), bytes).await?;
+    // Every version: on a versioned bucket (every locked one) a plain delete leaves the key's bytes
+    // behind a delete marker, readable to anyone with the bucket's keys and the operator's identity.
+    let mut versions = 0;
     for object in &plan.keys {
-        storage.delete(object).await?;
+        versions += storage.erase(object).await?;
     }
     for object in &plan.keys {
-        if storage.stat(object).await?.is_some() {
+        if storage.any_version(object).await? {
             return Err(Error::TenantKey {
                 object: storage.describe(object),
-                why: "is still there after it was deleted".into(),
+                why: "is still there, or a version of it, after it was deleted".into(),
                 forgotten_at: None,
             });
         }
     }
-    tracing::warn!(%tenant, keys = plan.keys.len(), snapshots = plan.unreadable.len(), "tenant forgotten: its key files are deleted, and the snapshots sealed to them can no longer be opened by anyone");
+    tracing::warn!(%tenant, keys = plan.keys.len(), versions, snapshots = plan.unreadable.len(), "tenant forgotten: its key files are deleted with every version a versioned bucket kept, and the snapshots sealed to them can no longer be opened by anyone");
     Ok(plan.keys.len())
 }
 

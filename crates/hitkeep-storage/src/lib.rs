@@ -49,6 +49,7 @@ mod partial;
 pub mod report;
 mod s3api;
 mod storage;
+mod versions;
 
 pub use hitkeep_config::LockMode;
 

@@ -196,6 +196,16 @@ impl ObjectLocks {
             .map_err(|e| self.err(e, PUT, key))
     }
 
+    /// The versions of this location's objects (a locked bucket is a versioned one).
+    pub(crate) fn versions(&self) -> crate::versions::Versions<'_> {
+        crate::versions::Versions {
+            api: &self.api,
+            prefix: &self.prefix,
+            location: &self.location,
+            service: &self.service,
+        }
+    }
+
     fn object_url(&self, key: &str) -> String {
         format!(
             "{}/{}",

@@ -656,6 +656,36 @@ impl Storage {
             .map_err(|e| self.err(e, "delete", key))
     }
 
+    /// Deletes `key` for good: the object, and on S3 every older version and delete marker a
+    /// versioned bucket keeps of it (there a plain delete only hides the bytes). Returns how many
+    /// versions and markers went beside the object; 0 on a directory, and on a store that keeps no
+    /// versions (it does not implement their listing). Deleting a missing object succeeds.
+    pub async fn erase(&self, key: &str) -> Result<usize> {
+        self.delete(key).await?;
+        let Some(locks) = self.locks.as_deref() else {
+            return Ok(0);
+        };
+        let versions = locks.versions();
+        let Some(ids) = versions.of(key).await? else {
+            return Ok(0);
+        };
+        for id in &ids {
+            versions.delete(key, id).await?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Whether the store still keeps any version of `key` (on a directory or a store without
+    /// versions: whether the object exists).
+    pub async fn any_version(&self, key: &str) -> Result<bool> {
+        if let Some(locks) = self.locks.as_deref()
+            && let Some(ids) = locks.versions().of(key).await?
+        {
+            return Ok(!ids.is_empty());
+        }
+        Ok(self.stat(key).await?.is_some())
+    }
+
     /// Deletes every object under `prefix` (batched on S3) and returns how many there were. The prefix
     /// must not be empty: wiping a whole location is never what a caller means.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize> {

@@ -52,3 +52,49 @@ async fn a_sweep_leaves_pool_objects_the_bucket_still_locks() {
     );
     assert!(!listed.contains(&free), "{listed:?}");
 }
+
+/// On a versioned bucket (every locked one is) a plain delete leaves a key file's bytes behind a
+/// delete marker: `forget` deletes every version, and a fresh look finds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgetting_a_tenant_deletes_every_version_of_its_key_files() {
+    let moto = MotoServer::start();
+    moto.create_bucket("versioned", true);
+    let storage = moto.storage("versioned", "backups").await;
+    let tenant = uuid::Uuid::from_u128(42);
+    let key = format!("{}/{tenant}/k1.json", hitkeep_backup::TENANT_KEYS_FOLDER);
+    // Two versions of the key file (a rewrap writes it again), and a plain delete elsewhere to show
+    // what a delete alone leaves.
+    storage.write(&key, &b"{\"v\":1}"[..]).await.unwrap();
+    storage.write(&key, &b"{\"v\":2}"[..]).await.unwrap();
+    let other = "keys/other.json";
+    storage.write(other, &b"x"[..]).await.unwrap();
+    storage.delete(other).await.unwrap();
+    assert!(
+        storage.any_version(other).await.unwrap(),
+        "a plain delete on a versioned bucket keeps the old version"
+    );
+    assert!(storage.any_version(&key).await.unwrap());
+
+    let plan = hitkeep_backup::plan_forget(&storage, &Catalog::default(), tenant)
+        .await
+        .unwrap();
+    assert_eq!(plan.keys, std::slice::from_ref(&key));
+    assert_eq!(hitkeep_backup::forget(&storage, &plan).await.unwrap(), 1);
+    assert!(
+        !storage.any_version(&key).await.unwrap(),
+        "no version of the key file is left"
+    );
+    assert_eq!(storage.stat(&key).await.unwrap(), None);
+    // The tombstone stays, and erasing a key that is already gone is no error.
+    assert!(
+        storage
+            .stat(&format!(
+                "{}/{tenant}/forgotten.json",
+                hitkeep_backup::TENANT_KEYS_FOLDER
+            ))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(storage.erase(&key).await.unwrap(), 0);
+}
