@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 
 use duckdb::Connection;
-use hitkeep_data::{quote_ident, quote_literal, rows_fingerprint};
+use hitkeep_data::{quote_ident, rows_fingerprint};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::run::{Copies, named_values, predicate, present_tables};
+use crate::run::{Copies, named_values, per_table_query, predicate, present_tables};
 use crate::tables::{ArchiveTable, Cutoff};
 
 /// How one table's live rows before a cutoff compare with an archive file's rows of that table.
@@ -178,22 +178,12 @@ fn live_rows(
     if tables.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let sql = tables
-        .iter()
-        .map(|table| {
-            let fingerprint = printed.get(table.name).map_or_else(
-                || "NULL::HUGEINT".to_owned(),
-                |p| rows_fingerprint(&p.exprs),
-            );
-            format!(
-                "SELECT {}, count(*), {fingerprint} FROM {} WHERE {}",
-                quote_literal(table.name),
-                quote_ident(table.name),
-                predicate(site, table, cutoff)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
+    let sql = per_table_query(tables, site, cutoff, |table| {
+        printed.get(table.name).map_or_else(
+            || "NULL::HUGEINT".to_owned(),
+            |p| rows_fingerprint(&p.exprs),
+        )
+    });
     let failed = |e| Error::duckdb("comparing with the archive", e);
     let mut stmt = conn.prepare(&sql).map_err(failed)?;
     let rows = stmt
@@ -337,6 +327,7 @@ fn file_columns(conn: &Connection, source: &str) -> Result<BTreeMap<String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hitkeep_data::quote_literal;
 
     /// Two tables `a` and `b` of `columns`, holding `a` and `b` (VALUES lists), compared whole.
     fn same_rows(columns: &str, a: &str, b: &str) -> bool {

@@ -559,6 +559,29 @@ pub(crate) fn predicate(site: Uuid, table: &crate::tables::ArchiveTable, cutoff:
     )
 }
 
+/// One query over every table of `tables`: per table its name, its rows before `cutoff`, and
+/// `more(table)` (further aggregates over those rows), as one `UNION ALL`.
+pub(crate) fn per_table_query(
+    tables: &[&crate::tables::ArchiveTable],
+    site: Uuid,
+    cutoff: Cutoff,
+    more: impl Fn(&crate::tables::ArchiveTable) -> String,
+) -> String {
+    tables
+        .iter()
+        .map(|table| {
+            format!(
+                "SELECT {}, count(*), {} FROM {} WHERE {}",
+                quote_literal(table.name),
+                more(table),
+                quote_ident(table.name),
+                predicate(site, table, cutoff)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
 type Counts = (BTreeMap<String, u64>, Option<String>, Option<String>);
 
 /// Rows before `cutoff` per present table, with the oldest and newest time among them: one query
@@ -573,19 +596,10 @@ fn count(conn: &Connection, site: Uuid, cutoff: Cutoff) -> Result<Counts> {
     if tables.is_empty() {
         return Ok((counts, oldest, newest));
     }
-    let sql = tables
-        .iter()
-        .map(|table| {
-            let col = quote_ident(table.column);
-            format!(
-                "SELECT {}, count(*), CAST(min({col}) AS VARCHAR), CAST(max({col}) AS VARCHAR) FROM {} WHERE {}",
-                quote_literal(table.name),
-                quote_ident(table.name),
-                predicate(site, table, cutoff)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
+    let sql = per_table_query(&tables, site, cutoff, |table| {
+        let col = quote_ident(table.column);
+        format!("CAST(min({col}) AS VARCHAR), CAST(max({col}) AS VARCHAR)")
+    });
     let failed = |e| Error::duckdb("counting expired rows", e);
     let mut stmt = conn.prepare(&sql).map_err(failed)?;
     let rows = stmt
