@@ -145,6 +145,12 @@ pub(crate) fn rows_not_in(
         }
         out.insert(table.name.to_owned(), c);
     }
+    // A table compared the long way although this run printed its copy is a slow path to notice.
+    tracing::debug!(
+        printed = printed.len(),
+        long_way = unprinted.len(),
+        "compared the live rows with the archive's copies"
+    );
     compare_by_content(conn, &unprinted, &mut out)?;
     Ok(out)
 }
