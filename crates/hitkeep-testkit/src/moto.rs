@@ -100,6 +100,21 @@ impl MotoServer {
     }
 }
 
+impl MotoServer {
+    /// The server's clock (its `Date` header), by which Object Lock dates are judged.
+    ///
+    /// # Panics
+    /// When the bucket's lock setting cannot be read or the server sends no `Date`.
+    pub async fn server_now(storage: &Storage) -> jiff::Timestamp {
+        storage
+            .bucket_object_lock()
+            .await
+            .expect("the bucket's Object Lock setting")
+            .server_time
+            .expect("moto sends Date")
+    }
+}
+
 impl Drop for MotoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -16,12 +16,7 @@ async fn a_sweep_leaves_pool_objects_the_bucket_still_locks() {
     let (locked, free) = (pool_key(&"ab".repeat(32)), pool_key(&"cd".repeat(32)));
     storage.write(&locked, &b"locked"[..]).await.unwrap();
     storage.write(&free, &b"free"[..]).await.unwrap();
-    let now = storage
-        .bucket_object_lock()
-        .await
-        .unwrap()
-        .server_time
-        .unwrap();
+    let now = MotoServer::server_now(&storage).await;
     let until = now + SignedDuration::from_hours(24);
     let want = Retention {
         mode: LockMode::Governance,

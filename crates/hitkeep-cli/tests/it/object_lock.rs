@@ -59,12 +59,7 @@ async fn locked_snapshots_are_locked_whole_and_kept_by_prune() {
     .unwrap();
 
     let storage = moto.storage("locked", "hitkeep/backups").await;
-    let now = storage
-        .bucket_object_lock()
-        .await
-        .unwrap()
-        .server_time
-        .unwrap();
+    let now = MotoServer::server_now(&storage).await;
     let objects = snapshot_objects(&storage).await;
     let manifests = objects
         .iter()
