@@ -109,11 +109,14 @@ pub(crate) fn rows_not_in(
     let tables = present_tables(conn)?;
     let printed = holding_prints(conn, prints)?;
     let live = live_rows(conn, site, cutoff, &tables, &printed)?;
-    let archived = match copies.tables() {
-        Some(parts) if parts.iter().all(|t| printed.contains_key(t.as_str())) => printed
-            .iter()
-            .map(|(t, p)| ((*t).to_owned(), p.rows))
-            .collect(),
+    // Every copy printed: the read-backs counted them already.
+    let archived = match copies {
+        Copies::PerTable(parts) if parts.keys().all(|t| printed.contains_key(t.as_str())) => {
+            printed
+                .iter()
+                .map(|(t, p)| ((*t).to_owned(), p.rows))
+                .collect()
+        }
         _ => copies.counts(conn)?,
     };
     let mut out = BTreeMap::new();

@@ -631,14 +631,6 @@ pub(crate) enum Copies {
 }
 
 impl Copies {
-    /// The tables of a copy per table; `None` for one file (its tables are known once it is read).
-    pub(crate) fn tables(&self) -> Option<Vec<&String>> {
-        match self {
-            Copies::OneFile(_) => None,
-            Copies::PerTable(parts) => Some(parts.keys().collect()),
-        }
-    }
-
     fn paths(&self) -> Vec<&Path> {
         match self {
             Copies::OneFile(path) => vec![path.as_path()],
@@ -818,21 +810,19 @@ async fn export_and_verify(
             .await
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
-        let mut exported = Exported {
-            size: 0,
-            copies: Copies::PerTable(BTreeMap::new()),
-            prints: BTreeMap::new(),
-        };
-        for (table, copy, size, print) in sent {
-            exported.size += size;
-            if let Copies::PerTable(copies) = &mut exported.copies {
-                copies.insert(table.to_owned(), copy);
-            }
+        let (mut size, mut copies, mut prints) = (0, BTreeMap::new(), BTreeMap::new());
+        for (table, copy, bytes, print) in sent {
+            size += bytes;
+            copies.insert(table.to_owned(), copy);
             if let Some(print) = print {
-                exported.prints.insert(table.to_owned(), print);
+                prints.insert(table.to_owned(), print);
             }
         }
-        Ok(exported)
+        Ok(Exported {
+            size,
+            copies: Copies::PerTable(copies),
+            prints,
+        })
     }
     .await;
     // The export thread stops at its next table once nobody receives; it is always waited for.

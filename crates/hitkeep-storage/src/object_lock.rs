@@ -13,7 +13,7 @@ use std::sync::Arc;
 use hitkeep_config::LockMode;
 use http::{HeaderMap, HeaderValue, Method, Response, header};
 use opendal::Buffer;
-use opendal::raw::{QueryPairsWriter, format_content_md5, percent_encode_path};
+use opendal::raw::{QueryPairsWriter, format_content_md5};
 use serde::Deserialize;
 
 use crate::error::{Error, ErrorKind, Result, Service};
@@ -207,11 +207,7 @@ impl ObjectLocks {
     }
 
     fn object_url(&self, key: &str) -> String {
-        format!(
-            "{}/{}",
-            self.api.endpoint(),
-            percent_encode_path(&format!("{}{key}", self.prefix))
-        )
+        self.api.object_url(&format!("{}{key}", self.prefix))
     }
 
     fn err(&self, e: opendal::Error, operation: &'static str, key: &str) -> Error {

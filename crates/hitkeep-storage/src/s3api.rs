@@ -69,6 +69,15 @@ impl SignedS3 {
         &self.endpoint
     }
 
+    /// The URL of the object at `full_key` (the bucket's key, the location's prefix included).
+    pub(crate) fn object_url(&self, full_key: &str) -> String {
+        format!(
+            "{}/{}",
+            self.endpoint,
+            opendal::raw::percent_encode_path(full_key)
+        )
+    }
+
     /// Sends a request with no body and no headers of ours.
     pub(crate) async fn send(
         &self,

@@ -85,13 +85,9 @@ impl Versions<'_> {
 
     /// Deletes one version (or delete marker) of `key` for good.
     pub(crate) async fn delete(&self, key: &str, version_id: &str) -> Result<()> {
-        let url = QueryPairsWriter::new(&format!(
-            "{}/{}",
-            self.api.endpoint(),
-            percent_encode_path(&format!("{}{key}", self.prefix))
-        ))
-        .push("versionId", &percent_encode_path(version_id))
-        .finish();
+        let url = QueryPairsWriter::new(&self.api.object_url(&format!("{}{key}", self.prefix)))
+            .push("versionId", &percent_encode_path(version_id))
+            .finish();
         self.api
             .send(Method::DELETE, &url)
             .await

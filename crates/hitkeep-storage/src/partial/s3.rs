@@ -178,13 +178,9 @@ impl Uploads {
     }
 
     async fn abort(&self, key: &str, upload_id: &str) -> Result<()> {
-        let url = QueryPairsWriter::new(&format!(
-            "{}/{}",
-            self.api.endpoint(),
-            percent_encode_path(key)
-        ))
-        .push("uploadId", &percent_encode_path(upload_id))
-        .finish();
+        let url = QueryPairsWriter::new(&self.api.object_url(key))
+            .push("uploadId", &percent_encode_path(upload_id))
+            .finish();
         let relative = key.strip_prefix(&self.prefix).unwrap_or(key);
         self.api
             .send(Method::DELETE, &url)
