@@ -894,6 +894,7 @@ async fn send_and_check(
         .await;
     let _ = std::fs::remove_file(&local);
     let info = info?;
+    tracing::trace!(table, size = info.size, "uploaded");
     let expected = plan.counts.get(table).copied().unwrap_or(0);
     let copy = plan.scratch.join(format!("readback.{object}"));
     let print = verify_object(
@@ -904,6 +905,7 @@ async fn send_and_check(
         (reader, plan.opener),
     )
     .await?;
+    tracing::trace!(table, "read back");
     Ok((table, copy, info.size, print))
 }
 
@@ -947,6 +949,7 @@ fn export_in_one_transaction(
         );
         conn.execute_batch(&sql)
             .map_err(|e| Error::duckdb("exporting expired rows", e))?;
+        tracing::trace!(table = table.name, "exported");
         let _ = done.send((table.name, path.clone()));
         Ok(())
     });

@@ -15,6 +15,7 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use crate::SnapshotId;
+use crate::catalog::Written;
 use crate::claim::{Claim, History, SourceRecord, record_source};
 use crate::error::{Error, Result};
 use crate::export::{Export, export_database};
@@ -322,9 +323,16 @@ pub struct CycleReport {
     pub files: usize,
     /// Bytes uploaded, over all databases.
     pub bytes: u64,
+    /// The manifests the cycle wrote, for the catalog after it ([`crate::Catalog::load_after`]).
+    written: Written,
 }
 
 impl CycleReport {
+    /// The manifests the cycle wrote: what [`crate::Catalog::load_after`] need not read back.
+    pub fn written(&self) -> &Written {
+        &self.written
+    }
+
     /// Tenants whose snapshot failed in this cycle.
     pub fn failed_tenants(&self) -> impl Iterator<Item = (&Uuid, &str)> {
         self.shared.tenants.iter().filter_map(|t| match &t.state {
@@ -460,7 +468,7 @@ pub async fn run_cycle(
                     .await,
                 )),
                 Job::Tenant(order, t) => {
-                    let (entry, counted) = backup_tenant(
+                    let (entry, counted, written) = backup_tenant(
                         storage,
                         t,
                         pending,
@@ -469,7 +477,7 @@ pub async fn run_cycle(
                         (lanes, order + 1),
                     )
                     .await;
-                    Done::Tenant(order, entry, counted)
+                    Done::Tenant(order, entry, counted, written)
                 }
             }
         })
@@ -477,13 +485,15 @@ pub async fn run_cycle(
     // Every job runs to its end even when the shared one fails: an export abandoned mid-way would go
     // on writing into a staging folder already removed.
     let (mut shared_result, mut entries, mut files, mut bytes) = (None, Vec::new(), 0, 0);
+    let mut written = Written::default();
     while let Some(outcome) = done.next().await {
         match outcome {
             Done::Shared(result) => shared_result = Some(*result),
-            Done::Tenant(order, entry, counted) => {
+            Done::Tenant(order, entry, counted, tenant_written) => {
                 files += counted.0;
                 bytes += counted.1;
                 entries.push((order, entry));
+                written.extend(tenant_written);
             }
         }
     }
@@ -508,13 +518,15 @@ pub async fn run_cycle(
     shared_manifest.object_lock = retention;
     // The commit point: only now does the cycle exist for list, restore and "latest".
     claim.check(storage).await?;
-    commit(storage, &shared_manifest).await?;
+    let (_, shared_written) = commit(storage, &shared_manifest).await?;
+    written.extend(shared_written);
     tracing::info!(snapshot = %id, files, bytes, "backup cycle committed");
     Ok(CycleReport {
         id,
         shared: shared_manifest,
         files,
         bytes,
+        written,
     })
 }
 
@@ -564,11 +576,11 @@ enum Job {
 
 enum Done {
     Shared(Box<Result<(Manifest, (usize, u64))>>),
-    Tenant(usize, TenantEntry, (usize, u64)),
+    Tenant(usize, TenantEntry, (usize, u64), Written),
 }
 
 /// One tenant's snapshot, committed on its own; a failure is recorded, never raised. Also returns the
-/// files and bytes uploaded.
+/// files and bytes uploaded, and the manifest written.
 async fn backup_tenant(
     storage: &Storage,
     tenant: TenantSource,
@@ -576,7 +588,7 @@ async fn backup_tenant(
     staging: &Path,
     options: &BackupOptions,
     (lanes, lane_id): (&ExportLanes, usize),
-) -> (TenantEntry, (usize, u64)) {
+) -> (TenantEntry, (usize, u64), Written) {
     let database = Database::Tenant {
         tenant_id: tenant.id,
     };
@@ -593,13 +605,14 @@ async fn backup_tenant(
                 state: TenantState::Failed { error },
             },
             (0, 0),
+            Written::default(),
         );
     }
     let opened =
         tokio::task::spawn_blocking(move || (tenant.open)().map_err(|e| Error::from(e).describe()))
             .await
             .unwrap_or_else(|e| Err(format!("opening the database: {e}")));
-    let mut counted = (0, 0);
+    let (mut counted, mut written) = ((0, 0), Written::default());
     if !matches!(opened, Ok(Some(_))) {
         lanes.forgo();
     }
@@ -615,8 +628,8 @@ async fn backup_tenant(
                 done
             };
             match snapshot.await {
-                Ok((sha, uploaded)) => {
-                    counted = uploaded;
+                Ok((sha, uploaded, committed)) => {
+                    (counted, written) = (uploaded, committed);
                     TenantState::Complete {
                         manifest_sha256: sha.to_string(),
                     }
@@ -638,10 +651,11 @@ async fn backup_tenant(
         TenantState::Complete { .. } => tracing::info!(tenant = %tenant_id, "tenant backed up"),
     }
     let entry = TenantEntry { tenant_id, state };
-    (entry, counted)
+    (entry, counted, written)
 }
 
-/// A tenant's snapshot, committed: its manifest's SHA-256, and the files and bytes uploaded.
+/// A tenant's snapshot, committed: its manifest's SHA-256, the files and bytes uploaded, and the
+/// manifest written.
 async fn snapshot_and_commit(
     storage: &Storage,
     conn: Connection,
@@ -649,7 +663,7 @@ async fn snapshot_and_commit(
     pending: &Pending<'_>,
     staging: &Path,
     options: &BackupOptions,
-) -> Result<(Sha256Digest, (usize, u64))> {
+) -> Result<(Sha256Digest, (usize, u64), Written)> {
     let own_key;
     let options = match (&options.sealer, &options.tenant_keys_dir, database) {
         (Some(operator), Some(dir), Database::Tenant { tenant_id }) => {
@@ -666,8 +680,8 @@ async fn snapshot_and_commit(
         snapshot_database(storage, conn, database, pending, staging, options).await?;
     manifest.object_lock = pending.retention;
     claimed(&pending.claim).await?.check(storage).await?;
-    let sha = commit(storage, &manifest).await?;
-    Ok((sha, uploaded))
+    let (sha, written) = commit(storage, &manifest).await?;
+    Ok((sha, uploaded, written))
 }
 
 /// One export's share of `limits` when `ways` run side by side. The memory limit is split: each
@@ -1389,7 +1403,7 @@ impl<'a> DeferredProgress<'a> {
 /// confirmed), then removes the in-progress marker. A locked snapshot's objects are locked before
 /// the manifest names them, and the manifest after it is written: a snapshot that lists as complete
 /// is locked whole.
-async fn commit(storage: &Storage, manifest: &Manifest) -> Result<Sha256Digest> {
+async fn commit(storage: &Storage, manifest: &Manifest) -> Result<(Sha256Digest, Written)> {
     if manifest.is_incremental() {
         incremental::check_pool(storage, manifest).await?;
     }
@@ -1400,6 +1414,8 @@ async fn commit(storage: &Storage, manifest: &Manifest) -> Result<Sha256Digest> 
     let bytes = manifest.to_bytes();
     let sha = Sha256Digest::of(&bytes);
     let key = format!("{folder}/{MANIFEST_NAME}");
+    let mut written = Written::default();
+    written.add(key.clone(), &bytes);
     storage.write(&key, bytes).await?;
     if let Some(lock) = manifest.object_lock {
         lock_objects(storage, vec![key], lock).await?;
@@ -1410,7 +1426,7 @@ async fn commit(storage: &Storage, manifest: &Manifest) -> Result<Sha256Digest> 
     {
         tracing::warn!(error = %e, "could not remove the in-progress marker; the snapshot is complete regardless");
     }
-    Ok(sha)
+    Ok((sha, written))
 }
 
 /// The retention this cycle's objects get: `days` from the server's clock (this machine's

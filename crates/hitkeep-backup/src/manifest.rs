@@ -203,6 +203,14 @@ impl Database {
             Database::Tenant { tenant_id } => format!("tenants/{tenant_id}"),
         }
     }
+
+    /// The tenant, for a tenant's database.
+    pub fn tenant_id(self) -> Option<Uuid> {
+        match self {
+            Database::Shared => None,
+            Database::Tenant { tenant_id } => Some(tenant_id),
+        }
+    }
 }
 
 impl std::fmt::Display for Database {

@@ -16,6 +16,7 @@ macro_rules! on_local_and_s3 {
 }
 
 mod bundle;
+mod catalog;
 mod encrypted;
 mod errors;
 mod incremental;
