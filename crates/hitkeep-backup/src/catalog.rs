@@ -5,9 +5,9 @@
 //! by listing only the most recent snapshot folders (widening the time window until one is complete), so
 //! its cost does not grow with the number of snapshots kept.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use hitkeep_data::SourceId;
 use hitkeep_storage::{Entry, ListMode, Storage};
 use jiff::{SignedDuration, Timestamp};
@@ -94,7 +94,8 @@ pub struct DatabaseSnapshots {
 pub struct Catalog {
     /// The shared database first, then tenants by id.
     pub databases: Vec<DatabaseSnapshots>,
-    /// The pinned cycles ([`crate::pin`]); only [`Catalog::load`] reads them.
+    /// The pinned cycles ([`crate::pin`]); only [`Catalog::load`] and [`Catalog::load_after`] read
+    /// them.
     pub pins: std::collections::BTreeSet<SnapshotId>,
 }
 
@@ -103,40 +104,47 @@ impl Catalog {
     /// another, a destination of 50 tenants keeping 24 cycles took over a thousand round trips in a
     /// row, and a cycle waits for this one after its commit (leftovers, the status).
     pub async fn load(storage: &Storage) -> Result<Catalog> {
-        Catalog::load_knowing(storage, &Written::default()).await
+        Catalog::load_after(storage, &Written::default()).await
     }
 
-    /// [`Catalog::load`] right after a cycle that wrote `written` (the clean-up after it): the
-    /// cycle's tenants are listed beside the listing of `tenants/` instead of after it, and its
-    /// manifests are taken from memory instead of read back. One level of round trips less, and no
-    /// manifest reads at all on a location that holds only this cycle.
+    /// [`Catalog::load`] right after a cycle that wrote `written` (the clean-up after it). Where
+    /// the cycle's tenants and manifests are is known, so they are listed and read beside the first
+    /// listings instead of a level or two of round trips after them; every manifest is still read
+    /// from the location, after the commit, as `load` reads it.
     pub async fn load_after(storage: &Storage, written: &Written) -> Result<Catalog> {
-        Catalog::load_knowing(storage, written).await
-    }
-
-    async fn load_knowing(storage: &Storage, written: &Written) -> Result<Catalog> {
-        let database = |tenant_id| load_database(storage, Database::Tenant { tenant_id }, written);
-        let known: Vec<Uuid> = written.tenants().collect();
-        let known_tenants = futures::stream::iter(known.clone())
-            .map(database)
+        let known: BTreeSet<Uuid> = written.0.values().filter_map(|d| d.tenant_id()).collect();
+        let listing = |tenant_id| list_database(storage, Database::Tenant { tenant_id });
+        let known_listed = futures::stream::iter(known.iter().copied())
+            .map(|id| async move { Ok::<_, Error>((id, listing(id).await?)) })
             .buffered(READS_AT_ONCE)
             .try_collect::<Vec<_>>();
-        let (shared, ids, pins, mut tenants) = futures::try_join!(
-            load_database(storage, Database::Shared, written),
+        let (shared, ids, pins, known_listed, fetched) = futures::try_join!(
+            list_database(storage, Database::Shared),
             tenant_ids(storage),
             crate::keep::pinned(storage),
-            known_tenants,
+            known_listed,
+            written.fetch(storage).map(Ok),
         )?;
-        // Tenants listed but not in the cycle (others' leftovers, forgotten ones); a known tenant
-        // with no folder any more is dropped, as a listing would not have found it.
-        let others: Vec<DatabaseSnapshots> = futures::stream::iter(ids.iter().copied())
-            .filter(|id| std::future::ready(!known.contains(id)))
-            .map(database)
-            .buffered(READS_AT_ONCE)
-            .try_collect()
-            .await?;
-        tenants.retain(|t| t.database.tenant_id().is_some_and(|id| ids.contains(&id)));
-        tenants.extend(others);
+        // A tenant of the cycle whose folder is gone by now is left out, as a listing leaves it.
+        let listed = known_listed.into_iter().filter(|(id, _)| ids.contains(id));
+        let others = ids.iter().copied().filter(|id| !known.contains(id));
+        let fetched = &fetched;
+        let tenants = listed
+            .map(Ok)
+            .chain(others.map(Err))
+            .map(|tenant| async move {
+                let (tenant_id, folders) = match tenant {
+                    Ok(listed) => listed,
+                    Err(id) => (id, listing(id).await?),
+                };
+                inspect_database(storage, Database::Tenant { tenant_id }, folders, fetched).await
+            });
+        let (shared, mut tenants) = futures::try_join!(
+            inspect_database(storage, Database::Shared, shared, fetched),
+            futures::stream::iter(tenants)
+                .buffered(READS_AT_ONCE)
+                .try_collect::<Vec<_>>(),
+        )?;
         tenants.sort_by_key(|t| t.database.tenant_id());
         let mut databases = vec![shared];
         databases.extend(tenants);
@@ -158,7 +166,7 @@ impl Catalog {
     /// The shared database's snapshots only: what a new cycle needs to know of the ones before it.
     pub async fn load_shared(storage: &Storage) -> Result<Catalog> {
         Ok(Catalog {
-            databases: vec![load_database(storage, Database::Shared, &Written::default()).await?],
+            databases: vec![load_database(storage, Database::Shared).await?],
             ..Catalog::default()
         })
     }
@@ -287,40 +295,37 @@ impl Catalog {
     }
 }
 
-/// Manifests this process has just written, by key: the catalog loaded right after a cycle takes
-/// them from here instead of reading them back, when the listing shows an object of their size
-/// under their key. Only the committed cycle's: the clean-up keeps that cycle whatever its manifests
-/// say, so a manifest replaced in the bucket since cannot change a decision, and `verify` reads
-/// every manifest from the bucket.
+/// Where a cycle wrote its manifests, for [`Catalog::load_after`].
 #[derive(Clone, Debug, Default)]
-pub struct Written(BTreeMap<String, (u64, Manifest)>);
+pub struct Written(BTreeMap<String, Database>);
 
 impl Written {
-    /// Records that a manifest's `bytes` were written under `key`. Parsed from those bytes, as a
-    /// read would: an encrypted manifest's row counts, say, are not in them.
-    pub(crate) fn add(&mut self, key: String, bytes: &[u8]) {
-        if let Ok(manifest) = Manifest::from_slice(bytes) {
-            self.0.insert(key, (bytes.len() as u64, manifest));
-        }
+    /// Records that `database`'s manifest was written under `key`.
+    pub(crate) fn add(&mut self, key: String, database: Database) {
+        self.0.insert(key, database);
     }
 
     pub(crate) fn extend(&mut self, other: Written) {
         self.0.extend(other.0);
     }
 
-    /// The manifest written under `entry`'s key, when the listed object has its size.
-    fn get(&self, entry: &Entry) -> Option<&Manifest> {
-        self.0
-            .get(&entry.key)
-            .filter(|(size, _)| *size == entry.size)
-            .map(|(_, m)| m)
-    }
-
-    /// The tenants whose manifests were written.
-    fn tenants(&self) -> impl Iterator<Item = Uuid> + '_ {
-        self.0.values().filter_map(|(_, m)| m.database.tenant_id())
+    /// The written manifests as the location holds them now; one that cannot be read here is left
+    /// to the catalog's own read, which reports why.
+    async fn fetch(&self, storage: &Storage) -> Fetched {
+        let read = |key: String| async move { storage.read(&key).await.ok().map(|b| (key, b)) };
+        let fetched = futures::stream::iter(self.0.keys().cloned())
+            .map(read)
+            .buffer_unordered(READS_AT_ONCE)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        Fetched(fetched)
     }
 }
+
+/// Manifests read ahead of the listings that find them, by key.
+#[derive(Debug, Default)]
+struct Fetched(BTreeMap<String, bytes::Bytes>);
 
 /// Listings and manifest reads a catalog keeps in flight, in order: enough to hide a round trip,
 /// few enough for any service's request limits.
@@ -347,7 +352,7 @@ async fn load_snapshot(
     let entries = storage
         .list(&format!("{}/{id}", database.folder()), ListMode::Recursive)
         .await?;
-    inspect(storage, database, id, &entries, &Written::default()).await
+    inspect(storage, database, id, &entries, &Fetched::default()).await
 }
 
 /// The one source recorded in the destination; `None` when none is (older destinations); refuses when
@@ -425,11 +430,16 @@ pub(crate) async fn newest_complete_by_id(
     }
 }
 
-async fn load_database(
+async fn load_database(storage: &Storage, database: Database) -> Result<DatabaseSnapshots> {
+    let folders = list_database(storage, database).await?;
+    inspect_database(storage, database, folders, &Fetched::default()).await
+}
+
+/// Every object of `database`'s folder, by the snapshot folder it is in.
+async fn list_database(
     storage: &Storage,
     database: Database,
-    written: &Written,
-) -> Result<DatabaseSnapshots> {
+) -> Result<BTreeMap<SnapshotId, Vec<Entry>>> {
     let folder = database.folder();
     let mut by_id: BTreeMap<SnapshotId, Vec<Entry>> = BTreeMap::new();
     for entry in storage.list(&folder, ListMode::Recursive).await? {
@@ -448,10 +458,21 @@ async fn load_database(
             ),
         }
     }
+    Ok(by_id)
+}
+
+/// The snapshots in `folders`, each inspected (manifests read [`READS_AT_ONCE`] at a time, unless
+/// `fetched` holds them already).
+async fn inspect_database(
+    storage: &Storage,
+    database: Database,
+    folders: BTreeMap<SnapshotId, Vec<Entry>>,
+    fetched: &Fetched,
+) -> Result<DatabaseSnapshots> {
     // Owned items: a closure over borrowed ones is not general enough for the `Send` futures that
     // a cycle's claim boxes.
-    let snapshots = futures::stream::iter(by_id)
-        .map(|(id, entries)| async move { inspect(storage, database, id, &entries, written).await })
+    let snapshots = futures::stream::iter(folders)
+        .map(|(id, entries)| async move { inspect(storage, database, id, &entries, fetched).await })
         .buffered(READS_AT_ONCE)
         .try_collect()
         .await?;
@@ -466,22 +487,18 @@ async fn inspect(
     database: Database,
     id: SnapshotId,
     entries: &[Entry],
-    written: &Written,
+    fetched: &Fetched,
 ) -> Result<SnapshotInfo> {
     let has = |name: &str| entries.iter().any(|e| e.name() == name);
     let size = entries.iter().map(|e| e.size).sum();
     let mut source = None;
     let (state, manifest) = if has(MANIFEST_NAME) {
         let key = format!("{}/{id}/{MANIFEST_NAME}", database.folder());
-        let known = entries
-            .iter()
-            .find(|e| e.key == key)
-            .and_then(|e| written.get(e));
-        let read = match known {
-            Some(m) => Ok(m.clone()),
-            None => Manifest::from_slice(&storage.read(&key).await?),
+        let bytes = match fetched.0.get(&key) {
+            Some(bytes) => bytes.clone(),
+            None => storage.read(&key).await?,
         };
-        match read {
+        match Manifest::from_slice(&bytes) {
             Ok(m) if m.snapshot_id == id && m.database == database => {
                 (SnapshotState::Complete, Some(m))
             }

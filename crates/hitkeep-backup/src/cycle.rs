@@ -328,7 +328,7 @@ pub struct CycleReport {
 }
 
 impl CycleReport {
-    /// The manifests the cycle wrote: what [`crate::Catalog::load_after`] need not read back.
+    /// Where the cycle wrote its manifests: what [`crate::Catalog::load_after`] reads early.
     pub fn written(&self) -> &Written {
         &self.written
     }
@@ -1414,9 +1414,9 @@ async fn commit(storage: &Storage, manifest: &Manifest) -> Result<(Sha256Digest,
     let bytes = manifest.to_bytes();
     let sha = Sha256Digest::of(&bytes);
     let key = format!("{folder}/{MANIFEST_NAME}");
-    let mut written = Written::default();
-    written.add(key.clone(), &bytes);
     storage.write(&key, bytes).await?;
+    let mut written = Written::default();
+    written.add(key.clone(), manifest.database);
     if let Some(lock) = manifest.object_lock {
         lock_objects(storage, vec![key], lock).await?;
     }
