@@ -108,6 +108,15 @@ pub enum Error {
         /// Rows per table that were exported.
         expected: BTreeMap<String, u64>,
     },
+    /// An archive object read back with other bytes than the file uploaded (damaged on the way or at
+    /// the provider); the object was removed and nothing was deleted.
+    #[error(
+        "{key}: read back with other bytes than were uploaded; the object was removed and nothing deleted"
+    )]
+    ReadBackDiffers {
+        /// The archive object.
+        key: String,
+    },
     /// A delete would remove a different number of rows than were compared with the archive, in
     /// the same snapshot: a bug, not a race. Rolled back.
     #[error(
@@ -201,7 +210,7 @@ impl Error {
             Error::NothingArchived
             | Error::NoDefaultTenant { .. }
             | Error::NoTenantDatabase { .. } => ErrorKind::NotFound,
-            Error::ReadBackMismatch { .. } => ErrorKind::Integrity,
+            Error::ReadBackMismatch { .. } | Error::ReadBackDiffers { .. } => ErrorKind::Integrity,
             Error::DeleteCountMismatch { .. } => ErrorKind::Internal,
             Error::RowsChanged { .. } => ErrorKind::Conflict,
             Error::ImportFile { source, .. } => source.kind(),
@@ -227,6 +236,9 @@ impl Error {
                 "restore it first (`hitkeep recover restore-backup -tenant UUID`), or start HitKeep once so that it creates the tenant's database"
             }
             Error::NotAnArchive => "move files that are not archives out of the archive location",
+            Error::ReadBackDiffers { .. } => {
+                "the storage or the network between changed the object: the next run tries again; if it happens again, check the provider (HITKEEP_S3_CHECKSUM=auto catches damage on the way in)"
+            }
             Error::Sealed { failure, .. } => match failure {
                 hitkeep_seal::OpenFailure::Unwritable => {
                     "check the free space and permissions of the local folder it was opened into"
@@ -337,6 +349,16 @@ mod tests {
                 ErrorKind::Integrity,
                 "t/s/site_1.parquet: read back {\"hits\": 1}, expected {\"hits\": 2}; the object was removed and nothing deleted",
                 None,
+            ),
+            (
+                Error::ReadBackDiffers {
+                    key: "t/s/site_1.hits.parquet".into(),
+                },
+                ErrorKind::Integrity,
+                "t/s/site_1.hits.parquet: read back with other bytes than were uploaded; the object was removed and nothing deleted",
+                Some(
+                    "the storage or the network between changed the object: the next run tries again; if it happens again, check the provider (HITKEEP_S3_CHECKSUM=auto catches damage on the way in)",
+                ),
             ),
             (
                 Error::DeleteCountMismatch {
