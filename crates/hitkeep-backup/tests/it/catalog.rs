@@ -32,6 +32,16 @@ fn seen(catalog: &Catalog) -> Vec<(Database, Vec<String>)> {
         .collect()
 }
 
+/// The catalog after `report`'s cycle, checked against a plain load.
+async fn load_after_as_read(f: &Fixture, report: &hitkeep_backup::CycleReport) -> Catalog {
+    let after = Catalog::load_after(&f.storage, report.written())
+        .await
+        .unwrap();
+    let read = Catalog::load(&f.storage).await.unwrap();
+    assert_eq!(seen(&after), seen(&read));
+    after
+}
+
 async fn the_catalog_after_a_cycle_is_the_one_read_back(f: Fixture) {
     f.cycle().await;
     let report = f.cycle().await;
@@ -41,13 +51,7 @@ async fn the_catalog_after_a_cycle_is_the_one_read_back(f: Fixture) {
         let key = format!("tenants/{stranger}/2020-01-01T000000Z/{name}");
         f.storage.write(&key, &b"-- legacy"[..]).await.unwrap();
     }
-    let after = Catalog::load_after(&f.storage, report.written())
-        .await
-        .unwrap();
-    assert_eq!(
-        seen(&after),
-        seen(&Catalog::load(&f.storage).await.unwrap())
-    );
+    let after = load_after_as_read(&f, &report).await;
     assert_eq!(after.databases.len(), 2 + f.backed_up().len());
     let legacy = after.snapshots(Database::Tenant {
         tenant_id: stranger,
@@ -65,13 +69,7 @@ async fn the_catalog_after_a_cycle_is_the_one_read_back(f: Fixture) {
     for entry in f.storage.list(&folder, ListMode::Recursive).await.unwrap() {
         f.storage.delete(&entry.key).await.unwrap();
     }
-    let after = Catalog::load_after(&f.storage, report.written())
-        .await
-        .unwrap();
-    assert_eq!(
-        seen(&after),
-        seen(&Catalog::load(&f.storage).await.unwrap())
-    );
+    let after = load_after_as_read(&f, &report).await;
     let cycle = after.find(Database::Shared, report.id).unwrap();
     assert!(
         matches!(cycle.state, SnapshotState::Corrupt(_)),
