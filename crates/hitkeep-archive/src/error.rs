@@ -108,8 +108,8 @@ pub enum Error {
         /// Rows per table that were exported.
         expected: BTreeMap<String, u64>,
     },
-    /// An archive object read back with other bytes than the file uploaded (damaged on the way or at
-    /// the provider); the object was removed and nothing was deleted.
+    /// An archive object read back with other bytes than were uploaded (damaged on the way or at the
+    /// provider); the object was removed and nothing was deleted.
     #[error(
         "{key}: read back with other bytes than were uploaded; the object was removed and nothing deleted"
     )]
@@ -237,7 +237,7 @@ impl Error {
             }
             Error::NotAnArchive => "move files that are not archives out of the archive location",
             Error::ReadBackDiffers { .. } => {
-                "the storage or the network between changed the object: the next run tries again; if it happens again, check the provider (HITKEEP_S3_CHECKSUM=auto catches damage on the way in)"
+                "the storage, or the network on the way to or from it, changed the object: the next run tries again; if it happens again, check the storage (and, on S3, that HITKEEP_S3_CHECKSUM is not off)"
             }
             Error::Sealed { failure, .. } => match failure {
                 hitkeep_seal::OpenFailure::Unwritable => {
@@ -357,7 +357,7 @@ mod tests {
                 ErrorKind::Integrity,
                 "t/s/site_1.hits.parquet: read back with other bytes than were uploaded; the object was removed and nothing deleted",
                 Some(
-                    "the storage or the network between changed the object: the next run tries again; if it happens again, check the provider (HITKEEP_S3_CHECKSUM=auto catches damage on the way in)",
+                    "the storage, or the network on the way to or from it, changed the object: the next run tries again; if it happens again, check the storage (and, on S3, that HITKEEP_S3_CHECKSUM is not off)",
                 ),
             ),
             (

@@ -859,9 +859,8 @@ fn tokio_stream_of<T>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Uploads one table's file and reads the object back into a copy that must hold exactly the
-/// exported bytes (opened, when sealed) and the table's expected rows. The export is removed once
-/// compared (its space is the next table's).
+/// Uploads one table's file, removes the local export (its space is the next table's) and reads the
+/// object back into a copy that must hold exactly the bytes sent and the table's expected rows.
 async fn send_and_check(
     storage: &Storage,
     plan: &ExportPlan<'_>,
@@ -871,36 +870,36 @@ async fn send_and_check(
 ) -> Result<(&'static str, PathBuf, u64, Option<CopyPrint>)> {
     let object = &plan.parts[table];
     let key = join(plan.dir, object);
-    let copy = plan.scratch.join(format!("readback.{object}"));
-    let checked = async {
-        let size = send_file(storage, plan.sealer, &local, &key, uploaded).await?;
-        tracing::trace!(table, size, "uploaded");
-        let expected = plan.counts.get(table).copied().unwrap_or(0);
-        let print = verify_object(
-            storage,
-            &key,
-            (table, expected, live_columns.get(table)),
-            (&local, &copy),
-            (reader, plan.opener),
-        )
-        .await?;
-        tracing::trace!(table, "read back");
-        Ok((table, copy.clone(), size, print))
-    }
-    .await;
+    let sent = send_file(storage, plan.sealer, &local, &key, uploaded).await;
     let _ = std::fs::remove_file(&local);
-    checked
+    let sent = sent?;
+    tracing::trace!(table, size = sent.size, "uploaded");
+    let expected = plan.counts.get(table).copied().unwrap_or(0);
+    let copy = plan.scratch.join(format!("readback.{object}"));
+    let print = verify_object(
+        storage,
+        &key,
+        (table, expected, live_columns.get(table)),
+        (&sent, &copy),
+        (reader, plan.opener),
+    )
+    .await;
+    if print.is_err() {
+        let _ = std::fs::remove_file(&copy);
+    }
+    tracing::trace!(table, "read back");
+    Ok((table, copy, sent.size, print?))
 }
 
 /// Uploads `local` as `key`, sealed first when the run seals (no plaintext is uploaded then; the
-/// read-back opens the stored object with the host's archive key): the stored size.
+/// read-back opens the stored object with the host's archive key): what was stored.
 async fn send_file(
     storage: &Storage,
     sealer: Option<&hitkeep_seal::Sealer>,
     local: &Path,
     key: &str,
     uploaded: &std::sync::Mutex<Vec<String>>,
-) -> Result<u64> {
+) -> Result<hitkeep_storage::ObjectInfo> {
     let sealed = local.with_extension("parquet.age");
     let source = match sealer {
         Some(sealer) => {
@@ -922,7 +921,7 @@ async fn send_file(
     if sealer.is_some() {
         let _ = std::fs::remove_file(&sealed);
     }
-    Ok(info?.size)
+    Ok(info?)
 }
 
 /// One `COPY` per table, `_source` first (the contract every reader of an archive relies on), all in
@@ -972,42 +971,37 @@ fn export_in_one_transaction(
     end_transaction(conn, outcome, "ending the export")
 }
 
-/// Reads the uploaded object back into `copy` and checks that it holds exactly the bytes of
-/// `export` (a parse alone passes a file whose first bytes were damaged: DuckDB checks the footer's
-/// magic, not the header's), and `expected` rows of `table` and nothing else; returns the copy's
-/// print when the table's live columns are given. A copy that fails either is removed from the
-/// bucket.
+/// Reads the uploaded object back into `copy` and checks that it holds exactly the bytes `sent`
+/// ([`crate::sealed::fetch_sent`]) and `expected` rows of `table` and nothing else; returns the
+/// copy's print when the table's live columns are given. A copy that fails is removed from the
+/// bucket here (and by the caller's clean-up, should this removal fail).
 async fn verify_object(
     storage: &Storage,
     key: &str,
     (table, expected, live_columns): (&str, u64, Option<&Vec<(String, String)>>),
-    (export, copy): (&Path, &Path),
+    (sent, copy): (&hitkeep_storage::ObjectInfo, &Path),
     (reader, opener): (&ReadBack, Option<&hitkeep_seal::Opener>),
 ) -> Result<Option<CopyPrint>> {
-    crate::sealed::fetch(storage, key, copy, opener).await?;
+    let fetched = crate::sealed::fetch_sent(storage, key, copy, opener, Some(sent)).await;
+    if let Err(e @ Error::ReadBackDiffers { .. }) = fetched {
+        remove_unproven(storage, key).await;
+        return Err(e);
+    }
+    fetched?;
+    // On a blocking thread of its own, so that other tables' transfers go on meanwhile.
     let from = format!(
         "read_parquet({})",
         quote_literal(&copy.display().to_string())
     );
     let conn = reader.connection()?;
     let (name, columns) = (table.to_owned(), live_columns.cloned());
-    let (a, b) = (export.to_owned(), copy.to_owned());
-    // On a blocking thread of its own, so that other tables' transfers go on meanwhile.
-    let read = tokio::task::spawn_blocking(move || match same_bytes(&a, &b)? {
-        true => read_copy(&conn, &name, columns.as_deref(), &from).map(Some),
-        false => Ok(None),
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-    let Some((found, print)) = read else {
-        storage.delete(key).await?;
-        return Err(Error::ReadBackDiffers {
-            key: key.to_owned(),
-        });
-    };
+    let (found, print) =
+        tokio::task::spawn_blocking(move || read_copy(&conn, &name, columns.as_deref(), &from))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     let expected = BTreeMap::from([(table.to_owned(), expected)]);
     if found != expected {
-        storage.delete(key).await?;
+        remove_unproven(storage, key).await;
         return Err(Error::ReadBackMismatch {
             key: key.to_owned(),
             found,
@@ -1017,29 +1011,11 @@ async fn verify_object(
     Ok(print)
 }
 
-/// Whether two local files hold the same bytes.
-fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
-    use std::io::Read as _;
-    let open = |p: &Path| std::fs::File::open(p).map_err(|e| Error::io(p, e));
-    let size = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.len())
-            .map_err(|e| Error::io(p, e))
-    };
-    if size(a)? != size(b)? {
-        return Ok(false);
-    }
-    let (mut fa, mut fb) = (open(a)?, open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    loop {
-        let n = fa.read(&mut ba).map_err(|e| Error::io(a, e))?;
-        if n == 0 {
-            return Ok(true);
-        }
-        fb.read_exact(&mut bb[..n]).map_err(|e| Error::io(b, e))?;
-        if ba[..n] != bb[..n] {
-            return Ok(false);
-        }
+/// Removes an object that failed its read-back. A failure is logged, not returned: the read-back's
+/// own error is the one to report, and the run's clean-up tries again.
+async fn remove_unproven(storage: &Storage, key: &str) {
+    if let Err(e) = storage.delete(key).await {
+        tracing::warn!(key, error = %e, "could not remove an archive object that failed its read-back; the run's clean-up tries again");
     }
 }
 

@@ -70,11 +70,31 @@ pub(crate) async fn fetch(
     local: &Path,
     opener: Option<&Opener>,
 ) -> Result<()> {
+    fetch_sent(storage, key, local, opener, None).await
+}
+
+/// [`fetch`], for a read-back of what was just uploaded: the object must hold exactly the bytes
+/// `sent` describes (its size and SHA-256), checked before it is opened, or nothing is kept and the
+/// answer is [`Error::ReadBackDiffers`]. A parse alone would pass a file whose first bytes were
+/// damaged (DuckDB checks the Parquet footer's magic, not the header's), and a plaintext object in
+/// place of a sealed one.
+pub(crate) async fn fetch_sent(
+    storage: &Storage,
+    key: &str,
+    local: &Path,
+    opener: Option<&Opener>,
+    sent: Option<&ObjectInfo>,
+) -> Result<()> {
     let raw = beside(local, "download");
     let outcome = async {
-        storage
+        let got = storage
             .download_file(key, &raw, None, &TransferOptions::default())
             .await?;
+        if sent.is_some_and(|sent| *sent != got) {
+            return Err(Error::ReadBackDiffers {
+                key: key.to_owned(),
+            });
+        }
         match is_sealed(&raw)? {
             true => open(opener, &raw, local, &storage.describe(key)).await,
             false => std::fs::rename(&raw, local).map_err(|e| Error::io(local, e)),

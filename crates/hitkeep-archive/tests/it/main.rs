@@ -760,10 +760,18 @@ async fn a_row_rewritten_between_export_and_delete_is_never_deleted() {
 mod sealed;
 
 /// A provider (or a network) that damages bodies, with no integrity header to refuse them
-/// (`HITKEEP_S3_CHECKSUM=off`): the read-back finds other bytes than were exported, what the run stored
-/// is removed, and no row leaves DuckDB.
+/// (`HITKEEP_S3_CHECKSUM=off`): the read-back finds other bytes than were sent, what the run stored is
+/// removed, and no row leaves DuckDB. Plain, the damaged files would parse to the same rows (the flipped
+/// bit is in the header's magic, which DuckDB does not check); sealed, the object would no longer look
+/// sealed. Only the comparison with what was sent catches both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_stored_damaged_fails_the_read_back_and_nothing_is_deleted() {
+    for sealed in [false, true] {
+        damaged_uploads_delete_nothing(sealed).await;
+    }
+}
+
+async fn damaged_uploads_delete_nothing(sealed: bool) {
     use hitkeep_testkit::{BUCKET, ServerOptions};
     let mut f = Fixture::new(false).await;
     let server = S3Server::start_with(ServerOptions::damaging_uploads())
@@ -777,32 +785,36 @@ async fn an_object_stored_damaged_fails_the_read_back_and_nothing_is_deleted() {
         .s3;
     let location = format!("s3://{BUCKET}/a").parse().unwrap();
     f.storage = Storage::open(&location, &settings).await.unwrap();
+    let mut options = f.options(Timestamp::now());
+    if sealed {
+        let host = hitkeep_seal::HostKey::read_or_create(&f.dir.path().join("host.key")).unwrap();
+        let sealer = hitkeep_seal::Sealer::new(&[host.recipient()])
+            .unwrap()
+            .unwrap();
+        options.sealer = Some(std::sync::Arc::new(sealer));
+        let opener = hitkeep_seal::Opener::new(Vec::new()).with_host_key(&host);
+        options.opener = Some(std::sync::Arc::new(opener));
+    }
     let before = f.live_rows();
 
-    let reports = run(&f.storage, &f.layout, &f.options(Timestamp::now()))
-        .await
-        .unwrap();
-    let failed: Vec<&hitkeep_archive::Error> =
-        reports.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(!failed.is_empty(), "{reports:?}");
-    // Read back, the damaged objects parse to the same rows (the bit is in the header's magic, which
-    // DuckDB does not check): only the comparison of bytes catches them.
+    // The ledgers are damaged too (every body is); this run never reads them back.
+    let reports = run(&f.storage, &f.layout, &options).await.unwrap();
+    let failed: Vec<_> = reports.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(!failed.is_empty(), "sealed {sealed}: {reports:?}");
     for e in &failed {
         assert!(
             matches!(e, hitkeep_archive::Error::ReadBackDiffers { .. }),
-            "{e}"
+            "sealed {sealed}: {e}"
         );
         assert_eq!(e.kind(), hitkeep_archive::ErrorKind::Integrity);
     }
-    assert!(
-        reports.iter().flatten().all(|r| r.file.is_none()),
-        "{reports:?}"
-    );
-    assert_eq!(f.live_rows(), before, "no row left DuckDB");
+    let archived = reports.iter().flatten().filter(|r| r.file.is_some());
+    assert_eq!(archived.count(), 0, "sealed {sealed}: {reports:?}");
+    assert_eq!(f.live_rows(), before, "sealed {sealed}: no row left DuckDB");
     let stored = f.storage.list("", ListMode::Recursive).await.unwrap();
-    assert!(
-        stored.iter().all(|e| !e.key.ends_with(".parquet")),
-        "{:?}",
-        stored.iter().map(|e| &e.key).collect::<Vec<_>>()
-    );
+    let parquet: Vec<_> = stored
+        .iter()
+        .filter(|e| e.key.ends_with(".parquet"))
+        .collect();
+    assert!(parquet.is_empty(), "sealed {sealed}: {parquet:?}");
 }
