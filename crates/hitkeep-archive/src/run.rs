@@ -887,8 +887,9 @@ async fn send_and_check(
     if print.is_err() {
         let _ = std::fs::remove_file(&copy);
     }
+    let print = print?;
     tracing::trace!(table, "read back");
-    Ok((table, copy, sent.size, print?))
+    Ok((table, copy, sent.size, print))
 }
 
 /// Uploads `local` as `key`, sealed first when the run seals (no plaintext is uploaded then; the

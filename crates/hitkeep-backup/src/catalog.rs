@@ -15,8 +15,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::SnapshotId;
+use crate::cycle::CycleReport;
 use crate::error::{Error, Result};
-use crate::manifest::{Database, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest};
+use crate::manifest::{Database, IN_PROGRESS_NAME, MANIFEST_NAME, Manifest, TenantState};
 
 /// How far a snapshot got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -104,17 +105,21 @@ impl Catalog {
     /// another, a destination of 50 tenants keeping 24 cycles took over a thousand round trips in a
     /// row, and a cycle waits for this one after its commit (leftovers, the status).
     pub async fn load(storage: &Storage) -> Result<Catalog> {
-        Catalog::load_after(storage, &Written::default()).await
+        Catalog::load_knowing(storage, &Known::default()).await
     }
 
-    /// [`Catalog::load`] right after a cycle that wrote `written` (the clean-up after it). Where
-    /// the cycle's tenants and manifests are is known, so they are listed and read beside the first
+    /// [`Catalog::load`] right after the cycle of `report` (the clean-up after it). Where the
+    /// cycle's tenants and manifests are is known, so they are listed and read beside the first
     /// listings instead of a level or two of round trips after them; every manifest is still read
     /// from the location, after the commit, as `load` reads it.
-    pub async fn load_after(storage: &Storage, written: &Written) -> Result<Catalog> {
-        let known: BTreeSet<Uuid> = written.0.values().filter_map(|d| d.tenant_id()).collect();
+    pub async fn load_after(storage: &Storage, report: &CycleReport) -> Result<Catalog> {
+        Catalog::load_knowing(storage, &Known::of(report)).await
+    }
+
+    async fn load_knowing(storage: &Storage, known: &Known) -> Result<Catalog> {
+        let known_tenants = &known.tenants;
         let listing = |tenant_id| list_database(storage, Database::Tenant { tenant_id });
-        let known_listed = futures::stream::iter(known.iter().copied())
+        let known_listed = futures::stream::iter(known_tenants.iter().copied())
             .map(|id| async move { Ok::<_, Error>((id, listing(id).await?)) })
             .buffered(READS_AT_ONCE)
             .try_collect::<Vec<_>>();
@@ -123,11 +128,11 @@ impl Catalog {
             tenant_ids(storage),
             crate::keep::pinned(storage),
             known_listed,
-            written.fetch(storage).map(Ok),
+            known.fetch(storage).map(Ok),
         )?;
         // A tenant of the cycle whose folder is gone by now is left out, as a listing leaves it.
         let listed = known_listed.into_iter().filter(|(id, _)| ids.contains(id));
-        let others = ids.iter().copied().filter(|id| !known.contains(id));
+        let others = ids.iter().copied().filter(|id| !known_tenants.contains(id));
         let fetched = &fetched;
         let tenants = listed
             .map(Ok)
@@ -295,25 +300,40 @@ impl Catalog {
     }
 }
 
-/// Where a cycle wrote its manifests, for [`Catalog::load_after`].
-#[derive(Clone, Debug, Default)]
-pub struct Written(BTreeMap<String, Database>);
+/// What a cycle just wrote, for [`Catalog::load_after`]: its tenants, and the keys of its manifests
+/// (the shared one and each complete tenant's), all derived from its report.
+#[derive(Debug, Default)]
+struct Known {
+    tenants: BTreeSet<Uuid>,
+    manifests: Vec<String>,
+}
 
-impl Written {
-    /// Records that `database`'s manifest was written under `key`.
-    pub(crate) fn add(&mut self, key: String, database: Database) {
-        self.0.insert(key, database);
+impl Known {
+    fn of(report: &CycleReport) -> Known {
+        let manifest =
+            |database: Database| format!("{}/{}/{MANIFEST_NAME}", database.folder(), report.id);
+        let tenants = &report.shared.tenants;
+        let complete = tenants
+            .iter()
+            .filter(|t| matches!(t.state, TenantState::Complete { .. }))
+            .map(|t| {
+                manifest(Database::Tenant {
+                    tenant_id: t.tenant_id,
+                })
+            });
+        Known {
+            tenants: tenants.iter().map(|t| t.tenant_id).collect(),
+            manifests: std::iter::once(manifest(Database::Shared))
+                .chain(complete)
+                .collect(),
+        }
     }
 
-    pub(crate) fn extend(&mut self, other: Written) {
-        self.0.extend(other.0);
-    }
-
-    /// The written manifests as the location holds them now; one that cannot be read here is left
+    /// The cycle's manifests as the location holds them now; one that cannot be read here is left
     /// to the catalog's own read, which reports why.
     async fn fetch(&self, storage: &Storage) -> Fetched {
         let read = |key: String| async move { storage.read(&key).await.ok().map(|b| (key, b)) };
-        let fetched = futures::stream::iter(self.0.keys().cloned())
+        let fetched = futures::stream::iter(self.manifests.iter().cloned())
             .map(read)
             .buffer_unordered(READS_AT_ONCE)
             .filter_map(std::future::ready)

@@ -15,7 +15,6 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use crate::SnapshotId;
-use crate::catalog::Written;
 use crate::claim::{Claim, History, SourceRecord, record_source};
 use crate::error::{Error, Result};
 use crate::export::{Export, export_database};
@@ -323,16 +322,9 @@ pub struct CycleReport {
     pub files: usize,
     /// Bytes uploaded, over all databases.
     pub bytes: u64,
-    /// The manifests the cycle wrote, for the catalog after it ([`crate::Catalog::load_after`]).
-    written: Written,
 }
 
 impl CycleReport {
-    /// Where the cycle wrote its manifests: what [`crate::Catalog::load_after`] reads early.
-    pub fn written(&self) -> &Written {
-        &self.written
-    }
-
     /// Tenants whose snapshot failed in this cycle.
     pub fn failed_tenants(&self) -> impl Iterator<Item = (&Uuid, &str)> {
         self.shared.tenants.iter().filter_map(|t| match &t.state {
@@ -468,7 +460,7 @@ pub async fn run_cycle(
                     .await,
                 )),
                 Job::Tenant(order, t) => {
-                    let (entry, counted, written) = backup_tenant(
+                    let (entry, counted) = backup_tenant(
                         storage,
                         t,
                         pending,
@@ -477,7 +469,7 @@ pub async fn run_cycle(
                         (lanes, order + 1),
                     )
                     .await;
-                    Done::Tenant(order, entry, counted, written)
+                    Done::Tenant(order, entry, counted)
                 }
             }
         })
@@ -485,15 +477,13 @@ pub async fn run_cycle(
     // Every job runs to its end even when the shared one fails: an export abandoned mid-way would go
     // on writing into a staging folder already removed.
     let (mut shared_result, mut entries, mut files, mut bytes) = (None, Vec::new(), 0, 0);
-    let mut written = Written::default();
     while let Some(outcome) = done.next().await {
         match outcome {
             Done::Shared(result) => shared_result = Some(*result),
-            Done::Tenant(order, entry, counted, tenant_written) => {
+            Done::Tenant(order, entry, counted) => {
                 files += counted.0;
                 bytes += counted.1;
                 entries.push((order, entry));
-                written.extend(tenant_written);
             }
         }
     }
@@ -518,15 +508,13 @@ pub async fn run_cycle(
     shared_manifest.object_lock = retention;
     // The commit point: only now does the cycle exist for list, restore and "latest".
     claim.check(storage).await?;
-    let (_, shared_written) = commit(storage, &shared_manifest).await?;
-    written.extend(shared_written);
+    commit(storage, &shared_manifest).await?;
     tracing::info!(snapshot = %id, files, bytes, "backup cycle committed");
     Ok(CycleReport {
         id,
         shared: shared_manifest,
         files,
         bytes,
-        written,
     })
 }
 
@@ -576,11 +564,11 @@ enum Job {
 
 enum Done {
     Shared(Box<Result<(Manifest, (usize, u64))>>),
-    Tenant(usize, TenantEntry, (usize, u64), Written),
+    Tenant(usize, TenantEntry, (usize, u64)),
 }
 
 /// One tenant's snapshot, committed on its own; a failure is recorded, never raised. Also returns the
-/// files and bytes uploaded, and the manifest written.
+/// files and bytes uploaded.
 async fn backup_tenant(
     storage: &Storage,
     tenant: TenantSource,
@@ -588,7 +576,7 @@ async fn backup_tenant(
     staging: &Path,
     options: &BackupOptions,
     (lanes, lane_id): (&ExportLanes, usize),
-) -> (TenantEntry, (usize, u64), Written) {
+) -> (TenantEntry, (usize, u64)) {
     let database = Database::Tenant {
         tenant_id: tenant.id,
     };
@@ -605,14 +593,13 @@ async fn backup_tenant(
                 state: TenantState::Failed { error },
             },
             (0, 0),
-            Written::default(),
         );
     }
     let opened =
         tokio::task::spawn_blocking(move || (tenant.open)().map_err(|e| Error::from(e).describe()))
             .await
             .unwrap_or_else(|e| Err(format!("opening the database: {e}")));
-    let (mut counted, mut written) = ((0, 0), Written::default());
+    let mut counted = (0, 0);
     if !matches!(opened, Ok(Some(_))) {
         lanes.forgo();
     }
@@ -628,8 +615,8 @@ async fn backup_tenant(
                 done
             };
             match snapshot.await {
-                Ok((sha, uploaded, committed)) => {
-                    (counted, written) = (uploaded, committed);
+                Ok((sha, uploaded)) => {
+                    counted = uploaded;
                     TenantState::Complete {
                         manifest_sha256: sha.to_string(),
                     }
@@ -651,11 +638,10 @@ async fn backup_tenant(
         TenantState::Complete { .. } => tracing::info!(tenant = %tenant_id, "tenant backed up"),
     }
     let entry = TenantEntry { tenant_id, state };
-    (entry, counted, written)
+    (entry, counted)
 }
 
-/// A tenant's snapshot, committed: its manifest's SHA-256, the files and bytes uploaded, and the
-/// manifest written.
+/// A tenant's snapshot, committed: its manifest's SHA-256, and the files and bytes uploaded.
 async fn snapshot_and_commit(
     storage: &Storage,
     conn: Connection,
@@ -663,7 +649,7 @@ async fn snapshot_and_commit(
     pending: &Pending<'_>,
     staging: &Path,
     options: &BackupOptions,
-) -> Result<(Sha256Digest, (usize, u64), Written)> {
+) -> Result<(Sha256Digest, (usize, u64))> {
     let own_key;
     let options = match (&options.sealer, &options.tenant_keys_dir, database) {
         (Some(operator), Some(dir), Database::Tenant { tenant_id }) => {
@@ -680,8 +666,8 @@ async fn snapshot_and_commit(
         snapshot_database(storage, conn, database, pending, staging, options).await?;
     manifest.object_lock = pending.retention;
     claimed(&pending.claim).await?.check(storage).await?;
-    let (sha, written) = commit(storage, &manifest).await?;
-    Ok((sha, uploaded, written))
+    let sha = commit(storage, &manifest).await?;
+    Ok((sha, uploaded))
 }
 
 /// One export's share of `limits` when `ways` run side by side. The memory limit is split: each
@@ -1403,7 +1389,7 @@ impl<'a> DeferredProgress<'a> {
 /// confirmed), then removes the in-progress marker. A locked snapshot's objects are locked before
 /// the manifest names them, and the manifest after it is written: a snapshot that lists as complete
 /// is locked whole.
-async fn commit(storage: &Storage, manifest: &Manifest) -> Result<(Sha256Digest, Written)> {
+async fn commit(storage: &Storage, manifest: &Manifest) -> Result<Sha256Digest> {
     if manifest.is_incremental() {
         incremental::check_pool(storage, manifest).await?;
     }
@@ -1415,8 +1401,6 @@ async fn commit(storage: &Storage, manifest: &Manifest) -> Result<(Sha256Digest,
     let sha = Sha256Digest::of(&bytes);
     let key = format!("{folder}/{MANIFEST_NAME}");
     storage.write(&key, bytes).await?;
-    let mut written = Written::default();
-    written.add(key.clone(), manifest.database);
     if let Some(lock) = manifest.object_lock {
         lock_objects(storage, vec![key], lock).await?;
     }
@@ -1426,7 +1410,7 @@ async fn commit(storage: &Storage, manifest: &Manifest) -> Result<(Sha256Digest,
     {
         tracing::warn!(error = %e, "could not remove the in-progress marker; the snapshot is complete regardless");
     }
-    Ok((sha, written))
+    Ok(sha)
 }
 
 /// The retention this cycle's objects get: `days` from the server's clock (this machine's

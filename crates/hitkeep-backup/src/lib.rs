@@ -45,7 +45,7 @@ pub use hitkeep_seal::{
 
 pub use crate::{
     bundle::{BUNDLE_MANIFEST, Bundle, BundleArtifact, BundleOutcome},
-    catalog::{Catalog, DatabaseSnapshots, SnapshotInfo, SnapshotState, Written},
+    catalog::{Catalog, DatabaseSnapshots, SnapshotInfo, SnapshotState},
     claim::{FUTURE_BOUND, SOURCES_FOLDER, SourceRecord, sources},
     cycle::{BackupMode, BackupOptions, CycleReport, CycleTenants, TenantSource, run_cycle},
     error::{CountMismatch, Error, ErrorKind, OBJECT_LOCK_HOWTO, Result},

@@ -243,7 +243,7 @@ impl Engine {
         };
         let _lock = hitkeep_backup::CycleLock::acquire(&self.layout.backup_lock_file())?;
         let prune = async {
-            let catalog = Catalog::load_after(storage, report.written()).await?;
+            let catalog = Catalog::load_after(storage, report).await?;
             let mut plan = match retention {
                 Some(keep) => PrunePlan::with_retention(
                     &catalog,

@@ -34,9 +34,7 @@ fn seen(catalog: &Catalog) -> Vec<(Database, Vec<String>)> {
 
 /// The catalog after `report`'s cycle, checked against a plain load.
 async fn load_after_as_read(f: &Fixture, report: &hitkeep_backup::CycleReport) -> Catalog {
-    let after = Catalog::load_after(&f.storage, report.written())
-        .await
-        .unwrap();
+    let after = Catalog::load_after(&f.storage, report).await.unwrap();
     let read = Catalog::load(&f.storage).await.unwrap();
     assert_eq!(seen(&after), seen(&read));
     after
