@@ -5,12 +5,24 @@ use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
 use hitkeep_data::{quote_ident, quote_literal};
-use hitkeep_storage::{ListMode, Storage};
+use hitkeep_storage::{ListMode, ObjectInfo, Storage};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::ledger::{EntryState, Ledger, LedgerEntry};
+use crate::sealed::Expect;
 use crate::tables::TABLES;
+
+/// An archive object to read: its key in the archive location, and the size and SHA-256 its ledger
+/// entry recorded when it was archived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveObject {
+    /// The key.
+    pub key: String,
+    /// `None` for HitKeep's own files and for entries archived before hitkeep recorded it: read
+    /// unchecked ([`local_copies`] logs how many).
+    pub recorded: Option<ObjectInfo>,
+}
 
 /// Every ledger in the archive location, with the folder its files sit in.
 pub async fn ledgers(storage: &Storage) -> Result<Vec<(String, Ledger)>> {
@@ -35,7 +47,7 @@ pub async fn ledgers(storage: &Storage) -> Result<Vec<(String, Ledger)>> {
 pub async fn files(
     storage: &Storage,
     site: Option<Uuid>,
-) -> Result<Vec<(String, Uuid, LedgerEntry)>> {
+) -> Result<Vec<(ArchiveObject, Uuid, LedgerEntry)>> {
     let mut out = Vec::new();
     for (dir, ledger) in ledgers(storage).await? {
         if site.is_some_and(|s| s != ledger.site_id) {
@@ -52,7 +64,8 @@ pub async fn files(
                 } else {
                     format!("{dir}/{object}")
                 };
-                out.push((key, ledger.site_id, e.clone()));
+                let recorded = e.stored_info(object);
+                out.push((ArchiveObject { key, recorded }, ledger.site_id, e.clone()));
             }
         }
     }
@@ -60,38 +73,66 @@ pub async fn files(
 }
 
 /// Local paths of archive objects: files in place on local disk, S3 objects downloaded into `cache` once.
-/// Sealed (encrypted) files are opened into `cache` with `opener`, wherever they are.
+/// Sealed (encrypted) files are opened into `cache` with `opener`, wherever they are. Each object with
+/// a recorded size and SHA-256 must still hold those bytes ([`Error::ArchiveChanged`] otherwise),
+/// checked before DuckDB reads it or it is opened: in place each time, downloaded when it is fetched.
 pub async fn local_copies(
     storage: &Storage,
-    keys: &[String],
+    objects: &[ArchiveObject],
     cache: &Path,
     opener: Option<&hitkeep_seal::Opener>,
 ) -> Result<Vec<PathBuf>> {
+    let unrecorded = objects.iter().filter(|o| o.recorded.is_none()).count();
+    if unrecorded > 0 {
+        tracing::info!(
+            unrecorded,
+            of = objects.len(),
+            "archive files without a recorded SHA-256 (HitKeep's own, or archived before hitkeep recorded one) are read unchecked"
+        );
+    }
     let mut paths = Vec::new();
-    for key in keys {
-        let path = cache.join(key);
-        if let hitkeep_config::Location::Local(root) = storage.location() {
-            let in_place = root.join(key);
-            if !crate::sealed::is_sealed(&in_place)? {
-                paths.push(in_place);
-                continue;
-            }
-            if !path.exists() {
-                std::fs::create_dir_all(path.parent().unwrap_or(cache))
-                    .map_err(|e| Error::io(cache, e))?;
-                crate::sealed::open(opener, &in_place, &path, &storage.describe(key)).await?;
-            }
-            paths.push(path);
-            continue;
-        }
-        if !path.exists() {
-            std::fs::create_dir_all(path.parent().unwrap_or(cache))
-                .map_err(|e| Error::io(cache, e))?;
-            crate::sealed::fetch(storage, key, &path, opener).await?;
-        }
-        paths.push(path);
+    for object in objects {
+        paths.push(local_copy(storage, object, cache, opener).await?);
     }
     Ok(paths)
+}
+
+/// One object of [`local_copies`], unreported when it is unrecorded.
+pub(crate) async fn local_copy(
+    storage: &Storage,
+    object: &ArchiveObject,
+    cache: &Path,
+    opener: Option<&hitkeep_seal::Opener>,
+) -> Result<PathBuf> {
+    let (key, expect) = (&object.key, Expect::archived(object.recorded.as_ref()));
+    // A copy in `cache` was checked when it was made, so it goes under the digest it was checked
+    // against: one that an earlier build made unchecked, at the bare key, is never taken for it.
+    let copy = match &object.recorded {
+        Some(recorded) => cache.join(recorded.sha256.to_string()).join(key),
+        None => cache.join(key),
+    };
+    let into_cache = |copy: &Path| {
+        std::fs::create_dir_all(copy.parent().unwrap_or(cache)).map_err(|e| Error::io(cache, e))
+    };
+    let hitkeep_config::Location::Local(root) = storage.location() else {
+        if !copy.exists() {
+            into_cache(&copy)?;
+            crate::sealed::fetch(storage, key, &copy, opener, expect).await?;
+        }
+        return Ok(copy);
+    };
+    let in_place = root.join(key);
+    let sealed = crate::sealed::is_sealed(&in_place)?;
+    if sealed && copy.exists() {
+        return Ok(copy);
+    }
+    crate::sealed::check_in_place(&in_place, &storage.describe(key), expect).await?;
+    if !sealed {
+        return Ok(in_place);
+    }
+    into_cache(&copy)?;
+    crate::sealed::open(opener, &in_place, &copy, &storage.describe(key)).await?;
+    Ok(copy)
 }
 
 /// Marks a site's archive files as restored after `archive restore` put all their rows back, so queries

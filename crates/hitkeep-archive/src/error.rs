@@ -117,6 +117,15 @@ pub enum Error {
         /// The archive object.
         key: String,
     },
+    /// An archive object no longer holds the bytes its ledger entry recorded when it was archived
+    /// (size or SHA-256): changed or damaged at rest. Nothing was read from it.
+    #[error(
+        "{key}: holds other bytes than were archived (its size or SHA-256 differs from its ledger entry); nothing was read from it"
+    )]
+    ArchiveChanged {
+        /// The archive object.
+        key: String,
+    },
     /// A delete would remove a different number of rows than were compared with the archive, in
     /// the same snapshot: a bug, not a race. Rolled back.
     #[error(
@@ -210,7 +219,9 @@ impl Error {
             Error::NothingArchived
             | Error::NoDefaultTenant { .. }
             | Error::NoTenantDatabase { .. } => ErrorKind::NotFound,
-            Error::ReadBackMismatch { .. } | Error::ReadBackDiffers { .. } => ErrorKind::Integrity,
+            Error::ReadBackMismatch { .. }
+            | Error::ReadBackDiffers { .. }
+            | Error::ArchiveChanged { .. } => ErrorKind::Integrity,
             Error::DeleteCountMismatch { .. } => ErrorKind::Internal,
             Error::RowsChanged { .. } => ErrorKind::Conflict,
             Error::ImportFile { source, .. } => source.kind(),
@@ -238,6 +249,9 @@ impl Error {
             Error::NotAnArchive => "move files that are not archives out of the archive location",
             Error::ReadBackDiffers { .. } => {
                 "the storage, or the network on the way to or from it, changed the object: the next run tries again; if it happens again, check the storage (and, on S3, that HITKEEP_S3_CHECKSUM is not off)"
+            }
+            Error::ArchiveChanged { .. } => {
+                "put the object back from a copy (an earlier version on a versioned bucket, a replica); `hitkeep archive list` shows which runs it holds. With no copy, deleting the entry's `stored` record from its ledger has it read as it is, damage and all"
             }
             Error::Sealed { failure, .. } => match failure {
                 hitkeep_seal::OpenFailure::Unwritable => {
@@ -359,6 +373,14 @@ mod tests {
                 Some(
                     "the storage, or the network on the way to or from it, changed the object: the next run tries again; if it happens again, check the storage (and, on S3, that HITKEEP_S3_CHECKSUM is not off)",
                 ),
+            ),
+            (
+                Error::ArchiveChanged {
+                    key: "t/s/site_1.hits.parquet".into(),
+                },
+                ErrorKind::Integrity,
+                "t/s/site_1.hits.parquet: holds other bytes than were archived (its size or SHA-256 differs from its ledger entry); nothing was read from it",
+                Some("hitkeep archive list"),
             ),
             (
                 Error::DeleteCountMismatch {

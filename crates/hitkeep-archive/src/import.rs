@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
 use hitkeep_data::{DataLayout, OpenMode, TenantLayout, quote_ident, quote_literal};
-use hitkeep_storage::{ListMode, Storage};
+use hitkeep_storage::{ListMode, ObjectInfo, Storage};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -35,6 +35,11 @@ pub struct ImportPlan {
     pub target: PathBuf,
     /// The archive files, as keys in the archive location, sorted.
     pub files: Vec<String>,
+    /// What their ledgers recorded of the files' bytes, by key; checked before each import.
+    #[serde(skip)]
+    recorded: BTreeMap<String, ObjectInfo>,
+    /// Ledgers beside the files that did not parse (logged): what they record goes unchecked.
+    pub unreadable_ledgers: Vec<String>,
 }
 
 /// Rows of one table over all the files imported.
@@ -87,13 +92,26 @@ impl ImportPlan {
             });
         }
         let is_default = Some(tenant) == default;
+        let (files, ledgers) = archive_files(storage, tenant, is_default).await?;
+        let (recorded, unreadable_ledgers) = recorded(storage, &ledgers).await?;
         Ok(ImportPlan {
             tenant,
             is_default,
             layout: tenant_layout,
-            files: archive_files(storage, tenant, is_default).await?,
+            recorded,
+            unreadable_ledgers,
+            files,
             target,
         })
+    }
+
+    /// How many of [`ImportPlan::files`] have a recorded size and SHA-256 to be checked against:
+    /// HitKeep's own files, and those archived before hitkeep recorded them, have none.
+    pub fn checked(&self) -> usize {
+        self.files
+            .iter()
+            .filter(|key| self.recorded.contains_key(*key))
+            .count()
     }
 
     /// Imports every file in order, each in one transaction, then checkpoints. A failing file is
@@ -123,19 +141,19 @@ impl ImportPlan {
                 before: summary.files,
                 source: Box::new(e),
             };
-            let local = crate::browse::local_copies(
-                storage,
-                std::slice::from_ref(key),
-                scratch.path(),
-                opener,
-            )
-            .await
-            .map_err(in_file)?;
-            let counts = tokio::task::block_in_place(|| import_file(&conn, &schema, &local[0]))
+            let object = crate::ArchiveObject {
+                key: key.clone(),
+                recorded: self.recorded.get(key).copied(),
+            };
+            // Unrecorded files are reported by the plan, not once each here.
+            let local = crate::browse::local_copy(storage, &object, scratch.path(), opener)
+                .await
+                .map_err(in_file)?;
+            let counts = tokio::task::block_in_place(|| import_file(&conn, &schema, &local))
                 .map_err(in_file)?;
             // A copy (downloaded, or opened): removed; a plain local file read in place: kept.
-            if local[0].starts_with(scratch.path()) {
-                let _ = std::fs::remove_file(&local[0]);
+            if local.starts_with(scratch.path()) {
+                let _ = std::fs::remove_file(&local);
             }
             for (table, c) in counts {
                 let total = summary.tables.entry(table).or_default();
@@ -152,27 +170,71 @@ impl ImportPlan {
 }
 
 /// `tenants/{tenant}/sites/{site}/site_*.parquet`, and for the default tenant `site_*.parquet` at the
-/// root (HitKeep's flat local layout), sorted.
-async fn archive_files(storage: &Storage, tenant: Uuid, is_default: bool) -> Result<Vec<String>> {
+/// root (HitKeep's flat local layout), sorted; and the ledgers beside them, from the same listings.
+async fn archive_files(
+    storage: &Storage,
+    tenant: Uuid,
+    is_default: bool,
+) -> Result<(Vec<String>, Vec<String>)> {
     let is_archive = |name: &str| name.starts_with("site_") && name.ends_with(".parquet");
+    let is_ledger = |name: &str| name.starts_with("site_") && name.ends_with(".ledger.json");
     let prefix = format!("tenants/{tenant}/sites");
-    let mut files: Vec<String> = list(storage, &prefix, ListMode::Recursive)
-        .await?
-        .into_iter()
-        .filter(|key| {
-            let rest = key.strip_prefix(&format!("{prefix}/")).unwrap_or_default();
-            matches!(rest.split('/').collect::<Vec<_>>()[..], [_site, name] if is_archive(name))
-        })
-        .collect();
+    let (mut files, mut ledgers) = (Vec::new(), Vec::new());
+    for key in list(storage, &prefix, ListMode::Recursive).await? {
+        let rest = key.strip_prefix(&format!("{prefix}/")).unwrap_or_default();
+        match rest.split('/').collect::<Vec<_>>()[..] {
+            [_site, name] if is_archive(name) => files.push(key),
+            [_site, "ledger.json"] => ledgers.push(key),
+            _ => {}
+        }
+    }
     if is_default {
-        let root = list(storage, "", ListMode::OneLevel).await?;
-        files.extend(
-            root.into_iter()
-                .filter(|key| !key.contains('/') && is_archive(key)),
-        );
+        for key in list(storage, "", ListMode::OneLevel).await? {
+            if key.contains('/') {
+                continue;
+            }
+            if is_archive(&key) {
+                files.push(key);
+            } else if is_ledger(&key) {
+                ledgers.push(key);
+            }
+        }
     }
     files.sort();
-    Ok(files)
+    Ok((files, ledgers))
+}
+
+/// What the ledgers at `keys` recorded of their objects' bytes, by object key, and the ledgers that
+/// did not parse. Those are logged and returned, and their files imported unchecked, as HitKeep's
+/// are: a recovery is not refused for the bookkeeping of later runs.
+async fn recorded(
+    storage: &Storage,
+    keys: &[String],
+) -> Result<(BTreeMap<String, ObjectInfo>, Vec<String>)> {
+    let (mut out, mut unreadable) = (BTreeMap::new(), Vec::new());
+    for key in keys {
+        let ledger = match crate::Ledger::parse(key, &storage.read(key).await?) {
+            Ok(ledger) => ledger,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "a ledger that does not parse: its files are imported without a check of their bytes");
+                unreadable.push(key.clone());
+                continue;
+            }
+        };
+        let dir = key.rsplit_once('/').map_or("", |(dir, _)| dir);
+        for entry in &ledger.entries {
+            for object in entry.objects() {
+                if let Some(info) = entry.stored_info(object) {
+                    let key = match dir {
+                        "" => object.to_owned(),
+                        dir => format!("{dir}/{object}"),
+                    };
+                    out.insert(key, info);
+                }
+            }
+        }
+    }
+    Ok((out, unreadable))
 }
 
 /// The object keys under `prefix`; a prefix that does not exist holds none.

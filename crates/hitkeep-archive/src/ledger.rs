@@ -5,9 +5,16 @@
 //! Format 1 (hitkeep before per-table files) has one Parquet file per entry, every table's rows in it.
 //! Format 2 says per entry how its rows are stored ([`EntryFormat`], the `format` field, which format 2
 //! requires): still one file, or one file per table. An entry is never read by guessing from its names.
+//!
+//! Entries this build writes also record each object's stored size and SHA-256 (`stored`), so that
+//! every later reader can tell an object changed at rest from the one archived. The field is optional
+//! within format 2: builds before it ignore it (and drop it when they rewrite the ledger, so an older
+//! build run in between leaves those entries unrecorded), and entries without it (theirs, HitKeep's)
+//! are read unchecked, which the readers report. An entry records all its objects or none.
 
 use std::collections::BTreeMap;
 
+use hitkeep_storage::{ObjectInfo, Sha256Digest};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -68,7 +75,25 @@ impl Ledger {
                 }
             }
         }
-        serde_json::from_value(raw).map_err(|e| corrupt(e.to_string()))
+        let ledger: Ledger = serde_json::from_value(raw).map_err(|e| corrupt(e.to_string()))?;
+        for entry in &ledger.entries {
+            for (object, stored) in &entry.stored {
+                stored
+                    .info()
+                    .map_err(|e| corrupt(format!("{object}: {e}")))?;
+            }
+            // Never some objects checked and some not: a record is whole or absent.
+            let recorded: Vec<&str> = entry.stored.keys().map(String::as_str).collect();
+            let mut objects = entry.objects();
+            objects.sort_unstable();
+            if !recorded.is_empty() && recorded != objects {
+                return Err(corrupt(format!(
+                    "entry {} records the bytes of {recorded:?}, but its objects are {objects:?}",
+                    entry.file
+                )));
+            }
+        }
+        Ok(ledger)
     }
 }
 
@@ -94,6 +119,37 @@ pub struct LedgerEntry {
     /// How the rows are stored.
     #[serde(flatten)]
     pub format: EntryFormat,
+    /// Object name to the size and SHA-256 of the bytes stored (sealed ones for a sealed file), as
+    /// uploaded and read back; empty in entries written before hitkeep recorded them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stored: BTreeMap<String, StoredObject>,
+}
+
+/// What an archive object held when it was archived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, 64 lowercase hex characters.
+    pub sha256: String,
+}
+
+impl StoredObject {
+    /// The record of `info`.
+    pub fn of(info: &ObjectInfo) -> StoredObject {
+        StoredObject {
+            size: info.size,
+            sha256: info.sha256.to_string(),
+        }
+    }
+
+    /// As the storage layer compares it; a ledger that parsed has only well-formed digests.
+    pub fn info(&self) -> std::result::Result<ObjectInfo, hitkeep_storage::DigestParseError> {
+        Ok(ObjectInfo {
+            size: self.size,
+            sha256: self.sha256.parse::<Sha256Digest>()?,
+        })
+    }
 }
 
 /// How an entry's rows are stored. Every file has the leading `_source` column naming each row's
@@ -143,6 +199,12 @@ impl LedgerEntry {
             EntryFormat::PerTable { parts } => parts.values().map(String::as_str).collect(),
         }
     }
+
+    /// What the object `name` of this entry held when it was archived, when the entry recorded it.
+    pub fn stored_info(&self, name: &str) -> Option<ObjectInfo> {
+        // Well-formed: checked when the ledger was parsed.
+        self.stored.get(name).and_then(|s| s.info().ok())
+    }
 }
 
 #[cfg(test)]
@@ -187,5 +249,40 @@ mod tests {
         assert_eq!(Ledger::parse("k", &again).unwrap(), parsed, "round trip");
         let one = Ledger::parse("k", ledger(2, r#","format":"one_file""#).as_bytes()).unwrap();
         assert_eq!(one.entries[0].format, EntryFormat::OneFile);
+    }
+
+    #[test]
+    fn what_was_stored_is_recorded_optionally_and_must_be_a_digest() {
+        let digest = "ab".repeat(32);
+        let stored = format!(
+            r#","format":"one_file","stored":{{"site_{SITE}_1.parquet":{{"size":9,"sha256":"{digest}"}}}}"#
+        );
+        let parsed = Ledger::parse("k", ledger(2, &stored).as_bytes()).unwrap();
+        let entry = &parsed.entries[0];
+        let info = entry
+            .stored_info(&format!("site_{SITE}_1.parquet"))
+            .unwrap();
+        assert_eq!((info.size, info.sha256.to_string()), (9, digest));
+        assert_eq!(entry.stored_info("other.parquet"), None);
+        let again = serde_json::to_vec(&parsed).unwrap();
+        assert_eq!(Ledger::parse("k", &again).unwrap(), parsed, "round trip");
+
+        let without = Ledger::parse("k", ledger(2, r#","format":"one_file""#).as_bytes()).unwrap();
+        assert!(without.entries[0].stored.is_empty());
+        let written = String::from_utf8(serde_json::to_vec(&without).unwrap()).unwrap();
+        assert!(!written.contains("stored"), "{written}");
+
+        let partial = stored.replace(&format!("site_{SITE}_1.parquet\":"), "other.parquet\":");
+        let refused = Ledger::parse("k", ledger(2, &partial).as_bytes());
+        assert!(
+            matches!(&refused, Err(crate::Error::LedgerCorrupt { why, .. }) if why.contains("other.parquet")),
+            "a record is whole or absent: {refused:?}"
+        );
+        let bad = stored.replace(&"ab".repeat(32), "not hex");
+        let refused = Ledger::parse("k", ledger(2, &bad).as_bytes());
+        assert!(
+            matches!(&refused, Err(crate::Error::LedgerCorrupt { why, .. }) if why.contains("SHA-256")),
+            "{refused:?}"
+        );
     }
 }

@@ -26,10 +26,12 @@ mod sealed;
 mod tables;
 
 pub use crate::{
-    browse::{create_view, files, ledgers, local_copies, mark_restored, restore_rows},
+    browse::{
+        ArchiveObject, create_view, files, ledgers, local_copies, mark_restored, restore_rows,
+    },
     error::{Error, ErrorKind, Result},
     import::{ImportPlan, ImportSummary, TableCounts},
-    ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry},
+    ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry, StoredObject},
     run::{
         ArchiveEvents, ArchiveOptions, NoEvents, SitePolicy, SiteReport, archive_site,
         default_tenant, ledger_key, load_policies, run, site_dir,

@@ -13,14 +13,15 @@ use hitkeep_data::{
     DataLayout, OpenMode, PARQUET_WRITE_SETTINGS, is_missing_schema, quote_ident, quote_literal,
     with_settings,
 };
-use hitkeep_storage::{Storage, TransferOptions};
+use hitkeep_storage::{ObjectInfo, Storage, TransferOptions};
 use jiff::Timestamp;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::compare::{Comparison, CopyPrint, read_copy, rows_not_in};
 use crate::error::{Error, Result};
-use crate::ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry};
+use crate::ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry, StoredObject};
+use crate::sealed::Expect;
 use crate::tables::{Cutoff, Grain, TABLES};
 
 /// A site with a retention window.
@@ -367,6 +368,7 @@ pub async fn archive_site(
         format: EntryFormat::PerTable {
             parts: parts.clone(),
         },
+        stored: BTreeMap::new(),
     });
 
     let staging =
@@ -390,6 +392,7 @@ pub async fn archive_site(
     tracing::debug!(site = %policy.site_id, "exported, uploaded and read back");
     let entry = ledger.entries.last_mut().expect("just pushed");
     entry.size = exported.size;
+    entry.stored = exported.stored;
     entry.state = EntryState::Verified;
     save_ledger(storage, &ledger_key, &ledger).await?;
     tracing::debug!(site = %policy.site_id, "ledger entry verified");
@@ -703,7 +706,8 @@ pub(crate) fn named_values<T: duckdb::types::FromSql>(
     rows.collect::<std::result::Result<_, _>>().map_err(failed)
 }
 
-/// Downloads an entry's objects into `scratch`, for the delete to compare with.
+/// Downloads an entry's objects into `scratch`, for the delete to compare with; each must hold what
+/// the entry recorded of it, when it did.
 async fn download_copies(
     storage: &Storage,
     dir: &str,
@@ -711,17 +715,27 @@ async fn download_copies(
     scratch: &Path,
     opener: Option<&hitkeep_seal::Opener>,
 ) -> Result<Copies> {
+    if entry.stored.is_empty() {
+        tracing::warn!(
+            entry = entry.file,
+            "this entry records no size and SHA-256 of its objects (written before hitkeep recorded them): they are compared as they are"
+        );
+    }
     match &entry.format {
         EntryFormat::OneFile => {
             let local = scratch.join("verified.parquet");
-            crate::sealed::fetch(storage, &join(dir, &entry.file), &local, opener).await?;
+            let recorded = entry.stored_info(&entry.file);
+            let expect = Expect::archived(recorded.as_ref());
+            crate::sealed::fetch(storage, &join(dir, &entry.file), &local, opener, expect).await?;
             Ok(Copies::OneFile(local))
         }
         EntryFormat::PerTable { parts } => {
             let mut copies = BTreeMap::new();
             for (table, object) in parts {
                 let local = scratch.join(format!("verified.{table}.parquet"));
-                crate::sealed::fetch(storage, &join(dir, object), &local, opener).await?;
+                let recorded = entry.stored_info(object);
+                let expect = Expect::archived(recorded.as_ref());
+                crate::sealed::fetch(storage, &join(dir, object), &local, opener, expect).await?;
                 copies.insert(table.clone(), local);
             }
             Ok(Copies::PerTable(copies))
@@ -755,6 +769,8 @@ struct Exported {
     prints: BTreeMap<String, CopyPrint>,
     /// Bytes over all of them.
     size: u64,
+    /// Object name to what it holds, as uploaded and read back: for the ledger.
+    stored: BTreeMap<String, StoredObject>,
 }
 
 /// Exports the site's expired rows, one file per table, on a blocking thread, while `pending` (the
@@ -811,8 +827,10 @@ async fn export_and_verify(
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
         let (mut size, mut copies, mut prints) = (0, BTreeMap::new(), BTreeMap::new());
-        for (table, copy, bytes, print) in sent {
-            size += bytes;
+        let mut stored = BTreeMap::new();
+        for (table, copy, info, print) in sent {
+            size += info.size;
+            stored.insert(plan.parts[table].clone(), StoredObject::of(&info));
             copies.insert(table.to_owned(), copy);
             if let Some(print) = print {
                 prints.insert(table.to_owned(), print);
@@ -822,6 +840,7 @@ async fn export_and_verify(
             size,
             copies: Copies::PerTable(copies),
             prints,
+            stored,
         })
     }
     .await;
@@ -867,7 +886,7 @@ async fn send_and_check(
     (table, local): (&'static str, PathBuf),
     uploaded: &std::sync::Mutex<Vec<String>>,
     (reader, live_columns): (&ReadBack, &LiveColumns),
-) -> Result<(&'static str, PathBuf, u64, Option<CopyPrint>)> {
+) -> Result<(&'static str, PathBuf, ObjectInfo, Option<CopyPrint>)> {
     let object = &plan.parts[table];
     let key = join(plan.dir, object);
     let sent = send_file(storage, plan.sealer, &local, &key, uploaded).await;
@@ -889,7 +908,7 @@ async fn send_and_check(
     }
     let print = print?;
     tracing::trace!(table, "read back");
-    Ok((table, copy, sent.size, print))
+    Ok((table, copy, sent, print))
 }
 
 /// Uploads `local` as `key`, sealed first when the run seals (no plaintext is uploaded then; the
@@ -900,7 +919,7 @@ async fn send_file(
     local: &Path,
     key: &str,
     uploaded: &std::sync::Mutex<Vec<String>>,
-) -> Result<hitkeep_storage::ObjectInfo> {
+) -> Result<ObjectInfo> {
     let sealed = local.with_extension("parquet.age");
     let source = match sealer {
         Some(sealer) => {
@@ -973,17 +992,17 @@ fn export_in_one_transaction(
 }
 
 /// Reads the uploaded object back into `copy` and checks that it holds exactly the bytes `sent`
-/// ([`crate::sealed::fetch_sent`]) and `expected` rows of `table` and nothing else; returns the
+/// ([`crate::sealed::fetch`]) and `expected` rows of `table` and nothing else; returns the
 /// copy's print when the table's live columns are given. A copy that fails is removed from the
 /// bucket here (and by the caller's clean-up, should this removal fail).
 async fn verify_object(
     storage: &Storage,
     key: &str,
     (table, expected, live_columns): (&str, u64, Option<&Vec<(String, String)>>),
-    (sent, copy): (&hitkeep_storage::ObjectInfo, &Path),
+    (sent, copy): (&ObjectInfo, &Path),
     (reader, opener): (&ReadBack, Option<&hitkeep_seal::Opener>),
 ) -> Result<Option<CopyPrint>> {
-    let fetched = crate::sealed::fetch_sent(storage, key, copy, opener, Some(sent)).await;
+    let fetched = crate::sealed::fetch(storage, key, copy, opener, Expect::Sent(sent)).await;
     if let Err(e @ Error::ReadBackDiffers { .. }) = fetched {
         remove_unproven(storage, key).await;
         return Err(e);

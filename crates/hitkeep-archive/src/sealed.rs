@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use hitkeep_seal::{OpenFailure, Opener, Sealer};
-use hitkeep_storage::{ObjectInfo, Storage, TransferOptions};
+use hitkeep_storage::{ObjectInfo, Sha256Digest, Storage, TransferOptions};
 
 use crate::error::{Error, Result};
 
@@ -63,38 +63,69 @@ pub(crate) async fn open(
     placed
 }
 
+/// What a copy of an archive object must hold, and what a difference means.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Expect<'a> {
+    /// Nothing is known of its bytes (a ledger entry from before they were recorded, HitKeep's own
+    /// files): the copy is taken as it comes.
+    Unrecorded,
+    /// The bytes a run just uploaded: a difference is [`Error::ReadBackDiffers`].
+    Sent(&'a ObjectInfo),
+    /// The bytes its ledger entry recorded when it was archived: a difference is
+    /// [`Error::ArchiveChanged`].
+    Archived(&'a ObjectInfo),
+}
+
+impl<'a> Expect<'a> {
+    /// What a ledger entry recorded of an object: [`Expect::Archived`], or [`Expect::Unrecorded`].
+    pub(crate) fn archived(recorded: Option<&'a ObjectInfo>) -> Expect<'a> {
+        recorded.map_or(Expect::Unrecorded, Expect::Archived)
+    }
+
+    /// What the bytes must be, when anything is known of them.
+    fn wanted(self) -> Option<&'a ObjectInfo> {
+        match self {
+            Expect::Unrecorded => None,
+            Expect::Sent(info) | Expect::Archived(info) => Some(info),
+        }
+    }
+
+    /// The error for other bytes than expected.
+    fn differs(self, key: &str) -> Error {
+        let key = key.to_owned();
+        match self {
+            Expect::Archived(_) => Error::ArchiveChanged { key },
+            Expect::Sent(_) | Expect::Unrecorded => Error::ReadBackDiffers { key },
+        }
+    }
+
+    /// `Ok` when `got` is what was expected.
+    fn check(self, key: &str, got: &ObjectInfo) -> Result<()> {
+        match self.wanted() {
+            Some(wanted) if wanted != got => Err(self.differs(key)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Downloads the object `key` into `local`, opened when it is sealed; `local` appears only whole.
+/// The object must hold the bytes `expect` describes (size and SHA-256), checked before it is
+/// opened, or nothing is kept: a parse alone would pass a file whose first bytes were damaged
+/// (DuckDB checks the Parquet footer's magic, not the header's), and a plaintext object in place of
+/// a sealed one.
 pub(crate) async fn fetch(
     storage: &Storage,
     key: &str,
     local: &Path,
     opener: Option<&Opener>,
-) -> Result<()> {
-    fetch_sent(storage, key, local, opener, None).await
-}
-
-/// [`fetch`], for a read-back of what was just uploaded: the object must hold exactly the bytes
-/// `sent` describes (its size and SHA-256), checked before it is opened, or nothing is kept and the
-/// answer is [`Error::ReadBackDiffers`]. A parse alone would pass a file whose first bytes were
-/// damaged (DuckDB checks the Parquet footer's magic, not the header's), and a plaintext object in
-/// place of a sealed one.
-pub(crate) async fn fetch_sent(
-    storage: &Storage,
-    key: &str,
-    local: &Path,
-    opener: Option<&Opener>,
-    sent: Option<&ObjectInfo>,
+    expect: Expect<'_>,
 ) -> Result<()> {
     let raw = beside(local, "download");
     let outcome = async {
         let got = storage
             .download_file(key, &raw, None, &TransferOptions::default())
             .await?;
-        if sent.is_some_and(|sent| *sent != got) {
-            return Err(Error::ReadBackDiffers {
-                key: key.to_owned(),
-            });
-        }
+        expect.check(&storage.describe(key), &got)?;
         match is_sealed(&raw)? {
             true => open(opener, &raw, local, &storage.describe(key)).await,
             false => std::fs::rename(&raw, local).map_err(|e| Error::io(local, e)),
@@ -103,6 +134,26 @@ pub(crate) async fn fetch_sent(
     .await;
     let _ = std::fs::remove_file(&raw);
     outcome
+}
+
+/// Checks the local archive file `path` (the object `key`, read in place) against `expect`: its
+/// size first, then its SHA-256, read on a blocking thread.
+pub(crate) async fn check_in_place(path: &Path, key: &str, expect: Expect<'_>) -> Result<()> {
+    let Some(wanted) = expect.wanted() else {
+        return Ok(());
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    if size != wanted.size {
+        return Err(expect.differs(key));
+    }
+    let file = path.to_owned();
+    let sha256 = tokio::task::spawn_blocking(move || Sha256Digest::of_file(&file))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .map_err(|e| Error::io(path, e))?;
+    expect.check(key, &ObjectInfo { size, sha256 })
 }
 
 /// A name of its own beside `path`, for a file on its way there.

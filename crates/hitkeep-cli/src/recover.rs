@@ -164,6 +164,20 @@ fn print_plan(plan: &ImportPlan, archive: &hitkeep_config::Location) {
         "Archives:  {} parquet file(s) under {archive}",
         plan.files.len()
     );
+    let checked = plan.checked();
+    if checked == plan.files.len() {
+        println!("Checked:   every file against the size and SHA-256 its ledger recorded");
+    } else {
+        println!(
+            "Checked:   {checked} of them against the size and SHA-256 their ledger recorded; the others (HitKeep's own, or archived before hitkeep recorded one) are read as they are"
+        );
+    }
+    if !plan.unreadable_ledgers.is_empty() {
+        println!(
+            "Ledgers:   {} did not parse (the log says why); what they record is read unchecked",
+            plan.unreadable_ledgers.len()
+        );
+    }
     println!();
     println!("Rows already present are kept once; rows whose site or parent row no longer");
     println!("exists are skipped. HitKeep must be stopped.");

@@ -240,12 +240,12 @@ async fn committed_copies(
     storage: &Storage,
     site: Option<Uuid>,
 ) -> Result<Vec<PathBuf>> {
-    let keys: Vec<String> = hitkeep_archive::files(storage, site)
+    let objects: Vec<_> = hitkeep_archive::files(storage, site)
         .await?
         .into_iter()
-        .map(|(key, _, _)| key)
+        .map(|(object, _, _)| object)
         .collect();
     let cache = engine.layout().archive_cache_dir();
     let opener = engine.archive_opener()?;
-    Ok(hitkeep_archive::local_copies(storage, &keys, &cache, opener.as_deref()).await?)
+    Ok(hitkeep_archive::local_copies(storage, &objects, &cache, opener.as_deref()).await?)
 }

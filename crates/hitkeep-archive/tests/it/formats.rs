@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use hitkeep_archive::{
-    Cutoff, EntryFormat, EntryState, ImportPlan, Ledger, TABLES, create_view, files, ledger_key,
-    local_copies, restore_rows, run,
+    ArchiveObject, Cutoff, EntryFormat, EntryState, ImportPlan, Ledger, TABLES, create_view, files,
+    ledger_key, local_copies, restore_rows, run,
 };
 use hitkeep_data::{OpenMode, open_database};
 use jiff::{Timestamp, ToSpan};
@@ -79,7 +79,15 @@ async fn a_run_writes_one_narrow_file_per_table_and_lists_them() {
     };
     assert_eq!(parts.keys().collect::<Vec<_>>(), tables);
     let conn = open_database(&f.db_of(&report.policy), OpenMode::Existing).unwrap();
-    let copies = local_copies(&f.storage, &report.files, &f.dir.path().join("c"), None)
+    let objects: Vec<_> = files(&f.storage, Some(report.policy.site_id))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(object, _, _)| object)
+        .collect();
+    let keys: Vec<&String> = objects.iter().map(|o| &o.key).collect();
+    assert_eq!(keys, report.files.iter().collect::<Vec<_>>());
+    let copies = local_copies(&f.storage, &objects, &f.dir.path().join("c"), None)
         .await
         .unwrap();
     for (path, (table, object)) in copies.iter().zip(parts) {
@@ -191,13 +199,21 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
     );
 
     // The view and `archive restore` read the wide file.
-    let keys: Vec<String> = files(&f.storage, Some(site))
+    let keys: Vec<_> = files(&f.storage, Some(site))
         .await
         .unwrap()
         .into_iter()
-        .map(|(k, _, _)| k)
+        .map(|(object, _, _)| object)
         .collect();
-    assert_eq!(keys, std::slice::from_ref(&key));
+    let unrecorded = ArchiveObject {
+        key: key.clone(),
+        recorded: None,
+    };
+    assert_eq!(
+        keys,
+        [unrecorded],
+        "a HitKeep entry has no digests: read unchecked"
+    );
     let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache"), None)
         .await
         .unwrap();
@@ -247,13 +263,19 @@ async fn a_format_1_archive_is_still_recovered_queried_restored_and_imported() {
         stored.entries[1].format,
         EntryFormat::PerTable { .. }
     ));
-    let keys: Vec<String> = files(&f.storage, Some(site))
+    let keys: Vec<_> = files(&f.storage, Some(site))
         .await
         .unwrap()
         .into_iter()
-        .map(|(k, _, _)| k)
+        .map(|(object, _, _)| object)
         .collect();
     assert_eq!(keys.len(), 1 + this.files.len());
+    let recorded = keys.iter().filter(|o| o.recorded.is_some()).count();
+    assert_eq!(
+        recorded,
+        this.files.len(),
+        "the new entry records its digests"
+    );
     let paths = local_copies(&f.storage, &keys, &f.dir.path().join("cache"), None)
         .await
         .unwrap();

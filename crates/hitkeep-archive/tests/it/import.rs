@@ -209,7 +209,15 @@ async fn rows_of_a_deleted_site_are_skipped_and_counted() {
 
 /// Rows per `_source` of one site in the given archive files.
 async fn archived_rows_of(s: &Setup, keys: &[String], site: &str) -> BTreeMap<String, u64> {
-    let paths = hitkeep_archive::local_copies(&s.storage, keys, &s.dir.path().join("copies"), None)
+    let objects: Vec<_> = keys
+        .iter()
+        .map(|key| hitkeep_archive::ArchiveObject {
+            key: key.clone(),
+            recorded: None,
+        })
+        .collect();
+    let copies = s.dir.path().join("copies");
+    let paths = hitkeep_archive::local_copies(&s.storage, &objects, &copies, None)
         .await
         .unwrap();
     let list = paths

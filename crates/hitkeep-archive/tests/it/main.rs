@@ -198,7 +198,8 @@ macro_rules! on_every_backend {
 on_every_backend!(
     every_row_is_in_the_database_or_the_archive_exactly_once,
     a_crash_after_upload_or_in_the_delete_is_recovered_without_duplicates,
-    the_layout_is_hitkeeps
+    the_layout_is_hitkeeps,
+    an_object_changed_at_rest_is_refused_by_every_reader
 );
 
 async fn every_row_is_in_the_database_or_the_archive_exactly_once(f: Fixture) {
@@ -326,6 +327,7 @@ async fn a_crash_after_upload_or_in_the_delete_is_recovered_without_duplicates(f
         size: 0,
         state: EntryState::Pending,
         format: hitkeep_archive::EntryFormat::OneFile,
+        stored: BTreeMap::new(),
     });
     f.storage
         .write(&ledger_key, serde_json::to_vec(&ledger).unwrap())
@@ -817,4 +819,79 @@ async fn damaged_uploads_delete_nothing(sealed: bool) {
         .filter(|e| e.key.ends_with(".parquet"))
         .collect();
     assert!(parquet.is_empty(), "sealed {sealed}: {parquet:?}");
+}
+
+/// Each object's size and SHA-256 are in its ledger entry, and every later reader checks them before
+/// it uses the object: the view and `archive restore` (`local_copies`), `import-archives`, and the
+/// recovery of a run whose delete was interrupted. One flipped bit in the first byte (which DuckDB
+/// never checks, so the file still parses to the same rows) and the object is refused as changed,
+/// and nothing is read from it.
+async fn an_object_changed_at_rest_is_refused_by_every_reader(f: Fixture) {
+    use hitkeep_archive::{Error, ErrorKind, ImportPlan, files, local_copies};
+    let now = Timestamp::now();
+    let reports = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
+    assert!(reports.iter().all(Result::is_ok), "{reports:?}");
+    let committed = files(&f.storage, None).await.unwrap();
+    assert!(committed.len() > 3, "{committed:?}");
+    assert!(
+        committed.iter().all(|(o, _, _)| o.recorded.is_some()),
+        "{committed:?}"
+    );
+    let objects: Vec<_> = committed.iter().map(|(o, _, _)| o.clone()).collect();
+    let read = local_copies(&f.storage, &objects, &f.dir.path().join("c1"), None).await;
+    assert_eq!(
+        read.unwrap().len(),
+        objects.len(),
+        "unchanged, every object reads"
+    );
+
+    // The first byte of one object flipped, its size unchanged.
+    let (victim, site, _) = &committed[0];
+    let policy = f
+        .policies()
+        .into_iter()
+        .find(|p| p.site_id == *site)
+        .unwrap();
+    let mut bytes = f.storage.read(&victim.key).await.unwrap().to_vec();
+    bytes[0] ^= 1;
+    f.storage.write(&victim.key, bytes).await.unwrap();
+    let changed =
+        |e: &Error| matches!(e, Error::ArchiveChanged { key } if key.contains(&victim.key));
+
+    let refused = local_copies(&f.storage, &objects, &f.dir.path().join("c2"), None)
+        .await
+        .unwrap_err();
+    assert!(changed(&refused), "{refused}");
+    assert_eq!(refused.kind(), ErrorKind::Integrity);
+    assert!(refused.hint().unwrap().contains("copy"), "{refused:?}");
+
+    let plan = ImportPlan::new(&f.storage, &f.layout, policy.tenant_id)
+        .await
+        .unwrap();
+    assert!(plan.files.contains(&victim.key), "{:?}", plan.files);
+    assert_eq!(plan.checked(), plan.files.len(), "{:?}", plan.files);
+    let imported = plan.execute(&f.storage, &f.layout, None).await.unwrap_err();
+    let Error::ImportFile { source, .. } = &imported else {
+        panic!("{imported:?}");
+    };
+    assert!(changed(source), "{imported}");
+    assert_eq!(imported.kind(), ErrorKind::Integrity);
+
+    // A run whose delete was interrupted: the next run's recovery refuses the changed object, and
+    // leaves its entry verified (its delete not finished) and the object in place.
+    let (_, ledger_key, _) = f.reopen_last_entry(&victim.key, &policy).await;
+    let again = run(&f.storage, &f.layout, &f.options(now)).await.unwrap();
+    let refusals = again.iter().filter(|r| matches!(r, Err(e) if changed(e)));
+    assert_eq!(refusals.count(), 1, "{again:?}");
+    assert!(
+        again
+            .iter()
+            .flatten()
+            .all(|r| r.policy.site_id != policy.site_id),
+        "{again:?}"
+    );
+    let ledger: Ledger =
+        serde_json::from_slice(&f.storage.read(&ledger_key).await.unwrap()).unwrap();
+    assert_eq!(ledger.entries.last().unwrap().state, EntryState::Verified);
+    assert!(f.storage.stat(&victim.key).await.unwrap().is_some());
 }

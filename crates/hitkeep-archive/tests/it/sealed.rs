@@ -61,12 +61,13 @@ async fn a_sealed_run_archives_deletes_and_reads_back_with_either_key(f: Fixture
     assert!(sealed > 3, "{listed:?}");
 
     // The operator's identity alone reads every row back; no identity is refused.
-    let keys: Vec<String> = files(&f.storage, None)
+    let keys: Vec<_> = files(&f.storage, None)
         .await
         .unwrap()
         .into_iter()
-        .map(|(k, _, _)| k)
+        .map(|(object, _, _)| object)
         .collect();
+    assert!(keys.iter().all(|o| o.recorded.is_some()), "{keys:?}");
     let by_operator = Opener::new(Vec::new()).with_host_key(&operator);
     let paths = local_copies(
         &f.storage,
@@ -107,6 +108,20 @@ async fn a_sealed_run_archives_deletes_and_reads_back_with_either_key(f: Fixture
         .unwrap();
     assert!(!mine.recovered.is_empty(), "{mine:?}");
     assert_eq!(f.live_rows().values().sum::<i64>(), live);
+
+    // Anyone with the recipients' public keys can seal a file that opens: one archive object
+    // replaced by another, whole and sealed to the same keys, is refused by its recorded digest.
+    let (victim, other) = (&keys[0].key, &keys[1].key);
+    let replacement = f.storage.read(other).await.unwrap();
+    f.storage.write(victim, replacement).await.unwrap();
+    let cache = f.dir.path().join("c4");
+    let refused = local_copies(&f.storage, &keys, &cache, Some(&by_operator))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::ArchiveChanged { key } if key.ends_with(victim.as_str())),
+        "{refused}"
+    );
 }
 
 /// Rows per table in the archive files `paths`, as DuckDB reads them.

@@ -271,6 +271,9 @@ fn import_round_trip(dir: &Path, env: &[(String, String)]) {
     assert!(
         out.contains("HitKeep Recovery — Import Retention Archives")
             && out.contains(" (default)\nTenant DB: ")
+            && out.contains(
+                "\nChecked:   every file against the size and SHA-256 its ledger recorded\n"
+            )
             && files > 2
             && out.contains(&format!("✓ Imported {files} archive file(s)")),
         "{files} files: {out}"
@@ -307,6 +310,7 @@ fn import_archives_from_local_disk() {
     let dir = tempfile::tempdir().unwrap();
     let env = local_env(dir.path());
     import_round_trip(dir.path(), &env);
+    changed_archive_is_refused(dir.path(), &env);
     let out = hk(
         &["recover", "import-archives", "-tenant", "nope", "-yes"],
         &env,
@@ -335,6 +339,40 @@ fn import_archives_from_local_disk() {
         !dir.path()
             .join("data/tenants/00000000-0000-0000-0000-000000000001")
             .exists()
+    );
+}
+
+/// One archive file changed on disk after it was archived (its first byte, which DuckDB never
+/// checks): `archive query` refuses it by its recorded SHA-256, exit 1, naming the file.
+fn changed_archive_is_refused(dir: &Path, env: &[(String, String)]) {
+    let mut parquet = Vec::new();
+    let mut folders = vec![dir.join("archive")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            match path.extension().and_then(|e| e.to_str()) {
+                _ if path.is_dir() => folders.push(path),
+                Some("parquet") => parquet.push(path),
+                _ => {}
+            }
+        }
+    }
+    parquet.sort();
+    let victim = &parquet[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(victim, bytes).unwrap();
+    let out = hk(
+        &["archive", "query", "SELECT count(*) FROM archive"],
+        env,
+        dir,
+    );
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(
+        out.starts_with("exit: 1")
+            && out.contains("holds other bytes than were archived")
+            && out.contains(name),
+        "{out}"
     );
 }
 
