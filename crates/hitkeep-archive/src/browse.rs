@@ -53,23 +53,24 @@ pub async fn files(
         if site.is_some_and(|s| s != ledger.site_id) {
             continue;
         }
-        for e in ledger
-            .entries
-            .into_iter()
-            .filter(|e| e.state == EntryState::Deleted)
-        {
-            for object in e.objects() {
-                let key = if dir.is_empty() {
-                    object.to_owned()
-                } else {
-                    format!("{dir}/{object}")
-                };
-                let recorded = e.stored_info(object);
-                out.push((ArchiveObject { key, recorded }, ledger.site_id, e.clone()));
-            }
-        }
+        let committed = objects_of(&dir, &ledger).filter(|(e, _)| e.state == EntryState::Deleted);
+        out.extend(committed.map(|(e, object)| (object, ledger.site_id, e.clone())));
     }
     Ok(out)
+}
+
+/// Every object of `ledger`, whose folder is `dir`, with its entry and what the entry recorded of it.
+pub(crate) fn objects_of<'a>(
+    dir: &'a str,
+    ledger: &'a Ledger,
+) -> impl Iterator<Item = (&'a LedgerEntry, ArchiveObject)> + 'a {
+    ledger.entries.iter().flat_map(move |entry| {
+        entry.objects().into_iter().map(move |object| {
+            let key = crate::run::join(dir, object);
+            let recorded = entry.stored_info(object);
+            (entry, ArchiveObject { key, recorded })
+        })
+    })
 }
 
 /// Local paths of archive objects: files in place on local disk, S3 objects downloaded into `cache` once.

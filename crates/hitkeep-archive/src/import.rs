@@ -222,17 +222,8 @@ async fn recorded(
             }
         };
         let dir = key.rsplit_once('/').map_or("", |(dir, _)| dir);
-        for entry in &ledger.entries {
-            for object in entry.objects() {
-                if let Some(info) = entry.stored_info(object) {
-                    let key = match dir {
-                        "" => object.to_owned(),
-                        dir => format!("{dir}/{object}"),
-                    };
-                    out.insert(key, info);
-                }
-            }
-        }
+        let objects = crate::browse::objects_of(dir, &ledger).map(|(_, object)| object);
+        out.extend(objects.filter_map(|o| Some((o.key, o.recorded?))));
     }
     Ok((out, unreadable))
 }

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use hitkeep_storage::{ObjectInfo, Sha256Digest};
+use hitkeep_storage::ObjectInfo;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -77,11 +77,6 @@ impl Ledger {
         }
         let ledger: Ledger = serde_json::from_value(raw).map_err(|e| corrupt(e.to_string()))?;
         for entry in &ledger.entries {
-            for (object, stored) in &entry.stored {
-                stored
-                    .info()
-                    .map_err(|e| corrupt(format!("{object}: {e}")))?;
-            }
             // Never some objects checked and some not: a record is whole or absent.
             let recorded: Vec<&str> = entry.stored.keys().map(String::as_str).collect();
             let mut objects = entry.objects();
@@ -122,34 +117,7 @@ pub struct LedgerEntry {
     /// Object name to the size and SHA-256 of the bytes stored (sealed ones for a sealed file), as
     /// uploaded and read back; empty in entries written before hitkeep recorded them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub stored: BTreeMap<String, StoredObject>,
-}
-
-/// What an archive object held when it was archived.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredObject {
-    /// Bytes.
-    pub size: u64,
-    /// SHA-256 of the bytes, 64 lowercase hex characters.
-    pub sha256: String,
-}
-
-impl StoredObject {
-    /// The record of `info`.
-    pub fn of(info: &ObjectInfo) -> StoredObject {
-        StoredObject {
-            size: info.size,
-            sha256: info.sha256.to_string(),
-        }
-    }
-
-    /// As the storage layer compares it; a ledger that parsed has only well-formed digests.
-    pub fn info(&self) -> std::result::Result<ObjectInfo, hitkeep_storage::DigestParseError> {
-        Ok(ObjectInfo {
-            size: self.size,
-            sha256: self.sha256.parse::<Sha256Digest>()?,
-        })
-    }
+    pub stored: BTreeMap<String, ObjectInfo>,
 }
 
 /// How an entry's rows are stored. Every file has the leading `_source` column naming each row's
@@ -202,8 +170,7 @@ impl LedgerEntry {
 
     /// What the object `name` of this entry held when it was archived, when the entry recorded it.
     pub fn stored_info(&self, name: &str) -> Option<ObjectInfo> {
-        // Well-formed: checked when the ledger was parsed.
-        self.stored.get(name).and_then(|s| s.info().ok())
+        self.stored.get(name).copied()
     }
 }
 

@@ -31,7 +31,7 @@ pub use crate::{
     },
     error::{Error, ErrorKind, Result},
     import::{ImportPlan, ImportSummary, TableCounts},
-    ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry, StoredObject},
+    ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry},
     run::{
         ArchiveEvents, ArchiveOptions, NoEvents, SitePolicy, SiteReport, archive_site,
         default_tenant, ledger_key, load_policies, run, site_dir,

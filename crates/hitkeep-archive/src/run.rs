@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::compare::{Comparison, CopyPrint, read_copy, rows_not_in};
 use crate::error::{Error, Result};
-use crate::ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry, StoredObject};
+use crate::ledger::{EntryFormat, EntryState, LEDGER_VERSION, Ledger, LedgerEntry};
 use crate::sealed::Expect;
 use crate::tables::{Cutoff, Grain, TABLES};
 
@@ -219,7 +219,7 @@ fn run_name(dir: &str, site: Uuid, now: Timestamp) -> String {
     }
 }
 
-fn join(dir: &str, name: &str) -> String {
+pub(crate) fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_owned()
     } else {
@@ -721,22 +721,23 @@ async fn download_copies(
             "this entry records no size and SHA-256 of its objects (written before hitkeep recorded them): they are compared as they are"
         );
     }
-    match &entry.format {
-        EntryFormat::OneFile => {
-            let local = scratch.join("verified.parquet");
-            let recorded = entry.stored_info(&entry.file);
+    let fetch = |object: &str, local: PathBuf| {
+        let (key, recorded) = (join(dir, object), entry.stored_info(object));
+        async move {
             let expect = Expect::archived(recorded.as_ref());
-            crate::sealed::fetch(storage, &join(dir, &entry.file), &local, opener, expect).await?;
-            Ok(Copies::OneFile(local))
+            crate::sealed::fetch(storage, &key, &local, opener, expect).await?;
+            Ok::<_, Error>(local)
         }
+    };
+    match &entry.format {
+        EntryFormat::OneFile => Ok(Copies::OneFile(
+            fetch(&entry.file, scratch.join("verified.parquet")).await?,
+        )),
         EntryFormat::PerTable { parts } => {
             let mut copies = BTreeMap::new();
             for (table, object) in parts {
                 let local = scratch.join(format!("verified.{table}.parquet"));
-                let recorded = entry.stored_info(object);
-                let expect = Expect::archived(recorded.as_ref());
-                crate::sealed::fetch(storage, &join(dir, object), &local, opener, expect).await?;
-                copies.insert(table.clone(), local);
+                copies.insert(table.clone(), fetch(object, local).await?);
             }
             Ok(Copies::PerTable(copies))
         }
@@ -770,7 +771,7 @@ struct Exported {
     /// Bytes over all of them.
     size: u64,
     /// Object name to what it holds, as uploaded and read back: for the ledger.
-    stored: BTreeMap<String, StoredObject>,
+    stored: BTreeMap<String, ObjectInfo>,
 }
 
 /// Exports the site's expired rows, one file per table, on a blocking thread, while `pending` (the
@@ -830,7 +831,7 @@ async fn export_and_verify(
         let mut stored = BTreeMap::new();
         for (table, copy, info, print) in sent {
             size += info.size;
-            stored.insert(plan.parts[table].clone(), StoredObject::of(&info));
+            stored.insert(plan.parts[table].clone(), info);
             copies.insert(table.to_owned(), copy);
             if let Some(print) = print {
                 prints.insert(table.to_owned(), print);

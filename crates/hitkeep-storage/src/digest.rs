@@ -46,6 +46,21 @@ impl fmt::Debug for Sha256Digest {
 #[error("not a SHA-256 digest (64 hex characters): {0:?}")]
 pub struct DigestParseError(String);
 
+/// Written as its 64 hex characters (manifests, ledgers).
+impl serde::Serialize for Sha256Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Read from 64 hex characters; anything else is an error that says so.
+impl<'de> serde::Deserialize<'de> for Sha256Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Sha256Digest {
     type Err = DigestParseError;
 
@@ -56,8 +71,8 @@ impl FromStr for Sha256Digest {
     }
 }
 
-/// An object's size and SHA-256, as uploaded or downloaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An object's size and SHA-256, as uploaded or downloaded (and as an archive ledger records it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectInfo {
     /// Bytes.
     pub size: u64,

@@ -272,7 +272,7 @@ fn an_encrypted_archive_round_trip_on_local_disk() {
 }
 
 /// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();

@@ -345,18 +345,10 @@ fn import_archives_from_local_disk() {
 /// One archive file changed on disk after it was archived (its first byte, which DuckDB never
 /// checks): `archive query` refuses it by its recorded SHA-256, exit 1, naming the file.
 fn changed_archive_is_refused(dir: &Path, env: &[(String, String)]) {
-    let mut parquet = Vec::new();
-    let mut folders = vec![dir.join("archive")];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(folder).unwrap().map(Result::unwrap) {
-            let path = entry.path();
-            match path.extension().and_then(|e| e.to_str()) {
-                _ if path.is_dir() => folders.push(path),
-                Some("parquet") => parquet.push(path),
-                _ => {}
-            }
-        }
-    }
+    let mut parquet: Vec<PathBuf> = crate::archive::walk(&dir.join("archive"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
     parquet.sort();
     let victim = &parquet[0];
     let mut bytes = std::fs::read(victim).unwrap();
