@@ -21,6 +21,7 @@ tasks:
           _USE_SSL) when set; otherwise Garage, installed into $HITKEEP_CACHE/tools.
           Set HITKEEP_E2E_SEED to replay a run's random choices, HITKEEP_E2E_ONLY=word to
           run only the sections whose name holds it.
+  tools   installs what `e2e` would install on first use (Garage) and exits.
   bench   backup, restore and archive against bare baselines in the same run (local EXPORT,
           rclone upload and download, IMPORT, COPY + DELETE), tenants one at a time and at
           once, and LIST requests with 1,000 snapshots; writes bench/results/latest.md and
@@ -38,6 +39,13 @@ fn main() -> ExitCode {
             Ok(false) => ExitCode::FAILURE,
             Err(err) => {
                 eprintln!("cargo xtask e2e: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("tools") => match e2e::install_tools() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("cargo xtask tools: {err:#}");
                 ExitCode::FAILURE
             }
         },

@@ -135,6 +135,14 @@ impl Hitkeep {
         *self.runs.borrow()
     }
 
+    /// Takes in `other`'s runs and transcript (sections that ran beside this one's).
+    pub fn absorb(&self, other: Hitkeep) {
+        *self.runs.borrow_mut() += other.runs();
+        self.transcript
+            .borrow_mut()
+            .extend(other.transcript.into_inner());
+    }
+
     /// Everything every run printed, stdout and stderr.
     pub fn transcript(&self) -> std::cell::Ref<'_, Vec<u8>> {
         self.transcript.borrow()

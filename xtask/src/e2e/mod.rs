@@ -1,7 +1,8 @@
 //! `cargo xtask e2e`: the built `hitkeep`, driven as a black box, against a real S3 server process.
 //!
-//! Sections run in order and each records checks; a section that errors out is one failed check
-//! and the run goes on. Everything hitkeep prints is kept for the secret scan at the end.
+//! Sections run in order in two lanes side by side, each against a server of its own (the layout
+//! sections; the fault, trust and input ones), and each records checks; a section that errors out
+//! is one failed check and the run goes on. Everything hitkeep prints is kept for the secret scan at the end.
 //! What this will not do: stand in for the unit and integration tests (`cargo test`), or time
 //! anything (`cargo xtask bench`).
 
@@ -67,6 +68,30 @@ pub struct Keys {
 }
 
 impl Ctx {
+    /// A server of its own (Garage, MinIO, or the caller's endpoint under a prefix for `run_id`),
+    /// and a work folder, transcript and `report` for the sections run with it.
+    fn start(bin: &Path, cache: &Path, work: PathBuf, run_id: &str, report: Report) -> Result<Ctx> {
+        std::fs::create_dir_all(&work)?;
+        let s3 = S3Server::start(cache, &work, run_id)?;
+        let rclone = Rclone::new(&s3)?;
+        if s3.kind == Kind::Minio {
+            rclone.mkdir(&s3.bucket)?;
+        }
+        Ok(Ctx {
+            report,
+            hk: Hitkeep::new(bin.to_owned(), &work)?,
+            rclone,
+            py: Python::new(cache, &work)?,
+            work,
+            cache: cache.to_owned(),
+            secrets: vec![s3.secret_key.clone()],
+            s3,
+            layout: LAYOUTS[0],
+            mode: "full",
+            keys: None,
+        })
+    }
+
     /// The guide's MinIO variables, with this server's address and keys.
     pub fn s3_env(&self) -> Env {
         let env = Env::default()
@@ -182,6 +207,23 @@ impl Ctx {
     }
 }
 
+/// `HITKEEP_CACHE`, or `~/.cache/hitkeep`: where tools are installed.
+fn cache() -> PathBuf {
+    std::env::var_os("HITKEEP_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hitkeep"),
+        PathBuf::from,
+    )
+}
+
+/// `cargo xtask tools`: installs the S3 server the run needs when it is missing (Garage takes
+/// ~9 minutes to compile), so that `scripts/test` can do it while the tests run.
+pub fn install_tools() -> Result<()> {
+    if std::env::var_os("HITKEEP_E2E_S3_ENDPOINT").is_none() && tools::on_path("minio").is_none() {
+        tools::garage(&cache())?;
+    }
+    Ok(())
+}
+
 pub fn run() -> Result<bool> {
     let started = Instant::now();
     let seed = match std::env::var("HITKEEP_E2E_SEED") {
@@ -191,137 +233,53 @@ pub fn run() -> Result<bool> {
     fastrand::seed(seed);
     let root = crate::workspace_root()?;
     let root = root.as_path();
-    let cache = std::env::var_os("HITKEEP_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/hitkeep"),
-        PathBuf::from,
-    );
+    let cache = cache();
     let bin = tools::built(root, "hitkeep")?;
     let work_dir = tempfile::Builder::new().prefix("hitkeep-e2e-").tempdir()?;
     let work = work_dir.path().to_owned();
-    let s3 = S3Server::start(&cache, &work, &format!("{seed:x}"))?;
-    let rclone = Rclone::new(&s3)?;
-    if s3.kind == Kind::Minio {
-        rclone.mkdir(&s3.bucket)?;
-    }
-    let py = Python::new(&cache, &work)?;
+    let mut ctx = Ctx::start(
+        &bin,
+        &cache,
+        work.clone(),
+        &format!("{seed:x}"),
+        Report::default(),
+    )?;
     println!("e2e: seed {seed} (HITKEEP_E2E_SEED={seed} replays the random choices)");
-    println!("e2e: S3 server: {}", s3.describe());
+    println!("e2e: S3 server: {}", ctx.s3.describe());
     println!("e2e: hitkeep: {}", bin.display());
-    let secrets = vec![s3.secret_key.clone()];
-    let hk = Hitkeep::new(bin, &work)?;
-    let mut ctx = Ctx {
-        report: Report::default(),
-        hk,
-        s3,
-        rclone,
-        py,
-        work,
-        cache: cache.clone(),
-        secrets,
-        layout: "2.13",
-        mode: "full",
-        keys: None,
-    };
     ctx.report.figure("S3 server", ctx.s3.describe());
-
-    // Backup, restore, archive and kill on both of HitKeep's layouts: today's split one (2.13) and
-    // the one older installs and their snapshots still have (2.8), each in its own folder and prefix;
-    // and in both backup modes, paired so that each layout and each mode runs once within the
-    // budget (HITKEEP_E2E_MODES=all runs every layout in both).
-    for (layout, mode) in variants() {
-        in_layout(&mut ctx, layout, mode, |ctx| {
-            let tag = format!(" [{} {}]", ctx.layout, ctx.mode);
-            section(
-                ctx,
-                &format!("guide: MinIO example, scheduler, list, verify, restore, prune{tag}"),
-                scenarios::guide,
-            );
-            section(
-                ctx,
-                &format!("archives: run, query, restore{tag}"),
-                scenarios::archives,
-            );
-            section(
-                ctx,
-                &format!("kill -9 during backup run{tag}"),
-                faults::kill_loop,
-            );
+    // The fault, trust and input sections run beside the layout sections, on a server of their own
+    // (one of them stops and restarts it): a run mostly waits (on kills, timeouts, a server
+    // restarting; under one core busy on average), and one after the other they took 18 minutes
+    // on 2 cores. Their lines are printed once the layout sections are done.
+    let mut side = Ctx::start(
+        &bin,
+        &cache,
+        work.join("side"),
+        &format!("{seed:x}-side"),
+        Report::kept(),
+    )?;
+    side.report.figure("S3 server", side.s3.describe());
+    println!(
+        "e2e: the fault, trust and input sections run beside the others, on a second server; their lines follow theirs"
+    );
+    let side = std::thread::scope(|scope| {
+        let side = scope.spawn(move || {
+            // fastrand's generator is per thread: this one's random choices replay from the seed too.
+            fastrand::seed(seed ^ 0x5eed);
+            side_sections(&mut side);
+            side
         });
+        layout_sections(&mut ctx);
+        side.join()
+    })
+    .map_err(|_| anyhow::anyhow!("the side sections panicked"))?;
+    ctx.report.absorb(side.report);
+    ctx.hk.absorb(side.hk);
+    ctx.secrets.extend(side.secrets.iter().cloned());
+    if side.s3.kind == Kind::Endpoint {
+        side.rclone.purge(&side.s3.key(""))?;
     }
-    // Backup, restore, kill and the fault sections again with encryption on, under keys made by
-    // `hitkeep backup keygen`: all of them in full mode, the round trip and the bit flip in
-    // incremental mode too.
-    with_keys(&mut ctx, |ctx| {
-        in_layout(ctx, LAYOUTS[0], "full", |ctx| encrypted_sections(ctx, true));
-        // Incremental and encrypted (format 4): the pool objects sealed, the partitions in an index
-        // only the host opens.
-        in_layout(ctx, LAYOUTS[1], "incremental", |ctx| {
-            encrypted_sections(ctx, false)
-        });
-    });
-    section(&mut ctx, "TCP fault proxy", faults::proxy);
-    // The fault sections that read what a cycle stored run in incremental mode too, where the table
-    // files are pool objects shared by snapshots.
-    in_layout(&mut ctx, LAYOUTS[1], "incremental", |ctx| {
-        let tag = format!(" [{} {}]", ctx.layout, ctx.mode);
-        section(ctx, &format!("TCP fault proxy{tag}"), faults::proxy);
-        section(
-            ctx,
-            &format!("a bit flipped in a stored object{tag}"),
-            faults::bit_flip,
-        );
-    });
-    section(
-        &mut ctx,
-        "a provider that refuses checksum headers",
-        checksum::refusing_provider,
-    );
-    section(
-        &mut ctx,
-        "S3 server stopped and restarted during a backup",
-        faults::server_restart,
-    );
-    section(
-        &mut ctx,
-        "a bit flipped in a stored object",
-        faults::bit_flip,
-    );
-    section(
-        &mut ctx,
-        "archive interrupted after upload and during delete",
-        faults::archive_interrupts,
-    );
-    section(
-        &mut ctx,
-        "restore from another PID namespace",
-        namespaces::restore_across_namespaces,
-    );
-    section(
-        &mut ctx,
-        "two installations back up to one prefix in the same second",
-        trust::two_writers,
-    );
-    section(
-        &mut ctx,
-        "a clock behind, then a year ahead",
-        trust::wrong_clock,
-    );
-    section(
-        &mut ctx,
-        "S3 Object Lock on moto, under a clock behind and ahead",
-        object_lock::wrong_clock,
-    );
-    section(
-        &mut ctx,
-        "kills, then cycles on a small disk",
-        trust::kills_on_a_small_disk,
-    );
-    section(
-        &mut ctx,
-        "tampered snapshots: restore and verify --deep refuse code",
-        tampered::run,
-    );
-    section(&mut ctx, "bad input", bad_input::run);
     section(&mut ctx, "secrets", scan_secrets);
 
     let transcript = cache.join("e2e/last-transcript.log");
@@ -345,6 +303,104 @@ pub fn run() -> Result<bool> {
     }
     ctx.report.print_summary();
     Ok(ctx.report.failed() == 0)
+}
+
+/// Backup, restore, archive and kill on both layouts and modes, then with encryption on.
+fn layout_sections(ctx: &mut Ctx) {
+    // Backup, restore, archive and kill on both of HitKeep's layouts: today's split one (2.13) and
+    // the one older installs and their snapshots still have (2.8), each in its own folder and prefix;
+    // and in both backup modes, paired so that each layout and each mode runs once within the
+    // budget (HITKEEP_E2E_MODES=all runs every layout in both).
+    for (layout, mode) in variants() {
+        in_layout(ctx, layout, mode, |ctx| {
+            let tag = format!(" [{} {}]", ctx.layout, ctx.mode);
+            section(
+                ctx,
+                &format!("guide: MinIO example, scheduler, list, verify, restore, prune{tag}"),
+                scenarios::guide,
+            );
+            section(
+                ctx,
+                &format!("archives: run, query, restore{tag}"),
+                scenarios::archives,
+            );
+            section(
+                ctx,
+                &format!("kill -9 during backup run{tag}"),
+                faults::kill_loop,
+            );
+        });
+    }
+    // Backup, restore, kill and the fault sections again with encryption on, under keys made by
+    // `hitkeep backup keygen`: all of them in full mode, the round trip and the bit flip in
+    // incremental mode too.
+    with_keys(ctx, |ctx| {
+        in_layout(ctx, LAYOUTS[0], "full", |ctx| encrypted_sections(ctx, true));
+        // Incremental and encrypted (format 4): the pool objects sealed, the partitions in an index
+        // only the host opens.
+        in_layout(ctx, LAYOUTS[1], "incremental", |ctx| {
+            encrypted_sections(ctx, false)
+        });
+    });
+}
+
+/// The fault, trust and input sections: each makes its own data, and one restarts the server.
+fn side_sections(ctx: &mut Ctx) {
+    section(ctx, "TCP fault proxy", faults::proxy);
+    // The fault sections that read what a cycle stored run in incremental mode too, where the table
+    // files are pool objects shared by snapshots.
+    in_layout(ctx, LAYOUTS[1], "incremental", |ctx| {
+        let tag = format!(" [{} {}]", ctx.layout, ctx.mode);
+        section(ctx, &format!("TCP fault proxy{tag}"), faults::proxy);
+        section(
+            ctx,
+            &format!("a bit flipped in a stored object{tag}"),
+            faults::bit_flip,
+        );
+    });
+    section(
+        ctx,
+        "a provider that refuses checksum headers",
+        checksum::refusing_provider,
+    );
+    section(
+        ctx,
+        "S3 server stopped and restarted during a backup",
+        faults::server_restart,
+    );
+    section(ctx, "a bit flipped in a stored object", faults::bit_flip);
+    section(
+        ctx,
+        "archive interrupted after upload and during delete",
+        faults::archive_interrupts,
+    );
+    section(
+        ctx,
+        "restore from another PID namespace",
+        namespaces::restore_across_namespaces,
+    );
+    section(
+        ctx,
+        "two installations back up to one prefix in the same second",
+        trust::two_writers,
+    );
+    section(ctx, "a clock behind, then a year ahead", trust::wrong_clock);
+    section(
+        ctx,
+        "S3 Object Lock on moto, under a clock behind and ahead",
+        object_lock::wrong_clock,
+    );
+    section(
+        ctx,
+        "kills, then cycles on a small disk",
+        trust::kills_on_a_small_disk,
+    );
+    section(
+        ctx,
+        "tampered snapshots: restore and verify --deep refuse code",
+        tampered::run,
+    );
+    section(ctx, "bad input", bad_input::run);
 }
 
 /// HitKeep's layouts the layout-sensitive sections run on.

@@ -10,17 +10,45 @@ struct Check {
     detail: String,
 }
 
-/// Checks are printed as they happen (a run takes minutes) and summed up at the end.
+/// Checks are printed as they happen (a run takes minutes) and summed up at the end; a report of
+/// sections that run beside others keeps its lines until [`Report::absorb`] prints them, so the
+/// two never interleave.
 #[derive(Debug, Default)]
 pub struct Report {
     section: String,
     checks: Vec<Check>,
     figures: Vec<(String, String)>,
+    /// `Some` while the lines are kept, not printed.
+    kept: Option<Vec<String>>,
 }
 
 impl Report {
+    /// A report that keeps its lines until another absorbs it.
+    pub fn kept() -> Report {
+        Report {
+            kept: Some(Vec::new()),
+            ..Report::default()
+        }
+    }
+
+    fn say(&mut self, line: String) {
+        match &mut self.kept {
+            Some(lines) => lines.push(line),
+            None => println!("{line}"),
+        }
+    }
+
+    /// Takes in `other`'s checks and figures, after this report's, and says its lines.
+    pub fn absorb(&mut self, other: Report) {
+        for line in other.kept.into_iter().flatten() {
+            self.say(line);
+        }
+        self.checks.extend(other.checks);
+        self.figures.extend(other.figures);
+    }
+
     pub fn section(&mut self, name: &str) {
-        println!("\n== {name}");
+        self.say(format!("\n== {name}"));
         self.section = name.to_owned();
     }
 
@@ -29,12 +57,12 @@ impl Report {
         let name = name.into();
         let detail = detail.to_string();
         if passed {
-            println!("  ok    {name}");
+            self.say(format!("  ok    {name}"));
         } else {
-            println!(
+            self.say(format!(
                 "  FAIL  {name}\n        {}",
                 detail.replace('\n', "\n        ")
-            );
+            ));
         }
         self.checks.push(Check {
             section: self.section.clone(),
@@ -47,7 +75,7 @@ impl Report {
 
     pub fn figure(&mut self, name: impl Into<String>, value: impl Display) {
         let (name, value) = (name.into(), value.to_string());
-        println!("  --    {name}: {value}");
+        self.say(format!("  --    {name}: {value}"));
         self.figures.push((name, value));
     }
 
