@@ -418,12 +418,21 @@ pub fn server_restart(ctx: &mut Ctx) -> Result<()> {
     } else {
         direct.clone().set("HITKEEP_S3_ENDPOINT", proxy.endpoint())
     };
-    let t = Instant::now();
     let out = ctx.hk(&dir, &env, &["backup", "run"])?;
     ensure!(out.ok(), "the first backup failed: {}", out.brief());
     let before = ctx.complete(&dir, &env, "shared")?;
     let running = ctx.hk.spawn(&dir, &env, &["backup", "run"])?;
-    std::thread::sleep(t.elapsed().mul_f64(0.4));
+    // The server goes away as soon as the new cycle has claimed its snapshot id (an object written
+    // while the exports run, before any upload): mid-backup under any load, where a fixed delay
+    // leaned on the machine being as busy as for the first backup. Listing the bucket to see the
+    // claim took rclone half a second, as long as the uploads; the log line is seen in milliseconds.
+    let claimed = poll(Duration::from_secs(120), Duration::from_millis(5), || {
+        Ok(running.has_logged("snapshot id claimed")?.then_some(()))
+    })?;
+    ensure!(
+        claimed.is_some(),
+        "the second backup logged no claimed snapshot id within 120 s"
+    );
     let stopped = Instant::now();
     if ctx.s3.can_restart() {
         ctx.s3.stop();

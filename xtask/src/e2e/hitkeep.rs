@@ -104,6 +104,12 @@ impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Whether the process has logged `text` yet (its logs go to stderr).
+    pub fn has_logged(&self, text: &str) -> Result<bool> {
+        let logged = fs::read(&self.stderr)?;
+        Ok(logged.windows(text.len()).any(|w| w == text.as_bytes()))
+    }
 }
 
 #[derive(Debug)]

@@ -260,20 +260,23 @@ pub fn run() -> Result<bool> {
         Report::kept(),
     )?;
     side.report.figure("S3 server", side.s3.describe());
-    println!(
-        "e2e: the fault, trust and input sections run beside the others, on a second server; their lines follow theirs"
-    );
     // A caller's endpoint is one bucket for both lanes, whose checks for objects left behind list
     // all of it: there they run one after the other.
     if ctx.s3.kind == Kind::Endpoint {
+        println!(
+            "e2e: one bucket for both lanes: the fault, trust and input sections run after the others"
+        );
         layout_sections(&mut ctx);
         side_sections(&mut side);
     } else {
+        println!(
+            "e2e: the fault, trust and input sections run beside the others, on a second server; their lines follow theirs"
+        );
         side = side_by_side(&mut ctx, side, seed)?;
     }
     ctx.report.absorb(side.report);
     ctx.hk.absorb(side.hk);
-    ctx.secrets.extend(side.secrets.iter().cloned());
+    ctx.secrets.append(&mut side.secrets);
     if side.s3.kind == Kind::Endpoint {
         side.rclone.purge(&side.s3.key(""))?;
     }
