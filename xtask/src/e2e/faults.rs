@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use super::hitkeep::{Env, Out};
@@ -421,18 +421,30 @@ pub fn server_restart(ctx: &mut Ctx) -> Result<()> {
     let out = ctx.hk(&dir, &env, &["backup", "run"])?;
     ensure!(out.ok(), "the first backup failed: {}", out.brief());
     let before = ctx.complete(&dir, &env, "shared")?;
-    let running = ctx.hk.spawn(&dir, &env, &["backup", "run"])?;
+    let mut running = ctx.hk.spawn(&dir, &env, &["backup", "run"])?;
     // The server goes away as soon as the new cycle has claimed its snapshot id (an object written
     // while the exports run, before any upload): mid-backup under any load, where a fixed delay
     // leaned on the machine being as busy as for the first backup. Listing the bucket to see the
     // claim took rclone half a second, as long as the uploads; the log line is seen in milliseconds.
     let claimed = poll(Duration::from_secs(120), Duration::from_millis(5), || {
-        Ok(running.has_logged("snapshot id claimed")?.then_some(()))
+        if running.has_logged("snapshot id claimed")? {
+            return Ok(Some(true));
+        }
+        Ok(running.exited()?.then_some(false))
     })?;
-    ensure!(
-        claimed.is_some(),
-        "the second backup logged no claimed snapshot id within 120 s"
-    );
+    if claimed != Some(true) {
+        // Collected, so that its output is in the transcript the secret scan reads.
+        let out = ctx.hk.kill(running)?;
+        let how = if claimed.is_none() {
+            "ran 120 s"
+        } else {
+            "ended"
+        };
+        bail!(
+            "the second backup {how} without logging a claimed snapshot id: {}",
+            out.brief()
+        );
+    }
     let stopped = Instant::now();
     if ctx.s3.can_restart() {
         ctx.s3.stop();

@@ -108,7 +108,12 @@ impl Running {
     /// Whether the process has logged `text` yet (its logs go to stderr).
     pub fn has_logged(&self, text: &str) -> Result<bool> {
         let logged = fs::read(&self.stderr)?;
-        Ok(logged.windows(text.len()).any(|w| w == text.as_bytes()))
+        Ok(text.is_empty() || logged.windows(text.len()).any(|w| w == text.as_bytes()))
+    }
+
+    /// Whether the process has ended (it is still collected by `wait`, `kill` or `collect`).
+    pub fn exited(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_some())
     }
 }
 

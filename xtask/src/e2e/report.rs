@@ -50,7 +50,7 @@ impl Report {
     pub fn section(&mut self, name: &str) {
         if self.kept.is_some() {
             // One line as it starts, so that a section that hangs is seen to be running.
-            eprintln!("e2e: running beside: {name}");
+            eprintln!("e2e: second lane: {name}");
         }
         self.say(format!("\n== {name}"));
         self.section = name.to_owned();
