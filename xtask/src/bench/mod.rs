@@ -303,7 +303,7 @@ impl Bench {
             &[],
             &["demo", "--hits", &h, "--tenants", &t, "--layout", "2.8"],
         )?;
-        // Up to a gigabyte just written: its write-back belongs to no timed run.
+        // Gigabytes just written (3.9 GB at 16M hits): its write-back belongs to no timed run.
         tools::run(&mut std::process::Command::new("sync"))?;
         Ok(src)
     }

@@ -235,7 +235,7 @@ impl Hitkeep {
 
     /// Waits for the process; past `limit` it is killed and this fails.
     pub fn wait(&self, mut running: Running, limit: Duration) -> Result<Out> {
-        while running.child.try_wait()?.is_none() {
+        while !running.exited()? {
             if running.started.elapsed() > limit {
                 let out = self.kill(running)?;
                 bail!(

@@ -48,6 +48,20 @@ impl Process {
         Ok(())
     }
 
+    /// Whether the process has ended (a server that could not bind its ports ends at once).
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().map_or(true, |s| s.is_some()))
+    }
+
+    /// The log's last lines, for an error that must say why a server never came up.
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -295,6 +309,20 @@ admin_token = "{secret}"
         )
     })?;
     let node = node.trim().split('@').next().unwrap_or_default().to_owned();
+    // `node id` reads the key from the metadata directory, so it answers before the server
+    // listens for RPC; `status` goes through RPC, so the layout commands after it find the server.
+    let up = super::poll(Duration::from_secs(30), every, || {
+        if process.exited() {
+            bail!("garage ended at start-up:\n{}", process.log_tail());
+        }
+        Ok(garage(&["status"]).ok())
+    })?;
+    if up.is_none() {
+        bail!(
+            "garage did not answer RPC within 30 s:\n{}",
+            process.log_tail()
+        );
+    }
     garage(&["layout", "assign", "-z", "dc1", "-c", "10G", &node])?;
     garage(&["layout", "apply", "--version", "1"])?;
     garage(&["bucket", "create", "hitkeep"])?;
