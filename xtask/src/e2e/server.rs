@@ -179,14 +179,21 @@ fn endpoint_from_env(endpoint: String, run_id: &str) -> Result<S3Server> {
     })
 }
 
-/// A free port on 127.0.0.1, preferring `wanted` (the guide's 9000) when it is free.
-fn port(wanted: Option<u16>) -> Result<u16> {
-    if let Some(p) = wanted
-        && TcpListener::bind(("127.0.0.1", p)).is_ok()
-    {
-        return Ok(p);
+/// `N` free ports on 127.0.0.1, all different, the first `wanted` (the guide's 9000) when it is
+/// free: each stays bound until all are chosen, so two picks cannot land on the same port.
+fn ports<const N: usize>(wanted: u16) -> Result<[u16; N]> {
+    let mut held = Vec::with_capacity(N);
+    if let Ok(l) = TcpListener::bind(("127.0.0.1", wanted)) {
+        held.push(l);
     }
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    while held.len() < N {
+        held.push(TcpListener::bind("127.0.0.1:0")?);
+    }
+    let mut out = [0; N];
+    for (slot, l) in out.iter_mut().zip(&held) {
+        *slot = l.local_addr()?.port();
+    }
+    Ok(out)
 }
 
 /// Waits until something answers HTTP on `addr`.
@@ -213,7 +220,7 @@ pub fn wait_http(addr: &str, limit: Duration) -> Result<()> {
 fn start_minio(bin: PathBuf, work: &Path) -> Result<S3Server> {
     let dir = work.join("minio");
     fs::create_dir_all(&dir)?;
-    let (api, console) = (port(Some(9000))?, port(None)?);
+    let [api, console] = ports(9000)?;
     let mut process = Process {
         program: bin,
         args: vec![
@@ -252,7 +259,7 @@ fn start_garage(cache: &Path, work: &Path) -> Result<S3Server> {
     let bin = tools::garage(cache)?;
     let dir = work.join("garage");
     fs::create_dir_all(&dir)?;
-    let (s3, rpc, admin) = (port(Some(9000))?, port(None)?, port(None)?);
+    let [s3, rpc, admin] = ports(9000)?;
     // 64 hex characters, as Garage's rpc_secret wants.
     let secret: String = (0..32)
         .map(|_| format!("{:02x}", fastrand::u8(..)))
