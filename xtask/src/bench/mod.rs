@@ -23,11 +23,11 @@
 //! `bench/results/sizes.md`, leaving latest.md, the chart and the README to full runs.
 //!
 //! Every operation is run `HITKEEP_BENCH_RUNS` times (3) and its median kept. The size and encrypted
-//! panels generate new demo data for every run, so that none of hitkeep's backups to S3 repeats bytes
-//! already stored (Garage keeps blocks by their hash and would hardly write a repeated snapshot again).
-//! The rclone lines upload one export twice per run, so the tuned upload meets stored blocks: they are
-//! reference lines, not a target's baseline. Results go to
-//! `bench/results/latest.md` and `latest.png`. Sizes: `HITKEEP_BENCH_SIZES` (1000000,4000000,16000000),
+//! panels generate new demo data for every run, and the incremental panel for every full backup, so
+//! that none of hitkeep's timed full backups to S3 repeats bytes already stored (Garage keeps blocks
+//! by their hash and would hardly write a repeated snapshot again). The rclone lines upload one export
+//! twice per run, so the tuned upload meets stored blocks: they are reference lines, not a target's
+//! baseline. Results go to `bench/results/latest.md` and `latest.png`. Sizes: `HITKEEP_BENCH_SIZES` (1000000,4000000,16000000),
 //! tenant counts: `HITKEEP_BENCH_TENANTS` (10,50,200), DuckDB's memory limit for hitkeep:
 //! `HITKEEP_BENCH_MEMORY_LIMIT_MIB` (1024).
 

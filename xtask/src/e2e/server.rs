@@ -305,20 +305,9 @@ admin_token = "{secret}"
     };
     process.spawn()?;
     let garage = |args: &[&str]| tools::run(Command::new(&bin).arg("-c").arg(&config).args(args));
-    let every = Duration::from_millis(300);
-    let node = super::poll(Duration::from_secs(30), every, || {
-        Ok(garage(&["node", "id", "-q"]).ok())
-    })?
-    .with_context(|| {
-        format!(
-            "garage gave no node id within 30 s; see {}",
-            process.log.display()
-        )
-    })?;
-    let node = node.trim().split('@').next().unwrap_or_default().to_owned();
-    // `node id` reads the key from the metadata directory, so it answers before the server
-    // listens for RPC; `status` goes through RPC, so the layout commands after it find the server.
-    let up = super::poll(Duration::from_secs(30), every, || {
+    // Wait on `status`, which goes through RPC: `node id` reads the key from the metadata directory
+    // and answers before the server listens, and the layout commands after it would find no server.
+    let up = super::poll(Duration::from_secs(30), Duration::from_millis(300), || {
         if process.exited() {
             bail!("garage ended at start-up:\n{}", process.log_tail());
         }
@@ -330,6 +319,8 @@ admin_token = "{secret}"
             process.log_tail()
         );
     }
+    let node = garage(&["node", "id", "-q"])?;
+    let node = node.trim().split('@').next().unwrap_or_default().to_owned();
     garage(&["layout", "assign", "-z", "dc1", "-c", "10G", &node])?;
     garage(&["layout", "apply", "--version", "1"])?;
     garage(&["bucket", "create", "hitkeep"])?;
