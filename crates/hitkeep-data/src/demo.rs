@@ -324,10 +324,17 @@ fn fill(
 }
 
 /// hits, events, web_vitals, ai_fetches and qr_code_opens: `hits` hits, the others in proportion, at
-/// times spread over the two years before `now`.
+/// times spread over the two years before `now`, each table's rows in the order of their times.
 fn raw_rows(now: i64, ns: usize, hits: u64) -> String {
-    // Timestamps fall in the two years before now, as TIMESTAMPTZ in UTC.
-    let ts = |seed: &str| format!("to_timestamp({now} - hk_hash({seed}) % 63072000)");
+    // HitKeep appends rows as they arrive, so a table's rows are stored oldest first, and its uuidv7
+    // ids rise with them. Random times in random order would make index builds and time-range
+    // scans slower than on a real installation, and the bench measure that instead. Row i of
+    // `count` falls at its share of the two years before now, less up to five minutes of jitter (a
+    // late batch), so the times stay within those two years, as TIMESTAMPTZ in UTC.
+    let ts = |seed: &str, count: u64| {
+        let count = count.max(1);
+        format!("to_timestamp({now} - ({count} - i) * 63071700 // {count} - hk_hash({seed}) % 300)")
+    };
     format!(
         r#"
         INSERT INTO hits SELECT
@@ -358,11 +365,11 @@ fn raw_rows(now: i64, ns: usize, hits: u64) -> String {
             c.cities[1 + hk_hash(i) % 8], 'Mobile ISP', 64512, 'AS Mobile'
         FROM range({qr}) t(i), demo_c c;
         "#,
-        hit_ts = ts("i"),
-        ev_ts = ts("i * 19"),
-        wv_ts = ts("i * 23"),
-        ai_ts = ts("i * 29"),
-        qr_ts = ts("i * 31"),
+        hit_ts = ts("i", hits),
+        ev_ts = ts("i * 19", hits / 5),
+        wv_ts = ts("i * 23", hits / 10),
+        ai_ts = ts("i * 29", hits / 50),
+        qr_ts = ts("i * 31", hits / 100),
         events = hits / 5,
         vitals = hits / 10,
         ai = hits / 50,

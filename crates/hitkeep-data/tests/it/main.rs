@@ -73,6 +73,30 @@ fn indexes(conn: &Connection, table: &str) -> Vec<String> {
     )
 }
 
+/// `table`'s rows are stored oldest first, as HitKeep appends them, over the two years before now: no
+/// row is more than five minutes (the demo's jitter) older than the one stored before it.
+fn assert_written_in_time_order(conn: &Connection, table: &str) {
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE t < prev - INTERVAL 5 MINUTE),
+                count(*) FILTER (WHERE t <= now - INTERVAL 730 DAY OR t > now),
+                date_diff('day', min(t), max(t)), count(*)
+         FROM (SELECT t, lag(t) OVER (ORDER BY rowid) AS prev, CAST(now() AS TIMESTAMP) AS now
+               FROM (SELECT rowid, CAST(\"timestamp\" AS TIMESTAMP) AS t FROM {table}))"
+    );
+    let (late, outside, days, rows): (i64, i64, i64, i64) = conn
+        .query_row(&sql, [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    assert!(rows > 1, "{table} has {rows} rows");
+    assert_eq!(late, 0, "{table}: rows stored out of time order");
+    assert_eq!(outside, 0, "{table}: rows outside the two years before now");
+    assert!(
+        days > 600,
+        "{table}: its rows span {days} days, not two years"
+    );
+}
+
 /// Nothing that is not HitKeep's, and the keys and indexes both releases have.
 fn assert_common_shapes(conn: &Connection) {
     assert_eq!(
@@ -254,6 +278,15 @@ fn demo_layout_2_8_keeps_the_default_tenant_in_the_control_database() {
         .map(|p| rows(&open(&p), "hits"))
         .sum();
     assert_eq!(hits, 3_000);
+    for table in [
+        "hits",
+        "events",
+        "web_vitals",
+        "ai_fetches",
+        "qr_code_opens",
+    ] {
+        assert_written_in_time_order(&control, table);
+    }
 
     for conn in [&control, &other] {
         for missing in [
