@@ -326,9 +326,10 @@ fn fill(
 /// hits, events, web_vitals, ai_fetches and qr_code_opens: `hits` hits, the others in proportion, at
 /// times spread over the two years before `now`, each table's rows in the order of their times.
 fn raw_rows(now: i64, ns: usize, hits: u64) -> String {
-    // HitKeep appends rows as they arrive, so a table's rows are stored oldest first, and its uuidv7
-    // ids rise with them. Random times in random order would make index builds and time-range
-    // scans slower than on a real installation, and the bench measure that instead. Row i of
+    // HitKeep appends rows as they arrive, so a table's rows are stored oldest first (the uuidv7 ids
+    // here roughly follow the storage order, by when they were generated). Random times in random
+    // order may make index builds and time-range scans slower than on a real installation, and the
+    // bench would measure that instead. Row i of
     // `count` falls at its share of the two years before now, less up to five minutes of jitter (a
     // late batch), so the times stay within those two years, as TIMESTAMPTZ in UTC.
     let ts = |seed: &str, count: u64| {
