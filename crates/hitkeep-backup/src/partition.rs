@@ -15,9 +15,9 @@
 //! - **Why counted, not measured in rowids:** a month whose rows are spread among other months'
 //!   (rows not written in time order: an import, and the demo's data before 2026-12-05) spans far
 //!   more rowids than it has rows, and ranges of `rows` rowids cut it into dozens of slivers (775
-//!   files for 4M such demo hits, against ~45 for the same rows in time order). Scaling the step to a month's average density
-//!   (tried) made each range of appended rows, which are dense, dozens of times too big, rewritten
-//!   whole by every cycle. Counting the month's rows before a row (per bucket of 1/16 of a range's
+//!   files for 4M such demo hits, against ~45 for the same rows in time order). Scaling the step to
+//!   a month's average density (tried) made each range of appended rows, which are dense, dozens of
+//!   times too big, rewritten whole by every cycle. Counting the month's rows before a row (per bucket of 1/16 of a range's
 //!   rowids) gives ranges of about `rows` rows whatever the order, and appended rows, however late
 //!   their time, only ever extend their month's last ranges.
 //! - **Why not `rowid` alone:** DuckDB may renumber the rows after a `DELETE` and a `CHECKPOINT`

@@ -329,9 +329,9 @@ fn raw_rows(now: i64, ns: usize, hits: u64) -> String {
     // HitKeep appends rows as they arrive, so a table's rows are stored oldest first (the uuidv7 ids
     // here roughly follow the storage order, by when they were generated). Random times in random
     // order may make index builds and time-range scans slower than on a real installation, and the
-    // bench would measure that instead. Row i of
-    // `count` falls at its share of the two years before now, less up to five minutes of jitter (a
-    // late batch), so the times stay within those two years, as TIMESTAMPTZ in UTC.
+    // bench would measure that instead. Row i of `count` falls at its share of the two years before
+    // now, less up to five minutes of jitter (a late batch), so the times stay within those two
+    // years, as TIMESTAMPTZ in UTC.
     let ts = |seed: &str, count: u64| {
         let count = count.max(1);
         format!("to_timestamp({now} - ({count} - i) * 63071700 // {count} - hk_hash({seed}) % 300)")
