@@ -6,8 +6,9 @@
 //! one table list ([`TABLES`]) to Parquet, one file per table with a leading `_source` column
 //! ([`EntryFormat::PerTable`]); uploads each through hitkeep-storage as it is written; reads each back
 //! and checks its count; and deletes the rows in one transaction that first compares them, by
-//! content, with the files read back: rows another connection changed in the
-//! meantime stop the delete ([`Error::RowsChanged`]). A [`Ledger`] next to the files makes every crash
+//! content, with the files read back: rows another connection changed before that transaction
+//! began stop the delete ([`Error::RowsChanged`]) (a rewrite in place during it is not seen: see
+//! `delete_archived`). A [`Ledger`] next to the files makes every crash
 //! recoverable on the next run; [`ArchiveEvents`] hears each step.
 //! [`ImportPlan`] puts a tenant's archived rows back (`recover import-archives`), idempotently.
 //!
