@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use duckdb::Connection;
 use futures::StreamExt;
 use hitkeep_data::{
-    DataLayout, OpenMode, PARQUET_WRITE_SETTINGS, is_missing_schema, quote_ident, quote_literal,
-    with_settings,
+    DataLayout, OpenMode, PARQUET_WRITE_SETTINGS, Paused, is_missing_schema, quote_ident,
+    quote_literal, with_settings,
 };
 use hitkeep_storage::{ObjectInfo, Storage, TransferOptions};
 use jiff::Timestamp;
@@ -249,6 +249,11 @@ pub async fn run(
             options.events.not_started(policy.site_id);
             continue;
         }
+        let path = match (policy.tenant_id, &default_db) {
+            (None, None) => layout.db_path.clone(),
+            (None, Some(path)) => path.clone(),
+            (Some(t), _) => layout.tenant_db(t),
+        };
         let conn = match (policy.tenant_id, &default_db) {
             (None, None) => shared
                 .try_clone()
@@ -278,7 +283,10 @@ pub async fn run(
             },
         };
         let report = match conn {
-            Ok(conn) => archive_site(storage, &conn, &policy, default, options).await,
+            Ok(conn) => {
+                let pause = || layout.pause_rewrites(&path);
+                archive_site_pausing(storage, &conn, &policy, default, options, &pause).await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &report {
@@ -289,13 +297,31 @@ pub async fn run(
     Ok(reports)
 }
 
-/// Archives one site's expired rows from `conn` (the database that holds them).
+/// Archives one site's expired rows from `conn` (the database that holds them). Nothing holds back
+/// rewrites of those rows by other connections during the delete ([`HeldDatabases::pause_rewrites`]
+/// does, through [`run`]).
+///
+/// [`HeldDatabases::pause_rewrites`]: hitkeep_data::HeldDatabases::pause_rewrites
 pub async fn archive_site(
     storage: &Storage,
     conn: &Connection,
     policy: &SitePolicy,
     default_tenant: Option<Uuid>,
     options: &ArchiveOptions,
+) -> Result<SiteReport> {
+    archive_site_pausing(storage, conn, policy, default_tenant, options, &|| None).await
+}
+
+/// What holds back a server's in-place rewrites of the site's database while its delete runs.
+type Pause<'a> = dyn Fn() -> Option<Box<dyn Paused + 'a>> + Sync + 'a;
+
+async fn archive_site_pausing(
+    storage: &Storage,
+    conn: &Connection,
+    policy: &SitePolicy,
+    default_tenant: Option<Uuid>,
+    options: &ArchiveOptions,
+    pause: &Pause<'_>,
 ) -> Result<SiteReport> {
     let Some(cutoff) = Cutoff::days_before(options.now, policy.days) else {
         tracing::info!(site = %policy.site_id, days = policy.days, "the retention window reaches before any data; nothing expires");
@@ -321,7 +347,7 @@ pub async fn archive_site(
             (&dir, &ledger_key),
             &mut ledger,
             &mut recovered,
-            options.opener.as_deref(),
+            (options.opener.as_deref(), pause),
         )
         .await?;
     }
@@ -409,7 +435,8 @@ pub async fn archive_site(
         exact: true,
         hint: "another connection changed expired rows after they were exported (an embedding server rewriting old rows); the next run discards this file and archives the rows as they are then",
     };
-    match tokio::task::block_in_place(|| delete_archived(conn, policy.site_id, cutoff, &verified)) {
+    let delete = || delete_archived(conn, policy.site_id, cutoff, &verified, pause);
+    match tokio::task::block_in_place(delete) {
         Ok(()) => {}
         // Nothing was deleted: the file is no archive of record. Pending, the next run removes it
         // and archives afresh; left verified, its recovery would refuse the changed rows for ever.
@@ -440,7 +467,7 @@ async fn recover(
     (dir, ledger_key): (&str, &str),
     ledger: &mut Ledger,
     recovered: &mut Vec<String>,
-    opener: Option<&hitkeep_seal::Opener>,
+    (opener, pause): (Option<&hitkeep_seal::Opener>, &Pause<'_>),
 ) -> Result<()> {
     let mut i = 0;
     while i < ledger.entries.len() {
@@ -490,7 +517,7 @@ async fn recover(
                     hint: "these rows changed after an earlier run verified this file and stopped before its delete; nothing is deleted until they are looked into (archive them into a file of their own first, or put the file's rows back with `hitkeep archive restore`)",
                 };
                 tokio::task::block_in_place(|| {
-                    delete_archived(conn, policy.site_id, cutoff, &verified)
+                    delete_archived(conn, policy.site_id, cutoff, &verified, pause)
                 })
                 .map_err(DeleteFailure::into_error)?;
                 ledger.entries[i].state = EntryState::Deleted;
@@ -1133,18 +1160,24 @@ impl DeleteFailure {
 /// rows of the verified file, by content ([`rows_not_in`]): no live row that the file lacks, and when
 /// `exact`, none of the file's rows missing either, so the rows deleted are the file's rows. DuckDB's
 /// MVCC makes the check hold for the delete: both read one snapshot; rows another connection commits
-/// later are not seen (they stay, for the next run), and a row it deletes first, or rewrites through
-/// an indexed column (a delete and an insert to DuckDB), makes the DELETE fail with a conflict. A row
+/// later are not seen (they stay, for the next run), and a row it deletes, or rewrites through an
+/// indexed column (a delete and an insert to DuckDB), makes one of the two fail with a conflict. A row
 /// it rewrites in place is no conflict to DuckDB (duckdb/duckdb#17223, measured in 1.5): committed
-/// between this transaction's first read and its DELETE (the comparison, ~0.04 s at 1M hits), such a
-/// rewrite would go with the row. Another process cannot write the file meanwhile (DuckDB's lock); an
-/// embedding server must not rewrite expired rows while its archive job runs.
+/// while this transaction is open, before its DELETE or after it, such a rewrite goes with the row.
+/// So `pause` holds back the server's rewrites from before the snapshot until after the commit
+/// ([`hitkeep_data::HeldDatabases::pause_rewrites`]); no other process can write the file meanwhile
+/// (DuckDB's lock).
 fn delete_archived(
     conn: &Connection,
     site: Uuid,
     cutoff: Cutoff,
     file: &VerifiedFile<'_>,
+    pause: &Pause<'_>,
 ) -> std::result::Result<(), DeleteFailure> {
+    let waited = std::time::Instant::now();
+    // Held until this function returns, after the COMMIT or ROLLBACK below.
+    let paused = pause();
+    tracing::debug!(%site, paused = paused.is_some(), wait_s = waited.elapsed().as_secs_f64(), "the server's rewrites held back");
     conn.execute_batch("BEGIN TRANSACTION")
         .map_err(|e| DeleteFailure::RolledBack(Error::duckdb("starting the delete", e)))?;
     let started = std::time::Instant::now();

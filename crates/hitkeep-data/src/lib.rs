@@ -29,7 +29,7 @@ mod tenants;
 mod timed;
 
 pub use error::{DataError, ErrorKind};
-pub use held::{Held, HeldDatabases};
+pub use held::{Held, HeldDatabases, Paused};
 pub use lock::{Holder, LockHolder, LockMode, lock_holder};
 pub use paths::{ARCHIVE_CACHE_DIR, BACKUP_LOCK_FILE, STATUS_FILE};
 pub use settings::{PARQUET_WRITE_SETTINGS, Scope, Setting, with_settings};

@@ -52,10 +52,12 @@ impl ArchiveRun {
 
 impl Engine {
     /// The archive job: every site's expired rows; a failing site is reported and the others done.
-    /// With `stop` set, the run ends after the site in progress. While it runs, the server must not
-    /// rewrite expired rows in place (an `UPDATE` of rows older than a site's retention): DuckDB does
-    /// not make such an update a conflict for the archive's DELETE, so one committed between the
-    /// delete's comparison and its DELETE would be lost (see `hitkeep_archive::run`).
+    /// With `stop` set, the run ends after the site in progress. A server that rewrites expired rows
+    /// in place (an `UPDATE` of rows older than a site's retention) holds those rewrites back while
+    /// each site's delete runs, through [`HeldDatabases::pause_rewrites`]: DuckDB does not make such
+    /// an update a conflict for the archive's DELETE, and one committed meanwhile would be lost.
+    ///
+    /// [`HeldDatabases::pause_rewrites`]: hitkeep_data::HeldDatabases::pause_rewrites
     pub async fn archive(&self, dry_run: bool, stop: Option<Stop>) -> Result<ArchiveRun> {
         let storage = Storage::open(&self.settings().archive, &self.settings().s3).await?;
         let mut options = ArchiveOptions::for_layout(self.layout(), dry_run);

@@ -408,3 +408,95 @@ async fn a_cycle_under_live_ingest_is_consistent_and_ingest_goes_on() {
     let restored = Connection::open(&restored_path).unwrap();
     assert_eq!(count_hits(&restored), in_snapshot);
 }
+
+/// A server that rewrites old rows in place, each rewrite under the shared side of a lock whose
+/// exclusive side it lends to the archive's delete; at every pause it queues a rewrite of every hit.
+struct RewritingServer {
+    server: Server,
+    rewrites: Arc<std::sync::RwLock<()>>,
+    /// Per pause: hits when it began, hits when it ended, and hits the queued rewrite changed.
+    pauses: Mutex<Vec<(i64, i64, usize)>>,
+}
+
+/// One pause: the lock, and the rewrite waiting for it.
+struct Pause<'a> {
+    server: &'a RewritingServer,
+    path: PathBuf,
+    before: i64,
+    held: Option<std::sync::RwLockWriteGuard<'a, ()>>,
+    rewrite: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl HeldDatabases for RewritingServer {
+    fn connect(&self, path: &Path) -> Option<Result<Connection, duckdb::Error>> {
+        self.server.connect(path)
+    }
+
+    fn pause_rewrites(&self, path: &Path) -> Box<dyn hitkeep_data::Paused + '_> {
+        let held = self.rewrites.write().unwrap();
+        let conn = self.connect(path).unwrap().unwrap();
+        let before = count_hits(&conn);
+        let lock = self.rewrites.clone();
+        let rewrite = std::thread::spawn(move || {
+            let _shared = lock.read().unwrap();
+            conn.execute("UPDATE hits SET path = path || '#rewritten'", [])
+                .unwrap()
+        });
+        Box::new(Pause {
+            server: self,
+            path: path.to_owned(),
+            before,
+            held: Some(held),
+            rewrite: Some(rewrite),
+        })
+    }
+}
+
+impl Drop for Pause<'_> {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        let changed = self.rewrite.take().unwrap().join().unwrap();
+        let after = count_hits(&self.server.connect(&self.path).unwrap().unwrap());
+        let mut pauses = self.server.pauses.lock().unwrap();
+        pauses.push((self.before, after, changed));
+    }
+}
+
+/// DuckDB lets an in-place UPDATE and a DELETE of the same row both commit (duckdb/duckdb#17223): an
+/// embedded archive holds the server's rewrites back from before its delete's transaction to after
+/// its commit, so a rewrite queued meanwhile changes only rows that stay, and none is lost with an
+/// archived row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_archive_holds_back_in_place_rewrites_through_its_delete() {
+    let (_dir, _, settings, standalone) = local_setup();
+    let server = Arc::new(RewritingServer {
+        server: Server {
+            open: Mutex::new(open_all(standalone.layout())),
+        },
+        rewrites: Arc::default(),
+        pauses: Mutex::default(),
+    });
+    let embedded = Engine::embedded(settings, server.clone());
+    let run = embedded.archive(false, None).await.expect("an archive run");
+    // The hits each delete took, for every site that had expired rows (in order: sites run one by one).
+    let archived: Vec<i64> = run
+        .sites
+        .iter()
+        .map(|s| s.as_ref().expect("every site archived, none refused"))
+        .filter(|report| report.file.is_some())
+        .map(|report| i64::try_from(report.counts.get("hits").copied().unwrap_or(0)).unwrap())
+        .collect();
+    let pauses = server.pauses.lock().unwrap().clone();
+    assert!(!archived.is_empty(), "{run:?}");
+    assert_eq!(
+        pauses.len(),
+        archived.len(),
+        "one pause per delete: {pauses:?}"
+    );
+    for ((before, after, changed), hits) in pauses.iter().zip(&archived) {
+        // Every archived hit was there when the pause began and gone before it ended.
+        assert_eq!(before - after, *hits, "{pauses:?}");
+        // The rewrite waited for the commit: it changed the hits that stay, and no archived one.
+        assert_eq!(i64::try_from(*changed).unwrap(), *after, "{pauses:?}");
+    }
+}
