@@ -7,8 +7,8 @@
 //! ([`EntryFormat::PerTable`]); uploads each through hitkeep-storage as it is written; reads each back
 //! and checks its count; and deletes the rows in one transaction that first compares them, by
 //! content, with the files read back: rows another connection changed before that transaction
-//! began stop the delete ([`Error::RowsChanged`]); an embedding server's rewrites in place, which
-//! DuckDB would let commit beside it, are held back for its length
+//! began stop the delete ([`Error::RowsChanged`]); through [`run`], an embedding server's rewrites in
+//! place, which DuckDB would let commit beside it, are held back for its length
 //! ([`hitkeep_data::HeldDatabases::pause_rewrites`]). A [`Ledger`] next to the files makes every crash
 //! recoverable on the next run; [`ArchiveEvents`] hears each step.
 //! [`ImportPlan`] puts a tenant's archived rows back (`recover import-archives`), idempotently.

@@ -21,17 +21,19 @@ pub trait HeldDatabases: Send + Sync {
 
     /// Holds back the server's in-place rewrites of rows in the database at `path` while the archive
     /// deletes rows it archived: called just before that delete's transaction begins, and what it
-    /// returns is dropped once the transaction has committed or rolled back (about a second per site
-    /// at 1M hits, most of it DuckDB's commit).
+    /// returns is dropped once the transaction has committed or rolled back (about a second per
+    /// delete at 1M hits, most of it DuckDB's commit).
     ///
     /// DuckDB does not count an in-place `UPDATE` as a conflict for another transaction's `DELETE` of
     /// the same row (duckdb/duckdb#17223; in 1.5 both commit, whether the update came before the
     /// DELETE or after it), so an update committed while that transaction is open is lost, with the
     /// row's old content archived. A server that rewrites rows older than a site's retention in place
-    /// (a correction, an anonymising pass) holds a shared lock around those updates and returns the
-    /// exclusive side of it here. Inserts and deletes need nothing: DuckDB's snapshot keeps new rows out
-    /// of the delete, and a delete of the same row is a conflict. The default holds nothing back,
-    /// which is right for a server that never updates expired rows, as HitKeep does not.
+    /// (a correction, an anonymising pass, an upsert of an old rollup bucket) holds the shared side of
+    /// a lock from before each such update until its transaction has committed, never across anything
+    /// that waits for a job, and returns the exclusive side here. Inserts and deletes need nothing:
+    /// DuckDB's snapshot keeps new rows out of the delete, and a delete of the same row is a
+    /// conflict. The default holds nothing back, which is right for a server that never updates
+    /// expired rows.
     fn pause_rewrites(&self, _path: &Path) -> Box<dyn Paused + '_> {
         Box::new(())
     }
@@ -69,7 +71,9 @@ impl DataLayout {
         self
     }
 
-    /// [`HeldDatabases::pause_rewrites`] of the server that holds `path`; nothing without one.
+    /// [`HeldDatabases::pause_rewrites`] of the layout's server, asked whether it lends `path` or not
+    /// (when it does not, the file was opened by this process and nobody else writes it); nothing
+    /// without a server.
     pub fn pause_rewrites(&self, path: &Path) -> Option<Box<dyn Paused + '_>> {
         self.held.as_ref().map(|held| held.0.pause_rewrites(path))
     }

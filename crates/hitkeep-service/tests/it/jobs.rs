@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use duckdb::Connection;
 use hitkeep_config::{Config, Settings, Sources};
-use hitkeep_data::HeldDatabases;
+use hitkeep_data::{HeldDatabases, TenantLayout};
 use hitkeep_service::{
     ArchiveJob, BackupJob, Engine, JobKind, JobReport, Scheduler, StatusBoard, SystemClock,
 };
@@ -468,7 +468,21 @@ impl Drop for Pause<'_> {
 /// archived row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_archive_holds_back_in_place_rewrites_through_its_delete() {
-    let (_dir, _, settings, standalone) = local_setup();
+    // Both layouts: the default tenant's sites in the shared database, and in a database of its own.
+    for layout in [TenantLayout::PreSplit, TenantLayout::Split] {
+        archive_beside_rewrites(layout).await;
+    }
+}
+
+async fn archive_beside_rewrites(layout: TenantLayout) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(
+        dir.path(),
+        &dir.path().join("backups").display().to_string(),
+    );
+    let standalone = Engine::new(settings.clone());
+    let options = hitkeep_data::demo::DemoOptions::new(3_000, 1).with_layout(layout);
+    hitkeep_data::demo::generate(standalone.layout(), &options).expect("demo data");
     let server = Arc::new(RewritingServer {
         server: Server {
             open: Mutex::new(open_all(standalone.layout())),
@@ -478,6 +492,7 @@ async fn an_embedded_archive_holds_back_in_place_rewrites_through_its_delete() {
     });
     let embedded = Engine::embedded(settings, server.clone());
     let run = embedded.archive(false, None).await.expect("an archive run");
+    assert!(run.sites.len() > 1, "{layout:?}: {run:?}");
     // The hits each delete took, for every site that had expired rows (in order: sites run one by one).
     let archived: Vec<i64> = run
         .sites
