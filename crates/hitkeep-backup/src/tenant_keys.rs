@@ -566,27 +566,122 @@ pub async fn plan_rewrap(
     Ok(plan)
 }
 
-/// Writes the key files `plan` holds, each read back and compared. Returns how many.
+/// Writes one key file, read back and compared; `false` when its tenant was forgotten meanwhile
+/// (nothing of it is left then).
+async fn rewrap_one(storage: &Storage, key: &Rewrap) -> Result<bool> {
+    // A forget since the plan: writing the key again would undo it.
+    if storage.stat(&key.object).await?.is_none()
+        || tombstoned(storage, key.tenant, &key.object).await?
+    {
+        tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten or removed since the plan: not written again");
+        return Ok(false);
+    }
+    storage.write(&key.object, key.content.clone()).await?;
+    let back = storage.read(&key.object).await;
+    // After the read-back: a forget that erased the key before it is not a failed read.
+    if !undo_if_forgotten(storage, key).await? {
+        return Ok(false);
+    }
+    if back?.as_ref() != key.content.as_slice() {
+        return Err(Error::TenantKey {
+            object: storage.describe(&key.object),
+            why: "does not read back as written".into(),
+            forgotten_at: None,
+        });
+    }
+    Ok(true)
+}
+
+/// The check before the write leaves a window: a forget (another operator, another host) may
+/// tombstone and erase the key between that check and the write, which would bring the key back
+/// after the forget reported it gone. A forget writes its tombstone before its first erase, so a
+/// write it can have missed finds the tombstone here, and is erased as the forget would; a forget
+/// whose tombstone comes later erases the write itself. `true` when the key stays written.
+async fn undo_if_forgotten(storage: &Storage, key: &Rewrap) -> Result<bool> {
+    if !tombstoned(storage, key.tenant, &key.object).await? {
+        return Ok(true);
+    }
+    storage.erase(&key.object).await?;
+    if storage.any_version(&key.object).await? {
+        return Err(Error::TenantKey {
+            object: storage.describe(&key.object),
+            why: "was forgotten while it was rewrapped, and a version of it is still there after it was erased again; run `hitkeep backup forget-tenant` for its tenant again".into(),
+            forgotten_at: None,
+        });
+    }
+    tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten while it was rewrapped: erased again, as the forget did");
+    Ok(false)
+}
+
+/// Writes the key files `plan` holds, each read back and compared, leaving none that a forget
+/// running beside it deleted ([`undo_if_forgotten`]). Returns how many.
 pub async fn rewrap(storage: &Storage, plan: &RewrapPlan) -> Result<usize> {
     let mut written = 0;
     for key in &plan.keys {
-        // A forget since the plan: writing the key again would undo it.
-        if storage.stat(&key.object).await?.is_none()
-            || tombstoned(storage, key.tenant, &key.object).await?
-        {
-            tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten or removed since the plan: not written again");
-            continue;
-        }
-        storage.write(&key.object, key.content.clone()).await?;
-        written += 1;
-        if storage.read(&key.object).await?.as_ref() != key.content.as_slice() {
-            return Err(Error::TenantKey {
-                object: storage.describe(&key.object),
-                why: "does not read back as written".into(),
-                forgotten_at: None,
-            });
+        if rewrap_one(storage, key).await? {
+            written += 1;
         }
     }
     tracing::info!(keys = written, to = ?plan.to, "tenant key files sealed to the new recipients");
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rewrap whose check passed before a forget (another operator, another host) tombstoned and
+    /// erased the key, and whose write landed after that erase: the key must not come back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rewrap_racing_a_forget_leaves_no_key_behind() {
+        let server = hitkeep_testkit::S3Server::start().await.unwrap();
+        let storage = server.storage("backups").await;
+        let tenant = Uuid::from_u128(7);
+        let key = |name: &str| Rewrap {
+            object: format!("{TENANT_KEYS_FOLDER}/{tenant}/{name}.json"),
+            tenant,
+            from: Vec::new(),
+            content: format!("{name} resealed").into_bytes(),
+        };
+        let (raced, kept) = (key("raced"), key("kept"));
+        for k in [&raced, &kept] {
+            storage
+                .write(&k.object, &b"sealed to the old recipients"[..])
+                .await
+                .unwrap();
+        }
+
+        // No forget: the key is rewritten and stays.
+        assert!(rewrap_one(&storage, &kept).await.unwrap());
+        assert_eq!(
+            storage.read(&kept.object).await.unwrap().as_ref(),
+            kept.content.as_slice()
+        );
+
+        // The forget runs to its end between the rewrap's check and its write.
+        let plan = ForgetPlan {
+            tenant,
+            keys: vec![raced.object.clone()],
+            unreadable: Vec::new(),
+            readable: Vec::new(),
+            forgotten_before: Vec::new(),
+        };
+        assert_eq!(forget(&storage, &plan).await.unwrap(), 1);
+        storage
+            .write(&raced.object, raced.content.clone())
+            .await
+            .unwrap();
+        assert!(!undo_if_forgotten(&storage, &raced).await.unwrap());
+        assert!(
+            !storage.any_version(&raced.object).await.unwrap(),
+            "the forgotten key stays gone"
+        );
+        // The other key file of the same tenant is no concern of that forget.
+        assert!(undo_if_forgotten(&storage, &kept).await.unwrap());
+        assert!(storage.any_version(&kept.object).await.unwrap());
+
+        // A rewrap that starts after the forget writes nothing.
+        assert!(!rewrap_one(&storage, &raced).await.unwrap());
+        assert!(!storage.any_version(&raced.object).await.unwrap());
+    }
 }
