@@ -47,7 +47,10 @@ pub use crate::{
     bundle::{BUNDLE_MANIFEST, Bundle, BundleArtifact, BundleOutcome},
     catalog::{Catalog, DatabaseSnapshots, SnapshotInfo, SnapshotState},
     claim::{FUTURE_BOUND, SOURCES_FOLDER, SourceRecord, sources},
-    cycle::{BackupMode, BackupOptions, CycleReport, CycleTenants, TenantSource, run_cycle},
+    cycle::{
+        BackupMode, BackupOptions, CycleReport, CycleTenants, SMALL_DATABASE_BYTES, TenantSource,
+        run_cycle,
+    },
     error::{CountMismatch, Error, ErrorKind, OBJECT_LOCK_HOWTO, Result},
     keep::{Keep, PINS_FOLDER, pin, unpin},
     lock::CycleLock,

@@ -57,8 +57,8 @@ pub use crate::{
     s3::{Credentials, Endpoint, EndpointError, S3Checksum, S3Settings, Scheme, UrlStyle},
     secret::{AccessKeyId, Secret, SecretUrl, SecretUrlError},
     settings::{
-        BackupKeep, BackupMode, BackupSettings, LockMode, LogFormat, LogLevel, LogSettings,
-        ObjectLock, Settings,
+        BackupKeep, BackupMode, BackupSettings, Concurrency, LockMode, LogFormat, LogLevel,
+        LogSettings, ObjectLock, Settings,
     },
 };
 

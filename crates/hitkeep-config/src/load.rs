@@ -68,7 +68,7 @@ pub(crate) fn default_text(key: Key) -> Option<&'static str> {
         Key::BackupTenantKeys => "false",
         Key::BackupObjectLockDays => "0",
         Key::BackupObjectLockMode => "governance",
-        Key::BackupConcurrency => "2",
+        Key::BackupConcurrency => "auto",
         Key::BackupMode => "full",
         Key::S3Region => "us-east-1",
         Key::S3UseSsl => "true",

@@ -13,8 +13,8 @@ use crate::problem::{Origin, Problem, Severity};
 use crate::s3::{Credentials, Endpoint, S3Checksum, S3Settings, Scheme, UrlStyle};
 use crate::secret::{AccessKeyId, Secret, SecretUrl};
 use crate::settings::{
-    BackupKeep, BackupMode, BackupSettings, DuckDbSettings, LockMode, LogFormat, LogLevel,
-    LogSettings, ObjectLock, Settings,
+    BackupKeep, BackupMode, BackupSettings, Concurrency, DuckDbSettings, LockMode, LogFormat,
+    LogLevel, LogSettings, ObjectLock, Settings,
 };
 
 /// The outcome of resolving: settings when there were no errors, plus every problem found and each origin.
@@ -163,10 +163,11 @@ impl Resolver {
         );
         let concurrency = self.parse(
             Key::BackupConcurrency,
-            "set how many databases to back up at once, 1 to 64, e.g. {env}=2",
-            |t| {
-                int_in(t, 1, 64, "databases")
-                    .map(|n| NonZeroU32::new(n).expect("range starts at 1"))
+            "set how many databases to back up at once, 1 to 64, or auto (the default), e.g. {env}=2",
+            |t| match t.trim().eq_ignore_ascii_case("auto") {
+                true => Ok(Concurrency::Auto),
+                false => int_in(t, 1, 64, "databases")
+                    .map(|n| Concurrency::Fixed(NonZeroU32::new(n).expect("range starts at 1"))),
             },
         );
         let mode = self.parse(

@@ -48,7 +48,7 @@ pub struct BackupSettings {
     /// Prune S3 destinations after scheduled cycles too (local ones always are).
     pub prune_s3: bool,
     /// Databases exported and uploaded (or downloaded and imported) at once.
-    pub concurrency: NonZeroU32,
+    pub concurrency: Concurrency,
     /// Full snapshots (the default) or incremental ones.
     pub mode: BackupMode,
     /// age X25519 recipients (`age1…`) every snapshot is encrypted to, each checked to parse; empty:
@@ -136,6 +136,40 @@ impl LogLevel {
             LogLevel::Info => "info",
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
+        }
+    }
+}
+
+/// How many databases a backup cycle exports (or a restore downloads and imports) at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Ours to choose (`auto`, the default): [`Concurrency::AUTO`], and one more for a cycle whose
+    /// databases are all small and held by no server (hitkeep-backup's
+    /// `BackupOptions::one_more_when_small`).
+    #[default]
+    Auto,
+    /// Exactly this many, as set.
+    Fixed(NonZeroU32),
+}
+
+impl Concurrency {
+    /// What `auto` starts from.
+    pub const AUTO: u32 = 2;
+
+    /// The number set, or [`Concurrency::AUTO`].
+    pub fn get(self) -> u32 {
+        match self {
+            Concurrency::Auto => Concurrency::AUTO,
+            Concurrency::Fixed(n) => n.get(),
+        }
+    }
+}
+
+impl std::fmt::Display for Concurrency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Concurrency::Auto => f.write_str("auto"),
+            Concurrency::Fixed(n) => write!(f, "{n}"),
         }
     }
 }

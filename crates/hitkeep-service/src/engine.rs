@@ -7,7 +7,7 @@ use std::time::Duration;
 use hitkeep_backup::{
     BackupOptions, Catalog, CycleReport, CycleTenants, PoolSweep, Progress, PrunePlan,
 };
-use hitkeep_config::{Location, Settings};
+use hitkeep_config::{Concurrency, Location, Settings};
 use hitkeep_data::{DataLayout, DuckDbLimits, HeldDatabases, OpenMode};
 use hitkeep_storage::{Storage, SweepReport};
 
@@ -199,9 +199,11 @@ impl Engine {
             hitkeep_config::BackupMode::Full => hitkeep_backup::BackupMode::Full,
             hitkeep_config::BackupMode::Incremental => hitkeep_backup::BackupMode::Incremental,
         };
-        let mut options = BackupOptions::for_layout(layout)
-            .with_concurrency(self.settings.backup.concurrency.get() as usize)
-            .with_mode(mode);
+        let mut options = BackupOptions::for_layout(layout).with_mode(mode);
+        options.concurrency = Concurrency::AUTO as usize;
+        if let Concurrency::Fixed(n) = self.settings.backup.concurrency {
+            options = options.with_concurrency(n.get() as usize);
+        }
         if let Some(sealer) = self.sealer()? {
             options = options.with_sealer(sealer);
             if self.settings.backup.tenant_keys {

@@ -34,6 +34,22 @@ fn warning_keys(c: &Config) -> Vec<Key> {
     c.warnings.iter().filter_map(|w| w.key).collect()
 }
 
+/// `auto` (any case) is the default said out loud; a number is kept exactly.
+#[test]
+fn backup_concurrency_is_auto_or_a_number() {
+    use hitkeep_config::Concurrency;
+    for (text, want) in [
+        ("auto", Concurrency::Auto),
+        (" AUTO ", Concurrency::Auto),
+        ("1", Concurrency::Fixed(1.try_into().unwrap())),
+        ("3", Concurrency::Fixed(3.try_into().unwrap())),
+    ] {
+        let c = load(&[("HITKEEP_BACKUP_CONCURRENCY", text)]);
+        assert_eq!(c.settings.backup.concurrency, want, "{text:?}");
+    }
+    assert_eq!(Concurrency::Auto.to_string(), "auto");
+}
+
 #[test]
 fn defaults_match_hitkeep() {
     let c = load(&[]);
@@ -45,6 +61,7 @@ fn defaults_match_hitkeep() {
     assert_eq!(s.backup.location, None);
     assert_eq!(s.backup.interval, Duration::from_secs(3600));
     assert_eq!(s.backup.retention.get(), 24);
+    assert_eq!(s.backup.concurrency, hitkeep_config::Concurrency::Auto);
     assert_eq!(s.backup.concurrency.get(), 2);
     assert_eq!(s.duckdb.memory_limit, None, "DuckDB's own default");
     assert_eq!(s.duckdb.threads, None);
@@ -118,6 +135,7 @@ fn every_variable_is_read() {
     assert_eq!(s.backup.retention.get(), 48);
     assert!(s.backup.prune_s3);
     assert_eq!(s.backup.concurrency.get(), 4);
+    assert_eq!(s.backup.concurrency.to_string(), "4");
     let k = s.backup.keep;
     assert_eq!(
         (k.last, k.hourly, k.daily, k.weekly, k.monthly),
