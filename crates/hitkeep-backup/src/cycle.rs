@@ -817,7 +817,7 @@ impl ExportLane<'_> {
 /// A database under this size exports in a DuckDB row group or two per table: about one core's work,
 /// whatever it is given, so a cycle of only such databases leaves a core idle at two at once.
 /// Measured with uploads to S3 (Garage on a 2-core machine, alternating runs): five databases of
-/// ~80 MiB (1M hits) took 1.52 s three at once against 1.67 s two at once (medians of 9); at ~220 MiB
+/// ~80 MiB (1M hits) took 1.59 s three at once against 1.72 s two at once (medians of 8); at ~220 MiB
 /// each (4M hits) 4.08 s against 4.19 s (of 3), within the noise, for 100 MiB more peak RSS; at
 /// ~800 MiB (16M hits) no faster, for 300 MiB more.
 pub const SMALL_DATABASE_BYTES: u64 = 128 * 1024 * 1024;
