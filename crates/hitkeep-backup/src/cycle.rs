@@ -104,6 +104,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("transfer", &self.transfer)
             .field("file_concurrency", &self.file_concurrency)
             .field("concurrency", &self.concurrency)
+            .field("one_more_when_small", &self.one_more_when_small)
             .field("limits", &self.limits)
             .field("apply_limits", &self.apply_limits)
             .field("mode", &self.mode)
@@ -423,7 +424,9 @@ pub async fn run_cycle(
     // soon as its own is done (`buffer_unordered`: with `buffered`, a finished tenant waiting behind a
     // slow one keeps its lane); the tenants are put back in order for the manifest below. A cycle of
     // one database gives it the whole budget.
-    let small = options.one_more_when_small && all_small(&shared, &tenants);
+    let small = options.one_more_when_small
+        && one_more_fits(options.limits, options.concurrency + 1)
+        && all_small(&shared, &tenants);
     let ways = (options.concurrency + usize::from(small)).clamp(1, 1 + tenants.len());
     tracing::debug!(ways, small, "databases exported at once");
     let lanes = ExportLanes::new(
@@ -822,17 +825,33 @@ impl ExportLane<'_> {
 /// ~800 MiB (16M hits) no faster, for 300 MiB more.
 pub const SMALL_DATABASE_BYTES: u64 = 128 * 1024 * 1024;
 
-/// Whether the shared database and every tenant's file are under [`SMALL_DATABASE_BYTES`]; a tenant
-/// whose file cannot be measured counts as large.
+/// Whether the shared database and every tenant's file (with its WAL) are under
+/// [`SMALL_DATABASE_BYTES`]; a tenant whose file is missing exports nothing, and one whose file is
+/// not known (lent by a server) counts as large.
 fn all_small(shared: &Connection, tenants: &[TenantSource]) -> bool {
     let small = |bytes: u64| bytes < SMALL_DATABASE_BYTES;
+    let file_bytes = |path: &Path| -> Option<u64> {
+        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len());
+        match len(path) {
+            Ok(bytes) => Some(bytes + len(&path.with_extension("db.wal")).unwrap_or(0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(0),
+            Err(_) => None,
+        }
+    };
     small(database_bytes(shared))
-        && tenants.iter().all(|t| {
-            t.path
-                .as_deref()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .is_some_and(|m| small(m.len()))
-        })
+        && tenants
+            .iter()
+            .all(|t| t.path.as_deref().and_then(file_bytes).is_some_and(small))
+}
+
+/// Whether `ways` databases at once stay within a thread or memory budget that was set: each
+/// gets at least a thread and [`hitkeep_data::MIN_MEMORY_LIMIT`], so one more could exceed it.
+fn one_more_fits(limits: DuckDbLimits, ways: usize) -> bool {
+    let ways_u64 = u64::try_from(ways).unwrap_or(u64::MAX);
+    limits.threads.is_none_or(|t| t as usize >= ways)
+        && limits
+            .memory_limit
+            .is_none_or(|m| m / ways_u64 >= hitkeep_data::MIN_MEMORY_LIMIT)
 }
 
 /// The size of the data in the database open on `conn`, the measure of its export; 0 when DuckDB
@@ -1540,9 +1559,25 @@ mod tests {
         // A tenant with no file to measure (lent by a server without one) counts as large.
         let lent = TenantSource::open(Uuid::new_v4(), Connection::open_in_memory().unwrap());
         assert!(!all_small(&shared, &[small(), lent]));
-        // A tenant whose file is missing too.
+        // A tenant whose file is missing exports nothing: it does not count.
         let missing = TenantSource::from_layout(&layout, Uuid::new_v4());
-        assert!(!all_small(&shared, &[missing]));
+        assert!(all_small(&shared, &[small(), missing]));
+        // A tenant's WAL counts with its file.
+        let walled = small();
+        let wal = layout.tenant_db(walled.id).with_extension("db.wal");
+        std::fs::File::create(wal).unwrap().set_len(2).unwrap();
+        assert!(!all_small(&shared, &[walled]));
+
+        // Not past a budget that was set: each database gets a thread and 64 MiB at least.
+        let mib = 1024 * 1024;
+        let limits = |threads, memory| DuckDbLimits {
+            memory_limit: memory,
+            threads,
+        };
+        assert!(one_more_fits(limits(None, None), 3));
+        assert!(one_more_fits(limits(Some(3), Some(192 * mib)), 3));
+        assert!(!one_more_fits(limits(Some(2), None), 3));
+        assert!(!one_more_fits(limits(None, Some(191 * mib)), 3));
 
         // Only for a concurrency nobody set, and not inside a server that holds the databases.
         struct Lends;

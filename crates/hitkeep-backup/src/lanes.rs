@@ -1,6 +1,7 @@
 //! Which database of a restore or a backup cycle runs beside another and which runs alone.
 //!
-//! Both run databases two at a time, each DuckDB instance with its share of the limits. With an odd
+//! Both run databases two at a time by default (a cycle of only small databases three:
+//! `cycle::SMALL_DATABASE_BYTES`), each DuckDB instance with its share of the limits. With an odd
 //! number of databases the last one used to run by itself on its share: one core idle for the tail.
 //! - A restore's imports are mostly single-threaded DuckDB work (a table's load at one thread, its
 //!   key, its index). Alone with the whole limits a load runs on every thread (measured on one

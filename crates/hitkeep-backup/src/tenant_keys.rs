@@ -310,6 +310,17 @@ async fn read_key_file(storage: &Storage, object: &str) -> Result<KeyFile> {
             "is of a key file format this hitkeep does not read; upgrade hitkeep".into(),
         ));
     }
+    // Forgets and their tombstones go by the folder: a file naming another tenant is not one of ours.
+    let folder = object
+        .strip_prefix(TENANT_KEYS_FOLDER)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| rest.split('/').next());
+    if folder != Some(file.tenant_id.to_string().as_str()) {
+        return Err(refuse(format!(
+            "names tenant {} but is not in that tenant's folder ({TENANT_KEYS_FOLDER}/{}/); hitkeep never writes one so: it may have been moved or tampered with",
+            file.tenant_id, file.tenant_id
+        )));
+    }
     Ok(file)
 }
 
@@ -483,6 +494,11 @@ pub async fn forget(storage: &Storage, plan: &ForgetPlan) -> Result<usize> {
         versions += storage.erase(object).await?;
     }
     for object in &plan.keys {
+        // Once more before failing: a rewrap that checked before the tombstone may write the key
+        // after the erase above (and erases it again itself once it sees the tombstone).
+        if storage.any_version(object).await? {
+            versions += storage.erase(object).await?;
+        }
         if storage.any_version(object).await? {
             return Err(Error::TenantKey {
                 object: storage.describe(object),
@@ -569,17 +585,33 @@ pub async fn plan_rewrap(
 /// Writes one key file, read back and compared; `false` when its tenant was forgotten meanwhile
 /// (nothing of it is left then).
 async fn rewrap_one(storage: &Storage, key: &Rewrap) -> Result<bool> {
-    // A forget since the plan: writing the key again would undo it.
-    if storage.stat(&key.object).await?.is_none()
-        || tombstoned(storage, key.tenant, &key.object).await?
-    {
-        tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten or removed since the plan: not written again");
+    // A forget since the plan: writing the key again would undo it. A key file that is there and
+    // tombstoned is a forget left unfinished (or a rewrap stopped before its own erase): finished.
+    if tombstoned(storage, key.tenant, &key.object).await? {
+        if storage.any_version(&key.object).await? {
+            undo_if_forgotten(storage, key).await?;
+        } else {
+            tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten since the plan: not written again");
+        }
+        return Ok(false);
+    }
+    if storage.stat(&key.object).await?.is_none() {
+        tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was removed since the plan: not written again");
         return Ok(false);
     }
     storage.write(&key.object, key.content.clone()).await?;
     let back = storage.read(&key.object).await;
-    // After the read-back: a forget that erased the key before it is not a failed read.
-    if !undo_if_forgotten(storage, key).await? {
+    // After the read-back: a forget that erased the key before it is not a failed read. A failure
+    // here leaves the key written and perhaps forgotten: said so, since a rerun finishes the forget.
+    let kept = undo_if_forgotten(storage, key).await.map_err(|e| match e {
+        e @ Error::TenantKey { .. } => e,
+        e => Error::TenantKey {
+            object: storage.describe(&key.object),
+            why: format!("was written, but whether its tenant was forgotten meanwhile could not be checked ({e}); run `hitkeep backup rewrap` again, which erases a key file forgotten since"),
+            forgotten_at: None,
+        },
+    })?;
+    if !kept {
         return Ok(false);
     }
     if back?.as_ref() != key.content.as_slice() {
@@ -601,15 +633,21 @@ async fn undo_if_forgotten(storage: &Storage, key: &Rewrap) -> Result<bool> {
     if !tombstoned(storage, key.tenant, &key.object).await? {
         return Ok(true);
     }
-    storage.erase(&key.object).await?;
-    if storage.any_version(&key.object).await? {
+    let still = match storage.erase(&key.object).await {
+        Ok(_) => storage.any_version(&key.object).await?,
+        Err(e) => {
+            tracing::warn!(object = key.object, error = %e, "erasing a forgotten key file failed");
+            true
+        }
+    };
+    if still {
         return Err(Error::TenantKey {
             object: storage.describe(&key.object),
-            why: "was forgotten while it was rewrapped, and a version of it is still there after it was erased again; run `hitkeep backup forget-tenant` for its tenant again".into(),
+            why: "was forgotten, and a version of it is still there after it was erased again (a bucket's default retention holds a version a rewrap wrote until its retain-until date); run `hitkeep backup rewrap` again to erase it, and make sure the key may delete object versions (s3:DeleteObjectVersion)".into(),
             forgotten_at: None,
         });
     }
-    tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten while it was rewrapped: erased again, as the forget did");
+    tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten while it was rewrapped, or a forget was left unfinished: erased, as the forget does");
     Ok(false)
 }
 
@@ -683,5 +721,38 @@ mod tests {
         // A rewrap that starts after the forget writes nothing.
         assert!(!rewrap_one(&storage, &raced).await.unwrap());
         assert!(!storage.any_version(&raced.object).await.unwrap());
+
+        // A rewrap that stopped after its write, before it saw the tombstone: the next one erases.
+        storage
+            .write(&raced.object, raced.content.clone())
+            .await
+            .unwrap();
+        assert!(!rewrap_one(&storage, &raced).await.unwrap());
+        assert!(!storage.any_version(&raced.object).await.unwrap());
+    }
+
+    /// A key file is its folder's tenant's: forgets and tombstones go by the folder, so a file naming
+    /// another tenant is refused, not opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_file_in_another_tenants_folder_is_refused() {
+        let server = hitkeep_testkit::S3Server::start().await.unwrap();
+        let storage = server.storage("backups").await;
+        let operator = Identity::generate();
+        let sealer = Sealer::new(&[operator.to_public().to_string()])
+            .unwrap()
+            .unwrap();
+        let (owner, elsewhere) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let file = KeyFile::wrap(owner, &Identity::generate(), &sealer).unwrap();
+        let right = key_object(owner, &file.recipient);
+        storage.write(&right, file.to_bytes()).await.unwrap();
+        assert!(read_key_file(&storage, &right).await.is_ok());
+
+        let moved = key_object(elsewhere, &file.recipient);
+        storage.write(&moved, file.to_bytes()).await.unwrap();
+        let err = read_key_file(&storage, &moved).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::TenantKey { why, .. } if why.contains("not in that tenant's folder")),
+            "{err}"
+        );
     }
 }

@@ -361,6 +361,9 @@ impl Server {
     }
 }
 
+// `pause_rewrites` keeps its default (it holds nothing back): this server only appends. One that
+// updated rows older than a site's retention in place would hold a lock's shared side around those
+// updates and return its exclusive side there, for the archive's delete.
 impl HeldDatabases for Server {
     fn connect(&self, path: &Path) -> Option<duckdb::Result<Connection>> {
         self.connect_to(path)

@@ -98,8 +98,15 @@ impl Engine {
             ),
         })?;
         let storage = self.backup_storage().await?;
+        // As a forget: no cycle or forget of this host writes or deletes a key file meanwhile (across
+        // hosts, `rewrap` itself undoes a write a forget missed).
+        let lock = CycleLock::acquire(&self.layout().backup_lock_file())?;
         let plan = hitkeep_backup::plan_rewrap(&storage, &opener, &sealer).await?;
-        Ok(RewrapJob { storage, plan })
+        Ok(RewrapJob {
+            storage,
+            plan,
+            _lock: lock,
+        })
     }
 
     /// Plans a prune of this installation's snapshots beyond the retention, holding the cycle lock
@@ -300,6 +307,7 @@ pub struct RewrapJob {
     storage: Storage,
     /// The key files, each already opened and sealed to the new recipients.
     pub plan: hitkeep_backup::RewrapPlan,
+    _lock: CycleLock,
 }
 
 impl RewrapJob {
