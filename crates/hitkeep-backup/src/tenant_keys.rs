@@ -247,7 +247,9 @@ pub(crate) async fn opener_for<'a>(
     if key_object(tenant_id, recipient) != object {
         return Err(refuse("is not the key file of the snapshot's recipient"));
     }
-    if storage.stat(object).await?.is_none() {
+    // The tombstone is the record of a forget: a copy of the key file back in place (a rewrap that
+    // raced the forget and stopped, a bucket restored from elsewhere) opens nothing.
+    if storage.stat(object).await?.is_none() || tombstoned(storage, tenant_id, object).await? {
         return Err(gone(storage, tenant_id, object).await);
     }
     let file = read_key_file(storage, object).await?;
@@ -586,7 +588,9 @@ pub async fn plan_rewrap(
 /// (nothing of it is left then).
 async fn rewrap_one(storage: &Storage, key: &Rewrap) -> Result<bool> {
     // A forget since the plan: writing the key again would undo it. A key file that is there and
-    // tombstoned is a forget left unfinished (or a rewrap stopped before its own erase): finished.
+    // tombstoned is a forget left unfinished: finished. (A rewrap stopped between its write and its
+    // check below leaves a key already sealed to the new recipients, which the next plan counts as
+    // unchanged; `forget-tenant` again erases it, as its plan lists the tenant's whole folder.)
     if tombstoned(storage, key.tenant, &key.object).await? {
         if storage.any_version(&key.object).await? {
             undo_if_forgotten(storage, key).await?;
@@ -607,7 +611,7 @@ async fn rewrap_one(storage: &Storage, key: &Rewrap) -> Result<bool> {
         e @ Error::TenantKey { .. } => e,
         e => Error::TenantKey {
             object: storage.describe(&key.object),
-            why: format!("was written, but whether its tenant was forgotten meanwhile could not be checked ({e}); run `hitkeep backup rewrap` again, which erases a key file forgotten since"),
+            why: format!("was written, but whether its tenant was forgotten meanwhile could not be checked ({e}); if tenant {} was being forgotten, run `hitkeep backup forget-tenant {}` again, which erases every key file of its folder", key.tenant, key.tenant),
             forgotten_at: None,
         },
     })?;
@@ -633,17 +637,19 @@ async fn undo_if_forgotten(storage: &Storage, key: &Rewrap) -> Result<bool> {
     if !tombstoned(storage, key.tenant, &key.object).await? {
         return Ok(true);
     }
-    let still = match storage.erase(&key.object).await {
-        Ok(_) => storage.any_version(&key.object).await?,
-        Err(e) => {
-            tracing::warn!(object = key.object, error = %e, "erasing a forgotten key file failed");
-            true
+    let failed = match storage.erase(&key.object).await {
+        Ok(_) => {
+            (storage.any_version(&key.object).await?).then(|| "a version is still there".to_owned())
         }
+        Err(e) => Some(e.to_string()),
     };
-    if still {
+    if let Some(failed) = failed {
         return Err(Error::TenantKey {
             object: storage.describe(&key.object),
-            why: "was forgotten, and a version of it is still there after it was erased again (a bucket's default retention holds a version a rewrap wrote until its retain-until date); run `hitkeep backup rewrap` again to erase it, and make sure the key may delete object versions (s3:DeleteObjectVersion)".into(),
+            why: format!(
+                "was forgotten, and erasing it again failed ({failed}; a bucket's default retention holds a version a rewrap wrote until its retain-until date); run `hitkeep backup forget-tenant {}` again, with a key that may delete object versions (s3:DeleteObjectVersion)",
+                key.tenant
+            ),
             forgotten_at: None,
         });
     }

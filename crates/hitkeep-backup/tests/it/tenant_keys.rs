@@ -108,6 +108,7 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
     assert_eq!(forgetting.keys.len(), 1);
     assert_eq!(forgetting.unreadable, vec![report.id]);
     assert!(forgetting.readable.is_empty());
+    let key_bytes = f.storage.read(&forgetting.keys[0]).await.unwrap().to_vec();
     assert_eq!(forget(&f.storage, &forgetting).await.unwrap(), 1);
     assert!(f.storage.stat(&forgetting.keys[0]).await.unwrap().is_none());
 
@@ -132,6 +133,27 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
     assert_eq!(e.kind(), ErrorKind::Refused);
     assert!(e.hint().unwrap().contains("forgotten"), "{:?}", e.hint());
     assert_eq!(fingerprint(&f.layout.tenant_db(gone)), before_gone);
+    // A copy of the key file back in place (a rewrap that raced the forget and stopped) opens nothing:
+    // the tombstone is the record.
+    f.storage
+        .write(&forgetting.keys[0], key_bytes)
+        .await
+        .unwrap();
+    let (_, e) = plan(&f, &catalog, &only(vec![gone]), &opener)
+        .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::TenantKey {
+                forgotten_at: Some(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    f.storage.erase(&forgetting.keys[0]).await.unwrap();
     // A whole-cycle restore stops the same way, nothing changed; the shared database alone restores.
     let (_, e) = plan(&f, &catalog, &whole, &opener)
         .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
