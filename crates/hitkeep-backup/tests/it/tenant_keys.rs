@@ -62,6 +62,30 @@ fn plan(
         .with_opener(Arc::clone(opener))
 }
 
+/// A restore of `selection` refused for a forgotten tenant key: which database stopped it, and why.
+async fn refused_as_forgotten(
+    f: &Fixture,
+    catalog: &Catalog,
+    selection: &RestoreSelection,
+    opener: &Arc<Opener>,
+) -> (Database, Error) {
+    let (database, e) = plan(f, catalog, selection, opener)
+        .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            Error::TenantKey {
+                forgotten_at: Some(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    (database, e)
+}
+
 /// The tenants (not the default one): the one to forget, and another.
 fn two_tenants(f: &Fixture) -> (Uuid, Uuid) {
     (f.demo.tenants[0], f.demo.tenants[1])
@@ -116,20 +140,8 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
     std::fs::remove_file(f.layout.tenant_db(kept)).unwrap();
     prepare_and_commit(&f, &plan(&f, &catalog, &only(vec![kept]), &opener)).await;
     assert_eq!(fingerprint(&f.layout.tenant_db(kept)), before_kept);
-    let stamp = hitkeep_backup::SnapshotId::now();
-    let refused = plan(&f, &catalog, &only(vec![gone]), &opener);
-    let (database, e) = refused.prepare_all(&f.storage, stamp, 2).await.unwrap_err();
+    let (database, e) = refused_as_forgotten(&f, &catalog, &only(vec![gone]), &opener).await;
     assert_eq!(database, Database::Tenant { tenant_id: gone });
-    assert!(
-        matches!(
-            &e,
-            Error::TenantKey {
-                forgotten_at: Some(_),
-                ..
-            }
-        ),
-        "{e}"
-    );
     assert_eq!(e.kind(), ErrorKind::Refused);
     assert!(e.hint().unwrap().contains("forgotten"), "{:?}", e.hint());
     assert_eq!(fingerprint(&f.layout.tenant_db(gone)), before_gone);
@@ -139,36 +151,10 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
         .write(&forgetting.keys[0], key_bytes)
         .await
         .unwrap();
-    let (_, e) = plan(&f, &catalog, &only(vec![gone]), &opener)
-        .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            &e,
-            Error::TenantKey {
-                forgotten_at: Some(_),
-                ..
-            }
-        ),
-        "{e}"
-    );
+    refused_as_forgotten(&f, &catalog, &only(vec![gone]), &opener).await;
     f.storage.erase(&forgetting.keys[0]).await.unwrap();
     // A whole-cycle restore stops the same way, nothing changed; the shared database alone restores.
-    let (_, e) = plan(&f, &catalog, &whole, &opener)
-        .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            &e,
-            Error::TenantKey {
-                forgotten_at: Some(_),
-                ..
-            }
-        ),
-        "{e}"
-    );
+    refused_as_forgotten(&f, &catalog, &whole, &opener).await;
     let before_shared = fingerprint(&f.layout.db_path);
     let shared_only = RestoreSelection::new(true, Vec::new());
     prepare_and_commit(&f, &plan(&f, &catalog, &shared_only, &opener)).await;
