@@ -62,25 +62,21 @@ fn plan(
         .with_opener(Arc::clone(opener))
 }
 
-/// A restore of `selection` refused for a forgotten tenant key: which database stopped it, and why.
-async fn refused_as_forgotten(
+/// A restore of `selection` refused for a tenant key that is gone, `forgotten` or merely missing:
+/// which database stopped it, and why.
+async fn refused_for_its_key(
     f: &Fixture,
     catalog: &Catalog,
     selection: &RestoreSelection,
     opener: &Arc<Opener>,
+    forgotten: bool,
 ) -> (Database, Error) {
     let (database, e) = plan(f, catalog, selection, opener)
         .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            &e,
-            Error::TenantKey {
-                forgotten_at: Some(_),
-                ..
-            }
-        ),
+        matches!(&e, Error::TenantKey { forgotten_at, .. } if forgotten_at.is_some() == forgotten),
         "{e}"
     );
     (database, e)
@@ -140,7 +136,7 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
     std::fs::remove_file(f.layout.tenant_db(kept)).unwrap();
     prepare_and_commit(&f, &plan(&f, &catalog, &only(vec![kept]), &opener)).await;
     assert_eq!(fingerprint(&f.layout.tenant_db(kept)), before_kept);
-    let (database, e) = refused_as_forgotten(&f, &catalog, &only(vec![gone]), &opener).await;
+    let (database, e) = refused_for_its_key(&f, &catalog, &only(vec![gone]), &opener, true).await;
     assert_eq!(database, Database::Tenant { tenant_id: gone });
     assert_eq!(e.kind(), ErrorKind::Refused);
     assert!(e.hint().unwrap().contains("forgotten"), "{:?}", e.hint());
@@ -151,10 +147,10 @@ async fn forgetting_a_tenant_leaves_every_other_database_restorable(f: Fixture) 
         .write(&forgetting.keys[0], key_bytes)
         .await
         .unwrap();
-    refused_as_forgotten(&f, &catalog, &only(vec![gone]), &opener).await;
+    refused_for_its_key(&f, &catalog, &only(vec![gone]), &opener, true).await;
     f.storage.erase(&forgetting.keys[0]).await.unwrap();
     // A whole-cycle restore stops the same way, nothing changed; the shared database alone restores.
-    refused_as_forgotten(&f, &catalog, &whole, &opener).await;
+    refused_for_its_key(&f, &catalog, &whole, &opener, true).await;
     let before_shared = fingerprint(&f.layout.db_path);
     let shared_only = RestoreSelection::new(true, Vec::new());
     prepare_and_commit(&f, &plan(&f, &catalog, &shared_only, &opener)).await;
@@ -217,21 +213,7 @@ async fn a_key_file_removed_by_hand_is_missing_not_forgotten(f: Fixture) {
         .await
         .unwrap();
     let catalog = Catalog::load(&f.storage).await.unwrap();
-    let refused = plan(&f, &catalog, &only(vec![gone]), &opener);
-    let (_, e) = refused
-        .prepare_all(&f.storage, hitkeep_backup::SnapshotId::now(), 2)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            &e,
-            Error::TenantKey {
-                forgotten_at: None,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let (_, e) = refused_for_its_key(&f, &catalog, &only(vec![gone]), &opener, false).await;
     assert_eq!(e.kind(), ErrorKind::Integrity);
     assert!(e.to_string().contains("is missing"), "{e}");
     // A plain verify (no identity) finds it: the snapshot is lost with its key.
