@@ -505,10 +505,11 @@ impl RestorePlan {
         // others import, so a lane that finishes an import finds the next one on disk. A lane takes
         // the next database as soon as its own is ready (with `buffered`, one that finished behind a
         // slower one kept its lane idle); the outcomes go back into plan order.
+        let sizes: Vec<u64> = self.items.iter().map(|item| item.bytes).collect();
         let turns = Turns {
             download: tokio::sync::Semaphore::new(concurrency.max(1)),
             imports: ways,
-            lanes: Lanes::new(self.items.len(), self.last_alone),
+            lanes: Lanes::sized(&sizes, self.last_alone),
         };
         let turns = &turns;
         // Downloads start largest first, so that the big imports start early and the lanes end
