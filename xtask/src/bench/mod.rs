@@ -19,6 +19,10 @@
 //!   `HITKEEP_BENCH_ENCRYPTED_SIZES` (4000000,16000000) (`encrypted.rs`; `HITKEEP_BENCH_PANELS=encrypted`
 //!   runs it alone and writes `bench/results/encrypted.md`).
 //!
+//! - Restore on HitKeep 2.13's schema (no keys on the big tables) against rclone's download plus a
+//!   bare `IMPORT`, at `HITKEEP_BENCH_SPLIT_SIZES` (4000000,16000000) (`split.rs`;
+//!   `HITKEEP_BENCH_PANELS=restore-2.13` runs it alone and writes `bench/results/restore-2.13.md`).
+//!
 //! `HITKEEP_BENCH_PANELS=sizes` runs backup, restore and archive at each size only and writes
 //! `bench/results/sizes.md`, leaving latest.md, the chart and the README to full runs.
 //!
@@ -37,6 +41,7 @@ mod incremental;
 mod measure;
 mod online;
 mod results;
+mod split;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -122,8 +127,9 @@ pub fn run() -> Result<()> {
         "online" => return online_only(&bench, root),
         "incremental" => return incremental_only(&bench, root, &cache),
         "encrypted" => return encrypted_only(&bench, root, &cache),
+        "restore-2.13" => return split_only(&bench, root),
         other => anyhow::bail!(
-            "HITKEEP_BENCH_PANELS is `all` (the default), `sizes`, `online`, `incremental` or `encrypted`, not {other:?}"
+            "HITKEEP_BENCH_PANELS is `all` (the default), `sizes`, `online`, `incremental`, `encrypted` or `restore-2.13`, not {other:?}"
         ),
     };
     if all {
@@ -148,6 +154,7 @@ pub fn run() -> Result<()> {
     let (hits, cycles) = incremental_settings()?;
     let incremental = bench.incremental(hits, cycles, &cache)?;
     let sealed = bench.encrypted(&encrypted_sizes()?, &cache)?;
+    let split = bench.split(&split_sizes()?)?;
     // A failed online panel still leaves the other panels' figures written.
     let online_failed = match bench.online(root) {
         Ok(online) => {
@@ -164,6 +171,8 @@ pub fn run() -> Result<()> {
     md.push_str(&incremental.section());
     md.push('\n');
     md.push_str(&encrypted::section(&sealed, bench.memory_limit_mib));
+    md.push('\n');
+    md.push_str(&split::section(&split, bench.memory_limit_mib));
     if let Ok(analysis) = std::fs::read_to_string(root.join("bench/analysis.md")) {
         md.push('\n');
         md.push_str(&analysis);
@@ -236,6 +245,17 @@ fn encrypted_only(bench: &Bench, root: &Path, cache: &Path) -> Result<()> {
     write_panel(bench, root, "encrypted.md", &section)
 }
 
+/// The 2.13 restore panel's sizes (`HITKEEP_BENCH_SPLIT_SIZES`, 4M and 16M hits).
+fn split_sizes() -> Result<Vec<u64>> {
+    list_env("HITKEEP_BENCH_SPLIT_SIZES", "4000000,16000000")
+}
+
+/// `HITKEEP_BENCH_PANELS=restore-2.13`: the 2.13 restore panel alone, written to `restore-2.13.md`.
+fn split_only(bench: &Bench, root: &Path) -> Result<()> {
+    let section = split::section(&bench.split(&split_sizes()?)?, bench.memory_limit_mib);
+    write_panel(bench, root, "restore-2.13.md", &section)
+}
+
 /// `HITKEEP_BENCH_PANELS=online`: the online panel alone, its section merged into the existing
 /// latest.md so the other panels' numbers stay (the chart and the README follow full runs only).
 fn online_only(bench: &Bench, root: &Path) -> Result<()> {
@@ -293,15 +313,20 @@ impl Bench {
         Ok(dir)
     }
 
+    /// Demo data in HitKeep 2.8's layout: the default tenant's rows in the shared database, where
+    /// hk-baseline's bare archive looks for them, and the shape every recorded run measured.
     fn demo(&self, hits: u64, tenants: u64) -> Result<PathBuf> {
+        self.demo_in(hits, tenants, "2.8")
+    }
+
+    /// Demo data in `layout` (`2.8` or `2.13`), synced to disk.
+    fn demo_in(&self, hits: u64, tenants: u64, layout: &str) -> Result<PathBuf> {
         let src = self.fresh("src")?;
         let (h, t) = (hits.to_string(), tenants.to_string());
-        // HitKeep 2.8's layout: the default tenant's rows in the shared database, where hk-baseline's
-        // bare archive looks for them, and the shape every recorded run measured.
         self.hk(
             &src,
             &[],
-            &["demo", "--hits", &h, "--tenants", &t, "--layout", "2.8"],
+            &["demo", "--hits", &h, "--tenants", &t, "--layout", layout],
         )?;
         // Gigabytes just written (3.9 GB at 16M hits): its write-back belongs to no timed run.
         tools::run(&mut std::process::Command::new("sync"))?;
@@ -351,30 +376,11 @@ impl Bench {
                     .time(|| self.rclone.copy(&export, &key, true, flags))?;
                 samples[2 + i].push(s);
             }
-            // Restore latest, against rclone download plus a bare IMPORT.
-            let target = self.fresh("restore")?;
-            let (s, _) = self.hk(
-                &target,
-                &[],
-                &["recover", "restore-backup", "-from", &backups, "-yes"],
-            )?;
-            samples[4].push(s);
-            let down = self.fresh("download")?;
-            let from = self.s3.key(&format!("{prefix}/rclone1"));
-            let mut baseline = self
-                .meter
-                .time(|| self.rclone.copy(&down, &from, false, RCLONE_TUNED))?;
-            let imported = self.fresh("imported")?;
-            for i in 0..dbs.len() {
-                let (d, db) = (down.join(i.to_string()), imported.join(format!("{i}.db")));
-                let (s, _) = self.base(&[
-                    "import",
-                    d.to_str().context("UTF-8")?,
-                    db.to_str().context("UTF-8")?,
-                ])?;
-                baseline = baseline.then(s);
-            }
-            samples[5].push(baseline);
+            // Restore latest, against rclone downloading the tuned upload plus a bare IMPORT.
+            let rclone1 = self.s3.key(&format!("{prefix}/rclone1"));
+            let (ours, bare) = self.restore_pair(&backups, &rclone1, dbs.len())?;
+            samples[4].push(ours);
+            samples[5].push(bare);
             // Archive one site with 90% of its rows expired, and the bare COPY + DELETE of the same rows.
             let (hk_rows, cutoff, s) = self.archive_run(&src, &format!("{prefix}/archive"))?;
             samples[6].push(s);
@@ -392,6 +398,33 @@ impl Bench {
         (r.restore, r.rclone_import, r.archive, r.copy_delete) = (m[4], m[5], m[6], m[7]);
         r.local_backup = m[8];
         Ok(r)
+    }
+
+    /// hitkeep's restore of latest from `backups`, and the bare path it is measured against: rclone
+    /// downloading (tuned) the `count` exports it uploaded under `exports`, then a bare `IMPORT`
+    /// of each, one after the other.
+    fn restore_pair(&self, backups: &str, exports: &str, count: usize) -> Result<(Sample, Sample)> {
+        let target = self.fresh("restore")?;
+        let (ours, _) = self.hk(
+            &target,
+            &[],
+            &["recover", "restore-backup", "-from", backups, "-yes"],
+        )?;
+        let down = self.fresh("download")?;
+        let mut bare = self
+            .meter
+            .time(|| self.rclone.copy(&down, exports, false, RCLONE_TUNED))?;
+        let imported = self.fresh("imported")?;
+        for i in 0..count {
+            let (d, db) = (down.join(i.to_string()), imported.join(format!("{i}.db")));
+            let (s, _) = self.base(&[
+                "import",
+                d.to_str().context("UTF-8")?,
+                db.to_str().context("UTF-8")?,
+            ])?;
+            bare = bare.then(s);
+        }
+        Ok((ours, bare))
     }
 
     /// The shared database and each tenant database the backup at `backups` holds, as files under `src`.
