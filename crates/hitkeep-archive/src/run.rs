@@ -249,38 +249,25 @@ pub async fn run(
             options.events.not_started(policy.site_id);
             continue;
         }
-        let path = match (policy.tenant_id, &default_db) {
-            (None, None) => layout.db_path.clone(),
-            (None, Some(path)) => path.clone(),
-            (Some(t), _) => layout.tenant_db(t),
-        };
-        let conn = match (policy.tenant_id, &default_db) {
-            (None, None) => shared
-                .try_clone()
-                .map_err(|e| Error::duckdb("opening the shared database", e)),
-            // The default tenant's file must exist on a split install: HitKeep would not start without it.
-            (None, Some(path)) => match &default_conn {
-                Some(conn) => conn
+        let (path, conn) = match (policy.tenant_id, &default_db) {
+            (None, None) => (
+                layout.db_path.clone(),
+                shared
                     .try_clone()
-                    .map_err(|e| Error::duckdb("opening the default tenant's database", e)),
-                None => layout
-                    .open(path, OpenMode::Existing)
-                    .map_err(Error::from)
-                    .and_then(|c| {
-                        let clone = c
-                            .try_clone()
-                            .map_err(|e| Error::duckdb("opening the default tenant's database", e));
-                        default_conn = Some(c);
-                        clone
-                    }),
-            },
-            (Some(t), _) => match layout.open(&layout.tenant_db(t), OpenMode::Existing) {
-                Err(hitkeep_data::DataError::Missing { path }) => {
-                    tracing::warn!(site = %policy.site_id, tenant = %t, path = %path.display(), "tenant has no database; nothing to archive");
-                    continue;
+                    .map_err(|e| Error::duckdb("opening the shared database", e)),
+            ),
+            // The default tenant's file must exist on a split install: HitKeep would not start without it.
+            (None, Some(path)) => (path.clone(), open_once(layout, path, &mut default_conn)),
+            (Some(t), _) => {
+                let path = layout.tenant_db(t);
+                match layout.open(&path, OpenMode::Existing) {
+                    Err(hitkeep_data::DataError::Missing { path }) => {
+                        tracing::warn!(site = %policy.site_id, tenant = %t, path = %path.display(), "tenant has no database; nothing to archive");
+                        continue;
+                    }
+                    other => (path, other.map_err(Error::from)),
                 }
-                other => other.map_err(Error::from),
-            },
+            }
         };
         let report = match conn {
             Ok(conn) => {
@@ -295,6 +282,23 @@ pub async fn run(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// A connection to the database at `path`, opened on first use and kept in `kept` for the sites after.
+fn open_once(
+    layout: &DataLayout,
+    path: &Path,
+    kept: &mut Option<Connection>,
+) -> Result<Connection> {
+    let conn = match kept.take() {
+        Some(conn) => conn,
+        None => layout.open(path, OpenMode::Existing)?,
+    };
+    let clone = conn
+        .try_clone()
+        .map_err(|e| Error::duckdb("opening the default tenant's database", e));
+    *kept = Some(conn);
+    clone
 }
 
 /// Archives one site's expired rows from `conn` (the database that holds them). Nothing holds back
