@@ -257,7 +257,10 @@ pub async fn run(
                     .map_err(|e| Error::duckdb("opening the shared database", e)),
             ),
             // The default tenant's file must exist on a split install: HitKeep would not start without it.
-            (None, Some(path)) => (path.clone(), open_once(layout, path, &mut default_conn)),
+            (None, Some(path)) => (
+                path.clone(),
+                default_tenant_conn(layout, path, &mut default_conn),
+            ),
             (Some(t), _) => {
                 let path = layout.tenant_db(t);
                 match layout.open(&path, OpenMode::Existing) {
@@ -284,8 +287,9 @@ pub async fn run(
     Ok(reports)
 }
 
-/// A connection to the database at `path`, opened on first use and kept in `kept` for the sites after.
-fn open_once(
+/// A connection to the default tenant's database at `path` on a split install: opened for its first
+/// site and kept in `kept` for the next ones (an open that failed is tried again by the next site).
+fn default_tenant_conn(
     layout: &DataLayout,
     path: &Path,
     kept: &mut Option<Connection>,

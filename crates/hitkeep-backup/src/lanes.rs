@@ -44,10 +44,12 @@ struct State {
     /// Whether the last database may run alone at all.
     last_alone: bool,
     /// Databases that have called neither [`Lanes::start`] nor [`Lanes::forgo`]. While one that
-    /// failed early calls neither, no database runs alone.
+    /// failed early calls neither, it counts as still to start: on counted lanes no database runs
+    /// alone then, on sized ones only a database it is small beside.
     pending: usize,
-    /// The bytes of those databases, where their sizes were given.
-    pending_bytes: Option<u64>,
+    /// Sized lanes: each database's size by id, and the sum of those not started yet ([`Lanes::forgo`]
+    /// names no database, so a forgone one stays in the sum: none forgoes on sized lanes).
+    sizes: Option<(Vec<u64>, u64)>,
     /// Databases running beside others: their bytes and when they started.
     running: Vec<(usize, u64, Instant)>,
     /// Bytes and seconds of the databases that finished beside others: their pace.
@@ -75,11 +77,12 @@ impl Lanes {
 
     /// Lanes for databases of `sizes` still to start: one is the last when those left after it are
     /// together under [`TAIL_SHARE`] of it.
-    pub(crate) fn sized(sizes: &[u64], last_alone: bool) -> Lanes {
+    pub(crate) fn sized(sizes: Vec<u64>, last_alone: bool) -> Lanes {
+        let left = sizes.iter().sum();
         Lanes(Mutex::new(State {
             last_alone,
             pending: sizes.len(),
-            pending_bytes: Some(sizes.iter().sum()),
+            sizes: Some((sizes, left)),
             ..State::default()
         }))
     }
@@ -98,15 +101,21 @@ impl Lanes {
     fn start_at(&self, id: usize, bytes: u64, now: Instant) -> Way {
         let mut state = self.state();
         state.pending = state.pending.saturating_sub(1);
-        if let Some(left) = &mut state.pending_bytes {
-            *left = left.saturating_sub(bytes);
-        }
+        // On sized lanes the size given for `id` counts, whatever `bytes` says.
+        let own = match &mut state.sizes {
+            Some((sizes, left)) => {
+                let own = sizes.get(id).copied().unwrap_or(bytes);
+                *left = left.saturating_sub(own);
+                own
+            }
+            None => bytes,
+        };
         let others: Vec<(u64, Duration)> = state
             .running
             .iter()
             .map(|(_, b, at)| (*b, now - *at))
             .collect();
-        let last = state.last_alone && state.nothing_big_left(bytes);
+        let last = state.last_alone && state.nothing_big_left(own);
         let way = if last && wait_to_run_alone(bytes, &others, state.pace()) {
             Way::Alone
         } else {
@@ -148,8 +157,9 @@ impl State {
     fn nothing_big_left(&self, bytes: u64) -> bool {
         self.pending == 0
             || self
-                .pending_bytes
-                .is_some_and(|left| (left as f64) < TAIL_SHARE * bytes as f64)
+                .sizes
+                .as_ref()
+                .is_some_and(|(_, left)| (*left as f64) < TAIL_SHARE * bytes as f64)
     }
 
     /// Bytes per second of one database beside others, once one has finished.
@@ -181,6 +191,7 @@ mod tests {
     use super::*;
 
     const MB: u64 = 1 << 20;
+    const GB: u64 = 1 << 30;
 
     #[test]
     fn the_last_database_waits_only_for_databases_nearly_done() {
@@ -245,7 +256,7 @@ mod tests {
         // Five tenants of 300 MiB and a shared database of 5 MiB, which downloads last.
         let mut sizes = vec![300 * MB; 5];
         sizes.push(5 * MB);
-        let lanes = Lanes::sized(&sizes, true);
+        let lanes = Lanes::sized(sizes, true);
         for id in 0..4 {
             assert_eq!(lanes.start(id, 300 * MB), Way::Beside);
             lanes.end(id, false);
@@ -253,15 +264,34 @@ mod tests {
         assert_eq!(lanes.start(4, 300 * MB), Way::Alone);
         assert_eq!(lanes.start(5, 5 * MB), Way::Alone);
         // A database left to start that is not small keeps the one before it beside.
-        let lanes = Lanes::sized(&[300 * MB, 300 * MB, 40 * MB], true);
+        let lanes = Lanes::sized(vec![300 * MB, 300 * MB, 40 * MB], true);
         assert_eq!(lanes.start(0, 300 * MB), Way::Beside);
         lanes.end(0, false);
         assert_eq!(lanes.start(1, 300 * MB), Way::Beside);
-        // Counted lanes know no sizes: only the very last runs alone.
-        let lanes = Lanes::new(2, true);
+        // Counted lanes know no sizes: a small database still to start keeps the big one beside.
+        let lanes = Lanes::new(3, true);
         assert_eq!(lanes.start(0, 300 * MB), Way::Beside);
         lanes.end(0, false);
-        assert_eq!(lanes.start(1, 300 * MB), Way::Alone);
+        assert_eq!(lanes.start(1, 300 * MB), Way::Beside);
+        lanes.end(1, false);
+        assert_eq!(lanes.start(2, 5 * MB), Way::Alone);
+    }
+
+    #[test]
+    fn the_last_by_size_still_waits_only_for_databases_nearly_done() {
+        let t0 = Instant::now();
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let lanes = Lanes::sized(vec![100 * MB, 100 * MB, 100 * MB, MB], true);
+        assert_eq!(lanes.start_at(0, 100 * MB, at(0.0)), Way::Beside);
+        assert_eq!(lanes.start_at(1, 100 * MB, at(5.0)), Way::Beside);
+        lanes.end_at(0, true, at(10.0)); // 10 s per 100 MiB
+        // Only 1 MiB left after it, but database 1 has 5 s of its 10 to go: beside.
+        assert_eq!(lanes.start_at(2, 100 * MB, at(10.0)), Way::Beside);
+        // The sizes given to the lanes count, not the bytes a caller passes.
+        let lanes = Lanes::sized(vec![100 * MB, 100 * MB, 100 * MB], true);
+        assert_eq!(lanes.start(0, 100 * MB), Way::Beside);
+        lanes.end(0, false);
+        assert_eq!(lanes.start(1, 100 * GB), Way::Beside);
     }
 
     #[test]

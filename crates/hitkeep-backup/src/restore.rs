@@ -411,8 +411,9 @@ impl RestorePlan {
     /// loads: with one build at a time and the next database loading beside it the same restore took
     /// 90 s. An import that runs out of memory on its share runs again alone, with the whole limits,
     /// once the others are done: a restore that fits the limit one database at a time never fails for
-    /// having tried two (the second value says it did). The last import to start runs alone with the
-    /// whole limits when the others are done or nearly ([`crate::lanes`]). When the limits cannot be shared
+    /// having tried two (the second value says it did). The last import to start (or one that only
+    /// small ones follow) runs alone with the whole limits when the others are done or nearly
+    /// ([`crate::lanes`]). When the limits cannot be shared
     /// ([`side_by_side`] is `None`), imports run alone, one at a time, with the whole limits.
     async fn import_in_turn(
         &self,
@@ -466,8 +467,8 @@ impl RestorePlan {
     /// Prepares every item, downloads started largest first: `concurrency` downloading at a time and
     /// one item more in flight (it downloads while others import), up to two of them importing side
     /// by side with a share of DuckDB's limits each (in the order their downloads finish), one that
-    /// runs out of memory on its share again alone with the whole of them, and the last to start
-    /// alone when the others are nearly done ([`RestorePlan::import_in_turn`]). On a failure, waits for the items
+    /// runs out of memory on its share again alone with the whole of them, and the last to start (or
+    /// one that only small ones follow) alone when the others are nearly done ([`RestorePlan::import_in_turn`]). On a failure, waits for the items
     /// already started, drops every prepared one (removing its files) and returns the failing
     /// database with its error: nothing has been changed.
     pub async fn prepare_all(
@@ -509,7 +510,7 @@ impl RestorePlan {
         let turns = Turns {
             download: tokio::sync::Semaphore::new(concurrency.max(1)),
             imports: ways,
-            lanes: Lanes::sized(&sizes, self.last_alone),
+            lanes: Lanes::sized(sizes, self.last_alone),
         };
         let turns = &turns;
         // Downloads start largest first, so that the big imports start early and the lanes end

@@ -26,8 +26,8 @@
 //! `HITKEEP_BENCH_PANELS=sizes` runs backup, restore and archive at each size only and writes
 //! `bench/results/sizes.md`, leaving latest.md, the chart and the README to full runs.
 //!
-//! Every operation is run `HITKEEP_BENCH_RUNS` times (3) and its median kept. The size and encrypted
-//! panels generate new demo data for every run, and the incremental panel for every full backup, so
+//! Every operation is run `HITKEEP_BENCH_RUNS` times (3) and its median kept. The size, encrypted and
+//! 2.13 restore panels generate new demo data for every run, and the incremental panel for every full backup, so
 //! that none of hitkeep's timed full backups to S3 repeats bytes already stored (Garage keeps blocks
 //! by their hash and would hardly write a repeated snapshot again). The rclone lines upload one export
 //! twice per run, so the tuned upload meets stored blocks: they are reference lines, not a target's
@@ -135,6 +135,8 @@ pub fn run() -> Result<()> {
     if all {
         // Refused now, not after the other panels' forty minutes.
         tools::built(root, "examples/embedded_server")?;
+        encrypted_sizes()?;
+        split_sizes()?;
     }
     println!("bench: {runs} runs each, sizes {sizes:?}, tenants {tenant_counts:?}");
 
@@ -378,7 +380,7 @@ impl Bench {
             }
             // Restore latest, against rclone downloading the tuned upload plus a bare IMPORT.
             let rclone1 = self.s3.key(&format!("{prefix}/rclone1"));
-            let (ours, bare) = self.restore_pair(&backups, &rclone1, dbs.len())?;
+            let (ours, bare) = self.restore_pair(&backups, &rclone1, dbs.len(), true)?;
             samples[4].push(ours);
             samples[5].push(bare);
             // Archive one site with 90% of its rows expired, and the bare COPY + DELETE of the same rows.
@@ -402,29 +404,42 @@ impl Bench {
 
     /// hitkeep's restore of latest from `backups`, and the bare path it is measured against: rclone
     /// downloading (tuned) the `count` exports it uploaded under `exports`, then a bare `IMPORT`
-    /// of each, one after the other.
-    fn restore_pair(&self, backups: &str, exports: &str, count: usize) -> Result<(Sample, Sample)> {
-        let target = self.fresh("restore")?;
-        let (ours, _) = self.hk(
-            &target,
-            &[],
-            &["recover", "restore-backup", "-from", backups, "-yes"],
-        )?;
-        let down = self.fresh("download")?;
-        let mut bare = self
-            .meter
-            .time(|| self.rclone.copy(&down, exports, false, RCLONE_TUNED))?;
-        let imported = self.fresh("imported")?;
-        for i in 0..count {
-            let (d, db) = (down.join(i.to_string()), imported.join(format!("{i}.db")));
-            let (s, _) = self.base(&[
-                "import",
-                d.to_str().context("UTF-8")?,
-                db.to_str().context("UTF-8")?,
-            ])?;
-            bare = bare.then(s);
+    /// of each, one after the other. `ours_first` says which runs first.
+    fn restore_pair(
+        &self,
+        backups: &str,
+        exports: &str,
+        count: usize,
+        ours_first: bool,
+    ) -> Result<(Sample, Sample)> {
+        let ours = || -> Result<Sample> {
+            let target = self.fresh("restore")?;
+            let restore = ["recover", "restore-backup", "-from", backups, "-yes"];
+            Ok(self.hk(&target, &[], &restore)?.0)
+        };
+        let bare = || -> Result<Sample> {
+            let down = self.fresh("download")?;
+            let mut bare = self
+                .meter
+                .time(|| self.rclone.copy(&down, exports, false, RCLONE_TUNED))?;
+            let imported = self.fresh("imported")?;
+            for i in 0..count {
+                let (d, db) = (down.join(i.to_string()), imported.join(format!("{i}.db")));
+                let (s, _) = self.base(&[
+                    "import",
+                    d.to_str().context("UTF-8")?,
+                    db.to_str().context("UTF-8")?,
+                ])?;
+                bare = bare.then(s);
+            }
+            Ok(bare)
+        };
+        if ours_first {
+            Ok((ours()?, bare()?))
+        } else {
+            let bare = bare()?;
+            Ok((ours()?, bare))
         }
-        Ok((ours, bare))
     }
 
     /// The shared database and each tenant database the backup at `backups` holds, as files under `src`.

@@ -1,11 +1,14 @@
-//! The restore on HitKeep 2.13's schema (issue 18): `hits`, `events` and `web_vitals` carry no key
-//! and no index there, so the keys and indexes our restore builds after the load are the small
-//! tables' only. The target is that the restore is no slower than the plain `IMPORT` it replaced:
-//! at most 1.0× rclone's download plus a bare `IMPORT` of each database, the baseline of the size
-//! panel's restore, at each size of `HITKEEP_BENCH_SPLIT_SIZES` (4M and 16M hits).
+//! The restore on HitKeep 2.13's schema (issue 18): `hits`, `events`, `web_vitals` and
+//! `search_console_facts` carry no key and no index there, so the keys and indexes our restore builds
+//! after the load are the small tables' only. Issue 18 asks that the restore be no slower there than
+//! before it; the restore before it measured 1.01–1.05× rclone's download plus a bare `IMPORT` of each
+//! database (the size panel's baseline, on 2.8's schema), and the target here is the stricter 1.0× of
+//! that baseline, at each size of `HITKEEP_BENCH_SPLIT_SIZES` (4M and 16M hits).
 //!
-//! Each run generates new 2.13 demo data (4 tenants, the default one in a database of its own),
-//! backs it up to S3 and exports it bare for rclone, untimed; then both restores are timed.
+//! Each run generates new 2.13 demo data (the default tenant and 4 more, each in a database of its
+//! own, beside the shared one), backs it up to S3 and exports it bare for rclone, untimed; then both
+//! restores are timed, alternating which goes first (over an even number of runs): the first meets
+//! the server still settling the upload before it.
 
 use anyhow::{Context, Result};
 
@@ -34,7 +37,8 @@ impl Bench {
     fn split_at(&self, hits: u64) -> Result<SplitResult> {
         let (mut ours, mut bare) = (Vec::new(), Vec::new());
         let mut db_bytes = 0;
-        for run in 0..self.runs {
+        let runs = self.runs + self.runs % 2;
+        for run in 0..runs {
             println!("bench: 2.13 restore panel, {hits} hits: generating the demo data");
             let src = self.demo_in(hits, 4, "2.13")?;
             db_bytes = du(&src)?;
@@ -52,13 +56,13 @@ impl Bench {
             self.base(&args)?;
             let exports = self.s3.key(&format!("{prefix}/rclone"));
             self.rclone.copy(&export, &exports, true, RCLONE_TUNED)?;
-            let (o, b) = self.restore_pair(&backups, &exports, dbs.len())?;
+            let (o, b) = self.restore_pair(&backups, &exports, dbs.len(), run % 2 == 0)?;
             ours.push(o);
             bare.push(b);
             println!(
                 "bench: 2.13 restore panel, {hits} hits: run {} of {} done",
                 run + 1,
-                self.runs
+                runs
             );
         }
         Ok(SplitResult {
@@ -73,9 +77,10 @@ impl Bench {
 /// The panel's section of the results.
 pub fn section(results: &[SplitResult], memory_limit_mib: u64) -> String {
     let mut md = format!(
-        "## Restore on HitKeep 2.13's schema (4 tenants, no keys or indexes on hits, events, web_vitals)\n\n\
-         Target: ≤ {TARGET:.2}× (rclone download, tuned, + bare IMPORT DATABASE of each database): no slower \
-         than the plain `IMPORT` the restore used before issue 18.\n\n\
+        "## Restore on HitKeep 2.13's schema (the default tenant and 4 more in databases of their own; no keys or indexes on hits, events, web_vitals, search_console_facts)\n\n\
+         Target: ≤ {TARGET:.2}× (rclone download, tuned, + bare IMPORT DATABASE of each database). Issue 18 asks \
+         for no slower than the restore before it, which measured 1.01–1.05× this baseline on 2.8's schema. \
+         Median of an even number of runs, alternating which restore goes first.\n\n\
          | hits | database files | hitkeep restore | rclone + IMPORT | ratio | CPU with the server's, hitkeep / bare | peak RSS hitkeep |\n\
          |---:|---:|---:|---:|---|---|---:|\n"
     );
