@@ -593,7 +593,7 @@ async fn rewrap_one(storage: &Storage, key: &Rewrap) -> Result<bool> {
     // unchanged; `forget-tenant` again erases it, as its plan lists the tenant's whole folder.)
     if tombstoned(storage, key.tenant, &key.object).await? {
         if storage.any_version(&key.object).await? {
-            undo_if_forgotten(storage, key).await?;
+            erase_forgotten(storage, key).await?;
         } else {
             tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten since the plan: not written again");
         }
@@ -637,6 +637,12 @@ async fn undo_if_forgotten(storage: &Storage, key: &Rewrap) -> Result<bool> {
     if !tombstoned(storage, key.tenant, &key.object).await? {
         return Ok(true);
     }
+    erase_forgotten(storage, key).await?;
+    Ok(false)
+}
+
+/// Erases every version of a key file its tenant's tombstone names, as the forget does.
+async fn erase_forgotten(storage: &Storage, key: &Rewrap) -> Result<()> {
     let failed = match storage.erase(&key.object).await {
         Ok(_) => {
             (storage.any_version(&key.object).await?).then(|| "a version is still there".to_owned())
@@ -654,7 +660,7 @@ async fn undo_if_forgotten(storage: &Storage, key: &Rewrap) -> Result<bool> {
         });
     }
     tracing::warn!(object = key.object, tenant = %key.tenant, "the key file was forgotten while it was rewrapped, or a forget was left unfinished: erased, as the forget does");
-    Ok(false)
+    Ok(())
 }
 
 /// Writes the key files `plan` holds, each read back and compared, leaving none that a forget
